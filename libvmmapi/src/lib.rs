@@ -1,0 +1,1 @@
+//! libvmmapi: see the crate description. Being written.

@@ -1,0 +1,165 @@
+//! Bits of the EL1/EL2 control registers the hypervisor programs, and stage-2
+//! descriptor bits.
+
+/// PSTATE/SPSR values.
+pub mod pstate {
+    pub const M_EL0T: u64 = 0b0000;
+    pub const M_EL1T: u64 = 0b0100;
+    pub const M_EL1H: u64 = 0b0101;
+    pub const M_EL2H: u64 = 0b1001;
+    pub const F: u64 = 1 << 6;
+    pub const I: u64 = 1 << 7;
+    pub const A: u64 = 1 << 8;
+    pub const D: u64 = 1 << 9;
+    pub const DAIF: u64 = D | A | I | F;
+    /// What a guest kernel is entered with: EL1h, all of DAIF masked (0x3c5).
+    pub const GUEST_RESET: u64 = M_EL1H | DAIF;
+}
+
+/// HCR_EL2.
+pub mod hcr {
+    pub const VM: u64 = 1 << 0;
+    pub const SWIO: u64 = 1 << 1;
+    pub const PTW: u64 = 1 << 2;
+    pub const FMO: u64 = 1 << 3;
+    pub const IMO: u64 = 1 << 4;
+    pub const AMO: u64 = 1 << 5;
+    pub const VF: u64 = 1 << 6;
+    pub const VI: u64 = 1 << 7;
+    pub const VSE: u64 = 1 << 8;
+    pub const FB: u64 = 1 << 9;
+    pub const BSU_IS: u64 = 1 << 10;
+    pub const DC: u64 = 1 << 12;
+    pub const TWI: u64 = 1 << 13;
+    pub const TWE: u64 = 1 << 14;
+    pub const TID0: u64 = 1 << 15;
+    pub const TID1: u64 = 1 << 16;
+    pub const TID2: u64 = 1 << 17;
+    pub const TID3: u64 = 1 << 18;
+    pub const TSC: u64 = 1 << 19;
+    pub const TIDCP: u64 = 1 << 20;
+    pub const TACR: u64 = 1 << 21;
+    pub const TSW: u64 = 1 << 22;
+    pub const TPCP: u64 = 1 << 23;
+    pub const TPU: u64 = 1 << 24;
+    pub const TTLB: u64 = 1 << 25;
+    pub const TVM: u64 = 1 << 26;
+    pub const TGE: u64 = 1 << 27;
+    pub const TDZ: u64 = 1 << 28;
+    pub const HCD: u64 = 1 << 29;
+    pub const TRVM: u64 = 1 << 30;
+    pub const RW: u64 = 1 << 31;
+    pub const E2H: u64 = 1 << 34;
+    pub const APK: u64 = 1 << 40;
+    pub const API: u64 = 1 << 41;
+    pub const ATA: u64 = 1 << 56;
+}
+
+/// SCTLR_EL2 (non-VHE layout).
+pub mod sctlr_el2 {
+    pub const M: u64 = 1 << 0;
+    pub const A: u64 = 1 << 1;
+    pub const C: u64 = 1 << 2;
+    pub const SA: u64 = 1 << 3;
+    pub const I: u64 = 1 << 12;
+    pub const WXN: u64 = 1 << 19;
+    pub const EE: u64 = 1 << 25;
+    /// Exception entry/exit are context synchronizing (FEAT_ExS; RES1 without it).
+    pub const EIS: u64 = 1 << 22;
+    pub const EOS: u64 = 1 << 11;
+    /// RES1 bits: 4, 5, 11, 16, 18, 22, 23, 28, 29.
+    pub const RES1: u64 = (1 << 4)
+        | (1 << 5)
+        | (1 << 11)
+        | (1 << 16)
+        | (1 << 18)
+        | (1 << 22)
+        | (1 << 23)
+        | (1 << 28)
+        | (1 << 29);
+}
+
+/// CPTR_EL2 (non-VHE).
+pub mod cptr {
+    /// RES1 bits 0..7, 9, 12, 13.
+    pub const RES1: u64 = 0x32ff;
+    pub const TZ: u64 = 1 << 8;
+    pub const TFP: u64 = 1 << 10;
+    pub const TTA: u64 = 1 << 20;
+    pub const TCPAC: u64 = 1 << 31;
+}
+
+/// CNTHCTL_EL2 (non-VHE).
+pub mod cnthctl {
+    pub const EL1PCTEN: u64 = 1 << 0;
+    pub const EL1PCEN: u64 = 1 << 1;
+}
+
+/// MDCR_EL2.
+pub mod mdcr {
+    pub const HPMN_MASK: u64 = 0x1f;
+    pub const TPMCR: u64 = 1 << 5;
+    pub const TPM: u64 = 1 << 6;
+    pub const HPME: u64 = 1 << 7;
+    pub const TDE: u64 = 1 << 8;
+    pub const TDA: u64 = 1 << 9;
+    pub const TDOSA: u64 = 1 << 10;
+    pub const TDRA: u64 = 1 << 11;
+    /// E2PB = 0b11: profiling buffer owned by EL1, no trap.
+    pub const E2PB_EL1_NO_TRAP: u64 = 0b11 << 12;
+    pub const TPMS: u64 = 1 << 14;
+    pub const TTRF: u64 = 1 << 19;
+}
+
+/// VTCR_EL2.
+pub mod vtcr {
+    pub const T0SZ_MASK: u64 = 0x3f;
+    pub const SL0_SHIFT: u32 = 6;
+    /// SL0 for a 4 KiB granule: start at level 2, 1 or 0.
+    pub const SL0_4K_L2: u64 = 0 << 6;
+    pub const SL0_4K_L1: u64 = 1 << 6;
+    pub const SL0_4K_L0: u64 = 2 << 6;
+    pub const IRGN0_WBWA: u64 = 1 << 8;
+    pub const ORGN0_WBWA: u64 = 1 << 10;
+    pub const SH0_IS: u64 = 3 << 12;
+    pub const TG0_4K: u64 = 0 << 14;
+    pub const PS_SHIFT: u32 = 16;
+    pub const RES1: u64 = 1 << 31;
+}
+
+/// ID_AA64MMFR0_EL1.PARange values and the address widths they mean.
+pub const fn parange_bits(parange: u64) -> Option<u32> {
+    match parange & 0xf {
+        0 => Some(32),
+        1 => Some(36),
+        2 => Some(40),
+        3 => Some(42),
+        4 => Some(44),
+        5 => Some(48),
+        6 => Some(52),
+        _ => None,
+    }
+}
+
+/// Stage-2 translation table descriptor bits (4 KiB granule).
+pub mod s2 {
+    pub const VALID: u64 = 1 << 0;
+    /// Table descriptor at levels 0..2, page descriptor at level 3.
+    pub const TABLE_OR_PAGE: u64 = 1 << 1;
+    /// MemAttr[3:0] at bits [5:2]: 0b1111 normal write-back, 0b0000 device nGnRnE.
+    pub const MEMATTR_SHIFT: u32 = 2;
+    pub const MEMATTR_NORMAL_WB: u64 = 0b1111 << 2;
+    pub const MEMATTR_DEVICE_NGNRE: u64 = 0b0001 << 2;
+    /// S2AP[1:0] at bits [7:6]: bit 6 read, bit 7 write.
+    pub const S2AP_R: u64 = 1 << 6;
+    pub const S2AP_W: u64 = 1 << 7;
+    pub const SH_IS: u64 = 3 << 8;
+    pub const AF: u64 = 1 << 10;
+    /// XN[1:0] at bits [54:53] (0b10: not executable at EL1 or EL0).
+    pub const XN: u64 = 2 << 53;
+    /// Output address bits [47:12].
+    pub const OA_MASK: u64 = 0x0000_ffff_ffff_f000;
+}
+
+/// The VMID field of VTTBR_EL2 (8-bit VMIDs on Armv8.0).
+pub const VTTBR_VMID_SHIFT: u32 = 48;

@@ -1,0 +1,2 @@
+//! vmm-kmod: the kernel side. Being written.
+#![no_std]

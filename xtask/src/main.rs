@@ -1,0 +1,61 @@
+//! `cargo xtask <command>`: the project's build and test driver.
+//!
+//! * `test`: everything CI runs (format, lints, host tests, FreeBSD cross-check).
+//! * `check-freebsd`: `cargo check` of every userspace crate for aarch64-unknown-freebsd.
+
+use std::process::{Command, ExitCode};
+
+/// Userspace crates that must build for FreeBSD/arm64.
+const FREEBSD_CRATES: &[&str] =
+    &["vmm-sys", "vmm-platform", "libvmmapi", "bhyveload", "bhyve", "bhyvectl"];
+
+fn run(desc: &str, cmd: &mut Command) -> Result<(), String> {
+    eprintln!("xtask: {desc}: {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("{desc}: cannot start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{desc} failed ({status})"))
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn check_freebsd() -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.env("RUSTC_BOOTSTRAP", "1")
+        .args(["check", "--target", "aarch64-unknown-freebsd", "-Zbuild-std=std,panic_abort"])
+        .args(["--target-dir", "target/freebsd"]);
+    for c in FREEBSD_CRATES {
+        cmd.args(["-p", c]);
+    }
+    run("cargo check for aarch64-unknown-freebsd", &mut cmd)
+}
+
+fn test() -> Result<(), String> {
+    run("format check", cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        "clippy",
+        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    run("host and testbed tests", cargo().args(["test", "--workspace"]))?;
+    check_freebsd()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("check-freebsd") => check_freebsd(),
+        _ => Err("usage: cargo xtask test | check-freebsd".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
