@@ -33,3 +33,191 @@ pub mod excp {
 
 /// Returned in x0 for an unknown hypercall.
 pub const HYP_RET_UNKNOWN: u64 = u64::MAX;
+
+/// Number of GICv3 list registers and active-priority registers the context can hold
+/// (the architectural maxima; ICH_VTR_EL2 says how many a CPU has).
+pub const ICH_LR_MAX: usize = 16;
+pub const ICH_APR_MAX: usize = 4;
+
+/// A vCPU's state as the world switch saves and restores it. Shared by the kernel core
+/// (EL1, which fills it and reads exits) and the EL2 code (which switches it), so it is
+/// `#[repr(C)]` with offsets checked by tests: assembly reaches fields by offset.
+/// The EL2 code gets this structure's physical (EL2 identity) address, never a kernel
+/// virtual address.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct VcpuContext {
+    /// x0..x30.
+    pub x: [u64; 31],
+    pub sp_el0: u64,
+    pub sp_el1: u64,
+    /// Guest PC (ELR_EL2 while in EL2).
+    pub pc: u64,
+    /// Guest PSTATE (SPSR_EL2 while in EL2).
+    pub pstate: u64,
+    pub el1: El1Regs,
+    pub el2: El2Controls,
+    pub timer: VtimerRegs,
+    pub vgic: VgicCpuRegs,
+    pub fp: FpRegs,
+    /// Filled by the EL2 code on every exit.
+    pub exit: ExitInfo,
+}
+
+/// The guest's EL1/EL0 system registers.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct El1Regs {
+    pub elr_el1: u64,
+    pub spsr_el1: u64,
+    pub sctlr_el1: u64,
+    pub ttbr0_el1: u64,
+    pub ttbr1_el1: u64,
+    pub tcr_el1: u64,
+    pub mair_el1: u64,
+    pub amair_el1: u64,
+    pub vbar_el1: u64,
+    pub contextidr_el1: u64,
+    pub cpacr_el1: u64,
+    pub esr_el1: u64,
+    pub far_el1: u64,
+    pub afsr0_el1: u64,
+    pub afsr1_el1: u64,
+    pub par_el1: u64,
+    pub tpidr_el0: u64,
+    pub tpidrro_el0: u64,
+    pub tpidr_el1: u64,
+    pub actlr_el1: u64,
+    pub csselr_el1: u64,
+    pub mdscr_el1: u64,
+    pub cntkctl_el1: u64,
+}
+
+/// Per-guest EL2 controls, loaded on entry.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct El2Controls {
+    pub hcr_el2: u64,
+    pub vmpidr_el2: u64,
+    pub vpidr_el2: u64,
+    pub cptr_el2: u64,
+    pub mdcr_el2: u64,
+    pub cnthctl_el2: u64,
+    /// Stage-2 table base | VMID << 48.
+    pub vttbr_el2: u64,
+}
+
+/// The guest's virtual timer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VtimerRegs {
+    pub cntv_ctl_el0: u64,
+    pub cntv_cval_el0: u64,
+    pub cntvoff_el2: u64,
+}
+
+/// The GICv3 virtual CPU interface.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VgicCpuRegs {
+    pub ich_hcr_el2: u64,
+    pub ich_vmcr_el2: u64,
+    /// Read back on exit (which list registers are empty, which raised maintenance).
+    pub ich_elrsr_el2: u64,
+    pub ich_misr_el2: u64,
+    pub ich_eisr_el2: u64,
+    pub ich_lr_el2: [u64; ICH_LR_MAX],
+    pub ich_ap0r_el2: [u64; ICH_APR_MAX],
+    pub ich_ap1r_el2: [u64; ICH_APR_MAX],
+}
+
+/// FP/SIMD state: V0..V31 as pairs of 64-bit halves (low first), FPCR, FPSR.
+/// 16-byte aligned so the world switch can use `stp q, q` on it.
+#[repr(C, align(16))]
+#[derive(Debug, Clone, Copy)]
+pub struct FpRegs {
+    pub v: [[u64; 2]; 32],
+    pub fpcr: u64,
+    pub fpsr: u64,
+}
+
+impl Default for FpRegs {
+    fn default() -> Self {
+        FpRegs {
+            v: [[0; 2]; 32],
+            fpcr: 0,
+            fpsr: 0,
+        }
+    }
+}
+
+/// What the EL2 code records when the guest exits.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExitInfo {
+    /// One of [`excp`].
+    pub kind: u32,
+    pub _pad0: u32,
+    pub esr_el2: u64,
+    pub far_el2: u64,
+    pub hpfar_el2: u64,
+}
+
+impl Default for VcpuContext {
+    fn default() -> Self {
+        VcpuContext {
+            x: [0; 31],
+            sp_el0: 0,
+            sp_el1: 0,
+            pc: 0,
+            pstate: 0,
+            el1: El1Regs::default(),
+            el2: El2Controls::default(),
+            timer: VtimerRegs::default(),
+            vgic: VgicCpuRegs::default(),
+            fp: FpRegs::default(),
+            exit: ExitInfo::default(),
+        }
+    }
+}
+
+/// Byte offsets of [`VcpuContext`] fields, for the world-switch assembly.
+pub mod ctx_off {
+    use super::*;
+    use core::mem::offset_of;
+    pub const X: usize = offset_of!(VcpuContext, x);
+    pub const SP_EL0: usize = offset_of!(VcpuContext, sp_el0);
+    pub const SP_EL1: usize = offset_of!(VcpuContext, sp_el1);
+    pub const PC: usize = offset_of!(VcpuContext, pc);
+    pub const PSTATE: usize = offset_of!(VcpuContext, pstate);
+    pub const EL1: usize = offset_of!(VcpuContext, el1);
+    pub const EL2: usize = offset_of!(VcpuContext, el2);
+    pub const TIMER: usize = offset_of!(VcpuContext, timer);
+    pub const VGIC: usize = offset_of!(VcpuContext, vgic);
+    pub const FP: usize = offset_of!(VcpuContext, fp);
+    pub const EXIT: usize = offset_of!(VcpuContext, exit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn context_layout() {
+        assert_eq!(ctx_off::X, 0);
+        assert_eq!(ctx_off::SP_EL0, 248);
+        assert_eq!(ctx_off::PC, 264);
+        assert_eq!(ctx_off::EL1, 280);
+        assert_eq!(size_of::<El1Regs>(), 23 * 8);
+        assert_eq!(ctx_off::EL2, 280 + 184);
+        assert_eq!(
+            ctx_off::FP % 16,
+            0,
+            "q registers are stored with stp q, 16-byte aligned"
+        );
+        assert_eq!(size_of::<FpRegs>(), 528);
+        assert_eq!(core::mem::align_of::<VcpuContext>(), 16);
+        assert_eq!(size_of::<ExitInfo>(), 32);
+    }
+}
