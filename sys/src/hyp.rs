@@ -45,7 +45,7 @@ pub const ICH_APR_MAX: usize = 4;
 /// The EL2 code gets this structure's physical (EL2 identity) address, never a kernel
 /// virtual address.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct VcpuContext {
     /// x0..x30.
     pub x: [u64; 31],
@@ -134,21 +134,11 @@ pub struct VgicCpuRegs {
 /// FP/SIMD state: V0..V31 as pairs of 64-bit halves (low first), FPCR, FPSR.
 /// 16-byte aligned so the world switch can use `stp q, q` on it.
 #[repr(C, align(16))]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct FpRegs {
     pub v: [[u64; 2]; 32],
     pub fpcr: u64,
     pub fpsr: u64,
-}
-
-impl Default for FpRegs {
-    fn default() -> Self {
-        FpRegs {
-            v: [[0; 2]; 32],
-            fpcr: 0,
-            fpsr: 0,
-        }
-    }
 }
 
 /// What the EL2 code records when the guest exits.
@@ -161,24 +151,6 @@ pub struct ExitInfo {
     pub esr_el2: u64,
     pub far_el2: u64,
     pub hpfar_el2: u64,
-}
-
-impl Default for VcpuContext {
-    fn default() -> Self {
-        VcpuContext {
-            x: [0; 31],
-            sp_el0: 0,
-            sp_el1: 0,
-            pc: 0,
-            pstate: 0,
-            el1: El1Regs::default(),
-            el2: El2Controls::default(),
-            timer: VtimerRegs::default(),
-            vgic: VgicCpuRegs::default(),
-            fp: FpRegs::default(),
-            exit: ExitInfo::default(),
-        }
-    }
 }
 
 /// Byte offsets of [`VcpuContext`] fields, for the world-switch assembly.
