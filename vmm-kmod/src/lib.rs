@@ -1,2 +1,27 @@
-//! vmm-kmod: the kernel side. Being written.
-#![no_std]
+//! vmm-kmod: the kernel side of the hypervisor.
+//!
+//! The portable core lives here, written against the [`host::Host`] trait: VM and vCPU
+//! lifecycle, memory segments, stage-2 page tables, exit classification, the VM_RUN
+//! loop and the /dev/vmm ioctl dispatcher. Each host (the FreeBSD glue that builds
+//! vmm.ko, the QEMU testbed, the fake host of the unit tests) implements `Host` and
+//! calls the entry points of [`Vmm`]:
+//!
+//! * [`Vmm::new`]: module load. Brings EL2 up on every CPU through the hyp stub.
+//! * [`Vmm::dispatch`]: one ioctl on /dev/vmmctl or /dev/vmm/NAME.
+//! * [`Vmm::shutdown`]: module unload; refused (`EBUSY`) while VMs exist.
+//! * [`Vmm::create_vm`], [`Vmm::destroy_vm`]: the legacy sysctls.
+//! * [`Vmm::gpa_to_pa`]: guest memory for userspace mmap (FreeBSD `d_mmap_single`).
+//!
+//! See docs/vmm-core.md for the design.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod el2;
+pub mod errno;
+pub mod host;
+pub mod sync;
+
+pub use el2::{IdRegs, InitParams};
+pub use errno::{Errno, KResult};
+pub use host::{Host, PhysMem, RawMutex, SleepResult, PAGE_SIZE};
