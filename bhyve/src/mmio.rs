@@ -1,0 +1,286 @@
+//! The MMIO bus: guest physical address -> device model, and each device's interrupt line.
+//!
+//! The kernel hands userspace every MMIO access outside the vGIC (INST_EMUL exits). vCPU
+//! threads and the console input thread reach the devices through this bus; each device
+//! sits behind its own lock, and its interrupt level is recomputed under that lock after
+//! every access so that the VM sees exactly one assert or deassert per level change.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use thiserror::Error;
+use vmm_platform::Window;
+
+/// A device model reached by MMIO. Offsets are relative to the device's window; `size`
+/// is 1, 2, 4 or 8 and the access lies inside the window.
+pub trait MmioDevice: Send {
+    fn read(&mut self, offset: u64, size: u8) -> u64;
+    fn write(&mut self, offset: u64, size: u8, value: u64);
+    /// The level of the device's interrupt output now.
+    fn irq_level(&self) -> bool {
+        false
+    }
+    /// Room for console input, for a UART; 0 for other devices.
+    fn rx_space(&self) -> usize {
+        0
+    }
+    /// Queues console input for the guest; returns how many bytes were taken.
+    fn push_input(&mut self, _bytes: &[u8]) -> usize {
+        0
+    }
+}
+
+/// Where interrupt levels go: the VM's assert/deassert calls.
+pub trait IrqSink: Send + Sync {
+    fn set_irq(&self, intid: u32, high: bool) -> Result<(), IrqError>;
+}
+
+/// The VM refused an interrupt change.
+#[derive(Debug, Error)]
+#[error("cannot {} interrupt {intid}: {cause}", if *.high { "assert" } else { "deassert" })]
+pub struct IrqError {
+    pub intid: u32,
+    pub high: bool,
+    pub cause: String,
+}
+
+struct Attached {
+    dev: Box<dyn MmioDevice>,
+    /// The level last sent to the sink.
+    level: bool,
+}
+
+struct Entry {
+    name: &'static str,
+    window: Window,
+    intid: Option<u32>,
+    dev: Mutex<Attached>,
+}
+
+/// The devices of one VM, by address.
+pub struct Bus {
+    entries: Vec<Entry>,
+    sink: Arc<dyn IrqSink>,
+    unhandled: AtomicU64,
+    warned: AtomicBool,
+}
+
+/// A handle on one attached device (the console input thread holds one).
+#[derive(Clone)]
+pub struct DeviceRef {
+    bus: Arc<Bus>,
+    index: usize,
+}
+
+/// What an access did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A device answered; for a read, the value.
+    Device(u64),
+    /// No device is there: a read gives 0, a write is dropped.
+    Unhandled,
+}
+
+impl Bus {
+    pub fn new(sink: Arc<dyn IrqSink>) -> Bus {
+        Bus {
+            entries: Vec::new(),
+            sink,
+            unhandled: AtomicU64::new(0),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// Attaches a device at `window`, raising `intid` when it has one.
+    ///
+    /// # Panics
+    /// If the window overlaps a device already attached: the platform layout is fixed at
+    /// build time, so that is a programming error.
+    pub fn attach(
+        &mut self,
+        name: &'static str,
+        window: Window,
+        intid: Option<u32>,
+        dev: Box<dyn MmioDevice>,
+    ) -> usize {
+        assert!(
+            !self
+                .entries
+                .iter()
+                .any(|e| e.window.overlaps(window.base, window.size)),
+            "{name} overlaps another device"
+        );
+        self.entries.push(Entry {
+            name,
+            window,
+            intid,
+            dev: Mutex::new(Attached { dev, level: false }),
+        });
+        self.entries.len() - 1
+    }
+
+    /// A handle on the device attached as `index` (what [`Bus::attach`] returned).
+    pub fn device(self: &Arc<Self>, index: usize) -> Option<DeviceRef> {
+        (index < self.entries.len()).then(|| DeviceRef {
+            bus: Arc::clone(self),
+            index,
+        })
+    }
+
+    /// The name of the device at `gpa`, if any.
+    pub fn name_at(&self, gpa: u64) -> Option<&'static str> {
+        self.entries
+            .iter()
+            .find(|e| e.window.contains(gpa))
+            .map(|e| e.name)
+    }
+
+    /// Accesses that hit no device so far.
+    pub fn unhandled_count(&self) -> u64 {
+        self.unhandled.load(Ordering::Relaxed)
+    }
+
+    /// A guest read of `size` bytes at `gpa`.
+    pub fn read(&self, gpa: u64, size: u8) -> Result<Access, IrqError> {
+        self.access(gpa, size, |d, off| d.read(off, size))
+    }
+
+    /// A guest write of `size` bytes at `gpa`.
+    pub fn write(&self, gpa: u64, size: u8, value: u64) -> Result<Access, IrqError> {
+        self.access(gpa, size, |d, off| {
+            d.write(off, size, value);
+            0
+        })
+    }
+
+    fn access(
+        &self,
+        gpa: u64,
+        size: u8,
+        f: impl FnOnce(&mut dyn MmioDevice, u64) -> u64,
+    ) -> Result<Access, IrqError> {
+        let found = self.entries.iter().enumerate().find(|(_, e)| {
+            matches!(size, 1 | 2 | 4 | 8) && e.window.contains_range(gpa, u64::from(size))
+        });
+        let Some((index, entry)) = found else {
+            self.note_unhandled(gpa, size);
+            return Ok(Access::Unhandled);
+        };
+        let mut att = lock(&entry.dev);
+        let v = f(att.dev.as_mut(), gpa - entry.window.base);
+        self.update_irq(index, &mut att)?;
+        Ok(Access::Device(v))
+    }
+
+    fn update_irq(&self, index: usize, att: &mut Attached) -> Result<(), IrqError> {
+        let Some(intid) = self.entries[index].intid else {
+            return Ok(());
+        };
+        let level = att.dev.irq_level();
+        if level != att.level {
+            self.sink.set_irq(intid, level)?;
+            att.level = level;
+        }
+        Ok(())
+    }
+
+    fn note_unhandled(&self, gpa: u64, size: u8) {
+        self.unhandled.fetch_add(1, Ordering::Relaxed);
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            crate::console::warn(&format!(
+                "guest accessed {size} byte(s) at 0x{gpa:x} where no device is; \
+                 reads return 0, writes are ignored (further accesses are counted, not logged)"
+            ));
+        }
+    }
+}
+
+impl DeviceRef {
+    /// Room for console input in the device.
+    pub fn rx_space(&self) -> usize {
+        lock(&self.bus.entries[self.index].dev).dev.rx_space()
+    }
+
+    /// Queues console input and updates the interrupt line.
+    pub fn push_input(&self, bytes: &[u8]) -> Result<usize, IrqError> {
+        let mut att = lock(&self.bus.entries[self.index].dev);
+        let n = att.dev.push_input(bytes);
+        self.bus.update_irq(self.index, &mut att)?;
+        Ok(n)
+    }
+}
+
+/// Locks a device. A panic in another thread while it held the lock leaves register
+/// state that is still well-formed (plain integers and queues), so a poisoned lock is
+/// taken over rather than propagated.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Records every level change, as the VM would see it.
+    #[derive(Default)]
+    pub struct RecordingSink(pub Mutex<Vec<(u32, bool)>>);
+    impl IrqSink for RecordingSink {
+        fn set_irq(&self, intid: u32, high: bool) -> Result<(), IrqError> {
+            self.0.lock().unwrap().push((intid, high));
+            Ok(())
+        }
+    }
+
+    /// A register file of 4 words; offset 0 raises the line while nonzero.
+    struct Regs([u64; 4]);
+    impl MmioDevice for Regs {
+        fn read(&mut self, offset: u64, _size: u8) -> u64 {
+            self.0[(offset / 8) as usize]
+        }
+        fn write(&mut self, offset: u64, _size: u8, value: u64) {
+            self.0[(offset / 8) as usize] = value;
+        }
+        fn irq_level(&self) -> bool {
+            self.0[0] != 0
+        }
+    }
+
+    #[test]
+    fn dispatch_by_address_and_irq_edges() {
+        let sink = Arc::new(RecordingSink::default());
+        let mut bus = Bus::new(sink.clone());
+        bus.attach(
+            "regs",
+            Window::new(0x1000, 32),
+            Some(40),
+            Box::new(Regs([0; 4])),
+        );
+        assert_eq!(bus.write(0x1008, 8, 7).unwrap(), Access::Device(0));
+        assert_eq!(bus.read(0x1008, 8).unwrap(), Access::Device(7));
+        assert!(sink.0.lock().unwrap().is_empty());
+        bus.write(0x1000, 8, 1).unwrap();
+        bus.write(0x1000, 8, 2).unwrap(); // still high: no second assert
+        bus.write(0x1000, 8, 0).unwrap();
+        assert_eq!(*sink.0.lock().unwrap(), [(40, true), (40, false)]);
+        assert_eq!(bus.name_at(0x101f), Some("regs"));
+        assert_eq!(bus.name_at(0x1020), None);
+    }
+
+    #[test]
+    fn unhandled_accesses_are_counted() {
+        let sink = Arc::new(RecordingSink::default());
+        let mut bus = Bus::new(sink);
+        bus.attach(
+            "regs",
+            Window::new(0x1000, 32),
+            None,
+            Box::new(Regs([0; 4])),
+        );
+        assert_eq!(bus.read(0x5000, 4).unwrap(), Access::Unhandled);
+        assert_eq!(bus.write(0x5000, 4, 1).unwrap(), Access::Unhandled);
+        // Straddling the window's end, or a size the architecture cannot produce.
+        assert_eq!(bus.read(0x101c, 8).unwrap(), Access::Unhandled);
+        assert_eq!(bus.read(0x1000, 3).unwrap(), Access::Unhandled);
+        assert_eq!(bus.unhandled_count(), 4);
+    }
+}
