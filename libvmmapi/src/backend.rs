@@ -1,0 +1,53 @@
+//! The backend seam: something that executes one [`Request`] and maps guest memory.
+
+use crate::error::{BackendError, Error, Result};
+use crate::memory::Mapping;
+use crate::request::Request;
+use std::fmt;
+use std::sync::Arc;
+
+/// Executes vmm(4) requests. Object-safe, shared between threads (bhyve's vCPU threads
+/// each block in VM_RUN while another asserts interrupts).
+///
+/// Implementations: [`crate::freebsd::FreeBsd`] (ioctls on /dev/vmmctl and
+/// /dev/vmm/NAME), [`crate::fake::FakeVmm`] (in-process test double), and later the
+/// testbed channel, which sends [`Request::encode`] over a socket.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// A short name for messages ("freebsd", "fake", ...).
+    fn name(&self) -> &'static str;
+
+    /// Executes one request. On success `req.arg` holds what the kernel copied out and
+    /// every `Out`/`InOut` buffer what it wrote; on failure both are unspecified.
+    /// A per-VM request on a VM that does not exist fails with
+    /// [`BackendError::NoSuchVm`].
+    fn execute(&self, req: &mut Request) -> Result<(), BackendError>;
+
+    /// Maps `len` bytes of VM `vm`'s guest physical memory starting at `gpa` into this
+    /// process. The range must lie inside one VM_MMAP_MEMSEG mapping of a system-memory
+    /// segment (as mmap of /dev/vmm/NAME at offset `gpa` requires on FreeBSD).
+    fn map_memory(&self, vm: &str, gpa: u64, len: usize) -> Result<Mapping, BackendError>;
+}
+
+/// The environment variable that selects the testbed (DESIGN.md "The testbed").
+pub const TESTBED_ENV: &str = "VMM_TESTBED";
+
+/// The backend the tools use: the FreeBSD one (/dev/vmmctl, /dev/vmm), unless
+/// `VMM_TESTBED` is set.
+///
+/// With `VMM_TESTBED` set this returns an error naming the missing piece: the testbed
+/// transport (a client that sends [`Request::encode`] messages to the broker socket
+/// named by `VMM_TESTBED` and applies the answers with [`Request::apply_response`]) is
+/// written with the testbed, in a later issue. This is the one place to plug it in.
+pub fn backend_from_env() -> Result<Arc<dyn Backend>> {
+    match std::env::var_os(TESTBED_ENV) {
+        Some(path) if !path.is_empty() => Err(Error::Backend {
+            op: "VMM_TESTBED",
+            source: BackendError::Unavailable(format!(
+                "{TESTBED_ENV}={} selects the testbed, whose socket transport is not \
+                 implemented in this build; unset {TESTBED_ENV} to use /dev/vmm",
+                path.to_string_lossy()
+            )),
+        }),
+        _ => Ok(Arc::new(crate::freebsd::FreeBsd::new())),
+    }
+}
