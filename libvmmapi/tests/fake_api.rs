@@ -1,0 +1,353 @@
+//! The public API exercised end to end against the in-process fake: the path bhyveload,
+//! bhyve and bhyvectl take, with every request going through the shared encoding.
+
+use libvmmapi::exit::raw;
+use libvmmapi::fake::FakeVmm;
+use libvmmapi::{
+    Capability, Error, ExitReason, MemMap, MemSeg, Reg, SuspendHow, Topology, Vm, Window,
+};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmm_sys::abi::PROT_ALL;
+use vmm_sys::exit::ExitCode;
+
+fn vm(fake: &Arc<FakeVmm>, name: &str) -> Vm {
+    Vm::create_with(fake.backend(), name).unwrap()
+}
+
+#[test]
+fn lifecycle_and_names() {
+    let fake = FakeVmm::new();
+    let a = vm(&fake, "b-vm");
+    vm(&fake, "a-vm");
+    assert_eq!(Vm::list_with(&*fake).unwrap(), ["a-vm", "b-vm"]);
+    assert!(matches!(
+        Vm::create_with(fake.backend(), "a-vm"),
+        Err(Error::VmExists(n)) if n == "a-vm"
+    ));
+    let e = Vm::open_with(fake.backend(), "nope").unwrap_err();
+    assert_eq!(e.to_string(), "vm 'nope' does not exist");
+    assert_eq!(e.cause(), "does not exist");
+    assert_eq!(
+        Vm::open_with(fake.backend(), "b-vm").unwrap().name(),
+        "b-vm"
+    );
+    a.destroy().unwrap();
+    assert!(matches!(
+        Vm::destroy_by_name_with(fake.backend(), "b-vm"),
+        Err(Error::NoSuchVm(_))
+    ));
+    Vm::destroy_by_name_with(fake.backend(), "a-vm").unwrap();
+    assert!(Vm::list_with(&*fake).unwrap().is_empty());
+}
+
+#[test]
+fn bad_names_touch_nothing() {
+    let fake = FakeVmm::new();
+    for bad in ["", "a/b", "x\0y", &"n".repeat(230)] {
+        let e = Vm::create_with(fake.backend(), bad).unwrap_err();
+        assert!(matches!(e, Error::BadName { .. }), "{bad:?}: {e}");
+        assert!(matches!(
+            Vm::destroy_by_name_with(fake.backend(), bad),
+            Err(Error::BadName { .. })
+        ));
+    }
+    assert!(fake.vm_names().is_empty());
+    // Many names: the list request is retried with a larger buffer.
+    for i in 0..200 {
+        vm(&fake, &format!("vm-with-a-longish-name-{i:03}"));
+    }
+    let names = Vm::list_with(&*fake).unwrap();
+    assert_eq!(names.len(), 200);
+    assert_eq!(names[199], "vm-with-a-longish-name-199");
+}
+
+#[test]
+fn memory_setup_and_guest_memory() {
+    let fake = FakeVmm::new();
+    let v = vm(&fake, "mem");
+    assert!(matches!(v.guest_memory(), Err(Error::Memory { .. })));
+    v.setup_memory(0x8000_0000, 16 << 20).unwrap();
+    // Idempotent, as on a reinitialised VM.
+    v.setup_memory(0x8000_0000, 16 << 20).unwrap();
+    assert!(matches!(
+        v.setup_memory(0x8000_0000, 32 << 20),
+        Err(Error::Invalid { .. })
+    ));
+    assert!(v.setup_memory(0x8000_0001, 4096).is_err());
+    assert_eq!(
+        v.get_memseg(0).unwrap(),
+        Some(MemSeg {
+            segid: 0,
+            len: 16 << 20,
+            name: None
+        })
+    );
+    assert_eq!(v.get_memseg(1).unwrap(), None);
+    assert_eq!(
+        v.mappings().unwrap(),
+        [MemMap {
+            gpa: 0x8000_0000,
+            segid: 0,
+            segoff: 0,
+            len: 16 << 20,
+            prot: PROT_ALL,
+            flags: 0
+        }]
+    );
+
+    // A second segment mapped elsewhere, and a device segment left out of guest memory.
+    v.alloc_memseg(1, 1 << 20, None).unwrap();
+    v.mmap_memseg(0x4000_0000, 1, 0, 1 << 20, PROT_ALL).unwrap();
+    v.alloc_memseg(2, 4096, Some("fb")).unwrap();
+    assert_eq!(
+        v.get_memseg(2).unwrap().unwrap().name.as_deref(),
+        Some("fb")
+    );
+    v.mmap_memseg(0x2000_0000, 2, 0, 4096, PROT_ALL).unwrap();
+    assert!(v.alloc_memseg(3, 4096, Some("bad/name")).is_err());
+    // Overlapping mappings are refused by the "kernel".
+    let e = v
+        .mmap_memseg(0x8000_1000, 1, 0, 4096, PROT_ALL)
+        .unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EFAULT));
+
+    let mem = v.guest_memory().unwrap();
+    assert_eq!(mem.num_regions(), 2);
+    mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x8000_0ff8))
+        .unwrap();
+    mem.write_slice(b"hello", GuestAddress(0x4000_0000))
+        .unwrap();
+    assert!(mem.write_obj(1u8, GuestAddress(0x2000_0000)).is_err());
+    // A second view sees the same memory (it is the VM's, not a copy).
+    let again = v.guest_memory().unwrap();
+    assert_eq!(
+        again.read_obj::<u64>(GuestAddress(0x8000_0ff8)).unwrap(),
+        0x1122_3344_5566_7788
+    );
+    let mut b = [0u8; 5];
+    again.read_slice(&mut b, GuestAddress(0x4000_0000)).unwrap();
+    assert_eq!(&b, b"hello");
+
+    v.munmap_memseg(0x4000_0000, 1 << 20).unwrap();
+    assert_eq!(v.guest_memory().unwrap().num_regions(), 1);
+    assert!(v.munmap_memseg(0x4000_0000, 1 << 20).is_err());
+    // Memory handed out stays valid after the VM is gone.
+    v.destroy().unwrap();
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(0x8000_0ff8)).unwrap(), 0x88);
+}
+
+#[test]
+fn registers_single_and_sets() {
+    let fake = FakeVmm::new();
+    let v = vm(&fake, "regs");
+    let c = v.vcpu(1).unwrap();
+    c.set_reg(Reg::Pc, 0x8020_0000).unwrap();
+    c.set_regs(&[(Reg::X(0), 0x8800_0000), (Reg::X(1), 0), (Reg::Cpsr, 0x3c5)])
+        .unwrap();
+    assert_eq!(c.get_reg(Reg::Pc).unwrap(), 0x8020_0000);
+    assert_eq!(
+        c.get_regs(&[Reg::X(0), Reg::Cpsr, Reg::Pc, Reg::Sp])
+            .unwrap(),
+        [0x8800_0000, 0x3c5, 0x8020_0000, 0]
+    );
+    assert_eq!(fake.reg("regs", 1, Reg::X(0)), 0x8800_0000);
+    assert_eq!(fake.reg("regs", 0, Reg::Pc), 0, "other vCPUs untouched");
+    assert_eq!(
+        fake.take_reg_writes("regs", 1),
+        [
+            (Reg::Pc, 0x8020_0000),
+            (Reg::X(0), 0x8800_0000),
+            (Reg::X(1), 0),
+            (Reg::Cpsr, 0x3c5)
+        ]
+    );
+    assert!(fake.take_reg_writes("regs", 1).is_empty());
+    assert!(v.vcpu(16).is_err());
+    let all: Vec<Reg> = Reg::all().collect();
+    assert_eq!(c.get_regs(&all).unwrap().len(), 40);
+}
+
+#[test]
+fn run_returns_scripted_exits_and_hook_sees_registers() {
+    let fake = FakeVmm::new();
+    let v = vm(&fake, "run");
+    let c = v.vcpu(0).unwrap();
+    // Not activated: the kernel refuses.
+    assert_eq!(c.run().unwrap_err().errno(), Some(libc::EINVAL));
+    c.activate().unwrap();
+    assert_eq!(c.activate().unwrap_err().errno(), Some(libc::EBUSY));
+    assert_eq!(v.active_cpus().unwrap(), [0]);
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    fake.set_run_hook(move |vm, cpu, regs| {
+        s2.lock().unwrap().push((vm.to_string(), cpu, regs[0]));
+        regs[1] = 0x55; // the "guest" changes x1
+    });
+    fake.push_exits(
+        "run",
+        0,
+        [
+            raw::inst_emul(0x8000_0000, 0x1_0000, 4, false, false, Some(Reg::X(0))),
+            raw::simple(ExitCode::Wfi, 0x8000_0004),
+        ],
+    );
+    let e = c.run().unwrap();
+    assert_eq!(e.pc, 0x8000_0000);
+    assert_eq!(e.inst_length, 4);
+    assert_eq!(
+        e.reason,
+        ExitReason::InstEmul {
+            gpa: 0x1_0000,
+            size: 4,
+            write: false,
+            sign_extend: false,
+            reg: Some(Reg::X(0))
+        }
+    );
+    // The MMIO read is answered by writing x0; the hook sees it at the next run.
+    c.set_reg(Reg::X(0), 0x41).unwrap();
+    assert_eq!(c.run().unwrap().reason, ExitReason::Wfi);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("run".to_string(), 0, 0), ("run".to_string(), 0, 0x41)]
+    );
+    assert_eq!(c.get_reg(Reg::X(1)).unwrap(), 0x55);
+    assert_eq!(fake.pending_exits("run", 0), 0);
+
+    // Nothing scripted: a clear error after the timeout, never a hang.
+    fake.set_run_timeout(Duration::from_millis(20));
+    let e = c.run().unwrap_err().to_string();
+    assert!(
+        e.contains("vm 'run': VM_RUN") && e.contains("no scripted exit"),
+        "{e}"
+    );
+
+    // An exit the library cannot decode is an error, not a panic.
+    fake.push_exit(
+        "run",
+        0,
+        vmm_sys::abi::VmExit {
+            exitcode: 99,
+            ..Default::default()
+        },
+    );
+    let e = c.run().unwrap_err();
+    assert!(matches!(e, Error::BadExit { vcpu: 0, .. }), "{e}");
+    assert!(e.to_string().contains("unknown exit code 99"));
+
+    let stats = v.stats(0).unwrap();
+    // The refused first run is not counted; the timed-out one is.
+    assert_eq!(stats[0], ("VM_RUN calls".to_string(), 4));
+    assert_eq!(stats[1], ("exits returned".to_string(), 3));
+}
+
+#[test]
+fn suspend_wakes_blocked_vcpus_and_reinit_resets() {
+    let fake = FakeVmm::new();
+    let v = vm(&fake, "susp");
+    let (c0, c1) = (v.vcpu(0).unwrap(), v.vcpu(1).unwrap());
+    c0.activate().unwrap();
+    c1.activate().unwrap();
+    assert_eq!(v.reinit().unwrap_err().errno(), Some(libc::EBUSY));
+    let t = std::thread::spawn(move || c1.run().unwrap());
+    std::thread::sleep(Duration::from_millis(20));
+    v.suspend(SuspendHow::Poweroff).unwrap();
+    assert_eq!(
+        t.join().unwrap().reason,
+        ExitReason::Suspended(SuspendHow::Poweroff)
+    );
+    assert_eq!(
+        c0.run().unwrap().reason,
+        ExitReason::Suspended(SuspendHow::Poweroff)
+    );
+    assert_eq!(v.suspended_cpus().unwrap(), [0, 1]);
+    assert_eq!(
+        v.suspend(SuspendHow::Reset).unwrap_err().errno(),
+        Some(libc::EALREADY)
+    );
+    v.reinit().unwrap();
+    assert!(v.active_cpus().unwrap().is_empty());
+    assert_eq!(fake.suspended("susp"), None);
+
+    // Destroying a VM whose vCPU is blocked in VM_RUN ends that run.
+    let c = v.vcpu(0).unwrap();
+    c.activate().unwrap();
+    let t = std::thread::spawn(move || c.run().unwrap());
+    std::thread::sleep(Duration::from_millis(20));
+    v.destroy().unwrap();
+    assert_eq!(
+        t.join().unwrap().reason,
+        ExitReason::Suspended(SuspendHow::Destroy)
+    );
+}
+
+#[test]
+fn vcpu_suspend_resume_and_debug_exit() {
+    let fake = FakeVmm::new();
+    let v = vm(&fake, "dbg");
+    let c = v.vcpu(2).unwrap();
+    assert!(c.suspend_cpu().is_err(), "inactive vCPU");
+    c.activate().unwrap();
+    c.suspend_cpu().unwrap();
+    assert_eq!(c.run().unwrap().reason, ExitReason::Debug);
+    c.resume_cpu().unwrap();
+    assert!(c.resume_cpu().is_err());
+}
+
+#[test]
+fn interrupts_vgic_exceptions_topology_caps() {
+    let fake = FakeVmm::new();
+    let v = vm(&fake, "irq");
+    assert_eq!(v.assert_irq(40).unwrap_err().errno(), Some(libc::ENODEV));
+    assert_eq!(v.vgic_version().unwrap(), 3);
+    let dist = vmm_platform::GICD;
+    let redist = vmm_platform::gicr(2);
+    assert!(v
+        .attach_vgic(Window::new(dist.base, 0x2000), redist)
+        .is_err());
+    v.attach_vgic(dist, redist).unwrap();
+    assert_eq!(fake.vgic("irq"), Some((dist, redist)));
+    assert_eq!(
+        v.attach_vgic(dist, redist).unwrap_err().errno(),
+        Some(libc::EEXIST)
+    );
+    v.assert_irq(33).unwrap();
+    assert!(fake.irq_level("irq", 33));
+    v.deassert_irq(33).unwrap();
+    assert!(!fake.irq_level("irq", 33));
+    assert_eq!(fake.irq_log("irq"), [(33, true), (33, false)]);
+    assert_eq!(v.assert_irq(27).unwrap_err().errno(), Some(libc::EINVAL));
+    v.raise_msi(0x2f00_0040, 64).unwrap();
+    assert_eq!(fake.msis("irq"), [(0x2f00_0040, 64)]);
+
+    let c = v.vcpu(0).unwrap();
+    c.inject_exception(0x0200_0000, 0).unwrap();
+    assert_eq!(fake.exceptions("irq", 0), [(0x0200_0000, 0)]);
+
+    assert_eq!(
+        v.get_topology().unwrap(),
+        Topology {
+            sockets: 1,
+            cores: 1,
+            threads: 1,
+            maxcpus: 16
+        }
+    );
+    let t = Topology {
+        sockets: 1,
+        cores: 4,
+        threads: 1,
+        maxcpus: 0,
+    };
+    v.set_topology(t).unwrap();
+    assert_eq!(v.get_topology().unwrap().cores, 4);
+    assert!(v.set_topology(Topology { cores: 17, ..t }).is_err());
+
+    assert_eq!(c.get_capability(Capability::UnrestrictedGuest).unwrap(), 1);
+    c.set_capability(Capability::BrkExit, 1).unwrap();
+    assert_eq!(c.get_capability(Capability::BrkExit).unwrap(), 1);
+    assert_eq!(fake.capability("irq", 0, Capability::BrkExit), 1);
+}
