@@ -846,3 +846,133 @@ impl Backend for FakeVmm {
         Ok(unsafe { Mapping::new(ptr, len, seg.mem.clone()) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{self, Dir};
+
+    fn fake_with_vm() -> Arc<FakeVmm> {
+        let f = FakeVmm::new();
+        f.execute(&mut request::vm_create("v").unwrap()).unwrap();
+        f
+    }
+
+    #[test]
+    fn honours_buffers_and_refuses_malformed_requests() {
+        let f = fake_with_vm();
+        // A register set whose regvals buffer is too short: EFAULT, as a bad pointer.
+        let mut r = request::get_register_set("v", 0, &[0, 1]);
+        r.buffer_mut(ptr::REGSET_REGVALS).unwrap().data.truncate(8);
+        assert_eq!(f.execute(&mut r), Err(BackendError::Errno(libc::EFAULT)));
+        // Missing buffer.
+        let mut r = request::get_register_set("v", 0, &[0]);
+        r.buffers.remove(1);
+        assert_eq!(f.execute(&mut r), Err(BackendError::Errno(libc::EFAULT)));
+        // A bad register number inside the buffer.
+        let mut r = request::get_register_set("v", 0, &[41]);
+        assert_eq!(f.execute(&mut r), Err(BackendError::Errno(libc::EINVAL)));
+        // Argument length differing from the ioctl word.
+        let mut r = request::get_register("v", 0, 0);
+        r.arg.push(0);
+        assert_eq!(f.execute(&mut r), Err(BackendError::Errno(libc::EINVAL)));
+        // Count over VM_REG_LAST.
+        let mut r = request::get_register_set("v", 0, &[0; 41]);
+        assert_eq!(f.execute(&mut r), Err(BackendError::Errno(libc::EINVAL)));
+        // Unknown ioctl.
+        let mut r = Request::void(Target::Vm("v".into()), ioctl::io(b'v', 200));
+        assert_eq!(f.execute(&mut r), Err(BackendError::Errno(libc::ENOTTY)));
+        // Unknown VM.
+        let mut r = request::get_register("w", 0, 0);
+        assert_eq!(f.execute(&mut r), Err(BackendError::NoSuchVm));
+        // Reserved bits in a create request.
+        let mut r = request::vm_create("x").unwrap();
+        let last = r.arg.len() - 1;
+        r.arg[last] = 1;
+        assert_eq!(f.execute(&mut r), Err(BackendError::Errno(libc::EINVAL)));
+    }
+
+    #[test]
+    fn run_fills_exit_and_cpuset_buffers() {
+        let f = fake_with_vm();
+        let mut r = request::simple(
+            "v",
+            ioctl::VM_ACTIVATE_CPU,
+            &abi::VmActivateCpu { vcpuid: 3 },
+        );
+        f.execute(&mut r).unwrap();
+        let mut r = request::simple("v", ioctl::VM_SUSPEND, &abi::VmSuspend { how: 3 });
+        f.execute(&mut r).unwrap();
+        let mut r = request::run("v", 3);
+        f.execute(&mut r).unwrap();
+        let exit = VmExit::from_bytes(&r.buffer(ptr::RUN_VM_EXIT).unwrap().data).unwrap();
+        assert_eq!(exit.exitcode, vmm_sys::exit::ExitCode::Suspended as i32);
+        // SAFETY: all-integer union member.
+        assert_eq!(unsafe { exit.u.suspended.how }, 3);
+        let set = &r.buffer(ptr::RUN_CPUSET).unwrap().data;
+        assert_eq!(set[0], 1 << 3);
+        assert!(set[1..].iter().all(|&b| b == 0));
+        // The argument's pointer fields stay zero: nothing local leaks into a request.
+        let a: abi::VmRun = r.arg_as().unwrap();
+        assert_eq!((a.cpuset, a.vm_exit), (0, 0));
+        assert_eq!(r.buffer(ptr::RUN_VM_EXIT).unwrap().dir, Dir::Out);
+    }
+
+    #[test]
+    fn memory_rules() {
+        let f = fake_with_vm();
+        let seg = |segid, len| {
+            let mut r = request::simple(
+                "v",
+                ioctl::VM_ALLOC_MEMSEG,
+                &abi::VmMemseg {
+                    segid,
+                    len,
+                    ..Default::default()
+                },
+            );
+            f.execute(&mut r)
+        };
+        assert_eq!(seg(0, 4095), Err(BackendError::Errno(libc::EINVAL)));
+        assert_eq!(seg(4, 4096), Err(BackendError::Errno(libc::EINVAL)));
+        assert_eq!(seg(0, 8192), Ok(()));
+        assert_eq!(seg(0, 8192), Err(BackendError::Errno(libc::EEXIST)));
+        assert_eq!(seg(0, 4096), Err(BackendError::Errno(libc::EINVAL)));
+        let map = |gpa, segoff, len| {
+            let mut r = request::simple(
+                "v",
+                ioctl::VM_MMAP_MEMSEG,
+                &abi::VmMemmap {
+                    gpa,
+                    segid: 0,
+                    segoff,
+                    len,
+                    prot: abi::PROT_ALL,
+                    ..Default::default()
+                },
+            );
+            f.execute(&mut r)
+        };
+        assert_eq!(
+            map(0x1000, 4096, 8192),
+            Err(BackendError::Errno(libc::EINVAL))
+        );
+        assert_eq!(
+            map(1 << 39, 0, 4096),
+            Err(BackendError::Errno(libc::EINVAL))
+        );
+        assert_eq!(map(0x1001, 0, 4096), Err(BackendError::Errno(libc::EINVAL)));
+        assert_eq!(map(0x1000, 0, 8192), Ok(()));
+        // map_memory only inside one mapping.
+        assert!(f.map_memory("v", 0x1000, 8192).is_ok());
+        assert!(f.map_memory("v", 0x2000, 8192).is_err());
+        assert!(f.map_memory("v", 0, 4096).is_err());
+        for i in 1..VM_MAX_MEMMAPS as u64 {
+            assert_eq!(map(0x10_0000 * i, 0, 4096), Ok(()));
+        }
+        assert_eq!(
+            map(0x1000_0000, 0, 4096),
+            Err(BackendError::Errno(libc::ENOSPC))
+        );
+    }
+}
