@@ -1,1 +1,70 @@
-fn main() {}
+//! bhyve(8): runs a VM created and loaded by bhyveload. Exit status: 0 the guest
+//! rebooted, 1 it powered off, 2 it halted, 4 an error (as FreeBSD's bhyve).
+
+use std::process::ExitCode;
+
+use bhyve::args::{self, Command};
+use bhyve::console::{self, Output, TerminalGuard};
+use bhyve::{machine, vcpu};
+
+/// bhyve(8): "exited due to an error".
+const EXIT_ERROR: u8 = 4;
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    console::restore_terminal();
+    console::warn(&msg.to_string());
+    ExitCode::from(EXIT_ERROR)
+}
+
+fn main() -> ExitCode {
+    let args = match args::parse(std::env::args_os()) {
+        Ok(Command::Run(a)) => a,
+        Ok(Command::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => return fail(msg),
+    };
+    let backend = match libvmmapi::backend_from_env() {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let vm = match machine::open(backend, &args.vmname) {
+        Ok(vm) => vm,
+        Err(e) => return fail(e),
+    };
+    let shape = match machine::shape(&vm, &args) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+
+    // Before any other thread exists, so that all of them inherit the blocked mask.
+    if let Err(e) = console::handle_exit_signals(i32::from(EXIT_ERROR)) {
+        return fail(format!("cannot set up signal handling: {e}"));
+    }
+    let _terminal = TerminalGuard;
+    let out = if args.console_on_tty {
+        if let Err(e) = console::enter_raw_mode() {
+            return fail(format!("cannot put the terminal in raw mode: {e}"));
+        }
+        Output::Terminal
+    } else {
+        Output::Discard
+    };
+    let sink = std::sync::Arc::new(machine::VmIrq(vm.clone()));
+    let (bus, uart) = machine::build_bus(sink, args.console, out);
+    if args.console_on_tty {
+        if let Err(e) = console::spawn_input_thread(uart) {
+            return fail(format!("cannot start the console input thread: {e}"));
+        }
+    }
+
+    let stop = vcpu::run(vm, shape.ncpus, bus);
+    console::restore_terminal();
+    if let vcpu::Stop::Error(msg) = &stop {
+        console::warn(&format!("vm '{}': {msg}", args.vmname));
+    }
+    // The console input thread may be blocked reading the terminal: exit without
+    // waiting for it.
+    std::process::exit(stop.status())
+}

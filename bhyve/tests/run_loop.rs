@@ -1,0 +1,442 @@
+//! The run loop and devices driven through libvmmapi's backend seam by its in-process
+//! fake: scripted exits in, register writes, interrupt levels, injected exceptions and
+//! console bytes out. The same path `bhyve` takes, minus the kernel.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bhyve::args::{self, Command, ConsoleDevice};
+use bhyve::console::Output;
+use bhyve::devices::pl011;
+use bhyve::machine::{self, SetupError, VmIrq};
+use bhyve::mmio::{Bus, DeviceRef};
+use bhyve::vcpu::{self, Stop};
+use libvmmapi::exit::raw;
+use libvmmapi::fake::FakeVmm;
+use libvmmapi::{Reg, SuspendHow, Topology, Vm};
+use vmm_sys::arm64::esr::ESR_UNDEFINED;
+use vmm_sys::arm64::psci;
+use vmm_sys::exit::ExitCode;
+
+const PC: u64 = 0x8000_1000;
+const UART: u64 = 0x1_0000;
+const INTID: u32 = 32;
+
+struct Rig {
+    fake: Arc<FakeVmm>,
+    vm: Vm,
+    bus: Arc<Bus>,
+    uart: DeviceRef,
+    out: Arc<Mutex<Vec<u8>>>,
+}
+
+fn rig(name: &str, ncpus: u16, console: ConsoleDevice) -> Rig {
+    let fake = FakeVmm::new();
+    fake.set_run_timeout(Duration::from_secs(5));
+    let vm = Vm::create_with(fake.backend(), name).unwrap();
+    vm.set_topology(Topology {
+        sockets: 1,
+        cores: ncpus,
+        threads: 1,
+        maxcpus: 0,
+    })
+    .unwrap();
+    vm.setup_memory(0x8000_0000, 128 << 20).unwrap();
+    // As bhyveload does: without a vGIC the VM has no interrupt lines.
+    vm.attach_vgic(vmm_platform::GICD, vmm_platform::gicr(ncpus.into()))
+        .unwrap();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let (bus, uart) = machine::build_bus(
+        Arc::new(VmIrq(vm.clone())),
+        console,
+        Output::Buffer(out.clone()),
+    );
+    Rig {
+        fake,
+        vm,
+        bus,
+        uart,
+        out,
+    }
+}
+
+impl Rig {
+    fn run(&self, ncpus: u32) -> Stop {
+        vcpu::run(self.vm.clone(), ncpus, self.bus.clone())
+    }
+    fn name(&self) -> String {
+        self.vm.name().to_string()
+    }
+    /// x0 values written to `vcpu`, in order.
+    fn x0_writes(&self, vcpu: u32) -> Vec<u64> {
+        self.fake
+            .take_reg_writes(&self.name(), vcpu)
+            .into_iter()
+            .filter(|(r, _)| *r == Reg::X(0))
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
+fn call(fid: u32, a: &[u64]) -> vmm_sys::abi::VmExit {
+    let mut args = [0u64; 7];
+    args[..a.len()].copy_from_slice(a);
+    raw::smccc(PC, u64::from(fid), args)
+}
+
+fn mmio_write(off: u64, size: u8, reg: Option<Reg>) -> vmm_sys::abi::VmExit {
+    raw::inst_emul(PC, UART + off, size, true, false, reg)
+}
+
+fn mmio_read(off: u64, size: u8, sign: bool, reg: Option<Reg>) -> vmm_sys::abi::VmExit {
+    raw::inst_emul(PC, UART + off, size, false, sign, reg)
+}
+
+const NOT_SUPPORTED: u64 = u64::MAX;
+
+#[test]
+fn psci_calls_answer_in_x0_and_system_off_is_status_1() {
+    let r = rig("psci", 1, ConsoleDevice::Pl011);
+    r.fake.push_exits(
+        "psci",
+        0,
+        [
+            call(psci::PSCI_VERSION, &[]),
+            call(psci::PSCI_FEATURES, &[psci::SMCCC_VERSION.into()]),
+            call(psci::SMCCC_VERSION, &[]),
+            call(psci::SMCCC_ARCH_FEATURES, &[0x8000_8000]),
+            call(psci::MIGRATE_INFO_TYPE, &[]),
+            call(psci::CPU_SUSPEND_64, &[0, 0, 0]),
+            call(psci::AFFINITY_INFO_64, &[0, 0]),
+            call(psci::AFFINITY_INFO_64, &[0x100, 0]),
+            call(0xc200_0000, &[]),
+            raw::simple(ExitCode::Wfi, PC),
+            raw::simple(ExitCode::Bogus, PC),
+            raw::paging(PC, 0x8000_0000, 0),
+            call(psci::SYSTEM_OFF, &[]),
+        ],
+    );
+    let stop = r.run(1);
+    assert_eq!(stop, Stop::Poweroff);
+    assert_eq!(stop.status(), 1);
+    assert_eq!(
+        r.x0_writes(0),
+        [
+            0x1_0000,
+            0,
+            0x1_0001,
+            NOT_SUPPORTED,
+            psci::MIGRATE_TOS_NOT_PRESENT,
+            0,
+            psci::AFFINITY_ON,
+            psci::AFFINITY_OFF,
+            NOT_SUPPORTED,
+            0
+        ]
+    );
+    assert_eq!(r.fake.suspended("psci"), Some(SuspendHow::Poweroff));
+    assert_eq!(r.fake.pending_exits("psci", 0), 0);
+}
+
+#[test]
+fn system_reset_is_status_0() {
+    let r = rig("reset", 1, ConsoleDevice::Pl011);
+    r.fake.push_exit("reset", 0, call(psci::SYSTEM_RESET, &[]));
+    let stop = r.run(1);
+    assert_eq!((stop.clone(), stop.status()), (Stop::Reset, 0));
+    assert_eq!(r.fake.suspended("reset"), Some(SuspendHow::Reset));
+}
+
+#[test]
+fn suspended_exits_map_to_bhyve_statuses() {
+    for (how, stop, status) in [
+        (SuspendHow::Halt, Stop::Halt, 2),
+        (SuspendHow::Poweroff, Stop::Poweroff, 1),
+        (SuspendHow::Reset, Stop::Reset, 0),
+        (SuspendHow::Destroy, Stop::Destroyed, 4),
+    ] {
+        let r = rig("susp", 1, ConsoleDevice::Pl011);
+        r.fake.push_exit("susp", 0, raw::suspended(PC, how));
+        let got = r.run(1);
+        assert_eq!(got, stop, "{how:?}");
+        assert_eq!(got.status(), status);
+    }
+}
+
+#[test]
+fn debug_exits_are_errors() {
+    for code in [ExitCode::Debug, ExitCode::Brk, ExitCode::Ss] {
+        let r = rig("dbg", 1, ConsoleDevice::Pl011);
+        r.fake.push_exit("dbg", 0, raw::simple(code, 0x8000_2000));
+        match r.run(1) {
+            Stop::Error(m) => {
+                assert!(m.contains("no debugger") && m.contains("0x80002000"), "{m}")
+            }
+            s => panic!("{code:?}: {s:?}"),
+        }
+        // The other vCPUs were told to stop.
+        assert_eq!(r.fake.suspended("dbg"), Some(SuspendHow::Halt));
+    }
+}
+
+#[test]
+fn unknown_system_register_gets_undefined() {
+    let r = rig("undef", 1, ConsoleDevice::Pl011);
+    // mrs x3, s3_0_c15_c2_0 (an IMPLEMENTATION DEFINED register)
+    let iss = (3 << 20) | (15 << 10) | (2 << 1) | (3 << 5) | 1;
+    r.fake.push_exits(
+        "undef",
+        0,
+        [
+            raw::reg_emul(0x8000_3000, iss, false, Some(Reg::X(3))),
+            raw::hyp(0x8000_4000, 0, 0x8600_0000, 0xdead_0000, 0),
+            call(psci::SYSTEM_OFF, &[]),
+        ],
+    );
+    assert_eq!(r.run(1), Stop::Poweroff);
+    assert_eq!(
+        r.fake.exceptions("undef", 0),
+        [(ESR_UNDEFINED, 0), (ESR_UNDEFINED, 0xdead_0000)]
+    );
+    let pcs: Vec<u64> = r
+        .fake
+        .take_reg_writes("undef", 0)
+        .into_iter()
+        .filter(|(reg, _)| *reg == Reg::Pc)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        pcs,
+        [0x8000_3000, 0x8000_4000],
+        "taken at the trapping instruction"
+    );
+}
+
+#[test]
+fn pl011_transmit_reaches_the_console_and_raises_its_interrupt() {
+    let r = rig("tx", 1, ConsoleDevice::Pl011);
+    for (reg, v) in [
+        (Reg::X(1), u64::from(b'h')),
+        (Reg::X(2), 0x1_0000_0000 | u64::from(b'i')),
+        (Reg::X(4), pl011::int::TX.into()),
+        (Reg::X(5), pl011::int::TX.into()),
+    ] {
+        r.fake.set_reg("tx", 0, reg, v);
+    }
+    r.fake.push_exits(
+        "tx",
+        0,
+        [
+            mmio_write(pl011::IMSC, 4, Some(Reg::X(4))),
+            mmio_write(pl011::DR, 2, Some(Reg::X(1))),
+            // Only the access size reaches the device: the upper bits of x2 are not sent.
+            mmio_write(pl011::DR, 1, Some(Reg::X(2))),
+            mmio_write(pl011::ICR, 4, Some(Reg::X(5))),
+            // A store of XZR writes zero.
+            mmio_write(pl011::DR, 1, None),
+            mmio_read(pl011::FR, 2, false, Some(Reg::X(6))),
+            call(psci::SYSTEM_OFF, &[]),
+        ],
+    );
+    assert_eq!(r.run(1), Stop::Poweroff);
+    assert_eq!(*r.out.lock().unwrap(), b"hi\0");
+    assert_eq!(
+        r.fake.irq_log("tx"),
+        [(INTID, true), (INTID, false), (INTID, true)]
+    );
+    assert!(r.fake.irq_level("tx", INTID));
+    assert_eq!(
+        r.fake.reg("tx", 0, Reg::X(6)),
+        u64::from(pl011::fr::TXFE | pl011::fr::RXFE)
+    );
+}
+
+#[test]
+fn pl011_receive_reaches_the_guest_register() {
+    let r = rig("rx", 1, ConsoleDevice::Pl011);
+    r.fake
+        .set_reg("rx", 0, Reg::X(4), (pl011::int::RX | pl011::int::RT).into());
+    r.fake.set_reg("rx", 0, Reg::X(9), 0x5555);
+    assert_eq!(r.uart.push_input(b"k").unwrap(), 1);
+    r.fake.push_exits(
+        "rx",
+        0,
+        [
+            mmio_write(pl011::IMSC, 4, Some(Reg::X(4))),
+            mmio_read(pl011::FR, 4, false, Some(Reg::X(6))),
+            mmio_read(pl011::DR, 4, false, Some(Reg::X(7))),
+            mmio_read(pl011::FR, 4, false, Some(Reg::X(8))),
+            call(psci::SYSTEM_OFF, &[]),
+        ],
+    );
+    assert_eq!(r.run(1), Stop::Poweroff);
+    // FIFOs off (LCR_H.FEN clear): one byte fills the holding register.
+    assert_eq!(
+        r.fake.reg("rx", 0, Reg::X(6)),
+        u64::from(pl011::fr::TXFE | pl011::fr::RXFF)
+    );
+    assert_eq!(r.fake.reg("rx", 0, Reg::X(7)), u64::from(b'k'));
+    assert_eq!(
+        r.fake.reg("rx", 0, Reg::X(8)),
+        u64::from(pl011::fr::TXFE | pl011::fr::RXFE)
+    );
+    // Enabling the RX interrupts with a byte waiting raised the line; reading it lowered it.
+    assert_eq!(r.fake.irq_log("rx"), [(INTID, true), (INTID, false)]);
+    assert_eq!(r.fake.reg("rx", 0, Reg::X(9)), 0x5555);
+}
+
+#[test]
+fn loads_are_sign_extended_and_xzr_loads_discarded() {
+    let r = rig("sx", 1, ConsoleDevice::Pl011);
+    r.uart.push_input(&[0xfe]).unwrap();
+    r.fake.set_reg("sx", 0, Reg::X(3), 7);
+    r.fake.push_exits(
+        "sx",
+        0,
+        [
+            // ldrsb x2, [DR]
+            mmio_read(pl011::DR, 1, true, Some(Reg::X(2))),
+            // ldr xzr-style discard of the RX FIFO: nothing is written.
+            mmio_read(pl011::FR, 4, false, None),
+            // ldrsh x3 of PeriphID0 (0x11): positive, zero-extended.
+            mmio_read(pl011::ID_BASE, 2, true, Some(Reg::X(3))),
+            call(psci::SYSTEM_OFF, &[]),
+        ],
+    );
+    assert_eq!(r.run(1), Stop::Poweroff);
+    let writes = r.fake.take_reg_writes("sx", 0);
+    assert_eq!(
+        writes,
+        [
+            (Reg::X(2), 0xffff_ffff_ffff_fffe),
+            (Reg::X(3), 0x11),
+            (Reg::X(0), 0)
+        ]
+    );
+}
+
+#[test]
+fn accesses_where_no_device_is_read_zero_and_are_counted() {
+    let r = rig("hole", 1, ConsoleDevice::Pl011);
+    r.fake.set_reg("hole", 0, Reg::X(1), 0x1234);
+    r.fake.push_exits(
+        "hole",
+        0,
+        [
+            raw::inst_emul(PC, 0x3000_0000, 4, false, false, Some(Reg::X(1))),
+            raw::inst_emul(PC, 0x3000_0000, 4, true, false, Some(Reg::X(1))),
+            call(psci::SYSTEM_OFF, &[]),
+        ],
+    );
+    assert_eq!(r.run(1), Stop::Poweroff);
+    assert_eq!(r.fake.reg("hole", 0, Reg::X(1)), 0);
+    assert_eq!(r.bus.unhandled_count(), 2);
+}
+
+#[test]
+fn ns16550_console_when_selected() {
+    let r = rig("ns", 1, ConsoleDevice::Ns16550);
+    r.fake.set_reg("ns", 0, Reg::X(1), u64::from(b'z'));
+    r.fake.set_reg("ns", 0, Reg::X(2), 0x2); // IER: THR empty
+    let ns = vmm_platform::NS16550.base;
+    let pl = vmm_platform::PL011.base;
+    r.fake.push_exits(
+        "ns",
+        0,
+        [
+            raw::inst_emul(PC, ns + 1, 1, true, false, Some(Reg::X(2))),
+            raw::inst_emul(PC, ns, 1, true, false, Some(Reg::X(1))),
+            // The PL011 is still there, its output discarded.
+            raw::inst_emul(PC, pl, 1, true, false, Some(Reg::X(1))),
+            raw::inst_emul(PC, ns + 2, 1, false, false, Some(Reg::X(3))),
+            call(psci::SYSTEM_OFF, &[]),
+        ],
+    );
+    assert_eq!(r.run(1), Stop::Poweroff);
+    assert_eq!(*r.out.lock().unwrap(), b"z");
+    assert_eq!(r.fake.reg("ns", 0, Reg::X(3)) & 0xf, 0x2, "IIR: THR empty");
+    let intid = vmm_platform::NS16550_INTID;
+    assert_eq!(r.fake.irq_log("ns"), [(intid, true), (intid, false)]);
+}
+
+#[test]
+fn cpu_on_starts_the_target_with_entry_and_context() {
+    let r = rig("smp", 2, ConsoleDevice::Pl011);
+    r.fake.push_exits(
+        "smp",
+        0,
+        [
+            // Unknown MPIDR, ourselves (already on), then vCPU 1.
+            call(psci::CPU_ON_64, &[5, 0x8020_0000, 0x1234]),
+            call(psci::CPU_ON_64, &[0, 0x8020_0000, 0x1234]),
+            call(psci::CPU_ON_64, &[1, 0x8020_0000, 0x1234]),
+        ],
+    );
+    // vCPU 1 powers the VM off; vCPU 0 is then still in VM_RUN and must be brought back.
+    r.fake.push_exit("smp", 1, call(psci::SYSTEM_OFF, &[]));
+    assert!(!r.fake.is_active("smp", 1));
+    assert_eq!(r.run(2), Stop::Poweroff);
+    assert!(r.fake.is_active("smp", 1));
+    assert_eq!(
+        r.x0_writes(0),
+        [
+            psci::ret::INVALID_PARAMETERS as u64,
+            psci::ret::ALREADY_ON as u64,
+            0
+        ]
+    );
+    let w1 = r.fake.take_reg_writes("smp", 1);
+    assert!(w1.contains(&(Reg::Pc, 0x8020_0000)), "{w1:?}");
+    assert!(w1.contains(&(Reg::X(0), 0x1234)), "{w1:?}");
+    assert!(w1.contains(&(Reg::Cpsr, 0x3c5)), "{w1:?}");
+    assert_eq!(r.fake.reg("smp", 1, Reg::Pc), 0x8020_0000);
+}
+
+#[test]
+fn last_cpu_off_halts() {
+    let r = rig("off", 1, ConsoleDevice::Pl011);
+    r.fake.push_exit("off", 0, call(psci::CPU_OFF, &[]));
+    assert_eq!(r.run(1), Stop::Halt);
+}
+
+#[test]
+fn missing_vm_is_one_line() {
+    let fake = FakeVmm::new();
+    let e = machine::open(fake.backend(), "nope").unwrap_err();
+    assert!(matches!(e, SetupError::NoSuchVm(_)));
+    assert_eq!(e.to_string(), "vm 'nope' does not exist");
+}
+
+fn parsed(argv: &[&str]) -> args::Args {
+    match args::parse(argv.iter().copied()).unwrap() {
+        Command::Run(a) => a,
+        Command::Help(_) => unreachable!(),
+    }
+}
+
+#[test]
+fn shape_comes_from_the_vm_and_must_match() {
+    let r = rig("shape", 2, ConsoleDevice::Pl011);
+    let s = machine::shape(&r.vm, &parsed(&["bhyve", "shape"])).unwrap();
+    assert_eq!((s.ncpus, s.memsize), (2, 128 << 20));
+    assert!(machine::shape(&r.vm, &parsed(&["bhyve", "-c", "2", "-m", "128M", "shape"])).is_ok());
+    let e = machine::shape(&r.vm, &parsed(&["bhyve", "-c", "1", "shape"])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "-c 1: vm 'shape' has 2 vCPU(s) (bhyveload -c sets them)"
+    );
+    let e = machine::shape(&r.vm, &parsed(&["bhyve", "-m", "256M", "shape"])).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("-m 268435456: vm 'shape' has 134217728"),
+        "{e}"
+    );
+
+    let fake = FakeVmm::new();
+    let vm = Vm::create_with(fake.backend(), "empty").unwrap();
+    let e = machine::shape(&vm, &parsed(&["bhyve", "empty"])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "vm 'empty' has no memory: load it with bhyveload first"
+    );
+}
