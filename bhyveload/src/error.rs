@@ -1,0 +1,61 @@
+//! bhyveload's errors: each one prints as the one line after "bhyveload: ".
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::cli::ArgError;
+use crate::kernel::KernelError;
+use crate::placement::PlaceError;
+use crate::userdtb::DtbError;
+
+/// An io::Error without Rust's " (os error N)" tail.
+pub fn io_text(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{0}")]
+    Args(#[from] ArgError),
+    #[error("{what} {}: {}", path.display(), io_text(source))]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("kernel {}: {source}", path.display())]
+    Kernel { path: PathBuf, source: KernelError },
+    #[error("initrd {}: {why}", path.display())]
+    Initrd { path: PathBuf, why: String },
+    #[error("devicetree {}: {source}", path.display())]
+    Dtb { path: PathBuf, source: DtbError },
+    #[error("{0}")]
+    Place(#[from] PlaceError),
+    #[error("generating the devicetree: {0}")]
+    FdtGen(vm_fdt::Error),
+    #[error("--dtb-out {}: {}", path.display(), io_text(source))]
+    DtbOut { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Vm(#[from] libvmmapi::Error),
+    #[error(
+        "vm '{vm}' already has memory {have}; destroy it (bhyvectl --destroy --vm={vm}) to load it with {want}"
+    )]
+    MemoryMismatch {
+        vm: String,
+        have: String,
+        want: String,
+    },
+    #[error("vm '{vm}': writing {what} to guest memory at {addr:#x}: {why}")]
+    GuestWrite {
+        vm: String,
+        what: &'static str,
+        addr: u64,
+        why: String,
+    },
+}
