@@ -440,3 +440,55 @@ fn shape_comes_from_the_vm_and_must_match() {
         "vm 'empty' has no memory: load it with bhyveload first"
     );
 }
+
+#[test]
+fn cpu_off_then_cpu_on_restarts_the_parked_vcpu() {
+    let r = Arc::new(rig("hotplug", 2, ConsoleDevice::Pl011));
+    r.fake.set_reg("hotplug", 1, Reg::SctlrEl1, 0x30d0_1805);
+    // vCPU 1 turns itself off, and after its restart powers the VM off.
+    r.fake.push_exits(
+        "hotplug",
+        1,
+        [call(psci::CPU_OFF, &[]), call(psci::SYSTEM_OFF, &[])],
+    );
+    r.fake
+        .push_exit("hotplug", 0, call(psci::CPU_ON_64, &[1, 0x8020_0000, 1]));
+    let runner = {
+        let r = r.clone();
+        std::thread::spawn(move || r.run(2))
+    };
+    // Ask AFFINITY_INFO until vCPU 1 reports off (parked), as a guest would.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut answers = Vec::new(); // every x0 vCPU 0 got: CPU_ON's, then AFFINITY_INFO's
+    let mut asked = 1;
+    loop {
+        r.fake
+            .push_exit("hotplug", 0, call(psci::AFFINITY_INFO_64, &[1, 0]));
+        asked += 1;
+        while answers.len() < asked {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no answer: {answers:?}"
+            );
+            answers.extend(r.x0_writes(0));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if answers.last() == Some(&psci::AFFINITY_OFF) {
+            break;
+        }
+    }
+    assert_eq!(answers[0], 0, "the first CPU_ON succeeded");
+    r.fake
+        .push_exit("hotplug", 0, call(psci::CPU_ON_64, &[1, 0x8030_0000, 2]));
+    assert_eq!(runner.join().unwrap(), Stop::Poweroff);
+    let w1 = r.fake.take_reg_writes("hotplug", 1);
+    // Started at the first entry, restarted at the second with the MMU and caches off.
+    let pcs: Vec<u64> = w1
+        .iter()
+        .filter(|(reg, _)| *reg == Reg::Pc)
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(pcs, [0x8020_0000, 0x8030_0000]);
+    assert!(w1.contains(&(Reg::X(0), 2)), "{w1:?}");
+    assert!(w1.contains(&(Reg::SctlrEl1, 0x30d0_0800)), "{w1:?}");
+}

@@ -1,0 +1,56 @@
+//! The `bhyve` binary as a user runs it: bad input is refused with one line on stderr
+//! and status 4 before any VM is touched.
+
+use std::process::Command;
+
+fn bhyve(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bhyve"))
+        .args(args)
+        // Never reach a real vmm from a test.
+        .env("VMM_TESTBED", "/nonexistent/bhyve-test.sock")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn one_error_line(args: &[&str], expect: &str) {
+    let (code, stdout, stderr) = bhyve(args);
+    assert_eq!(code, 4, "{args:?}: {stderr}");
+    assert!(stdout.is_empty(), "{args:?}: {stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    assert!(stderr.starts_with("bhyve: "), "{stderr}");
+    assert!(stderr.contains(expect), "{args:?}: {stderr}");
+}
+
+#[test]
+fn bad_arguments() {
+    one_error_line(&[], "vmname");
+    one_error_line(&["-z", "vm"], "-z");
+    one_error_line(&["-c", "0", "vm"], "-c 0");
+    one_error_line(&["-m", "12X", "vm"], "-m 12X");
+    one_error_line(&["-s", "8,virtio-net", "vm"], "slot '8'");
+    one_error_line(&["-s", "1,a", "-s", "1,b", "vm"], "slot 1 is used twice");
+    one_error_line(
+        &["-s", "1,virtio-blk,disk.img", "vm"],
+        "no -s devices are implemented yet",
+    );
+    one_error_line(&["-o", "console=vga", "vm"], "pl011 or ns16550");
+    one_error_line(&["a/b"], "'/'");
+}
+
+#[test]
+fn arguments_are_checked_before_the_vm_is_opened() {
+    // Good arguments get as far as opening the VM, which fails on the backend.
+    one_error_line(&["-b", "-c", "2", "-m", "256M", "vm"], "bhyve-test.sock");
+}
+
+#[test]
+fn help() {
+    let (code, stdout, _) = bhyve(&["-h"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("slot,device[,options]"), "{stdout}");
+}
