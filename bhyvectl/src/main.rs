@@ -1,1 +1,35 @@
-fn main() {}
+//! bhyvectl: control and inspect vmm(4) virtual machines (see docs/man/bhyvectl.8).
+//!
+//! Errors are one line, `bhyvectl: vm 'NAME': <cause>`, and exit status 1, as FreeBSD's
+//! bhyvectl.
+
+mod cli;
+mod cmd;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let opts = match cli::parse(std::env::args_os()) {
+        Ok(o) => o,
+        Err(e) => {
+            // --help and --version print and succeed; usage errors exit 1 like bhyvectl.
+            let code = e.exit_code();
+            let _ = e.print();
+            return if code == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    let result = libvmmapi::backend_from_env()
+        .map_err(cmd::CtlError::from)
+        .and_then(|backend| cmd::run(&opts, backend, &mut std::io::stdout().lock()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bhyvectl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -91,7 +91,8 @@ impl Error {
     /// The VM the error is about, if any.
     pub fn vm(&self) -> Option<&str> {
         match self {
-            Error::BadName { .. } | Error::Backend { .. } => None,
+            Error::Backend { .. } => None,
+            Error::BadName { name, .. } => Some(name),
             Error::NoSuchVm(vm) | Error::VmExists(vm) => Some(vm),
             Error::Request { vm, .. }
             | Error::Invalid { vm, .. }
@@ -109,7 +110,8 @@ impl Error {
             Error::Invalid { what, .. } => what.clone(),
             Error::BadExit { vcpu, cause, .. } => format!("vcpu {vcpu}: {cause}"),
             Error::Memory { what, .. } => format!("guest memory: {what}"),
-            Error::BadName { .. } | Error::Backend { .. } => self.to_string(),
+            Error::BadName { cause, .. } => cause.to_string(),
+            Error::Backend { .. } => self.to_string(),
         }
     }
 

@@ -379,10 +379,7 @@ mod tests {
         let b: Arc<dyn Backend> = Arc::new(FreeBsd::with_dev_root(&dev));
         assert!(matches!(
             Vm::open_with(b, "alpha"),
-            Err(Error::Request {
-                op: "VM_GET_TOPOLOGY",
-                ..
-            })
+            Err(Error::Request { op: "open", .. })
         ));
         let b: Arc<dyn Backend> = Arc::new(FreeBsd::with_dev_root(&dev));
         assert!(matches!(Vm::open_with(b, "nosuch"), Err(Error::NoSuchVm(n)) if n == "nosuch"));

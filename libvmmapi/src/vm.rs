@@ -146,7 +146,8 @@ impl Vm {
             name: name.to_string(),
         };
         // Any cheap request proves the node exists; topology is always answerable.
-        vm.get_topology()?;
+        let mut req = request::simple(name, ioctl::VM_GET_TOPOLOGY, &abi::VmCpuTopology::default());
+        vm.execute("open", &mut req)?;
         Ok(vm)
     }
 
