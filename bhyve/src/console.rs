@@ -6,7 +6,7 @@
 //! slot so that every one of those paths restores the same state, once.
 
 use std::io::{self, IsTerminal, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -17,8 +17,9 @@ use nix::sys::termios::{self, SetArg, Termios};
 
 use crate::mmio::DeviceRef;
 
-/// The terminal settings to put back, and the fd they belong to (stdin).
-static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
+/// The terminal to put back and its settings. The fd is stdin's for bhyve (which
+/// stays open for the whole process); tests pass a pseudo-terminal.
+static SAVED: Mutex<Option<(RawFd, Termios)>> = Mutex::new(None);
 /// True while the terminal is raw: messages then need "\r\n".
 static RAW: AtomicBool = AtomicBool::new(false);
 
@@ -38,26 +39,33 @@ pub fn enter_raw_mode() -> nix::Result<bool> {
     if !stdin.is_terminal() {
         return Ok(false);
     }
-    let fd = stdin.as_fd();
+    enter_raw_mode_on(stdin.as_fd()).map(|()| true)
+}
+
+/// Puts terminal `fd` in raw mode and remembers how it was. `fd` must stay open until
+/// [`restore_terminal`].
+pub fn enter_raw_mode_on(fd: BorrowedFd<'_>) -> nix::Result<()> {
     let saved = termios::tcgetattr(fd)?;
     let mut raw = saved.clone();
     termios::cfmakeraw(&mut raw);
     // As FreeBSD's bhyve does: ignore modem control lines.
     raw.control_flags |= termios::ControlFlags::CLOCAL;
-    *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
+    *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some((fd.as_raw_fd(), saved));
     install_panic_restore();
     termios::tcsetattr(fd, SetArg::TCSANOW, &raw)?;
     RAW.store(true, Ordering::Relaxed);
-    Ok(true)
+    Ok(())
 }
 
 /// Puts the terminal back as [`enter_raw_mode`] found it. Safe to call on any path and
 /// more than once; only the first call after entering raw mode does anything.
 pub fn restore_terminal() {
     let saved = SAVED.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(t) = saved {
-        let stdin = io::stdin();
-        let _ = termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &t);
+    if let Some((fd, t)) = saved {
+        // SAFETY: `fd` was borrowed from an open terminal in enter_raw_mode_on, whose
+        // caller keeps it open until this restore (stdin for bhyve: never closed).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = termios::tcsetattr(fd, SetArg::TCSANOW, &t);
         RAW.store(false, Ordering::Relaxed);
     }
 }
@@ -233,6 +241,30 @@ mod tests {
         let levels = sink.0.lock().unwrap();
         assert_eq!(levels.first(), Some(&(vmm_platform::PL011_INTID, true)));
         assert_eq!(levels.last(), Some(&(vmm_platform::PL011_INTID, false)));
+    }
+
+    #[test]
+    fn raw_mode_is_entered_and_restored() {
+        use nix::sys::termios::{InputFlags, LocalFlags};
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let fd = pty.slave.as_fd();
+        let before = termios::tcgetattr(fd).unwrap();
+        assert!(before
+            .local_flags
+            .contains(LocalFlags::ICANON | LocalFlags::ECHO));
+        enter_raw_mode_on(fd).unwrap();
+        let raw = termios::tcgetattr(fd).unwrap();
+        assert!(!raw
+            .local_flags
+            .intersects(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG));
+        assert!(!raw.input_flags.contains(InputFlags::ICRNL));
+        restore_terminal();
+        let after = termios::tcgetattr(fd).unwrap();
+        assert_eq!(after.local_flags, before.local_flags);
+        assert_eq!(after.input_flags, before.input_flags);
+        assert_eq!(after.output_flags, before.output_flags);
+        // A second restore does nothing (and does not touch a closed fd).
+        restore_terminal();
     }
 
     #[test]
