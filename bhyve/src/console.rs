@@ -173,19 +173,22 @@ pub fn pump_input(mut input: impl Read, uart: &DeviceRef) -> io::Result<()> {
     }
 }
 
-/// Starts the thread that reads the terminal into the console UART.
-pub fn spawn_input_thread(uart: DeviceRef) -> io::Result<thread::JoinHandle<()>> {
+/// Starts the thread that feeds `input` (the terminal: [`StdinFd`]) to the console UART.
+pub fn spawn_input_thread(
+    input: impl Read + Send + 'static,
+    uart: DeviceRef,
+) -> io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
-            if let Err(e) = pump_input(StdinFd(io::stdin()), &uart) {
+            if let Err(e) = pump_input(input, &uart) {
                 warn(&format!("console input stopped: {e}"));
             }
         })
 }
 
-/// Reads stdin straight from its fd (std's Stdin buffers, which would hold back keys).
-struct StdinFd(io::Stdin);
+/// Reads stdin straight from its fd: every key as soon as it is typed.
+pub struct StdinFd(pub io::Stdin);
 
 impl Read for StdinFd {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

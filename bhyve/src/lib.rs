@@ -1,12 +1,15 @@
 //! bhyve: runs a VM that bhyveload created and loaded.
 //!
 //! * [`args`]: the command line.
+//! * [`machine`]: opening the VM, checking `-c`/`-m`, building the devices.
+//! * [`vcpu`]: the run loop (vCPU threads, exits, stopping the VM).
 //! * [`mmio`]: the address -> device bus and interrupt lines.
 //! * [`devices`]: PL011 (console), NS16550A (alternative console), PL031 (RTC).
 //! * [`psci`]: PSCI 1.0 / SMCCC 1.1 calls.
 //! * [`console`]: the terminal, raw mode and its restoration, console input.
-//! * [`machine`]: opening the VM, checking `-c`/`-m`, building the devices.
-//! * [`vcpu`]: the run loop (vCPU threads, exits, stopping the VM).
+//!
+//! `main` is [`prepare`] (everything that can fail before the guest runs), then the
+//! terminal, then [`Prepared::run`]; tests take the same path with libvmmapi's fake.
 
 pub mod args;
 pub mod console;
@@ -15,3 +18,41 @@ pub mod machine;
 pub mod mmio;
 pub mod psci;
 pub mod vcpu;
+
+use std::io::Read;
+use std::sync::Arc;
+
+use libvmmapi::{Backend, Vm};
+
+use crate::args::Args;
+use crate::console::Output;
+use crate::machine::{SetupError, Shape};
+use crate::vcpu::Stop;
+
+/// A VM opened and checked against the command line, ready to run.
+pub struct Prepared {
+    pub vm: Vm,
+    pub shape: Shape,
+}
+
+/// Opens `args.vmname` through `backend` and checks it against `-c`/`-m`.
+pub fn prepare(args: &Args, backend: Arc<dyn Backend>) -> Result<Prepared, SetupError> {
+    let vm = machine::open(backend, &args.vmname)?;
+    let shape = machine::shape(&vm, args)?;
+    Ok(Prepared { vm, shape })
+}
+
+impl Prepared {
+    /// Builds the devices (the console UART selected by `args` writes to `out` and,
+    /// with `input`, reads from it on a thread of its own) and runs the VM to its end.
+    pub fn run(self, args: &Args, out: Output, input: Option<Box<dyn Read + Send>>) -> Stop {
+        let sink = Arc::new(machine::VmIrq(self.vm.clone()));
+        let (bus, uart) = machine::build_bus(sink, args.console, out);
+        if let Some(input) = input {
+            if let Err(e) = console::spawn_input_thread(input, uart) {
+                return Stop::Error(format!("cannot start the console input thread: {e}"));
+            }
+        }
+        vcpu::run(self.vm, self.shape.ncpus, bus)
+    }
+}

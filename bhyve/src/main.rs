@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use bhyve::args::{self, Command};
 use bhyve::console::{self, Output, TerminalGuard};
-use bhyve::{machine, vcpu};
+use bhyve::vcpu;
 
 /// bhyve(8): "exited due to an error".
 const EXIT_ERROR: u8 = 4;
@@ -29,12 +29,8 @@ fn main() -> ExitCode {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
-    let vm = match machine::open(backend, &args.vmname) {
-        Ok(vm) => vm,
-        Err(e) => return fail(e),
-    };
-    let shape = match machine::shape(&vm, &args) {
-        Ok(s) => s,
+    let vm = match bhyve::prepare(&args, backend) {
+        Ok(p) => p,
         Err(e) => return fail(e),
     };
 
@@ -43,23 +39,19 @@ fn main() -> ExitCode {
         return fail(format!("cannot set up signal handling: {e}"));
     }
     let _terminal = TerminalGuard;
-    let out = if args.console_on_tty {
+    let (out, input): (Output, Option<Box<dyn std::io::Read + Send>>) = if args.console_on_tty {
         if let Err(e) = console::enter_raw_mode() {
             return fail(format!("cannot put the terminal in raw mode: {e}"));
         }
-        Output::Terminal
+        (
+            Output::Terminal,
+            Some(Box::new(console::StdinFd(std::io::stdin()))),
+        )
     } else {
-        Output::Discard
+        (Output::Discard, None)
     };
-    let sink = std::sync::Arc::new(machine::VmIrq(vm.clone()));
-    let (bus, uart) = machine::build_bus(sink, args.console, out);
-    if args.console_on_tty {
-        if let Err(e) = console::spawn_input_thread(uart) {
-            return fail(format!("cannot start the console input thread: {e}"));
-        }
-    }
 
-    let stop = vcpu::run(vm, shape.ncpus, bus);
+    let stop = vm.run(&args, out, input);
     console::restore_terminal();
     if let vcpu::Stop::Error(msg) = &stop {
         console::warn(&format!("vm '{}': {msg}", args.vmname));

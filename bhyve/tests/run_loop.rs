@@ -492,3 +492,44 @@ fn cpu_off_then_cpu_on_restarts_the_parked_vcpu() {
     assert!(w1.contains(&(Reg::X(0), 2)), "{w1:?}");
     assert!(w1.contains(&(Reg::SctlrEl1, 0x30d0_0800)), "{w1:?}");
 }
+
+#[test]
+fn the_whole_path_echoes_console_input() {
+    // What `bhyve -b -c 1 -m 128M echo` does, with the fake for the kernel and bytes
+    // for the terminal.
+    let r = rig("echo", 1, ConsoleDevice::Pl011);
+    let a = parsed(&["bhyve", "-b", "-c", "1", "-m", "128M", "echo"]);
+    let prepared = bhyve::prepare(&a, r.fake.backend()).unwrap();
+    assert_eq!(prepared.shape.ncpus, 1);
+    r.fake.set_reg(
+        "echo",
+        0,
+        Reg::X(4),
+        (pl011::int::RX | pl011::int::RT).into(),
+    );
+    r.fake
+        .push_exit("echo", 0, mmio_write(pl011::IMSC, 4, Some(Reg::X(4))));
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let runner = {
+        let out = out.clone();
+        std::thread::spawn(move || prepared.run(&a, Output::Buffer(out), Some(Box::new(&b"q"[..]))))
+    };
+    // The guest's interrupt handler runs once the typed byte raised the line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !r.fake.irq_level("echo", INTID) {
+        assert!(std::time::Instant::now() < deadline, "no RX interrupt");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    r.fake.push_exits(
+        "echo",
+        0,
+        [
+            mmio_read(pl011::DR, 4, false, Some(Reg::X(1))),
+            mmio_write(pl011::DR, 4, Some(Reg::X(1))),
+            call(psci::SYSTEM_OFF, &[]),
+        ],
+    );
+    assert_eq!(runner.join().unwrap(), Stop::Poweroff);
+    assert_eq!(*out.lock().unwrap(), b"q");
+    assert!(!r.fake.irq_level("echo", INTID));
+}
