@@ -53,8 +53,12 @@ fn main() -> ExitCode {
 
     let stop = vm.run(&args, out, input);
     console::restore_terminal();
-    if let vcpu::Stop::Error(msg) = &stop {
-        console::warn(&format!("vm '{}': {msg}", args.vmname));
+    match &stop {
+        vcpu::Stop::Error(msg) => console::warn(&format!("vm '{}': {msg}", args.vmname)),
+        vcpu::Stop::Destroyed => {
+            console::warn(&format!("vm '{}' was destroyed while running", args.vmname))
+        }
+        _ => {}
     }
     // The console input thread may be blocked reading the terminal: exit without
     // waiting for it.

@@ -231,7 +231,15 @@ fn vcpu_main(s: &Arc<Shared>, id: u32, start: Option<(u64, u64)>) -> Result<(), 
     if let Some((entry, context)) = start {
         set_entry(&vcpu, entry, context, false)?;
     }
-    vcpu.activate().map_err(|e| e.cause())?;
+    vcpu.activate().map_err(|e| {
+        // VM_ACTIVATE_CPU refuses a vCPU that is already active with EBUSY.
+        if e.errno() == Some(libc::EBUSY) {
+            "already active: the VM has run since bhyveload loaded it; run bhyveload again"
+                .to_string()
+        } else {
+            e.cause()
+        }
+    })?;
     loop {
         if s.stopping() {
             return Ok(());

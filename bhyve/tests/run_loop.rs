@@ -533,3 +533,13 @@ fn the_whole_path_echoes_console_input() {
     assert_eq!(*out.lock().unwrap(), b"q");
     assert!(!r.fake.irq_level("echo", INTID));
 }
+
+#[test]
+fn a_vm_that_already_ran_must_be_reloaded() {
+    let r = rig("again", 1, ConsoleDevice::Pl011);
+    r.vm.vcpu(0).unwrap().activate().unwrap();
+    match r.run(1) {
+        Stop::Error(m) => assert!(m.contains("run bhyveload again"), "{m}"),
+        s => panic!("{s:?}"),
+    }
+}
