@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use libvmmapi::{Backend, Topology, Vm};
+use libvmmapi::{Backend, Topology, Vm, VmMemory};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_platform as plat;
 use vmm_sys::arm64::regs::pstate;
@@ -85,6 +85,19 @@ pub fn prepare(config: &Config) -> Result<Prepared, Error> {
     }
     let initrd = match &config.initrd {
         Some(p) => {
+            let too_big = |len: u64| Error::Initrd {
+                path: p.clone(),
+                why: format!(
+                    "{len} bytes do not fit in {} bytes of guest memory",
+                    config.ram_size
+                ),
+            };
+            // Refuse an initrd larger than the guest before reading it all.
+            if let Ok(md) = fs::metadata(p) {
+                if md.len() > config.ram_size {
+                    return Err(too_big(md.len()));
+                }
+            }
             let b = read("initrd", p)?;
             if b.is_empty() {
                 return Err(Error::Initrd {
@@ -93,14 +106,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, Error> {
                 });
             }
             if b.len() as u64 > config.ram_size {
-                return Err(Error::Initrd {
-                    path: p.clone(),
-                    why: format!(
-                        "{} bytes do not fit in {} bytes of guest memory",
-                        b.len(),
-                        config.ram_size
-                    ),
-                });
+                return Err(too_big(b.len() as u64));
             }
             Some(b)
         }
@@ -140,18 +146,15 @@ pub fn prepare(config: &Config) -> Result<Prepared, Error> {
                 initrd: layout.initrd,
             };
             if patch.is_empty() {
-                let len =
-                    usize::try_from(u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]))
-                        .unwrap_or(bytes.len());
-                bytes[..len.min(bytes.len())].to_vec()
+                // Used as is: the blob itself, without any padding after it in the file.
+                bytes[..tree.totalsize].to_vec()
             } else {
                 userdtb::patch(&tree, &patch).map_err(dtb_err)?
             }
         }
     };
-    if dtb.len() as u64 > placement::DTB_SLOT {
-        return Err(Error::FdtGen(vm_fdt::Error::TotalSizeTooLarge));
-    }
+    // parse() and patch() refuse anything over 2 MiB; ours is a few KiB.
+    debug_assert!(dtb.len() as u64 <= placement::DTB_SLOT);
     if let Some(out) = &config.dtb_out {
         fs::write(out, &dtb).map_err(|source| Error::DtbOut {
             path: out.clone(),
@@ -228,31 +231,23 @@ fn fill(vm: &Vm, p: &Prepared, fresh: bool) -> Result<(), Error> {
             return Err(e.into());
         }
     }
-    let mem = vm.guest_memory()?;
-    let write = |what: &'static str, addr: u64, bytes: &[u8]| -> Result<(), Error> {
-        mem.write_slice(bytes, GuestAddress(addr))
-            .map_err(|e| Error::GuestWrite {
-                vm: vm.name().to_string(),
-                what,
-                addr,
-                why: e.to_string(),
-            })
+    let mem = GuestWriter {
+        mem: vm.guest_memory()?,
+        vm: vm.name(),
     };
     let base = p.layout.load_base;
     for seg in &p.kernel.segments {
         let data = &p.kernel.bytes[seg.file.clone()];
-        write("the kernel", base + seg.offset, data)?;
+        mem.write("the kernel", base + seg.offset, data)?;
         // BSS (and an Image's room up to image_size): a reinitialised VM's memory
         // still holds the last boot's bytes.
         let tail = seg.memsz - data.len() as u64;
-        if tail > 0 {
-            zero(&write, base + seg.offset + data.len() as u64, tail)?;
-        }
+        mem.zero(base + seg.offset + data.len() as u64, tail)?;
     }
     if let (Some(bytes), Some((start, _))) = (&p.initrd, p.layout.initrd) {
-        write("the initrd", start, bytes)?;
+        mem.write("the initrd", start, bytes)?;
     }
-    write("the devicetree", p.layout.dtb, &p.dtb)?;
+    mem.write("the devicetree", p.layout.dtb, &p.dtb)?;
     let vcpu0 = vm.vcpu(0)?;
     vcpu0.set_regs(&p.boot_regs())?;
     for n in 0..c.ncpus {
@@ -261,20 +256,35 @@ fn fill(vm: &Vm, p: &Prepared, fresh: bool) -> Result<(), Error> {
     Ok(())
 }
 
-fn zero(
-    write: &dyn Fn(&'static str, u64, &[u8]) -> Result<(), Error>,
-    mut addr: u64,
-    mut len: u64,
-) -> Result<(), Error> {
-    const CHUNK: usize = 1 << 20;
-    let zeros = vec![0u8; CHUNK];
-    while len > 0 {
-        let n = len.min(CHUNK as u64) as usize;
-        write("the kernel's BSS", addr, &zeros[..n])?;
-        addr += n as u64;
-        len -= n as u64;
+/// Guest memory with errors that name the VM and what was being written.
+struct GuestWriter<'a> {
+    mem: VmMemory,
+    vm: &'a str,
+}
+
+impl GuestWriter<'_> {
+    fn write(&self, what: &'static str, addr: u64, bytes: &[u8]) -> Result<(), Error> {
+        self.mem
+            .write_slice(bytes, GuestAddress(addr))
+            .map_err(|e| Error::GuestWrite {
+                vm: self.vm.to_string(),
+                what,
+                addr,
+                why: e.to_string(),
+            })
     }
-    Ok(())
+
+    fn zero(&self, mut addr: u64, mut len: u64) -> Result<(), Error> {
+        const CHUNK: usize = 1 << 20;
+        let zeros = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
+        while len > 0 {
+            let n = len.min(zeros.len() as u64) as usize;
+            self.write("the kernel's BSS", addr, &zeros[..n])?;
+            addr += n as u64;
+            len -= n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// Creates VM `p.config.name` through `backend` (or reinitialises it if it exists) and

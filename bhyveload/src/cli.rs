@@ -49,6 +49,7 @@ struct RawArgs {
     #[arg(long = "dtb-out", value_name = "FILE")]
     dtb_out: Option<PathBuf>,
     /// Name of the VM.
+    #[arg(value_name = "vmname")]
     vmname: String,
 }
 
@@ -169,8 +170,19 @@ where
     }))
 }
 
-/// clap's message without its "error: " prefix, usage and help hint: one line.
+/// clap's message without its "error: " prefix, usage and help hint, on one line
+/// ("the following required arguments were not provided: <vmname>").
 fn first_line(rendered: &str) -> String {
-    let line = rendered.lines().next().unwrap_or("bad arguments").trim();
-    line.strip_prefix("error: ").unwrap_or(line).to_string()
+    let msg = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg).to_string();
+    if msg.is_empty() {
+        "bad arguments (see bhyveload -h)".to_string()
+    } else {
+        msg
+    }
 }

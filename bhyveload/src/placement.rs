@@ -91,7 +91,7 @@ pub fn place(
 ) -> Result<Layout, PlaceError> {
     let ram_end = ram_base + ram_size;
     let load_base = load_addr.unwrap_or(ram_base);
-    if load_base % kernel.align != 0 {
+    if !load_base.is_multiple_of(kernel.align) {
         return Err(PlaceError::Unaligned {
             addr: load_base,
             align: kernel.align,

@@ -94,10 +94,10 @@ fn header(b: &[u8]) -> Result<Header, DtbError> {
             want: h.totalsize,
         });
     }
-    if h.off_rsvmap % 8 != 0 || h.off_rsvmap < HEADER_LEN {
+    if !h.off_rsvmap.is_multiple_of(8) || h.off_rsvmap < HEADER_LEN {
         return Err(malformed("memory reservation block misplaced"));
     }
-    if h.off_struct % 4 != 0 || h.off_struct < HEADER_LEN {
+    if !h.off_struct.is_multiple_of(4) || h.off_struct < HEADER_LEN {
         return Err(malformed("structure block misplaced"));
     }
     // usize is 64 bits wide on every host we build for, so these sums of u32s cannot wrap.
@@ -157,6 +157,8 @@ pub struct Tree {
     pub tokens: Vec<Token>,
     pub reservations: Vec<FdtReserveEntry>,
     pub boot_cpuid: u32,
+    /// The header's totalsize: the blob's length (a file may carry padding after it).
+    pub totalsize: usize,
 }
 
 /// Checks `b` completely (header, reservations, every token of the structure block,
@@ -226,6 +228,7 @@ pub fn parse(b: &[u8]) -> Result<Tree, DtbError> {
         tokens,
         reservations,
         boot_cpuid: h.boot_cpuid,
+        totalsize: h.totalsize,
     })
 }
 
