@@ -41,7 +41,7 @@ pub const TESTBED_ENV: &str = "VMM_TESTBED";
 pub fn backend_from_env() -> Result<Arc<dyn Backend>> {
     match std::env::var_os(TESTBED_ENV) {
         Some(path) if !path.is_empty() => Err(Error::Backend {
-            op: "VMM_TESTBED",
+            op: "testbed",
             source: BackendError::Unavailable(format!(
                 "{TESTBED_ENV}={} selects the testbed, whose socket transport is not \
                  implemented in this build; unset {TESTBED_ENV} to use /dev/vmm",

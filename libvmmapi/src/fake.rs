@@ -464,16 +464,23 @@ fn handle(vm: &mut FakeVm, req: &mut Request) -> Result<(), BackendError> {
                 return errno(libc::ENOENT);
             }
             let c = vm.vcpu(a.cpuid)?;
+            // arm64 has no halt/pause exits, and UNRESTRICTED_GUEST is fixed at 1.
+            let settable = matches!(
+                a.captype,
+                abi::cap::BRK_EXIT | abi::cap::SS_EXIT | abi::cap::MASK_HWINTR
+            );
             if req.cmd == ioctl::VM_SET_CAPABILITY {
-                if a.captype == abi::cap::UNRESTRICTED_GUEST {
+                if !settable {
                     return errno(libc::ENOENT);
                 }
                 c.caps.insert(a.captype, a.capval);
             } else {
                 a.capval = if a.captype == abi::cap::UNRESTRICTED_GUEST {
                     1
-                } else {
+                } else if settable {
                     c.caps.get(&a.captype).copied().unwrap_or(0)
+                } else {
+                    return errno(libc::ENOENT);
                 };
                 put(req, &a);
             }

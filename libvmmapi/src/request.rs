@@ -210,9 +210,13 @@ impl Request {
         let name = r.take(name_len)?;
         let target = match kind {
             0 if name_len == 0 => Target::Ctl,
-            1 => Target::Vm(
-                String::from_utf8(name.to_vec()).map_err(|_| DecodeError::BadField("name"))?,
-            ),
+            1 => {
+                // A server must not open a path the peer chose: names are checked here.
+                vmm_sys::validate_vm_name(name).map_err(|_| DecodeError::BadField("name"))?;
+                Target::Vm(
+                    String::from_utf8(name.to_vec()).map_err(|_| DecodeError::BadField("name"))?,
+                )
+            }
             _ => return Err(DecodeError::BadField("target")),
         };
         let cmd = r.u64()?;
@@ -603,6 +607,13 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(Request::decode(&extra).is_err());
+        let mut evil = get_register("..", 0, 0);
+        assert!(Request::decode(&evil.encode()).is_err());
+        evil.target = Target::Vm("a/../../etc".into());
+        assert_eq!(
+            Request::decode(&evil.encode()),
+            Err(DecodeError::BadField("name"))
+        );
     }
 
     #[test]

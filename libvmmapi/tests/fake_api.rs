@@ -350,4 +350,11 @@ fn interrupts_vgic_exceptions_topology_caps() {
     c.set_capability(Capability::BrkExit, 1).unwrap();
     assert_eq!(c.get_capability(Capability::BrkExit).unwrap(), 1);
     assert_eq!(fake.capability("irq", 0, Capability::BrkExit), 1);
+    assert_eq!(
+        c.set_capability(Capability::HaltExit, 1)
+            .unwrap_err()
+            .errno(),
+        Some(libc::ENOENT)
+    );
+    assert!(c.get_capability(Capability::PauseExit).is_err());
 }

@@ -1,0 +1,158 @@
+//! Every ioctl the API issues, recorded on its way to the fake: the word, the target,
+//! the argument length, the directions the word declares, and the pointer buffers.
+
+use libvmmapi::exit::raw;
+use libvmmapi::fake::FakeVmm;
+use libvmmapi::{
+    Backend, BackendError, Capability, Dir, Mapping, Reg, Request, SuspendHow, Target, Topology, Vm,
+};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use vmm_sys::exit::ExitCode;
+use vmm_sys::ioctl::{self, *};
+
+#[derive(Debug)]
+struct Recorder {
+    inner: Arc<FakeVmm>,
+    log: Mutex<Vec<Request>>,
+}
+
+impl Backend for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    fn execute(&self, req: &mut Request) -> Result<(), BackendError> {
+        self.log.lock().unwrap().push(req.clone());
+        self.inner.execute(req)
+    }
+    fn map_memory(&self, vm: &str, gpa: u64, len: usize) -> Result<Mapping, BackendError> {
+        self.inner.map_memory(vm, gpa, len)
+    }
+}
+
+/// (word, copies in, copies out, pointer buffers as (offset, dir)).
+type Shape = (bool, bool, Vec<(usize, Dir)>);
+
+#[test]
+fn every_ioctl_has_its_shape() {
+    let fake = FakeVmm::new();
+    let rec = Arc::new(Recorder {
+        inner: fake.clone(),
+        log: Mutex::new(Vec::new()),
+    });
+    let vm = Vm::create_with(rec.clone(), "enc").unwrap();
+    Vm::list_with(&*rec).unwrap();
+    Vm::open_with(rec.clone(), "enc")
+        .unwrap()
+        .get_topology()
+        .unwrap();
+    vm.setup_memory(0x8000_0000, 1 << 20).unwrap();
+    vm.guest_memory().unwrap();
+    vm.munmap_memseg(0x8000_0000, 1 << 20).unwrap();
+    vm.set_topology(Topology {
+        sockets: 1,
+        cores: 2,
+        threads: 1,
+        maxcpus: 0,
+    })
+    .unwrap();
+    vm.attach_vgic(vmm_platform::GICD, vmm_platform::gicr(2))
+        .unwrap();
+    vm.vgic_version().unwrap();
+    vm.assert_irq(40).unwrap();
+    vm.deassert_irq(40).unwrap();
+    vm.raise_msi(0x2f00_0040, 1).unwrap();
+    let c = vm.vcpu(1).unwrap();
+    c.set_reg(Reg::Pc, 1).unwrap();
+    c.get_reg(Reg::Pc).unwrap();
+    c.set_regs(&[(Reg::X(0), 2)]).unwrap();
+    c.get_regs(&[Reg::X(0)]).unwrap();
+    c.set_capability(Capability::SsExit, 1).unwrap();
+    c.get_capability(Capability::SsExit).unwrap();
+    c.activate().unwrap();
+    fake.push_exit("enc", 1, raw::simple(ExitCode::Wfi, 0));
+    c.run().unwrap();
+    c.inject_exception(0x0200_0000, 0).unwrap();
+    c.suspend_cpu().unwrap();
+    c.resume_cpu().unwrap();
+    vm.active_cpus().unwrap();
+    vm.stats(1).unwrap();
+    vm.suspend(SuspendHow::Halt).unwrap();
+    vm.reinit().unwrap();
+    vm.destroy().unwrap();
+
+    let want: BTreeMap<u64, Shape> = [
+        (VMMCTL_VM_CREATE, (true, true, vec![])),
+        (VMMCTL_VM_DESTROY, (true, true, vec![])),
+        (VMMCTL_VM_LIST, (true, true, vec![(0, Dir::Out)])),
+        (VM_GET_TOPOLOGY, (false, true, vec![])),
+        (VM_SET_TOPOLOGY, (true, false, vec![])),
+        (VM_ALLOC_MEMSEG, (true, false, vec![])),
+        (VM_GET_MEMSEG, (true, true, vec![])),
+        (VM_MMAP_MEMSEG, (true, false, vec![])),
+        (VM_MMAP_GETNEXT, (true, true, vec![])),
+        (VM_MUNMAP_MEMSEG, (true, false, vec![])),
+        (VM_ATTACH_VGIC, (true, false, vec![])),
+        (VM_GET_VGIC_VERSION, (false, true, vec![])),
+        (VM_ASSERT_IRQ, (true, false, vec![])),
+        (VM_DEASSERT_IRQ, (true, false, vec![])),
+        (VM_RAISE_MSI, (true, false, vec![])),
+        (VM_SET_REGISTER, (true, false, vec![])),
+        (VM_GET_REGISTER, (true, true, vec![])),
+        (
+            VM_SET_REGISTER_SET,
+            (true, false, vec![(8, Dir::In), (16, Dir::In)]),
+        ),
+        (
+            VM_GET_REGISTER_SET,
+            (true, true, vec![(8, Dir::In), (16, Dir::Out)]),
+        ),
+        (VM_SET_CAPABILITY, (true, false, vec![])),
+        (VM_GET_CAPABILITY, (true, true, vec![])),
+        (VM_ACTIVATE_CPU, (true, false, vec![])),
+        (VM_RUN, (true, true, vec![(8, Dir::Out), (24, Dir::Out)])),
+        (VM_INJECT_EXCEPTION, (true, false, vec![])),
+        (VM_SUSPEND_CPU, (true, false, vec![])),
+        (VM_RESUME_CPU, (true, false, vec![])),
+        // FreeBSD declares it _IOW although the kernel writes through `cpus`.
+        (VM_GET_CPUS, (true, false, vec![(8, Dir::Out)])),
+        (VM_STATS, (true, true, vec![])),
+        (VM_STAT_DESC, (true, true, vec![])),
+        (VM_SUSPEND, (true, false, vec![])),
+        (VM_REINIT, (false, false, vec![])),
+    ]
+    .into_iter()
+    .collect();
+
+    let log = rec.log.lock().unwrap();
+    let mut seen = BTreeMap::new();
+    for r in log.iter() {
+        r.check().unwrap();
+        assert_eq!(r.arg.len(), iocparm_len(r.cmd));
+        let ctl = ioctl::ioc_group(r.cmd) == VMMCTL_GROUP;
+        assert_eq!(
+            r.target,
+            if ctl {
+                Target::Ctl
+            } else {
+                Target::Vm("enc".into())
+            }
+        );
+        // Pointer fields travel as zero.
+        for b in &r.buffers {
+            assert!(r.arg[b.ptr_offset..b.ptr_offset + 8]
+                .iter()
+                .all(|&x| x == 0));
+        }
+        let shape: Shape = (
+            r.copies_in(),
+            r.copies_out(),
+            r.buffers.iter().map(|b| (b.ptr_offset, b.dir)).collect(),
+        );
+        seen.insert(r.cmd, shape);
+    }
+    for (cmd, shape) in &want {
+        assert_eq!(seen.get(cmd), Some(shape), "ioctl {cmd:#x}");
+    }
+    assert_eq!(seen.len(), want.len(), "unexpected ioctls: {seen:x?}");
+}
