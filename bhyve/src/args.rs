@@ -24,7 +24,8 @@ struct RawArgs {
     /// Guest memory size (e.g. 128M, 1G, 134217728); must match the VM when given.
     #[arg(short = 'm', value_name = "size")]
     memsize: Option<String>,
-    /// A configuration option, `key=value` (`console=pl011` or `console=ns16550`).
+    /// A configuration option, `key=value`: `console=pl011`, `console=ns16550` (which UART
+    /// is the console) or `console=stdio` (the same as -b).
     #[arg(short = 'o', value_name = "key=value")]
     options: Vec<String>,
     /// A virtio-mmio slot: `slot,device[,options]`, slot 0..7.
@@ -188,31 +189,33 @@ fn check(raw: RawArgs) -> Result<Args, ArgError> {
         })
         .transpose()?;
     let mut console = ConsoleDevice::default();
+    let mut console_on_tty = raw.console;
     for opt in &raw.options {
         let (key, value) = opt
             .split_once('=')
             .ok_or_else(|| ArgError::BadOption(opt.clone()))?;
         match key {
-            "console" => {
-                console = match value {
-                    "pl011" => ConsoleDevice::Pl011,
-                    "ns16550" | "ns16550a" => ConsoleDevice::Ns16550,
-                    _ => {
-                        return Err(ArgError::BadOptionValue {
-                            key: key.into(),
-                            value: value.into(),
-                            why: "the console is pl011 or ns16550",
-                        })
-                    }
+            // One key names both which UART is the console and, with "stdio" as in
+            // FreeBSD's `-o console=stdio`, that it is on this terminal (like -b).
+            "console" => match value {
+                "pl011" => console = ConsoleDevice::Pl011,
+                "ns16550" | "ns16550a" => console = ConsoleDevice::Ns16550,
+                "stdio" => console_on_tty = true,
+                _ => {
+                    return Err(ArgError::BadOptionValue {
+                        key: key.into(),
+                        value: value.into(),
+                        why: "the console is pl011, ns16550 or stdio",
+                    })
                 }
-            }
+            },
             _ => return Err(ArgError::UnknownOption(opt.clone())),
         }
     }
     let slots = parse_slots(&raw.slots)?;
     check_devices(&slots, &raw.slots)?;
     Ok(Args {
-        console_on_tty: raw.console,
+        console_on_tty,
         console,
         ncpus,
         memsize,
@@ -353,6 +356,15 @@ mod tests {
         assert_eq!(a.memsize, Some(1 << 30));
         assert_eq!(a.console, ConsoleDevice::Ns16550);
         assert_eq!(a.vmname, "guest");
+        // FreeBSD's spelling of -b, combined with the UART choice in either order.
+        for argv in [
+            ["bhyve", "-o", "console=stdio", "-o", "console=ns16550", "g"],
+            ["bhyve", "-o", "console=ns16550", "-o", "console=stdio", "g"],
+        ] {
+            let a = run(&argv).unwrap();
+            assert!(a.console_on_tty);
+            assert_eq!(a.console, ConsoleDevice::Ns16550);
+        }
     }
 
     #[test]
@@ -393,7 +405,7 @@ mod tests {
         );
         assert_eq!(
             run(&["bhyve", "-o", "console=vga", "vm"]).unwrap_err(),
-            "-o console=vga: the console is pl011 or ns16550"
+            "-o console=vga: the console is pl011, ns16550 or stdio"
         );
         assert_eq!(
             run(&["bhyve", "-o", "console", "vm"]).unwrap_err(),

@@ -38,7 +38,7 @@ fn bad_arguments() {
         &["-s", "1,virtio-blk,disk.img", "vm"],
         "no -s devices are implemented yet",
     );
-    one_error_line(&["-o", "console=vga", "vm"], "pl011 or ns16550");
+    one_error_line(&["-o", "console=vga", "vm"], "pl011, ns16550 or stdio");
     one_error_line(&["a/b"], "'/'");
 }
 
