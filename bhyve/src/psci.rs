@@ -39,6 +39,8 @@ pub trait Cpus {
     fn mpidr(&self, n: u32) -> u64;
     /// True while vCPU `n` is on (started and not turned off).
     fn is_on(&self, n: u32) -> bool;
+    /// True if a CPU may start executing at `addr` (it is guest RAM).
+    fn is_ram(&self, addr: u64) -> bool;
 }
 
 fn r(code: i64) -> Action {
@@ -68,6 +70,7 @@ pub fn handle(func_id: u64, args: &[u64; 7], cpus: &dyn Cpus) -> Action {
             match (0..cpus.count()).find(|&n| cpus.mpidr(n) & MPIDR_AFF_MASK == target) {
                 None => r(ret::INVALID_PARAMETERS),
                 Some(n) if cpus.is_on(n) => r(ret::ALREADY_ON),
+                Some(_) if !cpus.is_ram(arg(1)) => r(ret::INVALID_ADDRESS),
                 Some(n) => Action::CpuOn {
                     target: n,
                     entry: arg(1),
@@ -134,6 +137,9 @@ mod tests {
 
     struct Table(Vec<bool>);
     impl Cpus for Table {
+        fn is_ram(&self, addr: u64) -> bool {
+            addr >= 4 && addr < 0x1_0000_0000
+        }
         fn count(&self) -> u32 {
             self.0.len() as u32
         }
@@ -208,6 +214,9 @@ mod tests {
         assert_eq!(call(psci::CPU_ON_64, &[0, 4, 5], &t), NEG(-4));
         assert_eq!(call(psci::CPU_ON_64, &[3, 4, 5], &t), NEG(-2));
         assert_eq!(call(psci::CPU_ON_64, &[0x100, 4, 5], &t), NEG(-2));
+        // An entry point outside RAM.
+        assert_eq!(call(psci::CPU_ON_64, &[1, 0, 5], &t), NEG(-9));
+        assert_eq!(call(psci::CPU_ON_64, &[1, 0x1_0000_0000, 5], &t), NEG(-9));
         // SMC32: 32-bit arguments.
         assert_eq!(
             call(

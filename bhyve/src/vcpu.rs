@@ -86,6 +86,9 @@ enum CpuState {
 
 struct State {
     cpus: Vec<CpuState>,
+    /// Guest RAM as (base, size): where CPU_ON may point a vCPU. Empty when the VM's
+    /// mappings could not be read, and then every address is accepted.
+    ram: Vec<(u64, u64)>,
     stop: Option<Stop>,
     /// Threads started and not yet finished.
     live: usize,
@@ -133,6 +136,13 @@ impl psci::Cpus for State {
     fn mpidr(&self, n: u32) -> u64 {
         vmm_platform::vcpu_mpidr(n)
     }
+    fn is_ram(&self, addr: u64) -> bool {
+        self.ram.is_empty()
+            || self
+                .ram
+                .iter()
+                .any(|&(base, size)| addr >= base && addr - base < size)
+    }
     fn is_on(&self, n: u32) -> bool {
         matches!(
             self.cpus.get(n as usize),
@@ -143,11 +153,13 @@ impl psci::Cpus for State {
 
 /// Runs VM `vm` with `ncpus` vCPUs and the devices on `bus` until it stops.
 pub fn run(vm: Vm, ncpus: u32, bus: Arc<Bus>) -> Stop {
+    let ram = system_memory(&vm);
     let shared = Arc::new(Shared {
         vm,
         bus,
         state: Mutex::new(State {
             cpus: vec![CpuState::Off; ncpus as usize],
+            ram,
             stop: None,
             live: 0,
         }),
@@ -196,6 +208,17 @@ pub fn run(vm: Vm, ncpus: u32, bus: Arc<Bus>) -> Stop {
             .unwrap_or_else(|p| p.into_inner().0);
     }
     why
+}
+
+/// The VM's system memory mappings (segments without a name), as (gpa, len).
+fn system_memory(vm: &Vm) -> Vec<(u64, u64)> {
+    let Ok(maps) = vm.mappings() else {
+        return Vec::new();
+    };
+    maps.into_iter()
+        .filter(|m| matches!(vm.get_memseg(m.segid), Ok(Some(s)) if s.name.is_none()))
+        .map(|m| (m.gpa, m.len))
+        .collect()
 }
 
 /// Starts the thread of vCPU `id`; `start` is the CPU_ON entry point and context.

@@ -543,3 +543,21 @@ fn a_vm_that_already_ran_must_be_reloaded() {
         s => panic!("{s:?}"),
     }
 }
+
+#[test]
+fn cpu_on_outside_ram_is_invalid_address() {
+    let r = rig("badentry", 2, ConsoleDevice::Pl011);
+    r.fake.push_exits(
+        "badentry",
+        0,
+        [
+            call(psci::CPU_ON_64, &[1, 0x1000, 0]),
+            call(psci::CPU_ON_64, &[1, 0x8000_0000 + (128 << 20), 0]),
+            call(psci::SYSTEM_OFF, &[]),
+        ],
+    );
+    assert_eq!(r.run(2), Stop::Poweroff);
+    let invalid = psci::ret::INVALID_ADDRESS as u64;
+    assert_eq!(r.x0_writes(0), [invalid, invalid, 0]);
+    assert!(!r.fake.is_active("badentry", 1));
+}
