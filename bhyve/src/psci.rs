@@ -138,7 +138,7 @@ mod tests {
     struct Table(Vec<bool>);
     impl Cpus for Table {
         fn is_ram(&self, addr: u64) -> bool {
-            addr >= 4 && addr < 0x1_0000_0000
+            (4..0x1_0000_0000).contains(&addr)
         }
         fn count(&self) -> u32 {
             self.0.len() as u32
