@@ -173,6 +173,18 @@ where
     from_matches(&m).map_err(|msg| cmd.error(clap::error::ErrorKind::ArgumentConflict, msg))
 }
 
+/// A usage error as one line: clap's message without its "error: " prefix, usage and
+/// tips, followed by a pointer to --help.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
+    let msg = first.strip_prefix("error: ").unwrap_or(first).trim_end();
+    format!("{msg} (see bhyvectl --help)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +261,19 @@ mod tests {
         assert!(p(&["--vm=a", "--get-x31"]).is_err());
         assert!(p(&["--vm=a", "--cpu=-1", "--get-pc"]).is_err());
         assert!(p(&["--vm=a", "--bogus"]).is_err());
+        let e = p(&["--vm=a"]).unwrap_err();
+        assert_eq!(
+            one_line(&e),
+            "nothing to do: give an action such as --create, --destroy or --get-all-regs \
+             (see bhyvectl --help)"
+        );
+        let e = p(&["--vm=a", "--set-reg=pc"]).unwrap_err();
+        assert!(
+            one_line(&e).contains("'pc' is not NAME=VALUE"),
+            "{}",
+            one_line(&e)
+        );
+        assert!(!one_line(&e).contains('\n'));
         let help = p(&["--help"]).unwrap_err();
         assert_eq!(help.exit_code(), 0);
     }

@@ -11,15 +11,15 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let opts = match cli::parse(std::env::args_os()) {
         Ok(o) => o,
-        Err(e) => {
-            // --help and --version print and succeed; usage errors exit 1 like bhyvectl.
-            let code = e.exit_code();
+        Err(e) if e.exit_code() == 0 => {
+            // --help: print it and succeed.
             let _ = e.print();
-            return if code == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            };
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Usage errors: one line, exit 1 like bhyvectl.
+            eprintln!("bhyvectl: {}", cli::one_line(&e));
+            return ExitCode::FAILURE;
         }
     };
     let result = libvmmapi::backend_from_env()
