@@ -1,7 +1,7 @@
 //! The devicetree bhyveload writes for the guest platform (vmm_platform): every address
 //! and interrupt comes from there, never from a number repeated here.
 //!
-//! Choices (docs/bhyveload.md has the reasons in full):
+//! Choices (bhyveload/README.md, "Decisions", has the reasons in full):
 //! * root `compatible = "freebsd,bhyve", "linux,dummy-virt"`: FreeBSD's own bhyve name,
 //!   then the binding Linux defines for a virtual machine with a generated devicetree;
 //! * timer PPIs flagged level-high (4), as QEMU's virt and Firecracker do: the GIC has
