@@ -153,6 +153,9 @@ impl psci::Cpus for State {
 
 /// Runs VM `vm` with `ncpus` vCPUs and the devices on `bus` until it stops.
 pub fn run(vm: Vm, ncpus: u32, bus: Arc<Bus>) -> Stop {
+    if ncpus == 0 || ncpus > vmm_platform::MAX_VCPUS {
+        return Stop::Error(format!("cannot run {ncpus} vCPUs"));
+    }
     let ram = system_memory(&vm);
     let shared = Arc::new(Shared {
         vm,
