@@ -21,6 +21,8 @@ pub mod el2;
 pub mod errno;
 pub mod host;
 pub mod sync;
+#[cfg(any(test, feature = "freebsd"))]
+pub mod freebsd;
 
 pub use el2::{IdRegs, InitParams};
 pub use errno::{Errno, KResult};

@@ -1,0 +1,123 @@
+//! Keeps `SYMBOLS` (the list the vmm.ko undefined-symbol check reads) equal to the set
+//! of names the `extern "C"` blocks of this module declare, and checks its format.
+
+use std::collections::BTreeSet;
+
+const SOURCES: &[(&str, &str)] = &[
+    ("cdev.rs", include_str!("cdev.rs")),
+    ("copy.rs", include_str!("copy.rs")),
+    ("intr.rs", include_str!("intr.rs")),
+    ("kern.rs", include_str!("kern.rs")),
+    ("lock.rs", include_str!("lock.rs")),
+    ("malloc.rs", include_str!("malloc.rs")),
+    ("module.rs", include_str!("module.rs")),
+    ("priv_.rs", include_str!("priv_.rs")),
+    ("smp.rs", include_str!("smp.rs")),
+    ("sysctl.rs", include_str!("sysctl.rs")),
+    ("timer.rs", include_str!("timer.rs")),
+    ("types.rs", include_str!("types.rs")),
+    ("vm.rs", include_str!("vm.rs")),
+];
+const SYMBOLS: &str = include_str!("SYMBOLS");
+
+/// Names declared by `fn name(` or `static [mut] name:` inside `extern "C" { ... }`
+/// blocks (top level of the block: the declarations here are one per item).
+fn declared(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in src.lines() {
+        let t = line.trim();
+        if !inside {
+            if t.starts_with("extern \"C\" {") {
+                inside = true;
+            }
+            continue;
+        }
+        if line.starts_with('}') {
+            inside = false;
+            continue;
+        }
+        let rest = t
+            .strip_prefix("pub ")
+            .unwrap_or(t)
+            .trim_start_matches("unsafe ")
+            .to_string();
+        let name = if let Some(r) = rest.strip_prefix("fn ") {
+            r.split(['(', '<']).next()
+        } else if let Some(r) = rest.strip_prefix("static ") {
+            r.trim_start_matches("mut ").split(':').next()
+        } else {
+            None
+        };
+        if let Some(n) = name {
+            out.push(n.trim().to_string());
+        }
+    }
+    out
+}
+
+fn listed() -> Vec<(String, String)> {
+    SYMBOLS
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let sym = f.next().unwrap_or_default().to_string();
+            let hdr = f.next().unwrap_or_default().to_string();
+            assert!(
+                f.next().is_none(),
+                "SYMBOLS line has more than two fields: {l}"
+            );
+            (sym, hdr)
+        })
+        .collect()
+}
+
+#[test]
+fn symbols_list_matches_declarations() {
+    let mut decl = BTreeSet::new();
+    for (file, src) in SOURCES {
+        for n in declared(src) {
+            assert!(
+                decl.insert(n.clone()),
+                "{n} declared twice (again in {file})"
+            );
+        }
+    }
+    let list: BTreeSet<String> = listed().into_iter().map(|(s, _)| s).collect();
+    let missing: Vec<_> = decl.difference(&list).collect();
+    let stale: Vec<_> = list.difference(&decl).collect();
+    assert!(
+        missing.is_empty(),
+        "declared but not in SYMBOLS: {missing:?}"
+    );
+    assert!(stale.is_empty(), "in SYMBOLS but not declared: {stale:?}");
+    assert!(
+        decl.len() > 40,
+        "parser found too few declarations: {}",
+        decl.len()
+    );
+}
+
+#[test]
+fn symbols_list_is_well_formed() {
+    let entries = listed();
+    let mut seen = BTreeSet::new();
+    for (sym, hdr) in &entries {
+        assert!(seen.insert(sym.clone()), "{sym} listed twice");
+        assert!(
+            sym.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad symbol name {sym}"
+        );
+        assert!(
+            hdr.starts_with("sys/") && hdr.ends_with(".h"),
+            "bad header for {sym}: {hdr}"
+        );
+    }
+}
+
+#[test]
+fn parser_sees_statics_and_variadics() {
+    let src = "extern \"C\" {\n    pub static mut foo: u8;\n    pub fn bar(x: i32, ...) -> i32;\n}\nfn not_this() {}\n";
+    assert_eq!(declared(src), vec!["foo".to_string(), "bar".to_string()]);
+}
