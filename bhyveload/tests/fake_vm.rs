@@ -325,6 +325,20 @@ fn user_dtb_is_used_as_is_or_with_chosen_set() {
 }
 
 #[test]
+fn large_page_kernels_load_with_a_warning() {
+    let d = tmpdir();
+    let k64 = write(&d, "Image64k", &image(0, 2 * MIB, 3 << 1, 100));
+    let k4 = write(&d, "Image4k", &image(0, 2 * MIB, 1 << 1, 100));
+    let fake = FakeVmm::new();
+    let (p, _) = run(fake.backend(), &["-k", &k64, "big"]).unwrap();
+    assert_eq!(p.warnings.len(), 1);
+    assert!(p.warnings[0].contains("64 KiB pages"), "{:?}", p.warnings);
+    let (p, _) = run(fake.backend(), &["-k", &k4, "small"]).unwrap();
+    assert!(p.warnings.is_empty());
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
 fn raw_binary_at_load_address() {
     let d = tmpdir();
     let code = [0x1f, 0x20, 0x03, 0xd5, 0x00, 0x00, 0x00, 0x14];
@@ -351,7 +365,14 @@ fn bad_input_touches_no_vm() {
         e[18] = 62;
         e
     });
-    let big_rd = write(&d, "big-initrd", &vec![1u8; 127 * MIB as usize]);
+    let big_rd = write(&d, "big-initrd", &vec![1u8; 13 * MIB as usize]);
+    // Sparse, larger than any guest here: refused from its size, before it is read.
+    let huge = d.join("huge-initrd");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let huge = huge.to_str().unwrap().to_string();
     let big_dtb = write(&d, "big.dtb", &vec![0u8; 2 * MIB as usize + 8]);
     let not_dtb = write(&d, "not.dtb", &[1u8; 64]);
     let missing = d.join("missing").to_str().unwrap().to_string();
@@ -361,7 +382,14 @@ fn bad_input_touches_no_vm() {
         (vec!["-k", &trunc], "not an arm64 Image"),
         (vec!["-k", &be], "big-endian"),
         (vec!["-k", &x86], "not aarch64"),
-        (vec!["-k", &good, "-i", &big_rd], "initrd"),
+        (
+            vec!["-k", &good, "-m", "16M", "-i", &big_rd],
+            "initrd (0xd00000 bytes) does not fit",
+        ),
+        (
+            vec!["-k", &good, "-i", &huge],
+            "do not fit in 134217728 bytes of guest memory",
+        ),
         (vec!["-k", &good, "-i", &missing], "initrd"),
         (vec!["-k", &good, "-t", &big_dtb], "larger than 2 MiB"),
         (vec!["-k", &good, "-t", &not_dtb], "bad magic"),
