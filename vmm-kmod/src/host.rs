@@ -132,8 +132,12 @@ pub trait Host: Send + Sync + Sized {
     /// with respect to `wakeup(chan)` the host first evaluates `still_sleep()` and returns
     /// [`SleepResult::Woken`] at once if it is false, so no wakeup between the caller's
     /// last check and the sleep is lost. `still_sleep` must not sleep or take locks.
-    fn sleep(&self, chan: usize, deadline: Option<u64>, still_sleep: &dyn Fn() -> bool)
-        -> SleepResult;
+    fn sleep(
+        &self,
+        chan: usize,
+        deadline: Option<u64>,
+        still_sleep: &dyn Fn() -> bool,
+    ) -> SleepResult;
     /// Wakes every thread sleeping on `chan`.
     fn wakeup(&self, chan: usize);
     /// The host's monotonic counter (the generic timer's physical count: CNTPCT_EL0 on

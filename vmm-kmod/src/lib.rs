@@ -17,13 +17,30 @@
 
 extern crate alloc;
 
+mod dispatch;
 pub mod el2;
 pub mod errno;
+pub mod exit;
 pub mod host;
+pub mod mem;
+mod run;
+pub mod stage2;
+pub mod stats;
 pub mod sync;
+pub mod sysemul;
+pub mod vcpu;
+pub mod vm;
+pub mod vmid;
+mod vmm;
+
+#[cfg(test)]
+mod fake;
 #[cfg(any(test, feature = "freebsd"))]
 pub mod freebsd;
+#[cfg(test)]
+mod tests;
 
 pub use el2::{IdRegs, InitParams};
 pub use errno::{Errno, KResult};
 pub use host::{Host, PhysMem, RawMutex, SleepResult, PAGE_SIZE};
+pub use vmm::{DeviceRef, Vmm};

@@ -37,6 +37,10 @@ impl<R: RawMutex, T> Mutex<R, T> {
         }
     }
 
+    pub fn into_inner(self) -> T {
+        self.data.into_inner()
+    }
+
     /// The data, through exclusive access to the mutex itself (no locking needed).
     pub fn get_mut(&mut self) -> &mut T {
         self.data.get_mut()

@@ -1,0 +1,461 @@
+//! VM_RUN: enter the guest, classify each exit, answer in the kernel what the kernel
+//! owns (stage-2 faults on guest RAM, debug/OS-lock/ID registers, WFI, host interrupts,
+//! aborts nobody can emulate) and return the rest to userspace as a `vm_exit`.
+//!
+//! PC convention (FreeBSD's `nextpc`): an exit reports the PC of the trapping
+//! instruction (for HVC, the hardware already points past it). When userspace completes
+//! an INST_EMUL, REG_EMUL or SMC-SMCCC exit, the next VM_RUN first moves the PC past the
+//! instruction (`inst_length`, 4) -- unless userspace set the PC itself or injected an
+//! exception, whose return address is the trapping instruction.
+
+use crate::errno::{Errno, KResult};
+use crate::exit::{self, Abort, Decoded, FaultKind};
+use crate::host::Host;
+use crate::stats::Stat;
+use crate::sysemul::{self, SysRegAnswer};
+use crate::vcpu::{from_el0, Vcpu};
+use crate::vm::{bit, VcpuSlot, Vm, NOT_RUNNING};
+use crate::vmm::Vmm;
+use core::sync::atomic::Ordering;
+use vmm_sys::abi::{
+    ExitHyp, ExitInstEmul, ExitRegEmul, ExitSmccc, ExitSuspended, Vie, VmExit, VmGuestPaging, Vre,
+    VM_DIR_READ, VM_DIR_WRITE, VM_GP_MMU_ENABLED,
+};
+use vmm_sys::arm64::esr::{self, DataAbort};
+use vmm_sys::exit::ExitCode;
+use vmm_sys::hyp;
+use vmm_sys::reg::VM_REG_LAST;
+
+/// Every A64 instruction that traps is 4 bytes.
+const INSN_SIZE: u64 = 4;
+/// Consecutive stage-2 faults on the same guest RAM page after which VM_RUN gives up
+/// with EFAULT instead of spinning (a mapping that cannot be made to stick).
+const MAX_RAM_FAULT_REPEAT: u32 = 64;
+
+/// What one handled exit leads to.
+enum Next {
+    /// Enter the guest again.
+    Reenter,
+    /// Return this exit to userspace.
+    User(VmExit),
+}
+
+/// Clears `in_run` when VM_RUN ends, however it ends.
+struct InRun<'a, H: Host>(&'a VcpuSlot<H>);
+
+impl<H: Host> Drop for InRun<'_, H> {
+    fn drop(&mut self) {
+        self.0.shared.in_run.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The register number an exit names for Rt: 0..=30 as themselves (x30 = LR), 31 (XZR
+/// or WZR) as `VM_REG_LAST`, which VM_GET_REGISTER reads as zero and VM_SET_REGISTER
+/// ignores. FreeBSD passes 31 through, which its register accessors take for SP: a
+/// `str wzr` would store the stack pointer and a load into wzr would clobber it.
+pub fn rt_to_regnum(rt: u8) -> i32 {
+    if rt >= 31 {
+        VM_REG_LAST as i32
+    } else {
+        i32::from(rt)
+    }
+}
+
+fn exit_base(code: ExitCode, pc: u64, inst_length: i32) -> VmExit {
+    VmExit {
+        exitcode: code as i32,
+        inst_length,
+        pc,
+        ..VmExit::default()
+    }
+}
+
+fn hyp_exit(kind: u32, c: &vmm_sys::hyp::VcpuContext) -> VmExit {
+    let mut e = exit_base(ExitCode::Hyp, c.pc, 4);
+    e.u.hyp = ExitHyp {
+        exception_nr: kind,
+        pad: 0,
+        esr_el2: c.exit.esr_el2,
+        far_el2: c.exit.far_el2,
+        hpfar_el2: c.exit.hpfar_el2,
+    };
+    e
+}
+
+/// The guest's translation regime, for userspace decoding of guest virtual addresses.
+fn paging(c: &vmm_sys::hyp::VcpuContext) -> VmGuestPaging {
+    // TTBRn_EL1 without ASID (bits 63:48) and CnP (bit 0).
+    const TTBR_ADDR: u64 = 0x0000_ffff_ffff_fffe;
+    let mut flags = (c.pstate & 0x1f) as i32;
+    if c.el1.sctlr_el1 & 1 != 0 {
+        flags |= VM_GP_MMU_ENABLED;
+    }
+    VmGuestPaging {
+        ttbr0_addr: c.el1.ttbr0_el1 & TTBR_ADDR,
+        ttbr1_addr: c.el1.ttbr1_el1 & TTBR_ADDR,
+        tcr_el1: c.el1.tcr_el1,
+        tcr2_el1: 0,
+        flags,
+        padding: 0,
+    }
+}
+
+impl<H: Host> Vmm<H> {
+    /// VM_RUN on vCPU `id`: runs until an exit userspace must see.
+    pub(crate) fn run(&self, vm: &Vm<H>, id: i32) -> KResult<VmExit> {
+        let slot = vm.slot(id)?;
+        let idu = u32::try_from(id).map_err(|_| Errno::EINVAL)?;
+        if vm.active.load(Ordering::SeqCst) & bit(idu) == 0
+            || vm.suspended.load(Ordering::SeqCst) & bit(idu) != 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        if slot
+            .shared
+            .in_run
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(Errno::EBUSY);
+        }
+        let _in_run = InRun(slot);
+        let mut g = slot.vcpu.lock();
+        let vcpu = vm.materialise(&self.host, id, &mut g)?;
+        vcpu.stats.inc(Stat::VmRun);
+        let exit = self.run_loop(vm, slot, vcpu, idu)?;
+        vcpu.stats.inc(Stat::ExitsToUser);
+        Ok(exit)
+    }
+
+    fn run_loop(
+        &self,
+        vm: &Vm<H>,
+        slot: &VcpuSlot<H>,
+        vcpu: &mut Vcpu,
+        id: u32,
+    ) -> KResult<VmExit> {
+        let mut last_fault: (u64, u32) = (u64::MAX, 0);
+        loop {
+            if let Some(e) = self.check_leave(vm, slot, vcpu, id) {
+                return Ok(e);
+            }
+            vcpu.prepare_entry();
+            if vm.needs_cache_sync.swap(false, Ordering::SeqCst) {
+                let mem = vm.mem.lock();
+                for seg in mem.segs.iter().flatten() {
+                    for c in seg.chunks() {
+                        self.host.sync_caches_for_guest(c.va, c.len);
+                    }
+                }
+            }
+            let tok = self.host.intr_disable();
+            slot.shared
+                .running_on
+                .store(self.host.current_cpu(), Ordering::SeqCst);
+            // Re-check with interrupts off and `running_on` published: a notifier that
+            // set its flag before seeing `running_on` is caught here; one that sets it
+            // later sends an IPI that stays pending and exits the guest at once.
+            if slot.shared.kick.load(Ordering::SeqCst)
+                || vm.suspend.load(Ordering::SeqCst) != 0
+                || vm.debug.load(Ordering::SeqCst) & bit(id) != 0
+            {
+                slot.shared.running_on.store(NOT_RUNNING, Ordering::SeqCst);
+                self.host.intr_restore(tok);
+                continue;
+            }
+            let args = [vcpu.ctx_pa(), 0, 0, 0, 0, 0, 0];
+            // SAFETY: the context page is mapped for EL2, holds a VcpuContext the core
+            // filled (VTTBR with this VM's tables and VMID), and no one else touches it
+            // while we hold the vCPU lock; interrupts are disabled as the call requires.
+            let kind = unsafe { self.host.hyp_call(hyp::HYP_ENTER_GUEST, &args) };
+            slot.shared.running_on.store(NOT_RUNNING, Ordering::SeqCst);
+            self.host.intr_restore(tok);
+            vcpu.stats.inc(Stat::Exits);
+            let Ok(kind) = u32::try_from(kind) else {
+                self.host
+                    .log(format_args!("vmm: HYP_ENTER_GUEST failed: {kind:#x}"));
+                return Err(Errno::ENXIO);
+            };
+            vcpu.ctx().exit.kind = kind;
+            let info = vcpu.ctx_ref().exit;
+            let decoded = exit::decode(kind, &info);
+            if let Decoded::DataAbort(a) | Decoded::InstAbort(a) = decoded {
+                let page = a.ipa >> 12;
+                if last_fault.0 == page {
+                    last_fault.1 = last_fault.1.saturating_add(1);
+                } else {
+                    last_fault = (page, 0);
+                }
+            } else {
+                last_fault = (u64::MAX, 0);
+            }
+            if last_fault.1 > MAX_RAM_FAULT_REPEAT {
+                self.host.log(format_args!(
+                    "vmm: guest faults repeatedly at IPA {:#x}",
+                    last_fault.0 << 12
+                ));
+                return Err(Errno::EFAULT);
+            }
+            match self.handle(vm, slot, vcpu, kind, decoded)? {
+                Next::Reenter => continue,
+                Next::User(e) => return Ok(e),
+            }
+        }
+    }
+
+    /// Exits due before entering: VM suspended or destroyed, vCPU held for the
+    /// debugger, kicked to userspace, or the thread has a signal to take.
+    fn check_leave(
+        &self,
+        vm: &Vm<H>,
+        slot: &VcpuSlot<H>,
+        vcpu: &mut Vcpu,
+        id: u32,
+    ) -> Option<VmExit> {
+        let pc = vcpu.ctx_ref().pc;
+        let how = vm.suspend.load(Ordering::SeqCst);
+        if how != 0 {
+            vm.suspended.fetch_or(bit(id), Ordering::SeqCst);
+            let mut e = exit_base(ExitCode::Suspended, pc, 0);
+            e.u.suspended = ExitSuspended { how };
+            return Some(e);
+        }
+        if vm.debug.load(Ordering::SeqCst) & bit(id) != 0 {
+            return Some(exit_base(ExitCode::Debug, pc, 0));
+        }
+        if slot.shared.kick.swap(false, Ordering::SeqCst) {
+            vcpu.stats.inc(Stat::Kicks);
+            return Some(exit_base(ExitCode::Bogus, pc, 0));
+        }
+        if self.host.should_yield() {
+            return Some(exit_base(ExitCode::Bogus, pc, 0));
+        }
+        None
+    }
+
+    fn handle(
+        &self,
+        vm: &Vm<H>,
+        slot: &VcpuSlot<H>,
+        vcpu: &mut Vcpu,
+        kind: u32,
+        d: Decoded,
+    ) -> KResult<Next> {
+        let pc = vcpu.ctx_ref().pc;
+        match d {
+            Decoded::Interrupt => {
+                vcpu.stats.inc(Stat::HostIrq);
+                Ok(Next::Reenter)
+            }
+            Decoded::Hvc { imm: 0 } => Ok(Next::User(self.smccc_exit(vcpu, 0))),
+            Decoded::Smc { imm: 0 } => {
+                let e = self.smccc_exit(vcpu, INSN_SIZE);
+                Ok(Next::User(e))
+            }
+            Decoded::Hvc { .. } | Decoded::Smc { .. } | Decoded::Other => {
+                vcpu.stats.inc(Stat::Unclassified);
+                Ok(Next::User(hyp_exit(kind, vcpu.ctx_ref())))
+            }
+            Decoded::SysReg { access, iss } => {
+                let ctx = vcpu.ctx_ref();
+                let ans =
+                    sysemul::answer(&access, &self.ids, ctx.el2.vpidr_el2, ctx.el2.vmpidr_el2);
+                match ans {
+                    SysRegAnswer::Read(v) => {
+                        vcpu.set_x(access.rt, v);
+                        self.skip_insn(vcpu);
+                        vcpu.stats.inc(Stat::SysRegKernel);
+                        Ok(Next::Reenter)
+                    }
+                    SysRegAnswer::Ignored => {
+                        self.skip_insn(vcpu);
+                        vcpu.stats.inc(Stat::SysRegKernel);
+                        Ok(Next::Reenter)
+                    }
+                    SysRegAnswer::Undefined => {
+                        vcpu.inject(esr::ESR_UNDEFINED, 0);
+                        Ok(Next::Reenter)
+                    }
+                    SysRegAnswer::ToUser => {
+                        vcpu.stats.inc(Stat::RegEmul);
+                        vcpu.pending_advance = INSN_SIZE;
+                        let mut e = exit_base(ExitCode::RegEmul, pc, INSN_SIZE as i32);
+                        e.u.reg_emul = ExitRegEmul {
+                            vre: Vre {
+                                inst_syndrome: iss,
+                                dir: if access.read {
+                                    VM_DIR_READ
+                                } else {
+                                    VM_DIR_WRITE
+                                },
+                                _pad: [0; 3],
+                                reg: rt_to_regnum(access.rt),
+                            },
+                        };
+                        Ok(Next::User(e))
+                    }
+                }
+            }
+            Decoded::Wfi => {
+                vcpu.stats.inc(Stat::Wfi);
+                if vcpu.halt_exit {
+                    vcpu.pending_advance = INSN_SIZE;
+                    return Ok(Next::User(exit_base(ExitCode::Wfi, pc, INSN_SIZE as i32)));
+                }
+                self.skip_insn(vcpu);
+                self.wfi_wait(vm, slot, vcpu)
+            }
+            Decoded::Wfe => {
+                self.skip_insn(vcpu);
+                Ok(Next::Reenter)
+            }
+            Decoded::Brk => {
+                let mut e = hyp_exit(kind, vcpu.ctx_ref());
+                e.exitcode = ExitCode::Brk as i32;
+                Ok(Next::User(e))
+            }
+            Decoded::DataAbort(a) => self.abort(vm, vcpu, a, true),
+            Decoded::InstAbort(a) => self.abort(vm, vcpu, a, false),
+        }
+    }
+
+    /// Moves the PC past the trapped instruction the kernel just completed.
+    fn skip_insn(&self, vcpu: &mut Vcpu) {
+        let c = vcpu.ctx();
+        c.pc = c.pc.wrapping_add(INSN_SIZE);
+    }
+
+    fn smccc_exit(&self, vcpu: &mut Vcpu, advance: u64) -> VmExit {
+        vcpu.stats.inc(Stat::Smccc);
+        vcpu.pending_advance = advance;
+        let c = vcpu.ctx_ref();
+        let mut e = exit_base(ExitCode::Smccc, c.pc, INSN_SIZE as i32);
+        let mut args = [0u64; 7];
+        for (i, a) in args.iter_mut().enumerate() {
+            // i < 7, so i + 1 <= 7 < 31.
+            #[allow(clippy::arithmetic_side_effects)]
+            let r = i + 1;
+            *a = c.x.get(r).copied().unwrap_or(0);
+        }
+        e.u.smccc_call = ExitSmccc {
+            func_id: c.x.first().copied().unwrap_or(0),
+            args,
+        };
+        e
+    }
+
+    /// A stage-2 abort: guest RAM is handled here, MMIO goes to userspace, and what
+    /// nobody can emulate is answered with an abort injected into the guest.
+    fn abort(&self, vm: &Vm<H>, vcpu: &mut Vcpu, a: Abort, data: bool) -> KResult<Next> {
+        let at_el0 = from_el0(vcpu.ctx_ref());
+        if let FaultKind::Other(_) = a.kind {
+            // External aborts, TLB conflicts...: not about our tables.
+            vcpu.stats.inc(Stat::Unclassified);
+            let kind = vcpu.ctx_ref().exit.kind;
+            return Ok(Next::User(hyp_exit(kind, vcpu.ctx_ref())));
+        }
+        if a.ipa >= self.cfg.s2.ipa_limit() {
+            vcpu.inject(exit::address_size_esr(data, at_el0), a.far);
+            return Ok(Next::Reenter);
+        }
+        {
+            let mut mem = vm.mem.lock();
+            if let Some(m) = mem.map_at(a.ipa).copied() {
+                let p = m.perm();
+                let allowed = if !data {
+                    p.exec
+                } else if a.write {
+                    p.write
+                } else {
+                    p.read
+                };
+                if !allowed || a.kind == FaultKind::Permission {
+                    // A write to read-only memory, a fetch from no-execute memory: what
+                    // hardware answers for a bus error.
+                    drop(mem);
+                    vcpu.inject(exit::external_abort_esr(data, at_el0), a.far);
+                    return Ok(Next::Reenter);
+                }
+                vcpu.stats.inc(Stat::RamFault);
+                let page = a.ipa & !0xfff;
+                if mem.s2.translate(&self.host, page).is_none() {
+                    // Not in the tables (an earlier mapping failure left a hole): fault
+                    // the page in from its segment.
+                    let (pa, _, _) = mem.gpa_to_phys(page).ok_or(Errno::EFAULT)?;
+                    mem.s2.map(&self.host, page, pa, 4096, p)?;
+                }
+                return Ok(Next::Reenter);
+            }
+        }
+        if !data || a.s1ptw {
+            // Instruction fetch from, or the guest's page-table walk through, something
+            // that is not memory.
+            vcpu.inject(exit::external_abort_esr(data, at_el0), a.far);
+            return Ok(Next::Reenter);
+        }
+        if a.cache_maint {
+            // DC maintenance by VA on MMIO: nothing to maintain (as KVM does).
+            self.skip_insn(vcpu);
+            return Ok(Next::Reenter);
+        }
+        let Some(da) = a.syndrome else {
+            vcpu.stats.inc(Stat::NoSyndromeAbort);
+            vcpu.inject(exit::external_abort_esr(true, at_el0), a.far);
+            return Ok(Next::Reenter);
+        };
+        Ok(Next::User(self.inst_emul_exit(vcpu, a.ipa, da)))
+    }
+
+    fn inst_emul_exit(&self, vcpu: &mut Vcpu, gpa: u64, da: DataAbort) -> VmExit {
+        vcpu.stats.inc(Stat::InstEmul);
+        vcpu.pending_advance = INSN_SIZE;
+        if !da.write {
+            vcpu.pending_load = Some(da);
+        }
+        let c = vcpu.ctx_ref();
+        let mut e = exit_base(ExitCode::InstEmul, c.pc, INSN_SIZE as i32);
+        e.u.inst_emul = ExitInstEmul {
+            gpa,
+            paging: paging(c),
+            vie: Vie::new(da.size, da.sign_extend, da.write, rt_to_regnum(da.srt)),
+        };
+        e
+    }
+
+    /// WFI: sleep until an interrupt is pending for the guest (the flag the interrupt
+    /// paths set, or the virtual timer's condition), the vCPU is notified, or a signal
+    /// arrives (then BOGUS, so userspace can take it).
+    fn wfi_wait(&self, vm: &Vm<H>, slot: &VcpuSlot<H>, vcpu: &mut Vcpu) -> KResult<Next> {
+        let id = vcpu.id();
+        let must_wake = || {
+            slot.shared.kick.load(Ordering::SeqCst)
+                || slot.shared.irq_pending.load(Ordering::SeqCst)
+                || vm.suspend.load(Ordering::SeqCst) != 0
+                || vm.debug.load(Ordering::SeqCst) & bit(id) != 0
+        };
+        loop {
+            if must_wake() {
+                return Ok(Next::Reenter);
+            }
+            let t = vcpu.ctx_ref().timer;
+            // CNTV_CTL: ENABLE bit 0, IMASK bit 1.
+            let deadline = if t.cntv_ctl_el0 & 3 == 1 {
+                let now_virtual = self.host.counter().wrapping_sub(t.cntvoff_el2);
+                if now_virtual >= t.cntv_cval_el0 {
+                    return Ok(Next::Reenter);
+                }
+                Some(t.cntv_cval_el0.wrapping_add(t.cntvoff_el2))
+            } else {
+                None
+            };
+            let still = || !must_wake();
+            match self.host.sleep(slot.chan(), deadline, &still) {
+                crate::host::SleepResult::Interrupted => {
+                    let pc = vcpu.ctx_ref().pc;
+                    return Ok(Next::User(exit_base(ExitCode::Bogus, pc, 0)));
+                }
+                crate::host::SleepResult::Woken | crate::host::SleepResult::TimedOut => {}
+            }
+        }
+    }
+}

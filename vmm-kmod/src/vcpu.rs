@@ -1,0 +1,296 @@
+//! A vCPU: its world-switch context (in a host page EL2 can reach), reset state,
+//! register access by ABI number, queued exception injection, capabilities and counters.
+
+use crate::errno::{Errno, KResult};
+use crate::host::{Host, PhysMem, PAGE_SIZE};
+use crate::stats::{Stat, Stats};
+use vmm_sys::arm64::regs::{cnthctl, cptr, hcr, mdcr, pstate};
+use vmm_sys::hyp::VcpuContext;
+use vmm_sys::reg::{self, Reg};
+
+// The context must fit the page it lives in.
+const _: () = assert!(core::mem::size_of::<VcpuContext>() <= PAGE_SIZE);
+
+/// SCTLR_EL1 RES1 bits on Armv8.0 (11, 20, 22, 23, 28, 29): MMU, caches and alignment
+/// checks off, as a CPU comes out of reset.
+pub const SCTLR_EL1_RESET: u64 =
+    (1 << 11) | (1 << 20) | (1 << 22) | (1 << 23) | (1 << 28) | (1 << 29);
+
+/// HCR_EL2 for a guest (FreeBSD's vmm_reset.c set, plus TSC and TIDCP):
+/// * VM: stage 2 on. SWIO: set/way invalidates become clean+invalidate.
+/// * FMO, IMO, AMO: physical FIQ/IRQ/SError go to EL2 (the host), virtual ones to the guest.
+/// * FB, BSU_IS: broadcast TLB/cache maintenance inner shareable (the vCPU may move).
+/// * TWI: WFI traps, so an idle vCPU sleeps in the host instead of owning the CPU.
+/// * TID3: ID registers trap and read sanitised values.
+/// * TSC: SMC traps (else a guest's SMC would reach the host's firmware: PSCI CPU_OFF of
+///   a physical CPU); it becomes an SMCCC exit like HVC.
+/// * TIDCP: implementation-defined system registers trap (REG_EMUL), so a guest cannot
+///   touch the physical CPU's.
+/// * RW: EL1 is AArch64.
+pub const GUEST_HCR: u64 = hcr::VM
+    | hcr::SWIO
+    | hcr::FMO
+    | hcr::IMO
+    | hcr::AMO
+    | hcr::FB
+    | hcr::BSU_IS
+    | hcr::TWI
+    | hcr::TID3
+    | hcr::TSC
+    | hcr::TIDCP
+    | hcr::RW;
+
+/// MDCR_EL2: debug registers (TDA), OS lock/double lock (TDOSA), debug ROM (TDRA), PMU
+/// (TPM, TPMCR), profiling (TPMS) and trace filter (TTRF) accesses trap; the core answers
+/// debug and OS-lock registers as read-as-zero/write-ignored and the guest sees no PMU.
+pub const GUEST_MDCR: u64 =
+    mdcr::TDA | mdcr::TDOSA | mdcr::TDRA | mdcr::TPM | mdcr::TPMCR | mdcr::TPMS | mdcr::TTRF;
+
+/// CPTR_EL2: FP/SIMD not trapped (the world switch saves it on every exit), trace
+/// registers trapped (TTA; answered read-as-zero).
+pub const GUEST_CPTR: u64 = cptr::RES1 | cptr::TTA;
+
+/// CNTHCTL_EL2: the physical counter is readable, the physical timer traps (EL1PCEN
+/// clear; the guest uses its virtual timer, as Linux and FreeBSD do at EL1).
+pub const GUEST_CNTHCTL: u64 = cnthctl::EL1PCTEN;
+
+/// Per-vCPU values fixed by the VM.
+#[derive(Debug, Clone, Copy)]
+pub struct VcpuInit {
+    pub id: u32,
+    pub vttbr: u64,
+    pub cntvoff: u64,
+    pub midr: u64,
+}
+
+pub struct Vcpu {
+    id: u32,
+    /// The page holding the `VcpuContext` (mapped for EL2; its PA goes to HYP_ENTER_GUEST).
+    page: PhysMem,
+    init: VcpuInit,
+    /// Bytes to add to the PC before the next entry: the trapped instruction a kernel or
+    /// userspace emulation completed (FreeBSD's `nextpc = pc + inst_length`).
+    pub pending_advance: u64,
+    /// The MMIO load userspace is completing: at the next entry the value it put in the
+    /// register is masked to the access size and sign-extended as the instruction would
+    /// (SSE to 32 or 64 bits per SF), so a `ldrsb w0` gets a W-register result whatever
+    /// userspace wrote. Dropped if userspace sets the PC or injects an exception.
+    pub pending_load: Option<vmm_sys::arm64::esr::DataAbort>,
+    /// An exception to deliver at the next entry (ESR, FAR).
+    pub pending_exception: Option<(u64, u64)>,
+    pub halt_exit: bool,
+    pub brk_exit: bool,
+    pub stats: Stats,
+}
+
+impl Vcpu {
+    pub fn new<H: Host>(host: &H, init: VcpuInit) -> KResult<Vcpu> {
+        let page = host.alloc_contig(PAGE_SIZE, PAGE_SIZE)?;
+        if let Err(e) = host.map_el2(page.pa, page.len) {
+            host.free_contig(page);
+            return Err(e);
+        }
+        let mut v = Vcpu {
+            id: init.id,
+            page,
+            init,
+            pending_advance: 0,
+            pending_load: None,
+            pending_exception: None,
+            halt_exit: false,
+            brk_exit: false,
+            stats: Stats::default(),
+        };
+        v.reset();
+        Ok(v)
+    }
+
+    pub fn free<H: Host>(self, host: &H) {
+        host.unmap_el2(self.page.pa, self.page.len);
+        host.free_contig(self.page);
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The EL2 (physical) address of the context.
+    pub fn ctx_pa(&self) -> u64 {
+        self.page.pa
+    }
+
+    pub fn ctx(&mut self) -> &mut VcpuContext {
+        // SAFETY: the page is ours, page-aligned (so aligned for VcpuContext, align 16),
+        // large enough (checked at compile time), zero-initialised by the host and then
+        // only written as a VcpuContext (all-integer, every bit pattern valid). EL2 writes
+        // it only during HYP_ENTER_GUEST, which `&mut self` excludes here.
+        unsafe { &mut *self.page.va.as_ptr().cast::<VcpuContext>() }
+    }
+
+    pub fn ctx_ref(&self) -> &VcpuContext {
+        // SAFETY: as in `ctx`, shared.
+        unsafe { &*self.page.va.as_ptr().cast::<VcpuContext>() }
+    }
+
+    /// The architectural reset state (FreeBSD vmm_reset.c): all registers zero, PC 0,
+    /// EL1h with DAIF masked, MMU and caches off, the EL2 controls for a guest.
+    /// CPACR_EL1 is 0 (FP/SIMD traps to the guest's own EL1 until it enables it), as on
+    /// KVM; the guest kernel sets it up.
+    pub fn reset(&mut self) {
+        let init = self.init;
+        let brk = self.brk_exit;
+        let c = self.ctx();
+        *c = VcpuContext::default();
+        c.pstate = pstate::GUEST_RESET;
+        c.el1.sctlr_el1 = SCTLR_EL1_RESET;
+        c.el2.hcr_el2 = GUEST_HCR;
+        c.el2.mdcr_el2 = GUEST_MDCR | if brk { mdcr::TDE } else { 0 };
+        c.el2.cptr_el2 = GUEST_CPTR;
+        c.el2.cnthctl_el2 = GUEST_CNTHCTL;
+        c.el2.vpidr_el2 = init.midr;
+        c.el2.vmpidr_el2 = vmm_platform::vcpu_mpidr(init.id);
+        c.el2.vttbr_el2 = init.vttbr;
+        c.timer.cntvoff_el2 = init.cntvoff;
+        self.pending_advance = 0;
+        self.pending_load = None;
+        self.pending_exception = None;
+        self.stats = Stats::default();
+    }
+
+    /// Sets the BRK-exit capability: MDCR_EL2.TDE routes the guest's debug exceptions,
+    /// BRK included, to EL2.
+    pub fn set_brk_exit(&mut self, on: bool) {
+        self.brk_exit = on;
+        let c = self.ctx();
+        if on {
+            c.el2.mdcr_el2 |= mdcr::TDE;
+        } else {
+            c.el2.mdcr_el2 &= !mdcr::TDE;
+        }
+    }
+
+    /// VM_GET_REGISTER. Number `VM_REG_LAST` is our XZR extension (reads zero): an
+    /// INST_EMUL/REG_EMUL exit names it for Rt = 31, so a handler that gets and sets
+    /// `vie.reg` blindly does the right thing.
+    pub fn get_reg(&self, regnum: i32) -> KResult<u64> {
+        if regnum == reg::VM_REG_LAST as i32 {
+            return Ok(0);
+        }
+        let r = Reg::try_from(regnum).map_err(|_| Errno::EINVAL)?;
+        let c = self.ctx_ref();
+        Ok(match r {
+            Reg::X(n) => c.x.get(usize::from(n)).copied().ok_or(Errno::EINVAL)?,
+            Reg::Lr => c.x.get(30).copied().ok_or(Errno::EINVAL)?,
+            Reg::Sp => c.sp_el1,
+            Reg::Pc => c.pc,
+            Reg::Cpsr => c.pstate,
+            Reg::SctlrEl1 => c.el1.sctlr_el1,
+            Reg::Ttbr0El1 => c.el1.ttbr0_el1,
+            Reg::Ttbr1El1 => c.el1.ttbr1_el1,
+            Reg::TcrEl1 => c.el1.tcr_el1,
+            // No FEAT_TCR2 is offered to the guest: the register reads as zero.
+            Reg::Tcr2El1 => 0,
+            Reg::MpidrEl1 => c.el2.vmpidr_el2,
+        })
+    }
+
+    /// VM_SET_REGISTER. Setting the PC cancels a pending advance past a trapped
+    /// instruction (FreeBSD sets `nextpc` too). XZR (`VM_REG_LAST`) ignores writes.
+    pub fn set_reg(&mut self, regnum: i32, val: u64) -> KResult<()> {
+        if regnum == reg::VM_REG_LAST as i32 {
+            return Ok(());
+        }
+        let r = Reg::try_from(regnum).map_err(|_| Errno::EINVAL)?;
+        if r == Reg::Tcr2El1 && val != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if r == Reg::Pc {
+            self.pending_advance = 0;
+            self.pending_load = None;
+        }
+        let c = self.ctx();
+        match r {
+            Reg::X(n) => *c.x.get_mut(usize::from(n)).ok_or(Errno::EINVAL)? = val,
+            Reg::Lr => *c.x.get_mut(30).ok_or(Errno::EINVAL)? = val,
+            Reg::Sp => c.sp_el1 = val,
+            Reg::Pc => c.pc = val,
+            Reg::Cpsr => c.pstate = val,
+            Reg::SctlrEl1 => c.el1.sctlr_el1 = val,
+            Reg::Ttbr0El1 => c.el1.ttbr0_el1 = val,
+            Reg::Ttbr1El1 => c.el1.ttbr1_el1 = val,
+            Reg::TcrEl1 => c.el1.tcr_el1 = val,
+            Reg::Tcr2El1 => {}
+            Reg::MpidrEl1 => c.el2.vmpidr_el2 = val,
+        }
+        Ok(())
+    }
+
+    /// Writes guest register Rt (0..=30; 31 is XZR and discards), for in-kernel emulation.
+    pub fn set_x(&mut self, rt: u8, val: u64) {
+        if let Some(x) = self.ctx().x.get_mut(usize::from(rt)) {
+            *x = val;
+        }
+    }
+
+    /// Reads guest register Rt (31 reads zero).
+    pub fn get_x(&self, rt: u8) -> u64 {
+        self.ctx_ref().x.get(usize::from(rt)).copied().unwrap_or(0)
+    }
+
+    /// VM_INJECT_EXCEPTION: queues a synchronous exception, delivered at the next entry.
+    pub fn inject(&mut self, esr: u64, far: u64) {
+        self.pending_exception = Some((esr, far));
+        self.stats.inc(Stat::Injected);
+    }
+
+    /// Prepares the context for entry: applies a pending PC advance or delivers a
+    /// pending exception. A delivered exception takes precedence and cancels the advance:
+    /// its preferred return address is the trapped instruction itself (ELR_EL1 = PC),
+    /// which is right for an UNDEFINED answer to an unemulated register or an abort
+    /// answer to an MMIO access.
+    pub fn prepare_entry(&mut self) {
+        let load = self.pending_load.take();
+        if let Some((esr, far)) = self.pending_exception.take() {
+            self.pending_advance = 0;
+            deliver_exception(self.ctx(), esr, far);
+        } else if self.pending_advance != 0 {
+            if let Some(da) = load {
+                let raw = self.get_x(da.srt);
+                self.set_x(da.srt, vmm_sys::arm64::esr::load_result(raw, &da));
+            }
+            let adv = self.pending_advance;
+            self.pending_advance = 0;
+            let c = self.ctx();
+            c.pc = c.pc.wrapping_add(adv);
+        }
+    }
+}
+
+/// Takes a synchronous exception to EL1 the way the architecture does: ESR_EL1/FAR_EL1
+/// set, ELR_EL1 = the PC, SPSR_EL1 = PSTATE, PC = VBAR_EL1 + the vector offset for where
+/// the exception came from (current EL with SP_EL0: 0x000, current EL with SP_ELx:
+/// 0x200, lower EL AArch64: 0x400, lower EL AArch32: 0x600), PSTATE = EL1h with DAIF
+/// masked (NZCV kept).
+pub fn deliver_exception(c: &mut VcpuContext, esr: u64, far: u64) {
+    c.el1.esr_el1 = esr;
+    c.el1.far_el1 = far;
+    c.el1.elr_el1 = c.pc;
+    c.el1.spsr_el1 = c.pstate;
+    let mode = c.pstate & 0x1f;
+    let offset = if mode & 0x10 != 0 {
+        0x600 // AArch32 EL0
+    } else {
+        match mode {
+            pstate::M_EL1T => 0x000,
+            pstate::M_EL0T => 0x400,
+            _ => 0x200,
+        }
+    };
+    c.pc = c.el1.vbar_el1.wrapping_add(offset);
+    c.pstate = (c.pstate & 0xf000_0000) | pstate::DAIF | pstate::M_EL1H;
+}
+
+/// Whether the guest was at EL0 when it exited (for choosing the "lower EL" classes).
+pub fn from_el0(c: &VcpuContext) -> bool {
+    c.pstate & 0xf == pstate::M_EL0T || c.pstate & 0x10 != 0
+}

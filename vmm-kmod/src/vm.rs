@@ -1,0 +1,219 @@
+//! One virtual machine: its name, memory, vCPUs and the VM-wide run state.
+//!
+//! Locking: `mem` (segments, mappings, stage 2) and `cfg` (topology) sit behind host
+//! mutexes. Each vCPU sits behind its own mutex, held by VM_RUN for the whole run, so
+//! the other vCPU ioctls on a *running* vCPU answer `EBUSY` (they check `running`
+//! first) instead of waiting for the guest. The sets of active, suspended and debugged
+//! vCPUs, the VM suspend state and the per-vCPU kick flags are atomics, because the run
+//! loop reads them on every entry and other threads change them while it runs.
+
+use crate::el2::S2Geometry;
+use crate::errno::{Errno, KResult};
+use crate::host::Host;
+use crate::mem::VmMem;
+use crate::stage2::Stage2;
+use crate::sync::Mutex;
+use crate::vcpu::{Vcpu, VcpuInit};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use vmm_sys::abi::VmCpuTopology;
+use vmm_sys::VM_MAXCPU;
+
+/// `running_on` when the vCPU is not in the guest.
+pub const NOT_RUNNING: usize = usize::MAX;
+
+/// What other threads share with a vCPU's run loop.
+pub struct VcpuShared {
+    /// The host CPU the vCPU is in the guest on, or [`NOT_RUNNING`].
+    pub running_on: AtomicUsize,
+    /// A VM_RUN owns the vCPU.
+    pub in_run: AtomicBool,
+    /// Return to userspace (BOGUS) at the next check.
+    pub kick: AtomicBool,
+    /// An interrupt is pending for the guest (set by the interrupt paths; WFI wakes on
+    /// it). The vGIC will own this later.
+    pub irq_pending: AtomicBool,
+}
+
+impl VcpuShared {
+    fn new() -> Self {
+        VcpuShared {
+            running_on: AtomicUsize::new(NOT_RUNNING),
+            in_run: AtomicBool::new(false),
+            kick: AtomicBool::new(false),
+            irq_pending: AtomicBool::new(false),
+        }
+    }
+}
+
+pub struct VcpuSlot<H: Host> {
+    pub shared: VcpuShared,
+    pub vcpu: Mutex<H::Mutex, Option<Vcpu>>,
+}
+
+/// VM-wide configuration that is not memory.
+#[derive(Debug, Clone, Copy)]
+pub struct VmCfg {
+    pub topology: VmCpuTopology,
+}
+
+pub struct Vm<H: Host> {
+    pub name: Vec<u8>,
+    pub vmid: u16,
+    pub vttbr: u64,
+    /// CNTVOFF_EL2 for every vCPU: the host counter at creation, so the guest's virtual
+    /// count starts near zero (FreeBSD's vtimer_vminit).
+    pub cntvoff: u64,
+    pub midr: u64,
+    pub mem: Mutex<H::Mutex, VmMem>,
+    pub cfg: Mutex<H::Mutex, VmCfg>,
+    pub vcpus: Vec<VcpuSlot<H>>,
+    /// `enum vm_suspend_how`, 0 when running.
+    pub suspend: AtomicI32,
+    /// Bit n: vCPU n is active (VM_ACTIVATE_CPU).
+    pub active: AtomicU32,
+    /// Bit n: vCPU n has seen the VM suspend and left with SUSPENDED.
+    pub suspended: AtomicU32,
+    /// Bit n: vCPU n is held for the debugger (VM_SUSPEND_CPU).
+    pub debug: AtomicU32,
+    /// Guest memory must be made coherent (caches cleaned) before the next entry.
+    pub needs_cache_sync: AtomicBool,
+}
+
+pub fn bit(id: u32) -> u32 {
+    1u32.checked_shl(id).unwrap_or(0)
+}
+
+impl<H: Host> Vm<H> {
+    pub fn new(host: &H, name: &[u8], vmid: u16, geom: S2Geometry, midr: u64) -> KResult<Vm<H>> {
+        let mut n = Vec::new();
+        n.try_reserve_exact(name.len()).map_err(|_| Errno::ENOMEM)?;
+        n.extend_from_slice(name);
+        let mut vcpus = Vec::new();
+        vcpus
+            .try_reserve_exact(VM_MAXCPU)
+            .map_err(|_| Errno::ENOMEM)?;
+        for _ in 0..VM_MAXCPU {
+            vcpus.push(VcpuSlot {
+                shared: VcpuShared::new(),
+                vcpu: Mutex::new(None),
+            });
+        }
+        let s2 = Stage2::new(host, geom, vmid)?;
+        let vttbr = s2.vttbr();
+        Ok(Vm {
+            name: n,
+            vmid,
+            vttbr,
+            cntvoff: host.counter(),
+            midr,
+            mem: Mutex::new(VmMem::new(s2)),
+            cfg: Mutex::new(VmCfg {
+                topology: VmCpuTopology {
+                    sockets: 1,
+                    cores: 1,
+                    threads: 1,
+                    maxcpus: VM_MAXCPU as u16,
+                },
+            }),
+            vcpus,
+            suspend: AtomicI32::new(0),
+            active: AtomicU32::new(0),
+            suspended: AtomicU32::new(0),
+            debug: AtomicU32::new(0),
+            needs_cache_sync: AtomicBool::new(true),
+        })
+    }
+
+    /// The slot of vCPU `id`, `EINVAL` outside 0..VM_MAXCPU.
+    pub fn slot(&self, id: i32) -> KResult<&VcpuSlot<H>> {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.vcpus.get(i))
+            .ok_or(Errno::EINVAL)
+    }
+
+    /// Runs `f` on vCPU `id` (created in reset state on first use) unless it is running
+    /// (`EBUSY`).
+    pub fn with_vcpu<R>(
+        &self,
+        host: &H,
+        id: i32,
+        f: impl FnOnce(&mut Vcpu) -> KResult<R>,
+    ) -> KResult<R> {
+        let slot = self.slot(id)?;
+        if slot.shared.in_run.load(Ordering::SeqCst) {
+            return Err(Errno::EBUSY);
+        }
+        let mut g = slot.vcpu.lock();
+        let v = self.materialise(host, id, &mut g)?;
+        f(v)
+    }
+
+    /// The vCPU in `g`, created if absent.
+    pub fn materialise<'a>(
+        &self,
+        host: &H,
+        id: i32,
+        g: &'a mut Option<Vcpu>,
+    ) -> KResult<&'a mut Vcpu> {
+        if g.is_none() {
+            let init = VcpuInit {
+                id: u32::try_from(id).map_err(|_| Errno::EINVAL)?,
+                vttbr: self.vttbr,
+                cntvoff: self.cntvoff,
+                midr: self.midr,
+            };
+            *g = Some(Vcpu::new(host, init)?);
+        }
+        g.as_mut().ok_or(Errno::ENOMEM)
+    }
+
+    /// Makes vCPU `id` leave the guest soon: an IPI if it is in the guest, a wakeup if it
+    /// sleeps in WFI. With `to_user` its VM_RUN returns BOGUS at the next check.
+    pub fn notify(&self, host: &H, id: usize, to_user: bool) {
+        let Some(slot) = self.vcpus.get(id) else {
+            return;
+        };
+        if to_user {
+            slot.shared.kick.store(true, Ordering::SeqCst);
+        }
+        let cpu = slot.shared.running_on.load(Ordering::SeqCst);
+        if cpu != NOT_RUNNING {
+            host.kick_cpu(cpu);
+        }
+        host.wakeup(slot.chan());
+    }
+
+    /// Notifies every vCPU (suspend, destroy).
+    pub fn notify_all(&self, host: &H) {
+        for i in 0..self.vcpus.len() {
+            self.notify(host, i, false);
+        }
+    }
+
+    /// Any vCPU inside VM_RUN.
+    pub fn any_running(&self) -> bool {
+        self.vcpus
+            .iter()
+            .any(|s| s.shared.in_run.load(Ordering::SeqCst))
+    }
+
+    /// Frees everything. The caller guarantees no other reference is in use.
+    pub fn destroy(self, host: &H) {
+        for slot in self.vcpus {
+            let mut m = slot.vcpu;
+            if let Some(v) = m.get_mut().take() {
+                v.free(host);
+            }
+        }
+        self.mem.into_inner().destroy(host);
+    }
+}
+
+impl<H: Host> VcpuSlot<H> {
+    /// The sleep channel of this vCPU (its address).
+    pub fn chan(&self) -> usize {
+        self as *const Self as usize
+    }
+}

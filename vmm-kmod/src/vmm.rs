@@ -1,0 +1,267 @@
+//! The core's top object: EL2 bring-up and take-down, the VM registry, and the entry
+//! points the host glue calls.
+
+use crate::el2::{El2Config, InitParams, EL2_STACK_SIZE};
+use crate::errno::{Errno, KResult};
+use crate::host::{Host, PhysMem, PAGE_SIZE};
+use crate::sync::Mutex;
+use crate::sysemul::GuestIdRegs;
+use crate::vm::Vm;
+use crate::vmid::VmidAlloc;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use vmm_sys::exit::SuspendHow;
+use vmm_sys::hyp;
+
+/// Which device an ioctl arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRef<'a> {
+    /// /dev/vmmctl.
+    Ctl,
+    /// /dev/vmm/NAME.
+    Vm(&'a [u8]),
+}
+
+pub(crate) struct Registry<H: Host> {
+    pub vms: Vec<Arc<Vm<H>>>,
+    pub vmids: VmidAlloc,
+}
+
+pub struct Vmm<H: Host> {
+    pub(crate) host: H,
+    pub(crate) cfg: El2Config,
+    pub(crate) ids: GuestIdRegs,
+    pub(crate) params: InitParams,
+    stacks: Mutex<H::Mutex, Vec<PhysMem>>,
+    pub(crate) reg: Mutex<H::Mutex, Registry<H>>,
+    up: AtomicBool,
+}
+
+impl<H: Host> Vmm<H> {
+    /// Module load: computes the EL2 and stage-2 settings from the host's ID registers,
+    /// gives every CPU an EL2 stack, and brings the EL2 code up on every CPU through the
+    /// hyp stub (see `el2.rs`). `ENXIO` if the CPU cannot host guests or a CPU refuses.
+    pub fn new(host: H, params: InitParams) -> KResult<Vmm<H>> {
+        let cfg = El2Config::new(params.id_regs.mmfr0, vmm_platform::IPA_BITS)?;
+        let ids = GuestIdRegs::new(&params.id_regs, cfg.s2.ipa_bits);
+        let ncpu = host.cpu_count();
+        let mut stacks: Vec<PhysMem> = Vec::new();
+        stacks.try_reserve_exact(ncpu).map_err(|_| Errno::ENOMEM)?;
+        let free_stacks = |host: &H, stacks: &mut Vec<PhysMem>| {
+            for s in stacks.drain(..) {
+                host.unmap_el2(s.pa, s.len);
+                host.free_contig(s);
+            }
+        };
+        for _ in 0..ncpu {
+            let s = match host.alloc_contig(EL2_STACK_SIZE, PAGE_SIZE) {
+                Ok(s) => s,
+                Err(e) => {
+                    free_stacks(&host, &mut stacks);
+                    return Err(e);
+                }
+            };
+            if let Err(e) = host.map_el2(s.pa, s.len) {
+                host.free_contig(s);
+                free_stacks(&host, &mut stacks);
+                return Err(e);
+            }
+            stacks.push(s);
+        }
+        let failed = AtomicUsize::new(0);
+        let inited = AtomicUsize::new(0);
+        host.run_on_all_cpus(&|cpu| {
+            let Some(top) = stacks.get(cpu).and_then(|s| s.pa.checked_add(s.len as u64)) else {
+                failed.fetch_add(1, Ordering::SeqCst);
+                return;
+            };
+            // SAFETY: the stub's one service: VBAR_EL2 = the blob's init vectors, which the
+            // glue mapped for EL2 with the rest of the blob.
+            unsafe { host.hyp_call(params.hyp_init_vectors_pa, &[0; 7]) };
+            let args = [top, cfg.tcr_el2, cfg.sctlr_el2, cfg.vtcr_el2, 0, 0, 0];
+            // SAFETY: the init handler takes the host's EL2 tables, this CPU's stack (mapped
+            // for EL2 above) and register values computed by El2Config.
+            let r = unsafe { host.hyp_call(params.el2_ttbr0, &args) };
+            if r == 0 {
+                inited.fetch_add(1, Ordering::SeqCst);
+            } else {
+                failed.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let vmm = Vmm {
+            host,
+            cfg,
+            ids,
+            params,
+            stacks: Mutex::new(stacks),
+            reg: Mutex::new(Registry {
+                vms: Vec::new(),
+                vmids: VmidAlloc::default(),
+            }),
+            up: AtomicBool::new(true),
+        };
+        if failed.load(Ordering::SeqCst) != 0 || inited.load(Ordering::SeqCst) != ncpu {
+            vmm.host
+                .log(format_args!("vmm: EL2 initialisation failed on some CPU"));
+            vmm.take_down_el2();
+            return Err(Errno::ENXIO);
+        }
+        Ok(vmm)
+    }
+
+    fn take_down_el2(&self) {
+        let stub = self.params.hyp_stub_vectors_pa;
+        self.host.run_on_all_cpus(&|_| {
+            // SAFETY: HYP_CLEANUP puts the stub's vectors (whose address the glue gave us)
+            // back and turns the EL2 MMU off; it touches no memory of ours.
+            unsafe {
+                self.host
+                    .hyp_call(hyp::HYP_CLEANUP, &[stub, 0, 0, 0, 0, 0, 0])
+            };
+        });
+        let mut st = self.stacks.lock();
+        for s in st.drain(..) {
+            self.host.unmap_el2(s.pa, s.len);
+            self.host.free_contig(s);
+        }
+    }
+
+    /// Module unload: `EBUSY` while any VM exists; otherwise restores the hyp stub on
+    /// every CPU and frees the EL2 stacks. Afterwards every request gets `ENXIO`.
+    pub fn shutdown(&self) -> KResult<()> {
+        let reg = self.reg.lock();
+        if !reg.vms.is_empty() {
+            return Err(Errno::EBUSY);
+        }
+        if !self.up.swap(false, Ordering::SeqCst) {
+            return Err(Errno::ENXIO);
+        }
+        drop(reg);
+        self.take_down_el2();
+        Ok(())
+    }
+
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    pub fn el2_config(&self) -> &El2Config {
+        &self.cfg
+    }
+
+    pub(crate) fn check_up(&self) -> KResult<()> {
+        if self.up.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(Errno::ENXIO)
+        }
+    }
+
+    /// Creates VM `name` (VMMCTL_VM_CREATE, hw.vmm.create).
+    pub fn create_vm(&self, name: &[u8]) -> KResult<()> {
+        self.check_up()?;
+        vmm_sys::validate_vm_name(name).map_err(|_| Errno::EINVAL)?;
+        let mut reg = self.reg.lock();
+        if reg.vms.iter().any(|v| v.name == name) {
+            return Err(Errno::EEXIST);
+        }
+        reg.vms.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
+        let vmid = reg.vmids.alloc().ok_or(Errno::ENOSPC)?;
+        match Vm::new(
+            &self.host,
+            name,
+            vmid,
+            self.cfg.s2,
+            self.params.id_regs.midr,
+        ) {
+            Ok(vm) => {
+                reg.vms.push(Arc::new(vm));
+                Ok(())
+            }
+            Err(e) => {
+                reg.vmids.free(vmid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Destroys VM `name` (VMMCTL_VM_DESTROY, hw.vmm.destroy): unlists it, suspends it
+    /// with `VM_SUSPEND_DESTROY` so running vCPUs leave VM_RUN with SUSPENDED, waits for
+    /// every request still using it to finish, then frees all of it.
+    pub fn destroy_vm(&self, name: &[u8]) -> KResult<()> {
+        self.check_up()?;
+        let vm = {
+            let mut reg = self.reg.lock();
+            let i = reg
+                .vms
+                .iter()
+                .position(|v| v.name == name)
+                .ok_or(Errno::ENOENT)?;
+            reg.vms.swap_remove(i)
+        };
+        vm.suspend
+            .store(SuspendHow::Destroy as i32, Ordering::SeqCst);
+        vm.notify_all(&self.host);
+        let mut vm = vm;
+        let vm = loop {
+            match Arc::try_unwrap(vm) {
+                Ok(v) => break v,
+                Err(shared) => {
+                    vm = shared;
+                    vm.notify_all(&self.host);
+                    // Poll every millisecond: requests on the VM are short, and a VM_RUN
+                    // leaves within one check of its loop once notified.
+                    let tick = (self.host.counter_freq() / 1000).max(1);
+                    let deadline = self.host.counter().saturating_add(tick);
+                    let chan = Arc::as_ptr(&vm) as usize;
+                    self.host.sleep(chan, Some(deadline), &|| true);
+                }
+            }
+        };
+        let vmid = vm.vmid;
+        vm.destroy(&self.host);
+        self.reg.lock().vmids.free(vmid);
+        Ok(())
+    }
+
+    /// The VM called `name`.
+    pub(crate) fn lookup(&self, name: &[u8]) -> KResult<Arc<Vm<H>>> {
+        self.check_up()?;
+        self.reg
+            .lock()
+            .vms
+            .iter()
+            .find(|v| v.name == name)
+            .cloned()
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// Number of VMs.
+    pub fn vm_count(&self) -> usize {
+        self.reg.lock().vms.len()
+    }
+
+    /// Guest memory behind `gpa` of VM `name`, for mmap of /dev/vmm/NAME (FreeBSD's
+    /// `d_mmap_single`, whose offset is the guest physical address) or the testbed's
+    /// shared memory: the host physical address, its kernel VA and how many bytes from
+    /// there are physically contiguous within the same mapping. `None` where no guest
+    /// memory is mapped.
+    pub fn gpa_to_pa(&self, name: &[u8], gpa: u64) -> Option<(u64, *mut u8, u64)> {
+        let vm = self.lookup(name).ok()?;
+        let mem = vm.mem.lock();
+        mem.gpa_to_phys(gpa)
+    }
+
+    /// Marks vCPU `vcpu` of VM `name` as having an interrupt pending and makes it
+    /// notice (WFI wakes up). The entry point the interrupt paths (vGIC, timers) use.
+    pub fn set_irq_pending(&self, name: &[u8], vcpu: usize, pending: bool) -> KResult<()> {
+        let vm = self.lookup(name)?;
+        let slot = vm.vcpus.get(vcpu).ok_or(Errno::EINVAL)?;
+        slot.shared.irq_pending.store(pending, Ordering::SeqCst);
+        if pending {
+            vm.notify(&self.host, vcpu, false);
+        }
+        Ok(())
+    }
+}
