@@ -393,12 +393,13 @@ impl FakeVmm {
                 let set: Vec<usize> = (0..VM_MAXCPU).filter(|&i| vm.vcpus[i].active).collect();
                 break (raw::suspended(pc, how), set);
             }
-            if let Some(e) = vm.vcpus[idx].exits.pop_front() {
-                break (e, Vec::new());
-            }
+            // A vCPU held by VM_SUSPEND_CPU does not enter the guest.
             if vm.vcpus[idx].suspended {
                 let set: Vec<usize> = (0..VM_MAXCPU).filter(|&i| vm.vcpus[i].suspended).collect();
                 break (raw::simple(vmm_sys::exit::ExitCode::Debug, pc), set);
+            }
+            if let Some(e) = vm.vcpus[idx].exits.pop_front() {
+                break (e, Vec::new());
             }
             let now = Instant::now();
             if now >= deadline {
