@@ -45,6 +45,8 @@ pub enum KernelError {
     ImageTruncated { have: u64, want: u64 },
     #[error("Image is {have} bytes but its header's image_size is only {size}")]
     ImageLargerThanSize { have: u64, size: u64 },
+    #[error("Image header's text_offset 0x{0:x} and image_size do not fit any address space")]
+    ImageBadOffset(u64),
     #[error("Image has a PE header for machine 0x{0:04x}, not arm64")]
     ImageNotArm64(u16),
     #[error("ELF file is not 64-bit")]
@@ -252,7 +254,10 @@ fn load_image(bytes: Vec<u8>) -> Result<Kernel, KernelError> {
     // (image_size 0) only tells us its file length.
     let memsz = hdr.image_size.max(have);
     let start = hdr.text_offset;
-    let reserved = start.checked_add(memsz).ok_or(KernelError::Unknown)?;
+    let reserved = start
+        .checked_add(memsz)
+        .filter(|&end| end <= vmm_platform::IPA_LIMIT)
+        .ok_or(KernelError::ImageBadOffset(start))?;
     Ok(Kernel {
         kind: KernelKind::Image,
         segments: vec![Segment {

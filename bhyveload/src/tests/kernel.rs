@@ -81,6 +81,11 @@ fn bad_images() {
         Err(KernelError::Unknown)
     );
     assert_eq!(load(Vec::new(), false, LIMIT), Err(KernelError::Empty));
+    // A text_offset no memory can hold.
+    assert_eq!(
+        load(image(u64::MAX - 10, 0x1000, 0, 0), false, LIMIT),
+        Err(KernelError::ImageBadOffset(u64::MAX - 10))
+    );
     // A file longer than its own image_size is inconsistent.
     assert_eq!(
         load(image(0, 64, 0, 100), false, LIMIT),
