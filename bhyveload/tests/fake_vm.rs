@@ -195,7 +195,11 @@ fn loads_an_image_with_initrd_and_sets_the_boot_registers() {
     assert!(s >= BASE + 0x8_0000 + 4 * MIB);
     assert_eq!(read(&vm, s, rd.len()), rd);
 
-    // Registers (booting.rst).
+    // Registers (booting.rst): x1..x3 are written as zero, not left to chance.
+    let writes = fake.take_reg_writes("guest0", 0);
+    for x in 1..4 {
+        assert!(writes.contains(&(Reg::X(x), 0)), "{writes:?}");
+    }
     assert_eq!(fake.reg("guest0", 0, Reg::Pc), BASE + 0x8_0000);
     assert_eq!(fake.reg("guest0", 0, Reg::Cpsr), 0x3c5);
     for x in 1..4 {
