@@ -32,6 +32,9 @@ use vmm_sys::ioctl;
 pub struct FreeBsd {
     /// Where device nodes live: "/dev" (other roots for tests).
     dev: PathBuf,
+    /// Whether the legacy sysctls may be used: only for the real /dev, so a backend
+    /// over a test directory never creates a VM on the host.
+    sysctls: bool,
     nodes: Mutex<HashMap<String, Arc<File>>>,
 }
 
@@ -47,15 +50,24 @@ fn errno_of(e: &std::io::Error) -> i32 {
 
 impl FreeBsd {
     pub fn new() -> FreeBsd {
-        FreeBsd::with_dev_root("/dev")
+        FreeBsd {
+            sysctls: true,
+            ..FreeBsd::with_dev_root("/dev")
+        }
     }
 
-    /// A backend whose device nodes live under `dev` instead of /dev.
+    /// A backend whose device nodes live under `dev` instead of /dev (for tests: the
+    /// hw.vmm sysctls are never used).
     pub fn with_dev_root(dev: impl Into<PathBuf>) -> FreeBsd {
         FreeBsd {
             dev: dev.into(),
+            sysctls: false,
             nodes: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn sysctl_present(&self) -> bool {
+        self.sysctls && sysctl_present()
     }
 
     fn vmm_dir(&self) -> PathBuf {
@@ -92,7 +104,7 @@ impl FreeBsd {
                 Ok(f)
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                if self.vmm_dir().is_dir() || self.ctl_path().exists() || sysctl_present() {
+                if self.vmm_dir().is_dir() || self.ctl_path().exists() || self.sysctl_present() {
                     Err(BackendError::NoSuchVm)
                 } else {
                     Err(self.unavailable())
@@ -146,7 +158,7 @@ impl FreeBsd {
         };
         let arg: abi::VmmctlVmCreate = req.arg_as().ok_or(BackendError::Errno(libc::EINVAL))?;
         let name = arg.name_bytes().to_vec();
-        if !sysctl_present() {
+        if !self.sysctl_present() {
             return Err(self.unavailable());
         }
         set_sysctl_string(which, &name)?;
@@ -169,7 +181,7 @@ impl FreeBsd {
                 .collect(),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // No VM yet makes no /dev/vmm directory; no vmm at all is an error.
-                if self.ctl_path().exists() || sysctl_present() {
+                if self.ctl_path().exists() || self.sysctl_present() {
                     Vec::new()
                 } else {
                     return Err(self.unavailable());
