@@ -397,11 +397,19 @@ impl Vm {
         let mut out = Vec::new();
         let mut gpa = 0u64;
         while let Some(m) = self.mmap_getnext(gpa)? {
+            // Each answer must move forward, so a confused kernel cannot loop us forever.
+            let next = m
+                .gpa
+                .checked_add(m.len)
+                .filter(|&n| m.gpa >= gpa && n > m.gpa);
+            let (Some(next), true) = (next, out.len() < VM_MAX_MEMMAPS * 4) else {
+                return Err(self.invalid(format!(
+                    "VM_MMAP_GETNEXT from {gpa:#x} answered {:#x}+{:#x}",
+                    m.gpa, m.len
+                )));
+            };
             out.push(m);
-            match m.gpa.checked_add(m.len) {
-                Some(next) if next > gpa && out.len() <= VM_MAX_MEMMAPS * 4 => gpa = next,
-                _ => break,
-            }
+            gpa = next;
         }
         Ok(out)
     }

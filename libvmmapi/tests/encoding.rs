@@ -156,3 +156,46 @@ fn every_ioctl_has_its_shape() {
     }
     assert_eq!(seen.len(), want.len(), "unexpected ioctls: {seen:x?}");
 }
+
+/// A kernel that answers VM_MMAP_GETNEXT with the same mapping forever, and VM_RUN with
+/// a truncated exit.
+#[derive(Debug)]
+struct Confused(Arc<FakeVmm>);
+
+impl Backend for Confused {
+    fn name(&self) -> &'static str {
+        "confused"
+    }
+    fn execute(&self, req: &mut Request) -> Result<(), BackendError> {
+        match req.cmd {
+            VM_MMAP_GETNEXT => {
+                let m = vmm_sys::abi::VmMemmap {
+                    gpa: 0,
+                    len: 4096,
+                    ..Default::default()
+                };
+                req.arg = vmm_sys::abi::Pod::as_bytes(&m).to_vec();
+                Ok(())
+            }
+            VM_RUN => {
+                req.buffers[1].data.truncate(10);
+                Ok(())
+            }
+            _ => self.0.execute(req),
+        }
+    }
+    fn map_memory(&self, vm: &str, gpa: u64, len: usize) -> Result<Mapping, BackendError> {
+        self.0.map_memory(vm, gpa, len)
+    }
+}
+
+#[test]
+fn a_confused_kernel_is_an_error_not_a_hang() {
+    let b = Arc::new(Confused(FakeVmm::new()));
+    let vm = Vm::create_with(b, "c").unwrap();
+    let e = vm.mappings().unwrap_err();
+    assert!(e.to_string().contains("VM_MMAP_GETNEXT from 0x1000"), "{e}");
+    assert!(vm.guest_memory().is_err());
+    let e = vm.vcpu(0).unwrap().run().unwrap_err();
+    assert!(e.to_string().contains("VM_RUN returned no exit"), "{e}");
+}
