@@ -10,7 +10,7 @@ use std::sync::Arc;
 /// each block in VM_RUN while another asserts interrupts).
 ///
 /// Implementations: [`crate::freebsd::FreeBsd`] (ioctls on /dev/vmmctl and
-/// /dev/vmm/NAME), [`crate::fake::FakeVmm`] (in-process test double), and later the
+/// /dev/vmm/NAME), `fake::FakeVmm` (in-process test double), and later the
 /// testbed channel, which sends [`Request::encode`] over a socket.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// A short name for messages ("freebsd", "fake", ...).
