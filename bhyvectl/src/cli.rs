@@ -18,6 +18,9 @@ pub struct Opts {
     pub set_regs: Vec<(Reg, u64)>,
     /// Registers to print: `--get-REG` in ABI order, or all of them with `--get-all-regs`.
     pub get_regs: Vec<Reg>,
+    /// `--get-all-regs`: registers the kernel refuses (EINVAL) are left out rather than
+    /// failing the command (FreeBSD 15's vmm.ko does not serve every register it names).
+    pub all_regs: bool,
     pub get_active_cpus: bool,
     pub get_suspended_cpus: bool,
     pub get_stats: bool,
@@ -131,6 +134,7 @@ fn from_matches(m: &ArgMatches) -> Result<Opts, String> {
             .map(|v| v.copied().collect())
             .unwrap_or_default(),
         get_regs,
+        all_regs: on("get-all-regs"),
         get_active_cpus: on("get-active-cpus"),
         get_suspended_cpus: on("get-suspended-cpus"),
         get_stats: on("get-stats"),

@@ -1,7 +1,7 @@
 //! The command logic, against any backend (the FreeBSD one in use, the fake in tests).
 
 use crate::cli::Opts;
-use libvmmapi::{Backend, Error, SuspendHow, Vm};
+use libvmmapi::{Backend, Error, Reg, SuspendHow, Vcpu, Vm};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -33,6 +33,27 @@ fn cpu_list(cpus: &[u32]) -> String {
         .join(", ")
 }
 
+/// Reads `regs` in one request. With `skip_unknown`, if the kernel refuses the set
+/// (EINVAL: a register it does not serve), reads them one by one and leaves out those it
+/// refuses.
+fn read_regs(cpu: &Vcpu, regs: &[Reg], skip_unknown: bool) -> Result<Vec<(Reg, u64)>, Error> {
+    match cpu.get_regs(regs) {
+        Ok(values) => Ok(regs.iter().copied().zip(values).collect()),
+        Err(e) if skip_unknown && e.errno() == Some(libc::EINVAL) => {
+            let mut out = Vec::new();
+            for &r in regs {
+                match cpu.get_reg(r) {
+                    Ok(v) => out.push((r, v)),
+                    Err(e) if e.errno() == Some(libc::EINVAL) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Runs what `opts` asks, writing results to `out`: create first, then register
 /// writes, reads, CPU sets, statistics, forced suspension, destroy last.
 pub fn run(opts: &Opts, backend: Arc<dyn Backend>, out: &mut dyn Write) -> Result<(), CtlError> {
@@ -56,8 +77,7 @@ pub fn run(opts: &Opts, backend: Arc<dyn Backend>, out: &mut dyn Write) -> Resul
             cpu.set_regs(&opts.set_regs)?;
         }
         if !opts.get_regs.is_empty() {
-            let values = cpu.get_regs(&opts.get_regs)?;
-            for (reg, v) in opts.get_regs.iter().zip(values) {
+            for (reg, v) in read_regs(&cpu, &opts.get_regs, opts.all_regs)? {
                 writeln!(out, "{}[{}]\t0x{v:016x}", reg.name(), opts.cpu)?;
             }
         }
@@ -91,7 +111,7 @@ mod tests {
     use super::*;
     use crate::cli::parse;
     use libvmmapi::fake::FakeVmm;
-    use libvmmapi::Reg;
+    use libvmmapi::{BackendError, Mapping, Request};
 
     fn bhyvectl(fake: &Arc<FakeVmm>, args: &[&str]) -> Result<String, String> {
         let opts = parse(std::iter::once("bhyvectl").chain(args.iter().copied()))
@@ -162,6 +182,54 @@ mod tests {
         assert!(bhyvectl(&fake, &["--vm=r", "--cpu=16", "--get-pc"])
             .unwrap_err()
             .starts_with("vm 'r': vcpu 16 out of range"));
+    }
+
+    /// A kernel that does not serve MPIDR_EL1 (as FreeBSD 15's vmm.ko).
+    #[derive(Debug)]
+    struct NoMpidr(Arc<FakeVmm>);
+    impl Backend for NoMpidr {
+        fn name(&self) -> &'static str {
+            "no-mpidr"
+        }
+        fn execute(&self, req: &mut Request) -> Result<(), BackendError> {
+            let mpidr = (Reg::MpidrEl1.number() as i32).to_ne_bytes();
+            let asks = match req.cmd {
+                vmm_sys::ioctl::VM_GET_REGISTER => req.arg[4..8] == mpidr,
+                vmm_sys::ioctl::VM_GET_REGISTER_SET => {
+                    req.buffers[0].data.chunks(4).any(|c| c == mpidr)
+                }
+                _ => false,
+            };
+            if asks {
+                return Err(BackendError::Errno(libc::EINVAL));
+            }
+            self.0.execute(req)
+        }
+        fn map_memory(&self, vm: &str, gpa: u64, len: usize) -> Result<Mapping, BackendError> {
+            self.0.map_memory(vm, gpa, len)
+        }
+    }
+
+    #[test]
+    fn all_regs_leaves_out_what_the_kernel_refuses() {
+        let fake = FakeVmm::new();
+        bhyvectl(&fake, &["--vm=m", "--create", "--set-reg=pc=4"]).unwrap();
+        let b: Arc<dyn Backend> = Arc::new(NoMpidr(fake.clone()));
+        let run_on = |args: &[&str]| {
+            let opts = parse(std::iter::once("bhyvectl").chain(args.iter().copied())).unwrap();
+            let mut out = Vec::new();
+            run(&opts, b.clone(), &mut out).map(|()| String::from_utf8(out).unwrap())
+        };
+        let all = run_on(&["--vm=m", "--get-all-regs"]).unwrap();
+        assert_eq!(all.lines().count(), 39);
+        assert!(all.contains("pc[0]\t0x0000000000000004"));
+        assert!(!all.contains("mpidr"));
+        // Asked for by name, a refused register is an error.
+        let e = run_on(&["--vm=m", "--get-mpidr_el1"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "vm 'm': VM_GET_REGISTER_SET: Invalid argument"
+        );
     }
 
     #[test]

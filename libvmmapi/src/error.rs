@@ -18,9 +18,14 @@ pub enum BackendError {
     NoSuchVm,
 }
 
-/// The text `strerror(3)` gives for `errno`.
+/// The text `strerror(3)` gives for `errno` ("Invalid argument"), without std's
+/// " (os error N)" suffix.
 pub fn errno_text(errno: i32) -> String {
-    std::io::Error::from_raw_os_error(errno).to_string()
+    let mut s = std::io::Error::from_raw_os_error(errno).to_string();
+    if let Some(i) = s.rfind(" (os error ") {
+        s.truncate(i);
+    }
+    s
 }
 
 /// A register number, exit code or field that a backend returned and this library does
