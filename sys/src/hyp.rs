@@ -14,6 +14,9 @@ pub const HYP_REG_CNTHCTL: u64 = 0x2;
 pub const HYP_CLEAN_S2_TLBI: u64 = 0x4;
 pub const HYP_DC_CIVAC: u64 = 0x5;
 pub const HYP_EL2_TLBI: u64 = 0x6;
+/// HYP_EL2_TLBI x1: flush every EL2 entry, or x2..x2+x3 by VA (FreeBSD's values).
+pub const HYP_EL2_TLBI_ALL: u64 = 0x1;
+pub const HYP_EL2_TLBI_VA: u64 = 0x2;
 pub const HYP_S2_TLBI_RANGE: u64 = 0x10;
 pub const HYP_S2_TLBI_ALL: u64 = 0x11;
 

@@ -2,6 +2,13 @@
 //!
 //! * `test`: everything CI runs (format, lints, host tests, FreeBSD cross-check).
 //! * `check-freebsd`: `cargo check` of every userspace crate for aarch64-unknown-freebsd.
+//! * `build-el2`, `build-guests`, `build-testbed`: the kernel-side aarch64 artifacts
+//!   (soft-float, -Zfixed-x18, build-std) in target/aarch64.
+//! * `check-x18`: no x18 outside the EL2 blob's guest entry/exit.
+//! * `run-testbed`: boots the testbed in QEMU (hard timeout) and shows its console.
+//! * `bench-el2`: the exit-cost benchmark under `-icount shift=0`.
+
+mod kernel;
 
 use std::process::{Command, ExitCode};
 
@@ -41,6 +48,7 @@ fn test() -> Result<(), String> {
         cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
     )?;
     run("host and testbed tests", cargo().args(["test", "--workspace"]))?;
+    kernel::check_x18()?;
     check_freebsd()
 }
 
@@ -49,7 +57,15 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("check-freebsd") => check_freebsd(),
-        _ => Err("usage: cargo xtask test | check-freebsd".into()),
+        Some("build-el2") => kernel::build_el2(),
+        Some("build-guests") => kernel::build_guests(),
+        Some("build-testbed") => kernel::build_testbed(),
+        Some("check-x18") => kernel::check_x18(),
+        Some("run-testbed") => kernel::run_testbed(&args[1..]),
+        Some("bench-el2") => kernel::bench_el2(),
+        _ => Err("usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
+                  build-testbed | check-x18 | run-testbed [--timeout SECS] | bench-el2"
+            .into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

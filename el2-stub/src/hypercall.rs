@@ -1,0 +1,109 @@
+//! Host hypercall dispatch: `hvc #0` from EL1 with VTTBR_EL2 == 0, x0 = function.
+//! HYP_CLEANUP never gets here (the vector handles it without a stack frame).
+
+use crate::sysreg::{isb, mrs, msr};
+use vmm_sys::hyp::*;
+
+/// Above this many pages a range invalidation flushes the whole VMID instead.
+const S2_TLBI_MAX_PAGES: u64 = 512;
+
+fn s2_tlbi_all(vttbr: u64) {
+    msr!("vttbr_el2", vttbr);
+    isb();
+    // SAFETY: TLB maintenance for the VMID just loaded; no memory operand.
+    unsafe { core::arch::asm!("tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
+    msr!("vttbr_el2", 0);
+    isb();
+}
+
+fn s2_tlbi_range(vttbr: u64, start: u64, end: u64) {
+    let pages = end.saturating_sub(start) >> 12;
+    if pages > S2_TLBI_MAX_PAGES {
+        return s2_tlbi_all(vttbr);
+    }
+    msr!("vttbr_el2", vttbr);
+    isb();
+    let mut ipa = start & !0xfff;
+    while ipa < end {
+        // SAFETY: invalidates stage-2 entries of the loaded VMID by IPA.
+        unsafe { core::arch::asm!("tlbi ipas2e1is, {0}", in(reg) ipa >> 12, options(nostack)) };
+        ipa = ipa.saturating_add(0x1000);
+    }
+    // Stage-1 entries cached from the old stage-2 translation go too.
+    // SAFETY: barriers and a VMID-wide stage-1 invalidation.
+    unsafe { core::arch::asm!("dsb ish", "tlbi vmalle1is", "dsb ish", "isb", options(nostack)) };
+    msr!("vttbr_el2", 0);
+    isb();
+}
+
+fn dc_civac(start: u64, len: u64) {
+    // CTR_EL0.DminLine: log2 of the smallest data cache line in words.
+    let line = 4u64 << ((mrs!("ctr_el0") >> 16) & 0xf);
+    let end = start.saturating_add(len);
+    let mut a = start & !(line - 1);
+    while a < end {
+        // SAFETY: clean+invalidate by VA of memory the host mapped for EL2.
+        unsafe { core::arch::asm!("dc civac, {0}", in(reg) a, options(nostack)) };
+        a = a.saturating_add(line);
+    }
+    // SAFETY: barrier.
+    unsafe { core::arch::asm!("dsb ish", options(nostack)) };
+}
+
+/// Entered from the runtime vector with the host's x0..x5.
+#[no_mangle]
+extern "C" fn el2_hypercall(func: u64, a1: u64, a2: u64, a3: u64, _a4: u64, _a5: u64) -> u64 {
+    match func {
+        HYP_ENTER_GUEST => {
+            if a1 == 0 || a1 % 16 != 0 {
+                return HYP_RET_UNKNOWN;
+            }
+            // SAFETY: the host passes the EL2 address of a context it mapped at EL2 and
+            // does not touch while this CPU runs it (the HYP_ENTER_GUEST contract).
+            unsafe { crate::switch::enter_guest(a1 as *mut VcpuContext) }
+        }
+        HYP_READ_REGISTER => match a1 {
+            HYP_REG_ICH_VTR => mrs!("ich_vtr_el2"),
+            HYP_REG_CNTHCTL => mrs!("cnthctl_el2"),
+            _ => HYP_RET_UNKNOWN,
+        },
+        HYP_CLEAN_S2_TLBI => {
+            // SAFETY: invalidates all EL1&0 entries, every VMID.
+            unsafe { core::arch::asm!("tlbi alle1is", "dsb ish", "isb", options(nostack)) };
+            0
+        }
+        HYP_DC_CIVAC => {
+            dc_civac(a1, a2);
+            0
+        }
+        HYP_EL2_TLBI => match a1 {
+            HYP_EL2_TLBI_ALL => {
+                // SAFETY: invalidates EL2's own TLB entries.
+                unsafe { core::arch::asm!("tlbi alle2is", "dsb ish", "isb", options(nostack)) };
+                0
+            }
+            HYP_EL2_TLBI_VA => {
+                let end = a2.saturating_add(a3);
+                let mut va = a2 & !0xfff;
+                while va < end {
+                    // SAFETY: invalidates one EL2 VA.
+                    unsafe { core::arch::asm!("tlbi vae2is, {0}", in(reg) va >> 12, options(nostack)) };
+                    va = va.saturating_add(0x1000);
+                }
+                // SAFETY: barriers.
+                unsafe { core::arch::asm!("dsb ish", "isb", options(nostack)) };
+                0
+            }
+            _ => HYP_RET_UNKNOWN,
+        },
+        HYP_S2_TLBI_RANGE => {
+            s2_tlbi_range(a1, a2, a3);
+            0
+        }
+        HYP_S2_TLBI_ALL => {
+            s2_tlbi_all(a1);
+            0
+        }
+        _ => HYP_RET_UNKNOWN,
+    }
+}

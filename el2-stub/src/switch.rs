@@ -1,0 +1,272 @@
+//! The non-VHE world switch (issue 3 item 2). Order on entry: save the host's EL1
+//! state, EL2 controls and virtual timer; switch FP/SIMD (eagerly); load the guest's
+//! EL1 registers, virtual timer and GIC virtual CPU interface; then the guest's EL2
+//! controls (HCR, VPIDR/VMPIDR, CPTR, MDCR, CNTHCTL, VTTBR); `eret` in assembly.
+//! On exit the same in reverse; the host's EL2 controls come back first so VTTBR_EL2 is
+//! 0 ("host running") and CPTR_EL2 cannot trap the FP save.
+
+use crate::fp::{el2_fp_load, el2_fp_save};
+use crate::sysreg::{isb, mrs, msr};
+use crate::vectors::el2_guest_enter;
+use vmm_sys::arm64::regs::pstate;
+use vmm_sys::hyp::{
+    El1Regs, El2Controls, FpRegs, VcpuContext, VgicCpuRegs, VtimerRegs, ICH_APR_MAX, ICH_LR_MAX,
+};
+
+/// What the host had before the guest ran; lives on the EL2 stack for one entry.
+#[derive(Default)]
+struct HostState {
+    el1: El1Regs,
+    sp_el0: u64,
+    sp_el1: u64,
+    el2: El2Controls,
+    timer: VtimerRegs,
+    fp: FpRegs,
+}
+
+fn save_el1(r: &mut El1Regs) {
+    r.elr_el1 = mrs!("elr_el1");
+    r.spsr_el1 = mrs!("spsr_el1");
+    r.sctlr_el1 = mrs!("sctlr_el1");
+    r.ttbr0_el1 = mrs!("ttbr0_el1");
+    r.ttbr1_el1 = mrs!("ttbr1_el1");
+    r.tcr_el1 = mrs!("tcr_el1");
+    r.mair_el1 = mrs!("mair_el1");
+    r.amair_el1 = mrs!("amair_el1");
+    r.vbar_el1 = mrs!("vbar_el1");
+    r.contextidr_el1 = mrs!("contextidr_el1");
+    r.cpacr_el1 = mrs!("cpacr_el1");
+    r.esr_el1 = mrs!("esr_el1");
+    r.far_el1 = mrs!("far_el1");
+    r.afsr0_el1 = mrs!("afsr0_el1");
+    r.afsr1_el1 = mrs!("afsr1_el1");
+    r.par_el1 = mrs!("par_el1");
+    r.tpidr_el0 = mrs!("tpidr_el0");
+    r.tpidrro_el0 = mrs!("tpidrro_el0");
+    r.tpidr_el1 = mrs!("tpidr_el1");
+    r.actlr_el1 = mrs!("actlr_el1");
+    r.csselr_el1 = mrs!("csselr_el1");
+    r.mdscr_el1 = mrs!("mdscr_el1");
+    r.cntkctl_el1 = mrs!("cntkctl_el1");
+}
+
+fn load_el1(r: &El1Regs) {
+    msr!("elr_el1", r.elr_el1);
+    msr!("spsr_el1", r.spsr_el1);
+    msr!("sctlr_el1", r.sctlr_el1);
+    msr!("ttbr0_el1", r.ttbr0_el1);
+    msr!("ttbr1_el1", r.ttbr1_el1);
+    msr!("tcr_el1", r.tcr_el1);
+    msr!("mair_el1", r.mair_el1);
+    msr!("amair_el1", r.amair_el1);
+    msr!("vbar_el1", r.vbar_el1);
+    msr!("contextidr_el1", r.contextidr_el1);
+    msr!("cpacr_el1", r.cpacr_el1);
+    msr!("esr_el1", r.esr_el1);
+    msr!("far_el1", r.far_el1);
+    msr!("afsr0_el1", r.afsr0_el1);
+    msr!("afsr1_el1", r.afsr1_el1);
+    msr!("par_el1", r.par_el1);
+    msr!("tpidr_el0", r.tpidr_el0);
+    msr!("tpidrro_el0", r.tpidrro_el0);
+    msr!("tpidr_el1", r.tpidr_el1);
+    msr!("actlr_el1", r.actlr_el1);
+    msr!("csselr_el1", r.csselr_el1);
+    msr!("mdscr_el1", r.mdscr_el1);
+    msr!("cntkctl_el1", r.cntkctl_el1);
+}
+
+fn save_el2(r: &mut El2Controls) {
+    r.hcr_el2 = mrs!("hcr_el2");
+    r.vmpidr_el2 = mrs!("vmpidr_el2");
+    r.vpidr_el2 = mrs!("vpidr_el2");
+    r.cptr_el2 = mrs!("cptr_el2");
+    r.mdcr_el2 = mrs!("mdcr_el2");
+    r.cnthctl_el2 = mrs!("cnthctl_el2");
+    r.vttbr_el2 = mrs!("vttbr_el2");
+}
+
+fn load_el2(r: &El2Controls) {
+    msr!("hcr_el2", r.hcr_el2);
+    msr!("vmpidr_el2", r.vmpidr_el2);
+    msr!("vpidr_el2", r.vpidr_el2);
+    msr!("cptr_el2", r.cptr_el2);
+    msr!("mdcr_el2", r.mdcr_el2);
+    msr!("cnthctl_el2", r.cnthctl_el2);
+    msr!("vttbr_el2", r.vttbr_el2);
+    isb();
+}
+
+fn save_timer(t: &mut VtimerRegs) {
+    t.cntv_ctl_el0 = mrs!("cntv_ctl_el0");
+    t.cntv_cval_el0 = mrs!("cntv_cval_el0");
+    t.cntvoff_el2 = mrs!("cntvoff_el2");
+}
+
+fn load_timer(t: &VtimerRegs) {
+    msr!("cntvoff_el2", t.cntvoff_el2);
+    msr!("cntv_cval_el0", t.cntv_cval_el0);
+    msr!("cntv_ctl_el0", t.cntv_ctl_el0);
+}
+
+/// How many list registers and active-priority registers this CPU has (ICH_VTR_EL2).
+fn vgic_shape() -> (usize, usize) {
+    let vtr = mrs!("ich_vtr_el2");
+    let lrs = ((vtr & 0x1f) + 1) as usize;
+    // PREbits: 5 -> 1 APR register per group, 6 -> 2, 7 -> 4.
+    let aprs = match ((vtr >> 26) & 7) + 1 {
+        7 => 4,
+        6 => 2,
+        _ => 1,
+    };
+    (lrs.min(ICH_LR_MAX), aprs.min(ICH_APR_MAX))
+}
+
+macro_rules! lr_access {
+    ($n:expr, $op:ident, $($arg:tt)*) => {
+        match $n {
+            0 => $op!("ich_lr0_el2" $($arg)*),
+            1 => $op!("ich_lr1_el2" $($arg)*),
+            2 => $op!("ich_lr2_el2" $($arg)*),
+            3 => $op!("ich_lr3_el2" $($arg)*),
+            4 => $op!("ich_lr4_el2" $($arg)*),
+            5 => $op!("ich_lr5_el2" $($arg)*),
+            6 => $op!("ich_lr6_el2" $($arg)*),
+            7 => $op!("ich_lr7_el2" $($arg)*),
+            8 => $op!("ich_lr8_el2" $($arg)*),
+            9 => $op!("ich_lr9_el2" $($arg)*),
+            10 => $op!("ich_lr10_el2" $($arg)*),
+            11 => $op!("ich_lr11_el2" $($arg)*),
+            12 => $op!("ich_lr12_el2" $($arg)*),
+            13 => $op!("ich_lr13_el2" $($arg)*),
+            14 => $op!("ich_lr14_el2" $($arg)*),
+            _ => $op!("ich_lr15_el2" $($arg)*),
+        }
+    };
+}
+
+fn write_lr(n: usize, v: u64) {
+    lr_access!(n, msr, , v)
+}
+
+fn read_lr(n: usize) -> u64 {
+    lr_access!(n, mrs,)
+}
+
+fn write_apr(n: usize, ap0: u64, ap1: u64) {
+    match n {
+        0 => {
+            msr!("ich_ap0r0_el2", ap0);
+            msr!("ich_ap1r0_el2", ap1);
+        }
+        1 => {
+            msr!("ich_ap0r1_el2", ap0);
+            msr!("ich_ap1r1_el2", ap1);
+        }
+        2 => {
+            msr!("ich_ap0r2_el2", ap0);
+            msr!("ich_ap1r2_el2", ap1);
+        }
+        _ => {
+            msr!("ich_ap0r3_el2", ap0);
+            msr!("ich_ap1r3_el2", ap1);
+        }
+    }
+}
+
+fn read_apr(n: usize) -> (u64, u64) {
+    match n {
+        0 => (mrs!("ich_ap0r0_el2"), mrs!("ich_ap1r0_el2")),
+        1 => (mrs!("ich_ap0r1_el2"), mrs!("ich_ap1r1_el2")),
+        2 => (mrs!("ich_ap0r2_el2"), mrs!("ich_ap1r2_el2")),
+        _ => (mrs!("ich_ap0r3_el2"), mrs!("ich_ap1r3_el2")),
+    }
+}
+
+fn vgic_load(g: &VgicCpuRegs, lrs: usize, aprs: usize) {
+    for (n, lr) in g.ich_lr_el2.iter().enumerate().take(lrs) {
+        write_lr(n, *lr);
+    }
+    for (n, (ap0, ap1)) in g.ich_ap0r_el2.iter().zip(g.ich_ap1r_el2.iter()).enumerate().take(aprs) {
+        write_apr(n, *ap0, *ap1);
+    }
+    msr!("ich_vmcr_el2", g.ich_vmcr_el2);
+    msr!("ich_hcr_el2", g.ich_hcr_el2);
+}
+
+fn vgic_save(g: &mut VgicCpuRegs, lrs: usize, aprs: usize) {
+    g.ich_vmcr_el2 = mrs!("ich_vmcr_el2");
+    g.ich_misr_el2 = mrs!("ich_misr_el2");
+    g.ich_eisr_el2 = mrs!("ich_eisr_el2");
+    g.ich_elrsr_el2 = mrs!("ich_elrsr_el2");
+    for (n, lr) in g.ich_lr_el2.iter_mut().enumerate().take(lrs) {
+        *lr = read_lr(n);
+        // Leave the host no stale virtual interrupt.
+        write_lr(n, 0);
+    }
+    for (n, (ap0, ap1)) in g.ich_ap0r_el2.iter_mut().zip(g.ich_ap1r_el2.iter_mut()).enumerate().take(aprs) {
+        (*ap0, *ap1) = read_apr(n);
+        write_apr(n, 0, 0);
+    }
+    // The host uses the physical CPU interface only.
+    msr!("ich_hcr_el2", 0);
+}
+
+/// A guest may only be entered at EL0 or EL1, AArch64 (M[4] = 0). Anything else in the
+/// context would let the guest's registers run at EL2, so it is forced to EL1h.
+fn guest_pstate(p: u64) -> u64 {
+    match p & 0x1f {
+        pstate::M_EL0T | pstate::M_EL1T | pstate::M_EL1H => p,
+        _ => (p & !0x1f) | pstate::M_EL1H,
+    }
+}
+
+/// HYP_ENTER_GUEST: runs the guest in `ctx` until it exits; returns the exit kind
+/// (also stored in `ctx.exit.kind`).
+///
+/// # Safety
+/// `ctx` must be the EL2 (identity) address of a `VcpuContext` nobody else touches
+/// while the guest runs.
+pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
+    // SAFETY: guaranteed by the caller.
+    let c = unsafe { &mut *ctx };
+    let mut host = HostState::default();
+    let (lrs, aprs) = vgic_shape();
+
+    save_el1(&mut host.el1);
+    host.sp_el0 = mrs!("sp_el0");
+    host.sp_el1 = mrs!("sp_el1");
+    save_el2(&mut host.el2);
+    save_timer(&mut host.timer);
+    // SAFETY: both pointers are to live, 16-byte aligned FpRegs; CPTR_EL2 is still the
+    // host's (no FP trap).
+    unsafe {
+        el2_fp_save(&mut host.fp);
+        el2_fp_load(&c.fp);
+    }
+
+    load_el1(&c.el1);
+    load_timer(&c.timer);
+    vgic_load(&c.vgic, lrs, aprs);
+    c.pstate = guest_pstate(c.pstate);
+    load_el2(&c.el2);
+
+    // SAFETY: every register the guest sees is loaded; ctx stays valid (caller).
+    let kind = unsafe { el2_guest_enter(ctx) };
+
+    load_el2(&host.el2);
+    vgic_save(&mut c.vgic, lrs, aprs);
+    c.timer.cntv_ctl_el0 = mrs!("cntv_ctl_el0");
+    c.timer.cntv_cval_el0 = mrs!("cntv_cval_el0");
+    save_el1(&mut c.el1);
+    // SAFETY: as above; the host's CPTR_EL2 is back, so FP accesses do not trap.
+    unsafe {
+        el2_fp_save(&mut c.fp);
+        el2_fp_load(&host.fp);
+    }
+    load_timer(&host.timer);
+    load_el1(&host.el1);
+    msr!("sp_el0", host.sp_el0);
+    msr!("sp_el1", host.sp_el1);
+    kind
+}

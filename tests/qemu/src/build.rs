@@ -1,0 +1,205 @@
+//! aarch64 builds: the EL2 blob, the guest programs and the testbed kernel.
+
+use crate::{aarch64_target_dir, repo_root, Error};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const KERNEL_TARGET: &str = "aarch64-unknown-none-softfloat";
+/// Functions of the EL2 blob allowed to touch x18: the guest entry/exit pair saves the
+/// host's x18 and loads/saves the guest's.
+pub const X18_ALLOWED: &[&str] = &["el2_guest_enter", "el2_guest_exit"];
+
+fn run(what: &str, cmd: &mut Command) -> Result<(), Error> {
+    eprintln!("harness: {what}: {cmd:?}");
+    let status = cmd.status().map_err(|source| Error::Spawn { what: what.into(), source })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Failed { what: what.into(), status: status.to_string() })
+    }
+}
+
+fn output(what: &str, cmd: &mut Command) -> Result<String, Error> {
+    let out = cmd.output().map_err(|source| Error::Spawn { what: what.into(), source })?;
+    if !out.status.success() {
+        return Err(Error::Failed {
+            what: what.into(),
+            status: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `cargo build --release` of a kernel-side crate: build-std with the per-target
+/// rustflags of .cargo/config.toml (-Zfixed-x18), never a global RUSTFLAGS.
+fn cargo_kernel(manifest: &Path, envs: &[(&str, &Path)]) -> Result<(), Error> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root())
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .args(["build", "--release", "--target", KERNEL_TARGET])
+        .args(["-Zbuild-std=core,alloc", "-Zbuild-std-features=compiler-builtins-mem"])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(aarch64_target_dir());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    run(&format!("build {}", manifest.display()), &mut cmd)
+}
+
+fn release_dir() -> PathBuf {
+    aarch64_target_dir().join(KERNEL_TARGET).join("release")
+}
+
+pub fn el2_elf() -> PathBuf {
+    aarch64_target_dir().join("el2-stub.elf")
+}
+
+pub fn el2_blob() -> PathBuf {
+    aarch64_target_dir().join("el2-stub.bin")
+}
+
+pub fn testbed_elf() -> PathBuf {
+    release_dir().join("testbed")
+}
+
+pub fn guest_dir() -> PathBuf {
+    aarch64_target_dir().join("guests")
+}
+
+fn link_el2(lib: &Path, base: u64, elf: &Path, bin: &Path) -> Result<(), Error> {
+    let script = repo_root().join("el2-stub/link.ld");
+    run(
+        "link the EL2 blob",
+        Command::new("aarch64-linux-gnu-ld")
+            .args(["-nostdlib", "-static", "--no-pie", "--gc-sections", "-T"])
+            .arg(&script)
+            .arg("--defsym")
+            .arg(format!("EL2_LINK_BASE={base:#x}"))
+            .arg("-o")
+            .arg(elf)
+            .arg(lib),
+    )?;
+    run(
+        "objcopy the EL2 blob",
+        Command::new("aarch64-linux-gnu-objcopy").args(["-O", "binary"]).arg(elf).arg(bin),
+    )
+}
+
+/// Builds el2-stub and links it into the flat blob. Links it a second time at another
+/// base and requires identical bytes: the blob holds no absolute address.
+pub fn build_el2() -> Result<PathBuf, Error> {
+    cargo_kernel(&repo_root().join("el2-stub/Cargo.toml"), &[])?;
+    let lib = release_dir().join("libel2_stub.a");
+    let alt_elf = aarch64_target_dir().join("el2-stub-alt.elf");
+    let alt_bin = aarch64_target_dir().join("el2-stub-alt.bin");
+    link_el2(&lib, 0, &el2_elf(), &el2_blob())?;
+    link_el2(&lib, 0x4000_0000, &alt_elf, &alt_bin)?;
+    let read = |p: &Path| std::fs::read(p).map_err(|source| Error::Io { path: p.into(), source });
+    if read(&el2_blob())? != read(&alt_bin)? {
+        return Err(Error::Check(
+            "the EL2 blob differs when linked at another base: it contains an absolute address"
+                .into(),
+        ));
+    }
+    Ok(el2_blob())
+}
+
+/// Assembles every tests/guests/*.S into a flat binary linked at IPA 0x8000_0000.
+pub fn build_guests() -> Result<PathBuf, Error> {
+    let src = repo_root().join("tests/guests");
+    let out = guest_dir();
+    std::fs::create_dir_all(&out).map_err(|source| Error::Io { path: out.clone(), source })?;
+    let entries =
+        std::fs::read_dir(&src).map_err(|source| Error::Io { path: src.clone(), source })?;
+    for e in entries {
+        let path = e.map_err(|source| Error::Io { path: src.clone(), source })?.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("S") {
+            continue;
+        }
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("guest").to_string();
+        let obj = out.join(format!("{stem}.o"));
+        let elf = out.join(format!("{stem}.elf"));
+        let bin = out.join(format!("{stem}.bin"));
+        run("assemble guest", Command::new("aarch64-linux-gnu-as").arg("-o").arg(&obj).arg(&path))?;
+        run(
+            "link guest",
+            Command::new("aarch64-linux-gnu-ld")
+                .args(["-nostdlib", "-static", "-Ttext=0x80000000", "-e", "_start", "-o"])
+                .arg(&elf)
+                .arg(&obj),
+        )?;
+        run(
+            "objcopy guest",
+            Command::new("aarch64-linux-gnu-objcopy").args(["-O", "binary"]).arg(&elf).arg(&bin),
+        )?;
+    }
+    Ok(out)
+}
+
+/// Builds the EL2 blob, the guests and the testbed kernel that embeds them.
+pub fn build_testbed() -> Result<PathBuf, Error> {
+    let blob = build_el2()?;
+    let guests = build_guests()?;
+    cargo_kernel(
+        &repo_root().join("tests/testbed/Cargo.toml"),
+        &[("VMM_EL2_BLOB", &blob), ("VMM_GUEST_DIR", &guests)],
+    )?;
+    Ok(testbed_elf())
+}
+
+/// Lines of `objdump -d` output naming x18/w18, with the function they are in.
+pub fn x18_uses(elf: &Path) -> Result<Vec<(String, String)>, Error> {
+    let text = output(
+        "disassemble",
+        Command::new("aarch64-linux-gnu-objdump").arg("-d").arg("--no-show-raw-insn").arg(elf),
+    )?;
+    let mut func = String::new();
+    let mut uses = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_suffix(">:") {
+            func = name.rsplit('<').next().unwrap_or("").to_string();
+            continue;
+        }
+        let Some((_, insn)) = line.split_once(":\t") else { continue };
+        let hits = insn
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|tok| tok == "x18" || tok == "w18");
+        if hits {
+            uses.push((func.clone(), insn.trim().to_string()));
+        }
+    }
+    Ok(uses)
+}
+
+/// Fails on any use of x18 in the kernel-side artifacts outside the EL2 blob's guest
+/// entry/exit. Returns a one-line summary.
+pub fn check_x18() -> Result<String, Error> {
+    let testbed = build_testbed()?;
+    let mut bad = Vec::new();
+    let el2 = x18_uses(&el2_elf())?;
+    for (f, i) in &el2 {
+        if !X18_ALLOWED.contains(&f.as_str()) {
+            bad.push(format!("el2-stub {f}: {i}"));
+        }
+    }
+    for (f, i) in x18_uses(&testbed)? {
+        bad.push(format!("testbed {f}: {i}"));
+    }
+    if el2.is_empty() {
+        bad.push("el2-stub: no x18 save/restore found in the world switch".into());
+    }
+    if bad.is_empty() {
+        Ok(format!(
+            "x18: {} uses, all in the EL2 guest entry/exit; none in the testbed kernel",
+            el2.len()
+        ))
+    } else {
+        Err(Error::Check(format!("x18 used outside the EL2 world switch:\n{}", bad.join("\n"))))
+    }
+}

@@ -1,0 +1,103 @@
+//! Per-CPU identity, the secondary CPU's start and idle loop, and "run this function
+//! on that CPU" (what smp_rendezvous gives vmm.ko).
+
+use crate::mm::MAX_CPUS;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+pub fn id() -> usize {
+    let v: u64;
+    // SAFETY: TPIDR_EL1 holds the CPU index (set by the boot code).
+    unsafe { core::arch::asm!("mrs {0}, tpidr_el1", out(reg) v) };
+    v as usize
+}
+
+pub fn mpidr() -> u64 {
+    let v: u64;
+    // SAFETY: reads this CPU's affinity.
+    unsafe { core::arch::asm!("mrs {0}, mpidr_el1", out(reg) v) };
+    v
+}
+
+pub fn irq_enable() {
+    // SAFETY: unmasks IRQs at EL1; the vectors are installed.
+    unsafe { core::arch::asm!("msr daifclr, #2") };
+}
+
+pub fn irq_disable() {
+    // SAFETY: masks IRQs.
+    unsafe { core::arch::asm!("msr daifset, #2") };
+}
+
+struct Mailbox {
+    func: AtomicU64,
+    arg: AtomicU64,
+    result: AtomicU64,
+}
+
+static MAILBOX: [Mailbox; MAX_CPUS] = [const {
+    Mailbox { func: AtomicU64::new(0), arg: AtomicU64::new(0), result: AtomicU64::new(0) }
+}; MAX_CPUS];
+
+pub static ONLINE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Runs `f(arg)` on `cpu` and returns its result.
+pub fn run_on(cpu: usize, f: fn(u64) -> u64, arg: u64) -> u64 {
+    if cpu == id() {
+        return f(arg);
+    }
+    post(cpu, f, arg);
+    wait(cpu)
+}
+
+/// Starts `f(arg)` on another CPU without waiting.
+pub fn post(cpu: usize, f: fn(u64) -> u64, arg: u64) {
+    let mb = &MAILBOX[cpu];
+    mb.arg.store(arg, Ordering::Relaxed);
+    mb.func.store(f as usize as u64, Ordering::Release);
+    crate::gic::send_sgi(cpu, crate::gic::SGI_WAKE);
+}
+
+/// Waits for the call posted to `cpu` and returns its result.
+pub fn wait(cpu: usize) -> u64 {
+    let mb = &MAILBOX[cpu];
+    while mb.func.load(Ordering::Acquire) != 0 {
+        core::hint::spin_loop();
+    }
+    mb.result.load(Ordering::Relaxed)
+}
+
+/// The secondary CPUs' loop: interrupts on, sleep until a mailbox call arrives.
+pub fn idle_loop(cpu: usize) -> ! {
+    let mb = &MAILBOX[cpu];
+    irq_enable();
+    loop {
+        let f = mb.func.load(Ordering::Acquire);
+        if f != 0 {
+            // SAFETY: `run_on` stored a `fn(u64) -> u64` as an integer.
+            let func: fn(u64) -> u64 = unsafe { core::mem::transmute(f as usize) };
+            let r = func(mb.arg.load(Ordering::Relaxed));
+            mb.result.store(r, Ordering::Relaxed);
+            mb.func.store(0, Ordering::Release);
+        } else {
+            // SAFETY: waits for an interrupt (the SGI that posts a call).
+            unsafe { core::arch::asm!("wfi") };
+        }
+    }
+}
+
+/// Starts CPU `cpu` through PSCI CPU_ON; waits until it is online.
+pub fn start_secondary(cpu: usize) -> Result<(), i64> {
+    let entry = crate::mm::va_to_pa(core::ptr::addr_of!(crate::boot::secondary_entry) as u64);
+    let r = crate::psci::cpu_on(cpu as u64, entry, cpu as u64);
+    if r != 0 {
+        return Err(r);
+    }
+    let start = crate::timer::now();
+    while !ONLINE[cpu].load(Ordering::Acquire) {
+        if crate::timer::now() - start > crate::timer::freq() * 5 {
+            return Err(-99);
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! Bringing the hypervisor up the way vmm.ko does (FreeBSD's arm_setup_vectors), on
+//! every CPU: copy the EL2 blob into page-aligned contiguous memory, build EL2's
+//! identity-mapped tables (blob, per-CPU stacks, and whatever the core maps later),
+//! then `hvc #0` to the stub with x0 = the blob's init vectors, and a second `hvc #0`
+//! with TTBR0_EL2, the stack top, TCR_EL2, SCTLR_EL2 and VTCR_EL2. Unload is
+//! HYP_CLEANUP with the stub's vectors on every CPU.
+
+extern crate alloc;
+use crate::cpu;
+use crate::mm::{alloc_pages, free_pages_at, pa_to_va, va_to_pa, MAX_CPUS, PAGE};
+use crate::pt::PageTable;
+use crate::sync::SpinLock;
+use vmm_sys::arm64::regs::{sctlr_el2, vtcr};
+use vmm_sys::hyp::HYP_CLEANUP;
+
+/// The EL2 blob, built by `cargo xtask build-el2`.
+pub static EL2_BLOB: &[u8] = include_bytes!(env!("VMM_EL2_BLOB"));
+
+pub const EL2_STACK_PAGES: usize = 4;
+
+/// EL2 leaf attributes: AF, inner shareable, attr index 1 (normal WB; MAIR_EL2 is
+/// copied from MAIR_EL1), AP[1] set (RES1 in the EL2 regime, as Linux's PTE_HYP).
+const EL2_BASE: u64 = (1 << 10) | (3 << 8) | (1 << 2) | (1 << 6);
+const EL2_RO: u64 = 1 << 7;
+const EL2_XN: u64 = 1 << 54;
+
+pub struct Hyp {
+    pub blob_pa: u64,
+    blob_pages: usize,
+    tables: PageTable,
+    stacks: [u64; MAX_CPUS],
+    pub vtcr: u64,
+}
+
+pub static HYP: SpinLock<Option<Hyp>> = SpinLock::new(None);
+
+fn parange() -> u64 {
+    let v: u64;
+    // SAFETY: reads an ID register.
+    unsafe { core::arch::asm!("mrs {0}, id_aa64mmfr0_el1", out(reg) v) };
+    (v & 0xf).min(5)
+}
+
+pub fn tcr_el2() -> u64 {
+    25 | (1 << 8) | (1 << 10) | (3 << 12) | (parange() << 16) | (1 << 23) | (1u64 << 31)
+}
+
+pub fn sctlr_el2_runtime() -> u64 {
+    sctlr_el2::RES1 | sctlr_el2::M | sctlr_el2::C | sctlr_el2::I | sctlr_el2::SA | sctlr_el2::WXN
+}
+
+/// Stage 2: 39-bit IPA, start at level 1 (one table, no concatenation needed).
+pub fn vtcr_el2() -> u64 {
+    25 | vtcr::SL0_4K_L1
+        | vtcr::IRGN0_WBWA
+        | vtcr::ORGN0_WBWA
+        | vtcr::SH0_IS
+        | vtcr::TG0_4K
+        | (parange() << vtcr::PS_SHIFT)
+        | vtcr::RES1
+}
+
+/// `hvc #0` with up to five arguments, IRQs masked (as vmm.ko calls it).
+pub fn hvc(x0: u64, x1: u64, x2: u64, x3: u64, x4: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: EL2 preserves x18..x30 and SP and clobbers at most what the C ABI lets
+    // a call clobber (el2-stub's contract); interrupts are masked around the call.
+    unsafe {
+        core::arch::asm!(
+            "mrs x20, daif",
+            "msr daifset, #3",
+            "hvc #0",
+            "msr daif, x20",
+            out("x20") _,
+            inout("x0") x0 => ret,
+            inout("x1") x1 => _,
+            inout("x2") x2 => _,
+            inout("x3") x3 => _,
+            inout("x4") x4 => _,
+            out("x5") _, out("x6") _, out("x7") _, out("x8") _, out("x9") _, out("x10") _,
+            out("x11") _, out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+            out("x16") _, out("x17") _, out("x30") _,
+        )
+    };
+    ret
+}
+
+/// A hypercall into our EL2 code once it is installed.
+pub fn hyp_call(func: u64, a1: u64, a2: u64, a3: u64) -> u64 {
+    hvc(func, a1, a2, a3, 0)
+}
+
+fn sync_icache(pa: u64, len: u64) {
+    let mut a = pa_to_va(pa);
+    let end = a + len;
+    while a < end {
+        // SAFETY: cleans the data cache to the point of unification for code we wrote.
+        unsafe { core::arch::asm!("dc cvau, {0}", in(reg) a) };
+        a += 64;
+    }
+    // SAFETY: barriers and instruction cache invalidation.
+    unsafe { core::arch::asm!("dsb ish", "ic ialluis", "dsb ish", "isb") };
+}
+
+pub fn stub_vectors_pa() -> u64 {
+    va_to_pa(core::ptr::addr_of!(crate::boot::hyp_stub_vectors) as u64)
+}
+
+impl Hyp {
+    /// Maps `[pa, pa+len)` identity at EL2 as data (read-write, never executable).
+    pub fn map_data(&mut self, pa: u64, len: u64) -> Option<()> {
+        let mut p = pa & !(PAGE - 1);
+        while p < pa + len {
+            self.tables.map_page(p, p, EL2_BASE | EL2_XN)?;
+            p += PAGE;
+        }
+        Some(())
+    }
+}
+
+fn init_this_cpu(_: u64) -> u64 {
+    let (blob, root, top) = {
+        let g = HYP.lock();
+        let Some(h) = g.as_ref() else { return 1 };
+        (h.blob_pa, h.tables.root, h.stacks[cpu::id()] + (EL2_STACK_PAGES as u64) * PAGE)
+    };
+    let r = hvc(blob, 0, 0, 0, 0);
+    if r != blob {
+        // The stub returns x0 untouched; anything else means it is not there.
+        return 2;
+    }
+    hvc(root, top, tcr_el2(), sctlr_el2_runtime(), vtcr_el2())
+}
+
+fn cleanup_this_cpu(_: u64) -> u64 {
+    hyp_call(HYP_CLEANUP, stub_vectors_pa(), 0, 0)
+}
+
+/// Loads the hypervisor on every online CPU. Returns per-CPU init results (0 = ok).
+pub fn load(ncpus: usize) -> Result<[u64; MAX_CPUS], &'static str> {
+    let blob_pages = EL2_BLOB.len().div_ceil(PAGE as usize);
+    let blob_pa = alloc_pages(blob_pages).ok_or("no memory for the EL2 blob")?;
+    // SAFETY: the fresh pages are ours and large enough.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            EL2_BLOB.as_ptr(),
+            pa_to_va(blob_pa) as *mut u8,
+            EL2_BLOB.len(),
+        )
+    };
+    sync_icache(blob_pa, (blob_pages as u64) * PAGE);
+    let mut tables = PageTable::new().ok_or("no memory for EL2 tables")?;
+    for i in 0..blob_pages as u64 {
+        let p = blob_pa + i * PAGE;
+        tables.map_page(p, p, EL2_BASE | EL2_RO).ok_or("EL2 map")?;
+    }
+    let mut stacks = [0u64; MAX_CPUS];
+    let mut h = Hyp { blob_pa, blob_pages, tables, stacks, vtcr: vtcr_el2() };
+    for s in stacks.iter_mut() {
+        *s = alloc_pages(EL2_STACK_PAGES).ok_or("no memory for EL2 stacks")?;
+        h.map_data(*s, (EL2_STACK_PAGES as u64) * PAGE).ok_or("EL2 map")?;
+    }
+    h.stacks = stacks;
+    *HYP.lock() = Some(h);
+    let mut res = [u64::MAX; MAX_CPUS];
+    for (c, r) in res.iter_mut().enumerate().take(ncpus) {
+        *r = cpu::run_on(c, init_this_cpu, 0);
+    }
+    Ok(res)
+}
+
+/// HYP_CLEANUP on every CPU, then frees the blob, stacks and tables.
+pub fn unload(ncpus: usize) -> [u64; MAX_CPUS] {
+    let mut res = [u64::MAX; MAX_CPUS];
+    for (c, r) in res.iter_mut().enumerate().take(ncpus) {
+        *r = cpu::run_on(c, cleanup_this_cpu, 0);
+    }
+    if let Some(h) = HYP.lock().take() {
+        free_pages_at(h.blob_pa, h.blob_pages);
+        for s in h.stacks {
+            free_pages_at(s, EL2_STACK_PAGES);
+        }
+        drop(h.tables);
+    }
+    res
+}
+
+/// Maps memory the EL2 code must reach (contexts): identity, data.
+pub fn map_el2_data(pa: u64, len: u64) -> Option<()> {
+    HYP.lock().as_mut()?.map_data(pa, len)
+}
+
+/// Reads the EL2 registers through the stub with the probe vectors (only valid while
+/// our hypervisor is not installed). Returns None if the stub did not answer.
+pub fn probe_el2() -> Option<[u64; 16]> {
+    #[repr(C, align(64))]
+    struct Buf([u64; 16]);
+    let mut buf = alloc::boxed::Box::new(Buf([0; 16]));
+    let probe = va_to_pa(core::ptr::addr_of!(crate::boot::el2_probe_vectors) as u64);
+    if hvc(probe, 0, 0, 0, 0) != probe {
+        return None;
+    }
+    let va = &mut *buf as *mut Buf as u64;
+    // EL2 writes with its MMU off (non-cacheable): no dirty line may overwrite that
+    // afterwards, and no stale line may hide it.
+    for off in (0..128).step_by(64) {
+        // SAFETY: cleans and invalidates lines of our own buffer.
+        unsafe { core::arch::asm!("dc civac, {0}", "dsb sy", in(reg) va + off) };
+    }
+    hvc(va_to_pa(va), stub_vectors_pa(), 0, 0, 0);
+    for off in (0..128).step_by(64) {
+        // SAFETY: invalidates lines of our own buffer.
+        unsafe { core::arch::asm!("dc ivac, {0}", "dsb sy", in(reg) va + off) };
+    }
+    // SAFETY: volatile read of the buffer EL2 wrote.
+    Some(unsafe { core::ptr::read_volatile(&buf.0) })
+}

@@ -1,0 +1,64 @@
+//! The testbed: a small bare-metal host kernel for QEMU's virt board
+//! (`-M virt,virtualization=on,gic-version=3 -cpu cortex-a57 -smp 2 -m 1G`) standing in
+//! for FreeBSD: it enters at EL2, leaves FreeBSD's hyp-stub contract, runs at EL1 at
+//! high addresses and brings the EL2 blob up on every CPU the way vmm.ko does. Then it
+//! runs the tests and prints `TEST <name> PASS|FAIL <detail>` lines. See docs/testbed.md.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod boot;
+mod console;
+mod cpu;
+mod exceptions;
+mod gic;
+mod hyp;
+mod mm;
+mod psci;
+mod pt;
+mod sync;
+mod tests;
+mod timer;
+mod vm;
+
+use core::sync::atomic::Ordering;
+
+#[global_allocator]
+static ALLOC: mm::KernelAlloc = mm::KernelAlloc;
+
+/// Called by the boot code at high addresses with the MMU on.
+#[no_mangle]
+extern "C" fn kernel_entry(cpu: u64) -> ! {
+    if cpu == 0 {
+        kmain()
+    } else {
+        secondary_main(cpu as usize)
+    }
+}
+
+fn kmain() -> ! {
+    kprintln!("testbed: booted, cpu 0 at EL1, kernel at {:#x}", kmain as usize);
+    mm::init();
+    gic::init_distributor();
+    let gic_ok = gic::init_cpu();
+    cpu::ONLINE[0].store(true, Ordering::Release);
+    cpu::irq_enable();
+    tests::run_all(gic_ok);
+    psci::system_off()
+}
+
+fn secondary_main(cpu: usize) -> ! {
+    let ok = gic::init_cpu();
+    if !ok {
+        kprintln!("PANIC cpu {cpu}: no redistributor");
+    }
+    cpu::ONLINE[cpu].store(true, Ordering::Release);
+    cpu::idle_loop(cpu)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    kprintln!("PANIC cpu {}: {}", cpu::id(), info);
+    psci::system_off()
+}

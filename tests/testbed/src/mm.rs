@@ -1,0 +1,172 @@
+//! Memory: the direct map (VA = KBASE + PA, which also holds the kernel image), a
+//! bitmap page allocator over the RAM after the kernel, and the heap (the global
+//! allocator) on top of it.
+
+use crate::sync::SpinLock;
+use core::alloc::{GlobalAlloc, Layout};
+
+/// Start of the TTBR1 half with a 39-bit VA; PA p is mapped at KBASE + p.
+pub const KBASE: u64 = 0xffff_ff80_0000_0000;
+pub const MAX_CPUS: usize = 2;
+pub const PAGE: u64 = 4096;
+/// QEMU virt RAM (-m 1G).
+pub const RAM_START: u64 = 0x4000_0000;
+pub const RAM_END: u64 = 0x8000_0000;
+const NPAGES: usize = ((RAM_END - RAM_START) / PAGE) as usize;
+
+pub fn pa_to_va(pa: u64) -> u64 {
+    pa + KBASE
+}
+
+/// Physical address of a direct-map (or kernel image) address.
+pub fn va_to_pa(va: u64) -> u64 {
+    va - KBASE
+}
+
+pub fn kva<T>(p: *const T) -> u64 {
+    p as u64
+}
+
+struct Frames {
+    /// One bit per RAM page, set = in use.
+    used: [u64; NPAGES / 64],
+    free: usize,
+    hint: usize,
+}
+
+static FRAMES: SpinLock<Frames> =
+    SpinLock::new(Frames { used: [u64::MAX; NPAGES / 64], free: 0, hint: 0 });
+
+extern "C" {
+    static __kernel_end: u8;
+}
+
+/// Gives every page from the end of the kernel image to the end of RAM to the allocator.
+pub fn init() {
+    let end = va_to_pa(core::ptr::addr_of!(__kernel_end) as u64);
+    let first = ((end - RAM_START).div_ceil(PAGE)) as usize;
+    let mut f = FRAMES.lock();
+    for i in first..NPAGES {
+        f.used[i / 64] &= !(1u64 << (i % 64));
+    }
+    f.free = NPAGES - first;
+    f.hint = first;
+}
+
+pub fn free_pages() -> usize {
+    FRAMES.lock().free
+}
+
+/// `n` physically contiguous zeroed pages; returns the physical address.
+pub fn alloc_pages(n: usize) -> Option<u64> {
+    if n == 0 {
+        return None;
+    }
+    let mut f = FRAMES.lock();
+    let mut start = f.hint;
+    let mut tries = 0;
+    while tries < 2 {
+        let mut run = 0;
+        let mut i = start;
+        while i < NPAGES {
+            if f.used[i / 64] & (1 << (i % 64)) == 0 {
+                run += 1;
+                if run == n {
+                    let first = i + 1 - n;
+                    for j in first..=i {
+                        f.used[j / 64] |= 1 << (j % 64);
+                    }
+                    f.free -= n;
+                    f.hint = i + 1;
+                    drop(f);
+                    let pa = RAM_START + first as u64 * PAGE;
+                    // SAFETY: the pages were free, so nobody else uses them; they are
+                    // mapped through the direct map.
+                    unsafe {
+                        core::ptr::write_bytes(pa_to_va(pa) as *mut u8, 0, n * PAGE as usize)
+                    };
+                    return Some(pa);
+                }
+            } else {
+                run = 0;
+            }
+            i += 1;
+        }
+        start = 0;
+        tries += 1;
+    }
+    None
+}
+
+pub fn free_pages_at(pa: u64, n: usize) {
+    let first = ((pa - RAM_START) / PAGE) as usize;
+    let mut f = FRAMES.lock();
+    for j in first..first + n {
+        assert!(f.used[j / 64] & (1 << (j % 64)) != 0, "double free of page {pa:#x}");
+        f.used[j / 64] &= !(1 << (j % 64));
+    }
+    f.free += n;
+    if first < f.hint {
+        f.hint = first;
+    }
+}
+
+/// Heap: size classes 16..2048 bytes carved from pages, larger blocks as whole pages.
+struct Heap {
+    free: [u64; 8],
+}
+
+const CLASSES: [usize; 8] = [16, 32, 64, 128, 256, 512, 1024, 2048];
+
+pub struct KernelAlloc;
+
+static HEAP: SpinLock<Heap> = SpinLock::new(Heap { free: [0; 8] });
+
+fn class_of(layout: &Layout) -> Option<usize> {
+    let size = layout.size().max(layout.align());
+    CLASSES.iter().position(|&c| c >= size)
+}
+
+// SAFETY: blocks come from the page allocator and are handed out once until freed.
+unsafe impl GlobalAlloc for KernelAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match class_of(&layout) {
+            Some(c) => {
+                let mut h = HEAP.lock();
+                if h.free[c] == 0 {
+                    let Some(pa) = alloc_pages(1) else { return core::ptr::null_mut() };
+                    let base = pa_to_va(pa);
+                    let sz = CLASSES[c] as u64;
+                    let mut off = 0;
+                    while off + sz <= PAGE {
+                        let blk = base + off;
+                        // SAFETY: blk is inside the fresh page.
+                        unsafe { *(blk as *mut u64) = h.free[c] };
+                        h.free[c] = blk;
+                        off += sz;
+                    }
+                }
+                let blk = h.free[c];
+                // SAFETY: blk heads the free list; its first word links the next.
+                h.free[c] = unsafe { *(blk as *const u64) };
+                blk as *mut u8
+            }
+            None => {
+                let n = layout.size().div_ceil(PAGE as usize);
+                alloc_pages(n).map_or(core::ptr::null_mut(), |pa| pa_to_va(pa) as *mut u8)
+            }
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        match class_of(&layout) {
+            Some(c) => {
+                let mut h = HEAP.lock();
+                // SAFETY: ptr was handed out by alloc for this class.
+                unsafe { *(ptr as *mut u64) = h.free[c] };
+                h.free[c] = ptr as u64;
+            }
+            None => free_pages_at(va_to_pa(ptr as u64), layout.size().div_ceil(PAGE as usize)),
+        }
+    }
+}

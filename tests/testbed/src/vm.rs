@@ -1,0 +1,137 @@
+//! A minimal VM for the world-switch tests: guest RAM at IPA 0x8000_0000 mapped through
+//! its own stage-2 table and VMID, one vCPU context mapped at EL2. (The real VM
+//! lifecycle lives in vmm-kmod's core; this exists so the EL2 blob can be tested on its
+//! own, as the brief's step 3 asks before the core lands.)
+
+extern crate alloc;
+use crate::hyp::{hyp_call, map_el2_data};
+use crate::mm::{alloc_pages, free_pages_at, pa_to_va, PAGE};
+use crate::pt::PageTable;
+use core::sync::atomic::{AtomicU64, Ordering};
+use vmm_sys::arm64::regs::{cptr, hcr, mdcr, pstate, s2, VTTBR_VMID_SHIFT};
+use vmm_sys::hyp::{VcpuContext, HYP_ENTER_GUEST, HYP_S2_TLBI_ALL};
+
+pub const GUEST_RAM_IPA: u64 = 0x8000_0000;
+/// SCTLR_EL1 reset-like value for the guest: RES1 bits, MMU off.
+const GUEST_SCTLR: u64 = 0x30d0_0800;
+
+static NEXT_VMID: AtomicU64 = AtomicU64::new(1);
+
+pub struct TestVm {
+    s2: PageTable,
+    ram_pa: u64,
+    ram_pages: usize,
+    ctx_pa: u64,
+    pub vttbr: u64,
+}
+
+/// HCR_EL2 for guests: stage 2 on, AArch64 EL1, interrupts and SErrors routed to EL2,
+/// WFI/SMC/ID-group-3/ACTLR/set-way/impdef traps.
+pub const GUEST_HCR: u64 = hcr::VM
+    | hcr::SWIO
+    | hcr::PTW
+    | hcr::FMO
+    | hcr::IMO
+    | hcr::AMO
+    | hcr::FB
+    | hcr::BSU_IS
+    | hcr::TWI
+    | hcr::TSC
+    | hcr::TID3
+    | hcr::TACR
+    | hcr::TSW
+    | hcr::TIDCP
+    | hcr::RW;
+
+impl TestVm {
+    /// A VM with `ram_pages` of RAM holding `image` at its start.
+    pub fn new(image: &[u8], ram_pages: usize) -> Option<TestVm> {
+        let ram_pa = alloc_pages(ram_pages)?;
+        // SAFETY: fresh pages of at least image.len() bytes (checked).
+        if image.len() as u64 > ram_pages as u64 * PAGE {
+            free_pages_at(ram_pa, ram_pages);
+            return None;
+        }
+        // SAFETY: the RAM pages are ours and big enough (checked above).
+        unsafe {
+            core::ptr::copy_nonoverlapping(image.as_ptr(), pa_to_va(ram_pa) as *mut u8, image.len())
+        };
+        let mut s2t = PageTable::new()?;
+        let leaf = s2::AF | s2::SH_IS | s2::S2AP_R | s2::S2AP_W | s2::MEMATTR_NORMAL_WB;
+        for i in 0..ram_pages as u64 {
+            s2t.map_page(GUEST_RAM_IPA + i * PAGE, ram_pa + i * PAGE, leaf)?;
+        }
+        let ctx_pa = alloc_pages(1)?;
+        map_el2_data(ctx_pa, PAGE)?;
+        let vmid = NEXT_VMID.fetch_add(1, Ordering::Relaxed) & 0xff;
+        let vttbr = s2t.root | (vmid.max(1) << VTTBR_VMID_SHIFT);
+        // SAFETY: barriers and I-cache maintenance for the code just copied in.
+        unsafe { core::arch::asm!("dsb ish", "ic ialluis", "dsb ish", "isb") };
+        let vm = TestVm { s2: s2t, ram_pa, ram_pages, ctx_pa, vttbr };
+        let mpidr: u64;
+        let midr: u64;
+        // SAFETY: reads ID registers.
+        unsafe { core::arch::asm!("mrs {0}, midr_el1", "mrs {1}, mpidr_el1", out(reg) midr, out(reg) mpidr) };
+        let _ = mpidr;
+        let c = vm.ctx();
+        c.pc = GUEST_RAM_IPA;
+        c.pstate = pstate::GUEST_RESET;
+        c.el1.sctlr_el1 = GUEST_SCTLR;
+        c.el1.cpacr_el1 = 3 << 20;
+        c.el2.hcr_el2 = GUEST_HCR;
+        c.el2.vpidr_el2 = midr;
+        c.el2.vmpidr_el2 = 0x8000_0000;
+        c.el2.cptr_el2 = cptr::RES1;
+        c.el2.mdcr_el2 = mdcr::TDOSA | mdcr::TDA | mdcr::TPM | mdcr::TPMCR;
+        c.el2.cnthctl_el2 = vmm_sys::arm64::regs::cnthctl::EL1PCTEN;
+        c.el2.vttbr_el2 = vttbr;
+        c.vgic.ich_hcr_el2 = 1;
+        // Start from a clean stage-2 TLB for this VMID (it may have been used before).
+        hyp_call(HYP_S2_TLBI_ALL, vttbr, 0, 0);
+        Some(vm)
+    }
+
+    pub fn ctx(&self) -> &mut VcpuContext {
+        // SAFETY: the context page is owned by this VM and only touched by the CPU
+        // that runs it (the caller), through the direct map.
+        unsafe { &mut *(pa_to_va(self.ctx_pa) as *mut VcpuContext) }
+    }
+
+    pub fn ctx_pa(&self) -> u64 {
+        self.ctx_pa
+    }
+
+    /// Enters the guest once; returns the exit kind.
+    pub fn run(&self) -> u64 {
+        hyp_call(HYP_ENTER_GUEST, self.ctx_pa, 0, 0)
+    }
+
+    /// The host's view of guest RAM at offset `off`.
+    pub fn ram_u64(&self, off: u64) -> u64 {
+        // SAFETY: bounds-checked against the RAM size by the assert.
+        assert!(off + 8 <= self.ram_pages as u64 * PAGE);
+        unsafe { core::ptr::read_volatile((pa_to_va(self.ram_pa) + off) as *const u64) }
+    }
+
+    pub fn write_ram_u64(&self, off: u64, v: u64) {
+        assert!(off + 8 <= self.ram_pages as u64 * PAGE);
+        // SAFETY: bounds-checked above; guest RAM is ours.
+        unsafe { core::ptr::write_volatile((pa_to_va(self.ram_pa) + off) as *mut u64, v) }
+    }
+
+    pub fn ram_pa(&self) -> u64 {
+        self.ram_pa
+    }
+
+    pub fn table_pages(&self) -> usize {
+        self.s2.table_pages()
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        hyp_call(HYP_S2_TLBI_ALL, self.vttbr, 0, 0);
+        free_pages_at(self.ram_pa, self.ram_pages);
+        free_pages_at(self.ctx_pa, 1);
+    }
+}
