@@ -27,10 +27,12 @@
 //! * [`smp`] - `smp_rendezvous`, IPIs, the per-CPU area.
 //! * [`copy`] - copyin/copyout.
 //! * [`priv_`] - priv_check(9).
+//! * [`hyp`] - `vmm_call_hyp`, the `hvc #0` into EL2.
 //! * [`intr`] - the generic-timer interrupt hook vmm uses for the virtual timer.
 
 pub mod cdev;
 pub mod copy;
+pub mod hyp;
 pub mod intr;
 pub mod kern;
 pub mod lock;

@@ -80,6 +80,63 @@ pub extern "C" fn vmm_freebsd_pcpu() -> *mut Pcpu {
     p
 }
 
+/// `cpuid_to_pcpu[id]`, or `None` for an id above `mp_maxid` or an absent CPU.
+#[cfg(target_arch = "aarch64")]
+pub fn pcpu_of(id: u32) -> Option<*mut Pcpu> {
+    // SAFETY: `mp_maxid` is set before any module loads and never changes.
+    let maxid = unsafe { core::ptr::addr_of!(mp_maxid).read() };
+    if id > maxid {
+        return None;
+    }
+    let idx = usize::try_from(id).ok()?;
+    // SAFETY: `cpuid_to_pcpu` has MAXCPU > mp_maxid entries; `idx <= mp_maxid`.
+    let p = unsafe {
+        core::ptr::addr_of!(cpuid_to_pcpu)
+            .cast::<*mut Pcpu>()
+            .add(idx)
+            .read()
+    };
+    (!p.is_null()).then_some(p)
+}
+
+/// Finds the offset of `pc_cpuid` in this kernel's `struct pcpu` (see
+/// [`select_cpuid_offset`]). Call once at `MOD_LOAD`; `None` means refuse to load.
+#[cfg(target_arch = "aarch64")]
+pub fn discover_cpuid_offset() -> Option<usize> {
+    // SAFETY: as in `pcpu_of`.
+    let maxid = unsafe { core::ptr::addr_of!(mp_maxid).read() };
+    select_cpuid_offset(maxid, |id, off| {
+        let p = pcpu_of(id)?;
+        // SAFETY: `p` is a live `struct pcpu`, larger than `off + 4` for both
+        // candidate offsets (its MI part alone is several hundred bytes).
+        Some(unsafe { p.cast::<u8>().add(off).cast::<u32>().read_volatile() })
+    })
+}
+
+/// The id of the CPU this runs on, `PCPU_GET(cpuid)`, given the offset found by
+/// [`discover_cpuid_offset`]. Stable only while the thread cannot migrate (interrupts
+/// off, a spin lock held, or pinned).
+#[cfg(target_arch = "aarch64")]
+pub fn curcpu(cpuid_offset: usize) -> u32 {
+    let p = vmm_freebsd_pcpu();
+    // SAFETY: x18 always points at this CPU's live `struct pcpu`; the offset was
+    // validated against every CPU's area at load.
+    unsafe {
+        p.cast::<u8>()
+            .add(cpuid_offset)
+            .cast::<u32>()
+            .read_volatile()
+    }
+}
+
+/// `curthread`: the first word of the per-CPU area.
+#[cfg(target_arch = "aarch64")]
+pub fn curthread() -> *mut super::cdev::Thread {
+    let p = vmm_freebsd_pcpu();
+    // SAFETY: `pc_curthread` is the first member of `struct pcpu`.
+    unsafe { p.cast::<*mut super::cdev::Thread>().read_volatile() }
+}
+
 extern "C" {
     /// `int mp_ncpus` (subr_smp.c): number of CPUs.
     pub static mp_ncpus: c_int;

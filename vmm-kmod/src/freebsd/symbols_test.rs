@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 const SOURCES: &[(&str, &str)] = &[
     ("cdev.rs", include_str!("cdev.rs")),
     ("copy.rs", include_str!("copy.rs")),
+    ("hyp.rs", include_str!("hyp.rs")),
     ("intr.rs", include_str!("intr.rs")),
     ("kern.rs", include_str!("kern.rs")),
     ("lock.rs", include_str!("lock.rs")),
