@@ -142,6 +142,16 @@ impl<H: Host> Vmm<H> {
         Ok(())
     }
 
+    /// The host back after [`Vmm::shutdown`] (a later load makes a new `Vmm` with it);
+    /// the `Vmm` itself while it is still up.
+    pub fn into_host(self) -> Result<H, Self> {
+        if self.up.load(Ordering::SeqCst) {
+            Err(self)
+        } else {
+            Ok(self.host)
+        }
+    }
+
     pub fn host(&self) -> &H {
         &self.host
     }

@@ -1,0 +1,1 @@
+//! VM_RUN through the dispatcher with scripted guests.
