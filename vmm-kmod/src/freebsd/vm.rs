@@ -21,6 +21,15 @@ use core::ffi::{c_int, c_ulong, c_void};
 /// It is the second enumerator in every release (slot 0 was `OBJT_DEFAULT`, now unused).
 pub const OBJT_SWAP: u8 = 1;
 
+/// `vm_memattr_t` values of arm64 (`sys/arm64/include/vm.h`: indices into MAIR_EL1).
+pub const VM_MEMATTR_DEVICE_NGNRNE: VmMemattr = 0;
+pub const VM_MEMATTR_UNCACHEABLE: VmMemattr = 1;
+pub const VM_MEMATTR_WRITE_BACK: VmMemattr = 2;
+pub const VM_MEMATTR_WRITE_THROUGH: VmMemattr = 3;
+pub const VM_MEMATTR_DEVICE_NGNRE: VmMemattr = 4;
+/// `VM_MEMATTR_DEFAULT` is `VM_MEMATTR_WRITE_BACK` on arm64.
+pub const VM_MEMATTR_DEFAULT: VmMemattr = VM_MEMATTR_WRITE_BACK;
+
 /// `DMAP_MIN_ADDRESS` (`sys/arm64/include/vmparam.h`): base of the direct map.
 pub const DMAP_MIN_ADDRESS: u64 = 0xffff_a000_0000_0000;
 /// `DMAP_MAX_ADDRESS`: end of the direct map window (95 TiB).
