@@ -59,6 +59,9 @@ pub struct Module {
 
 /// `modeventhand_t` (`sys/sys/module.h`):
 /// `int (*)(module_t, int /* modeventtype_t */, void *)`.
+///
+/// Called with Giant held (kern_module.c). A failed `MOD_LOAD` is followed at once by a
+/// `MOD_UNLOAD`; `MOD_QUIESCE` answered with `EOPNOTSUPP`/`EINVAL` counts as success.
 pub type ModEventHandler = unsafe extern "C" fn(*mut Module, c_int, *mut c_void) -> c_int;
 
 /// `struct moduledata` / `moduledata_t` (`sys/sys/module.h`, FreeBSD 15.0).
