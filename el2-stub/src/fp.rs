@@ -61,7 +61,8 @@ el2_fp_load:
     FPCR = const core::mem::offset_of!(FpRegs, fpcr),
 );
 
-const _: () = assert!(core::mem::offset_of!(FpRegs, fpsr) == core::mem::offset_of!(FpRegs, fpcr) + 8);
+const _: () =
+    assert!(core::mem::offset_of!(FpRegs, fpsr) == core::mem::offset_of!(FpRegs, fpcr) + 8);
 const _: () = assert!(core::mem::offset_of!(FpRegs, v) == 0);
 
 extern "C" {

@@ -31,7 +31,15 @@ fn s2_tlbi_range(vttbr: u64, start: u64, end: u64) {
     }
     // Stage-1 entries cached from the old stage-2 translation go too.
     // SAFETY: barriers and a VMID-wide stage-1 invalidation.
-    unsafe { core::arch::asm!("dsb ish", "tlbi vmalle1is", "dsb ish", "isb", options(nostack)) };
+    unsafe {
+        core::arch::asm!(
+            "dsb ish",
+            "tlbi vmalle1is",
+            "dsb ish",
+            "isb",
+            options(nostack)
+        )
+    };
     msr!("vttbr_el2", 0);
     isb();
 }
@@ -87,7 +95,9 @@ extern "C" fn el2_hypercall(func: u64, a1: u64, a2: u64, a3: u64, _a4: u64, _a5:
                 let mut va = a2 & !0xfff;
                 while va < end {
                     // SAFETY: invalidates one EL2 VA.
-                    unsafe { core::arch::asm!("tlbi vae2is, {0}", in(reg) va >> 12, options(nostack)) };
+                    unsafe {
+                        core::arch::asm!("tlbi vae2is, {0}", in(reg) va >> 12, options(nostack))
+                    };
                     va = va.saturating_add(0x1000);
                 }
                 // SAFETY: barriers.

@@ -187,7 +187,13 @@ fn vgic_load(g: &VgicCpuRegs, lrs: usize, aprs: usize) {
     for (n, lr) in g.ich_lr_el2.iter().enumerate().take(lrs) {
         write_lr(n, *lr);
     }
-    for (n, (ap0, ap1)) in g.ich_ap0r_el2.iter().zip(g.ich_ap1r_el2.iter()).enumerate().take(aprs) {
+    for (n, (ap0, ap1)) in g
+        .ich_ap0r_el2
+        .iter()
+        .zip(g.ich_ap1r_el2.iter())
+        .enumerate()
+        .take(aprs)
+    {
         write_apr(n, *ap0, *ap1);
     }
     msr!("ich_vmcr_el2", g.ich_vmcr_el2);
@@ -204,7 +210,13 @@ fn vgic_save(g: &mut VgicCpuRegs, lrs: usize, aprs: usize) {
         // Leave the host no stale virtual interrupt.
         write_lr(n, 0);
     }
-    for (n, (ap0, ap1)) in g.ich_ap0r_el2.iter_mut().zip(g.ich_ap1r_el2.iter_mut()).enumerate().take(aprs) {
+    for (n, (ap0, ap1)) in g
+        .ich_ap0r_el2
+        .iter_mut()
+        .zip(g.ich_ap1r_el2.iter_mut())
+        .enumerate()
+        .take(aprs)
+    {
         (*ap0, *ap1) = read_apr(n);
         write_apr(n, 0, 0);
     }

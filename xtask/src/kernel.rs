@@ -56,7 +56,11 @@ pub fn run_testbed(args: &[String]) -> Result<(), String> {
     if failed > 0 || tests.is_empty() {
         return Err(format!("{failed} of {} testbed tests failed", tests.len()));
     }
-    eprintln!("xtask: {} testbed tests passed in {:.1?}", tests.len(), out.elapsed);
+    eprintln!(
+        "xtask: {} testbed tests passed in {:.1?}",
+        tests.len(),
+        out.elapsed
+    );
     Ok(())
 }
 

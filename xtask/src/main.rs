@@ -13,12 +13,20 @@ mod kernel;
 use std::process::{Command, ExitCode};
 
 /// Userspace crates that must build for FreeBSD/arm64.
-const FREEBSD_CRATES: &[&str] =
-    &["vmm-sys", "vmm-platform", "libvmmapi", "bhyveload", "bhyve", "bhyvectl"];
+const FREEBSD_CRATES: &[&str] = &[
+    "vmm-sys",
+    "vmm-platform",
+    "libvmmapi",
+    "bhyveload",
+    "bhyve",
+    "bhyvectl",
+];
 
 fn run(desc: &str, cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: {desc}: {cmd:?}");
-    let status = cmd.status().map_err(|e| format!("{desc}: cannot start: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{desc}: cannot start: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -33,7 +41,12 @@ fn cargo() -> Command {
 fn check_freebsd() -> Result<(), String> {
     let mut cmd = cargo();
     cmd.env("RUSTC_BOOTSTRAP", "1")
-        .args(["check", "--target", "aarch64-unknown-freebsd", "-Zbuild-std=std,panic_abort"])
+        .args([
+            "check",
+            "--target",
+            "aarch64-unknown-freebsd",
+            "-Zbuild-std=std,panic_abort",
+        ])
         .args(["--target-dir", "target/freebsd"]);
     for c in FREEBSD_CRATES {
         cmd.args(["-p", c]);
@@ -45,9 +58,19 @@ fn test() -> Result<(), String> {
     run("format check", cargo().args(["fmt", "--all", "--check"]))?;
     run(
         "clippy",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
-    run("host and testbed tests", cargo().args(["test", "--workspace"]))?;
+    run(
+        "host and testbed tests",
+        cargo().args(["test", "--workspace"]),
+    )?;
     kernel::check_x18()?;
     check_freebsd()
 }
@@ -63,9 +86,11 @@ fn main() -> ExitCode {
         Some("check-x18") => kernel::check_x18(),
         Some("run-testbed") => kernel::run_testbed(&args[1..]),
         Some("bench-el2") => kernel::bench_el2(),
-        _ => Err("usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
+        _ => Err(
+            "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
                   build-testbed | check-x18 | run-testbed [--timeout SECS] | bench-el2"
-            .into()),
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

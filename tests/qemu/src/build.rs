@@ -11,16 +11,25 @@ pub const X18_ALLOWED: &[&str] = &["el2_guest_enter", "el2_guest_exit"];
 
 fn run(what: &str, cmd: &mut Command) -> Result<(), Error> {
     eprintln!("harness: {what}: {cmd:?}");
-    let status = cmd.status().map_err(|source| Error::Spawn { what: what.into(), source })?;
+    let status = cmd.status().map_err(|source| Error::Spawn {
+        what: what.into(),
+        source,
+    })?;
     if status.success() {
         Ok(())
     } else {
-        Err(Error::Failed { what: what.into(), status: status.to_string() })
+        Err(Error::Failed {
+            what: what.into(),
+            status: status.to_string(),
+        })
     }
 }
 
 fn output(what: &str, cmd: &mut Command) -> Result<String, Error> {
-    let out = cmd.output().map_err(|source| Error::Spawn { what: what.into(), source })?;
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        what: what.into(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(Error::Failed {
             what: what.into(),
@@ -41,7 +50,10 @@ fn cargo_kernel(manifest: &Path, envs: &[(&str, &Path)]) -> Result<(), Error> {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .args(["build", "--release", "--target", KERNEL_TARGET])
-        .args(["-Zbuild-std=core,alloc", "-Zbuild-std-features=compiler-builtins-mem"])
+        .args([
+            "-Zbuild-std=core,alloc",
+            "-Zbuild-std-features=compiler-builtins-mem",
+        ])
         .arg("--manifest-path")
         .arg(manifest)
         .arg("--target-dir")
@@ -87,7 +99,10 @@ fn link_el2(lib: &Path, base: u64, elf: &Path, bin: &Path) -> Result<(), Error> 
     )?;
     run(
         "objcopy the EL2 blob",
-        Command::new("aarch64-linux-gnu-objcopy").args(["-O", "binary"]).arg(elf).arg(bin),
+        Command::new("aarch64-linux-gnu-objcopy")
+            .args(["-O", "binary"])
+            .arg(elf)
+            .arg(bin),
     )
 }
 
@@ -100,7 +115,12 @@ pub fn build_el2() -> Result<PathBuf, Error> {
     let alt_bin = aarch64_target_dir().join("el2-stub-alt.bin");
     link_el2(&lib, 0, &el2_elf(), &el2_blob())?;
     link_el2(&lib, 0x4000_0000, &alt_elf, &alt_bin)?;
-    let read = |p: &Path| std::fs::read(p).map_err(|source| Error::Io { path: p.into(), source });
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| Error::Io {
+            path: p.into(),
+            source,
+        })
+    };
     if read(&el2_blob())? != read(&alt_bin)? {
         return Err(Error::Check(
             "the EL2 blob differs when linked at another base: it contains an absolute address"
@@ -114,29 +134,59 @@ pub fn build_el2() -> Result<PathBuf, Error> {
 pub fn build_guests() -> Result<PathBuf, Error> {
     let src = repo_root().join("tests/guests");
     let out = guest_dir();
-    std::fs::create_dir_all(&out).map_err(|source| Error::Io { path: out.clone(), source })?;
-    let entries =
-        std::fs::read_dir(&src).map_err(|source| Error::Io { path: src.clone(), source })?;
+    std::fs::create_dir_all(&out).map_err(|source| Error::Io {
+        path: out.clone(),
+        source,
+    })?;
+    let entries = std::fs::read_dir(&src).map_err(|source| Error::Io {
+        path: src.clone(),
+        source,
+    })?;
     for e in entries {
-        let path = e.map_err(|source| Error::Io { path: src.clone(), source })?.path();
+        let path = e
+            .map_err(|source| Error::Io {
+                path: src.clone(),
+                source,
+            })?
+            .path();
         if path.extension().and_then(|x| x.to_str()) != Some("S") {
             continue;
         }
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("guest").to_string();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("guest")
+            .to_string();
         let obj = out.join(format!("{stem}.o"));
         let elf = out.join(format!("{stem}.elf"));
         let bin = out.join(format!("{stem}.bin"));
-        run("assemble guest", Command::new("aarch64-linux-gnu-as").arg("-o").arg(&obj).arg(&path))?;
+        run(
+            "assemble guest",
+            Command::new("aarch64-linux-gnu-as")
+                .arg("-o")
+                .arg(&obj)
+                .arg(&path),
+        )?;
         run(
             "link guest",
             Command::new("aarch64-linux-gnu-ld")
-                .args(["-nostdlib", "-static", "-Ttext=0x80000000", "-e", "_start", "-o"])
+                .args([
+                    "-nostdlib",
+                    "-static",
+                    "-Ttext=0x80000000",
+                    "-e",
+                    "_start",
+                    "-o",
+                ])
                 .arg(&elf)
                 .arg(&obj),
         )?;
         run(
             "objcopy guest",
-            Command::new("aarch64-linux-gnu-objcopy").args(["-O", "binary"]).arg(&elf).arg(&bin),
+            Command::new("aarch64-linux-gnu-objcopy")
+                .args(["-O", "binary"])
+                .arg(&elf)
+                .arg(&bin),
         )?;
     }
     Ok(out)
@@ -157,7 +207,10 @@ pub fn build_testbed() -> Result<PathBuf, Error> {
 pub fn x18_uses(elf: &Path) -> Result<Vec<(String, String)>, Error> {
     let text = output(
         "disassemble",
-        Command::new("aarch64-linux-gnu-objdump").arg("-d").arg("--no-show-raw-insn").arg(elf),
+        Command::new("aarch64-linux-gnu-objdump")
+            .arg("-d")
+            .arg("--no-show-raw-insn")
+            .arg(elf),
     )?;
     let mut func = String::new();
     let mut uses = Vec::new();
@@ -166,7 +219,9 @@ pub fn x18_uses(elf: &Path) -> Result<Vec<(String, String)>, Error> {
             func = name.rsplit('<').next().unwrap_or("").to_string();
             continue;
         }
-        let Some((_, insn)) = line.split_once(":\t") else { continue };
+        let Some((_, insn)) = line.split_once(":\t") else {
+            continue;
+        };
         let hits = insn
             .split(|c: char| !c.is_ascii_alphanumeric())
             .any(|tok| tok == "x18" || tok == "w18");
@@ -200,6 +255,9 @@ pub fn check_x18() -> Result<String, Error> {
             el2.len()
         ))
     } else {
-        Err(Error::Check(format!("x18 used outside the EL2 world switch:\n{}", bad.join("\n"))))
+        Err(Error::Check(format!(
+            "x18 used outside the EL2 world switch:\n{}",
+            bad.join("\n")
+        )))
     }
 }

@@ -45,9 +45,15 @@ pub fn run(args: &[String], timeout: Duration) -> Result<RunOutput, Error> {
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .map_err(|source| Error::Spawn { what: "qemu-system-aarch64".into(), source })?;
+        .map_err(|source| Error::Spawn {
+            what: "qemu-system-aarch64".into(),
+            source,
+        })?;
     let pid = child.id() as i32;
-    let mut stdout = child.stdout.take().ok_or_else(|| Error::Check("no stdout".into()))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Check("no stdout".into()))?;
     let reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = stdout.read_to_end(&mut buf);
@@ -65,7 +71,12 @@ pub fn run(args: &[String], timeout: Duration) -> Result<RunOutput, Error> {
                 break;
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(Error::Spawn { what: "wait for qemu".into(), source: e }),
+            Err(e) => {
+                return Err(Error::Spawn {
+                    what: "wait for qemu".into(),
+                    source: e,
+                })
+            }
         }
     }
     let mut err = String::new();
@@ -78,7 +89,11 @@ pub fn run(args: &[String], timeout: Duration) -> Result<RunOutput, Error> {
         log.push_str("\n[qemu stderr]\n");
         log.push_str(&err);
     }
-    Ok(RunOutput { log, timed_out, elapsed: start.elapsed() })
+    Ok(RunOutput {
+        log,
+        timed_out,
+        elapsed: start.elapsed(),
+    })
 }
 
 /// One `TEST <name> PASS|FAIL <detail>` line of the serial log.
@@ -100,7 +115,11 @@ pub fn parse_tests(log: &str) -> Vec<TestLine> {
                 "FAIL" => false,
                 _ => return None,
             };
-            Some(TestLine { name, pass, detail: it.next().unwrap_or("").to_string() })
+            Some(TestLine {
+                name,
+                pass,
+                detail: it.next().unwrap_or("").to_string(),
+            })
         })
         .collect()
 }
@@ -114,7 +133,14 @@ mod tests {
         let log = "boot\nTEST a PASS fine\nTEST b FAIL x=1 y=2\nTEST c MAYBE\nnoise TEST d PASS\n";
         let t = parse_tests(log);
         assert_eq!(t.len(), 2);
-        assert_eq!(t[0], TestLine { name: "a".into(), pass: true, detail: "fine".into() });
+        assert_eq!(
+            t[0],
+            TestLine {
+                name: "a".into(),
+                pass: true,
+                detail: "fine".into()
+            }
+        );
         assert_eq!(t[1].detail, "x=1 y=2");
         assert!(!t[1].pass);
     }

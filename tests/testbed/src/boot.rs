@@ -34,7 +34,6 @@ pub const READBACK_NAMES: [&str; 16] = [
     "MPIDR_EL1",
     "SPSR_EL2",
 ];
-pub const RB_VBAR: usize = 2;
 pub const RB_VPIDR: usize = 6;
 pub const RB_VMPIDR: usize = 7;
 pub const RB_MIDR: usize = 13;

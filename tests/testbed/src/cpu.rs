@@ -28,6 +28,17 @@ pub fn irq_disable() {
     unsafe { core::arch::asm!("msr daifset, #2") };
 }
 
+/// Sleeps in WFI while `still_waiting()` holds, without losing a wakeup: the check and
+/// the WFI run with IRQs masked (a pending IRQ still ends WFI), then the IRQ is taken.
+pub fn wait_for_interrupt(still_waiting: impl Fn() -> bool) {
+    irq_disable();
+    if still_waiting() {
+        // SAFETY: waits for an interrupt; masked IRQs still wake the CPU.
+        unsafe { core::arch::asm!("wfi") };
+    }
+    irq_enable();
+}
+
 struct Mailbox {
     func: AtomicU64,
     arg: AtomicU64,
@@ -35,7 +46,11 @@ struct Mailbox {
 }
 
 static MAILBOX: [Mailbox; MAX_CPUS] = [const {
-    Mailbox { func: AtomicU64::new(0), arg: AtomicU64::new(0), result: AtomicU64::new(0) }
+    Mailbox {
+        func: AtomicU64::new(0),
+        arg: AtomicU64::new(0),
+        result: AtomicU64::new(0),
+    }
 }; MAX_CPUS];
 
 pub static ONLINE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
@@ -79,8 +94,7 @@ pub fn idle_loop(cpu: usize) -> ! {
             mb.result.store(r, Ordering::Relaxed);
             mb.func.store(0, Ordering::Release);
         } else {
-            // SAFETY: waits for an interrupt (the SGI that posts a call).
-            unsafe { core::arch::asm!("wfi") };
+            wait_for_interrupt(|| mb.func.load(Ordering::Acquire) == 0);
         }
     }
 }

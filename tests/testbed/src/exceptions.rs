@@ -101,9 +101,7 @@ extern "C" fn el1_trap(frame: &mut TrapFrame, kind: u64) {
     let esr: u64;
     let far: u64;
     // SAFETY: reading syndrome registers.
-    unsafe {
-        core::arch::asm!("mrs {0}, esr_el1", "mrs {1}, far_el1", out(reg) esr, out(reg) far)
-    };
+    unsafe { core::arch::asm!("mrs {0}, esr_el1", "mrs {1}, far_el1", out(reg) esr, out(reg) far) };
     crate::kprintln!(
         "PANIC unexpected EL1 exception kind {} on cpu {}: ESR {:#x} ELR {:#x} FAR {:#x} SPSR {:#x}",
         kind,

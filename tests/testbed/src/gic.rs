@@ -69,7 +69,9 @@ fn my_redistributor() -> Option<u64> {
 
 /// This CPU's redistributor and CPU interface. Returns false if none matches MPIDR.
 pub fn init_cpu() -> bool {
-    let Some(rd) = my_redistributor() else { return false };
+    let Some(rd) = my_redistributor() else {
+        return false;
+    };
     w32(rd + GICR_WAKER, r32(rd + GICR_WAKER) & !(1 << 1));
     while r32(rd + GICR_WAKER) & (1 << 2) != 0 {}
     let sgi = rd + SGI_BASE;

@@ -29,7 +29,6 @@ pub struct Hyp {
     blob_pages: usize,
     tables: PageTable,
     stacks: [u64; MAX_CPUS],
-    pub vtcr: u64,
 }
 
 pub static HYP: SpinLock<Option<Hyp>> = SpinLock::new(None);
@@ -122,7 +121,11 @@ fn init_this_cpu(_: u64) -> u64 {
     let (blob, root, top) = {
         let g = HYP.lock();
         let Some(h) = g.as_ref() else { return 1 };
-        (h.blob_pa, h.tables.root, h.stacks[cpu::id()] + (EL2_STACK_PAGES as u64) * PAGE)
+        (
+            h.blob_pa,
+            h.tables.root,
+            h.stacks[cpu::id()] + (EL2_STACK_PAGES as u64) * PAGE,
+        )
     };
     let r = hvc(blob, 0, 0, 0, 0);
     if r != blob {
@@ -155,10 +158,16 @@ pub fn load(ncpus: usize) -> Result<[u64; MAX_CPUS], &'static str> {
         tables.map_page(p, p, EL2_BASE | EL2_RO).ok_or("EL2 map")?;
     }
     let mut stacks = [0u64; MAX_CPUS];
-    let mut h = Hyp { blob_pa, blob_pages, tables, stacks, vtcr: vtcr_el2() };
+    let mut h = Hyp {
+        blob_pa,
+        blob_pages,
+        tables,
+        stacks,
+    };
     for s in stacks.iter_mut() {
         *s = alloc_pages(EL2_STACK_PAGES).ok_or("no memory for EL2 stacks")?;
-        h.map_data(*s, (EL2_STACK_PAGES as u64) * PAGE).ok_or("EL2 map")?;
+        h.map_data(*s, (EL2_STACK_PAGES as u64) * PAGE)
+            .ok_or("EL2 map")?;
     }
     h.stacks = stacks;
     *HYP.lock() = Some(h);

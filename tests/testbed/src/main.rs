@@ -38,7 +38,10 @@ extern "C" fn kernel_entry(cpu: u64) -> ! {
 }
 
 fn kmain() -> ! {
-    kprintln!("testbed: booted, cpu 0 at EL1, kernel at {:#x}", kmain as usize);
+    kprintln!(
+        "testbed: booted, cpu 0 at EL1, kernel at {:#x}",
+        kmain as *const () as usize
+    );
     mm::init();
     gic::init_distributor();
     let gic_ok = gic::init_cpu();

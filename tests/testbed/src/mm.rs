@@ -23,10 +23,6 @@ pub fn va_to_pa(va: u64) -> u64 {
     va - KBASE
 }
 
-pub fn kva<T>(p: *const T) -> u64 {
-    p as u64
-}
-
 struct Frames {
     /// One bit per RAM page, set = in use.
     used: [u64; NPAGES / 64],
@@ -34,8 +30,11 @@ struct Frames {
     hint: usize,
 }
 
-static FRAMES: SpinLock<Frames> =
-    SpinLock::new(Frames { used: [u64::MAX; NPAGES / 64], free: 0, hint: 0 });
+static FRAMES: SpinLock<Frames> = SpinLock::new(Frames {
+    used: [u64::MAX; NPAGES / 64],
+    free: 0,
+    hint: 0,
+});
 
 extern "C" {
     static __kernel_end: u8;
@@ -102,7 +101,10 @@ pub fn free_pages_at(pa: u64, n: usize) {
     let first = ((pa - RAM_START) / PAGE) as usize;
     let mut f = FRAMES.lock();
     for j in first..first + n {
-        assert!(f.used[j / 64] & (1 << (j % 64)) != 0, "double free of page {pa:#x}");
+        assert!(
+            f.used[j / 64] & (1 << (j % 64)) != 0,
+            "double free of page {pa:#x}"
+        );
         f.used[j / 64] &= !(1 << (j % 64));
     }
     f.free += n;
@@ -134,7 +136,9 @@ unsafe impl GlobalAlloc for KernelAlloc {
             Some(c) => {
                 let mut h = HEAP.lock();
                 if h.free[c] == 0 {
-                    let Some(pa) = alloc_pages(1) else { return core::ptr::null_mut() };
+                    let Some(pa) = alloc_pages(1) else {
+                        return core::ptr::null_mut();
+                    };
                     let base = pa_to_va(pa);
                     let sz = CLASSES[c] as u64;
                     let mut off = 0;

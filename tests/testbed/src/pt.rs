@@ -21,7 +21,10 @@ fn entry(table: u64, idx: u64) -> *mut u64 {
 impl PageTable {
     pub fn new() -> Option<Self> {
         let root = alloc_pages(1)?;
-        Some(PageTable { root, pages: alloc::vec![root] })
+        Some(PageTable {
+            root,
+            pages: alloc::vec![root],
+        })
     }
 
     /// Maps one 4 KiB page `va` -> `pa` with the leaf attributes `attrs` (page type bits
@@ -52,10 +55,6 @@ impl PageTable {
             core::arch::asm!("dsb ishst");
         }
         Some(())
-    }
-
-    pub fn table_pages(&self) -> usize {
-        self.pages.len()
     }
 }
 

@@ -18,7 +18,8 @@ const GUEST_SCTLR: u64 = 0x30d0_0800;
 static NEXT_VMID: AtomicU64 = AtomicU64::new(1);
 
 pub struct TestVm {
-    s2: PageTable,
+    /// Owned for its Drop (frees the table pages); the hardware reads it via VTTBR.
+    _s2: PageTable,
     ram_pa: u64,
     ram_pages: usize,
     ctx_pa: u64,
@@ -67,11 +68,19 @@ impl TestVm {
         let vttbr = s2t.root | (vmid.max(1) << VTTBR_VMID_SHIFT);
         // SAFETY: barriers and I-cache maintenance for the code just copied in.
         unsafe { core::arch::asm!("dsb ish", "ic ialluis", "dsb ish", "isb") };
-        let vm = TestVm { s2: s2t, ram_pa, ram_pages, ctx_pa, vttbr };
+        let vm = TestVm {
+            _s2: s2t,
+            ram_pa,
+            ram_pages,
+            ctx_pa,
+            vttbr,
+        };
         let mpidr: u64;
         let midr: u64;
         // SAFETY: reads ID registers.
-        unsafe { core::arch::asm!("mrs {0}, midr_el1", "mrs {1}, mpidr_el1", out(reg) midr, out(reg) mpidr) };
+        unsafe {
+            core::arch::asm!("mrs {0}, midr_el1", "mrs {1}, mpidr_el1", out(reg) midr, out(reg) mpidr)
+        };
         let _ = mpidr;
         let c = vm.ctx();
         c.pc = GUEST_RAM_IPA;
@@ -106,25 +115,10 @@ impl TestVm {
         hyp_call(HYP_ENTER_GUEST, self.ctx_pa, 0, 0)
     }
 
-    /// The host's view of guest RAM at offset `off`.
-    pub fn ram_u64(&self, off: u64) -> u64 {
-        // SAFETY: bounds-checked against the RAM size by the assert.
-        assert!(off + 8 <= self.ram_pages as u64 * PAGE);
-        unsafe { core::ptr::read_volatile((pa_to_va(self.ram_pa) + off) as *const u64) }
-    }
-
     pub fn write_ram_u64(&self, off: u64, v: u64) {
         assert!(off + 8 <= self.ram_pages as u64 * PAGE);
         // SAFETY: bounds-checked above; guest RAM is ours.
         unsafe { core::ptr::write_volatile((pa_to_va(self.ram_pa) + off) as *mut u64, v) }
-    }
-
-    pub fn ram_pa(&self) -> u64 {
-        self.ram_pa
-    }
-
-    pub fn table_pages(&self) -> usize {
-        self.s2.table_pages()
     }
 }
 

@@ -1,0 +1,161 @@
+//! Testbed tests: build the testbed kernel (EL2 blob and guest programs embedded), boot
+//! it once in QEMU (virt, virtualization=on, GICv3, cortex-a57, 2 CPUs) under a hard
+//! timeout, and check the `TEST <name> PASS|FAIL <detail>` lines of its serial log.
+//! Every test function checks its own lines; a missing line fails like a FAIL line,
+//! and every failure shows the whole serial log.
+//!
+//! Needs qemu-system-aarch64 and aarch64-linux-gnu binutils; set VMM_SKIP_QEMU=1 to
+//! skip (the tests then say so on stderr and pass).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+use vmm_testbed_harness::{build, qemu};
+
+/// Generous: a normal run takes a few seconds; the build may take minutes on 2 cores
+/// but is not counted here.
+const QEMU_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Run {
+    log: String,
+    tests: Vec<qemu::TestLine>,
+}
+
+fn skip() -> bool {
+    if std::env::var_os("VMM_SKIP_QEMU").is_some() {
+        eprintln!("VMM_SKIP_QEMU set: testbed tests skipped");
+        return true;
+    }
+    false
+}
+
+fn testbed_run() -> &'static Result<Run, String> {
+    static RUN: OnceLock<Result<Run, String>> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let kernel = build::build_testbed().map_err(|e| format!("building the testbed: {e}"))?;
+        let out = qemu::run(&qemu::qemu_args(&kernel, 2), QEMU_TIMEOUT)
+            .map_err(|e| format!("running QEMU: {e}"))?;
+        let tests = qemu::parse_tests(&out.log);
+        if out.timed_out {
+            return Err(format!(
+                "QEMU killed after {QEMU_TIMEOUT:?}; serial log:\n{}",
+                out.log
+            ));
+        }
+        Ok(Run {
+            log: out.log,
+            tests,
+        })
+    })
+}
+
+/// Asserts that every named testbed test ran and passed.
+fn expect(names: &[&str]) {
+    if skip() {
+        return;
+    }
+    let run = match testbed_run() {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let mut problems = Vec::new();
+    for name in names {
+        match run.tests.iter().find(|t| t.name == *name) {
+            Some(t) if t.pass => eprintln!("{name}: {}", t.detail),
+            Some(t) => problems.push(format!("{name} FAILED: {}", t.detail)),
+            None => problems.push(format!("{name}: no result in the serial log")),
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\n--- testbed serial log ---\n{}",
+        problems.join("\n"),
+        run.log
+    );
+}
+
+#[test]
+fn boots_at_el2_leaves_stub_contract_both_cpus() {
+    expect(&["cpu1_up", "el2_contract_cpu0", "el2_contract_cpu1"]);
+}
+
+#[test]
+fn runs_at_el1_high_va_with_gic_timer_ipi_allocator() {
+    expect(&[
+        "el1_high_va",
+        "gic_init",
+        "timer_irq",
+        "ipi",
+        "page_allocator",
+    ]);
+}
+
+#[test]
+fn el2_blob_installs_on_both_cpus_and_answers() {
+    expect(&["hyp_load", "hyp_read_register"]);
+}
+
+#[test]
+fn guest_hvc_exits_resume_at_the_right_pc() {
+    expect(&["guest_hvc_loop"]);
+}
+
+#[test]
+fn guest_fp_simd_and_gprs_survive_exits_on_two_cpus() {
+    expect(&["guest_fp_gpr_two_cpus"]);
+}
+
+#[test]
+fn guest_mmio_every_size_and_register() {
+    expect(&["guest_mmio"]);
+}
+
+#[test]
+fn guest_sysreg_traps_and_wfi() {
+    expect(&["guest_sysreg", "guest_wfi"]);
+}
+
+#[test]
+fn guest_stage2_isolation_and_irq_exit() {
+    expect(&["guest_isolation", "guest_irq_exit"]);
+}
+
+#[test]
+fn unload_restores_el2_and_reload_works() {
+    expect(&["hyp_unload", "hyp_reload"]);
+}
+
+#[test]
+fn every_testbed_test_passed() {
+    if skip() {
+        return;
+    }
+    let run = match testbed_run() {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(
+        run.log.contains("TESTBED DONE"),
+        "the testbed did not finish\n--- testbed serial log ---\n{}",
+        run.log
+    );
+    let failed: Vec<_> = run.tests.iter().filter(|t| !t.pass).collect();
+    assert!(
+        failed.is_empty() && run.tests.len() >= 19,
+        "failed: {failed:?} ({} results)\n--- testbed serial log ---\n{}",
+        run.tests.len(),
+        run.log
+    );
+}
+
+#[test]
+fn no_x18_outside_the_world_switch() {
+    if skip() {
+        return;
+    }
+    // After testbed_run so the build is shared; check_x18 rebuilds (a no-op) and scans.
+    let _ = testbed_run();
+    match build::check_x18() {
+        Ok(summary) => eprintln!("{summary}"),
+        Err(e) => panic!("{e}"),
+    }
+}
