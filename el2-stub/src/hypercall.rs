@@ -63,7 +63,7 @@ fn dc_civac(start: u64, len: u64) {
 extern "C" fn el2_hypercall(func: u64, a1: u64, a2: u64, a3: u64, _a4: u64, _a5: u64) -> u64 {
     match func {
         HYP_ENTER_GUEST => {
-            if a1 == 0 || a1 % 16 != 0 {
+            if a1 == 0 || !a1.is_multiple_of(16) {
                 return HYP_RET_UNKNOWN;
             }
             // SAFETY: the host passes the EL2 address of a context it mapped at EL2 and
