@@ -118,7 +118,12 @@ pub struct Tlbi {
 pub enum CpuEl2 {
     Stub,
     InitVectors,
-    Up { stack_top: u64, tcr: u64, sctlr: u64, vtcr: u64 },
+    Up {
+        stack_top: u64,
+        tcr: u64,
+        sctlr: u64,
+        vtcr: u64,
+    },
 }
 
 struct Phys {
@@ -208,7 +213,13 @@ impl FakeHost {
     }
 
     pub fn pages_in_use(&self) -> usize {
-        self.phys.lock().unwrap().used.iter().filter(|u| **u).count()
+        self.phys
+            .lock()
+            .unwrap()
+            .used
+            .iter()
+            .filter(|u| **u)
+            .count()
     }
 
     pub fn push(&self, s: Scripted) {
@@ -278,21 +289,25 @@ impl FakeHost {
         }
     }
 
-    fn ctx_at(&self, pa: u64) -> &mut VcpuContext {
+    fn ctx_at(&self, pa: u64) -> *mut VcpuContext {
         let off = (pa - PHYS_BASE) as usize;
         assert!(off + std::mem::size_of::<VcpuContext>() <= self.size);
-        // SAFETY: the core passed the PA of its context page, inside the fake memory and
-        // page aligned; the core does not touch it during the call.
-        unsafe { &mut *self.base.as_ptr().add(off).cast::<VcpuContext>() }
+        // SAFETY: in bounds (checked above).
+        unsafe { self.base.as_ptr().add(off).cast::<VcpuContext>() }
     }
 
     fn enter_guest(&self, ctx_pa: u64) -> u64 {
-        assert!(self.intr_off.load(Ordering::SeqCst), "entered with interrupts on");
+        assert!(
+            self.intr_off.load(Ordering::SeqCst),
+            "entered with interrupts on"
+        );
         assert!(
             self.el2_mapped.lock().unwrap().contains(&(ctx_pa & !0xfff)),
             "context not mapped for EL2"
         );
-        let ctx = self.ctx_at(ctx_pa);
+        // SAFETY: the core passed the PA of its context page, inside the fake memory and
+        // page aligned; it does not touch the context during the call.
+        let ctx = unsafe { &mut *self.ctx_at(ctx_pa) };
         let root = ctx.el2.vttbr_el2 & s2::OA_MASK;
         assert!(
             self.el2_mapped.lock().unwrap().contains(&root),
@@ -330,7 +345,7 @@ impl Host for FakeHost {
     type Timer = FakeTimer;
 
     fn alloc_contig(&self, len: usize, align: usize) -> KResult<PhysMem> {
-        assert!(len > 0 && len % PAGE_SIZE == 0, "bad length {len}");
+        assert!(len > 0 && len.is_multiple_of(PAGE_SIZE), "bad length {len}");
         assert!(align.is_power_of_two() && align >= PAGE_SIZE);
         let mut p = self.phys.lock().unwrap();
         let n = len / PAGE_SIZE;
@@ -359,7 +374,10 @@ impl Host for FakeHost {
 
     fn free_contig(&self, mem: PhysMem) {
         let mut p = self.phys.lock().unwrap();
-        let len = p.allocs.remove(&mem.pa).expect("free of memory never allocated");
+        let len = p
+            .allocs
+            .remove(&mem.pa)
+            .expect("free of memory never allocated");
         assert_eq!(len, mem.len, "free with another length than allocated");
         assert_eq!(Some(mem.va), self.pa_to_va(mem.pa), "free with another VA");
         let i = ((mem.pa - PHYS_BASE) as usize) / PAGE_SIZE;
@@ -396,7 +414,10 @@ impl Host for FakeHost {
     fn unmap_el2(&self, pa: u64, len: usize) {
         let mut m = self.el2_mapped.lock().unwrap();
         for p in (pa..pa + len as u64).step_by(PAGE_SIZE) {
-            assert!(m.remove(&p), "page {p:#x} unmapped from EL2 but never mapped");
+            assert!(
+                m.remove(&p),
+                "page {p:#x} unmapped from EL2 but never mapped"
+            );
         }
     }
 
@@ -431,7 +452,12 @@ impl Host for FakeHost {
         self.signal.load(Ordering::SeqCst)
     }
 
-    fn sleep(&self, chan: usize, deadline: Option<u64>, still_sleep: &dyn Fn() -> bool) -> SleepResult {
+    fn sleep(
+        &self,
+        chan: usize,
+        deadline: Option<u64>,
+        still_sleep: &dyn Fn() -> bool,
+    ) -> SleepResult {
         let mut q = self.sleepq.lock().unwrap();
         if !still_sleep() {
             return SleepResult::Woken;
@@ -531,7 +557,11 @@ impl Host for FakeHost {
                     return hyp::HYP_RET_UNKNOWN;
                 }
                 let r = self.init_result.load(Ordering::SeqCst);
-                assert!(self.el2_mapped.lock().unwrap().contains(&((args[0] - 1) & !0xfff)));
+                assert!(self
+                    .el2_mapped
+                    .lock()
+                    .unwrap()
+                    .contains(&((args[0] - 1) & !0xfff)));
                 if r == 0 {
                     c[cpu] = CpuEl2::Up {
                         stack_top: args[0],

@@ -41,13 +41,20 @@ pub struct Vmm<H: Host> {
 impl<H: Host> Vmm<H> {
     /// Module load: computes the EL2 and stage-2 settings from the host's ID registers,
     /// gives every CPU an EL2 stack, and brings the EL2 code up on every CPU through the
-    /// hyp stub (see `el2.rs`). `ENXIO` if the CPU cannot host guests or a CPU refuses.
-    pub fn new(host: H, params: InitParams) -> KResult<Vmm<H>> {
-        let cfg = El2Config::new(params.id_regs.mmfr0, vmm_platform::IPA_BITS)?;
+    /// hyp stub (see `el2.rs`). On failure (`ENXIO` if the CPU cannot host guests or a
+    /// CPU refuses, `ENOMEM`) every CPU is back at the stub, everything is freed, and
+    /// the host is handed back.
+    pub fn new(host: H, params: InitParams) -> Result<Vmm<H>, (H, Errno)> {
+        let cfg = match El2Config::new(params.id_regs.mmfr0, vmm_platform::IPA_BITS) {
+            Ok(c) => c,
+            Err(e) => return Err((host, e)),
+        };
         let ids = GuestIdRegs::new(&params.id_regs, cfg.s2.ipa_bits);
         let ncpu = host.cpu_count();
         let mut stacks: Vec<PhysMem> = Vec::new();
-        stacks.try_reserve_exact(ncpu).map_err(|_| Errno::ENOMEM)?;
+        if stacks.try_reserve_exact(ncpu).is_err() {
+            return Err((host, Errno::ENOMEM));
+        }
         let free_stacks = |host: &H, stacks: &mut Vec<PhysMem>| {
             for s in stacks.drain(..) {
                 host.unmap_el2(s.pa, s.len);
@@ -59,13 +66,13 @@ impl<H: Host> Vmm<H> {
                 Ok(s) => s,
                 Err(e) => {
                     free_stacks(&host, &mut stacks);
-                    return Err(e);
+                    return Err((host, e));
                 }
             };
             if let Err(e) = host.map_el2(s.pa, s.len) {
                 host.free_contig(s);
                 free_stacks(&host, &mut stacks);
-                return Err(e);
+                return Err((host, e));
             }
             stacks.push(s);
         }
@@ -105,7 +112,7 @@ impl<H: Host> Vmm<H> {
             vmm.host
                 .log(format_args!("vmm: EL2 initialisation failed on some CPU"));
             vmm.take_down_el2();
-            return Err(Errno::ENXIO);
+            return Err((vmm.host, Errno::ENXIO));
         }
         Ok(vmm)
     }
@@ -144,9 +151,9 @@ impl<H: Host> Vmm<H> {
 
     /// The host back after [`Vmm::shutdown`] (a later load makes a new `Vmm` with it);
     /// the `Vmm` itself while it is still up.
-    pub fn into_host(self) -> Result<H, Self> {
+    pub fn into_host(self) -> Result<H, alloc::boxed::Box<Self>> {
         if self.up.load(Ordering::SeqCst) {
-            Err(self)
+            Err(alloc::boxed::Box::new(self))
         } else {
             Ok(self.host)
         }
@@ -261,6 +268,18 @@ impl<H: Host> Vmm<H> {
         let vm = self.lookup(name).ok()?;
         let mem = vm.mem.lock();
         mem.gpa_to_phys(gpa)
+    }
+
+    /// Makes VM_RUN on vCPU `vcpu` of VM `name` return to userspace (a BOGUS exit) soon:
+    /// for hosts without signals (the testbed broker, when the client that asked for the
+    /// run goes away). On FreeBSD a signal does this through `Host::should_yield`.
+    pub fn kick_vcpu(&self, name: &[u8], vcpu: usize) -> KResult<()> {
+        let vm = self.lookup(name)?;
+        if vcpu >= vm.vcpus.len() {
+            return Err(Errno::EINVAL);
+        }
+        vm.notify(&self.host, vcpu, true);
+        Ok(())
     }
 
     /// Marks vCPU `vcpu` of VM `name` as having an interrupt pending and makes it

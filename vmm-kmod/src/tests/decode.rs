@@ -28,21 +28,57 @@ fn interrupts_and_unknown_kinds() {
     for k in [excp::EL1_IRQ, excp::EL1_FIQ, excp::MAINT_IRQ, excp::REENTER] {
         assert_eq!(decode(k, &ExitInfo::default()), Decoded::Interrupt);
     }
-    for k in [excp::EL1_ERROR, excp::EL2_SYNC, excp::EL2_IRQ, excp::EL2_ERROR, 99] {
+    for k in [
+        excp::EL1_ERROR,
+        excp::EL2_SYNC,
+        excp::EL2_IRQ,
+        excp::EL2_ERROR,
+        99,
+    ] {
         assert_eq!(decode(k, &ExitInfo::default()), Decoded::Other);
     }
 }
 
 #[test]
 fn calls_wfx_brk_unknown() {
-    assert_eq!(decode(excp::EL1_SYNC, &info(mk(ec::HVC64, true, 0))), Decoded::Hvc { imm: 0 });
-    assert_eq!(decode(excp::EL1_SYNC, &info(mk(ec::HVC64, true, 0x1234))), Decoded::Hvc { imm: 0x1234 });
-    assert_eq!(decode(excp::EL1_SYNC, &info(mk(ec::SMC64, true, 0))), Decoded::Smc { imm: 0 });
-    assert_eq!(decode(excp::EL1_SYNC, &info(mk(ec::WFX, true, 0))), Decoded::Wfi);
-    assert_eq!(decode(excp::EL1_SYNC, &info(mk(ec::WFX, true, 1))), Decoded::Wfe);
-    assert_eq!(decode(excp::EL1_SYNC, &info(mk(ec::BRK64, true, 7))), Decoded::Brk);
-    for c in [ec::UNKNOWN, ec::FP_ASIMD, ec::HVC32, ec::SVC64, ec::PC_ALIGN, ec::SERROR, ec::DABT_CUR] {
-        assert_eq!(decode(excp::EL1_SYNC, &info(mk(c, true, 0))), Decoded::Other, "EC {c:#x}");
+    assert_eq!(
+        decode(excp::EL1_SYNC, &info(mk(ec::HVC64, true, 0))),
+        Decoded::Hvc { imm: 0 }
+    );
+    assert_eq!(
+        decode(excp::EL1_SYNC, &info(mk(ec::HVC64, true, 0x1234))),
+        Decoded::Hvc { imm: 0x1234 }
+    );
+    assert_eq!(
+        decode(excp::EL1_SYNC, &info(mk(ec::SMC64, true, 0))),
+        Decoded::Smc { imm: 0 }
+    );
+    assert_eq!(
+        decode(excp::EL1_SYNC, &info(mk(ec::WFX, true, 0))),
+        Decoded::Wfi
+    );
+    assert_eq!(
+        decode(excp::EL1_SYNC, &info(mk(ec::WFX, true, 1))),
+        Decoded::Wfe
+    );
+    assert_eq!(
+        decode(excp::EL1_SYNC, &info(mk(ec::BRK64, true, 7))),
+        Decoded::Brk
+    );
+    for c in [
+        ec::UNKNOWN,
+        ec::FP_ASIMD,
+        ec::HVC32,
+        ec::SVC64,
+        ec::PC_ALIGN,
+        ec::SERROR,
+        ec::DABT_CUR,
+    ] {
+        assert_eq!(
+            decode(excp::EL1_SYNC, &info(mk(c, true, 0))),
+            Decoded::Other,
+            "EC {c:#x}"
+        );
     }
 }
 
@@ -52,7 +88,14 @@ fn sysreg_traps() {
     match decode(excp::EL1_SYNC, &info(mk(ec::SYS64, true, iss))) {
         Decoded::SysReg { access, iss: i } => {
             assert_eq!(i, iss);
-            assert_eq!(access, SysRegAccess { reg: sysreg::OSLAR_EL1, rt: 4, read: false });
+            assert_eq!(
+                access,
+                SysRegAccess {
+                    reg: sysreg::OSLAR_EL1,
+                    rt: 4,
+                    read: false
+                }
+            );
         }
         d => panic!("{d:?}"),
     }
@@ -61,7 +104,8 @@ fn sysreg_traps() {
 #[test]
 fn data_aborts() {
     // ldrsh x7, [x1] on an unmapped IPA: ISV, SAS=1, SSE, SF, SRT=7, translation L3.
-    let iss = dabt::ISV | (1 << dabt::SAS_SHIFT) | dabt::SSE | dabt::SF | (7 << dabt::SRT_SHIFT) | 0x07;
+    let iss =
+        dabt::ISV | (1 << dabt::SAS_SHIFT) | dabt::SSE | dabt::SF | (7 << dabt::SRT_SHIFT) | 0x07;
     let i = ExitInfo {
         kind: excp::EL1_SYNC,
         esr_el2: mk(ec::DABT_LOW, true, iss),
@@ -70,25 +114,55 @@ fn data_aborts() {
         ..Default::default()
     };
     assert_eq!(fault_ipa(&i), 0x0a00_0abe);
-    let Decoded::DataAbort(a) = decode(excp::EL1_SYNC, &i) else { panic!() };
+    let Decoded::DataAbort(a) = decode(excp::EL1_SYNC, &i) else {
+        panic!()
+    };
     assert_eq!(a.ipa, 0x0a00_0abe);
     assert_eq!(a.kind, FaultKind::Translation);
     assert!(!a.write && !a.s1ptw && !a.cache_maint);
     let da = a.syndrome.unwrap();
-    assert_eq!((da.size, da.sign_extend, da.sixty_four, da.srt, da.write), (2, true, true, 7, false));
+    assert_eq!(
+        (da.size, da.sign_extend, da.sixty_four, da.srt, da.write),
+        (2, true, true, 7, false)
+    );
     // strb wzr: WnR, SRT 31; no syndrome; stage-1 walk; cache maintenance.
-    let Decoded::DataAbort(a) = decode(excp::EL1_SYNC, &info(mk(ec::DABT_LOW, true, dabt::ISV | dabt::WNR | (31 << 16) | 0x06)))
-    else { panic!() };
+    let Decoded::DataAbort(a) = decode(
+        excp::EL1_SYNC,
+        &info(mk(
+            ec::DABT_LOW,
+            true,
+            dabt::ISV | dabt::WNR | (31 << 16) | 0x06,
+        )),
+    ) else {
+        panic!()
+    };
     assert!(a.write);
     assert_eq!(a.syndrome.unwrap().srt, 31);
-    let Decoded::DataAbort(a) = decode(excp::EL1_SYNC, &info(mk(ec::DABT_LOW, true, 0x06))) else { panic!() };
+    let Decoded::DataAbort(a) = decode(excp::EL1_SYNC, &info(mk(ec::DABT_LOW, true, 0x06))) else {
+        panic!()
+    };
     assert!(a.syndrome.is_none());
-    let Decoded::DataAbort(a) = decode(excp::EL1_SYNC, &info(mk(ec::DABT_LOW, true, dabt::S1PTW | 0x05))) else { panic!() };
+    let Decoded::DataAbort(a) = decode(
+        excp::EL1_SYNC,
+        &info(mk(ec::DABT_LOW, true, dabt::S1PTW | 0x05)),
+    ) else {
+        panic!()
+    };
     assert!(a.s1ptw);
-    let Decoded::DataAbort(a) = decode(excp::EL1_SYNC, &info(mk(ec::DABT_LOW, true, dabt::CM | 0x07))) else { panic!() };
+    let Decoded::DataAbort(a) = decode(
+        excp::EL1_SYNC,
+        &info(mk(ec::DABT_LOW, true, dabt::CM | 0x07)),
+    ) else {
+        panic!()
+    };
     assert!(a.cache_maint);
     // Instruction abort: never a syndrome, never a write.
-    let Decoded::InstAbort(a) = decode(excp::EL1_SYNC, &info(mk(ec::IABT_LOW, true, 0x0f | dabt::WNR))) else { panic!() };
+    let Decoded::InstAbort(a) = decode(
+        excp::EL1_SYNC,
+        &info(mk(ec::IABT_LOW, true, 0x0f | dabt::WNR)),
+    ) else {
+        panic!()
+    };
     assert_eq!(a.kind, FaultKind::Permission);
     assert!(!a.write && a.syndrome.is_none());
 }
@@ -114,7 +188,8 @@ fn fault_status_classes() {
 #[test]
 fn debug_and_id_registers() {
     let ids = GuestIdRegs::new(&params().id_regs, 39);
-    let a = |r: SysReg, read: bool| answer(&decode_sys64(sys_iss(r, 2, read)), &ids, 0x41, 0x8000_0001);
+    let a =
+        |r: SysReg, read: bool| answer(&decode_sys64(sys_iss(r, 2, read)), &ids, 0x41, 0x8000_0001);
     assert_eq!(a(sysreg::OSLAR_EL1, false), SysRegAnswer::Ignored);
     assert_eq!(a(sysreg::OSLSR_EL1, true), SysRegAnswer::Read(OSLSR_VALUE));
     for r in [
@@ -134,28 +209,53 @@ fn debug_and_id_registers() {
         assert_eq!(a(r, false), SysRegAnswer::Ignored, "{r}");
     }
     // ID registers: sanitised.
-    let SysRegAnswer::Read(pfr0) = a(sysreg::ID_AA64PFR0_EL1, true) else { panic!() };
+    let SysRegAnswer::Read(pfr0) = a(sysreg::ID_AA64PFR0_EL1, true) else {
+        panic!()
+    };
     assert_eq!(pfr0 & 0xffff, 0x0011, "EL0/EL1 AArch64 only, no EL2/EL3");
     assert_eq!((pfr0 >> 24) & 0xf, 1, "GIC system registers kept");
-    let SysRegAnswer::Read(isar1) = a(sysreg::ID_AA64ISAR1_EL1, true) else { panic!() };
+    let SysRegAnswer::Read(isar1) = a(sysreg::ID_AA64ISAR1_EL1, true) else {
+        panic!()
+    };
     assert_eq!(isar1 & ((0xff << 4) | (0xff << 24)), 0, "no pointer auth");
     assert_eq!(isar1 & 0xf, 0, "DPB as the host");
-    let SysRegAnswer::Read(mmfr0) = a(sysreg::ID_AA64MMFR0_EL1, true) else { panic!() };
-    assert_eq!(mmfr0 & 0xf, 1, "PARange capped to 36 bits for a 39-bit IPA space");
+    let SysRegAnswer::Read(mmfr0) = a(sysreg::ID_AA64MMFR0_EL1, true) else {
+        panic!()
+    };
+    assert_eq!(
+        mmfr0 & 0xf,
+        1,
+        "PARange capped to 36 bits for a 39-bit IPA space"
+    );
     assert_eq!(mmfr0 & !0xf, 0x1120);
-    let SysRegAnswer::Read(mmfr1) = a(sysreg::ID_AA64MMFR1_EL1, true) else { panic!() };
+    let SysRegAnswer::Read(mmfr1) = a(sysreg::ID_AA64MMFR1_EL1, true) else {
+        panic!()
+    };
     assert_eq!((mmfr1 >> 8) & 0xf, 0, "no VHE");
-    let SysRegAnswer::Read(mmfr2) = a(sysreg::ID_AA64MMFR2_EL1, true) else { panic!() };
+    let SysRegAnswer::Read(mmfr2) = a(sysreg::ID_AA64MMFR2_EL1, true) else {
+        panic!()
+    };
     assert_eq!((mmfr2 >> 24) & 0xf, 0, "no nested virtualisation");
-    let SysRegAnswer::Read(dfr0) = a(sysreg::ID_AA64DFR0_EL1, true) else { panic!() };
+    let SysRegAnswer::Read(dfr0) = a(sysreg::ID_AA64DFR0_EL1, true) else {
+        panic!()
+    };
     assert_eq!(dfr0, 6, "debug v8.0, no PMU/trace/SPE");
     assert_eq!(a(sysreg::ID_AA64PFR1_EL1, true), SysRegAnswer::Read(0));
-    assert_eq!(a(SysReg::new(3, 0, 0, 1, 0), true), SysRegAnswer::Read(0), "AArch32 ID_PFR0");
+    assert_eq!(
+        a(SysReg::new(3, 0, 0, 1, 0), true),
+        SysRegAnswer::Read(0),
+        "AArch32 ID_PFR0"
+    );
     assert_eq!(a(sysreg::MIDR_EL1, true), SysRegAnswer::Read(0x41));
     assert_eq!(a(sysreg::MPIDR_EL1, true), SysRegAnswer::Read(0x8000_0001));
     assert_eq!(a(sysreg::ID_AA64MMFR0_EL1, false), SysRegAnswer::Undefined);
     // Not the kernel's.
-    for r in [sysreg::ICC_SGI1R_EL1, sysreg::CNTP_CTL_EL0, sysreg::PMCR_EL0, SysReg::new(3, 1, 15, 2, 0)] {
+    for r in [
+        sysreg::ICC_SGI1R_EL1,
+        sysreg::CNTP_CTL_EL0,
+        sysreg::PMCR_EL0,
+        SysReg::new(3, 1, 15, 2, 0),
+    ] {
         assert_eq!(a(r, true), SysRegAnswer::ToUser, "{r}");
     }
 }
@@ -186,7 +286,19 @@ fn exception_delivery_vectors() {
 fn guest_control_registers() {
     let h = GUEST_CHECK;
     assert_eq!(h & (hcr::TWE | hcr::E2H | hcr::TGE), 0);
-    for b in [hcr::VM, hcr::RW, hcr::TWI, hcr::TID3, hcr::TSC, hcr::IMO, hcr::FMO, hcr::AMO, hcr::BSU_IS, hcr::FB, hcr::SWIO] {
+    for b in [
+        hcr::VM,
+        hcr::RW,
+        hcr::TWI,
+        hcr::TID3,
+        hcr::TSC,
+        hcr::IMO,
+        hcr::FMO,
+        hcr::AMO,
+        hcr::BSU_IS,
+        hcr::FB,
+        hcr::SWIO,
+    ] {
         assert_ne!(h & b, 0);
     }
     let m = crate::vcpu::GUEST_MDCR;
@@ -195,7 +307,11 @@ fn guest_control_registers() {
     }
     assert_eq!(m & mdcr::TDE, 0);
     assert_eq!(SCTLR_EL1_RESET & 1, 0, "guest MMU off");
-    assert_eq!(crate::vcpu::GUEST_CNTHCTL, 1, "EL1PCTEN only: physical timer traps");
+    assert_eq!(
+        crate::vcpu::GUEST_CNTHCTL,
+        1,
+        "EL1PCTEN only: physical timer traps"
+    );
 }
 
 const GUEST_CHECK: u64 = crate::vcpu::GUEST_HCR;

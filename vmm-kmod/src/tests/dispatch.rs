@@ -13,8 +13,23 @@ fn load_brings_every_cpu_up_and_unload_restores_the_stub() {
     assert_eq!(cpus.len(), 2);
     let mut tops = Vec::new();
     for c in &cpus {
-        let CpuEl2::Up { stack_top, tcr, sctlr, vtcr } = *c else { panic!("{c:?}") };
-        assert_eq!((tcr, sctlr, vtcr), (v.el2_config().tcr_el2, v.el2_config().sctlr_el2, v.el2_config().vtcr_el2));
+        let CpuEl2::Up {
+            stack_top,
+            tcr,
+            sctlr,
+            vtcr,
+        } = *c
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (tcr, sctlr, vtcr),
+            (
+                v.el2_config().tcr_el2,
+                v.el2_config().sctlr_el2,
+                v.el2_config().vtcr_el2
+            )
+        );
         tops.push(stack_top);
     }
     assert_ne!(tops[0], tops[1], "one EL2 stack per CPU");
@@ -22,14 +37,20 @@ fn load_brings_every_cpu_up_and_unload_restores_the_stub() {
     assert_eq!(v.shutdown(), Err(Errno::EBUSY));
     destroy(&v, "busy").unwrap();
     v.shutdown().unwrap();
-    assert!(v.host().cpus.lock().unwrap().iter().all(|c| *c == CpuEl2::Stub));
+    assert!(v
+        .host()
+        .cpus
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|c| *c == CpuEl2::Stub));
     assert_eq!(v.host().pages_in_use(), 0, "EL2 stacks freed");
     assert!(v.host().el2_mapped.lock().unwrap().is_empty());
     assert_eq!(create(&v, "late"), Err(Errno::ENXIO));
     assert_eq!(v.shutdown(), Err(Errno::ENXIO));
     // A second load on the same CPUs works.
     let h = v.into_host().ok().unwrap();
-    let v2 = Vmm::new(h, crate::fake::params()).unwrap();
+    let v2 = Vmm::new(h, crate::fake::params()).ok().unwrap();
     create(&v2, "again").unwrap();
     destroy(&v2, "again").unwrap();
     v2.shutdown().unwrap();
@@ -39,34 +60,84 @@ fn load_brings_every_cpu_up_and_unload_restores_the_stub() {
 fn failed_init_undoes_everything() {
     let h = FakeHost::new(4, 2);
     h.init_result.store(1, Ordering::SeqCst);
-    let Err(e) = Vmm::new(h, crate::fake::params()) else { panic!() };
+    let Err((h, e)) = Vmm::new(h, crate::fake::params()) else {
+        panic!()
+    };
     assert_eq!(e, Errno::ENXIO);
-    // The host was dropped with the failed Vmm; a fresh one checks the stub path.
-    let h = FakeHost::new(4, 2);
+    assert!(
+        h.cpus.lock().unwrap().iter().all(|c| *c == CpuEl2::Stub),
+        "stub restored"
+    );
+    assert_eq!(h.pages_in_use(), 0);
+    assert!(h.el2_mapped.lock().unwrap().is_empty());
+    // An init handler that does not answer (the blob's vectors never took).
     let mut p = crate::fake::params();
-    p.el2_ttbr0 = EL2_TTBR0 + 1; // an init the fake does not recognise
-    assert_eq!(Vmm::new(h, p).err(), Some(Errno::ENXIO));
+    p.el2_ttbr0 = EL2_TTBR0 + 1;
+    h.init_result.store(0, Ordering::SeqCst);
+    let Err((h, e)) = Vmm::new(h, p) else {
+        panic!()
+    };
+    assert_eq!(e, Errno::ENXIO);
+    assert_eq!(h.pages_in_use(), 0);
+    // A CPU whose PA range is too small to hold the guest platform.
+    let mut p = crate::fake::params();
+    p.id_regs.mmfr0 = 0;
+    let Err((h, e)) = Vmm::new(h, p) else {
+        panic!()
+    };
+    assert_eq!(e, Errno::ENXIO);
+    // And the same host then loads fine.
+    let v = Vmm::new(h, crate::fake::params()).ok().unwrap();
+    assert!(v
+        .host()
+        .cpus
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|c| matches!(c, CpuEl2::Up { .. })));
 }
 
 #[test]
 fn request_shapes_are_checked() {
     let v = vmm();
     let mut short = vec![0u8; 10];
-    assert_eq!(v.dispatch(DeviceRef::Ctl, ioctl::VMMCTL_VM_CREATE, &mut short), Err(Errno::EINVAL));
+    assert_eq!(
+        v.dispatch(DeviceRef::Ctl, ioctl::VMMCTL_VM_CREATE, &mut short),
+        Err(Errno::EINVAL)
+    );
     // Unknown request words, and requests on the wrong device.
     let mut b = vec![0u8; 8];
-    assert_eq!(v.dispatch(DeviceRef::Ctl, ioctl::iowr::<u64>(b'V', 99), &mut b), Err(Errno::ENOTTY));
+    assert_eq!(
+        v.dispatch(DeviceRef::Ctl, ioctl::iowr::<u64>(b'V', 99), &mut b),
+        Err(Errno::ENOTTY)
+    );
     setup(&v, "vm", 2);
-    assert_eq!(v.dispatch(DeviceRef::Vm(b"vm"), ioctl::iowr::<u64>(b'v', 200), &mut b), Err(Errno::ENOTTY));
+    assert_eq!(
+        v.dispatch(DeviceRef::Vm(b"vm"), ioctl::iowr::<u64>(b'v', 200), &mut b),
+        Err(Errno::ENOTTY)
+    );
     let mut c = VmmctlVmCreate::new(b"x").unwrap();
-    assert_eq!(vmio(&v, "vm", ioctl::VMMCTL_VM_CREATE, &mut c), Err(Errno::ENOTTY));
+    assert_eq!(
+        vmio(&v, "vm", ioctl::VMMCTL_VM_CREATE, &mut c),
+        Err(Errno::ENOTTY)
+    );
     let mut r = VmRegister::default();
     assert_eq!(ctl(&v, ioctl::VM_GET_REGISTER, &mut r), Err(Errno::ENOTTY));
     // A VM that does not exist.
-    assert_eq!(vmio(&v, "nope", ioctl::VM_GET_REGISTER, &mut r), Err(Errno::ENOENT));
+    assert_eq!(
+        vmio(&v, "nope", ioctl::VM_GET_REGISTER, &mut r),
+        Err(Errno::ENOENT)
+    );
     // Same number, other length: the word differs, so it is unknown.
     let mut b = vec![0u8; 12];
-    assert_eq!(v.dispatch(DeviceRef::Vm(b"vm"), ioctl::ioc(ioctl::IOC_INOUT, b'v', 21, 12), &mut b), Err(Errno::ENOTTY));
+    assert_eq!(
+        v.dispatch(
+            DeviceRef::Vm(b"vm"),
+            ioctl::ioc(ioctl::IOC_INOUT, b'v', 21, 12),
+            &mut b
+        ),
+        Err(Errno::ENOTTY)
+    );
 }
 
 #[test]
@@ -77,10 +148,16 @@ fn create_and_destroy_validation() {
     }
     let mut long = VmmctlVmCreate::new(b"").unwrap();
     long.name = [b'x'; 230]; // no NUL anywhere
-    assert_eq!(ctl(&v, ioctl::VMMCTL_VM_CREATE, &mut long), Err(Errno::EINVAL));
+    assert_eq!(
+        ctl(&v, ioctl::VMMCTL_VM_CREATE, &mut long),
+        Err(Errno::EINVAL)
+    );
     let mut reserved = VmmctlVmCreate::new(b"r").unwrap();
     reserved.reserved[3] = 1;
-    assert_eq!(ctl(&v, ioctl::VMMCTL_VM_CREATE, &mut reserved), Err(Errno::EINVAL));
+    assert_eq!(
+        ctl(&v, ioctl::VMMCTL_VM_CREATE, &mut reserved),
+        Err(Errno::EINVAL)
+    );
     let max = "m".repeat(229);
     create(&v, &max).unwrap();
     create(&v, "a").unwrap();
@@ -99,10 +176,18 @@ fn vm_list() {
         create(&v, n).unwrap();
     }
     let buf = v.host().user_alloc(64);
-    let mut req = VmmctlVmList { buf, buflen: 14, ..Default::default() };
+    let mut req = VmmctlVmList {
+        buf,
+        buflen: 14,
+        ..Default::default()
+    };
     ctl(&v, ioctl::VMMCTL_VM_LIST, &mut req).unwrap();
     assert_eq!((req.count, req.needed), (3, 6 + 6 + 8));
-    assert_eq!(&v.host().user_read(buf, 14), b"alpha\0bravo\0\0\0", "whole names that fit");
+    assert_eq!(
+        &v.host().user_read(buf, 14),
+        b"alpha\0bravo\0\0\0",
+        "whole names that fit"
+    );
     req.buflen = 64;
     ctl(&v, ioctl::VMMCTL_VM_LIST, &mut req).unwrap();
     assert_eq!(&v.host().user_read(buf, 20), b"alpha\0bravo\0charlie\0");
@@ -131,7 +216,14 @@ fn thousand_vms_return_every_page() {
         destroy(&v, &format!("c{i}")).unwrap();
     }
     assert_eq!(v.host().pages_in_use(), base);
-    let tlbi_all = v.host().tlbis.lock().unwrap().iter().filter(|t| t.func == vmm_sys::hyp::HYP_S2_TLBI_ALL).count();
+    let tlbi_all = v
+        .host()
+        .tlbis
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| t.func == vmm_sys::hyp::HYP_S2_TLBI_ALL)
+        .count();
     assert!(tlbi_all >= 1255, "every VMID invalidated before reuse");
 }
 
@@ -144,23 +236,49 @@ fn memory_segments() {
     assert_eq!(alloc_seg(&v, "m", 0, 0), Err(Errno::EINVAL));
     assert_eq!(alloc_seg(&v, "m", 0, 4097), Err(Errno::EINVAL));
     assert_eq!(alloc_seg(&v, "m", 0, 1 << 40), Err(Errno::EINVAL));
-    assert_eq!(alloc_seg(&v, "m", 0, 1 << 38), Err(Errno::ENOMEM), "more than the host has");
+    assert_eq!(
+        alloc_seg(&v, "m", 0, 1 << 38),
+        Err(Errno::ENOMEM),
+        "more than the host has"
+    );
     alloc_seg(&v, "m", 0, 3 << 20).unwrap();
     assert_eq!(alloc_seg(&v, "m", 0, 3 << 20), Err(Errno::EEXIST));
     assert_eq!(alloc_seg(&v, "m", 0, 4 << 20), Err(Errno::EINVAL));
-    let mut named = VmMemseg { segid: 1, len: 8192, ..Default::default() };
+    let mut named = VmMemseg {
+        segid: 1,
+        len: 8192,
+        ..Default::default()
+    };
     named.name[..7].copy_from_slice(b"bootrom");
     vmio(&v, "m", ioctl::VM_ALLOC_MEMSEG, &mut named).unwrap();
-    let mut nonul = VmMemseg { segid: 2, len: 8192, name: [b'z'; 16], ..Default::default() };
-    assert_eq!(vmio(&v, "m", ioctl::VM_ALLOC_MEMSEG, &mut nonul), Err(Errno::EINVAL));
-    let mut g = VmMemseg { segid: 1, ..Default::default() };
+    let mut nonul = VmMemseg {
+        segid: 2,
+        len: 8192,
+        name: [b'z'; 16],
+        ..Default::default()
+    };
+    assert_eq!(
+        vmio(&v, "m", ioctl::VM_ALLOC_MEMSEG, &mut nonul),
+        Err(Errno::EINVAL)
+    );
+    let mut g = VmMemseg {
+        segid: 1,
+        ..Default::default()
+    };
     vmio(&v, "m", ioctl::VM_GET_MEMSEG, &mut g).unwrap();
     assert_eq!((g.len, &g.name[..8]), (8192, &b"bootrom\0"[..]));
-    let mut g = VmMemseg { segid: 3, len: 5, ..Default::default() };
+    let mut g = VmMemseg {
+        segid: 3,
+        len: 5,
+        ..Default::default()
+    };
     vmio(&v, "m", ioctl::VM_GET_MEMSEG, &mut g).unwrap();
     assert_eq!(g.len, 0, "unallocated segment");
     g.segid = 9;
-    assert_eq!(vmio(&v, "m", ioctl::VM_GET_MEMSEG, &mut g), Err(Errno::EINVAL));
+    assert_eq!(
+        vmio(&v, "m", ioctl::VM_GET_MEMSEG, &mut g),
+        Err(Errno::EINVAL)
+    );
 }
 
 #[test]
@@ -175,15 +293,41 @@ fn memory_maps() {
     assert_eq!(mmap(&v, "m", RAM, 0, 0, 4095, rw), Err(Errno::EINVAL));
     assert_eq!(mmap(&v, "m", RAM, 0, 0, 4096, 0), Err(Errno::EINVAL));
     assert_eq!(mmap(&v, "m", RAM, 0, 0, 4096, 8), Err(Errno::EINVAL));
-    assert_eq!(mmap(&v, "m", RAM, 1, 0, 4096, rw), Err(Errno::EINVAL), "no such segment");
-    assert_eq!(mmap(&v, "m", RAM, 0, 4 << 20, 8 << 20, rw), Err(Errno::EINVAL), "past the segment");
-    assert_eq!(mmap(&v, "m", RAM, 0, u64::MAX & !0xfff, 8192, rw), Err(Errno::EINVAL));
-    assert_eq!(mmap(&v, "m", (1 << 39) - 4096, 0, 0, 8192, rw), Err(Errno::EFAULT), "past the IPA space");
-    assert_eq!(mmap(&v, "m", u64::MAX & !0xfff, 0, 0, 8192, rw), Err(Errno::EFAULT));
-    let mut bad_flags = VmMemmap { gpa: RAM, segid: 0, len: 4096, prot: rw, flags: 2, ..Default::default() };
-    assert_eq!(vmio(&v, "m", ioctl::VM_MMAP_MEMSEG, &mut bad_flags), Err(Errno::EINVAL));
+    assert_eq!(
+        mmap(&v, "m", RAM, 1, 0, 4096, rw),
+        Err(Errno::EINVAL),
+        "no such segment"
+    );
+    assert_eq!(
+        mmap(&v, "m", RAM, 0, 4 << 20, 8 << 20, rw),
+        Err(Errno::EINVAL),
+        "past the segment"
+    );
+    assert_eq!(mmap(&v, "m", RAM, 0, !0xfff, 8192, rw), Err(Errno::EINVAL));
+    assert_eq!(
+        mmap(&v, "m", (1 << 39) - 4096, 0, 0, 8192, rw),
+        Err(Errno::EFAULT),
+        "past the IPA space"
+    );
+    assert_eq!(mmap(&v, "m", !0xfff, 0, 0, 8192, rw), Err(Errno::EFAULT));
+    let mut bad_flags = VmMemmap {
+        gpa: RAM,
+        segid: 0,
+        len: 4096,
+        prot: rw,
+        flags: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        vmio(&v, "m", ioctl::VM_MMAP_MEMSEG, &mut bad_flags),
+        Err(Errno::EINVAL)
+    );
     mmap(&v, "m", RAM, 0, 0, 4 << 20, PROT_ALL).unwrap();
-    assert_eq!(mmap(&v, "m", RAM + (4 << 20) - 4096, 0, 4 << 20, 8192, rw), Err(Errno::EFAULT), "overlap");
+    assert_eq!(
+        mmap(&v, "m", RAM + (4 << 20) - 4096, 0, 4 << 20, 8192, rw),
+        Err(Errno::EFAULT),
+        "overlap"
+    );
     mmap(&v, "m", 0x1_0000_0000, 0, 4 << 20, 4 << 20, PROT_READ).unwrap();
     // The same segment bytes seen from both the map and the kernel's translation.
     let (pa, va, contig) = v.gpa_to_pa(b"m", RAM + 0x1234).unwrap();
@@ -197,7 +341,10 @@ fn memory_maps() {
     for i in 0..6u64 {
         mmap(&v, "m", 0x2_0000_0000 + i * 0x10_0000, 0, 0, 4096, rw).unwrap();
     }
-    assert_eq!(mmap(&v, "m", 0x3_0000_0000, 0, 0, 4096, rw), Err(Errno::ENOSPC));
+    assert_eq!(
+        mmap(&v, "m", 0x3_0000_0000, 0, 0, 4096, rw),
+        Err(Errno::ENOSPC)
+    );
     // GETNEXT walks them in address order.
     let mut seen = Vec::new();
     let mut q = VmMemmap::default();
@@ -210,12 +357,21 @@ fn memory_maps() {
     assert_eq!(seen[1], (0x1_0000_0000, 4 << 20, 4 << 20, PROT_READ));
     assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
     // MUNMAP needs the exact mapping.
-    let mut u = VmMunmap { gpa: RAM, len: 4096 };
-    assert_eq!(vmio(&v, "m", ioctl::VM_MUNMAP_MEMSEG, &mut u), Err(Errno::EINVAL));
+    let mut u = VmMunmap {
+        gpa: RAM,
+        len: 4096,
+    };
+    assert_eq!(
+        vmio(&v, "m", ioctl::VM_MUNMAP_MEMSEG, &mut u),
+        Err(Errno::EINVAL)
+    );
     u.len = 4 << 20;
     vmio(&v, "m", ioctl::VM_MUNMAP_MEMSEG, &mut u).unwrap();
     assert!(v.gpa_to_pa(b"m", RAM).is_none());
-    assert_eq!(vmio(&v, "m", ioctl::VM_MUNMAP_MEMSEG, &mut u), Err(Errno::EINVAL));
+    assert_eq!(
+        vmio(&v, "m", ioctl::VM_MUNMAP_MEMSEG, &mut u),
+        Err(Errno::EINVAL)
+    );
     mmap(&v, "m", RAM, 0, 0, 4 << 20, PROT_ALL).unwrap();
     destroy(&v, "m").unwrap();
 }
@@ -231,10 +387,17 @@ fn registers() {
         set_reg(&v, "r", 3, r, 0x1000 + u64::from(r)).unwrap();
     }
     for r in 0..reg::VM_REG_LAST {
-        let want = if r == reg::VM_REG_GUEST_TCR2_EL1 { 0 } else { 0x1000 + u64::from(r) };
+        let want = if r == reg::VM_REG_GUEST_TCR2_EL1 {
+            0
+        } else {
+            0x1000 + u64::from(r)
+        };
         assert_eq!(get_reg(&v, "r", 3, r).unwrap(), want, "register {r}");
     }
-    assert_eq!(set_reg(&v, "r", 3, reg::VM_REG_GUEST_TCR2_EL1, 1), Err(Errno::EINVAL));
+    assert_eq!(
+        set_reg(&v, "r", 3, reg::VM_REG_GUEST_TCR2_EL1, 1),
+        Err(Errno::EINVAL)
+    );
     // Register 40 is XZR: reads zero, writes vanish.
     set_reg(&v, "r", 3, reg::VM_REG_LAST, 77).unwrap();
     assert_eq!(get_reg(&v, "r", 3, reg::VM_REG_LAST).unwrap(), 0);
@@ -243,8 +406,14 @@ fn registers() {
     assert_eq!(get_reg(&v, "r", 16, 0), Err(Errno::EINVAL));
     // A fresh vCPU reads its reset state.
     assert_eq!(get_reg(&v, "r", 5, reg::VM_REG_GUEST_CPSR).unwrap(), 0x3c5);
-    assert_eq!(get_reg(&v, "r", 5, reg::VM_REG_GUEST_MPIDR_EL1).unwrap(), 0x8000_0005);
-    assert_eq!(get_reg(&v, "r", 5, reg::VM_REG_GUEST_SCTLR_EL1).unwrap() & 1, 0);
+    assert_eq!(
+        get_reg(&v, "r", 5, reg::VM_REG_GUEST_MPIDR_EL1).unwrap(),
+        0x8000_0005
+    );
+    assert_eq!(
+        get_reg(&v, "r", 5, reg::VM_REG_GUEST_SCTLR_EL1).unwrap() & 1,
+        0
+    );
 }
 
 #[test]
@@ -255,29 +424,66 @@ fn register_sets() {
     let nums = h.user_alloc(4 * 41);
     let vals = h.user_alloc(8 * 41);
     let list: Vec<i32> = vec![0, 5, 30, 31, 32, 33];
-    h.user_write(nums, &list.iter().flat_map(|n| n.to_le_bytes()).collect::<Vec<_>>());
-    h.user_write(vals, &(1..=6u64).flat_map(|x| (x * 0x111).to_le_bytes()).collect::<Vec<_>>());
-    let mut req = VmRegisterSet { cpuid: 0, count: 6, regnums: nums, regvals: vals };
+    h.user_write(
+        nums,
+        &list
+            .iter()
+            .flat_map(|n| n.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    h.user_write(
+        vals,
+        &(1..=6u64)
+            .flat_map(|x| (x * 0x111).to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let mut req = VmRegisterSet {
+        cpuid: 0,
+        count: 6,
+        regnums: nums,
+        regvals: vals,
+    };
     vmio(&v, "s", ioctl::VM_SET_REGISTER_SET, &mut req).unwrap();
     assert_eq!(get_reg(&v, "s", 0, 31).unwrap(), 4 * 0x111, "sp");
     assert_eq!(get_reg(&v, "s", 0, 33).unwrap(), 6 * 0x111, "cpsr");
     let out = h.user_alloc(8 * 6);
-    let mut g = VmRegisterSet { cpuid: 0, count: 6, regnums: nums, regvals: out };
+    let mut g = VmRegisterSet {
+        cpuid: 0,
+        count: 6,
+        regnums: nums,
+        regvals: out,
+    };
     vmio(&v, "s", ioctl::VM_GET_REGISTER_SET, &mut g).unwrap();
     assert_eq!(h.user_read(out, 48), h.user_read(vals, 48));
     // Too many, unreadable or unwritable user memory, a bad number (nothing changes).
     g.count = 41;
-    assert_eq!(vmio(&v, "s", ioctl::VM_GET_REGISTER_SET, &mut g), Err(Errno::EINVAL));
+    assert_eq!(
+        vmio(&v, "s", ioctl::VM_GET_REGISTER_SET, &mut g),
+        Err(Errno::EINVAL)
+    );
     g.count = 6;
     g.regvals = 0x10;
-    assert_eq!(vmio(&v, "s", ioctl::VM_GET_REGISTER_SET, &mut g), Err(Errno::EFAULT));
+    assert_eq!(
+        vmio(&v, "s", ioctl::VM_GET_REGISTER_SET, &mut g),
+        Err(Errno::EFAULT)
+    );
     req.regnums = 0x10;
-    assert_eq!(vmio(&v, "s", ioctl::VM_SET_REGISTER_SET, &mut req), Err(Errno::EFAULT));
+    assert_eq!(
+        vmio(&v, "s", ioctl::VM_SET_REGISTER_SET, &mut req),
+        Err(Errno::EFAULT)
+    );
     h.user_write(nums, &[0, 0, 0, 0, 99, 0, 0, 0]);
     req.regnums = nums;
     req.count = 2;
-    assert_eq!(vmio(&v, "s", ioctl::VM_SET_REGISTER_SET, &mut req), Err(Errno::EINVAL));
-    assert_eq!(get_reg(&v, "s", 0, 0).unwrap(), 0x111, "x0 unchanged by a rejected set");
+    assert_eq!(
+        vmio(&v, "s", ioctl::VM_SET_REGISTER_SET, &mut req),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        get_reg(&v, "s", 0, 0).unwrap(),
+        0x111,
+        "x0 unchanged by a rejected set"
+    );
 }
 
 #[test]
@@ -288,29 +494,53 @@ fn cpus_topology_caps_stats() {
     assert_eq!(activate(&v, "c", 16), Err(Errno::EINVAL));
     activate(&v, "c", 3).unwrap();
     let buf = v.host().user_alloc(128);
-    let mut s = VmCpuset { which: VM_ACTIVE_CPUS, cpusetsize: 128, cpus: buf };
+    let mut s = VmCpuset {
+        which: VM_ACTIVE_CPUS,
+        cpusetsize: 128,
+        cpus: buf,
+    };
     vmio(&v, "c", ioctl::VM_GET_CPUS, &mut s).unwrap();
     assert_eq!(v.host().user_read(buf, 3), vec![0b1001, 0, 0]);
     for bad in [0, 129, -1] {
         s.cpusetsize = bad;
-        assert_eq!(vmio(&v, "c", ioctl::VM_GET_CPUS, &mut s), Err(Errno::ERANGE));
+        assert_eq!(
+            vmio(&v, "c", ioctl::VM_GET_CPUS, &mut s),
+            Err(Errno::ERANGE)
+        );
     }
     s.cpusetsize = 8;
     s.which = 3;
-    assert_eq!(vmio(&v, "c", ioctl::VM_GET_CPUS, &mut s), Err(Errno::EINVAL));
+    assert_eq!(
+        vmio(&v, "c", ioctl::VM_GET_CPUS, &mut s),
+        Err(Errno::EINVAL)
+    );
     s.which = VM_ACTIVE_CPUS;
     s.cpus = 0x20;
-    assert_eq!(vmio(&v, "c", ioctl::VM_GET_CPUS, &mut s), Err(Errno::EFAULT));
+    assert_eq!(
+        vmio(&v, "c", ioctl::VM_GET_CPUS, &mut s),
+        Err(Errno::EFAULT)
+    );
     // Debug hold / release.
     let mut a = VmActivateCpu { vcpuid: 2 };
-    assert_eq!(vmio(&v, "c", ioctl::VM_SUSPEND_CPU, &mut a), Err(Errno::EINVAL), "inactive");
+    assert_eq!(
+        vmio(&v, "c", ioctl::VM_SUSPEND_CPU, &mut a),
+        Err(Errno::EINVAL),
+        "inactive"
+    );
     a.vcpuid = 3;
     vmio(&v, "c", ioctl::VM_SUSPEND_CPU, &mut a).unwrap();
-    s = VmCpuset { which: VM_DEBUG_CPUS, cpusetsize: 1, cpus: buf };
+    s = VmCpuset {
+        which: VM_DEBUG_CPUS,
+        cpusetsize: 1,
+        cpus: buf,
+    };
     vmio(&v, "c", ioctl::VM_GET_CPUS, &mut s).unwrap();
     assert_eq!(v.host().user_read(buf, 1), vec![0b1000]);
     vmio(&v, "c", ioctl::VM_RESUME_CPU, &mut a).unwrap();
-    assert_eq!(vmio(&v, "c", ioctl::VM_RESUME_CPU, &mut a), Err(Errno::EINVAL));
+    assert_eq!(
+        vmio(&v, "c", ioctl::VM_RESUME_CPU, &mut a),
+        Err(Errno::EINVAL)
+    );
     a.vcpuid = -1;
     vmio(&v, "c", ioctl::VM_SUSPEND_CPU, &mut a).unwrap();
     vmio(&v, "c", ioctl::VM_GET_CPUS, &mut s).unwrap();
@@ -320,35 +550,87 @@ fn cpus_topology_caps_stats() {
     let mut t = VmCpuTopology::default();
     vmio(&v, "c", ioctl::VM_GET_TOPOLOGY, &mut t).unwrap();
     assert_eq!((t.sockets, t.cores, t.threads, t.maxcpus), (1, 1, 1, 16));
-    t = VmCpuTopology { sockets: 2, cores: 4, threads: 2, maxcpus: 0 };
+    t = VmCpuTopology {
+        sockets: 2,
+        cores: 4,
+        threads: 2,
+        maxcpus: 0,
+    };
     vmio(&v, "c", ioctl::VM_SET_TOPOLOGY, &mut t).unwrap();
-    t = VmCpuTopology { sockets: 3, cores: 3, threads: 2, maxcpus: 0 };
-    assert_eq!(vmio(&v, "c", ioctl::VM_SET_TOPOLOGY, &mut t), Err(Errno::EINVAL));
-    t = VmCpuTopology { sockets: 0, cores: 3, threads: 2, maxcpus: 0 };
-    assert_eq!(vmio(&v, "c", ioctl::VM_SET_TOPOLOGY, &mut t), Err(Errno::EINVAL));
-    t = VmCpuTopology { sockets: 0xffff, cores: 0xffff, threads: 0xffff, maxcpus: 0 };
-    assert_eq!(vmio(&v, "c", ioctl::VM_SET_TOPOLOGY, &mut t), Err(Errno::EINVAL));
+    t = VmCpuTopology {
+        sockets: 3,
+        cores: 3,
+        threads: 2,
+        maxcpus: 0,
+    };
+    assert_eq!(
+        vmio(&v, "c", ioctl::VM_SET_TOPOLOGY, &mut t),
+        Err(Errno::EINVAL)
+    );
+    t = VmCpuTopology {
+        sockets: 0,
+        cores: 3,
+        threads: 2,
+        maxcpus: 0,
+    };
+    assert_eq!(
+        vmio(&v, "c", ioctl::VM_SET_TOPOLOGY, &mut t),
+        Err(Errno::EINVAL)
+    );
+    t = VmCpuTopology {
+        sockets: 0xffff,
+        cores: 0xffff,
+        threads: 0xffff,
+        maxcpus: 0,
+    };
+    assert_eq!(
+        vmio(&v, "c", ioctl::VM_SET_TOPOLOGY, &mut t),
+        Err(Errno::EINVAL)
+    );
     vmio(&v, "c", ioctl::VM_GET_TOPOLOGY, &mut t).unwrap();
     assert_eq!((t.sockets, t.cores, t.threads), (2, 4, 2));
     // Capabilities.
-    let mut c = VmCapability { cpuid: 0, captype: cap::HALT_EXIT, capval: 1, allcpus: 0 };
+    let mut c = VmCapability {
+        cpuid: 0,
+        captype: cap::HALT_EXIT,
+        capval: 1,
+        allcpus: 0,
+    };
     vmio(&v, "c", ioctl::VM_SET_CAPABILITY, &mut c).unwrap();
     c.capval = 0;
     vmio(&v, "c", ioctl::VM_GET_CAPABILITY, &mut c).unwrap();
     assert_eq!(c.capval, 1);
     c.captype = cap::PAUSE_EXIT;
-    assert_eq!(vmio(&v, "c", ioctl::VM_GET_CAPABILITY, &mut c), Err(Errno::ENOENT));
-    assert_eq!(vmio(&v, "c", ioctl::VM_SET_CAPABILITY, &mut c), Err(Errno::ENOENT));
+    assert_eq!(
+        vmio(&v, "c", ioctl::VM_GET_CAPABILITY, &mut c),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(
+        vmio(&v, "c", ioctl::VM_SET_CAPABILITY, &mut c),
+        Err(Errno::ENOENT)
+    );
     c.captype = cap::MAX;
-    assert_eq!(vmio(&v, "c", ioctl::VM_GET_CAPABILITY, &mut c), Err(Errno::EINVAL));
-    c = VmCapability { cpuid: 0, captype: cap::BRK_EXIT, capval: 1, allcpus: 1 };
+    assert_eq!(
+        vmio(&v, "c", ioctl::VM_GET_CAPABILITY, &mut c),
+        Err(Errno::EINVAL)
+    );
+    c = VmCapability {
+        cpuid: 0,
+        captype: cap::BRK_EXIT,
+        capval: 1,
+        allcpus: 1,
+    };
     vmio(&v, "c", ioctl::VM_SET_CAPABILITY, &mut c).unwrap();
     c.cpuid = 9;
     c.capval = 0;
     vmio(&v, "c", ioctl::VM_GET_CAPABILITY, &mut c).unwrap();
     assert_eq!(c.capval, 1, "allcpus reached vCPU 9");
     // Stats and their descriptions.
-    let mut st = VmStats { cpuid: 0, index: 0, ..Default::default() };
+    let mut st = VmStats {
+        cpuid: 0,
+        index: 0,
+        ..Default::default()
+    };
     vmio(&v, "c", ioctl::VM_STATS, &mut st).unwrap();
     assert_eq!(st.num_entries as usize, crate::stats::NSTATS);
     assert!(st.tv.tv_sec >= 0 && (0..1_000_000).contains(&st.tv.tv_usec));
@@ -357,9 +639,15 @@ fn cpus_topology_caps_stats() {
     assert_eq!(st.num_entries as usize, crate::stats::NSTATS - 10);
     st.index = -1;
     assert_eq!(vmio(&v, "c", ioctl::VM_STATS, &mut st), Err(Errno::EINVAL));
-    let mut d = VmStatDesc { index: 0, ..Default::default() };
+    let mut d = VmStatDesc {
+        index: 0,
+        ..Default::default()
+    };
     vmio(&v, "c", ioctl::VM_STAT_DESC, &mut d).unwrap();
     assert!(d.desc.starts_with(b"total number of vm exits\0"));
     d.index = crate::stats::NSTATS as i32;
-    assert_eq!(vmio(&v, "c", ioctl::VM_STAT_DESC, &mut d), Err(Errno::EINVAL));
+    assert_eq!(
+        vmio(&v, "c", ioctl::VM_STAT_DESC, &mut d),
+        Err(Errno::EINVAL)
+    );
 }

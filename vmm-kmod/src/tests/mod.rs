@@ -21,7 +21,7 @@ use vmm_sys::ioctl;
 pub const RAM: u64 = 0x8000_0000;
 
 pub fn vmm() -> Vmm<FakeHost> {
-    Vmm::new(FakeHost::new(64, 2), params()).unwrap()
+    Vmm::new(FakeHost::new(64, 2), params()).ok().unwrap()
 }
 
 /// Sends `req` on /dev/vmmctl and reads it back.
@@ -59,7 +59,15 @@ pub fn alloc_seg(v: &Vmm<FakeHost>, name: &str, segid: i32, len: u64) -> KResult
     vmio(v, name, ioctl::VM_ALLOC_MEMSEG, &mut req)
 }
 
-pub fn mmap(v: &Vmm<FakeHost>, name: &str, gpa: u64, segid: i32, segoff: u64, len: u64, prot: i32) -> KResult<()> {
+pub fn mmap(
+    v: &Vmm<FakeHost>,
+    name: &str,
+    gpa: u64,
+    segid: i32,
+    segoff: u64,
+    len: u64,
+    prot: i32,
+) -> KResult<()> {
     let mut req = VmMemmap {
         gpa,
         segid,

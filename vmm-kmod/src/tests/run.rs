@@ -1,1 +1,683 @@
-//! VM_RUN through the dispatcher with scripted guests.
+//! VM_RUN through the dispatcher, with scripted guests on the fake host.
+
+use super::*;
+use crate::fake::Scripted;
+use crate::host::Host;
+use crate::stats::Stat;
+use vmm_sys::arm64::esr::{self, dabt, ec, esr as mk};
+use vmm_sys::arm64::sysreg::{self, SysReg};
+use vmm_sys::exit::ExitCode;
+use vmm_sys::hyp::{excp, VcpuContext};
+use vmm_sys::reg;
+
+fn hvc() -> Scripted {
+    Scripted::sync(mk(ec::HVC64, true, 0)).with(|c| c.pc += 4)
+}
+
+fn entries(v: &Vmm<crate::fake::FakeHost>) -> Vec<VcpuContext> {
+    v.host().entries.lock().unwrap().clone()
+}
+
+fn stat(v: &Vmm<crate::fake::FakeHost>, name: &str, s: Stat) -> u64 {
+    let mut st = VmStats {
+        cpuid: 0,
+        ..Default::default()
+    };
+    vmio(v, name, ioctl::VM_STATS, &mut st).unwrap();
+    st.statbuf[s as usize]
+}
+
+/// A VM "g" at PC = RAM, EL1h.
+fn guest() -> Vmm<crate::fake::FakeHost> {
+    let v = vmm();
+    setup(&v, "g", 4);
+    set_reg(&v, "g", 0, reg::VM_REG_GUEST_PC, RAM).unwrap();
+    v
+}
+
+fn sys_iss(r: SysReg, rt: u8, read: bool) -> u32 {
+    r.0 | (u32::from(rt) << 5) | u32::from(read)
+}
+
+#[test]
+fn hvc_is_an_smccc_exit_and_resumes_after_it() {
+    let v = guest();
+    v.host().push(hvc().with(|c| {
+        c.x[0] = 0x8400_0000;
+        for i in 1..8 {
+            c.x[i] = i as u64 * 11;
+        }
+        c.pc += 4;
+    }));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Smccc);
+    assert_eq!(e.pc, RAM + 4, "ELR already past the HVC");
+    // SAFETY: test: reading the member the exit code names.
+    let call = unsafe { e.u.smccc_call };
+    assert_eq!(call.func_id, 0x8400_0000);
+    assert_eq!(call.args, [11, 22, 33, 44, 55, 66, 77]);
+    set_reg(&v, "g", 0, 0, 0x1_0000).unwrap();
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    let en = entries(&v);
+    assert_eq!(en[1].pc, RAM + 4, "no further advance after HVC");
+    assert_eq!(en[1].x[0], 0x1_0000, "the SMCCC result is in x0");
+    // The first entry had the guest's reset state and our controls.
+    let c = &en[0];
+    assert_eq!(c.pstate, 0x3c5);
+    assert_eq!(c.el2.hcr_el2, crate::vcpu::GUEST_HCR);
+    assert_eq!(c.el2.vmpidr_el2, 0x8000_0000);
+    assert_eq!(c.el2.vpidr_el2, crate::fake::params().id_regs.midr);
+    assert_ne!(c.el2.vttbr_el2 >> 48, 0, "a guest VMID");
+    assert_ne!(c.timer.cntvoff_el2, 0);
+    assert_eq!(stat(&v, "g", Stat::Smccc), 2);
+    assert_eq!(stat(&v, "g", Stat::VmRun), 2);
+}
+
+#[test]
+fn smc_is_an_smccc_exit_and_resumes_after_it() {
+    let v = guest();
+    v.host()
+        .push(Scripted::sync(mk(ec::SMC64, true, 0)).with(|c| c.x[0] = 0x8400_0008));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Smccc);
+    assert_eq!(e.pc, RAM, "ELR at the trapped SMC");
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(entries(&v)[1].pc, RAM + 4);
+    // Non-zero immediates are not SMCCC: HYP, with the syndrome.
+    v.host().push(Scripted::sync(mk(ec::HVC64, true, 5)));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Hyp);
+    // SAFETY: test: the HYP member.
+    assert_eq!(unsafe { e.u.hyp.esr_el2 }, mk(ec::HVC64, true, 5));
+}
+
+const MMIO: u64 = 0x0a00_0010;
+
+fn load_iss(sas: u32, sse: bool, sf: bool, rt: u32) -> u32 {
+    dabt::ISV
+        | (sas << dabt::SAS_SHIFT)
+        | if sse { dabt::SSE } else { 0 }
+        | if sf { dabt::SF } else { 0 }
+        | (rt << dabt::SRT_SHIFT)
+        | 0x07
+}
+
+#[test]
+fn mmio_loads_every_size_sign_and_register() {
+    let v = guest();
+    let cases: &[(u32, bool, bool, u32, u64, u64)] = &[
+        // sas, sse, sf, rt, what userspace sets, what the guest register holds
+        (0, false, false, 1, 0x1ff, 0xff),               // ldrb w1
+        (0, true, false, 2, 0x80, 0xffff_ff80),          // ldrsb w2
+        (0, true, true, 3, 0x80, 0xffff_ffff_ffff_ff80), // ldrsb x3
+        (1, false, false, 4, 0x1_8001, 0x8001),          // ldrh w4
+        (1, true, true, 5, 0x8001, 0xffff_ffff_ffff_8001), // ldrsh x5
+        (1, true, false, 6, 0x7fff, 0x7fff),             // ldrsh w6, positive
+        (2, false, false, 7, 0xdead_beef_1234_5678, 0x1234_5678), // ldr w7
+        (2, true, true, 8, 0x8000_0000, 0xffff_ffff_8000_0000), // ldrsw x8
+        (
+            3,
+            false,
+            true,
+            30,
+            0x0123_4567_89ab_cdef,
+            0x0123_4567_89ab_cdef,
+        ), // ldr x30
+        (3, false, true, 31, 0x55, 0),                   // ldr xzr
+    ];
+    for (i, &(sas, sse, sf, rt, user, want)) in cases.iter().enumerate() {
+        let fault_pc = RAM + 0x100 * i as u64;
+        v.host().push(
+            Scripted::abort(mk(ec::DABT_LOW, true, load_iss(sas, sse, sf, rt)), MMIO).with(
+                move |c| {
+                    c.pc = fault_pc;
+                    c.x.iter_mut().for_each(|x| *x = 0x1111);
+                },
+            ),
+        );
+        let (e, _) = run(&v, "g", 0).unwrap();
+        assert_eq!(exitcode(&e), ExitCode::InstEmul);
+        assert_eq!((e.pc, e.inst_length), (fault_pc, 4));
+        // SAFETY: test: the INST_EMUL member.
+        let ie = unsafe { e.u.inst_emul };
+        assert_eq!(ie.gpa, MMIO);
+        assert_eq!(ie.vie.access_size(), 1 << sas);
+        assert_eq!(ie.vie.sign_extend(), sse);
+        assert!(!ie.vie.is_write());
+        let regnum = if rt == 31 {
+            reg::VM_REG_LAST as i32
+        } else {
+            rt as i32
+        };
+        assert_eq!(ie.vie.reg, regnum, "case {i}");
+        assert_eq!(ie.paging.flags & 0x1f, 5, "EL1h");
+        set_reg(&v, "g", 0, ie.vie.reg as u32, user).unwrap();
+        v.host().push(hvc());
+        run(&v, "g", 0).unwrap();
+        let en = entries(&v);
+        let c = en.last().unwrap();
+        assert_eq!(c.pc, fault_pc + 4, "case {i}: PC past the load");
+        if rt < 31 {
+            assert_eq!(c.x[rt as usize], want, "case {i}");
+        } else {
+            assert!(
+                c.x.iter().all(|&x| x == 0x1111),
+                "xzr load touched no register"
+            );
+        }
+    }
+    assert_eq!(stat(&v, "g", Stat::InstEmul), cases.len() as u64);
+}
+
+#[test]
+fn mmio_stores_including_wzr() {
+    let v = guest();
+    for (sas, rt) in [(0u32, 31u32), (1, 9), (2, 31), (3, 0)] {
+        let iss = dabt::ISV | dabt::WNR | (sas << dabt::SAS_SHIFT) | (rt << dabt::SRT_SHIFT) | 0x06;
+        v.host().push(
+            Scripted::abort(mk(ec::DABT_LOW, true, iss), MMIO + 0x20).with(|c| c.x[9] = 0xabcd),
+        );
+        let (e, _) = run(&v, "g", 0).unwrap();
+        // SAFETY: test: the INST_EMUL member.
+        let ie = unsafe { e.u.inst_emul };
+        assert!(ie.vie.is_write());
+        assert_eq!(ie.vie.access_size(), 1 << sas);
+        assert_eq!(ie.gpa, MMIO + 0x20);
+        let val = get_reg(&v, "g", 0, ie.vie.reg as u32).unwrap();
+        match rt {
+            31 => assert_eq!(
+                (ie.vie.reg, val),
+                (reg::VM_REG_LAST as i32, 0),
+                "wzr stores zero"
+            ),
+            9 => assert_eq!(val, 0xabcd),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn aborts_nobody_can_emulate_are_injected() {
+    let v = guest();
+    let vbar = RAM + 0x8000;
+    let far = |c: &VcpuContext| c.el1.far_el1;
+    // No syndrome (ISV = 0), on MMIO.
+    v.host().push(
+        Scripted::abort(mk(ec::DABT_LOW, true, 0x07), MMIO).with(move |c| {
+            c.el1.vbar_el1 = vbar;
+            c.pc = RAM + 0x40;
+        }),
+    );
+    v.host().push(hvc());
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(
+        exitcode(&e),
+        ExitCode::Smccc,
+        "the abort never reached userspace"
+    );
+    let c = entries(&v)[1];
+    assert_eq!(c.pc, vbar + 0x200, "current EL, SP_ELx vector");
+    assert_eq!(c.el1.elr_el1, RAM + 0x40);
+    assert_eq!(c.el1.spsr_el1, 0x3c5);
+    assert_eq!(
+        c.el1.esr_el1,
+        mk(ec::DABT_CUR, true, dabt::fsc::SYNC_EXTERNAL)
+    );
+    assert_eq!(far(&c) & 0xfff, MMIO & 0xfff);
+    assert_eq!(c.pstate, 0x3c5);
+    assert_eq!(stat(&v, "g", Stat::NoSyndromeAbort), 1);
+    // Instruction fetch from MMIO, from EL0: lower-EL instruction abort.
+    v.host()
+        .push(Scripted::abort(mk(ec::IABT_LOW, true, 0x06), MMIO).with(|c| c.pstate = 0));
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    let c = entries(&v)[3];
+    assert_eq!(
+        c.el1.esr_el1,
+        mk(ec::IABT_LOW, true, dabt::fsc::SYNC_EXTERNAL)
+    );
+    assert_eq!(c.pc, vbar + 0x400);
+    // The guest's own table walk through MMIO.
+    v.host().push(
+        Scripted::abort(mk(ec::DABT_LOW, true, dabt::S1PTW | dabt::ISV | 0x05), MMIO)
+            .with(|c| c.pstate = 0x3c5),
+    );
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(
+        entries(&v)[5].el1.esr_el1,
+        mk(ec::DABT_CUR, true, dabt::fsc::SYNC_EXTERNAL)
+    );
+    // Past the IPA space: address size fault.
+    v.host().push(Scripted::abort(
+        mk(ec::DABT_LOW, true, dabt::ISV | 0x04),
+        (1 << 39) + 0x1000,
+    ));
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(
+        entries(&v)[7].el1.esr_el1,
+        mk(ec::DABT_CUR, true, dabt::fsc::ADDR_SIZE_L0)
+    );
+    // Cache maintenance on MMIO: skipped.
+    v.host().push(
+        Scripted::abort(mk(ec::DABT_LOW, true, dabt::CM | dabt::WNR | 0x07), MMIO)
+            .with(|c| c.pc = RAM + 0x80),
+    );
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(entries(&v)[9].pc, RAM + 0x84);
+    assert_eq!(
+        entries(&v)[9].el1.esr_el1,
+        entries(&v)[8].el1.esr_el1,
+        "nothing injected"
+    );
+}
+
+#[test]
+fn guest_ram_faults_stay_in_the_kernel() {
+    let v = guest();
+    // A translation fault on mapped RAM (a stale TLB entry, say): re-entered as is.
+    v.host().push(
+        Scripted::abort(mk(ec::DABT_LOW, true, dabt::ISV | 0x07), RAM + 0x2345)
+            .with(|c| c.pc = RAM + 0x10),
+    );
+    v.host().push(hvc());
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Smccc);
+    let en = entries(&v);
+    assert_eq!(en[1].pc, RAM + 0x10, "retried, not advanced");
+    assert_eq!(en[1].el1.esr_el1, 0, "nothing injected");
+    assert_eq!(stat(&v, "g", Stat::RamFault), 1);
+    // A write to read-only memory and a fetch from no-execute memory: aborts.
+    alloc_seg(&v, "g", 1, 1 << 20).unwrap();
+    mmap(&v, "g", 0x1_0000_0000, 1, 0, 1 << 20, PROT_READ).unwrap();
+    v.host().push(Scripted::abort(
+        mk(ec::DABT_LOW, true, dabt::ISV | dabt::WNR | 0x0f),
+        0x1_0000_0008,
+    ));
+    v.host()
+        .push(Scripted::abort(mk(ec::IABT_LOW, true, 0x0f), 0x1_0000_0000));
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    let en = entries(&v);
+    assert_eq!(
+        en[3].el1.esr_el1,
+        mk(ec::DABT_CUR, true, dabt::fsc::SYNC_EXTERNAL)
+    );
+    assert_eq!(
+        en[4].el1.esr_el1,
+        mk(ec::IABT_CUR, true, dabt::fsc::SYNC_EXTERNAL)
+    );
+    // A fault that keeps coming back ends VM_RUN with EFAULT instead of spinning.
+    for _ in 0..70 {
+        v.host().push(Scripted::abort(
+            mk(ec::DABT_LOW, true, dabt::ISV | 0x07),
+            RAM + 0x3000,
+        ));
+    }
+    assert_eq!(run(&v, "g", 0).err(), Some(Errno::EFAULT));
+}
+
+#[test]
+fn system_registers_in_kernel() {
+    let v = guest();
+    let mrs_pfr0 = sys_iss(sysreg::ID_AA64PFR0_EL1, 5, true);
+    let msr_oslar = sys_iss(sysreg::OSLAR_EL1, 1, false);
+    let mrs_dbg = sys_iss(sysreg::dbgbcr_el1(2), 6, true);
+    v.host()
+        .push(Scripted::sync(mk(ec::SYS64, true, mrs_pfr0)).with(|c| c.x[6] = 99));
+    v.host()
+        .push(Scripted::sync(mk(ec::SYS64, true, msr_oslar)));
+    v.host().push(Scripted::sync(mk(ec::SYS64, true, mrs_dbg)));
+    v.host().push(hvc());
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Smccc);
+    let en = entries(&v);
+    assert_eq!(en[1].x[5] & 0xffff, 0x0011, "sanitised ID_AA64PFR0");
+    assert_eq!((en[1].pc, en[2].pc, en[3].pc), (RAM + 4, RAM + 8, RAM + 12));
+    assert_eq!(en[3].x[6], 0, "debug registers read as zero");
+    assert_eq!(stat(&v, "g", Stat::SysRegKernel), 3);
+    // A write to an ID register is UNDEFINED: injected.
+    v.host().push(Scripted::sync(mk(
+        ec::SYS64,
+        true,
+        sys_iss(sysreg::ID_AA64ISAR0_EL1, 1, false),
+    )));
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(entries(&v)[5].el1.esr_el1, esr::ESR_UNDEFINED);
+}
+
+#[test]
+fn unknown_registers_go_to_userspace_and_may_be_refused() {
+    let v = guest();
+    let iss = sys_iss(sysreg::PMCR_EL0, 3, true);
+    v.host()
+        .push(Scripted::sync(mk(ec::SYS64, true, iss)).with(|c| {
+            c.pc = RAM + 0x20;
+            c.el1.vbar_el1 = RAM + 0x800;
+        }));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::RegEmul);
+    assert_eq!(e.pc, RAM + 0x20);
+    // SAFETY: test: the REG_EMUL member.
+    let vre = unsafe { e.u.reg_emul.vre };
+    assert_eq!(
+        (vre.inst_syndrome, vre.is_write(), vre.reg),
+        (iss, false, 3)
+    );
+    // Userspace answers UNDEFINED: the exception returns to the MRS itself.
+    let mut x = VmException {
+        cpuid: 0,
+        esr: esr::ESR_UNDEFINED,
+        far: 0,
+        ..Default::default()
+    };
+    vmio(&v, "g", ioctl::VM_INJECT_EXCEPTION, &mut x).unwrap();
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    let c = entries(&v)[1];
+    assert_eq!(
+        (c.el1.elr_el1, c.pc, c.el1.esr_el1),
+        (RAM + 0x20, RAM + 0xa00, esr::ESR_UNDEFINED)
+    );
+    // An MSR from xzr that userspace emulates: register 40 reads zero, PC advances.
+    let iss = sys_iss(SysReg::new(3, 3, 9, 12, 0), 31, false);
+    v.host()
+        .push(Scripted::sync(mk(ec::SYS64, true, iss)).with(|c| c.pc = RAM + 0x40));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    // SAFETY: test: the REG_EMUL member.
+    let vre = unsafe { e.u.reg_emul.vre };
+    assert_eq!((vre.is_write(), vre.reg), (true, reg::VM_REG_LAST as i32));
+    assert_eq!(get_reg(&v, "g", 0, vre.reg as u32).unwrap(), 0);
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(entries(&v)[3].pc, RAM + 0x44);
+    // Setting the PC cancels the advance.
+    v.host()
+        .push(Scripted::sync(mk(ec::SYS64, true, iss)).with(|c| c.pc = RAM + 0x60));
+    run(&v, "g", 0).unwrap();
+    set_reg(&v, "g", 0, reg::VM_REG_GUEST_PC, RAM + 0x1000).unwrap();
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(entries(&v)[5].pc, RAM + 0x1000);
+}
+
+#[test]
+fn wfi_sleeps_until_something_happens() {
+    let v = guest();
+    let wfi = || Scripted::sync(mk(ec::WFX, true, 0));
+    // An interrupt already pending: straight back in, past the WFI.
+    v.set_irq_pending(b"g", 0, true).unwrap();
+    v.host().push(wfi());
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(entries(&v)[1].pc, RAM + 4);
+    v.set_irq_pending(b"g", 0, false).unwrap();
+    // The virtual timer 20 ms ahead: sleeps about that long.
+    let now = v.host().counter();
+    v.host().push(wfi().with(move |c| {
+        c.timer.cntv_ctl_el0 = 1;
+        c.timer.cntv_cval_el0 = now - c.timer.cntvoff_el2 + 20_000_000;
+    }));
+    v.host().push(hvc());
+    let t = std::time::Instant::now();
+    run(&v, "g", 0).unwrap();
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(19),
+        "{:?}",
+        t.elapsed()
+    );
+    // HALT_EXIT: WFI goes to userspace, and resumes after it.
+    let mut c = VmCapability {
+        cpuid: 0,
+        captype: cap::HALT_EXIT,
+        capval: 1,
+        allcpus: 0,
+    };
+    vmio(&v, "g", ioctl::VM_SET_CAPABILITY, &mut c).unwrap();
+    v.host().push(wfi().with(|c| c.pc = RAM + 0x100));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!((exitcode(&e), e.pc), (ExitCode::Wfi, RAM + 0x100));
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(entries(&v).last().unwrap().pc, RAM + 0x104);
+    assert_eq!(stat(&v, "g", Stat::Wfi), 3);
+}
+
+#[test]
+fn suspend_and_destroy_reach_a_sleeping_vcpu() {
+    let v = guest();
+    v.host().push(Scripted::sync(mk(ec::WFX, true, 0)));
+    std::thread::scope(|s| {
+        let t = s.spawn(|| run(&v, "g", 0));
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let mut sus = VmSuspend {
+            how: vmm_sys::exit::SuspendHow::Poweroff as i32,
+        };
+        vmio(&v, "g", ioctl::VM_SUSPEND, &mut sus).unwrap();
+        let (e, set) = t.join().unwrap().unwrap();
+        assert_eq!(exitcode(&e), ExitCode::Suspended);
+        // SAFETY: test: the SUSPENDED member.
+        assert_eq!(unsafe { e.u.suspended.how }, 2);
+        assert_eq!(set, 1, "suspended cpuset copied out");
+        assert_eq!(
+            vmio(&v, "g", ioctl::VM_SUSPEND, &mut sus),
+            Err(Errno::EALREADY)
+        );
+    });
+    assert_eq!(
+        run(&v, "g", 0).err(),
+        Some(Errno::EINVAL),
+        "a suspended vCPU stays out"
+    );
+    // Destroy while a vCPU sleeps in WFI.
+    setup(&v, "d", 2);
+    v.host().push(Scripted::sync(mk(ec::WFX, true, 0)));
+    std::thread::scope(|s| {
+        let t = s.spawn(|| run(&v, "d", 0));
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        destroy(&v, "d").unwrap();
+        let (e, _) = t.join().unwrap().unwrap();
+        // SAFETY: test: the SUSPENDED member.
+        let how = unsafe { e.u.suspended.how };
+        assert_eq!((exitcode(&e), how), (ExitCode::Suspended, 4));
+    });
+    // Bad suspend kinds.
+    let mut sus = VmSuspend { how: 0 };
+    assert_eq!(
+        vmio(&v, "g", ioctl::VM_SUSPEND, &mut sus),
+        Err(Errno::EINVAL)
+    );
+    sus.how = 5;
+    assert_eq!(
+        vmio(&v, "g", ioctl::VM_SUSPEND, &mut sus),
+        Err(Errno::EINVAL)
+    );
+}
+
+#[test]
+fn interrupts_kicks_signals_and_other_exits() {
+    let v = guest();
+    v.host().push(Scripted::irq());
+    v.host().push(Scripted::irq());
+    v.host().push(hvc());
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(
+        exitcode(&e),
+        ExitCode::Smccc,
+        "host interrupts never reach userspace"
+    );
+    assert_eq!(stat(&v, "g", Stat::HostIrq), 2);
+    // A kick from another thread while the guest runs (the fake's guest idles with
+    // interrupt exits when nothing is scripted).
+    std::thread::scope(|s| {
+        let t = s.spawn(|| run(&v, "g", 0));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        v.kick_vcpu(b"g", 0).unwrap();
+        let (e, _) = t.join().unwrap().unwrap();
+        assert_eq!(exitcode(&e), ExitCode::Bogus);
+    });
+    assert_eq!(stat(&v, "g", Stat::Kicks), 1);
+    // A pending signal: BOGUS before entering.
+    v.host()
+        .signal
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let n = entries(&v).len();
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Bogus);
+    assert_eq!(entries(&v).len(), n, "not entered");
+    v.host()
+        .signal
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // Unclassified exits: HYP with the raw syndrome and the exception kind.
+    v.host().push(Scripted {
+        far: 0x1234,
+        hpfar: 0x50,
+        ..Scripted::sync(mk(ec::UNKNOWN, true, 0))
+    });
+    let (e, _) = run(&v, "g", 0).unwrap();
+    // SAFETY: test: the HYP member.
+    let h = unsafe { e.u.hyp };
+    assert_eq!(exitcode(&e), ExitCode::Hyp);
+    assert_eq!(
+        (h.exception_nr, h.esr_el2, h.far_el2, h.hpfar_el2),
+        (excp::EL1_SYNC, mk(ec::UNKNOWN, true, 0), 0x1234, 0x50)
+    );
+    v.host().push(Scripted {
+        kind: excp::EL1_ERROR,
+        ..Scripted::sync(0)
+    });
+    let (e, _) = run(&v, "g", 0).unwrap();
+    // SAFETY: test: the HYP member.
+    let nr = unsafe { e.u.hyp.exception_nr };
+    assert_eq!((exitcode(&e), nr), (ExitCode::Hyp, excp::EL1_ERROR));
+    // BRK with the BRK-exit capability (MDCR_EL2.TDE in the context).
+    let mut c = VmCapability {
+        cpuid: 0,
+        captype: cap::BRK_EXIT,
+        capval: 1,
+        allcpus: 0,
+    };
+    vmio(&v, "g", ioctl::VM_SET_CAPABILITY, &mut c).unwrap();
+    v.host().push(Scripted::sync(mk(ec::BRK64, true, 0)));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Brk);
+    assert_ne!(
+        entries(&v).last().unwrap().el2.mdcr_el2 & vmm_sys::arm64::regs::mdcr::TDE,
+        0
+    );
+}
+
+#[test]
+fn run_validation_and_debug_exits() {
+    let v = guest();
+    assert_eq!(run(&v, "g", 1).err(), Some(Errno::EINVAL), "inactive vCPU");
+    assert_eq!(run(&v, "g", 16).err(), Some(Errno::EINVAL));
+    assert_eq!(run(&v, "g", -3).err(), Some(Errno::EINVAL));
+    // The exit cannot be copied out.
+    v.host().push(hvc());
+    let mut req = VmRun {
+        cpuid: 0,
+        vm_exit: 0x42,
+        ..Default::default()
+    };
+    assert_eq!(vmio(&v, "g", ioctl::VM_RUN, &mut req), Err(Errno::EFAULT));
+    // Held for the debugger: DEBUG exit with the debug set.
+    let mut a = VmActivateCpu { vcpuid: 0 };
+    vmio(&v, "g", ioctl::VM_SUSPEND_CPU, &mut a).unwrap();
+    let (e, set) = run(&v, "g", 0).unwrap();
+    assert_eq!((exitcode(&e), set), (ExitCode::Debug, 1));
+    vmio(&v, "g", ioctl::VM_RESUME_CPU, &mut a).unwrap();
+    v.host().push(hvc());
+    assert_eq!(exitcode(&run(&v, "g", 0).unwrap().0), ExitCode::Smccc);
+}
+
+#[test]
+fn guest_memory_is_synced_before_first_entry() {
+    let v = guest();
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    let synced = v
+        .host()
+        .synced_bytes
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(synced, 4 << 20);
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(
+        v.host()
+            .synced_bytes
+            .load(std::sync::atomic::Ordering::SeqCst),
+        synced
+    );
+}
+
+#[test]
+fn reinit_resets_vcpus_and_keeps_memory() {
+    let v = guest();
+    let (_, va, _) = v.gpa_to_pa(b"g", RAM + 0x10).unwrap();
+    // SAFETY: test: guest RAM in the fake memory.
+    unsafe { va.write(0x77) };
+    set_reg(&v, "g", 0, 3, 33).unwrap();
+    let mut none = [0u8; 0];
+    let reinit = |v: &Vmm<crate::fake::FakeHost>, b: &mut [u8]| {
+        v.dispatch(DeviceRef::Vm(b"g"), ioctl::VM_REINIT, b)
+    };
+    assert_eq!(
+        reinit(&v, &mut none),
+        Err(Errno::EBUSY),
+        "vCPU 0 active, not suspended"
+    );
+    let mut sus = VmSuspend { how: 1 };
+    vmio(&v, "g", ioctl::VM_SUSPEND, &mut sus).unwrap();
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Suspended);
+    reinit(&v, &mut none).unwrap();
+    assert_eq!(get_reg(&v, "g", 0, 3).unwrap(), 0, "registers reset");
+    assert_eq!(get_reg(&v, "g", 0, reg::VM_REG_GUEST_CPSR).unwrap(), 0x3c5);
+    // SAFETY: test: guest RAM in the fake memory.
+    assert_eq!(unsafe { va.read() }, 0x77, "memory contents stay");
+    assert!(
+        v.gpa_to_pa(b"g", RAM).is_some(),
+        "system memory stays mapped"
+    );
+    assert_eq!(
+        run(&v, "g", 0).err(),
+        Some(Errno::EINVAL),
+        "no vCPU active after reinit"
+    );
+    activate(&v, "g", 0).unwrap();
+    v.host().push(hvc());
+    assert_eq!(exitcode(&run(&v, "g", 0).unwrap().0), ExitCode::Smccc);
+}
+
+#[test]
+fn two_vms_have_their_own_tables_and_vmids() {
+    let v = vmm();
+    setup(&v, "a", 2);
+    setup(&v, "b", 2);
+    v.host().push(hvc());
+    run(&v, "a", 0).unwrap();
+    v.host().push(hvc());
+    run(&v, "b", 0).unwrap();
+    let en = entries(&v);
+    let (ta, tb) = (en[0].el2.vttbr_el2, en[1].el2.vttbr_el2);
+    assert_ne!(ta >> 48, tb >> 48, "different VMIDs");
+    assert_ne!(
+        ta & vmm_sys::arm64::regs::s2::OA_MASK,
+        tb & vmm_sys::arm64::regs::s2::OA_MASK
+    );
+    let (pa_a, _, _) = v.gpa_to_pa(b"a", RAM).unwrap();
+    let (pa_b, _, _) = v.gpa_to_pa(b"b", RAM).unwrap();
+    assert_ne!(pa_a, pa_b);
+    assert_eq!(v.host().walk(ta, RAM).unwrap().0, pa_a);
+    assert_eq!(v.host().walk(tb, RAM).unwrap().0, pa_b);
+    assert!(
+        v.host().walk(ta, RAM + (2 << 20)).is_none(),
+        "nothing past a's RAM"
+    );
+}

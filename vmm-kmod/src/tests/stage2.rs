@@ -22,7 +22,11 @@ fn check_range(h: &FakeHost, s: &Stage2, ipa: u64, pa: u64, len: u64, perm: Perm
             .unwrap_or_else(|| panic!("IPA {:#x} not mapped", ipa + off));
         assert_eq!(out, pa + off, "IPA {:#x}", ipa + off);
         assert_eq!(lvl, level, "level of IPA {:#x}", ipa + off);
-        assert_eq!(desc & (0xf << 2), s2::MEMATTR_NORMAL_WB, "normal write-back");
+        assert_eq!(
+            desc & (0xf << 2),
+            s2::MEMATTR_NORMAL_WB,
+            "normal write-back"
+        );
         assert_eq!(desc & (3 << 8), s2::SH_IS, "inner shareable");
         assert_ne!(desc & s2::AF, 0, "access flag");
         assert_eq!(desc & s2::S2AP_R != 0, perm.read);
@@ -42,7 +46,8 @@ fn blocks_where_aligned_pages_elsewhere() {
     assert_eq!(s.vttbr() >> 48, 5, "VMID in VTTBR");
     let chunk = h.alloc_contig(8 << 20, BLOCK_2M as usize).unwrap();
     // 4 MiB aligned on both sides, then 12 KiB: two blocks and three pages.
-    s.map(&h, 0x8000_0000, chunk.pa, (4 << 20) + 0x3000, RWX).unwrap();
+    s.map(&h, 0x8000_0000, chunk.pa, (4 << 20) + 0x3000, RWX)
+        .unwrap();
     check_range(&h, &s, 0x8000_0000, chunk.pa, 4 << 20, RWX, 2);
     check_range(&h, &s, 0x8040_0000, chunk.pa + (4 << 20), 0x3000, RWX, 3);
     assert!(h.walk(s.vttbr(), 0x8040_3000).is_none());
@@ -53,7 +58,8 @@ fn blocks_where_aligned_pages_elsewhere() {
         write: false,
         exec: false,
     };
-    s.map(&h, 0x1_0000_0000, chunk.pa + 0x1000, 2 << 20, ro).unwrap();
+    s.map(&h, 0x1_0000_0000, chunk.pa + 0x1000, 2 << 20, ro)
+        .unwrap();
     check_range(&h, &s, 0x1_0000_0000, chunk.pa + 0x1000, 2 << 20, ro, 3);
     // Unaligned requests and ranges past the IPA space are refused.
     assert!(s.map(&h, 0x8080_0800, chunk.pa, 4096, RWX).is_err());
@@ -69,7 +75,8 @@ fn unmap_frees_every_table_and_invalidates() {
     let mut s = Stage2::new(&h, S2Geometry::new(39).unwrap(), 1).unwrap();
     let chunk = h.alloc_contig(4 << 20, BLOCK_2M as usize).unwrap();
     s.map(&h, 0x8000_0000, chunk.pa, 4 << 20, RWX).unwrap();
-    s.map(&h, 0x40_0000_0000, chunk.pa + 0x5000, 0x2000, RWX).unwrap();
+    s.map(&h, 0x40_0000_0000, chunk.pa + 0x5000, 0x2000, RWX)
+        .unwrap();
     s.map(&h, 0x7f_ffe0_0000, chunk.pa, 0x20_0000, RWX).unwrap();
     assert!(s.table_pages() >= 4);
     h.tlbis.lock().unwrap().clear();
@@ -77,12 +84,17 @@ fn unmap_frees_every_table_and_invalidates() {
     assert!(h.walk(s.vttbr(), 0x40_0000_0000).is_none());
     {
         let t = h.tlbis.lock().unwrap();
-        assert!(t.iter().all(|t| t.func == hyp::HYP_S2_TLBI_RANGE && t.entry_was_clear));
+        assert!(t
+            .iter()
+            .all(|t| t.func == hyp::HYP_S2_TLBI_RANGE && t.entry_was_clear));
         assert!(
-            t.iter().any(|t| !t.last_level && t.start <= 0x40_0000_0000 && t.end >= 0x40_0000_2000),
+            t.iter()
+                .any(|t| !t.last_level && t.start <= 0x40_0000_0000 && t.end >= 0x40_0000_2000),
             "freed tables need a walk-cache invalidation: {t:?}"
         );
-        assert!(t.iter().any(|t| t.last_level && t.start == 0x40_0000_0000 && t.end == 0x40_0000_2000));
+        assert!(t
+            .iter()
+            .any(|t| t.last_level && t.start == 0x40_0000_0000 && t.end == 0x40_0000_2000));
     }
     // The other mappings are untouched.
     check_range(&h, &s, 0x8000_0000, chunk.pa, 4 << 20, RWX, 2);
@@ -107,7 +119,10 @@ fn remap_is_break_before_make() {
     s.map(&h, 0x8000_0000, b.pa, 4096, RWX).unwrap();
     let t = h.tlbis.lock().unwrap().clone();
     assert_eq!(t.len(), 1, "one invalidation between break and make");
-    assert!(t[0].entry_was_clear, "the old entry was cleared before the TLBI");
+    assert!(
+        t[0].entry_was_clear,
+        "the old entry was cleared before the TLBI"
+    );
     assert_eq!((t[0].start, t[0].end), (0x8000_0000, 0x8000_1000));
     assert_eq!(h.walk(s.vttbr(), 0x8000_0000).unwrap().0, b.pa);
     s.destroy(&h);
@@ -146,9 +161,18 @@ fn level0_start_for_wide_ipa() {
     let h = FakeHost::new(16, 1);
     *h.s2_walk.lock().unwrap() = (0, 48);
     let mut s = Stage2::new(&h, S2Geometry::new(48).unwrap(), 3).unwrap();
-    let p = h.alloc_contig(BLOCK_2M as usize, BLOCK_2M as usize).unwrap();
+    let p = h
+        .alloc_contig(BLOCK_2M as usize, BLOCK_2M as usize)
+        .unwrap();
     s.map(&h, 0xffff_ffe0_0000, p.pa, BLOCK_2M, RWX).unwrap();
-    assert_eq!(h.walk(s.vttbr(), 0xffff_ffe0_1234).unwrap(), (p.pa + 0x1234, h.walk(s.vttbr(), 0xffff_ffe0_0000).unwrap().1, 2));
+    assert_eq!(
+        h.walk(s.vttbr(), 0xffff_ffe0_1234).unwrap(),
+        (
+            p.pa + 0x1234,
+            h.walk(s.vttbr(), 0xffff_ffe0_0000).unwrap().1,
+            2
+        )
+    );
     s.unmap(&h, 0xffff_ffe0_0000, BLOCK_2M);
     assert_eq!(s.table_pages(), 0);
     s.destroy(&h);
