@@ -263,6 +263,24 @@ macro_rules! freebsd_declare_module {
             #[link_section = "set_sysinit_set"]
             static SET_SYSINIT: m::SetEntry =
                 m::SetEntry(core::ptr::addr_of!(SYSINIT).cast::<c_void>());
+
+            // The kernel finds each set through the symbols `__start_set_<name>` and
+            // `__stop_set_<name>` (link_elf_lookup_set). The static linker defines them
+            // only when something refers to them: FreeBSD's `__MAKE_SET_QV` adds weak
+            // references for that; these strong ones do the same job.
+            extern "C" {
+                static __start_set_modmetadata_set: u8;
+                static __stop_set_modmetadata_set: u8;
+                static __start_set_sysinit_set: u8;
+                static __stop_set_sysinit_set: u8;
+            }
+            #[used]
+            static SET_BOUNDS: [m::SetEntry; 4] = [
+                m::SetEntry(core::ptr::addr_of!(__start_set_modmetadata_set).cast::<c_void>()),
+                m::SetEntry(core::ptr::addr_of!(__stop_set_modmetadata_set).cast::<c_void>()),
+                m::SetEntry(core::ptr::addr_of!(__start_set_sysinit_set).cast::<c_void>()),
+                m::SetEntry(core::ptr::addr_of!(__stop_set_sysinit_set).cast::<c_void>()),
+            ];
         }
     };
 }

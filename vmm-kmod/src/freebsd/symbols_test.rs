@@ -22,20 +22,23 @@ const SOURCES: &[(&str, &str)] = &[
 const SYMBOLS: &str = include_str!("SYMBOLS");
 
 /// Names declared by `fn name(` or `static [mut] name:` inside `extern "C" { ... }`
-/// blocks (top level of the block: the declarations here are one per item).
+/// blocks (top level of the block: the declarations here are one per item), except
+/// the `__start_set_*` / `__stop_set_*` bounds, which the static linker defines in the
+/// module itself (they are never undefined in vmm.ko).
 fn declared(src: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut inside = false;
+    let mut depth = 0usize;
     for line in src.lines() {
         let t = line.trim();
-        if !inside {
+        if depth == 0 {
             if t.starts_with("extern \"C\" {") {
-                inside = true;
+                depth = 1;
             }
             continue;
         }
-        if line.starts_with('}') {
-            inside = false;
+        depth = depth.saturating_add(t.matches('{').count());
+        depth = depth.saturating_sub(t.matches('}').count());
+        if depth == 0 {
             continue;
         }
         let rest = t
@@ -50,8 +53,10 @@ fn declared(src: &str) -> Vec<String> {
         } else {
             None
         };
-        if let Some(n) = name {
-            out.push(n.trim().to_string());
+        if let Some(n) = name.map(str::trim) {
+            if !n.starts_with("__start_set_") && !n.starts_with("__stop_set_") {
+                out.push(n.to_string());
+            }
         }
     }
     out
@@ -121,4 +126,10 @@ fn symbols_list_is_well_formed() {
 fn parser_sees_statics_and_variadics() {
     let src = "extern \"C\" {\n    pub static mut foo: u8;\n    pub fn bar(x: i32, ...) -> i32;\n}\nfn not_this() {}\n";
     assert_eq!(declared(src), vec!["foo".to_string(), "bar".to_string()]);
+}
+
+#[test]
+fn parser_ends_indented_blocks_and_skips_set_bounds() {
+    let src = "    extern \"C\" {\n        static __start_set_x: u8;\n        fn baz();\n    }\n    static AFTER: u8 = 0;\n";
+    assert_eq!(declared(src), vec!["baz".to_string()]);
 }
