@@ -70,6 +70,9 @@ struct FakeVcpu {
     active: bool,
     /// VM_SUSPEND_CPU (FreeBSD's debug suspension).
     suspended: bool,
+    /// Left VM_RUN with SUSPENDED after a VM_SUSPEND (FreeBSD's `suspended_cpus`): its
+    /// VM_RUN is refused from then on, and VM_REINIT waits for every active vCPU to be here.
+    left_suspended: bool,
     exits: VecDeque<VmExit>,
     exceptions: Vec<(u64, u64)>,
     reg_writes: Vec<(Reg, u64)>,
@@ -83,6 +86,7 @@ impl Default for FakeVcpu {
             regs: [0; NREGS],
             active: false,
             suspended: false,
+            left_suspended: false,
             exits: VecDeque::new(),
             exceptions: Vec::new(),
             reg_writes: Vec::new(),
@@ -369,7 +373,9 @@ impl FakeVmm {
         let timeout = st.run_timeout;
         let vm_id = {
             let vm = st.vms.get_mut(name).ok_or(BackendError::NoSuchVm)?;
-            if !vm.vcpus[idx].active {
+            // FreeBSD's vm_run: an inactive vCPU, or one that has already left with
+            // SUSPENDED, is refused.
+            if !vm.vcpus[idx].active || vm.vcpus[idx].left_suspended {
                 return errno(libc::EINVAL);
             }
             vm.vcpus[idx].stats[0] += 1;
@@ -390,7 +396,10 @@ impl FakeVmm {
             };
             let pc = vm.vcpus[idx].regs[VM_REG_GUEST_PC as usize];
             if let Some(how) = vm.suspended {
-                let set: Vec<usize> = (0..VM_MAXCPU).filter(|&i| vm.vcpus[i].active).collect();
+                vm.vcpus[idx].left_suspended = true;
+                let set: Vec<usize> = (0..VM_MAXCPU)
+                    .filter(|&i| vm.vcpus[i].left_suspended)
+                    .collect();
                 break (raw::suspended(pc, how), set);
             }
             // A vCPU held by VM_SUSPEND_CPU does not enter the guest.
@@ -500,8 +509,9 @@ fn handle(vm: &mut FakeVm, req: &mut Request) -> Result<(), BackendError> {
             Ok(())
         }
         ioctl::VM_REINIT => {
-            // FreeBSD: allowed only when every active vCPU is suspended.
-            if vm.suspended.is_none() && vm.vcpus.iter().any(|c| c.active) {
+            // FreeBSD's vm_reinit: allowed only when every active vCPU has left VM_RUN
+            // with SUSPENDED (suspended_cpus == active_cpus).
+            if vm.vcpus.iter().any(|c| c.active && !c.left_suspended) {
                 return errno(libc::EBUSY);
             }
             // Memory stays; vCPUs, interrupts, the vGIC and the suspension are reset.
@@ -757,9 +767,7 @@ fn handle(vm: &mut FakeVm, req: &mut Request) -> Result<(), BackendError> {
             let which: Vec<usize> = match a.which {
                 abi::VM_ACTIVE_CPUS => (0..VM_MAXCPU).filter(|&i| vm.vcpus[i].active).collect(),
                 abi::VM_SUSPENDED_CPUS => (0..VM_MAXCPU)
-                    .filter(|&i| {
-                        vm.vcpus[i].active && (vm.suspended.is_some() || vm.vcpus[i].suspended)
-                    })
+                    .filter(|&i| vm.vcpus[i].left_suspended)
                     .collect(),
                 abi::VM_DEBUG_CPUS => (0..VM_MAXCPU).filter(|&i| vm.vcpus[i].suspended).collect(),
                 _ => return errno(libc::EINVAL),

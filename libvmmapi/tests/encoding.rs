@@ -78,6 +78,8 @@ fn every_ioctl_has_its_shape() {
     vm.active_cpus().unwrap();
     vm.stats(1).unwrap();
     vm.suspend(SuspendHow::Halt).unwrap();
+    // VM_REINIT waits for every active vCPU to leave VM_RUN with SUSPENDED.
+    c.run().unwrap();
     vm.reinit().unwrap();
     vm.destroy().unwrap();
 

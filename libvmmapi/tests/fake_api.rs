@@ -259,11 +259,16 @@ fn suspend_wakes_blocked_vcpus_and_reinit_resets() {
         t.join().unwrap().reason,
         ExitReason::Suspended(SuspendHow::Poweroff)
     );
+    // As FreeBSD's vm_reinit: every active vCPU must have left with SUSPENDED first.
+    assert_eq!(v.suspended_cpus().unwrap(), [1]);
+    assert_eq!(v.reinit().unwrap_err().errno(), Some(libc::EBUSY));
     assert_eq!(
         c0.run().unwrap().reason,
         ExitReason::Suspended(SuspendHow::Poweroff)
     );
     assert_eq!(v.suspended_cpus().unwrap(), [0, 1]);
+    // As FreeBSD's vm_run: a vCPU that has left with SUSPENDED does not run again.
+    assert_eq!(c0.run().unwrap_err().errno(), Some(libc::EINVAL));
     assert_eq!(
         v.suspend(SuspendHow::Reset).unwrap_err().errno(),
         Some(libc::EALREADY)
