@@ -7,6 +7,11 @@
 //! CPU_ON names it again. The first vCPU that ends the VM (SYSTEM_OFF, SYSTEM_RESET, a
 //! SUSPENDED exit, an error) records why; the coordinator then suspends the VM so that
 //! every other vCPU leaves VM_RUN, wakes the parked ones and waits for all of them.
+//!
+//! Every vCPU that was activated goes through VM_RUN once after that suspension (and
+//! never again after its SUSPENDED exit, which the kernel would refuse): the kernel only
+//! counts a vCPU as suspended when it leaves VM_RUN with SUSPENDED, and VM_REINIT (the
+//! next bhyveload, as in a reboot loop) is refused until every active vCPU is counted.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -90,6 +95,9 @@ struct State {
     /// mappings could not be read, and then every address is accepted.
     ram: Vec<(u64, u64)>,
     stop: Option<Stop>,
+    /// The coordinator has suspended the VM (or found it already suspended or gone):
+    /// a vCPU entering VM_RUN now leaves at once with SUSPENDED.
+    suspend_sent: bool,
     /// Threads started and not yet finished.
     live: usize,
 }
@@ -164,6 +172,7 @@ pub fn run(vm: Vm, ncpus: u32, bus: Arc<Bus>) -> Stop {
             cpus: vec![CpuState::Off; ncpus as usize],
             ram,
             stop: None,
+            suspend_sent: false,
             live: 0,
         }),
         changed: Condvar::new(),
@@ -192,6 +201,7 @@ pub fn run(vm: Vm, ncpus: u32, bus: Arc<Bus>) -> Stop {
     if let Some(how) = why.suspend_how() {
         let _ = shared.vm.suspend(how);
     }
+    shared.lock().suspend_sent = true;
     shared.changed.notify_all();
     let deadline = Instant::now() + JOIN_TIMEOUT;
     let mut st = shared.lock();
@@ -231,9 +241,13 @@ fn spawn(shared: &Arc<Shared>, id: u32, start: Option<(u64, u64)>) -> Result<(),
     thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
-            let result = vcpu_main(&s, id, start);
+            let mut pending = Pending::No;
+            let result = vcpu_main(&s, id, start, &mut pending);
             if let Err(e) = result {
                 s.stop(Stop::Error(format!("vcpu {id}: {e}")));
+            }
+            if let Pending::Yes(vcpu) = pending {
+                leave_suspended(&s, &vcpu);
             }
             let mut st = s.lock();
             st.live -= 1;
@@ -248,11 +262,28 @@ enum Next {
     Run,
     /// CPU_OFF: wait for a CPU_ON.
     Park,
-    /// This vCPU is done (the VM stops).
+    /// This vCPU is done (the VM stops); it has not yet seen the suspension.
     Done,
+    /// The kernel returned SUSPENDED: this vCPU is counted as suspended and must not
+    /// enter VM_RUN again.
+    Suspended,
 }
 
-fn vcpu_main(s: &Arc<Shared>, id: u32, start: Option<(u64, u64)>) -> Result<(), String> {
+/// Whether a vCPU thread still owes the kernel its pass through VM_RUN after the
+/// suspension.
+enum Pending {
+    /// Not activated, or already left with SUSPENDED.
+    No,
+    /// Active and not yet counted as suspended.
+    Yes(Vcpu),
+}
+
+fn vcpu_main(
+    s: &Arc<Shared>,
+    id: u32,
+    start: Option<(u64, u64)>,
+    pending: &mut Pending,
+) -> Result<(), String> {
     let vcpu = s.vm.vcpu(id).map_err(|e| e.cause())?;
     if let Some((entry, context)) = start {
         set_entry(&vcpu, entry, context, false)?;
@@ -266,6 +297,7 @@ fn vcpu_main(s: &Arc<Shared>, id: u32, start: Option<(u64, u64)>) -> Result<(), 
             e.cause()
         }
     })?;
+    *pending = Pending::Yes(vcpu.clone());
     loop {
         if s.stopping() {
             return Ok(());
@@ -274,6 +306,10 @@ fn vcpu_main(s: &Arc<Shared>, id: u32, start: Option<(u64, u64)>) -> Result<(), 
         match handle_exit(s, &vcpu, &exit)? {
             Next::Run => {}
             Next::Done => return Ok(()),
+            Next::Suspended => {
+                *pending = Pending::No;
+                return Ok(());
+            }
             Next::Park => {
                 let Some((entry, context)) = park(s, id) else {
                     return Ok(());
@@ -282,6 +318,36 @@ fn vcpu_main(s: &Arc<Shared>, id: u32, start: Option<(u64, u64)>) -> Result<(), 
             }
         }
     }
+}
+
+/// Most VM_RUN calls a stopping vCPU makes while waiting for its SUSPENDED exit (the
+/// kernel checks for a suspension before entering the guest, so one is enough; the
+/// rest guard against a stale exit already on its way).
+const LEAVE_TRIES: u32 = 8;
+
+/// Takes an active vCPU through VM_RUN once the coordinator has suspended the VM, so
+/// the kernel counts it as suspended (VM_REINIT needs that). Errors are not reported:
+/// the VM is ending for a reason already recorded, or is gone.
+fn leave_suspended(s: &Shared, vcpu: &Vcpu) {
+    let mut st = s.lock();
+    while !st.suspend_sent {
+        st = s.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+    }
+    drop(st);
+    for _ in 0..LEAVE_TRIES {
+        match vcpu.run() {
+            Ok(Exit {
+                reason: ExitReason::Suspended(_),
+                ..
+            })
+            | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    warn(&format!(
+        "vcpu {}: no SUSPENDED exit after the VM was suspended",
+        vcpu.id()
+    ));
 }
 
 /// Waits, parked after CPU_OFF, until a CPU_ON (returns its entry and context) or until
@@ -374,7 +440,7 @@ fn handle_exit(s: &Arc<Shared>, vcpu: &Vcpu, exit: &Exit) -> Result<Next, String
         ExitReason::Smccc { func_id, args } => smccc(s, vcpu, func_id, &args),
         ExitReason::Suspended(how) => {
             s.stop(Stop::from_suspend(how));
-            Ok(Next::Done)
+            Ok(Next::Suspended)
         }
         ExitReason::Debug | ExitReason::Brk | ExitReason::Ss => Err(format!(
             "{} exit at pc 0x{:x}: bhyve has no debugger (gdb stub) to take it",

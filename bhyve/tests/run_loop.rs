@@ -145,6 +145,8 @@ fn system_reset_is_status_0() {
     let stop = r.run(1);
     assert_eq!((stop.clone(), stop.status()), (Stop::Reset, 0));
     assert_eq!(r.fake.suspended("reset"), Some(SuspendHow::Reset));
+    // As after a reboot: bhyveload reinitialises the VM.
+    r.vm.reinit().unwrap();
 }
 
 #[test]
@@ -397,6 +399,85 @@ fn last_cpu_off_halts() {
     let r = rig("off", 1, ConsoleDevice::Pl011);
     r.fake.push_exit("off", 0, call(psci::CPU_OFF, &[]));
     assert_eq!(r.run(1), Stop::Halt);
+    // The parked vCPU went through VM_RUN once more, so bhyveload can reinitialise.
+    r.vm.reinit().unwrap();
+}
+
+/// A backend that counts the VM_RUN calls the kernel refuses (EINVAL: the vCPU already
+/// left with SUSPENDED, which FreeBSD's vm_run refuses).
+#[derive(Debug)]
+struct CountRefusedRuns {
+    fake: Arc<FakeVmm>,
+    refused: Mutex<u32>,
+}
+
+impl libvmmapi::Backend for CountRefusedRuns {
+    fn name(&self) -> &'static str {
+        "count-refused-runs"
+    }
+    fn execute(&self, req: &mut libvmmapi::Request) -> Result<(), libvmmapi::BackendError> {
+        let r = self.fake.execute(req);
+        if req.cmd == vmm_sys::ioctl::VM_RUN
+            && matches!(r, Err(libvmmapi::BackendError::Errno(libc::EINVAL)))
+        {
+            *self.refused.lock().unwrap() += 1;
+        }
+        r
+    }
+    fn map_memory(
+        &self,
+        vm: &str,
+        gpa: u64,
+        len: usize,
+    ) -> Result<libvmmapi::Mapping, libvmmapi::BackendError> {
+        self.fake.map_memory(vm, gpa, len)
+    }
+}
+
+#[test]
+fn every_active_vcpu_leaves_with_suspended_so_a_reboot_can_reinit() {
+    // Three vCPUs: 0 starts 1 and 2 and then reboots (PSCI SYSTEM_RESET, or bhyvectl
+    // --force-reset from outside); 1 turns itself off (parked in bhyve, not in VM_RUN);
+    // 2 waits in VM_RUN for an exit that never comes. FreeBSD's vm_reinit (bhyveload's
+    // next load) needs all three counted as suspended, and a vCPU that has left with
+    // SUSPENDED must not be run again.
+    for (name, forced) in [("reboot", false), ("forced", true)] {
+        let r = rig(name, 3, ConsoleDevice::Pl011);
+        let counting = Arc::new(CountRefusedRuns {
+            fake: r.fake.clone(),
+            refused: Mutex::new(0),
+        });
+        let vm = Vm::open_with(counting.clone(), name).unwrap();
+        r.fake.push_exit(name, 1, call(psci::CPU_OFF, &[]));
+        r.fake.push_exits(
+            name,
+            0,
+            [
+                call(psci::CPU_ON_64, &[1, 0x8020_0000, 0]),
+                call(psci::CPU_ON_64, &[2, 0x8020_0000, 0]),
+            ],
+        );
+        if !forced {
+            r.fake.push_exit(name, 0, call(psci::SYSTEM_RESET, &[]));
+        }
+        let runner = {
+            let (vm, bus) = (vm.clone(), r.bus.clone());
+            std::thread::spawn(move || vcpu::run(vm, 3, bus))
+        };
+        if forced {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while vm.active_cpus().unwrap() != [0, 1, 2] || r.fake.pending_exits(name, 1) > 0 {
+                assert!(std::time::Instant::now() < deadline, "vCPUs did not start");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            vm.suspend(SuspendHow::Reset).unwrap();
+        }
+        assert_eq!(runner.join().unwrap(), Stop::Reset, "{name}");
+        assert_eq!(vm.active_cpus().unwrap(), [0, 1, 2], "{name}");
+        assert_eq!(vm.suspended_cpus().unwrap(), [0, 1, 2], "{name}");
+        assert_eq!(*counting.refused.lock().unwrap(), 0, "{name}");
+        vm.reinit().unwrap();
+    }
 }
 
 #[test]
