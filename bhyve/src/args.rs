@@ -4,8 +4,9 @@
 //! refused with one line naming the flag and the cause, before any VM is touched.
 
 use clap::Parser;
+use libvmmapi::size::{parse_memsize, NumberError};
 use thiserror::Error;
-use vmm_platform::{MAX_VCPUS, VIRTIO_MMIO_SLOTS};
+use vmm_platform::{LayoutError, MAX_VCPUS, VIRTIO_MMIO_SLOTS};
 
 /// The raw command line as clap reads it.
 #[derive(Parser, Debug)]
@@ -81,8 +82,10 @@ pub struct Args {
 pub enum ArgError {
     #[error("-c {0}: the number of vCPUs must be an integer from 1 to {MAX_VCPUS}")]
     BadCpus(String),
-    #[error("-m {value}: {why}")]
-    BadSize { value: String, why: SizeError },
+    #[error("-m: {0}")]
+    BadSize(NumberError),
+    #[error("-m {value}: {cause}")]
+    SizeOutOfRange { value: String, cause: LayoutError },
     #[error("-s {spec}: {why}")]
     BadSlot { spec: String, why: SlotError },
     #[error("-o {0}: expected key=value")]
@@ -115,17 +118,6 @@ pub enum SlotError {
          (the console, PL011 or NS16550A, and the PL031 RTC are always present)"
     )]
     UnknownDevice(String),
-}
-
-/// Why a size is refused.
-#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
-pub enum SizeError {
-    #[error("not a size (use a number with an optional K, M, G or T suffix)")]
-    Syntax,
-    #[error("too large")]
-    Overflow,
-    #[error("must not be zero")]
-    Zero,
 }
 
 /// The `-s` device names that exist. Device models come with later work; until then
@@ -182,10 +174,12 @@ fn check(raw: RawArgs) -> Result<Args, ArgError> {
         .memsize
         .as_deref()
         .map(|v| {
-            parse_memsize(v).map_err(|why| ArgError::BadSize {
+            let size = parse_memsize(v).map_err(ArgError::BadSize)?;
+            check_memsize(size).map_err(|cause| ArgError::SizeOutOfRange {
                 value: v.to_string(),
-                why,
-            })
+                cause,
+            })?;
+            Ok(size)
         })
         .transpose()?;
     let mut console = ConsoleDevice::default();
@@ -224,43 +218,25 @@ fn check(raw: RawArgs) -> Result<Args, ArgError> {
     })
 }
 
+/// A memory size the guest platform can hold at some RAM base: at least
+/// [`vmm_platform::RAM_SIZE_MIN`], and no more than fits between the lowest RAM base and
+/// the end of the guest physical address space. (bhyveload checks the exact layout;
+/// here the VM's own size is compared with it later.)
+fn check_memsize(size: u64) -> Result<(), LayoutError> {
+    if size < vmm_platform::RAM_SIZE_MIN {
+        return Err(LayoutError::TooSmall);
+    }
+    if size > vmm_platform::IPA_LIMIT - vmm_platform::RAM_BASE_MIN {
+        return Err(LayoutError::PastIpaLimit);
+    }
+    Ok(())
+}
+
 fn parse_ncpus(v: &str) -> Result<u32, ArgError> {
     match v.parse::<u32>() {
         Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
         _ => Err(ArgError::BadCpus(v.to_string())),
     }
-}
-
-/// Parses a memory size as bhyve(8) takes it: a number with an optional K, M, G or T
-/// suffix (either case, powers of 1024). As FreeBSD's `vm_parse_memsize` does, a bare
-/// number below 1 MiB is taken as MiB, so `-m 256` means 256 MiB.
-pub fn parse_memsize(v: &str) -> Result<u64, SizeError> {
-    let (digits, shift) = match v.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(SizeError::Syntax),
-            };
-            (&v[..i], Some(shift))
-        }
-        _ => (v, None),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(SizeError::Syntax);
-    }
-    let n: u64 = digits.parse().map_err(|_| SizeError::Overflow)?;
-    let shift = match shift {
-        Some(s) => s,
-        None if n < (1 << 20) => 20,
-        None => 0,
-    };
-    if n == 0 {
-        return Err(SizeError::Zero);
-    }
-    n.checked_mul(1u64 << shift).ok_or(SizeError::Overflow)
 }
 
 /// Parses every `-s` specification and checks that no slot is used twice.
@@ -369,25 +345,30 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_memsize("128M"), Ok(128 << 20));
-        assert_eq!(parse_memsize("128m"), Ok(128 << 20));
-        assert_eq!(parse_memsize("1G"), Ok(1 << 30));
-        assert_eq!(parse_memsize("2t"), Ok(2 << 40));
-        assert_eq!(parse_memsize("4096K"), Ok(4 << 20));
-        assert_eq!(parse_memsize("134217728"), Ok(128 << 20));
+        let m = |v: &str| run(&["bhyve", "-m", v, "vm"]).map(|a| a.memsize);
+        assert_eq!(m("128M"), Ok(Some(128 << 20)));
+        assert_eq!(m("134217728"), Ok(Some(128 << 20)));
         // A bare number below 1 MiB is MiB, as FreeBSD's bhyve reads it.
-        assert_eq!(parse_memsize("256"), Ok(256 << 20));
-        assert_eq!(parse_memsize("0"), Err(SizeError::Zero));
-        assert_eq!(parse_memsize("0M"), Err(SizeError::Zero));
-        assert_eq!(parse_memsize(""), Err(SizeError::Syntax));
-        assert_eq!(parse_memsize("M"), Err(SizeError::Syntax));
-        assert_eq!(parse_memsize("12Q"), Err(SizeError::Syntax));
-        assert_eq!(parse_memsize("-1M"), Err(SizeError::Syntax));
-        assert_eq!(parse_memsize("1.5G"), Err(SizeError::Syntax));
-        assert_eq!(parse_memsize("99999999999T"), Err(SizeError::Overflow));
+        assert_eq!(m("256"), Ok(Some(256 << 20)));
         assert_eq!(
-            parse_memsize("999999999999999999999999"),
-            Err(SizeError::Overflow)
+            m("0").unwrap_err(),
+            "-m 0: memory size must be at least 2 MiB"
+        );
+        assert_eq!(
+            m("1M").unwrap_err(),
+            "-m 1M: memory size must be at least 2 MiB"
+        );
+        assert_eq!(
+            m("512G").unwrap_err(),
+            "-m 512G: memory would end past the 39-bit guest physical address space"
+        );
+        assert_eq!(
+            m("12Q").unwrap_err(),
+            "-m: '12Q' has an unknown suffix (use K, M, G or T)"
+        );
+        assert_eq!(
+            m("99999999999T").unwrap_err(),
+            "-m: '99999999999T' is too large"
         );
     }
 
@@ -401,7 +382,7 @@ mod tests {
         assert!(run(&["bhyve", "-c", "two", "vm"]).is_err());
         assert_eq!(
             run(&["bhyve", "-m", "lots", "vm"]).unwrap_err(),
-            "-m lots: not a size (use a number with an optional K, M, G or T suffix)"
+            "-m: 'lots' is not a number"
         );
         assert_eq!(
             run(&["bhyve", "-o", "console=vga", "vm"]).unwrap_err(),

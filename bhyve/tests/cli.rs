@@ -31,7 +31,7 @@ fn bad_arguments() {
     one_error_line(&[], "vmname");
     one_error_line(&["-z", "vm"], "-z");
     one_error_line(&["-c", "0", "vm"], "-c 0");
-    one_error_line(&["-m", "12X", "vm"], "-m 12X");
+    one_error_line(&["-m", "12X", "vm"], "-m: '12X' has an unknown suffix");
     one_error_line(&["-s", "8,virtio-net", "vm"], "slot '8'");
     one_error_line(&["-s", "1,a", "-s", "1,b", "vm"], "slot 1 is used twice");
     one_error_line(

@@ -12,7 +12,7 @@ use clap::Parser;
 use thiserror::Error;
 use vmm_platform as plat;
 
-use crate::size::{parse_addr, parse_memsize, NumberError};
+use libvmmapi::size::{parse_addr, parse_memsize, NumberError};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -13,7 +13,6 @@ pub mod error;
 pub mod fdt;
 pub mod kernel;
 pub mod placement;
-pub mod size;
 pub mod userdtb;
 
 pub use error::Error;

@@ -62,6 +62,7 @@ pub mod fake;
 pub mod freebsd;
 pub mod memory;
 pub mod request;
+pub mod size;
 mod vm;
 
 pub use backend::{backend_from_env, Backend, TESTBED_ENV};

@@ -1,5 +1,6 @@
-//! Numbers on the command line: memory sizes (`-m`) and guest physical addresses
-//! (`-b`, `-l`).
+//! Numbers on the tools' command lines: memory sizes (`-m` of bhyveload and bhyve) and
+//! guest physical addresses (bhyveload's `-b`, `-l`). One parser, so the two tools read
+//! `-m` the same way (as FreeBSD's libvmmapi `vm_parse_memsize` does for both).
 
 use thiserror::Error;
 
@@ -30,6 +31,10 @@ fn parse_scaled(v: &str) -> Result<(u64, bool), NumberError> {
         match digits.char_indices().last() {
             Some((0, c)) if c.is_ascii_alphabetic() => return Err(not_a_number()),
             Some((i, c)) if c.is_ascii_alphabetic() => {
+                // "lots" is not a number with a bad suffix.
+                if !digits[..i].bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(not_a_number());
+                }
                 let shift = match c.to_ascii_lowercase() {
                     'k' => 10,
                     'm' => 20,
@@ -103,6 +108,10 @@ mod tests {
         assert!(matches!(
             parse_memsize("12X"),
             Err(NumberError::BadSuffix(_))
+        ));
+        assert!(matches!(
+            parse_memsize("lots"),
+            Err(NumberError::NotANumber(_))
         ));
         assert!(matches!(
             parse_memsize("1.5G"),
