@@ -17,6 +17,7 @@
 
 extern crate alloc;
 
+mod barrier;
 mod dispatch;
 pub mod el2;
 pub mod errno;

@@ -154,6 +154,7 @@ impl Stage2 {
     }
 
     fn tlbi<H: Host>(&self, host: &H, start: u64, end: u64, last_level_only: bool) {
+        crate::barrier::tables_written();
         let args = [self.vttbr, start, end, u64::from(last_level_only), 0, 0, 0];
         // SAFETY: HYP_S2_TLBI_RANGE only invalidates TLB entries of this VMID for the
         // given IPA range; it reads no memory, so no argument can make EL2 misbehave.
@@ -221,6 +222,8 @@ impl Stage2 {
                 pa += step;
             }
         }
+        // New entries need no TLBI, but the walker must see them before the guest runs.
+        crate::barrier::tables_written();
         Ok(())
     }
 
@@ -240,6 +243,7 @@ impl Stage2 {
                 }
                 let at = self.tables.partition_point(|t| t.pa < page.pa);
                 self.tables.insert(at, page);
+                crate::barrier::before_link();
                 Self::write(
                     host,
                     table,
