@@ -310,8 +310,8 @@ impl FakeHost {
         let ctx = unsafe { &mut *self.ctx_at(ctx_pa) };
         let root = ctx.el2.vttbr_el2 & s2::OA_MASK;
         assert!(
-            self.el2_mapped.lock().unwrap().contains(&root),
-            "stage-2 root not mapped for EL2"
+            self.phys.lock().unwrap().allocs.contains_key(&root),
+            "stage-2 root is not allocated memory"
         );
         self.entries.lock().unwrap().push(*ctx);
         let next = self.script.lock().unwrap().pop_front();

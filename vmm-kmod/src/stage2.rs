@@ -95,12 +95,10 @@ impl Stage2 {
             .root_pages
             .checked_mul(PAGE_SIZE)
             .ok_or(Errno::EINVAL)?;
-        // Concatenated root tables must be aligned to their total size.
+        // Concatenated root tables must be aligned to their total size. The tables are
+        // read by the stage-2 walker by physical address only; EL2 code never touches
+        // them, so they are not mapped for EL2.
         let root = host.alloc_contig(len, len)?;
-        if let Err(e) = host.map_el2(root.pa, root.len) {
-            host.free_contig(root);
-            return Err(e);
-        }
         Ok(Stage2 {
             geom,
             root,
@@ -237,10 +235,6 @@ impl Stage2 {
             if e & s2::VALID == 0 {
                 self.tables.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
                 let page = host.alloc_contig(PAGE_SIZE, PAGE_SIZE)?;
-                if let Err(err) = host.map_el2(page.pa, page.len) {
-                    host.free_contig(page);
-                    return Err(err);
-                }
                 let at = self.tables.partition_point(|t| t.pa < page.pa);
                 self.tables.insert(at, page);
                 crate::barrier::before_link();
@@ -394,7 +388,6 @@ impl Stage2 {
     fn free_table<H: Host>(&mut self, host: &H, pa: u64) {
         if let Ok(at) = self.tables.binary_search_by(|t| t.pa.cmp(&pa)) {
             let page = self.tables.remove(at);
-            host.unmap_el2(page.pa, page.len);
             host.free_contig(page);
         }
     }
@@ -414,10 +407,8 @@ impl Stage2 {
         // Whatever unmap_table could not reach (a table the host cannot translate)
         // is still returned.
         for page in self.tables.drain(..) {
-            host.unmap_el2(page.pa, page.len);
             host.free_contig(page);
         }
-        host.unmap_el2(self.root.pa, self.root.len);
         host.free_contig(self.root);
     }
 }
