@@ -9,7 +9,7 @@ use libvmmapi::{Backend, Vm};
 
 use crate::args::{Args, ConsoleDevice};
 use crate::console::Output;
-use crate::devices::{ns16550::Ns16550, pl011::Pl011, pl031::Pl031};
+use crate::devices::{ns16550::Ns16550, pl011::Pl011, pl031::Pl031, virtio_empty::EmptySlot};
 use crate::mmio::{Bus, DeviceRef, IrqError, IrqSink};
 
 /// Why a VM cannot be run. One line each.
@@ -120,7 +120,8 @@ impl IrqSink for VmIrq {
 }
 
 /// The platform devices: both UARTs (the console one writes to `out`, the other's
-/// output is discarded) and the RTC. Returns the bus and the console UART, which the
+/// output is discarded), the RTC, and every virtio-mmio slot, empty until `-s` devices
+/// exist (device ID 0, which guests skip). Returns the bus and the console UART, which the
 /// input thread feeds.
 pub fn build_bus(
     sink: Arc<dyn IrqSink>,
@@ -146,6 +147,11 @@ pub fn build_bus(
         Some(NS16550_INTID),
         Box::new(Ns16550::new(ns_out)),
     );
+    for n in 0..vmm_platform::VIRTIO_MMIO_SLOTS {
+        if let Some(slot) = vmm_platform::virtio_mmio_slot(n) {
+            bus.attach("virtio-mmio (empty)", slot, None, Box::new(EmptySlot));
+        }
+    }
     let bus = Arc::new(bus);
     let index = match console {
         ConsoleDevice::Pl011 => pl011,

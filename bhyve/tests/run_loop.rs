@@ -336,6 +336,49 @@ fn accesses_where_no_device_is_read_zero_and_are_counted() {
 }
 
 #[test]
+fn every_virtio_mmio_slot_answers_device_id_0() {
+    let r = rig("slots", 1, ConsoleDevice::Pl011);
+    let mut exits = Vec::new();
+    for n in 0..vmm_platform::VIRTIO_MMIO_SLOTS {
+        let base = vmm_platform::virtio_mmio_slot(n).unwrap().base;
+        for (off, reg) in [(0, 1), (4, 2), (8, 3)] {
+            exits.push(raw::inst_emul(
+                PC,
+                base + off,
+                4,
+                false,
+                false,
+                Some(Reg::X(reg)),
+            ));
+        }
+        exits.push(raw::inst_emul(
+            PC,
+            base + 0x70,
+            4,
+            true,
+            false,
+            Some(Reg::X(1)),
+        ));
+    }
+    exits.push(call(psci::SYSTEM_OFF, &[]));
+    r.fake.set_reg("slots", 0, Reg::X(3), 0xdead);
+    r.fake.push_exits("slots", 0, exits);
+    assert_eq!(r.run(1), Stop::Poweroff);
+    assert_eq!(
+        r.fake.reg("slots", 0, Reg::X(1)),
+        0x7472_6976,
+        "magic \"virt\""
+    );
+    assert_eq!(r.fake.reg("slots", 0, Reg::X(2)), 2, "version");
+    assert_eq!(
+        r.fake.reg("slots", 0, Reg::X(3)),
+        0,
+        "device ID 0: no device"
+    );
+    assert_eq!(r.bus.unhandled_count(), 0);
+}
+
+#[test]
 fn ns16550_console_when_selected() {
     let r = rig("ns", 1, ConsoleDevice::Ns16550);
     r.fake.set_reg("ns", 0, Reg::X(1), u64::from(b'z'));
