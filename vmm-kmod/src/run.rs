@@ -134,13 +134,16 @@ impl<H: Host> Vmm<H> {
         vcpu: &mut Vcpu,
         id: u32,
     ) -> KResult<VmExit> {
-        let mut last_fault: (u64, u32) = (u64::MAX, 0);
+        // (page, count) of consecutive stage-2 faults on the same guest RAM page.
+        let mut last_ram_fault: (u64, u32) = (u64::MAX, 0);
         loop {
             if let Some(e) = self.check_leave(vm, slot, vcpu, id) {
                 return Ok(e);
             }
             vcpu.prepare_entry();
-            if vm.needs_cache_sync.swap(false, Ordering::SeqCst) {
+            if vm.needs_cache_sync.load(Ordering::Relaxed)
+                && vm.needs_cache_sync.swap(false, Ordering::SeqCst)
+            {
                 let mem = vm.mem.lock();
                 for seg in mem.segs.iter().flatten() {
                     for c in seg.chunks() {
@@ -179,24 +182,10 @@ impl<H: Host> Vmm<H> {
             vcpu.ctx().exit.kind = kind;
             let info = vcpu.ctx_ref().exit;
             let decoded = exit::decode(kind, &info);
-            if let Decoded::DataAbort(a) | Decoded::InstAbort(a) = decoded {
-                let page = a.ipa >> 12;
-                if last_fault.0 == page {
-                    last_fault.1 = last_fault.1.saturating_add(1);
-                } else {
-                    last_fault = (page, 0);
-                }
-            } else {
-                last_fault = (u64::MAX, 0);
+            if !matches!(decoded, Decoded::DataAbort(_) | Decoded::InstAbort(_)) {
+                last_ram_fault = (u64::MAX, 0);
             }
-            if last_fault.1 > MAX_RAM_FAULT_REPEAT {
-                self.host.log(format_args!(
-                    "vmm: guest faults repeatedly at IPA {:#x}",
-                    last_fault.0 << 12
-                ));
-                return Err(Errno::EFAULT);
-            }
-            match self.handle(vm, slot, vcpu, kind, decoded)? {
+            match self.handle(vm, slot, vcpu, kind, decoded, &mut last_ram_fault)? {
                 Next::Reenter => continue,
                 Next::User(e) => return Ok(e),
             }
@@ -240,6 +229,7 @@ impl<H: Host> Vmm<H> {
         vcpu: &mut Vcpu,
         kind: u32,
         d: Decoded,
+        ram_fault: &mut (u64, u32),
     ) -> KResult<Next> {
         let pc = vcpu.ctx_ref().pc;
         match d {
@@ -314,8 +304,8 @@ impl<H: Host> Vmm<H> {
                 e.exitcode = ExitCode::Brk as i32;
                 Ok(Next::User(e))
             }
-            Decoded::DataAbort(a) => self.abort(vm, vcpu, a, true),
-            Decoded::InstAbort(a) => self.abort(vm, vcpu, a, false),
+            Decoded::DataAbort(a) => self.abort(vm, vcpu, a, true, ram_fault),
+            Decoded::InstAbort(a) => self.abort(vm, vcpu, a, false, ram_fault),
         }
     }
 
@@ -346,7 +336,14 @@ impl<H: Host> Vmm<H> {
 
     /// A stage-2 abort: guest RAM is handled here, MMIO goes to userspace, and what
     /// nobody can emulate is answered with an abort injected into the guest.
-    fn abort(&self, vm: &Vm<H>, vcpu: &mut Vcpu, a: Abort, data: bool) -> KResult<Next> {
+    fn abort(
+        &self,
+        vm: &Vm<H>,
+        vcpu: &mut Vcpu,
+        a: Abort,
+        data: bool,
+        ram_fault: &mut (u64, u32),
+    ) -> KResult<Next> {
         let at_el0 = from_el0(vcpu.ctx_ref());
         if let FaultKind::Other(_) = a.kind {
             // External aborts, TLB conflicts...: not about our tables.
@@ -378,6 +375,17 @@ impl<H: Host> Vmm<H> {
                 }
                 vcpu.stats.inc(Stat::RamFault);
                 let page = a.ipa & !0xfff;
+                if ram_fault.0 == page {
+                    ram_fault.1 = ram_fault.1.saturating_add(1);
+                    if ram_fault.1 > MAX_RAM_FAULT_REPEAT {
+                        self.host.log(format_args!(
+                            "vmm: guest faults repeatedly on its RAM at IPA {page:#x}"
+                        ));
+                        return Err(Errno::EFAULT);
+                    }
+                } else {
+                    *ram_fault = (page, 1);
+                }
                 if mem.s2.translate(&self.host, page).is_none() {
                     // Not in the tables (an earlier mapping failure left a hole): fault
                     // the page in from its segment.

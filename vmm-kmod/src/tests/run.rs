@@ -311,7 +311,14 @@ fn guest_ram_faults_stay_in_the_kernel() {
         en[4].el1.esr_el1,
         mk(ec::IABT_CUR, true, dabt::fsc::SYNC_EXTERNAL)
     );
-    // A fault that keeps coming back ends VM_RUN with EFAULT instead of spinning.
+    // A guest that keeps retrying an access it gets aborts for is the guest's business.
+    for _ in 0..70 {
+        v.host()
+            .push(Scripted::abort(mk(ec::DABT_LOW, true, 0x07), MMIO));
+    }
+    v.host().push(hvc());
+    assert_eq!(exitcode(&run(&v, "g", 0).unwrap().0), ExitCode::Smccc);
+    // A fault on RAM that keeps coming back ends VM_RUN with EFAULT instead of spinning.
     for _ in 0..70 {
         v.host().push(Scripted::abort(
             mk(ec::DABT_LOW, true, dabt::ISV | 0x07),
