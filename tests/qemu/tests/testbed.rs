@@ -125,6 +125,16 @@ fn unload_restores_el2_and_reload_works() {
 }
 
 #[test]
+fn vmm_core_through_the_ioctl_dispatcher() {
+    expect(&[
+        "core_load",
+        "core_hvc_via_dispatch",
+        "core_1000_vms",
+        "core_unload",
+    ]);
+}
+
+#[test]
 fn every_testbed_test_passed() {
     if skip() {
         return;
@@ -140,7 +150,7 @@ fn every_testbed_test_passed() {
     );
     let failed: Vec<_> = run.tests.iter().filter(|t| !t.pass).collect();
     assert!(
-        failed.is_empty() && run.tests.len() >= 19,
+        failed.is_empty() && run.tests.len() >= 23,
         "failed: {failed:?} ({} results)\n--- testbed serial log ---\n{}",
         run.tests.len(),
         run.log

@@ -84,12 +84,39 @@ pub fn hvc(x0: u64, x1: u64, x2: u64, x3: u64, x4: u64) -> u64 {
     ret
 }
 
+/// `hvc #0` with x0 = `func` and x1..x7 = `a` (the core's `Host::hyp_call`).
+pub fn hvc7(func: u64, a: &[u64; 7]) -> u64 {
+    let ret: u64;
+    // SAFETY: as `hvc`, with x5..x7 as arguments too.
+    unsafe {
+        core::arch::asm!(
+            "mrs x20, daif",
+            "msr daifset, #3",
+            "hvc #0",
+            "msr daif, x20",
+            out("x20") _,
+            inout("x0") func => ret,
+            inout("x1") a[0] => _,
+            inout("x2") a[1] => _,
+            inout("x3") a[2] => _,
+            inout("x4") a[3] => _,
+            inout("x5") a[4] => _,
+            inout("x6") a[5] => _,
+            inout("x7") a[6] => _,
+            out("x8") _, out("x9") _, out("x10") _,
+            out("x11") _, out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+            out("x16") _, out("x17") _, out("x30") _,
+        )
+    };
+    ret
+}
+
 /// A hypercall into our EL2 code once it is installed.
 pub fn hyp_call(func: u64, a1: u64, a2: u64, a3: u64) -> u64 {
     hvc(func, a1, a2, a3, 0)
 }
 
-fn sync_icache(pa: u64, len: u64) {
+pub fn sync_icache(pa: u64, len: u64) {
     let mut a = pa_to_va(pa);
     let end = a + len;
     while a < end {

@@ -10,9 +10,11 @@ extern crate alloc;
 
 mod boot;
 mod console;
+mod core_tests;
 mod cpu;
 mod exceptions;
 mod gic;
+mod host;
 mod hyp;
 mod mm;
 mod psci;

@@ -58,9 +58,15 @@ pub fn free_pages() -> usize {
 
 /// `n` physically contiguous zeroed pages; returns the physical address.
 pub fn alloc_pages(n: usize) -> Option<u64> {
-    if n == 0 {
+    alloc_pages_aligned(n, PAGE)
+}
+
+/// `n` contiguous zeroed pages whose physical address is a multiple of `align`.
+pub fn alloc_pages_aligned(n: usize, align: u64) -> Option<u64> {
+    if n == 0 || !align.is_power_of_two() || align < PAGE {
         return None;
     }
+    let step = (align / PAGE) as usize;
     let mut f = FRAMES.lock();
     let mut start = f.hint;
     let mut tries = 0;
@@ -68,6 +74,11 @@ pub fn alloc_pages(n: usize) -> Option<u64> {
         let mut run = 0;
         let mut i = start;
         while i < NPAGES {
+            if run == 0 && i % step != 0 {
+                // RAM_START is 1 GiB aligned, so index alignment is address alignment.
+                i += 1;
+                continue;
+            }
             if f.used[i / 64] & (1 << (i % 64)) == 0 {
                 run += 1;
                 if run == n {

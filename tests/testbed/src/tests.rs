@@ -91,6 +91,7 @@ pub fn run_all(gic_ok: bool) {
     report("guest_irq_exit", run_irq_exit());
     report("hyp_unload", unload_and_probe(n));
     report("hyp_reload", reload(n, before_hyp));
+    run_core(n);
 
     kprintln!(
         "TESTBED DONE passed={} failed={}",
@@ -752,4 +753,44 @@ fn reload(n: usize, free_before: usize) -> Result<String, String> {
     Ok(format!(
         "second load, a guest run and unload work; {leaked} pages held by heap free lists"
     ))
+}
+
+/// The same hypervisor through vmm-kmod's core and its ioctl dispatcher.
+fn run_core(n: usize) {
+    let free_before = mm::free_pages();
+    let vmm = match crate::core_tests::load() {
+        Ok(v) => {
+            report(
+                "core_load",
+                Ok(format!(
+                    "Vmm::new brought EL2 up on {n} cpus with the testbed Host"
+                )),
+            );
+            v
+        }
+        Err(e) => return report("core_load", Err(e)),
+    };
+    report(
+        "core_hvc_via_dispatch",
+        crate::core_tests::hvc_through_dispatch(&vmm, HVC_LOOP, 1000),
+    );
+    report("core_1000_vms", crate::core_tests::thousand_vms(&vmm));
+    let r = crate::core_tests::unload(vmm).and_then(|()| {
+        for c in 0..n {
+            if cpu::run_on(c, probe_on_cpu, c as u64) != 0 {
+                return Err(format!("cpu {c}: the stub does not answer after shutdown"));
+            }
+            let after = PROBES.lock()[c].ok_or("no probe")?;
+            let boot = contract_of(c);
+            for i in 0..16 {
+                let m = if i == boot::RB_SPSR { 0x3cf } else { u64::MAX };
+                if after[i] & m != boot[i] & m {
+                    return Err(format!("cpu {c}: {} is {:#x}, {:#x} at boot", READBACK_NAMES[i], after[i], boot[i]));
+                }
+            }
+        }
+        let held = free_before as i64 - mm::free_pages() as i64;
+        Ok(format!("Vmm::shutdown left EL2 as the stub did on {n} cpus; {held} pages held by heap free lists"))
+    });
+    report("core_unload", r);
 }

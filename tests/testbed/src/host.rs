@@ -1,0 +1,405 @@
+//! The testbed's implementation of vmm-kmod's `Host` trait: what the FreeBSD glue does
+//! with kernel KPI, done with the testbed's own allocator, GIC, timer and CPUs. The
+//! EL2 tables given to the core are identity mapped, 4 levels (the core's TCR_EL2 uses
+//! 48-bit EL2 addresses), and hold the blob plus whatever `map_el2` adds.
+//!
+//! "User memory" for copyin/copyout is the testbed kernel's own memory: the in-kernel
+//! tests pass pointers to their buffers as the user addresses of ioctl arguments, and
+//! anything outside RAM's direct map is EFAULT.
+
+extern crate alloc;
+use crate::hyp::{hvc, stub_vectors_pa, sync_icache, EL2_BLOB};
+use crate::mm::{self, pa_to_va, va_to_pa, KBASE, MAX_CPUS, PAGE, RAM_END, RAM_START};
+use crate::pt::PageTable;
+use crate::sync::SpinLock;
+use crate::{cpu, gic, kprintln, timer};
+use alloc::sync::Arc;
+use core::fmt;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use vmm_kmod::{Errno, Host, IdRegs, InitParams, KResult, PhysMem, RawMutex, SleepResult};
+use vmm_sys::hyp::{HYP_EL2_TLBI, HYP_EL2_TLBI_VA};
+
+const EL2_BASE: u64 = (1 << 10) | (3 << 8) | (1 << 2) | (1 << 6);
+const EL2_RO: u64 = 1 << 7;
+const EL2_XN: u64 = 1 << 54;
+
+/// The blob and EL2 tables the core runs on.
+struct CoreEl2 {
+    blob_pa: u64,
+    blob_pages: usize,
+    tables: PageTable,
+    /// True while our EL2 code is installed (EL2 TLB maintenance needs it).
+    live: bool,
+}
+
+static CORE_EL2: SpinLock<Option<CoreEl2>> = SpinLock::new(None);
+
+/// Copies the blob into fresh contiguous pages and builds EL2 tables mapping it; returns
+/// the parameters for `Vmm::new`.
+pub fn prepare() -> Option<InitParams> {
+    let blob_pages = EL2_BLOB.len().div_ceil(PAGE as usize);
+    let blob_pa = mm::alloc_pages(blob_pages)?;
+    // SAFETY: the fresh pages are ours and large enough.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            EL2_BLOB.as_ptr(),
+            pa_to_va(blob_pa) as *mut u8,
+            EL2_BLOB.len(),
+        )
+    };
+    sync_icache(blob_pa, blob_pages as u64 * PAGE);
+    let mut tables = PageTable::with_levels(4)?;
+    for i in 0..blob_pages as u64 {
+        let p = blob_pa + i * PAGE;
+        tables.map_page(p, p, EL2_BASE | EL2_RO)?;
+    }
+    let root = tables.root;
+    *CORE_EL2.lock() = Some(CoreEl2 {
+        blob_pa,
+        blob_pages,
+        tables,
+        live: true,
+    });
+    Some(InitParams {
+        hyp_init_vectors_pa: blob_pa,
+        hyp_stub_vectors_pa: stub_vectors_pa(),
+        el2_ttbr0: root,
+        id_regs: id_regs(),
+    })
+}
+
+/// After `Vmm::shutdown`: frees the blob and the EL2 tables.
+pub fn release() {
+    if let Some(c) = CORE_EL2.lock().take() {
+        mm::free_pages_at(c.blob_pa, c.blob_pages);
+        drop(c.tables);
+    }
+}
+
+macro_rules! id {
+    ($r:literal) => {{
+        let v: u64;
+        // SAFETY: reads an ID register.
+        unsafe { core::arch::asm!(concat!("mrs {0}, ", $r), out(reg) v) };
+        v
+    }};
+}
+
+fn id_regs() -> IdRegs {
+    IdRegs {
+        midr: id!("midr_el1"),
+        pfr0: id!("id_aa64pfr0_el1"),
+        pfr1: id!("id_aa64pfr1_el1"),
+        dfr0: id!("id_aa64dfr0_el1"),
+        isar0: id!("id_aa64isar0_el1"),
+        isar1: id!("id_aa64isar1_el1"),
+        isar2: id!("S3_0_C0_C6_2"),
+        mmfr0: id!("id_aa64mmfr0_el1"),
+        mmfr1: id!("id_aa64mmfr1_el1"),
+        mmfr2: id!("id_aa64mmfr2_el1"),
+    }
+}
+
+/// A spinning lock: the testbed has no scheduler, so "sleepable" changes nothing.
+pub struct SpinMutex(AtomicBool);
+
+// SAFETY: compare_exchange gives mutual exclusion between lock and unlock.
+unsafe impl RawMutex for SpinMutex {
+    fn new() -> Self {
+        SpinMutex(AtomicBool::new(false))
+    }
+    fn lock(&self) {
+        while !self.try_lock() {
+            core::hint::spin_loop();
+        }
+    }
+    fn try_lock(&self) -> bool {
+        self.0
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+    fn unlock(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// A one-shot timer: a slot the timer interrupt scans (see `timer_tick`).
+pub struct Timer(Arc<TimerSlot>);
+
+pub struct TimerSlot {
+    deadline: AtomicU64,
+    func: fn(usize),
+    arg: usize,
+}
+
+static TIMERS: SpinLock<alloc::vec::Vec<Arc<TimerSlot>>> = SpinLock::new(alloc::vec::Vec::new());
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.0.deadline.store(0, Ordering::SeqCst);
+        TIMERS.lock().retain(|t| !Arc::ptr_eq(t, &self.0));
+    }
+}
+
+/// Polls the core's timers (the run loop and sleep call it; no callout thread here).
+pub fn timer_tick() {
+    let now = timer::now();
+    let due: alloc::vec::Vec<Arc<TimerSlot>> = TIMERS
+        .lock()
+        .iter()
+        .filter(|t| {
+            let d = t.deadline.load(Ordering::SeqCst);
+            d != 0 && d <= now
+        })
+        .cloned()
+        .collect();
+    for t in due {
+        if t.deadline.swap(0, Ordering::SeqCst) != 0 {
+            (t.func)(t.arg);
+        }
+    }
+}
+
+/// The `Host` the testbed gives the core.
+#[derive(Debug)]
+pub struct TestbedHost {
+    /// Counts wakeups so a sleeper notices one that happened since it last looked.
+    wakeups: AtomicUsize,
+}
+
+impl TestbedHost {
+    pub fn new() -> Self {
+        TestbedHost {
+            wakeups: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Is `[addr, addr + len)` inside the testbed's direct map of RAM?
+fn user_range_ok(addr: u64, len: usize) -> bool {
+    let Some(end) = addr.checked_add(len as u64) else {
+        return false;
+    };
+    addr >= KBASE + RAM_START && end <= KBASE + RAM_END
+}
+
+static RENDEZVOUS: SpinLock<Option<usize>> = SpinLock::new(None);
+static RENDEZVOUS_FN: SpinLock<[u64; 2]> = SpinLock::new([0; 2]);
+
+fn rendezvous_trampoline(cpu_id: u64) -> u64 {
+    let [a, b] = *RENDEZVOUS_FN.lock();
+    // SAFETY: run_on_all_cpus stored a `&(dyn Fn(usize) + Sync)` that outlives this
+    // call (it waits for every CPU before returning).
+    let f: &(dyn Fn(usize) + Sync) = unsafe { core::mem::transmute([a, b]) };
+    let token = {
+        let d: u64;
+        // SAFETY: masks IRQs for the call, as smp_rendezvous does.
+        unsafe { core::arch::asm!("mrs {0}, daif", "msr daifset, #2", out(reg) d) };
+        d
+    };
+    f(cpu_id as usize);
+    // SAFETY: restores the saved mask.
+    unsafe { core::arch::asm!("msr daif, {0}", in(reg) token) };
+    0
+}
+
+impl Host for TestbedHost {
+    type Mutex = SpinMutex;
+    type Timer = Timer;
+
+    fn alloc_contig(&self, len: usize, align: usize) -> KResult<PhysMem> {
+        if len == 0 || len % PAGE as usize != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let pa = mm::alloc_pages_aligned(len / PAGE as usize, align.max(PAGE as usize) as u64)
+            .ok_or(Errno::ENOMEM)?;
+        let va = NonNull::new(pa_to_va(pa) as *mut u8).ok_or(Errno::ENOMEM)?;
+        Ok(PhysMem { va, pa, len })
+    }
+
+    fn free_contig(&self, mem: PhysMem) {
+        mm::free_pages_at(mem.pa, mem.len / PAGE as usize);
+    }
+
+    fn pa_to_va(&self, pa: u64) -> Option<NonNull<u8>> {
+        (RAM_START..RAM_END)
+            .contains(&pa)
+            .then(|| NonNull::new(pa_to_va(pa) as *mut u8))
+            .flatten()
+    }
+
+    fn va_to_pa(&self, va: *const u8) -> Option<u64> {
+        let v = va as u64;
+        (v >= KBASE + RAM_START && v < KBASE + RAM_END).then(|| va_to_pa(v))
+    }
+
+    fn map_el2(&self, pa: u64, len: usize) -> KResult<()> {
+        let mut g = CORE_EL2.lock();
+        let c = g.as_mut().ok_or(Errno::ENXIO)?;
+        let mut p = pa & !(PAGE - 1);
+        while p < pa + len as u64 {
+            c.tables
+                .map_page(p, p, EL2_BASE | EL2_XN)
+                .ok_or(Errno::ENOMEM)?;
+            p += PAGE;
+        }
+        Ok(())
+    }
+
+    fn unmap_el2(&self, pa: u64, len: usize) {
+        let mut g = CORE_EL2.lock();
+        let Some(c) = g.as_mut() else { return };
+        let mut p = pa & !(PAGE - 1);
+        while p < pa + len as u64 {
+            c.tables.unmap_page(p);
+            p += PAGE;
+        }
+        if c.live {
+            drop(g);
+            // Every CPU's EL2 TLB: the invalidation is broadcast (inner shareable).
+            hvc(HYP_EL2_TLBI, HYP_EL2_TLBI_VA, pa, len as u64, 0);
+        }
+    }
+
+    fn sync_caches_for_guest(&self, va: NonNull<u8>, len: usize) {
+        sync_icache(va_to_pa(va.as_ptr() as u64), len as u64);
+    }
+
+    fn cpu_count(&self) -> usize {
+        cpu::ONLINE
+            .iter()
+            .filter(|c| c.load(Ordering::Acquire))
+            .count()
+            .min(MAX_CPUS)
+    }
+
+    fn current_cpu(&self) -> usize {
+        cpu::id()
+    }
+
+    fn run_on_all_cpus(&self, f: &(dyn Fn(usize) + Sync)) {
+        // One rendezvous at a time.
+        loop {
+            let mut g = RENDEZVOUS.lock();
+            if g.is_none() {
+                *g = Some(cpu::id());
+                break;
+            }
+        }
+        // SAFETY: a fat reference is two words; the trampoline turns them back into the
+        // same reference while `f` is alive (this function waits for every CPU).
+        *RENDEZVOUS_FN.lock() =
+            unsafe { core::mem::transmute::<&(dyn Fn(usize) + Sync), [u64; 2]>(f) };
+        for c in 0..self.cpu_count() {
+            cpu::run_on(c, rendezvous_trampoline, c as u64);
+        }
+        *RENDEZVOUS.lock() = None;
+    }
+
+    fn kick_cpu(&self, cpu: usize) {
+        gic::send_sgi(cpu, gic::SGI_WAKE);
+    }
+
+    fn intr_disable(&self) -> u64 {
+        let d: u64;
+        // SAFETY: reads and masks IRQs on this CPU.
+        unsafe { core::arch::asm!("mrs {0}, daif", "msr daifset, #2", out(reg) d) };
+        d
+    }
+
+    fn intr_restore(&self, token: u64) {
+        // SAFETY: restores a mask saved by intr_disable.
+        unsafe { core::arch::asm!("msr daif, {0}", in(reg) token) };
+    }
+
+    fn should_yield(&self) -> bool {
+        false
+    }
+
+    fn sleep(
+        &self,
+        _chan: usize,
+        deadline: Option<u64>,
+        still_sleep: &dyn Fn() -> bool,
+    ) -> SleepResult {
+        loop {
+            timer_tick();
+            if !still_sleep() {
+                return SleepResult::Woken;
+            }
+            if deadline.is_some_and(|d| timer::now() >= d) {
+                return SleepResult::TimedOut;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    fn wakeup(&self, _chan: usize) {
+        self.wakeups.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn counter(&self) -> u64 {
+        timer::now()
+    }
+
+    fn counter_freq(&self) -> u64 {
+        timer::freq()
+    }
+
+    fn timer_create(&self, func: fn(usize), arg: usize) -> KResult<Timer> {
+        let slot = Arc::new(TimerSlot {
+            deadline: AtomicU64::new(0),
+            func,
+            arg,
+        });
+        TIMERS.lock().push(slot.clone());
+        Ok(Timer(slot))
+    }
+
+    fn timer_arm(&self, t: &Timer, deadline: u64) {
+        t.0.deadline.store(deadline.max(1), Ordering::SeqCst);
+    }
+
+    fn timer_cancel(&self, t: &Timer) {
+        t.0.deadline.store(0, Ordering::SeqCst);
+    }
+
+    fn copyin(&self, uaddr: u64, dst: &mut [u8]) -> KResult<()> {
+        if !user_range_ok(uaddr, dst.len()) {
+            return Err(Errno::EFAULT);
+        }
+        // SAFETY: the range is inside RAM's direct map (checked).
+        unsafe { core::ptr::copy_nonoverlapping(uaddr as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    fn copyout(&self, src: &[u8], uaddr: u64) -> KResult<()> {
+        if !user_range_ok(uaddr, src.len()) {
+            return Err(Errno::EFAULT);
+        }
+        // SAFETY: as above.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), uaddr as *mut u8, src.len()) };
+        Ok(())
+    }
+
+    fn log(&self, args: fmt::Arguments<'_>) {
+        kprintln!("{}", args);
+    }
+
+    unsafe fn hyp_call(&self, func: u64, args: &[u64; 7]) -> u64 {
+        if func == vmm_sys::hyp::HYP_CLEANUP {
+            // From now on the stub answers hvc: no more EL2 TLB calls from unmap_el2.
+            mark_down();
+        }
+        crate::hyp::hvc7(func, args)
+    }
+}
+
+/// Marks the core's EL2 code gone (after `Vmm::shutdown`), so unmap_el2 stops
+/// issuing EL2 TLB hypercalls to the stub.
+pub fn mark_down() {
+    if let Some(c) = CORE_EL2.lock().as_mut() {
+        c.live = false;
+    }
+}
