@@ -26,6 +26,9 @@ pub enum DeviceRef<'a> {
 pub(crate) struct Registry<H: Host> {
     pub vms: Vec<Arc<Vm<H>>>,
     pub vmids: VmidAlloc,
+    /// VMs unlisted by a destroy still in progress (their tables and VMID are still
+    /// live: unload must wait for them, or their TLB invalidation would reach the stub).
+    pub dying: usize,
 }
 
 pub struct Vmm<H: Host> {
@@ -105,6 +108,7 @@ impl<H: Host> Vmm<H> {
             reg: Mutex::new(Registry {
                 vms: Vec::new(),
                 vmids: VmidAlloc::default(),
+                dying: 0,
             }),
             up: AtomicBool::new(true),
         };
@@ -138,7 +142,7 @@ impl<H: Host> Vmm<H> {
     /// every CPU and frees the EL2 stacks. Afterwards every request gets `ENXIO`.
     pub fn shutdown(&self) -> KResult<()> {
         let reg = self.reg.lock();
-        if !reg.vms.is_empty() {
+        if !reg.vms.is_empty() || reg.dying != 0 {
             return Err(Errno::EBUSY);
         }
         if !self.up.swap(false, Ordering::SeqCst) {
@@ -177,9 +181,10 @@ impl<H: Host> Vmm<H> {
 
     /// Creates VM `name` (VMMCTL_VM_CREATE, hw.vmm.create).
     pub fn create_vm(&self, name: &[u8]) -> KResult<()> {
-        self.check_up()?;
         vmm_sys::validate_vm_name(name).map_err(|_| Errno::EINVAL)?;
         let mut reg = self.reg.lock();
+        // Checked under the registry lock, which unload holds while it decides.
+        self.check_up()?;
         if reg.vms.iter().any(|v| v.name == name) {
             return Err(Errno::EEXIST);
         }
@@ -215,6 +220,7 @@ impl<H: Host> Vmm<H> {
                 .iter()
                 .position(|v| v.name == name)
                 .ok_or(Errno::ENOENT)?;
+            reg.dying = reg.dying.saturating_add(1);
             reg.vms.swap_remove(i)
         };
         vm.suspend
@@ -238,7 +244,9 @@ impl<H: Host> Vmm<H> {
         };
         let vmid = vm.vmid;
         vm.destroy(&self.host);
-        self.reg.lock().vmids.free(vmid);
+        let mut reg = self.reg.lock();
+        reg.vmids.free(vmid);
+        reg.dying = reg.dying.saturating_sub(1);
         Ok(())
     }
 
