@@ -53,7 +53,7 @@ pub enum KernelError {
     ElfNot64,
     #[error("big-endian ELF file (only little-endian guests are supported)")]
     ElfBigEndian,
-    #[error("ELF file is for machine {0}, not aarch64")]
+    #[error("ELF file is for {}, not aarch64", elf_machine_name(*.0))]
     ElfNotAarch64(u16),
     #[error("ELF file of type {0} is not an executable")]
     ElfNotExecutable(u16),
@@ -77,6 +77,19 @@ pub enum KernelError {
     Gzip(String),
     #[error("decompressed kernel is larger than guest memory ({0} bytes)")]
     GzipTooLarge(u64),
+}
+
+/// The architecture an ELF e_machine names, for messages: the ones a user is likely to
+/// pass by mistake by name, any other by number.
+pub fn elf_machine_name(machine: u16) -> String {
+    match machine {
+        elf::EM_386 => "i386".into(),
+        elf::EM_X86_64 => "x86-64".into(),
+        elf::EM_ARM => "32-bit arm".into(),
+        elf::EM_PPC64 => "powerpc64".into(),
+        elf::EM_RISCV => "risc-v".into(),
+        m => format!("machine {m}"),
+    }
 }
 
 /// What kind of file was recognised.

@@ -248,6 +248,14 @@ fn bad_elfs() {
         Err(KernelError::ElfNotAarch64(62))
     );
     assert_eq!(
+        KernelError::ElfNotAarch64(62).to_string(),
+        "ELF file is for x86-64, not aarch64"
+    );
+    assert_eq!(
+        KernelError::ElfNotAarch64(9999).to_string(),
+        "ELF file is for machine 9999, not aarch64"
+    );
+    assert_eq!(
         load(elf_with(2, 1, 1, 183, 0x1000, &good()), false, LIMIT),
         Err(KernelError::ElfNotExecutable(1))
     );
