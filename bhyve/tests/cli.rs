@@ -42,6 +42,36 @@ fn bad_arguments() {
     one_error_line(&["a/b"], "'/'");
 }
 
+/// Every bad input issue 2 lists that reaches bhyve: one line, status 4, refused before
+/// the backend is even asked (its complaint names the testbed socket).
+#[test]
+fn every_bad_input_is_refused_before_any_vm() {
+    let long = "n".repeat(230);
+    for (args, cause) in [
+        (
+            &["-m", "0", "vm"][..],
+            "-m 0: memory size must be at least 2 MiB",
+        ),
+        (
+            &["-m", "1M", "vm"],
+            "-m 1M: memory size must be at least 2 MiB",
+        ),
+        (
+            &["-m", "512G", "vm"],
+            "-m 512G: memory would end past the 39-bit guest physical address space",
+        ),
+        (&["-m", "lots", "vm"], "-m: 'lots' is not a number"),
+        (&["-c", "17", "vm"], "-c 17"),
+        (&[""], "VM name is empty"),
+        (&[long.as_str()], "VM name is longer than 229 bytes"),
+        (&["a/b"], "VM name contains '/'"),
+    ] {
+        one_error_line(args, cause);
+        let (_, _, stderr) = bhyve(args);
+        assert!(!stderr.contains("bhyve-test.sock"), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn arguments_are_checked_before_the_vm_is_opened() {
     // Good arguments get as far as opening the VM, which fails on the backend.

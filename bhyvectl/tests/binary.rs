@@ -28,6 +28,8 @@ fn errors_are_one_line_and_exit_1() {
     let vm = format!("--vm={name}");
     let e = one_error_line(&bhyvectl(&[&vm, "--get-pc"], None));
     assert!(e.starts_with(&format!("bhyvectl: vm '{name}': ")), "{e}");
+    let e = one_error_line(&bhyvectl(&["--vm=", "--create"], None));
+    assert_eq!(e, "bhyvectl: vm '': VM name is empty\n");
     let e = one_error_line(&bhyvectl(&["--vm=a/b", "--create"], None));
     assert_eq!(e, "bhyvectl: vm 'a/b': VM name contains '/'\n");
     let long = format!("--vm={}", "x".repeat(230));
