@@ -191,6 +191,54 @@ mod tests {
         );
     }
 
+    /// PSCI_FEATURES says SUCCESS exactly for the functions `handle` implements, over
+    /// the whole PSCI range (32- and 64-bit) and SMCCC_VERSION.
+    #[test]
+    fn features_match_what_is_implemented() {
+        let t = Table(vec![true, false]);
+        let mut ids: Vec<u32> = (0..0x20).map(|n| 0x8400_0000 + n).collect();
+        ids.extend((0..0x20).map(|n| 0xc400_0000 + n));
+        ids.push(psci::SMCCC_VERSION);
+        let mut supported = Vec::new();
+        for fid in ids {
+            // Arguments valid for every call (PSCI_FEATURES asks about PSCI_VERSION).
+            let a = if fid == psci::PSCI_FEATURES {
+                [psci::PSCI_VERSION.into(), 0, 0]
+            } else {
+                [1, 0x8000_0000, 0]
+            };
+            let implemented = call(fid, &a, &t) != NEG(-1);
+            let feature = call(psci::PSCI_FEATURES, &[fid.into()], &t);
+            assert_eq!(
+                feature,
+                if implemented { NEG(0) } else { NEG(-1) },
+                "PSCI_FEATURES({fid:#x})"
+            );
+            if implemented {
+                supported.push(fid);
+            }
+        }
+        // Issue 2's list, plus CPU_SUSPEND (a standby that returns at once).
+        assert_eq!(
+            supported,
+            [
+                psci::PSCI_VERSION,
+                psci::CPU_SUSPEND_32,
+                psci::CPU_OFF,
+                psci::CPU_ON_32,
+                psci::AFFINITY_INFO_32,
+                psci::MIGRATE_INFO_TYPE,
+                psci::SYSTEM_OFF,
+                psci::SYSTEM_RESET,
+                psci::PSCI_FEATURES,
+                psci::CPU_SUSPEND_64,
+                psci::CPU_ON_64,
+                psci::AFFINITY_INFO_64,
+                psci::SMCCC_VERSION,
+            ]
+        );
+    }
+
     #[test]
     fn cpu_on() {
         let t = Table(vec![true, false, false]);
