@@ -296,7 +296,11 @@ pub fn load(backend: Arc<dyn Backend>, p: &Prepared) -> Result<Outcome, Error> {
         Ok(vm) => (vm, Outcome::Created),
         Err(libvmmapi::Error::VmExists(_)) => {
             let vm = Vm::open_with(backend, name)?;
-            vm.reinit()?;
+            vm.reinit().map_err(|e| match e.errno() {
+                // VM_REINIT waits for every active vCPU to have left with SUSPENDED.
+                Some(libc::EBUSY) => Error::Busy(name.clone()),
+                _ => e.into(),
+            })?;
             (vm, Outcome::Reinitialised)
         }
         Err(e) => return Err(e.into()),

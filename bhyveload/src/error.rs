@@ -51,6 +51,10 @@ pub enum Error {
         have: String,
         want: String,
     },
+    #[error(
+        "vm '{0}' is running, or its last run did not end cleanly: stop its bhyve, or destroy it (bhyvectl --vm={0} --destroy)"
+    )]
+    Busy(String),
     #[error("vm '{vm}': writing {what} to guest memory at {addr:#x}: {why}")]
     GuestWrite {
         vm: String,

@@ -478,5 +478,16 @@ fn a_vm_this_run_created_is_destroyed_when_loading_fails() {
     });
     assert!(run(backend, &["-k", &kernel, "kept"]).is_err());
     assert!(fake.vm_exists("kept"));
+    // A VM whose vCPU is active and has not left with SUSPENDED (bhyve still running
+    // it, or killed) cannot be reinitialised: say so, and leave it alone.
+    let vm = Vm::create_with(fake.backend(), "busy").unwrap();
+    vm.vcpu(0).unwrap().activate().unwrap();
+    let e = run(fake.backend(), &["-k", &kernel, "busy"]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "vm 'busy' is running, or its last run did not end cleanly: stop its bhyve, \
+         or destroy it (bhyvectl --vm=busy --destroy)"
+    );
+    assert!(fake.is_active("busy", 0));
     std::fs::remove_dir_all(d).ok();
 }
