@@ -4,6 +4,7 @@
 mod cli;
 mod fdt;
 mod kernel;
+mod mutate;
 mod placement;
 mod userdtb;
 
