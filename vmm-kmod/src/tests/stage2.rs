@@ -220,3 +220,71 @@ fn vmids_are_unique_and_recycled() {
     assert_eq!(a.alloc(), Some(77));
     assert_eq!(a.in_use(), 255);
 }
+
+/// Random non-overlapping maps and unmaps against a model: every page translates as the
+/// model says after every step, blocks appear exactly where both sides are aligned, and
+/// unmapping everything returns every table page.
+#[test]
+fn random_maps_match_a_model() {
+    let h = FakeHost::new(48, 1);
+    let mut s = Stage2::new(&h, S2Geometry::new(39).unwrap(), 9).unwrap();
+    let pool = h.alloc_contig(16 << 20, BLOCK_2M as usize).unwrap();
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut rnd = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    // Live mappings: (ipa, pa, len).
+    let mut live: Vec<(u64, u64, u64)> = Vec::new();
+    for step in 0..200 {
+        if !live.is_empty() && rnd(3) == 0 {
+            let (ipa, _, len) = live.swap_remove(rnd(live.len() as u64) as usize);
+            s.unmap(&h, ipa, len);
+            for off in (0..len).step_by(4096) {
+                assert!(h.walk(s.vttbr(), ipa + off).is_none(), "step {step}");
+            }
+        } else {
+            // A slot of 8 MiB per possible mapping keeps them apart; inside it, a random
+            // page offset and length (sometimes 2 MiB aligned, sometimes not).
+            let slot = rnd(64);
+            let ipa = 0x8000_0000 + slot * (8 << 20) + rnd(2) * (rnd(512) << 12);
+            if live
+                .iter()
+                .any(|&(i, _, l)| ipa < i + l + (8 << 20) && i < ipa + (8 << 20))
+            {
+                continue;
+            }
+            let len = ((1 + rnd(1536)) << 12).min(6 << 20);
+            let pa = pool.pa + if rnd(2) == 0 { 0 } else { rnd(512) << 12 };
+            let len = len.min(pool.pa + (16 << 20) - pa);
+            s.map(&h, ipa, pa, len, RWX).unwrap();
+            live.push((ipa, pa, len));
+        }
+        for &(ipa, pa, len) in &live {
+            let mut off = 0;
+            while off < len {
+                let (out, _, lvl) = h.walk(s.vttbr(), ipa + off).unwrap();
+                assert_eq!(out, pa + off, "step {step}");
+                let block_ok = (ipa + off) % BLOCK_2M == 0
+                    && (pa + off) % BLOCK_2M == 0
+                    && len - off >= BLOCK_2M;
+                if block_ok {
+                    assert_eq!(lvl, 2, "a block where both are aligned");
+                    off += BLOCK_2M;
+                } else {
+                    assert_eq!(lvl, 3);
+                    off += 4096;
+                }
+            }
+        }
+    }
+    for (ipa, _, len) in live.drain(..) {
+        s.unmap(&h, ipa, len);
+    }
+    assert_eq!(s.table_pages(), 0);
+    h.free_contig(pool);
+    s.destroy(&h);
+    assert_eq!(h.pages_in_use(), 0);
+}
