@@ -1,0 +1,208 @@
+//! The list registers: `flush` before each guest entry puts the interrupts a vCPU
+//! should see into ICH_LR<n>_EL2, `sync` after each exit folds what the guest did with
+//! them (acknowledge, EOI, deactivate) back into the interrupt state.
+//!
+//! The list registers are rebuilt on every entry from the state, so between an exit
+//! and the next entry the state here is the only truth (KVM's ap_list model, without
+//! the list: the scan is over at most 32 private interrupts and `NR_SPIS` SPIs).
+//!
+//! ICH_LR<n>_EL2 (IHI 0069, 12.5.13): vINTID [31:0]; with HW = 0, bit 41 = EOI
+//! (maintenance interrupt when the guest deactivates it); Priority [55:48]; Group [60];
+//! HW [61]; State [63:62] (0 invalid, 1 pending, 2 active, 3 pending and active).
+
+use super::irq::{Irq, NO_OWNER};
+use super::{Kicks, Vgic, SPI_BASE};
+use vmm_sys::hyp::{VgicCpuRegs, ICH_LR_MAX};
+
+pub const LR_EOI: u64 = 1 << 41;
+pub const LR_PRIORITY_SHIFT: u32 = 48;
+pub const LR_GROUP1: u64 = 1 << 60;
+pub const LR_HW: u64 = 1 << 61;
+pub const LR_PENDING: u64 = 1 << 62;
+pub const LR_ACTIVE: u64 = 1 << 63;
+
+/// ICH_HCR_EL2: En (virtual CPU interface on), UIE (maintenance interrupt when at most
+/// one list register is valid), NPIE (... when no list register is pending).
+pub const HCR_EN: u64 = 1 << 0;
+pub const HCR_UIE: u64 = 1 << 1;
+pub const HCR_NPIE: u64 = 1 << 3;
+
+/// A candidate for a list register, ordered by what the guest must see first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    /// Active interrupts first: the guest is handling them and will EOI them; an EOI
+    /// for an interrupt in no list register would be lost.
+    not_active: bool,
+    priority: u8,
+    intid: u32,
+}
+
+/// The list register for `i` (INTID `intid`), showing it pending if `pending`.
+fn lr_value(intid: u32, i: &Irq, pending: bool, eoi: bool) -> u64 {
+    let mut lr = u64::from(intid) | (u64::from(i.priority) << LR_PRIORITY_SHIFT);
+    if i.group1 {
+        lr |= LR_GROUP1;
+    }
+    if pending {
+        lr |= LR_PENDING;
+    }
+    if i.active {
+        lr |= LR_ACTIVE;
+    }
+    // A level interrupt's line must be looked at again when the guest deactivates it;
+    // with more interrupts than list registers, so must any (to refill).
+    if eoi || !i.edge {
+        lr |= LR_EOI;
+    }
+    lr
+}
+
+impl Vgic {
+    /// Before entering vCPU `vcpu`: fills `regs`' list registers with its active
+    /// interrupts, then its deliverable pending ones by priority (lower value first,
+    /// then lower INTID), as many as the CPU has; empties the rest; sets ICH_HCR_EL2.En
+    /// and, when more interrupts wait than fit, UIE (if the CPU has at least two list
+    /// registers, so it cannot fire at once) and NPIE (if a pending one went in) so the
+    /// guest exits to refill them. An edge interrupt's latch moves into the list
+    /// register (a new edge while the guest runs latches again). Does nothing for an
+    /// unknown vCPU.
+    pub fn flush(&mut self, vcpu: usize, regs: &mut VgicCpuRegs) {
+        let Some(v) = u8::try_from(vcpu).ok().filter(|_| vcpu < self.cpus.len()) else {
+            return;
+        };
+        let nr = self.nr_lrs;
+        let grp0_on = self.ctlr & 1 != 0;
+        let grp1_on = self.ctlr & 2 != 0;
+        let wanted = |intid: u32, i: &Irq| {
+            (i.active || i.deliverable(grp0_on, grp1_on)).then_some(Candidate {
+                not_active: !i.active,
+                priority: i.priority,
+                intid,
+            })
+        };
+        // The best `nr` candidates, kept sorted; `total` counts all.
+        let mut best = [Candidate {
+            not_active: true,
+            priority: u8::MAX,
+            intid: u32::MAX,
+        }; ICH_LR_MAX];
+        let mut len = 0usize;
+        let mut total = 0usize;
+        let mut offer = |c: Candidate| {
+            total = total.saturating_add(1);
+            let Some(slots) = best.get_mut(..nr) else {
+                return;
+            };
+            let pos = slots.iter().take(len).position(|b| c < *b).unwrap_or(len);
+            if pos >= nr {
+                return;
+            }
+            // Shift the tail down one (dropping the last if full) and insert.
+            if let Some(tail) = slots.get_mut(pos..) {
+                tail.rotate_right(1);
+                if let Some(first) = tail.first_mut() {
+                    *first = c;
+                }
+            }
+            len = len.saturating_add(1).min(nr);
+        };
+        if let Some(c) = self.cpus.get(vcpu) {
+            for (n, i) in (0u32..).zip(c.private.iter()) {
+                if let Some(cand) = wanted(n, i) {
+                    offer(cand);
+                }
+            }
+        }
+        for (n, s) in (SPI_BASE..).zip(self.spis.iter()) {
+            let mine = if s.irq.owner == NO_OWNER {
+                s.target == v
+            } else {
+                s.irq.owner == v
+            };
+            if mine {
+                if let Some(cand) = wanted(n, &s.irq) {
+                    offer(cand);
+                }
+            }
+        }
+        let overflow = total > len;
+        let mut any_pending = false;
+        let mut lr_intid = [0u32; ICH_LR_MAX];
+        for (slot, lr) in regs.ich_lr_el2.iter_mut().enumerate() {
+            let Some(c) = best.get(slot).filter(|_| slot < len) else {
+                *lr = 0;
+                continue;
+            };
+            // An active one may be pending again too; a pending-only one is by choice.
+            let pending = self
+                .irq(vcpu, c.intid)
+                .is_some_and(|i| i.deliverable(grp0_on, grp1_on));
+            let Some(i) = self.irq_mut(vcpu, c.intid) else {
+                *lr = 0;
+                continue;
+            };
+            *lr = lr_value(c.intid, i, pending, overflow);
+            any_pending |= pending;
+            if pending && i.edge {
+                i.latch = false;
+            }
+            if c.intid >= SPI_BASE {
+                i.owner = v;
+            }
+            if let Some(x) = lr_intid.get_mut(slot) {
+                *x = c.intid;
+            }
+        }
+        let mut hcr = HCR_EN;
+        if overflow {
+            if nr >= 2 {
+                hcr |= HCR_UIE;
+            }
+            if any_pending {
+                hcr |= HCR_NPIE;
+            }
+        }
+        regs.ich_hcr_el2 = hcr;
+        if let Some(c) = self.cpus.get_mut(vcpu) {
+            c.lr_intid = lr_intid;
+            c.lr_used = len;
+        }
+    }
+
+    /// After vCPU `vcpu` exits: reads back the list registers `flush` filled. The
+    /// guest's acknowledge (pending -> active) and EOI/deactivation (-> invalid) become
+    /// the interrupts' state: an edge interrupt still pending in a list register
+    /// latches again; a level interrupt's software pending state ends once the guest
+    /// took it, so what remains pending is its line (a deactivated level interrupt
+    /// whose line is still high is pending again). SPIs the guest finished are free to
+    /// go where IROUTER says now; the vCPUs that should take them are returned. Also
+    /// keeps the guest's ICH_VMCR_EL2 for [`Vgic::has_pending`].
+    pub fn sync(&mut self, vcpu: usize, regs: &VgicCpuRegs) -> Kicks {
+        let mut k = Kicks::default();
+        let Some(c) = self.cpus.get_mut(vcpu) else {
+            return k;
+        };
+        c.vmcr = regs.ich_vmcr_el2;
+        let used = core::mem::take(&mut c.lr_used);
+        let intids = c.lr_intid;
+        for (&intid, &lr) in intids.iter().zip(regs.ich_lr_el2.iter()).take(used) {
+            let Some(i) = self.irq_mut(vcpu, intid) else {
+                continue;
+            };
+            let pending = lr & LR_PENDING != 0;
+            i.active = lr & LR_ACTIVE != 0;
+            if i.edge {
+                if pending {
+                    i.latch = true;
+                }
+            } else if !pending {
+                i.latch = false;
+            }
+            if intid >= SPI_BASE && !i.active {
+                i.owner = NO_OWNER;
+                self.note(&mut k, vcpu, intid);
+            }
+        }
+        k
+    }
+}

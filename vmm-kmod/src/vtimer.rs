@@ -1,0 +1,355 @@
+//! The guest's generic timers.
+//!
+//! * The virtual timer (CNTV_*) is the hardware's: the world switch loads the guest's
+//!   CNTV_CTL_EL0/CNTV_CVAL_EL0 with CNTVOFF_EL2 and saves them on exit. What the core
+//!   must do in software is turn its output into the guest's PPI 27 (level-sensitive)
+//!   after each exit, and know when it will fire if the vCPU is not in the guest
+//!   (WFI sleep, or the thread back in userspace) to wake it: [`virt_level`],
+//!   [`virt_deadline`].
+//! * The EL1 physical timer (CNTP_*) traps (CNTHCTL_EL2.EL1PCEN = 0) and is emulated
+//!   here against the host's counter: [`PhysTimer`], whose output is PPI 30. The guest's
+//!   physical count is the host's (CNTPCT_EL0 is not offset; CNTHCTL_EL2.EL1PCTEN lets
+//!   the guest read it directly).
+//!
+//! Timer output (Arm ARM D11.2.4): the condition is met when the count >= CVAL
+//! (CTL.ISTATUS shows it whenever ENABLE is set); the interrupt is asserted while
+//! ENABLE = 1, IMASK = 0 and the condition is met. TVAL is CVAL - count as a signed
+//! 32-bit value; writing it sets CVAL = count + sign-extended TVAL.
+//!
+//! See docs/vgic.md for how the host's view of the virtual timer's interrupt (its
+//! physical PPI 27 firing while the guest runs) must be handled.
+
+use crate::errno::KResult;
+use crate::vgic::{Kicks, Vgic};
+use vmm_sys::arm64::sysreg::{self, SysReg};
+use vmm_sys::hyp::VtimerRegs;
+
+/// CNTx_CTL_EL0 bits.
+pub const CTL_ENABLE: u64 = 1 << 0;
+pub const CTL_IMASK: u64 = 1 << 1;
+pub const CTL_ISTATUS: u64 = 1 << 2;
+
+/// The guest's virtual timer PPI (devicetree PPI 11).
+pub const VIRT_TIMER_INTID: u32 = 27;
+/// The guest's non-secure EL1 physical timer PPI (devicetree PPI 14).
+pub const PHYS_TIMER_INTID: u32 = 30;
+
+/// Whether a timer with `ctl`/`cval` asserts its interrupt at count `count`.
+pub const fn output(ctl: u64, cval: u64, count: u64) -> bool {
+    ctl & (CTL_ENABLE | CTL_IMASK) == CTL_ENABLE && count >= cval
+}
+
+/// The guest's virtual count when the host's physical count is `now`.
+pub const fn virtual_count(t: &VtimerRegs, now: u64) -> u64 {
+    now.wrapping_sub(t.cntvoff_el2)
+}
+
+/// The virtual timer's output (PPI 27's line) with the host counter at `now`.
+pub const fn virt_level(t: &VtimerRegs, now: u64) -> bool {
+    output(t.cntv_ctl_el0, t.cntv_cval_el0, virtual_count(t, now))
+}
+
+/// The host counter value at which the virtual timer will assert, if it is armed
+/// (enabled, unmasked) and not yet due at `now`. `None` if it is off or already due.
+pub fn virt_deadline(t: &VtimerRegs, now: u64) -> Option<u64> {
+    if t.cntv_ctl_el0 & (CTL_ENABLE | CTL_IMASK) != CTL_ENABLE || virt_level(t, now) {
+        return None;
+    }
+    Some(t.cntv_cval_el0.wrapping_add(t.cntvoff_el2))
+}
+
+/// The emulated EL1 physical timer of one vCPU (CNTP_CTL_EL0, CNTP_CVAL_EL0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhysTimer {
+    /// ENABLE and IMASK as the guest wrote them (ISTATUS is computed).
+    ctl: u64,
+    cval: u64,
+}
+
+impl PhysTimer {
+    /// The reset state: disabled. (CVAL is UNKNOWN at reset; zero here.)
+    pub const fn new() -> PhysTimer {
+        PhysTimer { ctl: 0, cval: 0 }
+    }
+
+    /// CNTP_CTL_EL0 as read at count `now`: ENABLE, IMASK, and ISTATUS when enabled
+    /// and the condition is met.
+    pub fn read_ctl(&self, now: u64) -> u64 {
+        let mut v = self.ctl;
+        if self.ctl & CTL_ENABLE != 0 && now >= self.cval {
+            v |= CTL_ISTATUS;
+        }
+        v
+    }
+
+    /// A write to CNTP_CTL_EL0: ENABLE and IMASK are writable, ISTATUS is read-only,
+    /// the rest RES0.
+    pub fn write_ctl(&mut self, v: u64) {
+        self.ctl = v & (CTL_ENABLE | CTL_IMASK);
+    }
+
+    pub fn read_cval(&self) -> u64 {
+        self.cval
+    }
+
+    pub fn write_cval(&mut self, v: u64) {
+        self.cval = v;
+    }
+
+    /// CNTP_TVAL_EL0 at count `now`: the low 32 bits of CVAL - count (bits [63:32]
+    /// RES0).
+    pub fn read_tval(&self, now: u64) -> u64 {
+        self.cval.wrapping_sub(now) & 0xffff_ffff
+    }
+
+    /// A write to CNTP_TVAL_EL0 at count `now`: CVAL = count + TVAL[31:0] sign-extended.
+    pub fn write_tval(&mut self, v: u64, now: u64) {
+        let delta = i64::from(v as u32 as i32) as u64;
+        self.cval = now.wrapping_add(delta);
+    }
+
+    /// The output (PPI 30's line) at `now`.
+    pub fn level(&self, now: u64) -> bool {
+        output(self.ctl, self.cval, now)
+    }
+
+    /// The count at which the output will assert, if armed and not yet due.
+    pub fn deadline(&self, now: u64) -> Option<u64> {
+        if self.ctl & (CTL_ENABLE | CTL_IMASK) != CTL_ENABLE || self.level(now) {
+            return None;
+        }
+        Some(self.cval)
+    }
+
+    /// A trapped access to one of the CNTP registers at count `now`: for a read the
+    /// value for Rt, for a write `value` is taken and `Some(0)` returned. `None` if
+    /// `reg` is not a physical timer register (then it is not this module's).
+    pub fn access(&mut self, reg: SysReg, read: bool, value: u64, now: u64) -> Option<u64> {
+        if reg == sysreg::CNTP_CTL_EL0 {
+            if read {
+                return Some(self.read_ctl(now));
+            }
+            self.write_ctl(value);
+        } else if reg == sysreg::CNTP_CVAL_EL0 {
+            if read {
+                return Some(self.read_cval());
+            }
+            self.write_cval(value);
+        } else if reg == sysreg::CNTP_TVAL_EL0 {
+            if read {
+                return Some(self.read_tval(now));
+            }
+            self.write_tval(value, now);
+        } else {
+            return None;
+        }
+        Some(0)
+    }
+}
+
+/// Both timers of a vCPU evaluated at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerEval {
+    /// PPI 27's line.
+    pub virt_level: bool,
+    /// PPI 30's line.
+    pub phys_level: bool,
+    /// The earliest host counter value at which a timer that is armed but not yet due
+    /// will assert: the core sleeps in WFI until then at the latest, and while the
+    /// guest runs arms a host timer there for the physical timer (the virtual timer
+    /// interrupts the guest by itself, see docs/vgic.md).
+    pub deadline: Option<u64>,
+    /// The physical timer's own deadline (the one a running guest needs a host timer
+    /// for).
+    pub phys_deadline: Option<u64>,
+}
+
+/// Evaluates the virtual timer `t` (from the context after an exit) and the physical
+/// timer `p` at host count `now`.
+pub fn evaluate(t: &VtimerRegs, p: &PhysTimer, now: u64) -> TimerEval {
+    let vd = virt_deadline(t, now);
+    let pd = p.deadline(now);
+    let deadline = match (vd, pd) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    TimerEval {
+        virt_level: virt_level(t, now),
+        phys_level: p.level(now),
+        deadline,
+        phys_deadline: pd,
+    }
+}
+
+/// Drives vCPU `vcpu`'s timer PPIs (27, 30) in `vgic` from `e`. The kicks name `vcpu`
+/// when a timer interrupt became deliverable.
+pub fn update_vgic(vgic: &mut Vgic, vcpu: usize, e: &TimerEval) -> KResult<Kicks> {
+    let mut k = vgic.set_ppi_level(vcpu, VIRT_TIMER_INTID, e.virt_level)?;
+    k.merge(vgic.set_ppi_level(vcpu, PHYS_TIMER_INTID, e.phys_level)?);
+    Ok(k)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn vt(ctl: u64, cval: u64, off: u64) -> VtimerRegs {
+        VtimerRegs {
+            cntv_ctl_el0: ctl,
+            cntv_cval_el0: cval,
+            cntvoff_el2: off,
+        }
+    }
+
+    #[test]
+    fn virtual_timer_due_not_due_masked_disabled() {
+        // Virtual count = 1000 - 100 = 900.
+        let due = vt(CTL_ENABLE, 900, 100);
+        assert!(virt_level(&due, 1000));
+        assert_eq!(virt_deadline(&due, 1000), None);
+
+        let not_due = vt(CTL_ENABLE, 901, 100);
+        assert!(!virt_level(&not_due, 1000));
+        assert_eq!(virt_deadline(&not_due, 1000), Some(1001));
+        assert!(virt_level(&not_due, 1001));
+
+        let masked = vt(CTL_ENABLE | CTL_IMASK, 0, 0);
+        assert!(!virt_level(&masked, 1000));
+        assert_eq!(virt_deadline(&masked, 1000), None);
+
+        let off = vt(0, 0, 0);
+        assert!(!virt_level(&off, 1000));
+        assert_eq!(virt_deadline(&off, 1000), None);
+
+        // ISTATUS in the saved CTL does not matter: the count decides.
+        let stale = vt(CTL_ENABLE | CTL_ISTATUS, 5000, 0);
+        assert!(!virt_level(&stale, 1000));
+    }
+
+    #[test]
+    fn virtual_count_uses_the_offset() {
+        // The offset larger than the count: the virtual count wraps, as hardware.
+        let t = vt(CTL_ENABLE, 10, 2000);
+        assert_eq!(virtual_count(&t, 1000), 1000u64.wrapping_sub(2000));
+        assert!(virt_level(&t, 1000), "a wrapped count is huge, so due");
+        let t = vt(CTL_ENABLE, 10, 995);
+        assert!(!virt_level(&t, 1000));
+        assert_eq!(virt_deadline(&t, 1000), Some(1005));
+    }
+
+    #[test]
+    fn physical_timer_registers() {
+        let mut p = PhysTimer::new();
+        assert_eq!(p.read_ctl(0), 0);
+        assert!(!p.level(0));
+        // TVAL write: CVAL = now + 100.
+        p.write_tval(100, 1000);
+        assert_eq!(p.read_cval(), 1100);
+        assert_eq!(p.read_tval(1050), 50);
+        // Negative TVAL (sign-extended 32-bit): CVAL in the past.
+        p.write_tval(0xffff_ff9c, 1000); // -100
+        assert_eq!(p.read_cval(), 900);
+        assert_eq!(p.read_tval(1000), 0xffff_ff9c);
+        // Upper bits of a TVAL write are ignored.
+        p.write_tval(0xdead_0000_0000_0010, 0);
+        assert_eq!(p.read_cval(), 16);
+
+        p.write_cval(2000);
+        p.write_ctl(CTL_ENABLE | CTL_ISTATUS | 0xf0);
+        assert_eq!(
+            p.read_ctl(1999),
+            CTL_ENABLE,
+            "ISTATUS is not writable, RES0 ignored"
+        );
+        assert_eq!(p.read_ctl(2000), CTL_ENABLE | CTL_ISTATUS);
+        assert!(!p.level(1999));
+        assert!(p.level(2000));
+        assert_eq!(p.deadline(1500), Some(2000));
+        assert_eq!(p.deadline(2000), None);
+        p.write_ctl(CTL_ENABLE | CTL_IMASK);
+        assert!(!p.level(3000), "masked");
+        assert_eq!(
+            p.read_ctl(3000),
+            CTL_ENABLE | CTL_IMASK | CTL_ISTATUS,
+            "ISTATUS shows through IMASK"
+        );
+        assert_eq!(p.deadline(0), None);
+    }
+
+    #[test]
+    fn physical_timer_sysreg_access() {
+        let mut p = PhysTimer::new();
+        assert_eq!(p.access(sysreg::CNTP_CVAL_EL0, false, 500, 0), Some(0));
+        assert_eq!(
+            p.access(sysreg::CNTP_CTL_EL0, false, CTL_ENABLE, 0),
+            Some(0)
+        );
+        assert_eq!(
+            p.access(sysreg::CNTP_CTL_EL0, true, 0, 600),
+            Some(CTL_ENABLE | CTL_ISTATUS)
+        );
+        assert_eq!(p.access(sysreg::CNTP_TVAL_EL0, true, 0, 400), Some(100));
+        assert_eq!(p.access(sysreg::CNTP_TVAL_EL0, false, 10, 400), Some(0));
+        assert_eq!(p.access(sysreg::CNTP_CVAL_EL0, true, 0, 0), Some(410));
+        assert_eq!(p.access(sysreg::CNTPCT_EL0, true, 0, 0), None);
+        assert_eq!(p.access(sysreg::MIDR_EL1, true, 0, 0), None);
+    }
+
+    #[test]
+    fn evaluate_takes_the_earlier_deadline() {
+        let mut p = PhysTimer::new();
+        p.write_cval(3000);
+        p.write_ctl(CTL_ENABLE);
+        let t = vt(CTL_ENABLE, 1500, 0);
+        let e = evaluate(&t, &p, 1000);
+        assert_eq!(
+            e,
+            TimerEval {
+                virt_level: false,
+                phys_level: false,
+                deadline: Some(1500),
+                phys_deadline: Some(3000)
+            }
+        );
+        let e = evaluate(&t, &p, 2000);
+        assert!(e.virt_level && !e.phys_level);
+        assert_eq!(e.deadline, Some(3000));
+        let e = evaluate(&t, &p, 3000);
+        assert!(e.virt_level && e.phys_level);
+        assert_eq!(e.deadline, None);
+        assert_eq!(evaluate(&vt(0, 0, 0), &PhysTimer::new(), 5).deadline, None);
+    }
+
+    #[test]
+    fn timer_ppis_reach_the_vgic() {
+        let mut g = Vgic::new(&[0x8000_0000], 0x2f00_0000, 0x2f10_0000, 3).unwrap();
+        // Guest setup: group 1, enabled PPI 27 and 30, distributor group 1 on,
+        // CPU interface group 1 on with PMR 0xf0.
+        let mut v = 0xffff_ffffu64;
+        g.mmio_access(0, 0x2f11_0080, 4, true, &mut v).unwrap();
+        v = (1 << 27) | (1 << 30);
+        g.mmio_access(0, 0x2f11_0100, 4, true, &mut v).unwrap();
+        v = 2;
+        g.mmio_access(0, 0x2f00_0000, 4, true, &mut v).unwrap();
+        let regs = vmm_sys::hyp::VgicCpuRegs {
+            ich_vmcr_el2: (0xf0 << 24) | 2,
+            ..Default::default()
+        };
+        g.sync(0, &regs);
+        assert!(!g.has_pending(0));
+
+        let t = vt(CTL_ENABLE, 100, 0);
+        let e = evaluate(&t, &PhysTimer::new(), 100);
+        let k = update_vgic(&mut g, 0, &e).unwrap();
+        assert!(k.contains(0));
+        assert!(g.has_pending(0));
+        // The guest reprograms the timer into the future: the line drops, and the
+        // level-sensitive PPI is no longer pending.
+        let t = vt(CTL_ENABLE, 500, 0);
+        let e = evaluate(&t, &PhysTimer::new(), 100);
+        assert!(update_vgic(&mut g, 0, &e).unwrap().is_empty());
+        assert!(!g.has_pending(0));
+        assert!(update_vgic(&mut g, 1, &e).is_err(), "no vCPU 1");
+    }
+}
