@@ -30,9 +30,11 @@ pub mod stats;
 pub mod sync;
 pub mod sysemul;
 pub mod vcpu;
+pub mod vgic;
 pub mod vm;
 pub mod vmid;
 mod vmm;
+pub mod vtimer;
 
 #[cfg(test)]
 mod fake;
