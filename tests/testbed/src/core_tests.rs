@@ -29,7 +29,7 @@ fn ioctl<T: Pod>(vmm: &Core, dev: DeviceRef<'_>, cmd: u64, v: &mut T) -> Result<
         .map_err(|e| format!("ioctl {cmd:#x}: {e:?}"))
 }
 
-fn create(vmm: &Core, name: &[u8], image: &[u8], ram: u64) -> Result<(), String> {
+pub fn create(vmm: &Core, name: &[u8], image: &[u8], ram: u64) -> Result<(), String> {
     let mut c = VmmctlVmCreate::new(name).ok_or("name")?;
     ioctl(vmm, DeviceRef::Ctl, VMMCTL_VM_CREATE, &mut c)?;
     let dev = DeviceRef::Vm(name);
@@ -62,7 +62,7 @@ fn create(vmm: &Core, name: &[u8], image: &[u8], ram: u64) -> Result<(), String>
     Ok(())
 }
 
-fn destroy(vmm: &Core, name: &[u8]) -> Result<(), String> {
+pub fn destroy(vmm: &Core, name: &[u8]) -> Result<(), String> {
     let mut c = VmmctlVmCreate::new(name).ok_or("name")?;
     ioctl(vmm, DeviceRef::Ctl, VMMCTL_VM_DESTROY, &mut c)
 }

@@ -8,6 +8,7 @@
 
 extern crate alloc;
 
+mod bench;
 mod boot;
 mod console;
 mod core_tests;
@@ -49,7 +50,14 @@ fn kmain() -> ! {
     let gic_ok = gic::init_cpu();
     cpu::ONLINE[0].store(true, Ordering::Release);
     cpu::irq_enable();
-    tests::run_all(gic_ok);
+    // SAFETY: the word below the kernel image is RAM in the direct map; QEMU's generic
+    // loader (`-device loader`) may have written the mode there before boot.
+    let mode = unsafe { core::ptr::read_volatile(mm::pa_to_va(bench::MODE_PA) as *const u32) };
+    if mode == bench::MODE_BENCH {
+        bench::run();
+    } else {
+        tests::run_all(gic_ok);
+    }
     psci::system_off()
 }
 

@@ -1,0 +1,143 @@
+//! The exit-cost benchmark (`cargo xtask bench-el2`, QEMU with `-icount shift=0`): the
+//! bench guest times N hvc round trips, N trapped ID-register reads and an empty loop
+//! with the virtual counter. Run twice: straight on the world switch (the testbed
+//! answers each exit right after HYP_ENTER_GUEST returns: the bare EL2 cost), and
+//! through vmm-kmod's VM_RUN (hvc: back to the ioctl caller and VM_RUN again; ID
+//! register: answered inside the kernel's run loop). Prints `BENCH <path> <what>
+//! <instructions per exit>`; under icount shift=0 a nanosecond of virtual time is one
+//! emulated instruction.
+
+extern crate alloc;
+use crate::core_tests::{self, Core};
+use crate::vm::TestVm;
+use crate::{hyp, kprintln, timer};
+use alloc::format;
+use alloc::string::String;
+use vmm_kmod::DeviceRef;
+use vmm_sys::abi::*;
+use vmm_sys::arm64::esr::{ec, esr_ec, esr_iss};
+use vmm_sys::exit::ExitCode;
+use vmm_sys::ioctl::*;
+use vmm_sys::reg::{VM_REG_GUEST_PC, VM_REG_GUEST_X0};
+
+static BENCH: &[u8] = include_bytes!(concat!(env!("VMM_GUEST_DIR"), "/bench.bin"));
+const N: u64 = 20_000;
+
+/// PA where `-device loader` leaves the mode word ("BNCH" = run the benchmark).
+pub const MODE_PA: u64 = 0x401f_f000;
+pub const MODE_BENCH: u32 = u32::from_le_bytes(*b"BNCH");
+
+fn report(path: &str, n: u64, ticks: [u64; 3]) {
+    let f = timer::freq();
+    let ns = |t: u64| t * 1_000_000_000 / f;
+    let loop_ns = ns(ticks[2]);
+    let per = |t: u64| ns(t).saturating_sub(loop_ns) / n;
+    kprintln!("BENCH {path} hvc_round_trip {}", per(ticks[0]));
+    kprintln!("BENCH {path} sysreg_trap {}", per(ticks[1]));
+    kprintln!("BENCH {path} empty_loop_total {loop_ns}");
+}
+
+fn direct() -> Result<[u64; 3], String> {
+    let vm = TestVm::new(BENCH, 4).ok_or("cannot create VM")?;
+    vm.ctx().x[0] = N;
+    loop {
+        vm.run();
+        let c = vm.ctx();
+        match esr_ec(c.exit.esr_el2) {
+            ec::HVC64 if esr_iss(c.exit.esr_el2) & 0xffff == 1 => {}
+            ec::HVC64 => return Ok([c.x[1], c.x[2], c.x[3]]),
+            ec::SYS64 => {
+                let rt = ((esr_iss(c.exit.esr_el2) >> 5) & 0x1f) as usize;
+                if let Some(r) = c.x.get_mut(rt) {
+                    *r = 0;
+                }
+                c.pc += 4;
+            }
+            e => return Err(format!("unexpected EC {e:#x}")),
+        }
+    }
+}
+
+fn ioctl<T: Pod>(vmm: &Core, cmd: u64, v: &mut T) -> Result<(), String> {
+    // SAFETY: T is Pod; the dispatcher reads and writes its bytes.
+    let b = unsafe {
+        core::slice::from_raw_parts_mut(v as *mut T as *mut u8, core::mem::size_of::<T>())
+    };
+    vmm.dispatch(DeviceRef::Vm(b"bench"), cmd, b)
+        .map_err(|e| format!("ioctl {cmd:#x}: {e:?}"))
+}
+
+fn get_reg(vmm: &Core, reg: u32) -> Result<u64, String> {
+    let mut r = VmRegister {
+        cpuid: 0,
+        regnum: reg as i32,
+        regval: 0,
+    };
+    ioctl(vmm, VM_GET_REGISTER, &mut r)?;
+    Ok(r.regval)
+}
+
+fn through_core(vmm: &Core) -> Result<[u64; 3], String> {
+    core_tests::create(vmm, b"bench", BENCH, 0x10000)?;
+    let mut r = VmRegister {
+        cpuid: 0,
+        regnum: VM_REG_GUEST_PC as i32,
+        regval: 0x8000_0000,
+    };
+    ioctl(vmm, VM_SET_REGISTER, &mut r)?;
+    let mut r = VmRegister {
+        cpuid: 0,
+        regnum: VM_REG_GUEST_X0 as i32,
+        regval: N,
+    };
+    ioctl(vmm, VM_SET_REGISTER, &mut r)?;
+    ioctl(vmm, VM_ACTIVATE_CPU, &mut VmActivateCpu { vcpuid: 0 })?;
+    let mut exit = VmExit::default();
+    let res = loop {
+        let mut run = VmRun {
+            cpuid: 0,
+            vm_exit: &mut exit as *mut VmExit as u64,
+            ..Default::default()
+        };
+        ioctl(vmm, VM_RUN, &mut run)?;
+        if exit.exitcode != ExitCode::Hyp as i32 {
+            break Err(format!("exit code {} at pc {:#x}", exit.exitcode, exit.pc));
+        }
+        // SAFETY: a HYP exit fills the hyp member.
+        let esr = unsafe { exit.u.hyp.esr_el2 };
+        if esr >> 26 == u64::from(ec::HVC64) && esr & 0xffff == 2 {
+            break Ok([
+                get_reg(vmm, VM_REG_GUEST_X0 + 1)?,
+                get_reg(vmm, VM_REG_GUEST_X0 + 2)?,
+                get_reg(vmm, VM_REG_GUEST_X0 + 3)?,
+            ]);
+        }
+    };
+    core_tests::destroy(vmm, b"bench")?;
+    res
+}
+
+pub fn run() {
+    kprintln!("BENCH start N={N} CNTFRQ={}", timer::freq());
+    match hyp::load(1) {
+        Ok(_) => match direct() {
+            Ok(t) => report("world_switch", N, t),
+            Err(e) => kprintln!("BENCH error {e}"),
+        },
+        Err(e) => kprintln!("BENCH error {e}"),
+    }
+    hyp::unload(1);
+    match core_tests::load() {
+        Ok(vmm) => {
+            match through_core(&vmm) {
+                Ok(t) => report("vmm_core_vm_run", N, t),
+                Err(e) => kprintln!("BENCH error {e}"),
+            }
+            if let Err(e) = core_tests::unload(vmm) {
+                kprintln!("BENCH error {e}");
+            }
+        }
+        Err(e) => kprintln!("BENCH error {e}"),
+    }
+    kprintln!("BENCH done");
+}
