@@ -15,7 +15,7 @@ use crate::mmio::{Bus, DeviceRef, IrqError, IrqSink};
 /// Why a VM cannot be run. One line each.
 #[derive(Debug, Error)]
 pub enum SetupError {
-    #[error("vm '{0}' does not exist")]
+    #[error("vm '{0}' does not exist: create and load it with bhyveload first")]
     NoSuchVm(String),
     #[error("vm '{vm}': {cause}")]
     Vm { vm: String, cause: String },

@@ -528,7 +528,10 @@ fn missing_vm_is_one_line() {
     let fake = FakeVmm::new();
     let e = machine::open(fake.backend(), "nope").unwrap_err();
     assert!(matches!(e, SetupError::NoSuchVm(_)));
-    assert_eq!(e.to_string(), "vm 'nope' does not exist");
+    assert_eq!(
+        e.to_string(),
+        "vm 'nope' does not exist: create and load it with bhyveload first"
+    );
 }
 
 fn parsed(argv: &[&str]) -> args::Args {
