@@ -26,6 +26,10 @@ pub fn build_testbed() -> Result<(), String> {
     show(build::build_testbed().map(|p| format!("testbed kernel: {}", p.display())))
 }
 
+pub fn lint_kernel() -> Result<(), String> {
+    show(build::lint_kernel().map(|()| "el2-stub and testbed: fmt and clippy clean"))
+}
+
 pub fn check_x18() -> Result<(), String> {
     show(build::check_x18())
 }

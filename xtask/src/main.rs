@@ -5,6 +5,7 @@
 //! * `build-el2`, `build-guests`, `build-testbed`: the kernel-side aarch64 artifacts
 //!   (soft-float, -Zfixed-x18, build-std) in target/aarch64.
 //! * `check-x18`: no x18 outside the EL2 blob's guest entry/exit.
+//! * `lint-kernel`: fmt check and clippy of the aarch64-only crates (el2-stub, testbed).
 //! * `run-testbed`: boots the testbed in QEMU (hard timeout) and shows its console.
 //! * `bench-el2`: the exit-cost benchmark under `-icount shift=0`.
 
@@ -71,6 +72,7 @@ fn test() -> Result<(), String> {
         "host and testbed tests",
         cargo().args(["test", "--workspace"]),
     )?;
+    kernel::lint_kernel()?;
     kernel::check_x18()?;
     check_freebsd()
 }
@@ -84,11 +86,12 @@ fn main() -> ExitCode {
         Some("build-guests") => kernel::build_guests(),
         Some("build-testbed") => kernel::build_testbed(),
         Some("check-x18") => kernel::check_x18(),
+        Some("lint-kernel") => kernel::lint_kernel(),
         Some("run-testbed") => kernel::run_testbed(&args[1..]),
         Some("bench-el2") => kernel::bench_el2(),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | run-testbed [--timeout SECS] | bench-el2"
+                  build-testbed | check-x18 | lint-kernel | run-testbed [--timeout SECS] | bench-el2"
                 .into(),
         ),
     };

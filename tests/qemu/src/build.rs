@@ -42,6 +42,15 @@ fn output(what: &str, cmd: &mut Command) -> Result<String, Error> {
 /// `cargo build --release` of a kernel-side crate: build-std with the per-target
 /// rustflags of .cargo/config.toml (-Zfixed-x18), never a global RUSTFLAGS.
 fn cargo_kernel(manifest: &Path, envs: &[(&str, &Path)]) -> Result<(), Error> {
+    cargo_kernel_sub("build", manifest, envs, &[])
+}
+
+fn cargo_kernel_sub(
+    sub: &str,
+    manifest: &Path,
+    envs: &[(&str, &Path)],
+    extra: &[&str],
+) -> Result<(), Error> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo_root())
@@ -49,7 +58,7 @@ fn cargo_kernel(manifest: &Path, envs: &[(&str, &Path)]) -> Result<(), Error> {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .args(["build", "--release", "--target", KERNEL_TARGET])
+        .args([sub, "--release", "--target", KERNEL_TARGET])
         .args([
             "-Zbuild-std=core,alloc",
             "-Zbuild-std-features=compiler-builtins-mem",
@@ -61,7 +70,31 @@ fn cargo_kernel(manifest: &Path, envs: &[(&str, &Path)]) -> Result<(), Error> {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    run(&format!("build {}", manifest.display()), &mut cmd)
+    cmd.args(extra);
+    run(&format!("{sub} {}", manifest.display()), &mut cmd)
+}
+
+/// The aarch64-only crates (not workspace members): `cargo fmt --check` and
+/// `cargo clippy -- -D warnings` for the kernel target.
+pub fn lint_kernel() -> Result<(), Error> {
+    let blob = build_el2()?;
+    let guests = build_guests()?;
+    let envs = [
+        ("VMM_EL2_BLOB", blob.as_path()),
+        ("VMM_GUEST_DIR", guests.as_path()),
+    ];
+    for krate in ["el2-stub", "tests/testbed"] {
+        let manifest = repo_root().join(krate).join("Cargo.toml");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(
+            &format!("format check of {krate}"),
+            Command::new(&cargo)
+                .args(["fmt", "--check", "--manifest-path"])
+                .arg(&manifest),
+        )?;
+        cargo_kernel_sub("clippy", &manifest, &envs, &["--", "-D", "warnings"])?;
+    }
+    Ok(())
 }
 
 fn release_dir() -> PathBuf {

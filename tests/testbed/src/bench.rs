@@ -38,7 +38,7 @@ fn report(path: &str, n: u64, ticks: [u64; 3]) {
 }
 
 fn direct() -> Result<[u64; 3], String> {
-    let vm = TestVm::new(BENCH, 4).ok_or("cannot create VM")?;
+    let mut vm = TestVm::new(BENCH, 4).ok_or("cannot create VM")?;
     vm.ctx().x[0] = N;
     loop {
         vm.run();

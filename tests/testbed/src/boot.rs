@@ -68,7 +68,7 @@ pub static mut BOOT_STACKS: Stacks = Stacks([0; BOOT_STACK_SIZE * MAX_CPUS]);
 pub static mut CONTRACT_READBACK: [[u64; 16]; MAX_CPUS] = [[0; 16]; MAX_CPUS];
 
 /// MAIR: attr0 Device-nGnRnE, attr1 Normal write-back, attr2 Normal non-cacheable.
-pub const MAIR: u64 = 0x00 | (0xff << 8) | (0x44 << 16);
+pub const MAIR: u64 = (0xff << 8) | (0x44 << 16);
 /// TCR_EL1: 39-bit VA both halves (start at level 1), 4 KiB granules, WBWA inner
 /// shareable walks, 40-bit IPS.
 pub const TCR_EL1: u64 = 25
@@ -86,8 +86,9 @@ pub const TCR_EL1: u64 = 25
 pub const TCR_EPD0: u64 = 1 << 7;
 /// SCTLR_EL1: RES1 bits, M, C, I.
 pub const SCTLR_EL1: u64 = 0x30d0_0800 | 1 | (1 << 2) | (1 << 12);
-/// 1 GiB block descriptors: AF, attr index, valid block.
-pub const BLOCK_DEVICE: u64 = (1 << 10) | (0 << 2) | 1 | (1 << 53) | (1 << 54);
+/// 1 GiB block descriptors: AF, attr index (0 for device), valid block; device memory
+/// is never executable (PXN, UXN).
+pub const BLOCK_DEVICE: u64 = (1 << 10) | 1 | (1 << 53) | (1 << 54);
 pub const BLOCK_NORMAL: u64 = (1 << 10) | (3 << 8) | (1 << 2) | 1;
 pub const RAM_BASE: u64 = 0x4000_0000;
 

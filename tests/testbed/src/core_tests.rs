@@ -157,8 +157,7 @@ pub fn thousand_vms(vmm: &Core) -> Result<String, String> {
 pub fn unload(vmm: Core) -> Result<(), String> {
     vmm.shutdown().map_err(|e| format!("shutdown: {e:?}"))?;
     host::mark_down();
-    let h = vmm.into_host().map_err(|_| "vmm still up")?;
-    drop(h);
+    vmm.into_host().map_err(|_| "vmm still up")?;
     host::release();
     Ok(())
 }

@@ -209,7 +209,7 @@ impl Host for TestbedHost {
     type Timer = Timer;
 
     fn alloc_contig(&self, len: usize, align: usize) -> KResult<PhysMem> {
-        if len == 0 || len % PAGE as usize != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE as usize) {
             return Err(Errno::EINVAL);
         }
         let pa = mm::alloc_pages_aligned(len / PAGE as usize, align.max(PAGE as usize) as u64)
@@ -231,7 +231,9 @@ impl Host for TestbedHost {
 
     fn va_to_pa(&self, va: *const u8) -> Option<u64> {
         let v = va as u64;
-        (v >= KBASE + RAM_START && v < KBASE + RAM_END).then(|| va_to_pa(v))
+        (KBASE + RAM_START..KBASE + RAM_END)
+            .contains(&v)
+            .then(|| va_to_pa(v))
     }
 
     fn map_el2(&self, pa: u64, len: usize) -> KResult<()> {

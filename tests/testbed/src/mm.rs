@@ -74,7 +74,7 @@ pub fn alloc_pages_aligned(n: usize, align: u64) -> Option<u64> {
         let mut run = 0;
         let mut i = start;
         while i < NPAGES {
-            if run == 0 && i % step != 0 {
+            if run == 0 && !i.is_multiple_of(step) {
                 // RAM_START is 1 GiB aligned, so index alignment is address alignment.
                 i += 1;
                 continue;

@@ -319,7 +319,7 @@ fn hvc_imm(esr: u64) -> Option<u32> {
 }
 
 fn run_hvc_loop(n: u64) -> Result<String, String> {
-    let vm = TestVm::new(HVC_LOOP, GUEST_PAGES).ok_or("cannot create VM")?;
+    let mut vm = TestVm::new(HVC_LOOP, GUEST_PAGES).ok_or("cannot create VM")?;
     let c = vm.ctx();
     c.x[0] = n;
     let mut exits = 0u64;
@@ -404,7 +404,7 @@ fn enter_with_host_fp(ctx_pa: u64, pin: &FpBuf, pout: &mut FpBuf) -> u64 {
 }
 
 fn fp_guest(iterations: u64) -> u64 {
-    let Some(vm) = TestVm::new(FP_GPR, GUEST_PAGES) else {
+    let Some(mut vm) = TestVm::new(FP_GPR, GUEST_PAGES) else {
         return 1;
     };
     vm.ctx().x[0] = iterations;
@@ -511,7 +511,7 @@ fn emulate_mmio(c: &mut vmm_sys::hyp::VcpuContext, value: u64) -> Result<(bool, 
 }
 
 fn run_mmio() -> Result<String, String> {
-    let vm = TestVm::new(MMIO, GUEST_PAGES).ok_or("cannot create VM")?;
+    let mut vm = TestVm::new(MMIO, GUEST_PAGES).ok_or("cannot create VM")?;
     let (mut reads, mut writes) = (0u32, 0u32);
     let mut sizes = [0u32; 4];
     loop {
@@ -556,7 +556,7 @@ fn run_mmio() -> Result<String, String> {
 }
 
 fn run_sysreg() -> Result<String, String> {
-    let vm = TestVm::new(SYSREG, GUEST_PAGES).ok_or("cannot create VM")?;
+    let mut vm = TestVm::new(SYSREG, GUEST_PAGES).ok_or("cannot create VM")?;
     let mut oslar = None;
     let mut traps = 0;
     loop {
@@ -599,7 +599,7 @@ fn run_sysreg() -> Result<String, String> {
 }
 
 fn run_wfi() -> Result<String, String> {
-    let vm = TestVm::new(WFI, GUEST_PAGES).ok_or("cannot create VM")?;
+    let mut vm = TestVm::new(WFI, GUEST_PAGES).ok_or("cannot create VM")?;
     vm.run();
     let c = vm.ctx();
     let esr = c.exit.esr_el2;
@@ -622,7 +622,7 @@ fn run_wfi() -> Result<String, String> {
 }
 
 fn isolation_vm(marker: u64) -> Result<(), String> {
-    let vm = TestVm::new(ISOLATION, GUEST_PAGES).ok_or("cannot create VM")?;
+    let mut vm = TestVm::new(ISOLATION, GUEST_PAGES).ok_or("cannot create VM")?;
     vm.write_ram_u64(0x800, marker);
     let expect_ipas = [0x4000_0000u64, 0x8001_0000, 0x7f_ffff_f000];
     let mut faults = 0;
@@ -675,7 +675,7 @@ fn run_isolation() -> Result<String, String> {
 fn run_irq_exit() -> Result<String, String> {
     // The guest is one instruction, `b .`: its only way out is the interrupt.
     let spin = 0x1400_0000u32.to_le_bytes();
-    let vm = TestVm::new(&spin, 1).ok_or("cannot create VM")?;
+    let mut vm = TestVm::new(&spin, 1).ok_or("cannot create VM")?;
     let before = gic::count(0, gic::PPI_TIMER);
     timer::arm(timer::freq() / 200);
     let kind = vm.run();

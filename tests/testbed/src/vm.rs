@@ -68,7 +68,7 @@ impl TestVm {
         let vttbr = s2t.root | (vmid.max(1) << VTTBR_VMID_SHIFT);
         // SAFETY: barriers and I-cache maintenance for the code just copied in.
         unsafe { core::arch::asm!("dsb ish", "ic ialluis", "dsb ish", "isb") };
-        let vm = TestVm {
+        let mut vm = TestVm {
             _s2: s2t,
             ram_pa,
             ram_pages,
@@ -100,7 +100,7 @@ impl TestVm {
         Some(vm)
     }
 
-    pub fn ctx(&self) -> &mut VcpuContext {
+    pub fn ctx(&mut self) -> &mut VcpuContext {
         // SAFETY: the context page is owned by this VM and only touched by the CPU
         // that runs it (the caller), through the direct map.
         unsafe { &mut *(pa_to_va(self.ctx_pa) as *mut VcpuContext) }
