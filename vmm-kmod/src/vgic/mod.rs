@@ -25,6 +25,7 @@ use crate::errno::{Errno, KResult};
 use alloc::vec::Vec;
 use irq::{Irq, NO_OWNER, NO_TARGET};
 use vmm_sys::abi::VmVgicDescr;
+use vmm_sys::arm64::sysreg::{self, SysReg};
 use vmm_sys::hyp::ICH_LR_MAX;
 
 /// What VM_GET_VGIC_VERSION answers.
@@ -406,11 +407,27 @@ impl Vgic {
         self.sgi_write(vcpu, value, false)
     }
 
+    /// A trapped write to one of the SGI generation registers (EC 0x18 with
+    /// HCR_EL2.IMO/FMO set): ICC_SGI1R_EL1 generates SGIs of either group, ICC_SGI0R_EL1
+    /// and ICC_ASGI1R_EL1 (with one security state, an alias of SGI0R) group 0 ones, as
+    /// KVM. `None` for another register (not the vGIC's). Reads of these write-only
+    /// registers are UNDEFINED on hardware; the caller decides (KVM answers zero).
+    pub fn sysreg_write(&mut self, vcpu: usize, reg: SysReg, value: u64) -> Option<Kicks> {
+        if reg == sysreg::ICC_SGI1R_EL1 {
+            Some(self.sgi_write(vcpu, value, true))
+        } else if reg == sysreg::ICC_SGI0R_EL1 || reg == sysreg::ICC_ASGI1R_EL1 {
+            Some(self.sgi_write(vcpu, value, false))
+        } else {
+            None
+        }
+    }
+
     /// ICC_SGI{0,1}R_EL1: TargetList [15:0], Aff1 [23:16], INTID [27:24], Aff2
     /// [39:32], IRM [40], RS [47:44], Aff3 [55:48]. IRM = 1 targets every PE but the
     /// sender; otherwise the PEs with affinity Aff3.Aff2.Aff1.(RS * 16 + n) for each
-    /// TargetList bit n. An SGI reaches a target only if the target configured it in
-    /// the group the register generates (as KVM with GICD_CTLR.DS = 1).
+    /// TargetList bit n. With GICD_CTLR.DS = 1 a group 1 request (SGI1R) pends the SGI
+    /// whatever group the target gave it, a group 0 request only a group 0 SGI (KVM's
+    /// vgic_v3_dispatch_sgi).
     fn sgi_write(&mut self, vcpu: usize, value: u64, group1: bool) -> Kicks {
         let mut kicks = Kicks::default();
         if vcpu >= self.cpus.len() {
@@ -441,7 +458,7 @@ impl Vgic {
             let Some(irq) = c.private.get_mut(intid as usize) else {
                 continue;
             };
-            if irq.group1 != group1 {
+            if irq.group1 && !group1 {
                 continue;
             }
             irq.latch = true;

@@ -12,6 +12,7 @@ use super::lr::*;
 use super::redist::*;
 use super::*;
 use vmm_sys::abi::{VgicV3Regs, VmVgicDescr, VmVgicVersion};
+use vmm_sys::arm64::sysreg;
 use vmm_sys::hyp::VgicCpuRegs;
 
 const D: u64 = 0x2f00_0000;
@@ -1076,12 +1077,31 @@ fn sgi_targeting() {
         "Aff3"
     );
     assert_eq!((0..4).map(|c| pend(&mut g, c) & (1 << 9)).sum::<u64>(), 0);
-    // Group: SGI1R does not deliver an SGI its target configured as group 0.
+    // Groups (DS = 1): SGI0R and ASGI1R only pend group 0 SGIs; SGI1R pends either.
     wr(&mut g, 1, sgi_base(1) + GICD_IGROUPR, 4, 0xffff_fffe);
-    assert!(g.sgi1r_write(0, 0b10).is_empty());
-    assert_eq!(pend(&mut g, 1) & 1, 0);
+    assert!(g.sgi0r_write(0, (4 << 24) | 0b10).is_empty());
+    assert_eq!(
+        g.sysreg_write(0, sysreg::ICC_ASGI1R_EL1, (4 << 24) | 0b10),
+        Some(Kicks(0))
+    );
+    assert_eq!(
+        pend(&mut g, 1) & (1 << 4),
+        0,
+        "group 1 SGI 4 untouched by group 0 requests"
+    );
     assert_eq!(g.sgi0r_write(0, 0b10), Kicks(0b10));
     assert_eq!(pend(&mut g, 1) & 1, 1);
+    wr(&mut g, 1, sgi_base(1) + GICD_ICPENDR, 4, 1);
+    assert_eq!(
+        g.sysreg_write(0, sysreg::ICC_SGI1R_EL1, 0b10),
+        Some(Kicks(0b10))
+    );
+    assert_eq!(pend(&mut g, 1) & 1, 1, "SGI1R reaches a group 0 SGI");
+    assert_eq!(
+        g.sysreg_write(0, sysreg::ICC_SGI1R_EL1, (4 << 24) | 0b10),
+        Some(Kicks(0b10))
+    );
+    assert_eq!(g.sysreg_write(0, sysreg::MIDR_EL1, 0b10), None);
     // A disabled SGI latches without a kick; an unknown sender does nothing.
     wr(&mut g, 3, sgi_base(3) + GICD_ICENABLER, 4, 1 << 11);
     assert!(g.sgi1r_write(0, (11 << 24) | 0b1000).is_empty());
@@ -1091,8 +1111,10 @@ fn sgi_targeting() {
     let mut regs = regs();
     g.flush(1, &mut regs);
     let ids: Vec<u32> = regs.ich_lr_el2[..4].iter().map(|&l| lr_intid(l)).collect();
-    assert_eq!(ids, [0, 5, 7, 0]);
-    assert_eq!(regs.ich_lr_el2[3], 0);
+    assert_eq!(ids, [0, 4, 5, 7]);
+    assert!(regs.ich_lr_el2[..4]
+        .iter()
+        .all(|&l| lr_state(l) == 1 && l & LR_EOI == 0));
     assert_eq!(
         regs.ich_lr_el2[0] & LR_GROUP1,
         0,
