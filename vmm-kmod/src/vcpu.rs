@@ -16,6 +16,11 @@ const _: () = assert!(core::mem::size_of::<VcpuContext>() <= PAGE_SIZE);
 pub const SCTLR_EL1_RESET: u64 =
     (1 << 11) | (1 << 20) | (1 << 22) | (1 << 23) | (1 << 28) | (1 << 29);
 
+/// SCTLR_EL1.SPAN: 0 = set PSTATE.PAN on taking an exception to EL1.
+const SCTLR_EL1_SPAN: u64 = 1 << 23;
+/// PSTATE.PAN (SPSR bit 22).
+const PSTATE_PAN: u64 = 1 << 22;
+
 /// HCR_EL2 for a guest (FreeBSD's vmm_reset.c set, plus TSC and TIDCP):
 /// * VM: stage 2 on. SWIO: set/way invalidates become clean+invalidate.
 /// * FMO, IMO, AMO: physical FIQ/IRQ/SError go to EL2 (the host), virtual ones to the guest.
@@ -61,6 +66,9 @@ pub struct VcpuInit {
     pub vttbr: u64,
     pub cntvoff: u64,
     pub midr: u64,
+    /// The guest sees FEAT_PAN (ID_AA64MMFR1_EL1.PAN != 0): exception entry may set
+    /// PSTATE.PAN.
+    pub has_pan: bool,
 }
 
 pub struct Vcpu {
@@ -252,7 +260,8 @@ impl Vcpu {
         let load = self.pending_load.take();
         if let Some((esr, far)) = self.pending_exception.take() {
             self.pending_advance = 0;
-            deliver_exception(self.ctx(), esr, far);
+            let pan = self.init.has_pan;
+            deliver_exception(self.ctx(), esr, far, pan);
         } else if self.pending_advance != 0 {
             if let Some(da) = load {
                 let raw = self.get_x(da.srt);
@@ -270,8 +279,9 @@ impl Vcpu {
 /// set, ELR_EL1 = the PC, SPSR_EL1 = PSTATE, PC = VBAR_EL1 + the vector offset for where
 /// the exception came from (current EL with SP_EL0: 0x000, current EL with SP_ELx:
 /// 0x200, lower EL AArch64: 0x400, lower EL AArch32: 0x600), PSTATE = EL1h with DAIF
-/// masked (NZCV kept).
-pub fn deliver_exception(c: &mut VcpuContext, esr: u64, far: u64) {
+/// masked, NZCV kept, and PAN set when the guest has FEAT_PAN and SCTLR_EL1.SPAN is 0
+/// (SS, IL, UAO and the rest cleared, as on a real exception entry).
+pub fn deliver_exception(c: &mut VcpuContext, esr: u64, far: u64, has_pan: bool) {
     c.el1.esr_el1 = esr;
     c.el1.far_el1 = far;
     c.el1.elr_el1 = c.pc;
@@ -287,7 +297,12 @@ pub fn deliver_exception(c: &mut VcpuContext, esr: u64, far: u64) {
         }
     };
     c.pc = c.el1.vbar_el1.wrapping_add(offset);
-    c.pstate = (c.pstate & 0xf000_0000) | pstate::DAIF | pstate::M_EL1H;
+    let pan = if has_pan && c.el1.sctlr_el1 & SCTLR_EL1_SPAN == 0 {
+        PSTATE_PAN
+    } else {
+        c.pstate & PSTATE_PAN
+    };
+    c.pstate = (c.pstate & 0xf000_0000) | pstate::DAIF | pstate::M_EL1H | pan;
 }
 
 /// Whether the guest was at EL0 when it exited (for choosing the "lower EL" classes).

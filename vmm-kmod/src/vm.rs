@@ -65,6 +65,7 @@ pub struct Vm<H: Host> {
     /// count starts near zero (FreeBSD's vtimer_vminit).
     pub cntvoff: u64,
     pub midr: u64,
+    pub has_pan: bool,
     pub mem: Mutex<H::Mutex, VmMem>,
     pub cfg: Mutex<H::Mutex, VmCfg>,
     pub vcpus: Vec<VcpuSlot<H>>,
@@ -85,7 +86,14 @@ pub fn bit(id: u32) -> u32 {
 }
 
 impl<H: Host> Vm<H> {
-    pub fn new(host: &H, name: &[u8], vmid: u16, geom: S2Geometry, midr: u64) -> KResult<Vm<H>> {
+    pub fn new(
+        host: &H,
+        name: &[u8],
+        vmid: u16,
+        geom: S2Geometry,
+        midr: u64,
+        has_pan: bool,
+    ) -> KResult<Vm<H>> {
         let mut n = Vec::new();
         n.try_reserve_exact(name.len()).map_err(|_| Errno::ENOMEM)?;
         n.extend_from_slice(name);
@@ -107,6 +115,7 @@ impl<H: Host> Vm<H> {
             vttbr,
             cntvoff: host.counter(),
             midr,
+            has_pan,
             mem: Mutex::new(VmMem::new(s2)),
             cfg: Mutex::new(VmCfg {
                 topology: VmCpuTopology {
@@ -163,6 +172,7 @@ impl<H: Host> Vm<H> {
                 vttbr: self.vttbr,
                 cntvoff: self.cntvoff,
                 midr: self.midr,
+                has_pan: self.has_pan,
             };
             *g = Some(Vcpu::new(host, init)?);
         }

@@ -190,12 +190,14 @@ impl<H: Host> Vmm<H> {
         }
         reg.vms.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
         let vmid = reg.vmids.alloc().ok_or(Errno::ENOSPC)?;
+        let has_pan = (self.ids.mmfr1 >> 20) & 0xf != 0;
         match Vm::new(
             &self.host,
             name,
             vmid,
             self.cfg.s2,
             self.params.id_regs.midr,
+            has_pan,
         ) {
             Ok(vm) => {
                 reg.vms.push(Arc::new(vm));

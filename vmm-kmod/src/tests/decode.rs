@@ -272,7 +272,7 @@ fn exception_delivery_vectors() {
         c.pc = 0x4000_1000;
         c.pstate = 0x6000_0000 | mode;
         c.el1.vbar_el1 = 0xffff_0000_0010_0000;
-        deliver_exception(&mut c, esr::ESR_UNDEFINED, 0x1234);
+        deliver_exception(&mut c, esr::ESR_UNDEFINED, 0x1234, false);
         assert_eq!(c.pc, 0xffff_0000_0010_0000 + off, "mode {mode:#x}");
         assert_eq!(c.el1.elr_el1, 0x4000_1000);
         assert_eq!(c.el1.spsr_el1, 0x6000_0000 | mode);
@@ -280,6 +280,31 @@ fn exception_delivery_vectors() {
         assert_eq!(c.el1.far_el1, 0x1234);
         assert_eq!(c.pstate, 0x6000_0000 | pstate::DAIF | pstate::M_EL1H);
     }
+}
+
+#[test]
+fn exception_entry_sets_pan_as_the_guest_configured() {
+    let mut c = VcpuContext {
+        pstate: 0x3c5,
+        ..Default::default()
+    };
+    // FEAT_PAN and SCTLR_EL1.SPAN = 0: PAN set.
+    c.el1.sctlr_el1 = 0;
+    deliver_exception(&mut c, 0, 0, true);
+    assert_ne!(c.pstate & (1 << 22), 0);
+    // SPAN = 1: PAN unchanged (here clear).
+    c.pstate = 0x3c5;
+    c.el1.sctlr_el1 = 1 << 23;
+    deliver_exception(&mut c, 0, 0, true);
+    assert_eq!(c.pstate & (1 << 22), 0);
+    // No FEAT_PAN: never set.
+    c.el1.sctlr_el1 = 0;
+    deliver_exception(&mut c, 0, 0, false);
+    assert_eq!(c.pstate & (1 << 22), 0);
+    // UAO and SS are cleared by the entry.
+    c.pstate = 0x3c5 | (1 << 23) | (1 << 21);
+    deliver_exception(&mut c, 0, 0, false);
+    assert_eq!(c.pstate, 0x3c5);
 }
 
 #[test]
