@@ -449,6 +449,50 @@ fn libc_eio() -> i32 {
     5
 }
 
+/// A kernel that refuses MPIDR_EL1 in VM_SET_REGISTER, as FreeBSD 15's vmm.ko does
+/// (it assigns each vCPU's MPIDR itself).
+#[derive(Debug)]
+struct NoMpidr(Arc<FakeVmm>);
+
+impl Backend for NoMpidr {
+    fn name(&self) -> &'static str {
+        "no-mpidr"
+    }
+    fn execute(&self, req: &mut Request) -> Result<(), BackendError> {
+        let mpidr = (Reg::MpidrEl1.number() as i32).to_ne_bytes();
+        if req.cmd == vmm_sys::ioctl::VM_SET_REGISTER && req.arg[4..8] == mpidr {
+            return Err(BackendError::Errno(libc::EINVAL));
+        }
+        self.0.execute(req)
+    }
+    fn map_memory(
+        &self,
+        vm: &str,
+        gpa: u64,
+        len: usize,
+    ) -> Result<libvmmapi::Mapping, BackendError> {
+        self.0.map_memory(vm, gpa, len)
+    }
+}
+
+#[test]
+fn loads_on_a_kernel_that_assigns_mpidr_itself() {
+    let d = tmpdir();
+    let kernel = write(&d, "Image", &image(0, 2 * MIB, 2, 100));
+    let fake = FakeVmm::new();
+    let backend: Arc<dyn Backend> = Arc::new(NoMpidr(fake.clone()));
+    let (_, outcome) = run(backend, &["-k", &kernel, "-c", "2", "upstream"]).unwrap();
+    assert_eq!(outcome, Outcome::Created);
+    assert_eq!(fake.reg("upstream", 0, Reg::Pc), BASE);
+    // Any other refusal still fails the load.
+    let backend: Arc<dyn Backend> = Arc::new(FailOn {
+        inner: fake.clone(),
+        cmd: vmm_sys::ioctl::VM_SET_REGISTER,
+    });
+    assert!(run(backend, &["-k", &kernel, "other"]).is_err());
+    std::fs::remove_dir_all(d).ok();
+}
+
 #[test]
 fn a_vm_this_run_created_is_destroyed_when_loading_fails() {
     let d = tmpdir();
