@@ -688,3 +688,32 @@ fn two_vms_have_their_own_tables_and_vmids() {
         "nothing past a's RAM"
     );
 }
+
+#[test]
+fn unload_waits_for_a_destroy_in_progress() {
+    let v = guest();
+    // The guest stays in for 300 ms (the fake cannot interrupt a scripted step), so the
+    // destroy below has to wait for it.
+    v.host().push(hvc().with(|c| {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        c.pc += 4;
+    }));
+    std::thread::scope(|s| {
+        let runner = s.spawn(|| run(&v, "g", 0));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let destroyer = s.spawn(|| destroy(&v, "g"));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(v.vm_count(), 0, "unlisted at once");
+        assert_eq!(
+            v.shutdown(),
+            Err(Errno::EBUSY),
+            "its VMID and tables are still live"
+        );
+        assert_eq!(create(&v, "g"), Ok(()), "the name is free again");
+        destroy(&v, "g").unwrap();
+        runner.join().unwrap().unwrap();
+        destroyer.join().unwrap().unwrap();
+    });
+    v.shutdown().unwrap();
+    assert_eq!(v.host().pages_in_use(), 0);
+}
