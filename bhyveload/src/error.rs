@@ -10,12 +10,11 @@ use crate::kernel::KernelError;
 use crate::placement::PlaceError;
 use crate::userdtb::DtbError;
 
-/// An io::Error without Rust's " (os error N)" tail.
+/// An io::Error without Rust's " (os error N)" tail (libvmmapi's `errno_text`).
 pub fn io_text(e: &io::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" (os error ") {
-        Some(i) => s[..i].to_string(),
-        None => s,
+    match e.raw_os_error() {
+        Some(errno) => libvmmapi::error::errno_text(errno),
+        None => e.to_string(),
     }
 }
 
