@@ -43,6 +43,8 @@ pub const IIDR: u32 = (0x42 << 24) | 0x43b;
 pub const PIDR2: u32 = 0x3b;
 /// GICD_TYPER.IDbits: INTIDs are 10 bits (no LPIs), encoded minus one.
 const TYPER_IDBITS: u32 = 9 << 19;
+/// GICD_TYPER.MBIS: message-based SPIs through GICD_SETSPI_NSR/CLRSPI_NSR.
+const TYPER_MBIS: u32 = 1 << 16;
 /// SETSPI/CLRSPI: the INTID field.
 pub const SETSPI_INTID_MASK: u64 = 0x1fff;
 /// The GICD_IROUTER bits that hold state (Aff3, IRM, Aff2..Aff0).
@@ -200,7 +202,7 @@ impl Vgic {
                 let cpus = u32::try_from(self.cpus.len().clamp(1, 8))
                     .unwrap_or(1)
                     .saturating_sub(1);
-                u64::from(lines | (cpus << 5) | TYPER_IDBITS)
+                u64::from(lines | (cpus << 5) | TYPER_MBIS | TYPER_IDBITS)
             }
             GICD_IIDR if word_ok(off, size) => u64::from(IIDR),
             GICD_PIDR2 if word_ok(off, size) => u64::from(PIDR2),
