@@ -395,6 +395,14 @@ impl<H: Host> Vmm<H> {
                 return Ok(Next::Reenter);
             }
         }
+        if a.kind == FaultKind::Permission {
+            // Permission faults come only from valid entries, which only guest RAM maps:
+            // the IPA is not a mapping's, so HPFAR did not hold it (Armv8.0 leaves it
+            // UNKNOWN for permission faults unless EL2 translates FAR with AT). Never
+            // hand userspace an MMIO access at a made-up address.
+            vcpu.inject(exit::external_abort_esr(data, at_el0), a.far);
+            return Ok(Next::Reenter);
+        }
         if !data || a.s1ptw {
             // Instruction fetch from, or the guest's page-table walk through, something
             // that is not memory.

@@ -311,6 +311,18 @@ fn guest_ram_faults_stay_in_the_kernel() {
         en[4].el1.esr_el1,
         mk(ec::IABT_CUR, true, dabt::fsc::SYNC_EXTERNAL)
     );
+    // A permission fault whose IPA is no mapping's (HPFAR unknown): an abort, not MMIO.
+    v.host().push(Scripted::abort(
+        mk(ec::DABT_LOW, true, dabt::ISV | dabt::WNR | 0x0f),
+        MMIO,
+    ));
+    v.host().push(hvc());
+    assert_eq!(exitcode(&run(&v, "g", 0).unwrap().0), ExitCode::Smccc);
+    let en = entries(&v);
+    assert_eq!(
+        en[en.len() - 1].el1.esr_el1,
+        mk(ec::DABT_CUR, true, dabt::fsc::SYNC_EXTERNAL)
+    );
     // A guest that keeps retrying an access it gets aborts for is the guest's business.
     for _ in 0..70 {
         v.host()
