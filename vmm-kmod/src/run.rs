@@ -212,7 +212,10 @@ impl<H: Host> Vmm<H> {
         if vm.debug.load(Ordering::SeqCst) & bit(id) != 0 {
             return Some(exit_base(ExitCode::Debug, pc, 0));
         }
-        if slot.shared.kick.swap(false, Ordering::SeqCst) {
+        // Load first: the RMW costs more and the flag is almost always clear.
+        if slot.shared.kick.load(Ordering::Relaxed)
+            && slot.shared.kick.swap(false, Ordering::SeqCst)
+        {
             vcpu.stats.inc(Stat::Kicks);
             return Some(exit_base(ExitCode::Bogus, pc, 0));
         }
