@@ -352,4 +352,61 @@ mod tests {
         assert!(!g.has_pending(0));
         assert!(update_vgic(&mut g, 1, &e).is_err(), "no vCPU 1");
     }
+
+    /// The path a guest's timer tick takes: the timer fires, the exit's evaluation
+    /// pends PPI 27, the flush puts it in a list register with EOI maintenance, the
+    /// guest acknowledges it, reprograms CVAL and EOIs; the maintenance exit's
+    /// evaluation finds the line low and the next flush leaves nothing, with the new
+    /// deadline reported for a WFI sleep.
+    #[test]
+    fn timer_tick_round_trip() {
+        use crate::vgic::lr::{LR_ACTIVE, LR_EOI, LR_PENDING};
+        let mut g = Vgic::new(&[0x8000_0000], 0x2f00_0000, 0x2f10_0000, 3).unwrap();
+        let mut v = 0xffff_ffffu64;
+        g.mmio_access(0, 0x2f11_0080, 4, true, &mut v).unwrap();
+        v = 1 << 27;
+        g.mmio_access(0, 0x2f11_0100, 4, true, &mut v).unwrap();
+        v = 0x13;
+        g.mmio_access(0, 0x2f00_0000, 4, true, &mut v).unwrap();
+        let mut regs = vmm_sys::hyp::VgicCpuRegs {
+            ich_vmcr_el2: (0xf0 << 24) | 2,
+            ..Default::default()
+        };
+        let phys = PhysTimer::new();
+        // The guest armed its timer for virtual count 5000; CNTVOFF 1000.
+        let mut t = vt(CTL_ENABLE, 5000, 1000);
+        let e = evaluate(&t, &phys, 3000);
+        assert_eq!(e.deadline, Some(6000));
+        update_vgic(&mut g, 0, &e).unwrap();
+        g.flush(0, &mut regs);
+        assert_eq!(regs.ich_lr_el2[0], 0, "not due yet");
+        // It fires while the guest runs: the exit (EL1_IRQ) evaluates it.
+        g.sync(0, &regs);
+        let e = evaluate(&t, &phys, 6001);
+        assert!(e.virt_level);
+        assert_eq!(update_vgic(&mut g, 0, &e).unwrap().0, 1);
+        g.flush(0, &mut regs);
+        let lr = regs.ich_lr_el2[0];
+        assert_eq!(lr & 0xffff_ffff, 27);
+        assert_eq!(lr & (LR_PENDING | LR_ACTIVE | LR_EOI), LR_PENDING | LR_EOI);
+        // The guest takes it, writes a new CVAL and EOIs: EOI maintenance exit.
+        regs.ich_lr_el2[0] = (lr & !LR_PENDING) | LR_ACTIVE;
+        t.cntv_cval_el0 = 9000;
+        g.sync(0, &regs);
+        let e = evaluate(&t, &phys, 6100);
+        assert!(!e.virt_level);
+        assert_eq!(e.deadline, Some(10_000));
+        update_vgic(&mut g, 0, &e).unwrap();
+        g.flush(0, &mut regs);
+        assert_eq!(
+            regs.ich_lr_el2[0] & (LR_PENDING | LR_ACTIVE),
+            LR_ACTIVE,
+            "still active until the EOI"
+        );
+        regs.ich_lr_el2[0] &= !LR_ACTIVE;
+        g.sync(0, &regs);
+        g.flush(0, &mut regs);
+        assert_eq!(regs.ich_lr_el2[0], 0);
+        assert!(!g.has_pending(0));
+    }
 }
