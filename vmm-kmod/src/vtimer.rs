@@ -11,7 +11,7 @@
 //!   physical count is the host's (CNTPCT_EL0 is not offset; CNTHCTL_EL2.EL1PCTEN lets
 //!   the guest read it directly).
 //!
-//! Timer output (Arm ARM D11.2.4): the condition is met when the count >= CVAL
+//! Timer output (Arm ARM, the Generic Timer chapter): the condition is met when the count >= CVAL
 //! (CTL.ISTATUS shows it whenever ENABLE is set); the interrupt is asserted while
 //! ENABLE = 1, IMASK = 0 and the condition is met. TVAL is CVAL - count as a signed
 //! 32-bit value; writing it sets CVAL = count + sign-extended TVAL.

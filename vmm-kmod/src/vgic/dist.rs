@@ -1,5 +1,5 @@
 //! The distributor (GICD) register map, and the per-interrupt register blocks it
-//! shares with the redistributors' SGI_base frame (IHI 0069, 12.9 and 12.11).
+//! shares with the redistributors' SGI_base frame (GICv3 spec IHI 0069).
 //!
 //! Affinity routing is always on (GICD_CTLR.ARE RAO/WI) and the GIC has one security
 //! state (GICD_CTLR.DS RAO/WI), as KVM presents it. So the distributor's registers for

@@ -4,7 +4,7 @@
 //! input line is high *or* software made it pending (ISPENDR, SETSPI), and an
 //! edge-triggered one is pending when an edge was latched. Keeping the line and the
 //! latch apart lets a guest's deactivation of a level interrupt re-evaluate the line
-//! (GICv3 spec IHI 0069, 4.1 "interrupt lifecycle": a level interrupt whose line is
+//! (GICv3 spec IHI 0069, the interrupt state machine: a level interrupt whose line is
 //! still asserted becomes pending again).
 
 /// `owner` when the interrupt sits in no vCPU's list registers.

@@ -6,7 +6,7 @@
 //! and the next entry the state here is the only truth (KVM's ap_list model, without
 //! the list: the scan is over at most 32 private interrupts and `NR_SPIS` SPIs).
 //!
-//! ICH_LR<n>_EL2 (IHI 0069, 12.5.13): vINTID [31:0]; with HW = 0, bit 41 = EOI
+//! ICH_LR<n>_EL2 (IHI 0069): vINTID [31:0]; with HW = 0, bit 41 = EOI
 //! (maintenance interrupt when the guest deactivates it); Priority [55:48]; Group [60];
 //! HW [61]; State [63:62] (0 invalid, 1 pending, 2 active, 3 pending and active).
 

@@ -1,6 +1,6 @@
 //! The redistributors (GICR): per vCPU an RD_base frame (control, identification,
 //! power management) and an SGI_base frame 64 KiB above it (the SGIs' and PPIs'
-//! registers). IHI 0069, 12.10 and 12.11. No LPIs: GICR_CTLR.EnableLPIs, PROPBASER and
+//! registers), per IHI 0069. No LPIs: GICR_CTLR.EnableLPIs, PROPBASER and
 //! PENDBASER are RAZ/WI and GICR_TYPER.PLPIS is 0.
 
 use super::dist::{BitReg, IIDR, PIDR2};
