@@ -388,9 +388,12 @@ impl<H: Host> Vmm<H> {
         if set {
             self.host.copyin(req.regvals, &mut vals)?;
             vm.with_vcpu(&self.host, req.cpuid, |v| {
-                // Validate every number first: all or nothing.
-                for &n in &regnums {
-                    v.get_reg(n)?;
+                // Validate every number and value first: all or nothing.
+                for (&n, c) in regnums.iter().zip(vals.chunks_exact(8)) {
+                    crate::vcpu::Vcpu::check_set(
+                        n,
+                        u64::from_le_bytes(c.try_into().unwrap_or([0; 8])),
+                    )?;
                 }
                 for (&n, c) in regnums.iter().zip(vals.chunks_exact(8)) {
                     v.set_reg(n, u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))?;

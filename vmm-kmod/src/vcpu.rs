@@ -202,16 +202,33 @@ impl Vcpu {
         })
     }
 
+    /// Whether VM_SET_REGISTER may put `val` in register `regnum`: a known number, TCR2
+    /// only 0, and a PSTATE whose mode is one a guest may run in. The world switch
+    /// returns to the guest with ERET using this PSTATE as SPSR_EL2: a mode of EL2 would
+    /// run guest-chosen code at EL2, and AArch32 modes are not offered (ID_AA64PFR0 says
+    /// AArch64 only), so only EL0t, EL1t and EL1h are accepted.
+    pub fn check_set(regnum: i32, val: u64) -> KResult<()> {
+        if regnum == reg::VM_REG_LAST as i32 {
+            return Ok(());
+        }
+        match Reg::try_from(regnum).map_err(|_| Errno::EINVAL)? {
+            Reg::Tcr2El1 if val != 0 => Err(Errno::EINVAL),
+            Reg::Cpsr => match val & 0x1f {
+                pstate::M_EL0T | pstate::M_EL1T | pstate::M_EL1H => Ok(()),
+                _ => Err(Errno::EINVAL),
+            },
+            _ => Ok(()),
+        }
+    }
+
     /// VM_SET_REGISTER. Setting the PC cancels a pending advance past a trapped
     /// instruction (FreeBSD sets `nextpc` too). XZR (`VM_REG_LAST`) ignores writes.
     pub fn set_reg(&mut self, regnum: i32, val: u64) -> KResult<()> {
+        Self::check_set(regnum, val)?;
         if regnum == reg::VM_REG_LAST as i32 {
             return Ok(());
         }
         let r = Reg::try_from(regnum).map_err(|_| Errno::EINVAL)?;
-        if r == Reg::Tcr2El1 && val != 0 {
-            return Err(Errno::EINVAL);
-        }
         if r == Reg::Pc {
             self.pending_advance = 0;
             self.pending_load = None;

@@ -376,6 +376,15 @@ fn memory_maps() {
     destroy(&v, "m").unwrap();
 }
 
+/// A distinct, valid value for each register (PSTATE needs a guest mode).
+fn value_for(r: u32) -> u64 {
+    if r == reg::VM_REG_GUEST_CPSR {
+        0x2000_03c4
+    } else {
+        0x1000 + u64::from(r)
+    }
+}
+
 #[test]
 fn registers() {
     let v = vmm();
@@ -384,13 +393,13 @@ fn registers() {
         if r == reg::VM_REG_GUEST_TCR2_EL1 {
             continue;
         }
-        set_reg(&v, "r", 3, r, 0x1000 + u64::from(r)).unwrap();
+        set_reg(&v, "r", 3, r, value_for(r)).unwrap();
     }
     for r in 0..reg::VM_REG_LAST {
         let want = if r == reg::VM_REG_GUEST_TCR2_EL1 {
             0
         } else {
-            0x1000 + u64::from(r)
+            value_for(r)
         };
         assert_eq!(get_reg(&v, "r", 3, r).unwrap(), want, "register {r}");
     }
@@ -398,6 +407,18 @@ fn registers() {
         set_reg(&v, "r", 3, reg::VM_REG_GUEST_TCR2_EL1, 1),
         Err(Errno::EINVAL)
     );
+    // PSTATE: only EL0t, EL1t, EL1h; never EL2 (guest code at EL2) or AArch32.
+    for bad in [0x3c9u64, 0x3c8, 0x3cd, 0x3c6, 0x3d0, 0x3d3, 0x1f] {
+        assert_eq!(
+            set_reg(&v, "r", 3, reg::VM_REG_GUEST_CPSR, bad),
+            Err(Errno::EINVAL),
+            "{bad:#x}"
+        );
+    }
+    for good in [0x3c5u64, 0x3c4, 0x0, 0x6000_03c5] {
+        set_reg(&v, "r", 3, reg::VM_REG_GUEST_CPSR, good).unwrap();
+        assert_eq!(get_reg(&v, "r", 3, reg::VM_REG_GUEST_CPSR).unwrap(), good);
+    }
     // Register 40 is XZR: reads zero, writes vanish.
     set_reg(&v, "r", 3, reg::VM_REG_LAST, 77).unwrap();
     assert_eq!(get_reg(&v, "r", 3, reg::VM_REG_LAST).unwrap(), 0);
@@ -433,8 +454,9 @@ fn register_sets() {
     );
     h.user_write(
         vals,
-        &(1..=6u64)
-            .flat_map(|x| (x * 0x111).to_le_bytes())
+        &[0x111u64, 0x222, 0x333, 0x444, 0x555, 0x3c5]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
             .collect::<Vec<_>>(),
     );
     let mut req = VmRegisterSet {
@@ -445,7 +467,7 @@ fn register_sets() {
     };
     vmio(&v, "s", ioctl::VM_SET_REGISTER_SET, &mut req).unwrap();
     assert_eq!(get_reg(&v, "s", 0, 31).unwrap(), 4 * 0x111, "sp");
-    assert_eq!(get_reg(&v, "s", 0, 33).unwrap(), 6 * 0x111, "cpsr");
+    assert_eq!(get_reg(&v, "s", 0, 33).unwrap(), 0x3c5, "cpsr");
     let out = h.user_alloc(8 * 6);
     let mut g = VmRegisterSet {
         cpuid: 0,
@@ -472,6 +494,26 @@ fn register_sets() {
         vmio(&v, "s", ioctl::VM_SET_REGISTER_SET, &mut req),
         Err(Errno::EFAULT)
     );
+    // A PSTATE naming EL2 in the set: refused before anything is written.
+    let evil = h.user_alloc(8 * 6);
+    h.user_write(
+        evil,
+        &[7u64, 7, 7, 7, 7, 0x3c9]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let mut e = VmRegisterSet {
+        cpuid: 0,
+        count: 6,
+        regnums: nums,
+        regvals: evil,
+    };
+    assert_eq!(
+        vmio(&v, "s", ioctl::VM_SET_REGISTER_SET, &mut e),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(get_reg(&v, "s", 0, 0).unwrap(), 0x111);
     h.user_write(nums, &[0, 0, 0, 0, 99, 0, 0, 0]);
     req.regnums = nums;
     req.count = 2;
