@@ -22,7 +22,7 @@
 use crate::errno::KResult;
 use crate::vgic::{Kicks, Vgic};
 use vmm_sys::arm64::sysreg::{self, SysReg};
-use vmm_sys::hyp::VtimerRegs;
+use vmm_sys::hyp::{VcpuContext, VtimerRegs};
 
 /// CNTx_CTL_EL0 bits.
 pub const CTL_ENABLE: u64 = 1 << 0;
@@ -187,6 +187,24 @@ pub fn update_vgic(vgic: &mut Vgic, vcpu: usize, e: &TimerEval) -> KResult<Kicks
     let mut k = vgic.set_ppi_level(vcpu, VIRT_TIMER_INTID, e.virt_level)?;
     k.merge(vgic.set_ppi_level(vcpu, PHYS_TIMER_INTID, e.phys_level)?);
     Ok(k)
+}
+
+/// Everything the vGIC and the timers need after vCPU `vcpu` exits, in one call: the
+/// list registers folded back ([`Vgic::sync`]), both timers evaluated at host count
+/// `now` and their PPIs driven. Returns the vCPUs to notify (possibly `vcpu` itself)
+/// and the timers' state (for the WFI sleep deadline and the physical timer's host
+/// timer). `EINVAL` for a vCPU the vGIC does not have.
+pub fn after_exit(
+    vgic: &mut Vgic,
+    vcpu: usize,
+    ctx: &VcpuContext,
+    phys: &PhysTimer,
+    now: u64,
+) -> KResult<(Kicks, TimerEval)> {
+    let mut k = vgic.sync(vcpu, &ctx.vgic);
+    let e = evaluate(&ctx.timer, phys, now);
+    k.merge(update_vgic(vgic, vcpu, &e)?);
+    Ok((k, e))
 }
 
 #[cfg(test)]
@@ -408,5 +426,43 @@ mod tests {
         g.flush(0, &mut regs);
         assert_eq!(regs.ich_lr_el2[0], 0);
         assert!(!g.has_pending(0));
+    }
+
+    #[test]
+    fn after_exit_syncs_and_drives_the_ppis() {
+        use crate::vgic::lr::{LR_ACTIVE, LR_PENDING};
+        let mut g = Vgic::new(&[0x8000_0000, 0x8000_0001], 0x2f00_0000, 0x2f10_0000, 3).unwrap();
+        let mut v = 0xffff_ffffu64;
+        g.mmio_access(1, 0x2f13_0080, 4, true, &mut v).unwrap();
+        v = (1 << 27) | (1 << 30);
+        g.mmio_access(1, 0x2f13_0100, 4, true, &mut v).unwrap();
+        v = 2;
+        g.mmio_access(1, 0x2f00_0000, 4, true, &mut v).unwrap();
+        let mut ctx = VcpuContext::default();
+        ctx.vgic.ich_vmcr_el2 = (0xf0 << 24) | 2;
+        ctx.timer = vt(CTL_ENABLE, 100, 0);
+        let mut phys = PhysTimer::new();
+        phys.write_cval(50);
+        phys.write_ctl(CTL_ENABLE);
+        // Before either is due: nothing, the virtual deadline first.
+        let (k, e) = after_exit(&mut g, 1, &ctx, &phys, 10).unwrap();
+        assert!(k.is_empty());
+        assert_eq!((e.deadline, e.phys_deadline), (Some(50), Some(50)));
+        let (k, e) = after_exit(&mut g, 1, &ctx, &phys, 60).unwrap();
+        assert_eq!(k.0, 1 << 1, "PPI 30 for vCPU 1");
+        assert_eq!(e.deadline, Some(100));
+        g.flush(1, &mut ctx.vgic);
+        assert_eq!(ctx.vgic.ich_lr_el2[0] & 0xffff_ffff, 30);
+        // The guest acknowledges it; the virtual timer fires too.
+        ctx.vgic.ich_lr_el2[0] = (ctx.vgic.ich_lr_el2[0] & !LR_PENDING) | LR_ACTIVE;
+        let (k, _) = after_exit(&mut g, 1, &ctx, &phys, 200).unwrap();
+        assert_eq!(k.0, 1 << 1);
+        g.flush(1, &mut ctx.vgic);
+        let ids: Vec<u64> = ctx.vgic.ich_lr_el2[..2]
+            .iter()
+            .map(|l| l & 0xffff_ffff)
+            .collect();
+        assert_eq!(ids, [30, 27], "the active one first");
+        assert!(after_exit(&mut g, 2, &ctx, &phys, 0).is_err());
     }
 }
