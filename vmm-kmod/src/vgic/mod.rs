@@ -397,12 +397,13 @@ impl Vgic {
         Ok(k)
     }
 
-    /// A trapped write of `value` to ICC_SGI1R_EL1 by vCPU `vcpu`: Group 1 SGIs.
+    /// A trapped write of `value` to ICC_SGI1R_EL1 by vCPU `vcpu` (a group 1 request,
+    /// which with DS = 1 pends SGIs of either group; see `sysreg_write`).
     pub fn sgi1r_write(&mut self, vcpu: usize, value: u64) -> Kicks {
         self.sgi_write(vcpu, value, true)
     }
 
-    /// A trapped write to ICC_SGI0R_EL1: Group 0 SGIs.
+    /// A trapped write to ICC_SGI0R_EL1: group 0 SGIs only.
     pub fn sgi0r_write(&mut self, vcpu: usize, value: u64) -> Kicks {
         self.sgi_write(vcpu, value, false)
     }
