@@ -71,6 +71,19 @@ impl Vgic {
             return;
         };
         let nr = self.nr_lrs;
+        let epoch = self.epoch;
+        if self
+            .cpus
+            .get(vcpu)
+            .is_some_and(|c| c.idle_epoch == Some(epoch))
+        {
+            // Nothing changed since a flush that found nothing: same answer.
+            for lr in regs.ich_lr_el2.iter_mut() {
+                *lr = 0;
+            }
+            regs.ich_hcr_el2 = HCR_EN;
+            return;
+        }
         let grp0_on = self.ctlr & 1 != 0;
         let grp1_on = self.ctlr & 2 != 0;
         let wanted = |intid: u32, i: &Irq| {
@@ -166,6 +179,7 @@ impl Vgic {
         if let Some(c) = self.cpus.get_mut(vcpu) {
             c.lr_intid = lr_intid;
             c.lr_used = len;
+            c.idle_epoch = (total == 0).then_some(epoch);
         }
     }
 
@@ -185,6 +199,9 @@ impl Vgic {
         c.vmcr = regs.ich_vmcr_el2;
         let used = core::mem::take(&mut c.lr_used);
         let intids = c.lr_intid;
+        if used != 0 {
+            self.touch();
+        }
         for (&intid, &lr) in intids.iter().zip(regs.ich_lr_el2.iter()).take(used) {
             let Some(i) = self.irq_mut(vcpu, intid) else {
                 continue;

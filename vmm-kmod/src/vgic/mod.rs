@@ -106,6 +106,9 @@ struct Cpu {
     lr_used: usize,
     /// ICH_VMCR_EL2 as of the last exit (the guest's PMR and group enables).
     vmcr: u64,
+    /// The `Vgic::epoch` at which `flush` last found nothing to put in a list register:
+    /// until the state changes, the next flush can skip the scan.
+    idle_epoch: Option<u64>,
 }
 
 impl Cpu {
@@ -122,6 +125,7 @@ impl Cpu {
             lr_intid: [0; ICH_LR_MAX],
             lr_used: 0,
             vmcr: 0,
+            idle_epoch: None,
         }
     }
 }
@@ -137,6 +141,11 @@ pub struct Vgic {
     ctlr: u32,
     spis: Vec<Spi>,
     cpus: Vec<Cpu>,
+    /// Bumped by every change that could give some vCPU something to see (register
+    /// writes, injections, folded list registers): `flush` skips its scan for a vCPU
+    /// that was idle at the current epoch. Every exit pays a flush, so the common
+    /// case (nothing pending anywhere) must cost next to nothing.
+    epoch: u64,
 }
 
 /// The affinity fields of an MPIDR or IROUTER: Aff3 [39:32], Aff2..Aff0 [23:0].
@@ -230,6 +239,7 @@ impl Vgic {
             ctlr: 0,
             spis: Vec::new(),
             cpus: mpidrs.iter().map(|&m| Cpu::new(m)).collect(),
+            epoch: 0,
         };
         v.reset();
         Ok(v)
@@ -255,6 +265,7 @@ impl Vgic {
     /// Returns every interrupt and redistributor to its reset state (VM_REINIT keeps
     /// the vGIC attached at the same windows).
     pub fn reset(&mut self) {
+        self.touch();
         self.ctlr = 0;
         self.spis.clear();
         let spi = Spi {
@@ -326,6 +337,9 @@ impl Vgic {
             return Some(Kicks::default());
         }
         let mut kicks = Kicks::default();
+        if write {
+            self.touch();
+        }
         match access {
             (None, off) => {
                 if write {
@@ -363,7 +377,11 @@ impl Vgic {
 
     fn set_spi_level(&mut self, intid: u32, level: bool) -> KResult<Kicks> {
         let s = self.spi_mut(intid).ok_or(Errno::EINVAL)?;
+        let before = s.irq;
         s.irq.set_level(level);
+        if s.irq != before {
+            self.touch();
+        }
         let mut k = Kicks::default();
         self.note(&mut k, 0, intid);
         Ok(k)
@@ -376,7 +394,12 @@ impl Vgic {
             return Err(Errno::EINVAL);
         }
         let irq = self.irq_mut(vcpu, intid).ok_or(Errno::EINVAL)?;
+        let before = *irq;
         irq.set_level(level);
+        // The timers drive their PPIs after every exit: only a change costs a scan.
+        if *irq != before {
+            self.touch();
+        }
         let mut k = Kicks::default();
         self.note(&mut k, vcpu, intid);
         Ok(k)
@@ -392,6 +415,7 @@ impl Vgic {
         let intid = u32::try_from(data & dist::SETSPI_INTID_MASK).map_err(|_| Errno::EINVAL)?;
         let s = self.spi_mut(intid).ok_or(Errno::EINVAL)?;
         s.irq.latch = true;
+        self.touch();
         let mut k = Kicks::default();
         self.note(&mut k, 0, intid);
         Ok(k)
@@ -434,6 +458,7 @@ impl Vgic {
         if vcpu >= self.cpus.len() {
             return kicks;
         }
+        self.touch();
         let intid = ((value >> 24) & 0xf) as u32;
         let irm = value & (1 << 40) != 0;
         let target_list = value & 0xffff;
@@ -495,6 +520,11 @@ impl Vgic {
     }
 
     // --- Internals -------------------------------------------------------------------
+
+    /// Records a state change (see `epoch`).
+    fn touch(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+    }
 
     fn spi_index(intid: u32) -> Option<usize> {
         let i = intid.checked_sub(SPI_BASE)?;

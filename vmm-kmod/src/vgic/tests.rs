@@ -1299,3 +1299,126 @@ fn no_offset_size_or_value_panics() {
         }
     }
 }
+
+/// The flush fast path (skip the scan while nothing changed since an idle flush) must
+/// give exactly what a full scan gives, whatever happens in between: random guest
+/// register writes, injections, SGIs and guest acknowledges/EOIs, each followed by a
+/// flush compared with one on a clone that forgot it was idle.
+#[test]
+fn idle_fast_path_matches_a_full_scan() {
+    let mut rng = XorShift(0x1234_5678_9abc_def1);
+    let mut g = vgic(3);
+    linux_like(&mut g);
+    let mut regs: Vec<VgicCpuRegs> = (0..3).map(|_| regs()).collect();
+    let mut fast_hits = 0;
+    for _ in 0..20_000 {
+        let x = rng.next();
+        let vcpu = (x % 3) as usize;
+        // Mostly runs (exits and entries), as in life.
+        match (x >> 8) % 40 {
+            0 => {
+                let _ = g.assert_spi(32 + ((x >> 16) % 96) as u32);
+            }
+            1 => {
+                let _ = g.deassert_spi(32 + ((x >> 16) % 96) as u32);
+            }
+            2 => {
+                let _ = g.set_ppi_level(vcpu, 16 + ((x >> 16) % 16) as u32, x & (1 << 40) != 0);
+            }
+            3 => {
+                let _ = g.sgi1r_write(vcpu, ((x >> 16) & 0xf) << 24 | (x >> 32) & 0x7);
+            }
+            4 => {
+                // A guest write somewhere in the enable/pending/active/config/route space.
+                let regs_at = [
+                    GICD_ISENABLER + 4 + 4 * ((x >> 16) % 3),
+                    GICD_ICENABLER + 4 + 4 * ((x >> 16) % 3),
+                    GICD_ICPENDR + 4 + 4 * ((x >> 16) % 3),
+                    GICD_ICFGR + 8 + 4 * ((x >> 16) % 6),
+                    GICD_IROUTER + 8 * (32 + (x >> 16) % 96),
+                ];
+                let off = regs_at[((x >> 24) % 5) as usize];
+                let size = if off >= GICD_IROUTER { 8 } else { 4 };
+                wr(&mut g, vcpu, D + off, size, rng.next() & 0x3);
+            }
+            5 => {
+                let c = (x >> 16) % 3;
+                wr(&mut g, vcpu, sgi_base(c) + GICD_ISENABLER, 4, rng.next());
+            }
+            6 => {
+                let ctlr = if x & (1 << 20) != 0 { 3 } else { 2 };
+                wr(&mut g, vcpu, D + GICD_CTLR, 4, ctlr);
+            }
+            7 => {
+                // Devices quiet down: every line low, software pending cleared.
+                for intid in SPI_BASE..NR_IRQS {
+                    let _ = g.deassert_spi(intid);
+                }
+                for c in 0..3 {
+                    for ppi in 16..32 {
+                        let _ = g.set_ppi_level(c, ppi, false);
+                    }
+                    wr(&mut g, c, sgi_base(c as u64) + GICD_ICPENDR, 4, 0xffff_ffff);
+                }
+                for reg in 1..4 {
+                    wr(&mut g, 0, D + GICD_ICPENDR + 4 * reg, 4, 0xffff_ffff);
+                }
+            }
+            _ => {
+                // The vCPU runs: the guest acknowledges or EOIs some list registers,
+                // then exits and is entered again.
+                let r = &mut regs[vcpu];
+                for lr in r.ich_lr_el2.iter_mut().take(4) {
+                    match rng.next() % 4 {
+                        0 if *lr & LR_PENDING != 0 => *lr = (*lr & !LR_PENDING) | LR_ACTIVE,
+                        1 if *lr & LR_ACTIVE != 0 => *lr &= !LR_ACTIVE,
+                        _ => {}
+                    }
+                }
+                g.sync(vcpu, r);
+                let mut slow = g.clone();
+                for c in slow.cpus.iter_mut() {
+                    c.idle_epoch = None;
+                }
+                let was_idle = g.cpus[vcpu].idle_epoch == Some(g.epoch);
+                fast_hits += usize::from(was_idle);
+                let mut slow_regs = *r;
+                slow.flush(vcpu, &mut slow_regs);
+                g.flush(vcpu, r);
+                assert_eq!(r.ich_lr_el2, slow_regs.ich_lr_el2);
+                assert_eq!(r.ich_hcr_el2, slow_regs.ich_hcr_el2);
+                assert_eq!(format!("{:?}", g.spis), format!("{:?}", slow.spis));
+                assert_eq!(
+                    format!("{:?}", g.cpus[vcpu].private),
+                    format!("{:?}", slow.cpus[vcpu].private)
+                );
+            }
+        }
+    }
+    assert!(fast_hits > 100, "the fast path was exercised ({fast_hits})");
+}
+
+#[test]
+fn idle_flush_skips_until_something_changes() {
+    let mut g = vgic(2);
+    linux_like(&mut g);
+    let mut r = regs();
+    g.flush(0, &mut r);
+    let e = g.epoch;
+    assert_eq!(g.cpus[0].idle_epoch, Some(e));
+    // Exits with nothing in the list registers and timer levels that stay low change
+    // nothing.
+    g.sync(0, &r);
+    g.set_ppi_level(0, 27, false).unwrap();
+    g.deassert_spi(40).unwrap();
+    assert_eq!(g.epoch, e);
+    g.flush(0, &mut r);
+    assert_eq!(r.ich_lr_el2, [0; 16]);
+    // An assertion does, and the next flush sees it.
+    enable_spi(&mut g, 40);
+    g.assert_spi(40).unwrap();
+    assert_ne!(g.epoch, e);
+    g.flush(0, &mut r);
+    assert_eq!(lr_intid(r.ich_lr_el2[0]), 40);
+    assert_eq!(g.cpus[0].idle_epoch, None);
+}
