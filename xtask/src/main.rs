@@ -6,10 +6,13 @@
 //!   (soft-float, -Zfixed-x18, build-std) in target/aarch64.
 //! * `check-x18`: no x18 outside the EL2 blob's guest entry/exit.
 //! * `lint-kernel`: fmt check and clippy of the aarch64-only crates (el2-stub, testbed).
+//! * `build-kmod`: vmm.ko, the FreeBSD 15 arm64 kernel module (target/kmod/vmm.ko).
+//! * `check-kmod`: builds vmm.ko and checks it against what FreeBSD's kldload expects.
 //! * `run-testbed`: boots the testbed in QEMU (hard timeout) and shows its console.
 //! * `bench-el2`: the exit-cost benchmark under `-icount shift=0`.
 
 mod kernel;
+mod kmod;
 
 use std::process::{Command, ExitCode};
 
@@ -74,6 +77,7 @@ fn test() -> Result<(), String> {
     )?;
     kernel::lint_kernel()?;
     kernel::check_x18()?;
+    kmod::check_kmod()?;
     check_freebsd()
 }
 
@@ -87,11 +91,13 @@ fn main() -> ExitCode {
         Some("build-testbed") => kernel::build_testbed(),
         Some("check-x18") => kernel::check_x18(),
         Some("lint-kernel") => kernel::lint_kernel(),
+        Some("build-kmod") => kmod::build_kmod().map(|_| ()),
+        Some("check-kmod") => kmod::check_kmod(),
         Some("run-testbed") => kernel::run_testbed(&args[1..]),
         Some("bench-el2") => kernel::bench_el2(),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | run-testbed [--timeout SECS] | bench-el2"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] | bench-el2"
                 .into(),
         ),
     };

@@ -29,21 +29,42 @@
 //! * [`priv_`] - priv_check(9).
 //! * [`hyp`] - `vmm_call_hyp`, the `hvc #0` into EL2.
 //! * [`intr`] - the generic-timer interrupt hook vmm uses for the virtual timer.
+//! * [`machdep`] - `has_hyp()`, the hyp stub's vectors, CurrentEL / GIC decoding.
+//!
+//! The glue built on them (issue 5, item 2):
+//! * [`el2pt`] - the identity-mapped EL2 translation tables (portable, tested).
+//! * [`fmtbuf`] - fixed-buffer formatting for the log and panic(9).
+//! * [`req`] - decoding of the requests the glue handles (portable, tested).
+//! * `host` - the FreeBSD `Host` implementation (aarch64 kernel builds only).
+//! * `glue` - module event handler, /dev/vmmctl, /dev/vmm/NAME, hw.vmm sysctls.
+//! * `panic` - panic(9) for Rust panics, malloc(9) as the global allocator.
 
 pub mod cdev;
 pub mod copy;
+pub mod el2pt;
+pub mod fmtbuf;
 pub mod hyp;
 pub mod intr;
 pub mod kern;
 pub mod lock;
+pub mod machdep;
 pub mod malloc;
 pub mod module;
 pub mod priv_;
+pub mod req;
 pub mod smp;
 pub mod sysctl;
 pub mod timer;
 pub mod types;
 pub mod vm;
+
+// The parts that call the kernel: only in the aarch64 kernel build (vmm.ko).
+#[cfg(all(feature = "freebsd", target_arch = "aarch64", target_os = "none"))]
+pub mod glue;
+#[cfg(all(feature = "freebsd", target_arch = "aarch64", target_os = "none"))]
+pub mod host;
+#[cfg(all(feature = "freebsd", target_arch = "aarch64", target_os = "none"))]
+pub mod panic;
 
 #[cfg(test)]
 mod macro_test;
