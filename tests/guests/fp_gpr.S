@@ -35,6 +35,10 @@
     .endm
 _start:
     mov x29, x0
+    // FP/SIMD on at EL1 (CPACR_EL1.FPEN): a guest enables it itself, reset leaves it off.
+    mov x0, #(3 << 20)
+    msr cpacr_el1, x0
+    isb
     adr x0, iterations
     str x29, [x0]
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31

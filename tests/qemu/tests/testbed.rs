@@ -129,6 +129,10 @@ fn vmm_core_through_the_ioctl_dispatcher() {
     expect(&[
         "core_load",
         "core_hvc_via_dispatch",
+        "core_mmio",
+        "core_wfi_in_kernel",
+        "core_isolation_two_cpus",
+        "core_fp_gpr_two_cpus",
         "core_1000_vms",
         "core_unload",
     ]);
@@ -150,7 +154,7 @@ fn every_testbed_test_passed() {
     );
     let failed: Vec<_> = run.tests.iter().filter(|t| !t.pass).collect();
     assert!(
-        failed.is_empty() && run.tests.len() >= 23,
+        failed.is_empty() && run.tests.len() >= 27,
         "failed: {failed:?} ({} results)\n--- testbed serial log ---\n{}",
         run.tests.len(),
         run.log

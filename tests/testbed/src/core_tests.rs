@@ -49,13 +49,21 @@ pub fn create(vmm: &Core, name: &[u8], image: &[u8], ram: u64) -> Result<(), Str
         ..Default::default()
     };
     ioctl(vmm, dev, VM_MMAP_MEMSEG, &mut map)?;
-    if !image.is_empty() {
-        let (_, va, len) = vmm.gpa_to_pa(name, 0x8000_0000).ok_or("gpa_to_pa")?;
-        if (len as usize) < image.len() {
-            return Err("guest memory run too short".into());
+    // Guest memory may be several physically contiguous runs: copy run by run.
+    let mut done = 0usize;
+    while done < image.len() {
+        let (_, va, len) = vmm
+            .gpa_to_pa(name, 0x8000_0000 + done as u64)
+            .ok_or("gpa_to_pa")?;
+        let n = (len as usize).min(image.len() - done);
+        if n == 0 {
+            return Err("empty guest memory run".into());
         }
-        // SAFETY: `va` is the kernel address of at least `len` bytes of guest memory.
-        unsafe { core::ptr::copy_nonoverlapping(image.as_ptr(), va, image.len()) };
+        // SAFETY: `va` is the kernel address of at least `len` >= n bytes of guest memory.
+        unsafe { core::ptr::copy_nonoverlapping(image[done..].as_ptr(), va, n) };
+        done += n;
+    }
+    if !image.is_empty() {
         // SAFETY: barriers and I-cache invalidation for the code just written.
         unsafe { core::arch::asm!("dsb ish", "ic ialluis", "dsb ish", "isb") };
     }
@@ -160,4 +168,274 @@ pub fn unload(vmm: Core) -> Result<(), String> {
     vmm.into_host().map_err(|_| "vmm still up")?;
     host::release();
     Ok(())
+}
+
+fn vm_ioctl<T: Pod>(vmm: &Core, name: &[u8], cmd: u64, v: &mut T) -> Result<(), String> {
+    ioctl(vmm, DeviceRef::Vm(name), cmd, v)
+}
+
+pub fn get_reg(vmm: &Core, name: &[u8], reg: u32) -> Result<u64, String> {
+    let mut r = VmRegister {
+        cpuid: 0,
+        regnum: reg as i32,
+        regval: 0,
+    };
+    vm_ioctl(vmm, name, VM_GET_REGISTER, &mut r)?;
+    Ok(r.regval)
+}
+
+/// Creates VM `name` running `image` from 0x8000_0000 with x0 = `x0`, vCPU 0 active.
+pub fn start(vmm: &Core, name: &[u8], image: &[u8], x0: u64) -> Result<(), String> {
+    create(vmm, name, image, 0x10000)?;
+    set_reg(vmm, name, VM_REG_GUEST_PC, 0x8000_0000)?;
+    set_reg(vmm, name, VM_REG_GUEST_X0, x0)?;
+    vm_ioctl(vmm, name, VM_ACTIVATE_CPU, &mut VmActivateCpu { vcpuid: 0 })
+}
+
+/// One VM_RUN of vCPU 0.
+pub fn run(vmm: &Core, name: &[u8]) -> Result<VmExit, String> {
+    let mut exit = VmExit::default();
+    let mut r = VmRun {
+        cpuid: 0,
+        vm_exit: &mut exit as *mut VmExit as u64,
+        ..Default::default()
+    };
+    vm_ioctl(vmm, name, VM_RUN, &mut r)?;
+    Ok(exit)
+}
+
+/// The `hvc #imm` of a HYP exit, if it is one.
+fn hvc_of(e: &VmExit) -> Option<u64> {
+    // SAFETY: the union's words are plain integers; only read for HYP exits.
+    let esr = unsafe { e.u.hyp.esr_el2 };
+    (e.exitcode == ExitCode::Hyp as i32 && esr >> 26 == 0x16).then_some(esr & 0xffff)
+}
+
+fn with_vm(
+    vmm: &Core,
+    name: &[u8],
+    f: impl FnOnce() -> Result<String, String>,
+) -> Result<String, String> {
+    let r = f();
+    destroy(vmm, name)?;
+    r
+}
+
+/// The MMIO guest through the core's decoding: each access is an INST_EMUL exit whose
+/// `vie` (size, sign extension, direction, register) the caller answers with
+/// VM_GET/SET_REGISTER, as bhyve does; the kernel truncates and sign-extends.
+pub fn mmio(vmm: &Core, image: &[u8]) -> Result<String, String> {
+    let name = b"tb-mmio";
+    start(vmm, name, image, 0)?;
+    with_vm(vmm, name, || {
+        let (mut reads, mut writes) = (0u32, 0u32);
+        loop {
+            let e = run(vmm, name)?;
+            if e.exitcode == ExitCode::InstEmul as i32 {
+                // SAFETY: an INST_EMUL exit fills inst_emul.
+                let ie = unsafe { e.u.inst_emul };
+                let off = ie.gpa.wrapping_sub(0x0a00_0000);
+                if off >= 0x1000 {
+                    return Err(format!("INST_EMUL at gpa {:#x}", ie.gpa));
+                }
+                let size = u32::from(ie.vie.access_size());
+                let mask = if size == 8 {
+                    u64::MAX
+                } else {
+                    (1u64 << (size * 8)) - 1
+                };
+                let reg = ie.vie.reg;
+                if ie.vie.is_write() {
+                    writes += 1;
+                    let v = get_reg(vmm, name, reg as u32)? & mask;
+                    let xzr = reg == vmm_sys::reg::VM_REG_LAST as i32;
+                    let want = if xzr {
+                        0
+                    } else {
+                        crate::tests::mmio_write_value(off) & mask
+                    };
+                    if v != want {
+                        return Err(format!(
+                            "write +{off:#x} size {size} reg {reg}: {v:#x}, want {want:#x}"
+                        ));
+                    }
+                } else {
+                    reads += 1;
+                    set_reg(
+                        vmm,
+                        name,
+                        reg as u32,
+                        crate::tests::mmio_read_value(off) & mask,
+                    )?;
+                }
+                continue;
+            }
+            match hvc_of(&e) {
+                Some(2)
+                    if get_reg(vmm, name, VM_REG_GUEST_X0)? == 416
+                        && reads == 288
+                        && writes == 128 =>
+                {
+                    return Ok(format!("{reads} reads and {writes} writes as INST_EMUL exits, every size, sign extension and register incl. xzr"));
+                }
+                Some(3) => {
+                    return Err(format!(
+                        "guest saw a wrong value at access {}",
+                        get_reg(vmm, name, VM_REG_GUEST_X0)?
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "exit code {} pc {:#x} reads={reads} writes={writes}",
+                        e.exitcode, e.pc
+                    ))
+                }
+            }
+        }
+    })
+}
+
+/// The isolation guest on VM `name` with `marker` at RAM offset 0x800: its reads outside
+/// its RAM come out as INST_EMUL exits (answered with 0xdead000N), its own RAM holds
+/// only its marker.
+pub fn isolation(vmm: &Core, name: &[u8], image: &[u8], marker: u64) -> Result<(), String> {
+    start(vmm, name, image, 0)?;
+    with_vm(vmm, name, || {
+        let (_, va, _) = vmm.gpa_to_pa(name, 0x8000_0800).ok_or("gpa_to_pa")?;
+        // SAFETY: `va` maps guest RAM at 0x8000_0800, at least 8 bytes (RAM is 64 KiB).
+        unsafe { core::ptr::write_volatile(va as *mut u64, marker) };
+        let want_gpa = [0x4000_0000u64, 0x8001_0000, 0x7f_ffff_f000];
+        let mut n = 0;
+        loop {
+            let e = run(vmm, name)?;
+            if e.exitcode == ExitCode::InstEmul as i32 {
+                // SAFETY: an INST_EMUL exit fills inst_emul.
+                let ie = unsafe { e.u.inst_emul };
+                if want_gpa.get(n) != Some(&ie.gpa) {
+                    return Err(format!("exit {n} at gpa {:#x}", ie.gpa));
+                }
+                set_reg(vmm, name, ie.vie.reg as u32, 0xdead_0000 + n as u64)?;
+                n += 1;
+                continue;
+            }
+            if hvc_of(&e) != Some(2) {
+                return Err(format!("exit code {} pc {:#x}", e.exitcode, e.pc));
+            }
+            let mut got = [0u64; 4];
+            for (i, g) in got.iter_mut().enumerate() {
+                *g = get_reg(vmm, name, VM_REG_GUEST_X0 + 3 + i as u32)?;
+            }
+            let want = [0xdead_0000, 0xdead_0001, 0xdead_0002, marker];
+            return if got == want {
+                Ok(String::new())
+            } else {
+                Err(format!("guest read {got:#x?}, want {want:#x?}"))
+            };
+        }
+    })
+    .map(|_| ())
+}
+
+/// WFI handled in the kernel: the guest arms its virtual timer and waits; VM_RUN must
+/// sleep until the timer condition holds and resume the guest past the WFI.
+pub fn wfi(vmm: &Core, image: &[u8]) -> Result<String, String> {
+    let name = b"tb-wfi";
+    start(vmm, name, image, 0)?;
+    with_vm(vmm, name, || {
+        let e = run(vmm, name)?;
+        if hvc_of(&e) != Some(2) {
+            return Err(format!(
+                "exit code {} pc {:#x}: WFI came out of the kernel",
+                e.exitcode, e.pc
+            ));
+        }
+        let waited = get_reg(vmm, name, VM_REG_GUEST_X0)?;
+        let want = get_reg(vmm, name, VM_REG_GUEST_X0 + 1)?;
+        if waited < want {
+            return Err(format!(
+                "WFI returned after {waited} ticks, timer was {want} ticks away"
+            ));
+        }
+        Ok(format!("WFI slept in VM_RUN until the guest's virtual timer ({waited} >= {want} ticks), resumed past it"))
+    })
+}
+
+/// Loads the host's v0..v31 and FPCR from `b` (the kernel is soft-float: nothing
+/// between this and `fp_store` touches them unless the world switch fails to restore).
+fn fp_load(b: &crate::tests::FpBuf) {
+    // SAFETY: reads 528 bytes of `b` into the FP registers (CPACR_EL1.FPEN is set).
+    unsafe {
+        core::arch::asm!(
+            ".arch_extension fp", ".arch_extension simd",
+            "ldp q0, q1, [{p}, #0]", "ldp q2, q3, [{p}, #32]", "ldp q4, q5, [{p}, #64]",
+            "ldp q6, q7, [{p}, #96]", "ldp q8, q9, [{p}, #128]", "ldp q10, q11, [{p}, #160]",
+            "ldp q12, q13, [{p}, #192]", "ldp q14, q15, [{p}, #224]", "ldp q16, q17, [{p}, #256]",
+            "ldp q18, q19, [{p}, #288]", "ldp q20, q21, [{p}, #320]", "ldp q22, q23, [{p}, #352]",
+            "ldp q24, q25, [{p}, #384]", "ldp q26, q27, [{p}, #416]", "ldp q28, q29, [{p}, #448]",
+            "ldp q30, q31, [{p}, #480]",
+            "ldr {t}, [{p}, #512]", "msr fpcr, {t}",
+            p = in(reg) b.0.as_ptr(), t = out(reg) _,
+        )
+    };
+}
+
+fn fp_store(b: &mut crate::tests::FpBuf) {
+    // SAFETY: writes the FP registers into the 528 bytes of `b`; FPCR back to 0.
+    unsafe {
+        core::arch::asm!(
+            ".arch_extension fp", ".arch_extension simd",
+            "stp q0, q1, [{p}, #0]", "stp q2, q3, [{p}, #32]", "stp q4, q5, [{p}, #64]",
+            "stp q6, q7, [{p}, #96]", "stp q8, q9, [{p}, #128]", "stp q10, q11, [{p}, #160]",
+            "stp q12, q13, [{p}, #192]", "stp q14, q15, [{p}, #224]", "stp q16, q17, [{p}, #256]",
+            "stp q18, q19, [{p}, #288]", "stp q20, q21, [{p}, #320]", "stp q22, q23, [{p}, #352]",
+            "stp q24, q25, [{p}, #384]", "stp q26, q27, [{p}, #416]", "stp q28, q29, [{p}, #448]",
+            "stp q30, q31, [{p}, #480]",
+            "mrs {t}, fpcr", "str {t}, [{p}, #512]", "msr fpcr, xzr",
+            p = in(reg) b.0.as_mut_ptr(), t = out(reg) _,
+        )
+    };
+}
+
+static FP_IMAGE: crate::sync::SpinLock<&'static [u8]> = crate::sync::SpinLock::new(&[]);
+
+/// The FP/GPR guest through VM_RUN on this CPU, VM `tb-fp<cpu>`; `vmm` is a `&Core`
+/// as an integer (for `cpu::post`). Returns 0 or a failure code as in tests.rs.
+pub fn fp_on_this_cpu(vmm: u64) -> u64 {
+    // SAFETY: the caller passes a &Core that outlives the call (it waits for us).
+    let vmm: &Core = unsafe { &*(vmm as *const Core) };
+    let me = crate::cpu::id() as u64;
+    let name = format!("tb-fp{me}");
+    let image = *FP_IMAGE.lock();
+    let iterations = 1000u64;
+    if start(vmm, name.as_bytes(), image, iterations).is_err() {
+        return 1;
+    }
+    let mut pin = crate::tests::FpBuf([0; 66]);
+    let mut pout = crate::tests::FpBuf([0; 66]);
+    let mut rounds = 0u64;
+    let r = loop {
+        for (i, w) in pin.0.iter_mut().enumerate().take(64) {
+            *w = (me << 60) ^ (rounds << 24) ^ (i as u64 * 0x0003_0005_0007_0009);
+        }
+        pin.0[64] = (rounds % 3 + 1) << 22;
+        fp_load(&pin);
+        let e = run(vmm, name.as_bytes());
+        fp_store(&mut pout);
+        let Ok(e) = e else { break 5 };
+        if pin.0[..65] != pout.0[..65] {
+            break 2;
+        }
+        match hvc_of(&e) {
+            Some(1) => rounds += 1,
+            Some(2) if rounds == iterations => break 0,
+            Some(3) => break 1000 + get_reg(vmm, name.as_bytes(), VM_REG_GUEST_X0).unwrap_or(999),
+            _ => break 4,
+        }
+    };
+    let _ = destroy(vmm, name.as_bytes());
+    r
+}
+
+pub fn set_fp_image(image: &'static [u8]) {
+    *FP_IMAGE.lock() = image;
 }

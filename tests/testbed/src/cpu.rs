@@ -115,3 +115,53 @@ pub fn start_secondary(cpu: usize) -> Result<(), i64> {
     }
     Ok(())
 }
+
+/// Calls made in the target's SGI handler (what smp_rendezvous does): they run even
+/// while that CPU is busy with a posted job, as long as it has IRQs unmasked at times
+/// (a CPU in a guest takes the SGI as an IRQ exit first).
+static CALL: [Mailbox; MAX_CPUS] = [const {
+    Mailbox {
+        func: AtomicU64::new(0),
+        arg: AtomicU64::new(0),
+        result: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
+static CALL_BUSY: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Runs `f(arg)` on `cpu` in interrupt context and waits for it. The caller keeps its
+/// IRQs unmasked while waiting so two CPUs calling each other both make progress.
+pub fn call_sync(cpu: usize, f: fn(u64) -> u64, arg: u64) -> u64 {
+    if cpu == id() {
+        return f(arg);
+    }
+    let busy = &CALL_BUSY[cpu];
+    while busy
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    let mb = &CALL[cpu];
+    mb.arg.store(arg, Ordering::Relaxed);
+    mb.func.store(f as usize as u64, Ordering::Release);
+    crate::gic::send_sgi(cpu, crate::gic::SGI_CALL);
+    while mb.func.load(Ordering::Acquire) != 0 {
+        core::hint::spin_loop();
+    }
+    let r = mb.result.load(Ordering::Relaxed);
+    busy.store(false, Ordering::Release);
+    r
+}
+
+/// From the SGI handler.
+pub fn handle_call_ipi() {
+    let mb = &CALL[id()];
+    let f = mb.func.load(Ordering::Acquire);
+    if f != 0 {
+        // SAFETY: `call_sync` stored a `fn(u64) -> u64` as an integer.
+        let func: fn(u64) -> u64 = unsafe { core::mem::transmute(f as usize) };
+        let r = func(mb.arg.load(Ordering::Relaxed));
+        mb.result.store(r, Ordering::Relaxed);
+        mb.func.store(0, Ordering::Release);
+    }
+}

@@ -24,6 +24,8 @@ const GICR_IPRIORITYR: u64 = 0x400;
 pub const SGI_WAKE: u32 = 0;
 /// SGI used by the IPI test.
 pub const SGI_PING: u32 = 1;
+/// SGI that asks a CPU to run a `cpu::call_sync` function in its handler.
+pub const SGI_CALL: u32 = 2;
 pub const PPI_TIMER: u32 = 30;
 
 pub static IRQ_COUNT: [[AtomicU64; 32]; MAX_CPUS] =
@@ -121,6 +123,9 @@ pub fn handle_irq() {
         }
         if intid == PPI_TIMER {
             crate::timer::on_irq();
+        }
+        if intid == SGI_CALL {
+            crate::cpu::handle_call_ipi();
         }
         // SAFETY: ends the interrupt just acknowledged.
         unsafe { core::arch::asm!("msr icc_eoir1_el1, {0}", "isb", in(reg) iar) };

@@ -294,7 +294,7 @@ impl Host for TestbedHost {
         *RENDEZVOUS_FN.lock() =
             unsafe { core::mem::transmute::<&(dyn Fn(usize) + Sync), [u64; 2]>(f) };
         for c in 0..self.cpu_count() {
-            cpu::run_on(c, rendezvous_trampoline, c as u64);
+            cpu::call_sync(c, rendezvous_trampoline, c as u64);
         }
         *RENDEZVOUS.lock() = None;
     }

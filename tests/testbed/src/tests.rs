@@ -28,6 +28,7 @@ static MMIO: &[u8] = guest!("mmio");
 static SYSREG: &[u8] = guest!("sysreg");
 static WFI: &[u8] = guest!("wfi");
 static ISOLATION: &[u8] = guest!("isolation");
+static WFI_TIMER: &[u8] = guest!("wfi_timer");
 
 const GUEST_PAGES: usize = 16;
 
@@ -358,7 +359,7 @@ fn run_hvc_loop(n: u64) -> Result<String, String> {
 
 /// The host's own FP/SIMD registers and FPCR around one guest entry.
 #[repr(C, align(16))]
-struct FpBuf([u64; 66]);
+pub(crate) struct FpBuf(pub [u64; 66]);
 
 fn enter_with_host_fp(ctx_pa: u64, pin: &FpBuf, pout: &mut FpBuf) -> u64 {
     let kind: u64;
@@ -461,10 +462,10 @@ fn run_fp_two_cpus(n: usize, iterations: u64) -> Result<String, String> {
 }
 
 /// Values the MMIO guest expects (keep in step with tests/guests/gen_mmio.py).
-fn mmio_read_value(off: u64) -> u64 {
+pub(crate) fn mmio_read_value(off: u64) -> u64 {
     0xF0E1_D2C3_B4A5_9687 ^ (off * 0x10001)
 }
-fn mmio_write_value(off: u64) -> u64 {
+pub(crate) fn mmio_write_value(off: u64) -> u64 {
     0x1122_3344_5566_7788 ^ (off * 0x10001)
 }
 
@@ -774,6 +775,13 @@ fn run_core(n: usize) {
         "core_hvc_via_dispatch",
         crate::core_tests::hvc_through_dispatch(&vmm, HVC_LOOP, 1000),
     );
+    report("core_mmio", crate::core_tests::mmio(&vmm, MMIO));
+    report(
+        "core_wfi_in_kernel",
+        crate::core_tests::wfi(&vmm, WFI_TIMER),
+    );
+    report("core_isolation_two_cpus", core_isolation(&vmm, n));
+    report("core_fp_gpr_two_cpus", core_fp(&vmm, n));
     report("core_1000_vms", crate::core_tests::thousand_vms(&vmm));
     let r = crate::core_tests::unload(vmm).and_then(|()| {
         for c in 0..n {
@@ -793,4 +801,46 @@ fn run_core(n: usize) {
         Ok(format!("Vmm::shutdown left EL2 as the stub did on {n} cpus; {held} pages held by heap free lists"))
     });
     report("core_unload", r);
+}
+
+fn core_isolation_cpu1(vmm: u64) -> u64 {
+    // SAFETY: core_isolation passes a &Core it keeps alive until cpu::wait returns.
+    let vmm: &crate::core_tests::Core = unsafe { &*(vmm as *const crate::core_tests::Core) };
+    u64::from(crate::core_tests::isolation(vmm, b"tb-iso1", ISOLATION, 0xbbbb_0002).is_err())
+}
+
+/// Two VMs with the same IPA layout through the dispatcher, one running on each CPU.
+fn core_isolation(vmm: &crate::core_tests::Core, n: usize) -> Result<String, String> {
+    if n >= 2 {
+        cpu::post(1, core_isolation_cpu1, vmm as *const _ as u64);
+    }
+    let a = crate::core_tests::isolation(vmm, b"tb-iso0", ISOLATION, 0xaaaa_0002);
+    let b = if n >= 2 { cpu::wait(1) } else { 0 };
+    a?;
+    if b != 0 {
+        return Err("the VM on cpu 1 failed".into());
+    }
+    Ok("reads of host RAM, past guest RAM and top of IPA exit as INST_EMUL; two VMs at once see only their own RAM".into())
+}
+
+/// The FP/GPR guest through VM_RUN on both CPUs at once, the host's own FP registers
+/// loaded around every VM_RUN.
+fn core_fp(vmm: &crate::core_tests::Core, n: usize) -> Result<String, String> {
+    crate::core_tests::set_fp_image(FP_GPR);
+    let p = vmm as *const _ as u64;
+    if n >= 2 {
+        cpu::post(1, crate::core_tests::fp_on_this_cpu, p);
+    }
+    let r0 = crate::core_tests::fp_on_this_cpu(p);
+    let r1 = if n >= 2 { cpu::wait(1) } else { 0 };
+    if r0 == 0 && r1 == 0 {
+        Ok(format!(
+            "1000 VM_RUNs on each of {} cpus: guest and host registers intact",
+            n.min(2)
+        ))
+    } else {
+        Err(format!(
+            "cpu0 code {r0}, cpu1 code {r1} (2 = host FP changed, 1000+n = guest register n)"
+        ))
+    }
 }
