@@ -240,6 +240,9 @@ pub fn check_kmod() -> Result<(), String> {
     let symbols = String::from_utf8_lossy(&symbols).into_owned();
     let x18 = build::x18_uses(&ko).map_err(|e| e.to_string())?;
     let report = check_ko(&data, &blob, &symbols, &x18);
+    // The checks must be able to fail: each known defect, planted in a copy of the
+    // module (or of the inputs), must make its check fail.
+    self_test(&data, &blob, &symbols, &x18)?;
     for ok in &report.passed {
         eprintln!("xtask: check-kmod: ok: {ok}");
     }
@@ -773,4 +776,90 @@ fn check_bti(
         format!("AArch64 feature bits {want:#x}"),
         format!("{features:x?}"),
     );
+}
+
+/// A planted defect: the check that must fail, the module bytes, SYMBOLS, x18 uses.
+type Case<'a> = (&'a str, Vec<u8>, String, Vec<(String, String)>);
+
+/// Plants one defect at a time and requires the matching check to fail.
+fn self_test(
+    data: &[u8],
+    blob: &[u8],
+    symbols: &str,
+    x18: &[(String, String)],
+) -> Result<(), String> {
+    let hdr = Hdr::parse(data).map_err(|e| e.to_string())?;
+    let e = hdr.endian().map_err(|e| e.to_string())?;
+    let sections = hdr.sections(e, data).map_err(|err| err.to_string())?;
+    let section = |name: &str| {
+        sections.section_by_name(e, name.as_bytes()).map(|(_, sh)| {
+            (
+                sh.sh_offset(e) as usize,
+                sh.sh_addr(e),
+                sh.sh_size(e) as usize,
+            )
+        })
+    };
+    let mut cases: Vec<Case<'_>> = Vec::new();
+    let mut d = data.to_vec();
+    d[EI_OSABI] = 0;
+    cases.push(("OS/ABI FreeBSD", d, symbols.into(), x18.to_vec()));
+    let mut d = data.to_vec();
+    d[16] = elf::ET_EXEC as u8;
+    cases.push(("type ET_DYN", d, symbols.into(), x18.to_vec()));
+    if let Some(pos) = data.windows(blob.len().max(1)).position(|w| w == blob) {
+        let mut d = data.to_vec();
+        d[pos + blob.len() / 2] ^= 0xff;
+        cases.push(("EL2 blob embedded", d, symbols.into(), x18.to_vec()));
+    }
+    let no_printf: String = symbols
+        .lines()
+        .filter(|l| !l.starts_with("printf "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    cases.push(("undefined symbols", data.to_vec(), no_printf, x18.to_vec()));
+    let mut x = x18.to_vec();
+    x.push(("vmm_freebsd_pcpu".into(), "mov x18, x0".into()));
+    cases.push(("x18 only read", data.to_vec(), symbols.into(), x));
+    if let Some((off, _, size)) = section(".rela.dyn").filter(|s| s.2 >= 24) {
+        let mut d = data.to_vec();
+        // r_info of the first entry: type in the low 32 bits. 275 = ADR_PREL_PG_HI21.
+        d[off + 8..off + 12].copy_from_slice(&275u32.to_le_bytes());
+        let _ = size;
+        cases.push(("relocations only", d, symbols.into(), x18.to_vec()));
+        // Point the first modmetadata entry 8 bytes off: the records no longer decode.
+        if let Some((_, set_addr, _)) = section("set_modmetadata_set") {
+            let rels = &data[off..off + size];
+            if let Some(i) = (0..size / 24).find(|i| {
+                u64::from_le_bytes(rels[i * 24..i * 24 + 8].try_into().unwrap_or_default())
+                    == set_addr
+            }) {
+                let mut d = data.to_vec();
+                let a = off + i * 24 + 16;
+                let add = i64::from_le_bytes(d[a..a + 8].try_into().unwrap_or_default()) + 8;
+                d[a..a + 8].copy_from_slice(&add.to_le_bytes());
+                cases.push(("MDT_", d, symbols.into(), x18.to_vec()));
+            }
+        }
+    }
+    if cases.len() < 7 {
+        return Err(format!(
+            "check-kmod self-test: expected 7 planted defects, could plant only {}",
+            cases.len()
+        ));
+    }
+    for (check, d, syms, x) in &cases {
+        let r = check_ko(d, blob, syms, x);
+        if !r.failed.iter().any(|f| f.contains(check)) {
+            return Err(format!(
+                "check-kmod self-test: expected the check \"{check}\" to fail on a module with that defect, found failures {:?}",
+                r.failed
+            ));
+        }
+    }
+    eprintln!(
+        "xtask: check-kmod: self-test: {} planted defects all caught",
+        cases.len()
+    );
+    Ok(())
 }
