@@ -29,7 +29,6 @@ use core::cell::UnsafeCell;
 use core::ffi::{c_int, c_void};
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, Ordering};
 use vmm_sys::hyp::{HYP_EL2_TLBI, HYP_EL2_TLBI_VA};
 
 /// The module's malloc(9) type ("vmm" in `vmstat -m`); registered at load.
@@ -280,10 +279,9 @@ pub struct FreeBsdHost {
     /// Offset of `pc_cpuid` in `struct pcpu`, found at load.
     cpuid_offset: usize,
     ncpu: usize,
-    /// Protected by [`SLEEP_MTX`]-independent spin-free sx: map/unmap come from thread
-    /// context only.
+    /// Behind an sx lock: map/unmap come from thread context only (VM creation,
+    /// destruction, vCPU setup).
     el2: crate::sync::Mutex<SxMutex, El2State>,
-    el2_live: AtomicBool,
 }
 
 impl FreeBsdHost {
@@ -292,10 +290,20 @@ impl FreeBsdHost {
     pub fn new(cpuid_offset: usize) -> KResult<FreeBsdHost> {
         // SAFETY: set before any module loads; never changes.
         let maxid = unsafe { core::ptr::addr_of!(smp::mp_maxid).read() };
+        // SAFETY: as above.
+        let ncpus = unsafe { core::ptr::addr_of!(smp::mp_ncpus).read() };
         let ncpu = usize::try_from(maxid)
             .ok()
             .and_then(|m| m.checked_add(1))
             .ok_or(Errno::EINVAL)?;
+        // The core gives CPU ids 0..cpu_count() an EL2 stack each and requires every one
+        // of them to come through the rendezvous: ids must be dense.
+        if usize::try_from(ncpus).ok() != Some(ncpu) {
+            log(format_args!(
+                "vmm: CPU ids are not dense (mp_ncpus {ncpus}, mp_maxid {maxid}); not supported"
+            ));
+            return Err(Errno::ENXIO);
+        }
         let tables = El2Tables::new(&KmemTables)?;
         Ok(FreeBsdHost {
             cpuid_offset,
@@ -304,7 +312,6 @@ impl FreeBsdHost {
                 tables,
                 live: false,
             }),
-            el2_live: AtomicBool::new(false),
         })
     }
 
@@ -327,7 +334,6 @@ impl FreeBsdHost {
     /// Records whether our EL2 code is installed (see [`El2State::live`]).
     pub fn set_el2_live(&self, live: bool) {
         self.el2.lock().live = live;
-        self.el2_live.store(live, Ordering::SeqCst);
     }
 
     /// Frees the EL2 tables (after the stub is back on every CPU).
