@@ -46,9 +46,6 @@ use vmm_sys::VM_MAX_NAMELEN;
 
 /// `EOPNOTSUPP` (`sys/sys/errno.h`): the answer to events the handler does not know.
 const EOPNOTSUPP: c_int = 45;
-/// `EACCES` (`sys/sys/errno.h`): what a refused `PROT_EXEC` mapping of guest memory
-/// returns.
-const EACCES: c_int = 13;
 
 /// A /dev/vmm/NAME node and the name its `si_drv1` points at.
 struct VmDev {
@@ -206,8 +203,10 @@ unsafe extern "C" fn vmmdev_mmap(
     nprot: c_int,
     _memattr: *mut VmMemattr,
 ) -> c_int {
+    // Guest memory is never mapped executable in the host (FreeBSD's vmmdev_mmap_single
+    // answers EINVAL as well).
     if nprot & PROT_EXEC != 0 {
-        return EACCES;
+        return Errno::EINVAL.0;
     }
     let Some(g) = glue() else {
         return Errno::ENXIO.0;
