@@ -1,13 +1,21 @@
 //! The non-VHE world switch (issue 3 item 2). Order on entry: save the host's EL1
-//! state, EL2 controls and virtual timer; switch FP/SIMD (eagerly); load the guest's
+//! state, EL2 controls and virtual timer; load the guest's
 //! EL1 registers, virtual timer and GIC virtual CPU interface; then the guest's EL2
 //! controls (HCR, VPIDR/VMPIDR, CPTR, MDCR, CNTHCTL, VTTBR); `eret` in assembly.
 //! On exit the same in reverse; the host's EL2 controls come back first so VTTBR_EL2 is
 //! 0 ("host running") and CPTR_EL2 cannot trap the FP save.
+//!
+//! FP/SIMD is switched lazily, as KVM does: the guest runs with CPTR_EL2.TFP set; its
+//! first FP access traps to `el2_fp_trap` (vectors.rs), which saves the host's
+//! registers, loads the guest's and returns to the guest without a full exit. Only if
+//! that happened are they swapped back on exit. If the host itself asks for TFP in
+//! the guest's CPTR_EL2, FP traps are real exits instead.
 
 use crate::fp::{el2_fp_load, el2_fp_save};
 use crate::sysreg::{isb, mrs, msr};
-use crate::vectors::el2_guest_enter;
+use crate::vectors::{el2_guest_enter, FP_EAGER_TRAP, FP_GUEST_LOADED, FP_LAZY_ARMED};
+use core::mem::MaybeUninit;
+use vmm_sys::arm64::regs::cptr;
 use vmm_sys::arm64::regs::pstate;
 use vmm_sys::hyp::{
     El1Regs, El2Controls, FpRegs, VcpuContext, VgicCpuRegs, VtimerRegs, ICH_APR_MAX, ICH_LR_MAX,
@@ -21,7 +29,6 @@ struct HostState {
     sp_el1: u64,
     el2: El2Controls,
     timer: VtimerRegs,
-    fp: FpRegs,
 }
 
 fn save_el1(r: &mut El1Regs) {
@@ -250,35 +257,42 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     host.sp_el1 = mrs!("sp_el1");
     save_el2(&mut host.el2);
     save_timer(&mut host.timer);
-    // SAFETY: both pointers are to live, 16-byte aligned FpRegs; CPTR_EL2 is still the
-    // host's (no FP trap).
-    unsafe {
-        el2_fp_save(&mut host.fp);
-        el2_fp_load(&c.fp);
-    }
+    // Written by el2_fp_trap only if the guest uses FP (then fp_state says so).
+    let mut host_fp = MaybeUninit::<FpRegs>::uninit();
 
     load_el1(&c.el1);
     load_timer(&c.timer);
     vgic_load(&c.vgic, lrs, aprs);
     c.pstate = guest_pstate(c.pstate);
-    load_el2(&c.el2);
+    let mut el2 = c.el2;
+    let fp_state = if el2.cptr_el2 & cptr::TFP == 0 {
+        el2.cptr_el2 |= cptr::TFP;
+        FP_LAZY_ARMED
+    } else {
+        FP_EAGER_TRAP
+    };
+    load_el2(&el2);
 
-    // SAFETY: every register the guest sees is loaded; ctx stays valid (caller).
-    let kind = unsafe { el2_guest_enter(ctx) };
+    // SAFETY: every register the guest sees is loaded; ctx stays valid (caller);
+    // host_fp is a 16-byte aligned FpRegs-sized area on this stack.
+    let r = unsafe { el2_guest_enter(ctx, host_fp.as_mut_ptr(), fp_state) };
 
     load_el2(&host.el2);
     vgic_save(&mut c.vgic, lrs, aprs);
     c.timer.cntv_ctl_el0 = mrs!("cntv_ctl_el0");
     c.timer.cntv_cval_el0 = mrs!("cntv_cval_el0");
     save_el1(&mut c.el1);
-    // SAFETY: as above; the host's CPTR_EL2 is back, so FP accesses do not trap.
-    unsafe {
-        el2_fp_save(&mut c.fp);
-        el2_fp_load(&host.fp);
+    if r.fp_state == FP_GUEST_LOADED {
+        // SAFETY: the trap handler filled host_fp before loading the guest's registers;
+        // the host's CPTR_EL2 is back, so these FP accesses do not trap.
+        unsafe {
+            el2_fp_save(&mut c.fp);
+            el2_fp_load(host_fp.as_ptr());
+        }
     }
     load_timer(&host.timer);
     load_el1(&host.el1);
     msr!("sp_el0", host.sp_el0);
     msr!("sp_el1", host.sp_el1);
-    kind
+    r.kind
 }

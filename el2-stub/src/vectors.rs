@@ -16,10 +16,22 @@
 use core::arch::global_asm;
 use vmm_sys::hyp::{ctx_off, excp, ExitInfo, HYP_CLEANUP};
 
-/// Bytes of the host frame `el2_guest_enter` keeps on the EL2 stack.
-const FRAME: usize = 112;
+/// Bytes of the host frame `el2_guest_enter` keeps on the EL2 stack: host x18..x30,
+/// the context address, the host FP save area's address and the lazy-FP state.
+const FRAME: usize = 128;
 /// Offset of the context address in that frame.
 const FRAME_CTX: usize = 104;
+const FRAME_HOSTFP: usize = 112;
+const FRAME_FPSTATE: usize = 120;
+
+/// Lazy FP/SIMD states kept in the frame while a guest runs.
+pub const FP_EAGER_TRAP: u64 = 0;
+/// CPTR_EL2.TFP was added by us: the first guest FP access switches FP at EL2.
+pub const FP_LAZY_ARMED: u64 = 1;
+/// The guest's FP registers are live in the CPU; the host's are in the save area.
+pub const FP_GUEST_LOADED: u64 = 2;
+/// ESR_EL2.EC of a trapped FP/SIMD access.
+const EC_FP: u64 = 0x07;
 
 global_asm!(
     r#"
@@ -87,7 +99,11 @@ el2_runtime_vectors:
     cbnz x0, 1f
     ldp x0, x1, [sp], #16
     b el2_host_call
-1:  mov x1, #{EL1_SYNC}
+1:  mrs x0, esr_el2
+    lsr x0, x0, #26
+    cmp x0, #{EC_FP}
+    b.eq el2_fp_trap
+    mov x1, #{EL1_SYNC}
     b el2_guest_exit
     .balign 0x80
     /* lower EL, AArch64, IRQ: only while a guest runs (the host keeps HCR_EL2.IMO clear) */
@@ -173,8 +189,38 @@ el2_cleanup:
     mov x0, #0
     eret
 
-/* u64 el2_guest_enter(VcpuContext *ctx): run the guest until it exits, return the
- * exception kind. The caller has loaded every system register already. */
+/* A guest FP/SIMD access trapped by CPTR_EL2.TFP. If we set TFP for lazy switching
+ * (state FP_LAZY_ARMED), switch FP here and return to the guest without a full exit;
+ * otherwise it is a real exit for the host. Guest x0/x1 are at [sp]. */
+el2_fp_trap:
+    stp x2, x3, [sp, #-32]!
+    str x30, [sp, #16]
+    ldr x0, [sp, #(48 + {FRAME_FPSTATE})]
+    cmp x0, #{FP_LAZY_ARMED}
+    b.ne 1f
+    mrs x0, cptr_el2
+    bic x0, x0, #{TFP}
+    msr cptr_el2, x0
+    isb
+    ldr x0, [sp, #(48 + {FRAME_HOSTFP})]
+    bl el2_fp_save
+    ldr x0, [sp, #(48 + {FRAME_CTX})]
+    add x0, x0, #{FP}
+    bl el2_fp_load
+    mov x0, #{FP_GUEST_LOADED}
+    str x0, [sp, #(48 + {FRAME_FPSTATE})]
+    ldr x30, [sp, #16]
+    ldp x2, x3, [sp], #32
+    ldp x0, x1, [sp], #16
+    eret
+1:  ldr x30, [sp, #16]
+    ldp x2, x3, [sp], #32
+    mov x1, #{EL1_SYNC}
+    b el2_guest_exit
+
+/* EnterResult el2_guest_enter(VcpuContext *ctx, FpRegs *host_fp, u64 fp_state): run
+ * the guest until it exits; returns (exception kind, final lazy-FP state) in x0/x1.
+ * The caller has loaded every system register already. */
     .global el2_guest_enter
 el2_guest_enter:
     sub sp, sp, #{FRAME}
@@ -185,6 +231,7 @@ el2_guest_enter:
     stp x26, x27, [sp, #64]
     stp x28, x29, [sp, #80]
     stp x30, x0, [sp, #96]
+    stp x1, x2, [sp, #{FRAME_HOSTFP}]
     ldp x1, x2, [x0, #{SP_EL0}]
     msr sp_el0, x1
     msr sp_el1, x2
@@ -244,6 +291,7 @@ el2_guest_exit:
     mrs x3, hpfar_el2
     str x3, [x2, #{EXIT_HPFAR}]
     mov x0, x1
+    ldr x1, [sp, #{FRAME_FPSTATE}]
     ldp x18, x19, [sp, #0]
     ldp x20, x21, [sp, #16]
     ldp x22, x23, [sp, #32]
@@ -263,6 +311,13 @@ el2_guest_exit:
     SCTLR_STUB = const crate::STUB_SCTLR_EL2,
     FRAME = const FRAME,
     FRAME_CTX = const FRAME_CTX,
+    FRAME_HOSTFP = const FRAME_HOSTFP,
+    FRAME_FPSTATE = const FRAME_FPSTATE,
+    FP_LAZY_ARMED = const FP_LAZY_ARMED,
+    FP_GUEST_LOADED = const FP_GUEST_LOADED,
+    EC_FP = const EC_FP,
+    TFP = const vmm_sys::arm64::regs::cptr::TFP,
+    FP = const ctx_off::FP,
     SP_EL0 = const ctx_off::SP_EL0,
     PC = const ctx_off::PC,
     EXIT = const ctx_off::EXIT,
@@ -277,7 +332,24 @@ const _: () = assert!(ctx_off::SP_EL1 == ctx_off::SP_EL0 + 8);
 const _: () = assert!(ctx_off::PSTATE == ctx_off::PC + 8);
 const _: () = assert!(ctx_off::X == 0);
 
+/// What `el2_guest_enter` returns in x0/x1.
+#[repr(C)]
+pub struct EnterResult {
+    /// The exception kind (`hyp::excp`).
+    pub kind: u64,
+    /// The lazy-FP state at exit (`FP_*`).
+    pub fp_state: u64,
+}
+
+const _: () = assert!(FRAME_FPSTATE == FRAME_HOSTFP + 8 && FRAME_HOSTFP == FRAME_CTX + 8);
+
 extern "C" {
-    /// Enters the guest described by `ctx` (an EL2 address) and returns the exit kind.
-    pub fn el2_guest_enter(ctx: *mut vmm_sys::hyp::VcpuContext) -> u64;
+    /// Enters the guest described by `ctx` (an EL2 address). `host_fp` receives the
+    /// host's FP registers if the guest touches FP while `fp_state` is
+    /// `FP_LAZY_ARMED`.
+    pub fn el2_guest_enter(
+        ctx: *mut vmm_sys::hyp::VcpuContext,
+        host_fp: *mut vmm_sys::hyp::FpRegs,
+        fp_state: u64,
+    ) -> EnterResult;
 }

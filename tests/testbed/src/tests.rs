@@ -85,6 +85,7 @@ pub fn run_all(gic_ok: bool) {
     report("hyp_read_register", check_read_register(n));
     report("guest_hvc_loop", run_hvc_loop(2000));
     report("guest_fp_gpr_two_cpus", run_fp_two_cpus(n, 1500));
+    report("guest_fp_trap_for_host", run_fp_trap_for_host());
     report("guest_mmio", run_mmio());
     report("guest_sysreg", run_sysreg());
     report("guest_wfi", run_wfi());
@@ -843,4 +844,43 @@ fn core_fp(vmm: &crate::core_tests::Core, n: usize) -> Result<String, String> {
             "cpu0 code {r0}, cpu1 code {r1} (2 = host FP changed, 1000+n = guest register n)"
         ))
     }
+}
+
+/// When the host itself sets CPTR_EL2.TFP in the guest's controls, a guest FP access is
+/// a real exit (EC 0x07) rather than the EL2 code's lazy switch.
+fn run_fp_trap_for_host() -> Result<String, String> {
+    let mut vm = TestVm::new(FP_GPR, GUEST_PAGES).ok_or("cannot create VM")?;
+    let c = vm.ctx();
+    c.x[0] = 1;
+    c.el2.cptr_el2 |= vmm_sys::arm64::regs::cptr::TFP;
+    let kind = vm.run();
+    let c = vm.ctx();
+    if kind != excp::EL1_SYNC as u64 || esr_ec(c.exit.esr_el2) != ec::FP_ASIMD {
+        return Err(format!(
+            "exit kind {kind} esr {:#x}, want an FP trap",
+            c.exit.esr_el2
+        ));
+    }
+    let trap_pc = c.pc;
+    // Then without TFP the lazy switch takes over and the guest finishes its round.
+    c.el2.cptr_el2 &= !vmm_sys::arm64::regs::cptr::TFP;
+    for _ in 0..4 {
+        vm.run();
+        let c = vm.ctx();
+        match hvc_imm(c.exit.esr_el2) {
+            Some(1) => continue,
+            Some(2) => {
+                return Ok(format!(
+                "FP access exits with EC 0x7 at pc {trap_pc:#x} when the host traps FP; lazy FP otherwise",
+            ))
+            }
+            other => {
+                return Err(format!(
+                    "exit {other:?} esr {:#x} x0 {}",
+                    c.exit.esr_el2, c.x[0]
+                ))
+            }
+        }
+    }
+    Err("guest did not finish".into())
 }
