@@ -630,6 +630,30 @@ fn check_elf(data: &[u8], symbols: &str, r: &mut Report) -> Result<(), String> {
         format!("other types (type: count) {bad:?}"),
     );
 
+    // Relocated words must be in writable segments: link_elf may write-protect the
+    // others per segment, and text must stay shareable and unmodified.
+    let writable: Vec<(u64, u64)> = phdrs
+        .iter()
+        .filter(|ph| ph.p_type(e) == elf::PT_LOAD && ph.p_flags(e) & elf::PF_W != 0)
+        .map(|ph| (ph.p_vaddr(e), ph.p_vaddr(e).saturating_add(ph.p_memsz(e))))
+        .collect();
+    let outside: Vec<String> = relocs
+        .keys()
+        .filter(|&&o| {
+            !writable
+                .iter()
+                .any(|&(a, b)| o >= a && o.saturating_add(8) <= b)
+        })
+        .take(5)
+        .map(|o| format!("{o:#x}"))
+        .collect();
+    r.check(
+        outside.is_empty(),
+        "relocations only in writable segments",
+        "every relocated word inside an R+W PT_LOAD",
+        format!("relocations at {outside:?}"),
+    );
+
     let ko = Ko {
         data,
         loads,
