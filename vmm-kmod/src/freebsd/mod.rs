@@ -33,12 +33,14 @@
 //!
 //! The glue built on them (issue 5, item 2):
 //! * [`el2pt`] - the identity-mapped EL2 translation tables (portable, tested).
+//! * [`alignalloc`] - the global allocator's over-aligned block arithmetic (tested).
 //! * [`fmtbuf`] - fixed-buffer formatting for the log and panic(9).
 //! * [`req`] - decoding of the requests the glue handles (portable, tested).
 //! * `host` - the FreeBSD `Host` implementation (aarch64 kernel builds only).
 //! * `glue` - module event handler, /dev/vmmctl, /dev/vmm/NAME, hw.vmm sysctls.
 //! * `panic` - panic(9) for Rust panics, malloc(9) as the global allocator.
 
+pub mod alignalloc;
 pub mod cdev;
 pub mod copy;
 pub mod el2pt;

@@ -12,6 +12,7 @@
 //!
 //! The vmm.ko crate installs both (`#[panic_handler]`, `#[global_allocator]`).
 
+use super::alignalloc::{aligned_start, over_alloc_size, MALLOC_MIN_ALIGN};
 use super::fmtbuf::FmtBuf;
 use super::host::M_VMM;
 use super::kern;
@@ -38,9 +39,6 @@ fn panic_bytes(s: &[u8]) -> ! {
     unsafe { kern::panic(c"vmm: %.*s".as_ptr(), len, s.as_ptr()) }
 }
 
-/// The alignment malloc(9) always gives (a pointer; UMA zones align at least that).
-const MALLOC_MIN_ALIGN: usize = 8;
-
 /// malloc(9) as Rust's global allocator.
 pub struct KernelAllocator;
 
@@ -53,8 +51,7 @@ unsafe impl GlobalAlloc for KernelAllocator {
             // SAFETY: plain allocation; NULL is passed on as allocation failure.
             return unsafe { malloc::malloc(size, M_VMM.as_ptr(), M_NOWAIT).cast() };
         }
-        // Room for the alignment slack plus the saved original address.
-        let Some(total) = size.checked_add(layout.align()) else {
+        let Some(total) = over_alloc_size(size, layout.align()) else {
             return core::ptr::null_mut();
         };
         // SAFETY: as above.
@@ -62,14 +59,15 @@ unsafe impl GlobalAlloc for KernelAllocator {
         if raw.is_null() {
             return raw;
         }
-        let addr = raw as usize;
-        // align > 8 and raw is 8-aligned, so the aligned address is at least 8 bytes
-        // above raw and at most `align` above: the block and the saved word fit.
-        let aligned = addr.wrapping_add(layout.align()) & !(layout.align().wrapping_sub(1));
-        let off = aligned.wrapping_sub(addr);
-        // SAFETY: off <= align, so raw + off .. raw + off + size is inside the block.
-        let p = unsafe { raw.add(off) };
-        // SAFETY: p - 8 >= raw (off >= 8) and is 8-aligned: the saved word is ours.
+        let Some(aligned) = aligned_start(raw as usize, layout.align()) else {
+            // SAFETY: returning the block just allocated.
+            unsafe { malloc::free(raw.cast(), M_VMM.as_ptr()) };
+            return core::ptr::null_mut();
+        };
+        // SAFETY: `aligned_start` keeps the block and the word below it inside the
+        // allocation (tested in `alignalloc`); offsetting from `raw` keeps provenance.
+        let p = unsafe { raw.add(aligned.wrapping_sub(raw as usize)) };
+        // SAFETY: p - 8 >= raw and is 8-aligned: the saved word is ours.
         unsafe { p.cast::<*mut u8>().sub(1).write(raw) };
         p
     }

@@ -19,6 +19,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("timer.rs", include_str!("timer.rs")),
     ("types.rs", include_str!("types.rs")),
     ("el2pt.rs", include_str!("el2pt.rs")),
+    ("alignalloc.rs", include_str!("alignalloc.rs")),
     ("fmtbuf.rs", include_str!("fmtbuf.rs")),
     ("req.rs", include_str!("req.rs")),
     ("host.rs", include_str!("host.rs")),
