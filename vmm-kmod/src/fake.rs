@@ -152,6 +152,8 @@ pub struct FakeHost {
     pub kicks: AtomicUsize,
     pub synced_bytes: AtomicUsize,
     pub signal: AtomicBool,
+    /// Calls to `sleep`, to tell sleeping from spinning.
+    pub sleeps: AtomicUsize,
     intr_off: AtomicBool,
     sleepq: Mutex<HashMap<usize, u64>>,
     cv: Condvar,
@@ -204,6 +206,7 @@ impl FakeHost {
             kicks: AtomicUsize::new(0),
             synced_bytes: AtomicUsize::new(0),
             signal: AtomicBool::new(false),
+            sleeps: AtomicUsize::new(0),
             intr_off: AtomicBool::new(false),
             sleepq: Mutex::new(HashMap::new()),
             cv: Condvar::new(),
@@ -458,6 +461,7 @@ impl Host for FakeHost {
         deadline: Option<u64>,
         still_sleep: &dyn Fn() -> bool,
     ) -> SleepResult {
+        self.sleeps.fetch_add(1, Ordering::SeqCst);
         let mut q = self.sleepq.lock().unwrap();
         if !still_sleep() {
             return SleepResult::Woken;

@@ -463,7 +463,10 @@ impl<H: Host> Vmm<H> {
                 if now_virtual >= t.cntv_cval_el0 {
                     return Ok(Next::Reenter);
                 }
-                Some(t.cntv_cval_el0.wrapping_add(t.cntvoff_el2))
+                // A compare value so far ahead that the host counter cannot express it
+                // never fires: sleep until notified rather than spin on a deadline that
+                // wrapped into the past.
+                t.cntv_cval_el0.checked_add(t.cntvoff_el2)
             } else {
                 None
             };

@@ -450,6 +450,27 @@ fn wfi_sleeps_until_something_happens() {
         "{:?}",
         t.elapsed()
     );
+    // A compare value at the end of time: the vCPU sleeps (no spinning on a wrapped
+    // deadline) until something else wakes it.
+    v.host().push(wfi().with(|c| {
+        c.timer.cntv_ctl_el0 = 1;
+        c.timer.cntv_cval_el0 = u64::MAX;
+    }));
+    v.host().push(hvc());
+    let sleeps = v.host().sleeps.load(std::sync::atomic::Ordering::SeqCst);
+    std::thread::scope(|s| {
+        let t = s.spawn(|| run(&v, "g", 0));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let asleep = !t.is_finished();
+        let calls = v.host().sleeps.load(std::sync::atomic::Ordering::SeqCst) - sleeps;
+        // Wake it before asserting, so a failure does not leave the thread behind.
+        v.set_irq_pending(b"g", 0, true).unwrap();
+        let e = t.join().unwrap().unwrap().0;
+        assert!(asleep, "still asleep after 50 ms");
+        assert!(calls <= 2, "slept once, did not spin: {calls} sleeps");
+        assert_eq!(exitcode(&e), ExitCode::Smccc);
+    });
+    v.set_irq_pending(b"g", 0, false).unwrap();
     // HALT_EXIT: WFI goes to userspace, and resumes after it.
     let mut c = VmCapability {
         cpuid: 0,
@@ -464,7 +485,7 @@ fn wfi_sleeps_until_something_happens() {
     v.host().push(hvc());
     run(&v, "g", 0).unwrap();
     assert_eq!(entries(&v).last().unwrap().pc, RAM + 0x104);
-    assert_eq!(stat(&v, "g", Stat::Wfi), 3);
+    assert_eq!(stat(&v, "g", Stat::Wfi), 4);
 }
 
 #[test]
