@@ -20,17 +20,20 @@
 
 use super::cdev::{
     self, Cdev, Cdevsw, CdevswCell, MakeDevArgs, Thread, GID_WHEEL, MAKEDEV_CHECKNAME,
-    MAKEDEV_WAITOK, PROT_EXEC, UID_ROOT,
+    MAKEDEV_WAITOK, PROT_EXEC, PROT_READ, PROT_WRITE, UID_ROOT,
 };
 use super::el2pt::attrs_code;
 use super::host::{
-    self, id_regs, sync_icache, FreeBsdHost, SxMutex, EL2_MAIR_WB, M_VMM, SLEEP_MTX,
+    self, id_regs, sync_icache, FreeBsdHost, SgRef, SxMutex, EL2_MAIR_WB, M_VMM, SLEEP_MTX,
 };
 use super::machdep::{self, current_el, pfr0_gic};
+use super::malloc::M_WAITOK;
+use super::maps::{collect_chunks, Live};
 use super::module::{MOD_LOAD, MOD_QUIESCE, MOD_SHUTDOWN, MOD_UNLOAD};
 use super::req::{self, CtlOp};
 use super::sysctl::{self, SysctlCtxList, SysctlOid, SysctlReq};
-use super::types::{Intmax, VmMemattr, VmOoffset, VmPaddr};
+use super::types::{Intmax, VmOoffset, VmSize};
+use super::vm::VmObject;
 use super::{malloc, priv_, smp, vm as kvm};
 use crate::errno::{Errno, KResult};
 use crate::host::{Host, PhysMem, PAGE_SIZE};
@@ -40,6 +43,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, c_ulong, c_void};
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use vmm_sys::ioctl::iocparm_len;
 use vmm_sys::VM_MAX_NAMELEN;
@@ -95,9 +99,13 @@ static CTL_SW: CdevswCell = CdevswCell::new(Cdevsw {
 static VM_SW: CdevswCell = CdevswCell::new(Cdevsw {
     d_open: Some(vmm_open),
     d_ioctl: Some(vmmdev_ioctl),
-    d_mmap: Some(vmmdev_mmap),
+    d_mmap_single: Some(vmmdev_mmap_single),
     ..Cdevsw::new(c"vmmdev")
 });
+
+/// Most physical chunks one mmap may cover (bounds the `sglist` allocation: 16 bytes
+/// each).
+const MAX_SG_CHUNKS: usize = 1 << 16;
 
 fn errno(r: KResult<()>) -> c_int {
     match r {
@@ -194,14 +202,17 @@ unsafe extern "C" fn vmmdev_ioctl(
     errno(g.vmm.dispatch(DeviceRef::Vm(name), cmd, arg))
 }
 
-/// `d_mmap`: the device pager asks, page by page, which physical page backs offset
-/// `offset` (= guest physical address) of /dev/vmm/NAME.
-unsafe extern "C" fn vmmdev_mmap(
+/// `d_mmap_single`: mmap of /dev/vmm/NAME at offset = guest physical address. The
+/// answer is a new `OBJT_SG` object over the physical chunks behind the range, with the
+/// offset rewritten to 0 (the object starts at the requested address). The glue keeps a
+/// reference on the object's list, so the host can tell when the last mapping is gone
+/// (see [`super::maps`]).
+unsafe extern "C" fn vmmdev_mmap_single(
     dev: *mut Cdev,
-    offset: VmOoffset,
-    paddr: *mut VmPaddr,
+    offset: *mut VmOoffset,
+    size: VmSize,
+    object: *mut *mut VmObject,
     nprot: c_int,
-    _memattr: *mut VmMemattr,
 ) -> c_int {
     // Guest memory is never mapped executable in the host (FreeBSD's vmmdev_mmap_single
     // answers EINVAL as well).
@@ -215,17 +226,98 @@ unsafe extern "C" fn vmmdev_mmap(
     let Some(name) = (unsafe { dev_name(dev) }) else {
         return Errno::ENXIO.0;
     };
-    let Ok(gpa) = u64::try_from(offset) else {
+    // SAFETY: `offset` is the mmap code's in/out parameter.
+    let Ok(gpa) = u64::try_from(unsafe { offset.read() }) else {
         return Errno::EINVAL.0;
     };
-    match g.vmm.gpa_to_pa(name, gpa) {
-        Some((pa, _, _)) => {
-            // SAFETY: `paddr` is the device pager's out parameter.
-            unsafe { paddr.write(pa & !(PAGE_SIZE as u64).wrapping_sub(1)) };
+    match map_guest(g, name, gpa, size, nprot) {
+        Ok(obj) => {
+            // SAFETY: the kernel's out parameters; the object carries one reference,
+            // which the mmap code takes over.
+            unsafe {
+                offset.write(0);
+                object.write(obj);
+            }
             0
         }
-        None => Errno::EINVAL.0,
+        Err(e) => e.0,
     }
+}
+
+/// Builds the `OBJT_SG` object for guest range `[gpa, gpa + size)` of VM `name`.
+fn map_guest(
+    g: &Glue,
+    name: &[u8],
+    gpa: u64,
+    size: VmSize,
+    nprot: c_int,
+) -> KResult<*mut VmObject> {
+    let lookup = |x: u64| g.vmm.gpa_to_pa(name, x).map(|(pa, _, n)| (pa, n));
+    let chunks = collect_chunks(gpa, size, MAX_SG_CHUNKS, lookup)?;
+    let n = c_int::try_from(chunks.len()).map_err(|_| Errno::EINVAL)?;
+    let mut ranges = Vec::new();
+    ranges
+        .try_reserve_exact(chunks.len())
+        .map_err(|_| Errno::ENOMEM)?;
+    for &(pa, len) in &chunks {
+        ranges.push((pa, pa.saturating_add(len)));
+    }
+    let size_off = VmOoffset::try_from(size).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: allocation of an empty list; M_WAITOK is fine in mmap's thread context.
+    let sg = NonNull::new(unsafe { kvm::sglist_alloc(n, M_WAITOK) }).ok_or(Errno::ENOMEM)?;
+    for &(pa, len) in &chunks {
+        let Ok(len) = usize::try_from(len) else {
+            // SAFETY: dropping the only reference to the list just made.
+            unsafe { kvm::sglist_free(sg.as_ptr()) };
+            return Err(Errno::EINVAL);
+        };
+        // SAFETY: our list, sized for every chunk.
+        if unsafe { kvm::sglist_append_phys(sg.as_ptr(), pa, len) } != 0 {
+            // SAFETY: as above.
+            unsafe { kvm::sglist_free(sg.as_ptr()) };
+            return Err(Errno::EINVAL);
+        }
+    }
+    let prot = (nprot & (PROT_READ | PROT_WRITE)) as u8;
+    // SAFETY: a fully built list; the new object takes its own reference on it.
+    let obj = unsafe {
+        kvm::vm_pager_allocate(
+            kvm::OBJT_SG,
+            sg.as_ptr().cast(),
+            size_off,
+            prot,
+            0,
+            core::ptr::null_mut(),
+        )
+    };
+    if obj.is_null() {
+        // SAFETY: the pager took no reference; ours is the last.
+        unsafe { kvm::sglist_free(sg.as_ptr()) };
+        return Err(Errno::EINVAL);
+    }
+    // From here the host may hold memory of these ranges back on free.
+    g.vmm
+        .host()
+        .add_map(Live {
+            sg: SgRef(sg),
+            ranges,
+        })
+        .inspect_err(|_| {
+            // SAFETY: the object is ours alone (not returned yet).
+            unsafe { kvm::vm_object_deallocate(obj) };
+        })?;
+    // Memory freed between the lookup and add_map was not held back: look again, and
+    // give up if the range no longer maps to the same chunks.
+    if collect_chunks(gpa, size, MAX_SG_CHUNKS, lookup)
+        .ok()
+        .as_ref()
+        != Some(&chunks)
+    {
+        // SAFETY: as above; the registry entry is reaped once the object is gone.
+        unsafe { kvm::vm_object_deallocate(obj) };
+        return Err(Errno::EINVAL);
+    }
+    Ok(obj)
 }
 
 /// The shared body of the create/destroy sysctls.
@@ -369,7 +461,7 @@ pub unsafe fn modevent(what: c_int, blob: &'static [u8]) -> c_int {
             Err(e) => e.0,
         },
         MOD_QUIESCE => match glue() {
-            Some(g) if g.vmm.vm_count() != 0 => Errno::EBUSY.0,
+            Some(g) if g.vmm.vm_count() != 0 || g.vmm.host().maps_busy() => Errno::EBUSY.0,
             _ => 0,
         },
         MOD_SHUTDOWN => 0,
@@ -592,6 +684,12 @@ fn unload_entry_points_and_core() -> KResult<()> {
     {
         let devs = g.devs.lock();
         if !devs.is_empty() || g.vmm.vm_count() != 0 {
+            return Err(Errno::EBUSY);
+        }
+        if g.vmm.host().maps_busy() {
+            host::log(format_args!(
+                "vmm: guest memory of a destroyed VM is still mapped by a process"
+            ));
             return Err(Errno::EBUSY);
         }
         g.unloading.store(true, Ordering::SeqCst);

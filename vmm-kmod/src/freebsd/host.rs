@@ -19,6 +19,7 @@ use super::el2pt::{attrs_data, El2Tables, TableMem};
 use super::fmtbuf::FmtBuf;
 use super::lock::{self, Mtx, Sx};
 use super::malloc::{self, MallocType, M_NOWAIT, M_WAITOK, M_ZERO};
+use super::maps::{Live, Registry};
 use super::timer::{self, CalloutStorage, CALLOUT_ANY_CPU, CS_DRAIN};
 use super::types::ticks_to_sbt;
 use super::vm::{self as kvm, VM_MEMATTR_WRITE_BACK};
@@ -266,6 +267,28 @@ fn free_contig_pages(mem: PhysMem) {
     unsafe { kvm::kmem_free(mem.va.as_ptr().cast(), mem.len as u64) };
 }
 
+/// The glue's own reference on the `struct sglist` of one mmap (see [`super::maps`]).
+pub struct SgRef(pub NonNull<kvm::Sglist>);
+
+// SAFETY: the list is reference-counted by the kernel with atomics and never changes
+// after the mmap that created it; any thread may read the count and drop the reference.
+unsafe impl Send for SgRef {}
+
+impl SgRef {
+    /// True once the object made over the list is gone (only our reference is left).
+    fn dead(&self) -> bool {
+        // SAFETY: we hold a reference, so the list is alive; the count is a u_int the
+        // kernel updates atomically, read here as a plain volatile load.
+        let refs = unsafe { core::ptr::addr_of!((*self.0.as_ptr()).sg_refs).read_volatile() };
+        refs <= 1
+    }
+}
+
+fn release_sg(s: SgRef) {
+    // SAFETY: drops the glue's own reference, taken at sglist_alloc.
+    unsafe { kvm::sglist_free(s.0.as_ptr()) };
+}
+
 /// The EL2 tables and whether our EL2 code is installed.
 pub struct El2State {
     pub tables: El2Tables,
@@ -282,6 +305,8 @@ pub struct FreeBsdHost {
     /// Behind an sx lock: map/unmap come from thread context only (VM creation,
     /// destruction, vCPU setup).
     el2: crate::sync::Mutex<SxMutex, El2State>,
+    /// Guest memory mapped by processes, and memory waiting for those mappings to go.
+    maps: crate::sync::Mutex<SxMutex, Registry<SgRef>>,
 }
 
 impl FreeBsdHost {
@@ -312,7 +337,26 @@ impl FreeBsdHost {
                 tables,
                 live: false,
             }),
+            maps: crate::sync::Mutex::new(Registry::default()),
         })
+    }
+
+    /// Records the mapping `live` (its list reference passes to the registry).
+    pub fn add_map(&self, live: Live<SgRef>) -> KResult<()> {
+        let mut m = self.maps.lock();
+        m.reap(SgRef::dead, release_sg, free_contig_pages);
+        m.add(live).map_err(|(e, l)| {
+            release_sg(l.sg);
+            e
+        })
+    }
+
+    /// Forgets mappings that are gone and frees the memory they held back; true if
+    /// anything is still mapped or held back.
+    pub fn maps_busy(&self) -> bool {
+        let mut m = self.maps.lock();
+        m.reap(SgRef::dead, release_sg, free_contig_pages);
+        m.busy()
     }
 
     /// TTBR0_EL2 for `InitParams`.
@@ -421,7 +465,10 @@ impl Host for FreeBsdHost {
     }
 
     fn free_contig(&self, mem: PhysMem) {
-        free_contig_pages(mem);
+        // Guest memory a process still maps waits for the mapping to go away.
+        let mut m = self.maps.lock();
+        m.reap(SgRef::dead, release_sg, free_contig_pages);
+        m.release(mem, free_contig_pages);
     }
 
     fn pa_to_va(&self, pa: u64) -> Option<NonNull<u8>> {

@@ -35,6 +35,7 @@
 //! * [`el2pt`] - the identity-mapped EL2 translation tables (portable, tested).
 //! * [`alignalloc`] - the global allocator's over-aligned block arithmetic (tested).
 //! * [`fmtbuf`] - fixed-buffer formatting for the log and panic(9).
+//! * [`maps`] - guest memory mapped by processes; memory freed only once unmapped.
 //! * [`req`] - decoding of the requests the glue handles (portable, tested).
 //! * `host` - the FreeBSD `Host` implementation (aarch64 kernel builds only).
 //! * `glue` - module event handler, /dev/vmmctl, /dev/vmm/NAME, hw.vmm sysctls.
@@ -51,6 +52,7 @@ pub mod kern;
 pub mod lock;
 pub mod machdep;
 pub mod malloc;
+pub mod maps;
 pub mod module;
 pub mod priv_;
 pub mod req;

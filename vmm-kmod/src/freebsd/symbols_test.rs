@@ -20,6 +20,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("types.rs", include_str!("types.rs")),
     ("el2pt.rs", include_str!("el2pt.rs")),
     ("alignalloc.rs", include_str!("alignalloc.rs")),
+    ("maps.rs", include_str!("maps.rs")),
     ("fmtbuf.rs", include_str!("fmtbuf.rs")),
     ("req.rs", include_str!("req.rs")),
     ("host.rs", include_str!("host.rs")),

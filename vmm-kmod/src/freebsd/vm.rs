@@ -14,12 +14,34 @@
 //!   that and a device pager over wired pages.
 
 use super::malloc::MallocTypeHead;
-use super::types::{VmMemattr, VmOffset, VmPaddr, VmPindex, VmSize};
-use core::ffi::{c_int, c_ulong, c_void};
+use super::types::{VmMemattr, VmOffset, VmOoffset, VmPaddr, VmPindex, VmProt, VmSize};
+use core::ffi::{c_int, c_uint, c_ulong, c_void};
 
 /// `enum obj_type` value `OBJT_SWAP` (`sys/vm/vm.h`): anonymous, swap-backed memory.
 /// It is the second enumerator in every release (slot 0 was `OBJT_DEFAULT`, now unused).
 pub const OBJT_SWAP: u8 = 1;
+
+/// `OBJT_SG` (`sys/vm/vm.h`, the seventh enumerator of `enum obj_type`): an object
+/// whose pages are the physical ranges of a `struct sglist` (sys/vm/sg_pager.c).
+pub const OBJT_SG: u8 = 6;
+
+/// `struct sglist_seg` (`sys/sys/sglist.h`).
+#[repr(C)]
+pub struct SglistSeg {
+    pub ss_paddr: VmPaddr,
+    pub ss_len: usize,
+}
+
+/// `struct sglist` (`sys/sys/sglist.h`, unchanged since its introduction in 8.0):
+/// `sg_refs` counts the holders (`sglist_hold`/`sglist_free`); an `OBJT_SG` object holds
+/// one reference on its list until the object is destroyed.
+#[repr(C)]
+pub struct Sglist {
+    pub sg_segs: *mut SglistSeg,
+    pub sg_refs: c_uint,
+    pub sg_nseg: u16,
+    pub sg_maxseg: u16,
+}
 
 /// `vm_memattr_t` values of arm64 (`sys/arm64/include/vm.h`: indices into MAIR_EL1).
 pub const VM_MEMATTR_DEVICE_NGNRNE: VmMemattr = 0;
@@ -112,6 +134,27 @@ extern "C" {
     pub fn vm_object_reference(object: *mut VmObject);
     /// `void vm_object_deallocate(vm_object_t)`: drops a reference; the last frees it.
     pub fn vm_object_deallocate(object: *mut VmObject);
+
+    /// `struct sglist *sglist_alloc(int nsegs, int mflags)` (sys/kern/subr_sglist.c):
+    /// an empty list for `nsegs` segments, one reference.
+    pub fn sglist_alloc(nsegs: c_int, mflags: c_int) -> *mut Sglist;
+    /// `int sglist_append_phys(struct sglist *sg, vm_paddr_t paddr, size_t len)`:
+    /// appends (or merges) a physical range; `EFBIG` when the list is full.
+    pub fn sglist_append_phys(sg: *mut Sglist, paddr: VmPaddr, len: usize) -> c_int;
+    /// `void sglist_free(struct sglist *sg)`: drops a reference; the last frees it.
+    pub fn sglist_free(sg: *mut Sglist);
+    /// `vm_object_t vm_pager_allocate(objtype_t type, void *handle, vm_ooffset_t size,
+    ///     vm_prot_t prot, vm_ooffset_t off, struct ucred *cred)` (`sys/vm/vm_pager.h`):
+    /// with `OBJT_SG` and a list as handle, a new object over its ranges that holds a
+    /// reference on the list (`sg_pager_alloc`). NULL on failure.
+    pub fn vm_pager_allocate(
+        type_: u8,
+        handle: *mut c_void,
+        size: VmOoffset,
+        prot: VmProt,
+        off: VmOoffset,
+        cred: *mut c_void,
+    ) -> *mut VmObject;
 }
 
 #[cfg(test)]
@@ -120,6 +163,17 @@ mod tests {
 
     const BASE: u64 = 0x4000_0000;
     const MAX: u64 = 0x1_4000_0000;
+
+    #[test]
+    fn sglist_layout() {
+        use core::mem::{offset_of, size_of};
+        assert_eq!(size_of::<SglistSeg>(), 16);
+        assert_eq!(offset_of!(Sglist, sg_refs), 8);
+        assert_eq!(offset_of!(Sglist, sg_nseg), 12);
+        assert_eq!(offset_of!(Sglist, sg_maxseg), 14);
+        assert_eq!(size_of::<Sglist>(), 16);
+        assert_eq!(OBJT_SG, 6);
+    }
 
     #[test]
     fn dmap_round_trips_inside_the_window() {
