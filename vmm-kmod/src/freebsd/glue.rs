@@ -103,9 +103,9 @@ static VM_SW: CdevswCell = CdevswCell::new(Cdevsw {
     ..Cdevsw::new(c"vmmdev")
 });
 
-/// Most physical chunks one mmap may cover (bounds the `sglist` allocation: 16 bytes
-/// each).
-const MAX_SG_CHUNKS: usize = 1 << 16;
+/// Most physical chunks one mmap may cover: `struct sglist` counts its segments in a
+/// `u_short` (`sg_maxseg`).
+const MAX_SG_CHUNKS: usize = u16::MAX as usize;
 
 fn errno(r: KResult<()>) -> c_int {
     match r {
