@@ -153,3 +153,11 @@ fn errno_values_are_freebsds() {
         [1, 2, 6, 7, 12, 14, 16, 17, 19, 22, 25]
     );
 }
+
+/// The glue keeps one `Vmm` in a static and calls it from every CPU and thread.
+#[test]
+fn vmm_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Vmm<FakeHost>>();
+    check::<crate::vm::Vm<FakeHost>>();
+}
