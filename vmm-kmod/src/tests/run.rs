@@ -654,6 +654,16 @@ fn guest_memory_is_synced_before_first_entry() {
             .load(std::sync::atomic::Ordering::SeqCst),
         synced
     );
+    // New memory mapped: everything is made coherent again before the next entry.
+    alloc_seg(&v, "g", 1, 1 << 20).unwrap();
+    mmap(&v, "g", 0x1_0000_0000, 1, 0, 1 << 20, PROT_ALL).unwrap();
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    let now = v
+        .host()
+        .synced_bytes
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(now, synced + (4 << 20) + (1 << 20));
 }
 
 #[test]
