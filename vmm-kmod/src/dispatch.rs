@@ -269,7 +269,12 @@ impl<H: Host> Vmm<H> {
                 vm.with_vcpu(host, req.cpuid, |v| {
                     v.inject(req.esr, req.far);
                     Ok(())
-                })
+                })?;
+                vm.slot(req.cpuid)?
+                    .shared
+                    .stats
+                    .inc(crate::stats::Stat::Injected);
+                Ok(())
             }
             ioctl::VM_GET_CAPABILITY => {
                 let mut req: VmCapability = get(arg)?;
@@ -311,11 +316,12 @@ impl<H: Host> Vmm<H> {
             }
             ioctl::VM_STATS => {
                 let mut req: VmStats = get(arg)?;
-                let stats = vm.with_vcpu(host, req.cpuid, |v| Ok(v.stats))?;
+                // Read without taking the vCPU: counters of a running vCPU are fine.
+                let stats = vm.slot(req.cpuid)?.shared.stats.snapshot();
                 let start = usize::try_from(req.index).map_err(|_| Errno::EINVAL)?;
                 req.statbuf = [0; MAX_VM_STATS];
                 let mut n = 0i32;
-                for (dst, src) in req.statbuf.iter_mut().zip(stats.v.iter().skip(start)) {
+                for (dst, src) in req.statbuf.iter_mut().zip(stats.iter().skip(start)) {
                     *dst = *src;
                     n = n.saturating_add(1);
                 }
@@ -436,6 +442,7 @@ impl<H: Host> Vmm<H> {
             }
             slot.shared.kick.store(false, Ordering::SeqCst);
             slot.shared.irq_pending.store(false, Ordering::SeqCst);
+            slot.shared.stats.clear();
         }
         vm.mem.lock().unmap_devmem(&self.host);
         vm.active.store(0, Ordering::SeqCst);

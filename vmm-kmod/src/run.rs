@@ -11,7 +11,7 @@
 use crate::errno::{Errno, KResult};
 use crate::exit::{self, Abort, Decoded, FaultKind};
 use crate::host::Host;
-use crate::stats::Stat;
+use crate::stats::{Stat, Stats};
 use crate::sysemul::{self, SysRegAnswer};
 use crate::vcpu::{from_el0, Vcpu};
 use crate::vm::{bit, VcpuSlot, Vm, NOT_RUNNING};
@@ -47,6 +47,12 @@ impl<H: Host> Drop for InRun<'_, H> {
     fn drop(&mut self) {
         self.0.shared.in_run.store(false, Ordering::SeqCst);
     }
+}
+
+/// Queues an exception the kernel answers an exit with, and counts it.
+fn inject(vcpu: &mut Vcpu, stats: &Stats, esr: u64, far: u64) {
+    vcpu.inject(esr, far);
+    stats.inc(Stat::Injected);
 }
 
 /// The register number an exit names for Rt: 0..=30 as themselves (x30 = LR), 31 (XZR
@@ -121,9 +127,10 @@ impl<H: Host> Vmm<H> {
         let _in_run = InRun(slot);
         let mut g = slot.vcpu.lock();
         let vcpu = vm.materialise(&self.host, id, &mut g)?;
-        vcpu.stats.inc(Stat::VmRun);
+        let stats = &slot.shared.stats;
+        stats.inc(Stat::VmRun);
         let exit = self.run_loop(vm, slot, vcpu, idu)?;
-        vcpu.stats.inc(Stat::ExitsToUser);
+        stats.inc(Stat::ExitsToUser);
         Ok(exit)
     }
 
@@ -134,6 +141,7 @@ impl<H: Host> Vmm<H> {
         vcpu: &mut Vcpu,
         id: u32,
     ) -> KResult<VmExit> {
+        let stats = &slot.shared.stats;
         // (page, count) of consecutive stage-2 faults on the same guest RAM page.
         let mut last_ram_fault: (u64, u32) = (u64::MAX, 0);
         loop {
@@ -173,7 +181,7 @@ impl<H: Host> Vmm<H> {
             let kind = unsafe { self.host.hyp_call(hyp::HYP_ENTER_GUEST, &args) };
             slot.shared.running_on.store(NOT_RUNNING, Ordering::SeqCst);
             self.host.intr_restore(tok);
-            vcpu.stats.inc(Stat::Exits);
+            stats.inc(Stat::Exits);
             let Ok(kind) = u32::try_from(kind) else {
                 self.host
                     .log(format_args!("vmm: HYP_ENTER_GUEST failed: {kind:#x}"));
@@ -201,6 +209,7 @@ impl<H: Host> Vmm<H> {
         vcpu: &mut Vcpu,
         id: u32,
     ) -> Option<VmExit> {
+        let stats = &slot.shared.stats;
         let pc = vcpu.ctx_ref().pc;
         let how = vm.suspend.load(Ordering::SeqCst);
         if how != 0 {
@@ -216,7 +225,7 @@ impl<H: Host> Vmm<H> {
         if slot.shared.kick.load(Ordering::Relaxed)
             && slot.shared.kick.swap(false, Ordering::SeqCst)
         {
-            vcpu.stats.inc(Stat::Kicks);
+            stats.inc(Stat::Kicks);
             return Some(exit_base(ExitCode::Bogus, pc, 0));
         }
         if self.host.should_yield() {
@@ -234,19 +243,20 @@ impl<H: Host> Vmm<H> {
         d: Decoded,
         ram_fault: &mut (u64, u32),
     ) -> KResult<Next> {
+        let stats = &slot.shared.stats;
         let pc = vcpu.ctx_ref().pc;
         match d {
             Decoded::Interrupt => {
-                vcpu.stats.inc(Stat::HostIrq);
+                stats.inc(Stat::HostIrq);
                 Ok(Next::Reenter)
             }
-            Decoded::Hvc { imm: 0 } => Ok(Next::User(self.smccc_exit(vcpu, 0))),
+            Decoded::Hvc { imm: 0 } => Ok(Next::User(self.smccc_exit(vcpu, stats, 0))),
             Decoded::Smc { imm: 0 } => {
-                let e = self.smccc_exit(vcpu, INSN_SIZE);
+                let e = self.smccc_exit(vcpu, stats, INSN_SIZE);
                 Ok(Next::User(e))
             }
             Decoded::Hvc { .. } | Decoded::Smc { .. } | Decoded::Other => {
-                vcpu.stats.inc(Stat::Unclassified);
+                stats.inc(Stat::Unclassified);
                 Ok(Next::User(hyp_exit(kind, vcpu.ctx_ref())))
             }
             Decoded::SysReg { access, iss } => {
@@ -257,20 +267,20 @@ impl<H: Host> Vmm<H> {
                     SysRegAnswer::Read(v) => {
                         vcpu.set_x(access.rt, v);
                         self.skip_insn(vcpu);
-                        vcpu.stats.inc(Stat::SysRegKernel);
+                        stats.inc(Stat::SysRegKernel);
                         Ok(Next::Reenter)
                     }
                     SysRegAnswer::Ignored => {
                         self.skip_insn(vcpu);
-                        vcpu.stats.inc(Stat::SysRegKernel);
+                        stats.inc(Stat::SysRegKernel);
                         Ok(Next::Reenter)
                     }
                     SysRegAnswer::Undefined => {
-                        vcpu.inject(esr::ESR_UNDEFINED, 0);
+                        inject(vcpu, stats, esr::ESR_UNDEFINED, 0);
                         Ok(Next::Reenter)
                     }
                     SysRegAnswer::ToUser => {
-                        vcpu.stats.inc(Stat::RegEmul);
+                        stats.inc(Stat::RegEmul);
                         vcpu.pending_advance = INSN_SIZE;
                         let mut e = exit_base(ExitCode::RegEmul, pc, INSN_SIZE as i32);
                         e.u.reg_emul = ExitRegEmul {
@@ -290,7 +300,7 @@ impl<H: Host> Vmm<H> {
                 }
             }
             Decoded::Wfi => {
-                vcpu.stats.inc(Stat::Wfi);
+                stats.inc(Stat::Wfi);
                 if vcpu.halt_exit {
                     vcpu.pending_advance = INSN_SIZE;
                     return Ok(Next::User(exit_base(ExitCode::Wfi, pc, INSN_SIZE as i32)));
@@ -307,8 +317,8 @@ impl<H: Host> Vmm<H> {
                 e.exitcode = ExitCode::Brk as i32;
                 Ok(Next::User(e))
             }
-            Decoded::DataAbort(a) => self.abort(vm, vcpu, a, true, ram_fault),
-            Decoded::InstAbort(a) => self.abort(vm, vcpu, a, false, ram_fault),
+            Decoded::DataAbort(a) => self.abort(vm, vcpu, stats, a, true, ram_fault),
+            Decoded::InstAbort(a) => self.abort(vm, vcpu, stats, a, false, ram_fault),
         }
     }
 
@@ -318,8 +328,8 @@ impl<H: Host> Vmm<H> {
         c.pc = c.pc.wrapping_add(INSN_SIZE);
     }
 
-    fn smccc_exit(&self, vcpu: &mut Vcpu, advance: u64) -> VmExit {
-        vcpu.stats.inc(Stat::Smccc);
+    fn smccc_exit(&self, vcpu: &mut Vcpu, stats: &Stats, advance: u64) -> VmExit {
+        stats.inc(Stat::Smccc);
         vcpu.pending_advance = advance;
         let c = vcpu.ctx_ref();
         let mut e = exit_base(ExitCode::Smccc, c.pc, INSN_SIZE as i32);
@@ -343,6 +353,7 @@ impl<H: Host> Vmm<H> {
         &self,
         vm: &Vm<H>,
         vcpu: &mut Vcpu,
+        stats: &Stats,
         a: Abort,
         data: bool,
         ram_fault: &mut (u64, u32),
@@ -350,12 +361,12 @@ impl<H: Host> Vmm<H> {
         let at_el0 = from_el0(vcpu.ctx_ref());
         if let FaultKind::Other(_) = a.kind {
             // External aborts, TLB conflicts...: not about our tables.
-            vcpu.stats.inc(Stat::Unclassified);
+            stats.inc(Stat::Unclassified);
             let kind = vcpu.ctx_ref().exit.kind;
             return Ok(Next::User(hyp_exit(kind, vcpu.ctx_ref())));
         }
         if a.ipa >= self.cfg.s2.ipa_limit() {
-            vcpu.inject(exit::address_size_esr(data, at_el0), a.far);
+            inject(vcpu, stats, exit::address_size_esr(data, at_el0), a.far);
             return Ok(Next::Reenter);
         }
         {
@@ -373,10 +384,10 @@ impl<H: Host> Vmm<H> {
                     // A write to read-only memory, a fetch from no-execute memory: what
                     // hardware answers for a bus error.
                     drop(mem);
-                    vcpu.inject(exit::external_abort_esr(data, at_el0), a.far);
+                    inject(vcpu, stats, exit::external_abort_esr(data, at_el0), a.far);
                     return Ok(Next::Reenter);
                 }
-                vcpu.stats.inc(Stat::RamFault);
+                stats.inc(Stat::RamFault);
                 let page = a.ipa & !0xfff;
                 if ram_fault.0 == page {
                     ram_fault.1 = ram_fault.1.saturating_add(1);
@@ -403,13 +414,13 @@ impl<H: Host> Vmm<H> {
             // the IPA is not a mapping's, so HPFAR did not hold it (Armv8.0 leaves it
             // UNKNOWN for permission faults unless EL2 translates FAR with AT). Never
             // hand userspace an MMIO access at a made-up address.
-            vcpu.inject(exit::external_abort_esr(data, at_el0), a.far);
+            inject(vcpu, stats, exit::external_abort_esr(data, at_el0), a.far);
             return Ok(Next::Reenter);
         }
         if !data || a.s1ptw {
             // Instruction fetch from, or the guest's page-table walk through, something
             // that is not memory.
-            vcpu.inject(exit::external_abort_esr(data, at_el0), a.far);
+            inject(vcpu, stats, exit::external_abort_esr(data, at_el0), a.far);
             return Ok(Next::Reenter);
         }
         if a.cache_maint {
@@ -418,15 +429,15 @@ impl<H: Host> Vmm<H> {
             return Ok(Next::Reenter);
         }
         let Some(da) = a.syndrome else {
-            vcpu.stats.inc(Stat::NoSyndromeAbort);
-            vcpu.inject(exit::external_abort_esr(true, at_el0), a.far);
+            stats.inc(Stat::NoSyndromeAbort);
+            inject(vcpu, stats, exit::external_abort_esr(true, at_el0), a.far);
             return Ok(Next::Reenter);
         };
-        Ok(Next::User(self.inst_emul_exit(vcpu, a.ipa, da)))
+        Ok(Next::User(self.inst_emul_exit(vcpu, stats, a.ipa, da)))
     }
 
-    fn inst_emul_exit(&self, vcpu: &mut Vcpu, gpa: u64, da: DataAbort) -> VmExit {
-        vcpu.stats.inc(Stat::InstEmul);
+    fn inst_emul_exit(&self, vcpu: &mut Vcpu, stats: &Stats, gpa: u64, da: DataAbort) -> VmExit {
+        stats.inc(Stat::InstEmul);
         vcpu.pending_advance = INSN_SIZE;
         if !da.write {
             vcpu.pending_load = Some(da);

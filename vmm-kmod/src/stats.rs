@@ -1,5 +1,7 @@
 //! Per-vCPU counters (VM_STATS) and their descriptions (VM_STAT_DESC).
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 /// The counters, in VM_STATS index order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
@@ -40,18 +42,40 @@ pub const DESC: [&str; NSTATS] = [
     "VM_RUN calls",
 ];
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The counters of one vCPU. Atomic so VM_STATS reads them while the vCPU runs (as
+/// FreeBSD's, which reads them without freezing the vCPU); only the thread holding the
+/// vCPU counts.
+#[derive(Debug)]
 pub struct Stats {
-    pub v: [u64; NSTATS],
+    v: [AtomicU64; NSTATS],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            v: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl Stats {
-    pub fn inc(&mut self, s: Stat) {
-        if let Some(c) = self.v.get_mut(s as usize) {
-            *c = c.wrapping_add(1);
+    pub fn inc(&self, s: Stat) {
+        if let Some(c) = self.v.get(s as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
     pub fn get(&self, s: Stat) -> u64 {
-        self.v.get(s as usize).copied().unwrap_or(0)
+        self.v
+            .get(s as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+    /// Every counter, in index order.
+    pub fn snapshot(&self) -> [u64; NSTATS] {
+        core::array::from_fn(|i| self.v.get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
+    }
+    pub fn clear(&self) {
+        for c in &self.v {
+            c.store(0, Ordering::Relaxed);
+        }
     }
 }

@@ -3,7 +3,6 @@
 
 use crate::errno::{Errno, KResult};
 use crate::host::{Host, PhysMem, PAGE_SIZE};
-use crate::stats::{Stat, Stats};
 use vmm_sys::arm64::regs::{cnthctl, cptr, hcr, mdcr, pstate};
 use vmm_sys::hyp::VcpuContext;
 use vmm_sys::reg::{self, Reg};
@@ -88,7 +87,6 @@ pub struct Vcpu {
     pub pending_exception: Option<(u64, u64)>,
     pub halt_exit: bool,
     pub brk_exit: bool,
-    pub stats: Stats,
 }
 
 impl Vcpu {
@@ -107,7 +105,6 @@ impl Vcpu {
             pending_exception: None,
             halt_exit: false,
             brk_exit: false,
-            stats: Stats::default(),
         };
         v.reset();
         Ok(v)
@@ -162,7 +159,6 @@ impl Vcpu {
         self.pending_advance = 0;
         self.pending_load = None;
         self.pending_exception = None;
-        self.stats = Stats::default();
     }
 
     /// Sets the BRK-exit capability: MDCR_EL2.TDE routes the guest's debug exceptions,
@@ -265,7 +261,6 @@ impl Vcpu {
     /// VM_INJECT_EXCEPTION: queues a synchronous exception, delivered at the next entry.
     pub fn inject(&mut self, esr: u64, far: u64) {
         self.pending_exception = Some((esr, far));
-        self.stats.inc(Stat::Injected);
     }
 
     /// Prepares the context for entry: applies a pending PC advance or delivers a

@@ -12,6 +12,7 @@ use crate::errno::{Errno, KResult};
 use crate::host::Host;
 use crate::mem::VmMem;
 use crate::stage2::Stage2;
+use crate::stats::Stats;
 use crate::sync::Mutex;
 use crate::vcpu::{Vcpu, VcpuInit};
 use alloc::vec::Vec;
@@ -33,6 +34,8 @@ pub struct VcpuShared {
     /// An interrupt is pending for the guest (set by the interrupt paths; WFI wakes on
     /// it). The vGIC will own this later.
     pub irq_pending: AtomicBool,
+    /// VM_STATS counters, readable while the vCPU runs.
+    pub stats: Stats,
 }
 
 impl VcpuShared {
@@ -42,6 +45,7 @@ impl VcpuShared {
             in_run: AtomicBool::new(false),
             kick: AtomicBool::new(false),
             irq_pending: AtomicBool::new(false),
+            stats: Stats::default(),
         }
     }
 }

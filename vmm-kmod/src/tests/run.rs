@@ -760,3 +760,33 @@ fn unload_waits_for_a_destroy_in_progress() {
     v.shutdown().unwrap();
     assert_eq!(v.host().pages_in_use(), 0);
 }
+
+#[test]
+fn stats_are_readable_while_the_vcpu_runs() {
+    let v = guest();
+    v.host().push(Scripted::irq());
+    v.host().push(Scripted::sync(mk(ec::WFX, true, 0)));
+    std::thread::scope(|s| {
+        let t = s.spawn(|| run(&v, "g", 0));
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        // The vCPU sleeps in WFI inside VM_RUN: its registers are busy, its counters not.
+        assert_eq!(get_reg(&v, "g", 0, 0), Err(Errno::EBUSY));
+        let (irq, wfi, exits) = (
+            stat(&v, "g", Stat::HostIrq),
+            stat(&v, "g", Stat::Wfi),
+            stat(&v, "g", Stat::Exits),
+        );
+        v.host().push(hvc());
+        v.set_irq_pending(b"g", 0, true).unwrap();
+        t.join().unwrap().unwrap();
+        assert_eq!((irq, wfi, exits), (1, 1, 2));
+    });
+    assert_eq!(stat(&v, "g", Stat::Exits), 3);
+    // VM_REINIT clears them, as FreeBSD's vCPU re-initialisation does.
+    let mut sus = VmSuspend { how: 1 };
+    vmio(&v, "g", ioctl::VM_SUSPEND, &mut sus).unwrap();
+    run(&v, "g", 0).unwrap();
+    v.dispatch(DeviceRef::Vm(b"g"), ioctl::VM_REINIT, &mut [])
+        .unwrap();
+    assert_eq!(stat(&v, "g", Stat::Exits), 0);
+}
