@@ -280,6 +280,19 @@ impl<H: Host> Vmm<H> {
         mem.gpa_to_phys(gpa)
     }
 
+    /// Memory of segment `segid` of VM `name` at offset `off`, mapped or not: the host
+    /// physical address, its kernel VA and how many bytes are contiguous from there. For
+    /// mmap of a device-memory segment's node (FreeBSD's /dev/vmm.io/NAME.SEG, a
+    /// bootrom) and for hosts that hand whole segments to userspace.
+    pub fn segment_phys(&self, name: &[u8], segid: i32, off: u64) -> Option<(u64, *mut u8, u64)> {
+        let vm = self.lookup(name).ok()?;
+        let mem = vm.mem.lock();
+        mem.segs
+            .get(usize::try_from(segid).ok()?)?
+            .as_ref()?
+            .phys_at(off)
+    }
+
     /// Makes VM_RUN on vCPU `vcpu` of VM `name` return to userspace (a BOGUS exit) soon:
     /// for hosts without signals (the testbed broker, when the client that asked for the
     /// run goes away). On FreeBSD a signal does this through `Host::should_yield`.

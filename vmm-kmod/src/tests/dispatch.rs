@@ -336,6 +336,16 @@ fn memory_maps() {
     unsafe { va.write(0x5a) };
     assert_eq!(v.host().pa_to_va(pa).unwrap().as_ptr(), va);
     assert!(v.gpa_to_pa(b"m", RAM + (4 << 20)).is_none());
+    // The same byte through its segment, and segment memory that is not mapped.
+    let (spa, sva, _) = v.segment_phys(b"m", 0, 0x1234).unwrap();
+    assert_eq!((spa, sva), (pa, va));
+    assert!(v.segment_phys(b"m", 0, (6 << 20) + 8).is_some());
+    assert!(
+        v.segment_phys(b"m", 0, 8 << 20).is_none(),
+        "past the segment"
+    );
+    assert!(v.segment_phys(b"m", 1, 0).is_none(), "no such segment");
+    assert!(v.segment_phys(b"m", -1, 0).is_none());
     assert!(v.gpa_to_pa(b"m", 0x1_0000_0000).is_some());
     // Fill all 8 slots, then one more.
     for i in 0..6u64 {
