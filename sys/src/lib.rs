@@ -16,6 +16,7 @@ pub mod exit;
 pub mod hyp;
 pub mod ioctl;
 pub mod reg;
+pub mod wire;
 
 /// `SPECNAMELEN` on FreeBSD 13 and later (`sys/param.h`).
 pub const SPECNAMELEN: usize = 255;

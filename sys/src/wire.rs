@@ -1,0 +1,343 @@
+//! The testbed channel's wire format, parsed without allocating (no_std), so the
+//! testbed kernel and the Linux side share one definition. libvmmapi's
+//! `Request::encode`/`decode`/`encode_response` (docs/libvmmapi.md, "On the wire")
+//! write and read the same bytes with owned buffers; this module is the server side:
+//! [`parse_request`] borrows every field from the message, [`write_response`] emits
+//! the answer through a byte sink.
+//!
+//! Also here: the channel framing between the broker and the testbed ([`Frame`]) and
+//! the testbed-only requests ([`TESTBED_GPA_TO_PA`], [`TESTBED_SYNC`]), which travel as
+//! ordinary requests with ioctl words in group `'t'` (no FreeBSD vmm(4) word uses it).
+
+use crate::ioctl::{self, ioc, IOC_IN, IOC_INOUT, IOC_OUT};
+
+pub const REQ_MAGIC: u32 = u32::from_le_bytes(*b"VMRQ");
+pub const RSP_MAGIC: u32 = u32::from_le_bytes(*b"VMRS");
+/// Largest pointed-to buffer a request may carry.
+pub const MAX_BUFFER: usize = 1 << 20;
+/// Most buffers one request may carry.
+pub const MAX_BUFFERS: usize = 4;
+
+/// Testbed extension: `{ u64 gpa; u64 pa (out); u64 len (out) }` on /dev/vmm/NAME: the
+/// testbed physical address behind guest physical address `gpa` and how many bytes are
+/// contiguous from there (within one mapping). The client maps the testbed's RAM file
+/// at `pa - RAM_BASE`. ENOENT where no guest memory is mapped.
+pub const TESTBED_GPA_TO_PA: u64 = ioc(IOC_INOUT, b't', 1, 24);
+/// Testbed extension: `{ u64 gpa; u64 len }` on /dev/vmm/NAME: rewrite guest memory
+/// `[gpa, gpa + len)` through the testbed's CPU, so QEMU's TCG drops translations of
+/// code the client replaced through the RAM file (DESIGN.md, "The testbed").
+pub const TESTBED_SYNC: u64 = ioc(IOC_IN, b't', 2, 16);
+/// Where the testbed's RAM (the memory-backend-file's offset 0) starts.
+pub const RAM_BASE: u64 = 0x4000_0000;
+
+/// Why a message is not valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireError {
+    Truncated,
+    BadMagic,
+    BadField(&'static str),
+}
+
+impl core::fmt::Display for WireError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            WireError::Truncated => write!(f, "truncated"),
+            WireError::BadMagic => write!(f, "bad magic"),
+            WireError::BadField(w) => write!(f, "bad field: {w}"),
+        }
+    }
+}
+
+/// Buffer direction, as on the wire (0 in, 1 out, 2 inout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireDir {
+    In,
+    Out,
+    InOut,
+}
+
+impl WireDir {
+    pub fn is_in(self) -> bool {
+        matches!(self, WireDir::In | WireDir::InOut)
+    }
+    pub fn is_out(self) -> bool {
+        matches!(self, WireDir::Out | WireDir::InOut)
+    }
+}
+
+/// One buffer of a parsed request: `data` is present for in/inout buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireBuffer<'a> {
+    pub ptr_offset: usize,
+    pub dir: WireDir,
+    pub len: usize,
+    pub data: Option<&'a [u8]>,
+}
+
+/// A request, borrowed from its message. `vm` is `None` for /dev/vmmctl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireRequest<'a> {
+    pub vm: Option<&'a [u8]>,
+    pub cmd: u64,
+    pub arg: &'a [u8],
+    pub buffers: [Option<WireBuffer<'a>>; MAX_BUFFERS],
+}
+
+impl<'a> WireRequest<'a> {
+    pub fn buffers(&self) -> impl Iterator<Item = &WireBuffer<'a>> {
+        self.buffers.iter().flatten()
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let mut a = [0; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        let mut a = [0; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+}
+
+/// Parses a request message (libvmmapi's `Request::encode`). Every length is bounded,
+/// names are checked with [`crate::validate_vm_name`], the argument must be as long as
+/// the ioctl word says, every pointer field inside it, 8-byte aligned, once, and no
+/// trailing bytes.
+pub fn parse_request(bytes: &[u8]) -> Result<WireRequest<'_>, WireError> {
+    let mut r = Reader(bytes);
+    if r.u32()? != REQ_MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let kind = r.u8()?;
+    let name_len = usize::from(r.u16()?);
+    let name = r.take(name_len)?;
+    let vm = match kind {
+        0 if name_len == 0 => None,
+        1 => {
+            crate::validate_vm_name(name).map_err(|_| WireError::BadField("name"))?;
+            Some(name)
+        }
+        _ => return Err(WireError::BadField("target")),
+    };
+    let cmd = r.u64()?;
+    let arg_len = r.u32()? as usize;
+    if arg_len != ioctl::iocparm_len(cmd) {
+        return Err(WireError::BadField("argument length"));
+    }
+    let arg = r.take(arg_len)?;
+    let nbuf = usize::from(r.u16()?);
+    if nbuf > MAX_BUFFERS {
+        return Err(WireError::BadField("buffer count"));
+    }
+    let mut buffers = [None; MAX_BUFFERS];
+    for i in 0..nbuf {
+        let ptr_offset = r.u32()? as usize;
+        let dir = match r.u8()? {
+            0 => WireDir::In,
+            1 => WireDir::Out,
+            2 => WireDir::InOut,
+            _ => return Err(WireError::BadField("buffer direction")),
+        };
+        let len = r.u32()? as usize;
+        if len > MAX_BUFFER {
+            return Err(WireError::BadField("buffer length"));
+        }
+        if ptr_offset % 8 != 0 || ptr_offset.checked_add(8).is_none_or(|e| e > arg.len()) {
+            return Err(WireError::BadField("pointer offset outside the argument"));
+        }
+        if buffers[..i]
+            .iter()
+            .flatten()
+            .any(|b: &WireBuffer<'_>| b.ptr_offset == ptr_offset)
+        {
+            return Err(WireError::BadField("two buffers for one pointer"));
+        }
+        let data = if dir.is_in() { Some(r.take(len)?) } else { None };
+        buffers[i] = Some(WireBuffer {
+            ptr_offset,
+            dir,
+            len,
+            data,
+        });
+    }
+    if !r.0.is_empty() {
+        return Err(WireError::BadField("trailing bytes"));
+    }
+    Ok(WireRequest {
+        vm,
+        cmd,
+        arg,
+        buffers,
+    })
+}
+
+/// Writes the response to an executed request: `errno` (0 = ok), the argument bytes
+/// `arg` if ok and the word copies out, and on success each out/inout buffer's bytes
+/// (`outs`, in request order). Same bytes as libvmmapi's `Request::encode_response`.
+pub fn write_response<'b>(
+    cmd: u64,
+    errno: i32,
+    arg: &[u8],
+    outs: impl Iterator<Item = &'b [u8]> + Clone,
+    sink: &mut impl FnMut(&[u8]),
+) {
+    sink(&RSP_MAGIC.to_le_bytes());
+    sink(&errno.to_le_bytes());
+    let arg: &[u8] = if errno == 0 && cmd & IOC_OUT != 0 {
+        arg
+    } else {
+        &[]
+    };
+    sink(&(arg.len() as u32).to_le_bytes());
+    sink(arg);
+    let n = if errno == 0 { outs.clone().count() } else { 0 };
+    sink(&(n as u16).to_le_bytes());
+    if errno == 0 {
+        for b in outs {
+            sink(&(b.len() as u32).to_le_bytes());
+            sink(b);
+        }
+    }
+}
+
+/// The framing on the broker-testbed channel (a byte stream): `u32 magic "VMFR"`,
+/// `u32 client`, `u32 seq`, `u32 len`, then `len` bytes of request or response. The
+/// broker tags each client's request with (client, seq) and routes the answer back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    pub client: u32,
+    pub seq: u32,
+    pub len: u32,
+}
+
+pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"VMFR");
+pub const FRAME_HEADER: usize = 16;
+/// Largest frame body: a request with four 1 MiB in-buffers plus headers.
+pub const MAX_FRAME: u32 = (MAX_BUFFERS * MAX_BUFFER + 16384) as u32;
+
+impl Frame {
+    pub fn encode(&self) -> [u8; FRAME_HEADER] {
+        let mut h = [0; FRAME_HEADER];
+        h[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        h[4..8].copy_from_slice(&self.client.to_le_bytes());
+        h[8..12].copy_from_slice(&self.seq.to_le_bytes());
+        h[12..16].copy_from_slice(&self.len.to_le_bytes());
+        h
+    }
+
+    /// Parses a header; a bad magic or an oversized length is an error (the stream
+    /// is then out of step and the reader resynchronises or drops the peer).
+    pub fn decode(h: &[u8; FRAME_HEADER]) -> Result<Frame, WireError> {
+        let w = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        if w(0) != FRAME_MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        let f = Frame {
+            client: w(4),
+            seq: w(8),
+            len: w(12),
+        };
+        if f.len > MAX_FRAME {
+            return Err(WireError::BadField("frame length"));
+        }
+        Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(vm: &[u8], cmd: u64, arg: &[u8], bufs: &[(u32, u8, &[u8])]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&REQ_MAGIC.to_le_bytes());
+        v.push(1);
+        v.extend_from_slice(&(vm.len() as u16).to_le_bytes());
+        v.extend_from_slice(vm);
+        v.extend_from_slice(&cmd.to_le_bytes());
+        v.extend_from_slice(&(arg.len() as u32).to_le_bytes());
+        v.extend_from_slice(arg);
+        v.extend_from_slice(&(bufs.len() as u16).to_le_bytes());
+        for (off, dir, data) in bufs {
+            v.extend_from_slice(&off.to_le_bytes());
+            v.push(*dir);
+            v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            if *dir != 1 {
+                v.extend_from_slice(data);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn parses_and_bounds() {
+        let cmd = ioc(IOC_INOUT, b'v', 1, 24);
+        let m = request(b"vm", cmd, &[0; 24], &[(8, 0, b"abcd"), (16, 1, &[0; 8])]);
+        let r = parse_request(&m).unwrap();
+        assert_eq!(r.vm, Some(&b"vm"[..]));
+        let b: Vec<_> = r.buffers().collect();
+        assert_eq!(b[0].data, Some(&b"abcd"[..]));
+        assert_eq!((b[1].len, b[1].data), (8, None));
+        // Pointer outside, duplicate pointer, short argument, trailing bytes, bad name.
+        for bad in [
+            request(b"vm", cmd, &[0; 24], &[(24, 0, b"x")]),
+            request(b"vm", cmd, &[0; 24], &[(8, 0, b"x"), (8, 1, b"y")]),
+            request(b"vm", cmd, &[0; 16], &[]),
+            request(b"a/b", cmd, &[0; 24], &[]),
+            [request(b"vm", cmd, &[0; 24], &[]), vec![0]].concat(),
+        ] {
+            assert!(parse_request(&bad).is_err());
+        }
+        for n in 0..m.len() {
+            assert!(parse_request(&m[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn response_and_frame() {
+        let mut out = Vec::new();
+        let cmd = ioc(IOC_INOUT, b'v', 1, 4);
+        write_response(cmd, 0, &[1, 2, 3, 4], [&b"xy"[..]].into_iter(), &mut |b| {
+            out.extend_from_slice(b)
+        });
+        assert_eq!(
+            out,
+            [
+                &b"VMRS"[..],
+                &[0; 4],
+                &[4, 0, 0, 0, 1, 2, 3, 4],
+                &[1, 0, 2, 0, 0, 0],
+                b"xy"
+            ]
+            .concat()
+        );
+        let f = Frame {
+            client: 3,
+            seq: 9,
+            len: 77,
+        };
+        assert_eq!(Frame::decode(&f.encode()), Ok(f));
+        let mut h = f.encode();
+        h[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Frame::decode(&h).is_err());
+    }
+}
