@@ -1,0 +1,490 @@
+//! Serving /dev/vmm to Linux processes (docs/testbed.md, "Serving /dev/vmm"). When
+//! QEMU's generic loader leaves the word "SERV" below the kernel image, the testbed
+//! runs this instead of its tests: it brings the vmm core up with [`ServerHost`], then
+//! answers requests framed by the broker (vmm-sys `wire`) on the virtio console.
+//!
+//! CPU 0 owns the channel and executes every request itself, except VM_RUN, which it
+//! hands to CPU 1 (the only other CPU) through the mailbox and answers when the run
+//! returns; VM_RUNs arriving meanwhile wait in a queue. So assert-IRQ, bhyvectl and
+//! destroy are served while a vCPU runs (a destroy kicks CPU 1 through the core). One
+//! run executes at a time: when others wait, the running one is time-sliced (CPU 0
+//! sends CPU 1 an SGI after [`SLICE_MS`], the core asks `should_yield`, and VM_RUN
+//! returns a BOGUS exit, which libvmmapi's callers simply run again).
+//!
+//! Each request's pointer fields are pointed at testbed copies of the buffers the
+//! request carried; the core reaches them only through `copyin`/`copyout`, which
+//! [`ServerHost`] limits to exactly those buffers of the request running on the
+//! calling CPU (a client cannot make the core read or write any other testbed memory).
+
+use crate::host::{self, SpinMutex, Timer};
+use crate::mm::{MAX_CPUS, PAGE};
+use crate::sync::SpinLock;
+use crate::virtio_console::VirtioConsole;
+use crate::{cpu, gic, kprintln, timer};
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use vmm_kmod::{DeviceRef, Errno, Host, KResult, PhysMem, SleepResult, Vmm};
+use vmm_sys::abi::{Pod, VmMemmap};
+use vmm_sys::ioctl;
+use vmm_sys::wire::{self, Frame, WireRequest, FRAME_HEADER, MAX_BUFFERS};
+
+/// The loader word that selects serving (see bench.rs for the address).
+pub const MODE_SERVE: u32 = u32::from_le_bytes(*b"SERV");
+/// How long a VM_RUN keeps the run CPU while another VM_RUN waits.
+pub const SLICE_MS: u64 = 20;
+/// The CPU that executes VM_RUN.
+const RUN_CPU: usize = 1;
+
+/// Buffers the request executing on each CPU may have copied in or out: (addr, len).
+static WINDOWS: [SpinLock<[(u64, u64); MAX_BUFFERS]>; MAX_CPUS] =
+    [const { SpinLock::new([(0, 0); MAX_BUFFERS]) }; MAX_CPUS];
+/// VM_RUN requests waiting for the run CPU.
+static RUNS_WAITING: AtomicUsize = AtomicUsize::new(0);
+/// When the current run started (counter ticks), 0 when none.
+static RUN_START: AtomicU64 = AtomicU64::new(0);
+
+/// The testbed `Host` with copyin/copyout limited to the current request's buffers and
+/// `should_yield` answering "another VM_RUN is waiting and this one had its slice".
+#[derive(Debug)]
+pub struct ServerHost(host::TestbedHost);
+
+fn in_window(uaddr: u64, len: usize) -> bool {
+    let Some(end) = uaddr.checked_add(len as u64) else {
+        return false;
+    };
+    let Some(w) = WINDOWS.get(cpu::id()) else {
+        return false;
+    };
+    w.lock()
+        .iter()
+        .any(|&(a, l)| l != 0 && uaddr >= a && end <= a + l)
+}
+
+impl Host for ServerHost {
+    type Mutex = SpinMutex;
+    type Timer = Timer;
+    fn alloc_contig(&self, len: usize, align: usize) -> KResult<PhysMem> {
+        self.0.alloc_contig(len, align)
+    }
+    fn free_contig(&self, mem: PhysMem) {
+        self.0.free_contig(mem)
+    }
+    fn pa_to_va(&self, pa: u64) -> Option<NonNull<u8>> {
+        self.0.pa_to_va(pa)
+    }
+    fn va_to_pa(&self, va: *const u8) -> Option<u64> {
+        self.0.va_to_pa(va)
+    }
+    fn map_el2(&self, pa: u64, len: usize) -> KResult<()> {
+        self.0.map_el2(pa, len)
+    }
+    fn unmap_el2(&self, pa: u64, len: usize) {
+        self.0.unmap_el2(pa, len)
+    }
+    fn sync_caches_for_guest(&self, va: NonNull<u8>, len: usize) {
+        self.0.sync_caches_for_guest(va, len)
+    }
+    fn cpu_count(&self) -> usize {
+        self.0.cpu_count()
+    }
+    fn current_cpu(&self) -> usize {
+        self.0.current_cpu()
+    }
+    fn run_on_all_cpus(&self, f: &(dyn Fn(usize) + Sync)) {
+        self.0.run_on_all_cpus(f)
+    }
+    fn kick_cpu(&self, cpu: usize) {
+        self.0.kick_cpu(cpu)
+    }
+    fn intr_disable(&self) -> u64 {
+        self.0.intr_disable()
+    }
+    fn intr_restore(&self, token: u64) {
+        self.0.intr_restore(token)
+    }
+    fn should_yield(&self) -> bool {
+        let start = RUN_START.load(Ordering::Acquire);
+        cpu::id() == RUN_CPU
+            && RUNS_WAITING.load(Ordering::Acquire) > 0
+            && start != 0
+            && timer::now().saturating_sub(start) > slice_ticks()
+    }
+    fn sleep(
+        &self,
+        chan: usize,
+        deadline: Option<u64>,
+        still_sleep: &dyn Fn() -> bool,
+    ) -> SleepResult {
+        self.0.sleep(chan, deadline, still_sleep)
+    }
+    fn wakeup(&self, chan: usize) {
+        self.0.wakeup(chan)
+    }
+    fn counter(&self) -> u64 {
+        self.0.counter()
+    }
+    fn counter_freq(&self) -> u64 {
+        self.0.counter_freq()
+    }
+    fn timer_create(&self, func: fn(usize), arg: usize) -> KResult<Timer> {
+        self.0.timer_create(func, arg)
+    }
+    fn timer_arm(&self, t: &Timer, deadline: u64) {
+        self.0.timer_arm(t, deadline)
+    }
+    fn timer_cancel(&self, t: &Timer) {
+        self.0.timer_cancel(t)
+    }
+    fn copyin(&self, uaddr: u64, dst: &mut [u8]) -> KResult<()> {
+        if !in_window(uaddr, dst.len()) {
+            return Err(Errno::EFAULT);
+        }
+        self.0.copyin(uaddr, dst)
+    }
+    fn copyout(&self, src: &[u8], uaddr: u64) -> KResult<()> {
+        if !in_window(uaddr, src.len()) {
+            return Err(Errno::EFAULT);
+        }
+        self.0.copyout(src, uaddr)
+    }
+    fn log(&self, args: fmt::Arguments<'_>) {
+        self.0.log(args)
+    }
+    unsafe fn hyp_call(&self, func: u64, args: &[u64; 7]) -> u64 {
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { self.0.hyp_call(func, args) }
+    }
+}
+
+fn slice_ticks() -> u64 {
+    timer::freq() / 1000 * SLICE_MS
+}
+
+type Core = Vmm<ServerHost>;
+
+/// VMs reinitialised since their last run: their memory is rewritten through the CPU
+/// before the next VM_RUN (a loader wrote the new image through the RAM file, where
+/// QEMU's TCG may still hold translations of the old code).
+static REINIT: SpinLock<Vec<Vec<u8>>> = SpinLock::new(Vec::new());
+
+/// Executes one request message and returns the response message.
+fn execute(core: &Core, msg: &[u8]) -> Vec<u8> {
+    let req = match wire::parse_request(msg) {
+        Ok(r) => r,
+        Err(e) => {
+            kprintln!("serve: bad request: {e}");
+            return response(0, Errno::EINVAL.0, &[], &[]);
+        }
+    };
+    let mut arg = req.arg.to_vec();
+    let mut bufs: Vec<(usize, wire::WireDir, Vec<u8>)> = Vec::new();
+    for b in req.buffers() {
+        let data = match b.data {
+            Some(d) => d.to_vec(),
+            None => vec![0; b.len],
+        };
+        bufs.push((b.ptr_offset, b.dir, data));
+    }
+    let errno = match run_one(core, &req, &mut arg, &mut bufs) {
+        Ok(()) => 0,
+        Err(e) => e.0,
+    };
+    let outs: Vec<&[u8]> = bufs
+        .iter()
+        .filter(|b| b.1.is_out())
+        .map(|b| b.2.as_slice())
+        .collect();
+    response(req.cmd, errno, &arg, &outs)
+}
+
+fn response(cmd: u64, errno: i32, arg: &[u8], outs: &[&[u8]]) -> Vec<u8> {
+    let mut v = Vec::new();
+    wire::write_response(cmd, errno, arg, outs.iter().copied(), &mut |b| {
+        v.extend_from_slice(b)
+    });
+    v
+}
+
+fn run_one(
+    core: &Core,
+    req: &WireRequest<'_>,
+    arg: &mut [u8],
+    bufs: &mut [(usize, wire::WireDir, Vec<u8>)],
+) -> KResult<()> {
+    let dev = match req.vm {
+        None => DeviceRef::Ctl,
+        Some(n) => DeviceRef::Vm(n),
+    };
+    match (req.cmd, req.vm) {
+        (wire::TESTBED_GPA_TO_PA, Some(name)) => return gpa_to_pa(core, name, arg),
+        (wire::TESTBED_SYNC, Some(name)) => {
+            let gpa = u64_at(arg, 0);
+            return sync_range(core, name, gpa, u64_at(arg, 8));
+        }
+        (ioctl::VM_RUN, Some(name)) => {
+            let pending = {
+                let mut r = REINIT.lock();
+                let before = r.len();
+                r.retain(|n| n.as_slice() != name);
+                r.len() != before
+            };
+            if pending {
+                sync_all(core, name)?;
+            }
+        }
+        _ => {}
+    }
+    // Point each pointer field at our copy and open exactly those windows.
+    {
+        let mut w = WINDOWS[cpu::id()].lock();
+        *w = [(0, 0); MAX_BUFFERS];
+        for (i, (off, _, data)) in bufs.iter().enumerate() {
+            let addr = data.as_ptr() as u64;
+            arg[*off..*off + 8].copy_from_slice(&addr.to_le_bytes());
+            w[i] = (addr, data.len() as u64);
+        }
+    }
+    let r = core.dispatch(dev, req.cmd, arg);
+    *WINDOWS[cpu::id()].lock() = [(0, 0); MAX_BUFFERS];
+    for (off, _, _) in bufs.iter() {
+        arg[*off..*off + 8].fill(0);
+    }
+    if r.is_ok() && req.cmd == ioctl::VM_REINIT {
+        if let Some(n) = req.vm {
+            REINIT.lock().push(n.to_vec());
+        }
+    }
+    r
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut a = [0; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn gpa_to_pa(core: &Core, name: &[u8], arg: &mut [u8]) -> KResult<()> {
+    let gpa = u64_at(arg, 0);
+    let (pa, _, len) = core.gpa_to_pa(name, gpa).ok_or(Errno::ENOENT)?;
+    arg[8..16].copy_from_slice(&pa.to_le_bytes());
+    arg[16..24].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// Rewrites guest memory `[gpa, gpa + len)` through this CPU (load and store every
+/// word), which makes QEMU's TCG drop translated code for those pages, then cleans the
+/// caches for the guest as the core does for new memory.
+fn sync_range(core: &Core, name: &[u8], gpa: u64, len: u64) -> KResult<()> {
+    let end = gpa.checked_add(len).ok_or(Errno::EINVAL)?;
+    if gpa % 8 != 0 || len % 8 != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let mut at = gpa;
+    while at < end {
+        let (_, va, avail) = core.gpa_to_pa(name, at).ok_or(Errno::ENOENT)?;
+        let n = avail.min(end - at);
+        for i in (0..n).step_by(8) {
+            // SAFETY: `va` is the core's kernel address of guest memory with `avail`
+            // contiguous bytes; i < n <= avail and both are 8-byte aligned (gpa is and
+            // guest memory chunks are page aligned).
+            unsafe {
+                let p = va.add(i as usize) as *mut u64;
+                core::ptr::write_volatile(p, core::ptr::read_volatile(p));
+            }
+        }
+        if let Some(v) = NonNull::new(va) {
+            core.host().sync_caches_for_guest(v, n as usize);
+        }
+        at += n;
+    }
+    Ok(())
+}
+
+/// Every mapping of VM `name`, rewritten (see `sync_range`).
+fn sync_all(core: &Core, name: &[u8]) -> KResult<()> {
+    let mut gpa = 0u64;
+    loop {
+        let mut bytes = VmMemmap {
+            gpa,
+            ..Default::default()
+        }
+        .as_bytes()
+        .to_vec();
+        match core.dispatch(DeviceRef::Vm(name), ioctl::VM_MMAP_GETNEXT, &mut bytes) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let m = VmMemmap::from_bytes(&bytes).ok_or(Errno::EINVAL)?;
+        // Unmapped holes inside a mapping cannot exist; skip what is not memory.
+        let _ = sync_range(core, name, m.gpa, m.len);
+        gpa = match m.gpa.checked_add(m.len.max(PAGE)) {
+            Some(g) => g,
+            None => return Ok(()),
+        };
+    }
+}
+
+/// A VM_RUN handed to the run CPU.
+struct Job {
+    core: &'static Core,
+    client: u32,
+    seq: u32,
+    msg: Vec<u8>,
+    reply: Vec<u8>,
+    done: AtomicBool,
+}
+
+fn run_job(arg: u64) -> u64 {
+    // SAFETY: `serve` passed a leaked `Box<Job>` it reclaims only once `done` is set.
+    let job = unsafe { &mut *(arg as *mut Job) };
+    RUN_START.store(timer::now().max(1), Ordering::Release);
+    job.reply = execute(job.core, &job.msg);
+    RUN_START.store(0, Ordering::Release);
+    job.done.store(true, Ordering::Release);
+    gic::send_sgi(0, gic::SGI_WAKE);
+    0
+}
+
+/// Brings the core up and serves requests forever.
+pub fn run() -> ! {
+    let ncpu = MAX_CPUS;
+    for c in 1..ncpu {
+        if let Err(e) = cpu::start_secondary(c) {
+            kprintln!("SERVE error: cpu {c} did not start (PSCI {e})");
+            crate::psci::system_off();
+        }
+    }
+    let Some(params) = host::prepare() else {
+        kprintln!("SERVE error: cannot prepare the EL2 blob");
+        crate::psci::system_off()
+    };
+    let core: &'static Core = match Vmm::new(ServerHost(host::TestbedHost::new()), params) {
+        Ok(v) => Box::leak(Box::new(v)),
+        Err((_, e)) => {
+            kprintln!("SERVE error: Vmm::new: {e:?}");
+            crate::psci::system_off()
+        }
+    };
+    let mut con = match VirtioConsole::probe() {
+        Ok(c) => c,
+        Err(e) => {
+            kprintln!("SERVE error: {e}");
+            crate::psci::system_off()
+        }
+    };
+    kprintln!(
+        "SERVE ready: virtio console irq {}, {} cpus, {} free pages",
+        con.intid,
+        ncpu,
+        crate::mm::free_pages()
+    );
+    serve(core, &mut con)
+}
+
+fn serve(core: &'static Core, con: &mut VirtioConsole) -> ! {
+    let mut stream: Vec<u8> = Vec::new();
+    let mut queue: VecDeque<Box<Job>> = VecDeque::new();
+    let mut running: Option<*mut Job> = None;
+    let mut last_kick = 0u64;
+    loop {
+        con.ack();
+        let mut progress = con.receive(&mut stream);
+        // Whole frames: execute (or queue a VM_RUN), answer.
+        loop {
+            if stream.len() < FRAME_HEADER {
+                break;
+            }
+            let mut h = [0u8; FRAME_HEADER];
+            h.copy_from_slice(&stream[..FRAME_HEADER]);
+            let f = match Frame::decode(&h) {
+                Ok(f) => f,
+                Err(e) => {
+                    // Out of step: drop one byte at a time until a header parses.
+                    kprintln!("serve: bad frame header ({e}); resynchronising");
+                    stream.remove(0);
+                    continue;
+                }
+            };
+            let total = FRAME_HEADER + f.len as usize;
+            if stream.len() < total {
+                break;
+            }
+            let msg: Vec<u8> = stream[FRAME_HEADER..total].to_vec();
+            stream.drain(..total);
+            progress = true;
+            if is_run(&msg) {
+                RUNS_WAITING.fetch_add(1, Ordering::AcqRel);
+                queue.push_back(Box::new(Job {
+                    core,
+                    client: f.client,
+                    seq: f.seq,
+                    msg,
+                    reply: Vec::new(),
+                    done: AtomicBool::new(false),
+                }));
+            } else {
+                let reply = execute(core, &msg);
+                send(con, f.client, f.seq, &reply);
+            }
+        }
+        // A finished run: answer it.
+        if let Some(p) = running {
+            // SAFETY: `p` came from Box::into_raw below and is still owned here.
+            if unsafe { &*p }.done.load(Ordering::Acquire) {
+                cpu::wait(RUN_CPU);
+                // SAFETY: the run CPU is done with the job (done, mailbox empty).
+                let job = unsafe { Box::from_raw(p) };
+                send(con, job.client, job.seq, &job.reply);
+                running = None;
+                progress = true;
+            }
+        }
+        // The run CPU is free: start the next run.
+        if running.is_none() {
+            if let Some(job) = queue.pop_front() {
+                RUNS_WAITING.fetch_sub(1, Ordering::AcqRel);
+                let p = Box::into_raw(job);
+                running = Some(p);
+                cpu::post(RUN_CPU, run_job, p as u64);
+                progress = true;
+            }
+        }
+        // Others wait: the running one gets a slice, then an SGI so it looks again.
+        if running.is_some() && !queue.is_empty() {
+            let now = timer::now();
+            if now.saturating_sub(last_kick) > slice_ticks() {
+                gic::send_sgi(RUN_CPU, gic::SGI_WAKE);
+                last_kick = now;
+            }
+            timer::arm(slice_ticks());
+        }
+        if !progress {
+            let job = running;
+            cpu::wait_for_interrupt(|| {
+                // SAFETY: as above; the job is alive while `running` holds it.
+                let run_done = job.is_some_and(|p| unsafe { &*p }.done.load(Ordering::Acquire));
+                !run_done && !con.pending()
+            });
+        }
+    }
+}
+
+fn is_run(msg: &[u8]) -> bool {
+    wire::parse_request(msg).is_ok_and(|r| r.cmd == ioctl::VM_RUN)
+}
+
+fn send(con: &mut VirtioConsole, client: u32, seq: u32, reply: &[u8]) {
+    let h = Frame {
+        client,
+        seq,
+        len: reply.len() as u32,
+    }
+    .encode();
+    con.send(&[&h, reply]);
+}
