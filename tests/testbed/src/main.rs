@@ -20,9 +20,11 @@ mod hyp;
 mod mm;
 mod psci;
 mod pt;
+mod server;
 mod sync;
 mod tests;
 mod timer;
+mod virtio_console;
 mod vm;
 
 use core::sync::atomic::Ordering;
@@ -55,6 +57,8 @@ fn kmain() -> ! {
     let mode = unsafe { core::ptr::read_volatile(mm::pa_to_va(bench::MODE_PA) as *const u32) };
     if mode == bench::MODE_BENCH {
         bench::run();
+    } else if mode == server::MODE_SERVE {
+        server::run();
     } else {
         tests::run_all(gic_ok);
     }
