@@ -7,6 +7,7 @@
 use crate::errno::{Errno, KResult};
 use crate::host::Host;
 use crate::stats::DESC;
+use crate::vgic;
 use crate::vm::{bit, Vm};
 use crate::vmm::{DeviceRef, Vmm};
 use alloc::vec::Vec;
@@ -359,8 +360,89 @@ impl<H: Host> Vmm<H> {
                 let t = vm.cfg.lock().topology;
                 put(arg, &t)
             }
+            ioctl::VM_ATTACH_VGIC => {
+                let req: VmVgicDescr = get(arg)?;
+                self.attach_vgic(vm, &req)
+            }
+            ioctl::VM_GET_VGIC_VERSION => put(
+                arg,
+                &VmVgicVersion {
+                    version: vgic::VGIC_VERSION,
+                    flags: 0,
+                },
+            ),
+            ioctl::VM_ASSERT_IRQ | ioctl::VM_DEASSERT_IRQ => {
+                let req: VmIrq = get(arg)?;
+                let assert = cmd == ioctl::VM_ASSERT_IRQ;
+                self.with_vgic(vm, |g| {
+                    if assert {
+                        g.assert_spi(req.irq)
+                    } else {
+                        g.deassert_spi(req.irq)
+                    }
+                })
+            }
+            ioctl::VM_RAISE_MSI => {
+                let req: VmMsi = get(arg)?;
+                self.with_vgic(vm, |g| g.raise_msi(req.addr, req.msg))
+            }
             _ => Err(Errno::ENOTTY),
         }
+    }
+
+    /// VM_ATTACH_VGIC: `EEXIST` if the VM has one. The vGIC serves as many vCPUs as the
+    /// redistributor window holds 128 KiB frames (bhyveload sizes it for the guest's
+    /// vCPUs; `EINVAL` unless a whole number of frames, 1..=16), with vCPU n's
+    /// affinity `vcpu_mpidr(n)`; the windows must lie in the IPA space, apart from each
+    /// other and from every guest memory mapping (`Vgic::attach`).
+    fn attach_vgic(&self, vm: &Vm<H>, req: &VmVgicDescr) -> KResult<()> {
+        let stride = vgic::REDIST_STRIDE;
+        let size = req.v3_regs.redist_size;
+        if size == 0 || !size.is_multiple_of(stride) {
+            return Err(Errno::EINVAL);
+        }
+        let n = usize::try_from(size / stride).map_err(|_| Errno::EINVAL)?;
+        if n > vgic::MAX_CPUS {
+            return Err(Errno::EINVAL);
+        }
+        let mut mpidrs = [0u64; vgic::MAX_CPUS];
+        for (i, m) in mpidrs.iter_mut().enumerate() {
+            *m = vmm_platform::vcpu_mpidr(u32::try_from(i).unwrap_or(0));
+        }
+        let mpidrs = mpidrs.get(..n).ok_or(Errno::EINVAL)?;
+        // Lock order: memory is taken and dropped before the vGIC (the run loop never
+        // holds both).
+        let mut ram = [(0u64, 0u64); crate::mem::VM_MAX_MEMMAPS];
+        {
+            let mem = vm.mem.lock();
+            for (r, m) in ram.iter_mut().zip(mem.maps.iter()) {
+                if let Some(m) = m {
+                    *r = (m.gpa, m.len);
+                }
+            }
+        }
+        let mut g = vm.vgic.lock();
+        if g.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let v = vgic::Vgic::attach(req, mpidrs, &ram, self.cfg.s2.ipa_limit(), self.ich_vtr)?;
+        *g = Some(v);
+        Ok(())
+    }
+
+    /// Runs an injection on the VM's vGIC (`EINVAL` without one) and notifies the
+    /// vCPUs it names once the lock is dropped.
+    fn with_vgic(
+        &self,
+        vm: &Vm<H>,
+        f: impl FnOnce(&mut vgic::Vgic) -> KResult<vgic::Kicks>,
+    ) -> KResult<()> {
+        let kicks = {
+            let mut g = vm.vgic.lock();
+            f(g.as_mut().ok_or(Errno::EINVAL)?)?
+        };
+        vm.kick_irq(&self.host, kicks, None);
+        Ok(())
     }
 
     /// A vCPU id as a bit index, `EINVAL` outside 0..VM_MAXCPU.
@@ -445,6 +527,10 @@ impl<H: Host> Vmm<H> {
             slot.shared.stats.clear();
         }
         vm.mem.lock().unmap_devmem(&self.host);
+        if let Some(g) = vm.vgic.lock().as_mut() {
+            // Stays attached at the same windows, back to its reset state.
+            g.reset();
+        }
         vm.active.store(0, Ordering::SeqCst);
         vm.suspended.store(0, Ordering::SeqCst);
         vm.debug.store(0, Ordering::SeqCst);

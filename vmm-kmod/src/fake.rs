@@ -154,6 +154,10 @@ pub struct FakeHost {
     pub signal: AtomicBool,
     /// Calls to `sleep`, to tell sleeping from spinning.
     pub sleeps: AtomicUsize,
+    /// Every `hold_vtimer_irq` call, in order.
+    pub vtimer_holds: Mutex<Vec<bool>>,
+    /// What HYP_READ_REGISTER(HYP_REG_ICH_VTR) answers.
+    pub ich_vtr: AtomicU64,
     intr_off: AtomicBool,
     sleepq: Mutex<HashMap<usize, u64>>,
     cv: Condvar,
@@ -207,6 +211,8 @@ impl FakeHost {
             synced_bytes: AtomicUsize::new(0),
             signal: AtomicBool::new(false),
             sleeps: AtomicUsize::new(0),
+            vtimer_holds: Mutex::new(Vec::new()),
+            ich_vtr: AtomicU64::new(FAKE_ICH_VTR),
             intr_off: AtomicBool::new(false),
             sleepq: Mutex::new(HashMap::new()),
             cv: Condvar::new(),
@@ -454,6 +460,13 @@ impl Host for FakeHost {
     fn should_yield(&self) -> bool {
         self.signal.load(Ordering::SeqCst)
     }
+    fn hold_vtimer_irq(&self, held: bool) {
+        assert!(
+            self.intr_off.load(Ordering::SeqCst),
+            "vtimer PPI held or released with interrupts on"
+        );
+        self.vtimer_holds.lock().unwrap().push(held);
+    }
 
     fn sleep(
         &self,
@@ -544,6 +557,13 @@ impl Host for FakeHost {
                 });
                 0
             }
+            hyp::HYP_READ_REGISTER if args[0] == hyp::HYP_REG_ICH_VTR => {
+                assert!(
+                    matches!(self.cpus.lock().unwrap()[cpu], CpuEl2::Up { .. }),
+                    "register read before the EL2 code is up"
+                );
+                self.ich_vtr.load(Ordering::SeqCst)
+            }
             hyp::HYP_CLEANUP => {
                 assert_eq!(args[0], STUB_VECTORS);
                 self.cpus.lock().unwrap()[cpu] = CpuEl2::Stub;
@@ -580,6 +600,10 @@ impl Host for FakeHost {
         }
     }
 }
+
+/// ICH_VTR_EL2 of the fake CPUs: ListRegs = 3 (four list registers), PRIbits 5,
+/// PREbits 5, IDbits 16 (QEMU's cortex-a57).
+pub const FAKE_ICH_VTR: u64 = 0x9000_0003;
 
 /// Init parameters matching the fake, for a host with a 44-bit PA range (cortex-a57).
 pub fn params() -> crate::InitParams {

@@ -121,6 +121,15 @@ pub trait Host: Send + Sync + Sized {
     /// token for [`Host::intr_restore`]. The core enters the guest with interrupts off.
     fn intr_disable(&self) -> u64;
     fn intr_restore(&self, token: u64);
+    /// Holds (`true`) or releases (`false`) the host's virtual-timer PPI (INTID 27) on
+    /// the current CPU, called with interrupts disabled. While a guest whose virtual
+    /// timer condition holds is entered, the physical timer output raises PPI 27 at
+    /// once and would exit the guest before it can take its virtual interrupt (a
+    /// livelock); holding the PPI (set active in, or disabled at, this CPU's
+    /// redistributor, as KVM does) stops that until the guest has handled its timer.
+    /// The core calls it only when the state changes on this CPU (it caches the state
+    /// per CPU) and releases it after every exit where it held it.
+    fn hold_vtimer_irq(&self, held: bool);
     /// True when the current thread should return to userspace soon: a signal or an AST
     /// is pending (FreeBSD: `td_ast`/`TDF_NEEDRESCHED`). Checked before each guest entry.
     fn should_yield(&self) -> bool;

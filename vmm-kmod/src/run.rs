@@ -14,14 +14,17 @@ use crate::host::Host;
 use crate::stats::{Stat, Stats};
 use crate::sysemul::{self, SysRegAnswer};
 use crate::vcpu::{from_el0, Vcpu};
+use crate::vgic::Kicks;
 use crate::vm::{bit, VcpuSlot, Vm, NOT_RUNNING};
 use crate::vmm::Vmm;
+use crate::vtimer;
 use core::sync::atomic::Ordering;
 use vmm_sys::abi::{
     ExitHyp, ExitInstEmul, ExitRegEmul, ExitSmccc, ExitSuspended, Vie, VmExit, VmGuestPaging, Vre,
     VM_DIR_READ, VM_DIR_WRITE, VM_GP_MMU_ENABLED,
 };
-use vmm_sys::arm64::esr::{self, DataAbort};
+use vmm_sys::arm64::esr::{self, DataAbort, SysRegAccess};
+use vmm_sys::arm64::sysreg;
 use vmm_sys::exit::ExitCode;
 use vmm_sys::hyp;
 use vmm_sys::reg::VM_REG_LAST;
@@ -144,6 +147,9 @@ impl<H: Host> Vmm<H> {
         let stats = &slot.shared.stats;
         // (page, count) of consecutive stage-2 faults on the same guest RAM page.
         let mut last_ram_fault: (u64, u32) = (u64::MAX, 0);
+        // The guest's virtual timer output as last evaluated: while it is high the
+        // host's PPI 27 is held during the entry (docs/vgic.md).
+        let mut vtimer_high = vtimer::virt_level(&vcpu.ctx_ref().timer, self.host.counter());
         loop {
             if let Some(e) = self.check_leave(vm, slot, vcpu, id) {
                 return Ok(e);
@@ -159,26 +165,32 @@ impl<H: Host> Vmm<H> {
                     }
                 }
             }
+            let has_vgic = self.vgic_flush(vm, slot, vcpu, id);
             let tok = self.host.intr_disable();
-            slot.shared
-                .running_on
-                .store(self.host.current_cpu(), Ordering::SeqCst);
+            let cpu = self.host.current_cpu();
+            slot.shared.running_on.store(cpu, Ordering::SeqCst);
             // Re-check with interrupts off and `running_on` published: a notifier that
             // set its flag before seeing `running_on` is caught here; one that sets it
-            // later sends an IPI that stays pending and exits the guest at once.
+            // later sends an IPI that stays pending and exits the guest at once. An
+            // interrupt raised after the flush whose notifier saw the vCPU not running
+            // (so sent no IPI) shows as `irq_pending`: flush again.
             if slot.shared.kick.load(Ordering::SeqCst)
                 || vm.suspend.load(Ordering::SeqCst) != 0
                 || vm.debug.load(Ordering::SeqCst) & bit(id) != 0
+                || (has_vgic && slot.shared.irq_pending.load(Ordering::SeqCst))
             {
                 slot.shared.running_on.store(NOT_RUNNING, Ordering::SeqCst);
                 self.host.intr_restore(tok);
                 continue;
             }
+            self.hold_vtimer(cpu, vtimer_high);
             let args = [vcpu.ctx_pa(), 0, 0, 0, 0, 0, 0];
             // SAFETY: the context page is mapped for EL2, holds a VcpuContext the core
             // filled (VTTBR with this VM's tables and VMID), and no one else touches it
             // while we hold the vCPU lock; interrupts are disabled as the call requires.
             let kind = unsafe { self.host.hyp_call(hyp::HYP_ENTER_GUEST, &args) };
+            // The host (or another vCPU) on this CPU starts clean.
+            self.hold_vtimer(cpu, false);
             slot.shared.running_on.store(NOT_RUNNING, Ordering::SeqCst);
             self.host.intr_restore(tok);
             stats.inc(Stat::Exits);
@@ -188,6 +200,7 @@ impl<H: Host> Vmm<H> {
                 return Err(Errno::ENXIO);
             };
             vcpu.ctx().exit.kind = kind;
+            vtimer_high = self.vgic_after_exit(vm, vcpu, id)?;
             let info = vcpu.ctx_ref().exit;
             let decoded = exit::decode(kind, &info);
             if !matches!(decoded, Decoded::DataAbort(_) | Decoded::InstAbort(_)) {
@@ -260,6 +273,9 @@ impl<H: Host> Vmm<H> {
                 Ok(Next::User(hyp_exit(kind, vcpu.ctx_ref())))
             }
             Decoded::SysReg { access, iss } => {
+                if let Some(next) = self.kernel_sysreg(vm, vcpu, stats, &access)? {
+                    return Ok(next);
+                }
                 let ctx = vcpu.ctx_ref();
                 let ans =
                     sysemul::answer(&access, &self.ids, ctx.el2.vpidr_el2, ctx.el2.vmpidr_el2);
@@ -433,6 +449,10 @@ impl<H: Host> Vmm<H> {
             inject(vcpu, stats, exit::external_abort_esr(true, at_el0), a.far);
             return Ok(Next::Reenter);
         };
+        if self.vgic_mmio(vm, vcpu, a.ipa, &da) {
+            stats.inc(Stat::VgicMmio);
+            return Ok(Next::Reenter);
+        }
         Ok(Next::User(self.inst_emul_exit(vcpu, stats, a.ipa, da)))
     }
 
@@ -452,37 +472,53 @@ impl<H: Host> Vmm<H> {
         e
     }
 
-    /// WFI: sleep until an interrupt is pending for the guest (the flag the interrupt
-    /// paths set, or the virtual timer's condition), the vCPU is notified, or a signal
-    /// arrives (then BOGUS, so userspace can take it).
+    /// WFI: sleep until an interrupt is pending for the guest, the vCPU is notified,
+    /// or a signal arrives (then BOGUS, so userspace can take it). With a vGIC, pending
+    /// means `Vgic::has_pending` (what the guest would take now), with both timers
+    /// driven into it first and the sleep bounded by their deadline; without one, the
+    /// `set_irq_pending` flag or the virtual timer's condition.
     fn wfi_wait(&self, vm: &Vm<H>, slot: &VcpuSlot<H>, vcpu: &mut Vcpu) -> KResult<Next> {
         let id = vcpu.id();
-        let must_wake = || {
+        let notified = || {
             slot.shared.kick.load(Ordering::SeqCst)
-                || slot.shared.irq_pending.load(Ordering::SeqCst)
                 || vm.suspend.load(Ordering::SeqCst) != 0
                 || vm.debug.load(Ordering::SeqCst) & bit(id) != 0
         };
         loop {
-            if must_wake() {
+            if notified() {
                 return Ok(Next::Reenter);
             }
-            let t = vcpu.ctx_ref().timer;
-            // CNTV_CTL: ENABLE bit 0, IMASK bit 1.
-            let deadline = if t.cntv_ctl_el0 & 3 == 1 {
-                let now_virtual = self.host.counter().wrapping_sub(t.cntvoff_el2);
-                if now_virtual >= t.cntv_cval_el0 {
-                    return Ok(Next::Reenter);
+            let eval =
+                vtimer::evaluate(&vcpu.ctx_ref().timer, &vcpu.phys_timer, self.host.counter());
+            let kicks = {
+                let mut g = vm.vgic.lock();
+                match g.as_mut() {
+                    Some(v) => {
+                        let k = vtimer::update_vgic(v, id as usize, &eval)?;
+                        // Cleared under the lock every notifier changes the vGIC
+                        // under: a later injection sets it again and wakes the sleep.
+                        slot.shared.irq_pending.store(false, Ordering::SeqCst);
+                        if v.has_pending(id as usize) {
+                            return Ok(Next::Reenter);
+                        }
+                        Some(k)
+                    }
+                    None => None,
                 }
-                // A compare value so far ahead that the host counter cannot express it
-                // never fires: sleep until notified rather than spin on a deadline that
-                // wrapped into the past.
-                t.cntv_cval_el0.checked_add(t.cntvoff_el2)
-            } else {
-                None
             };
-            let still = || !must_wake();
-            match self.host.sleep(slot.chan(), deadline, &still) {
+            match kicks {
+                Some(k) => vm.kick_irq(&self.host, k, Some(id as usize)),
+                None => {
+                    if slot.shared.irq_pending.load(Ordering::SeqCst) || eval.virt_level {
+                        return Ok(Next::Reenter);
+                    }
+                }
+            }
+            // A compare value so far ahead that the host counter cannot express it never
+            // fires (`evaluate` gives no deadline): sleep until notified rather than
+            // spin on a deadline that wrapped into the past.
+            let still = || !notified() && !slot.shared.irq_pending.load(Ordering::SeqCst);
+            match self.host.sleep(slot.chan(), eval.deadline, &still) {
                 crate::host::SleepResult::Interrupted => {
                     let pc = vcpu.ctx_ref().pc;
                     return Ok(Next::User(exit_base(ExitCode::Bogus, pc, 0)));
@@ -490,5 +526,137 @@ impl<H: Host> Vmm<H> {
                 crate::host::SleepResult::Woken | crate::host::SleepResult::TimedOut => {}
             }
         }
+    }
+
+    /// Before an entry: clears `irq_pending` and fills the list registers, under the
+    /// vGIC lock. False when the VM has no vGIC (nothing to flush; the list registers
+    /// and ICH_HCR_EL2 stay zero, so the virtual CPU interface is off).
+    fn vgic_flush(&self, vm: &Vm<H>, slot: &VcpuSlot<H>, vcpu: &mut Vcpu, id: u32) -> bool {
+        let mut g = vm.vgic.lock();
+        let Some(v) = g.as_mut() else {
+            return false;
+        };
+        slot.shared.irq_pending.store(false, Ordering::SeqCst);
+        v.flush(id as usize, &mut vcpu.ctx().vgic);
+        true
+    }
+
+    /// After an exit: folds the list registers back, evaluates both timers and drives
+    /// their PPIs, then notifies the vCPUs that must look (an SPI the guest finished may
+    /// now go elsewhere). Returns the virtual timer's output, which decides whether the
+    /// host's PPI 27 is held at the next entry.
+    fn vgic_after_exit(&self, vm: &Vm<H>, vcpu: &mut Vcpu, id: u32) -> KResult<bool> {
+        let now = self.host.counter();
+        let kicks = {
+            let mut g = vm.vgic.lock();
+            let Some(v) = g.as_mut() else {
+                return Ok(vtimer::virt_level(&vcpu.ctx_ref().timer, now));
+            };
+            let (k, e) = vtimer::after_exit(v, id as usize, vcpu.ctx_ref(), &vcpu.phys_timer, now)?;
+            (k, e.virt_level)
+        };
+        vm.kick_irq(&self.host, kicks.0, Some(id as usize));
+        Ok(kicks.1)
+    }
+
+    /// Holds or releases the host's virtual-timer PPI on host CPU `cpu` (interrupts are
+    /// off), calling the host only when the state there changes.
+    fn hold_vtimer(&self, cpu: usize, held: bool) {
+        let Some(s) = self.vtimer_held.get(cpu) else {
+            return;
+        };
+        if s.load(Ordering::Relaxed) != held {
+            s.store(held, Ordering::Relaxed);
+            self.host.hold_vtimer_irq(held);
+        }
+    }
+
+    /// A data abort with a syndrome outside guest RAM: if it falls in the vGIC's
+    /// distributor or redistributor window, emulates it here (a load's value written to
+    /// Rt as the instruction would, sign-extended per SSE/SF; XZR discards), moves the
+    /// PC past it and notifies the vCPUs a write made something pending for. False when
+    /// it is not the vGIC's (INST_EMUL to userspace).
+    fn vgic_mmio(&self, vm: &Vm<H>, vcpu: &mut Vcpu, ipa: u64, da: &DataAbort) -> bool {
+        let id = vcpu.id() as usize;
+        let mut value = if da.write { vcpu.get_x(da.srt) } else { 0 };
+        let kicks = {
+            let mut g = vm.vgic.lock();
+            let Some(v) = g.as_mut() else {
+                return false;
+            };
+            match v.mmio_access(id, ipa, da.size, da.write, &mut value) {
+                Some(k) => k,
+                None => return false,
+            }
+        };
+        if !da.write {
+            vcpu.set_x(da.srt, esr::load_result(value, da));
+        }
+        self.skip_insn(vcpu);
+        vm.kick_irq(&self.host, kicks, Some(id));
+        true
+    }
+
+    /// Trapped system registers the kernel emulates beyond `sysemul`: the SGI
+    /// generation registers (ICC_SGI1R/SGI0R/ASGI1R_EL1, which trap with HCR_EL2.IMO/FMO
+    /// while the rest of the ICC registers go to the virtual CPU interface) when a vGIC
+    /// is attached, and the EL1 physical timer (CNTP_CTL/CVAL/TVAL_EL0, trapped by
+    /// CNTHCTL_EL2.EL1PCEN = 0). `None`: not one of these.
+    fn kernel_sysreg(
+        &self,
+        vm: &Vm<H>,
+        vcpu: &mut Vcpu,
+        stats: &Stats,
+        access: &SysRegAccess,
+    ) -> KResult<Option<Next>> {
+        let id = vcpu.id() as usize;
+        let reg = access.reg;
+        if reg == sysreg::ICC_SGI1R_EL1
+            || reg == sysreg::ICC_SGI0R_EL1
+            || reg == sysreg::ICC_ASGI1R_EL1
+        {
+            let value = vcpu.get_x(access.rt);
+            let kicks: Option<Kicks> = {
+                let mut g = vm.vgic.lock();
+                match g.as_mut() {
+                    // Write-only registers: a read answers zero, as KVM.
+                    Some(_) if access.read => Some(Kicks::default()),
+                    Some(v) => v.sysreg_write(id, reg, value),
+                    None => None,
+                }
+            };
+            let Some(k) = kicks else {
+                return Ok(None);
+            };
+            if access.read {
+                vcpu.set_x(access.rt, 0);
+            }
+            self.skip_insn(vcpu);
+            stats.inc(Stat::SysRegKernel);
+            // An SGI to itself is seen by the next flush.
+            vm.kick_irq(&self.host, k, Some(id));
+            return Ok(Some(Next::Reenter));
+        }
+        let now = self.host.counter();
+        let value = vcpu.get_x(access.rt);
+        let Some(r) = vcpu.phys_timer.access(reg, access.read, value, now) else {
+            return Ok(None);
+        };
+        if access.read {
+            vcpu.set_x(access.rt, r);
+        }
+        self.skip_insn(vcpu);
+        stats.inc(Stat::TimerKernel);
+        // The write may have raised or lowered PPI 30.
+        let eval = vtimer::evaluate(&vcpu.ctx_ref().timer, &vcpu.phys_timer, now);
+        let kicks = {
+            let mut g = vm.vgic.lock();
+            match g.as_mut() {
+                Some(v) => vtimer::update_vgic(v, id, &eval)?,
+                None => Kicks::default(),
+            }
+        };
+        vm.kick_irq(&self.host, kicks, Some(id));
+        Ok(Some(Next::Reenter))
     }
 }

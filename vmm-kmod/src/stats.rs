@@ -20,9 +20,11 @@ pub enum Stat {
     Unclassified,
     Kicks,
     VmRun,
+    VgicMmio,
+    TimerKernel,
 }
 
-pub const NSTATS: usize = 14;
+pub const NSTATS: usize = 16;
 
 /// Descriptions, as `bhyvectl --get-stats` prints them.
 pub const DESC: [&str; NSTATS] = [
@@ -40,6 +42,8 @@ pub const DESC: [&str; NSTATS] = [
     "exits not classified (HYP)",
     "times the vcpu was kicked out of the guest",
     "VM_RUN calls",
+    "interrupt controller (vGIC) mmio accesses emulated in kernel",
+    "physical timer (CNTP_*) accesses emulated in kernel",
 ];
 
 /// The counters of one vCPU. Atomic so VM_STATS reads them while the vCPU runs (as

@@ -15,6 +15,7 @@ use crate::stage2::Stage2;
 use crate::stats::Stats;
 use crate::sync::Mutex;
 use crate::vcpu::{Vcpu, VcpuInit};
+use crate::vgic::{Kicks, Vgic};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 use vmm_sys::abi::VmCpuTopology;
@@ -31,8 +32,12 @@ pub struct VcpuShared {
     pub in_run: AtomicBool,
     /// Return to userspace (BOGUS) at the next check.
     pub kick: AtomicBool,
-    /// An interrupt is pending for the guest (set by the interrupt paths; WFI wakes on
-    /// it). The vGIC will own this later.
+    /// Something may have become pending for this vCPU since its last vGIC flush: set
+    /// by every notifier (after changing the vGIC, outside its lock), cleared by the run
+    /// loop under the vGIC lock just before it flushes. The entry re-checks it with
+    /// `running_on` published, and WFI sleeps only while it is clear, so no interrupt
+    /// raised while the vCPU enters or falls asleep is lost. Without a vGIC it is the
+    /// `set_irq_pending` hook's flag, which wakes WFI.
     pub irq_pending: AtomicBool,
     /// VM_STATS counters, readable while the vCPU runs.
     pub stats: Stats,
@@ -72,6 +77,9 @@ pub struct Vm<H: Host> {
     pub has_pan: bool,
     pub mem: Mutex<H::Mutex, VmMem>,
     pub cfg: Mutex<H::Mutex, VmCfg>,
+    /// The virtual GICv3 once VM_ATTACH_VGIC made it. Lock order: a vCPU, then this;
+    /// never held across a guest entry, a copyin/copyout or a sleep.
+    pub vgic: Mutex<H::Mutex, Option<Vgic>>,
     pub vcpus: Vec<VcpuSlot<H>>,
     /// `enum vm_suspend_how`, 0 when running.
     pub suspend: AtomicI32,
@@ -129,6 +137,7 @@ impl<H: Host> Vm<H> {
                     maxcpus: VM_MAXCPU as u16,
                 },
             }),
+            vgic: Mutex::new(None),
             vcpus,
             suspend: AtomicI32::new(0),
             active: AtomicU32::new(0),
@@ -197,6 +206,22 @@ impl<H: Host> Vm<H> {
             host.kick_cpu(cpu);
         }
         host.wakeup(slot.chan());
+    }
+
+    /// Tells the vCPUs in `kicks` (from a vGIC call, made after its lock was dropped)
+    /// that an interrupt may be pending for them: sets their `irq_pending` and notifies
+    /// them (IPI if in the guest, wakeup if asleep). `me`, the caller's own vCPU, is
+    /// skipped: its next flush sees the change anyway.
+    pub fn kick_irq(&self, host: &H, kicks: Kicks, me: Option<usize>) {
+        for t in kicks.iter() {
+            if Some(t) == me {
+                continue;
+            }
+            if let Some(s) = self.vcpus.get(t) {
+                s.shared.irq_pending.store(true, Ordering::SeqCst);
+                self.notify(host, t, false);
+            }
+        }
     }
 
     /// Notifies every vCPU (suspend, destroy).

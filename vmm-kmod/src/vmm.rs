@@ -10,7 +10,7 @@ use crate::vm::Vm;
 use crate::vmid::VmidAlloc;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use vmm_sys::exit::SuspendHow;
 use vmm_sys::hyp;
 
@@ -39,6 +39,11 @@ pub struct Vmm<H: Host> {
     stacks: Mutex<H::Mutex, Vec<PhysMem>>,
     pub(crate) reg: Mutex<H::Mutex, Registry<H>>,
     up: AtomicBool,
+    /// ICH_VTR_EL2 as CPU 0 reported it at load (list registers for every vGIC).
+    pub(crate) ich_vtr: u64,
+    /// Per host CPU: the host's virtual-timer PPI is held there (`Host::hold_vtimer_irq`),
+    /// so the run loop calls the host only when the state changes.
+    pub(crate) vtimer_held: Vec<AtomicBool>,
 }
 
 impl<H: Host> Vmm<H> {
@@ -81,6 +86,9 @@ impl<H: Host> Vmm<H> {
         }
         let failed = AtomicUsize::new(0);
         let inited = AtomicUsize::new(0);
+        // ICH_VTR_EL2.ListRegs of the CPU with the fewest list registers (they are
+        // normally all alike): a flush must not fill registers some CPU lacks.
+        let ich_vtr = AtomicU64::new(u64::MAX);
         host.run_on_all_cpus(&|cpu| {
             let Some(top) = stacks.get(cpu).and_then(|s| s.pa.checked_add(s.len as u64)) else {
                 failed.fetch_add(1, Ordering::SeqCst);
@@ -93,12 +101,28 @@ impl<H: Host> Vmm<H> {
             // SAFETY: the init handler takes the host's EL2 tables, this CPU's stack (mapped
             // for EL2 above) and register values computed by El2Config.
             let r = unsafe { host.hyp_call(params.el2_ttbr0, &args) };
-            if r == 0 {
-                inited.fetch_add(1, Ordering::SeqCst);
-            } else {
+            if r != 0 {
                 failed.fetch_add(1, Ordering::SeqCst);
+                return;
             }
+            let args = [hyp::HYP_REG_ICH_VTR, 0, 0, 0, 0, 0, 0];
+            // SAFETY: a register read at EL2; no memory is passed.
+            let vtr = unsafe { host.hyp_call(hyp::HYP_READ_REGISTER, &args) };
+            if vtr == hyp::HYP_RET_UNKNOWN {
+                failed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            inited.fetch_add(1, Ordering::SeqCst);
+            let _ = ich_vtr.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+                (old == u64::MAX || vtr & 0x1f < old & 0x1f).then_some(vtr)
+            });
         });
+        let mut vtimer_held = Vec::new();
+        if vtimer_held.try_reserve_exact(ncpu).is_ok() {
+            vtimer_held.resize_with(ncpu, || AtomicBool::new(false));
+        } else {
+            failed.fetch_add(1, Ordering::SeqCst);
+        }
         let vmm = Vmm {
             host,
             cfg,
@@ -111,6 +135,8 @@ impl<H: Host> Vmm<H> {
                 dying: 0,
             }),
             up: AtomicBool::new(true),
+            ich_vtr: ich_vtr.load(Ordering::SeqCst),
+            vtimer_held,
         };
         if failed.load(Ordering::SeqCst) != 0 || inited.load(Ordering::SeqCst) != ncpu {
             vmm.host

@@ -50,12 +50,14 @@ pub const fn virt_level(t: &VtimerRegs, now: u64) -> bool {
 }
 
 /// The host counter value at which the virtual timer will assert, if it is armed
-/// (enabled, unmasked) and not yet due at `now`. `None` if it is off or already due.
+/// (enabled, unmasked) and not yet due at `now`. `None` if it is off or already due,
+/// or if the host counter cannot reach it (CVAL + CNTVOFF past 2^64: a wrapped
+/// deadline would lie in the past and turn a sleep into a spin).
 pub fn virt_deadline(t: &VtimerRegs, now: u64) -> Option<u64> {
     if t.cntv_ctl_el0 & (CTL_ENABLE | CTL_IMASK) != CTL_ENABLE || virt_level(t, now) {
         return None;
     }
-    Some(t.cntv_cval_el0.wrapping_add(t.cntvoff_el2))
+    t.cntv_cval_el0.checked_add(t.cntvoff_el2)
 }
 
 /// The emulated EL1 physical timer of one vCPU (CNTP_CTL_EL0, CNTP_CVAL_EL0).

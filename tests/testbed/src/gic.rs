@@ -18,6 +18,9 @@ const GICR_WAKER: u64 = 0x14;
 const GICR_TYPER: u64 = 0x8;
 const GICR_IGROUPR0: u64 = 0x80;
 const GICR_ISENABLER0: u64 = 0x100;
+const GICR_ICENABLER0: u64 = 0x180;
+const GICR_CTLR: u64 = 0x0;
+const GICR_CTLR_RWP: u32 = 1 << 3;
 const GICR_IPRIORITYR: u64 = 0x400;
 
 /// SGI that wakes a CPU to look at its mailbox (and kicks a running vCPU out).
@@ -27,6 +30,16 @@ pub const SGI_PING: u32 = 1;
 /// SGI that asks a CPU to run a `cpu::call_sync` function in its handler.
 pub const SGI_CALL: u32 = 2;
 pub const PPI_TIMER: u32 = 30;
+/// The vGIC maintenance interrupt: enabled so that it ends a guest's run (EOI of a
+/// level interrupt, list register underflow); the world switch drops it at exit.
+pub const PPI_MAINT: u32 = 25;
+/// The virtual timer's PPI: enabled so that a guest's virtual timer firing ends its run
+/// (the host's own virtual timer is off); held (disabled) while a guest whose timer
+/// line is high is entered (`hold_ppi`).
+pub const PPI_VTIMER: u32 = 27;
+
+/// Each CPU's redistributor (RD_base PA), found by `init_cpu`.
+static MY_RD: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 pub static IRQ_COUNT: [[AtomicU64; 32]; MAX_CPUS] =
     [const { [const { AtomicU64::new(0) }; 32] }; MAX_CPUS];
@@ -81,7 +94,13 @@ pub fn init_cpu() -> bool {
     for i in 0..8 {
         w32(sgi + GICR_IPRIORITYR + 4 * i, 0x8080_8080);
     }
-    w32(sgi + GICR_ISENABLER0, 0xffff | (1 << PPI_TIMER));
+    w32(
+        sgi + GICR_ISENABLER0,
+        0xffff | (1 << PPI_TIMER) | (1 << PPI_MAINT) | (1 << PPI_VTIMER),
+    );
+    if let Some(slot) = MY_RD.get(cpu::id()) {
+        slot.store(rd, Ordering::Relaxed);
+    }
     // SAFETY: ICC system registers of this CPU; EL2 left ICC_SRE_EL2.Enable set.
     unsafe {
         core::arch::asm!(
@@ -99,6 +118,25 @@ pub fn init_cpu() -> bool {
         )
     };
     true
+}
+
+/// Disables (`held`) or re-enables PPI `intid` in this CPU's redistributor, waiting
+/// for a disable to take effect (GICR_CTLR.RWP). Interrupts must be off (stays on
+/// this CPU).
+pub fn hold_ppi(intid: u32, held: bool) {
+    let Some(rd) = MY_RD.get(cpu::id()).map(|r| r.load(Ordering::Relaxed)) else {
+        return;
+    };
+    if rd == 0 || intid >= 32 {
+        return;
+    }
+    let sgi = rd + SGI_BASE;
+    if held {
+        w32(sgi + GICR_ICENABLER0, 1 << intid);
+        while r32(rd + GICR_CTLR) & GICR_CTLR_RWP != 0 {}
+    } else {
+        w32(sgi + GICR_ISENABLER0, 1 << intid);
+    }
 }
 
 /// Sends SGI `intid` to CPU `target` (Aff0 = CPU index on QEMU virt).

@@ -315,6 +315,10 @@ impl Host for TestbedHost {
         unsafe { core::arch::asm!("msr daif, {0}", in(reg) token) };
     }
 
+    fn hold_vtimer_irq(&self, held: bool) {
+        gic::hold_ppi(gic::PPI_VTIMER, held);
+    }
+
     fn should_yield(&self) -> bool {
         false
     }

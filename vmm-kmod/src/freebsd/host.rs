@@ -23,7 +23,7 @@ use super::maps::{Live, Registry};
 use super::timer::{self, CalloutStorage, CALLOUT_ANY_CPU, CS_DRAIN};
 use super::types::ticks_to_sbt;
 use super::vm::{self as kvm, VM_MEMATTR_WRITE_BACK};
-use super::{copy, hyp, kern, smp};
+use super::{copy, hyp, intr, kern, smp};
 use crate::errno::{Errno, KResult};
 use crate::host::{Host, PhysMem, RawMutex, SleepResult, PAGE_SIZE};
 use core::cell::UnsafeCell;
@@ -307,6 +307,9 @@ pub struct FreeBsdHost {
     el2: crate::sync::Mutex<SxMutex, El2State>,
     /// Guest memory mapped by processes, and memory waiting for those mappings to go.
     maps: crate::sync::Mutex<SxMutex, Registry<SgRef>>,
+    /// The GICv3 driver's device (for `gic_r_write_4` on this CPU's redistributor),
+    /// or null when none was found: then the virtual-timer PPI cannot be held.
+    gic: usize,
 }
 
 impl FreeBsdHost {
@@ -330,7 +333,14 @@ impl FreeBsdHost {
             return Err(Errno::ENXIO);
         }
         let tables = El2Tables::new(&KmemTables)?;
+        let gic = find_gicv3();
+        if gic.is_null() {
+            log(format_args!(
+                "vmm: no GICv3 device; a guest's firing virtual timer will cost extra exits"
+            ));
+        }
         Ok(FreeBsdHost {
+            gic: gic as usize,
             cpuid_offset,
             ncpu,
             el2: crate::sync::Mutex::new(El2State {
@@ -413,6 +423,22 @@ pub fn id_regs() -> crate::IdRegs {
         mmfr1: sysreg!("id_aa64mmfr1_el1"),
         mmfr2: sysreg!("id_aa64mmfr2_el1"),
     }
+}
+
+/// The GICv3 driver's device: unit 0 of devclass "gic", provided this CPU has the GIC
+/// system-register interface (ID_AA64PFR0_EL1.GIC != 0), so the "gic" device is the
+/// GICv3 driver and not the GICv2 one, whose softc `gic_r_write_4` must not be given.
+fn find_gicv3() -> intr::DeviceT {
+    if (id_regs().pfr0 >> 24) & 0xf == 0 {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: a lookup by a NUL-terminated name; returns NULL if absent.
+    let dc = unsafe { intr::devclass_find(c"gic".as_ptr()) };
+    if dc.is_null() {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: `dc` is a live devclass (devclasses are never freed).
+    unsafe { intr::devclass_get_device(dc, 0) }
 }
 
 /// Cleans and invalidates the data cache to the point of coherency and invalidates the
@@ -550,6 +576,27 @@ impl Host for FreeBsdHost {
         // SAFETY: restores a DAIF value saved by intr_disable on this CPU.
         unsafe {
             core::arch::asm!("msr daif, {0}", in(reg) token, options(nostack, preserves_flags))
+        };
+    }
+
+    fn hold_vtimer_irq(&self, held: bool) {
+        if self.gic == 0 {
+            return;
+        }
+        let reg = if held {
+            intr::GICR_ISACTIVER0
+        } else {
+            intr::GICR_ICACTIVER0
+        };
+        // SAFETY: `gic` is the GICv3 driver's device (found at load; the GIC driver is
+        // never detached); with interrupts off (the core's contract) the write reaches
+        // this CPU's redistributor, where it sets or clears only PPI 27's active bit.
+        unsafe {
+            intr::gic_r_write_4(
+                self.gic as intr::DeviceT,
+                intr::GICR_SGI_BASE_SIZE | reg,
+                1 << crate::vtimer::VIRT_TIMER_INTID,
+            )
         };
     }
 

@@ -14,7 +14,30 @@
 //!   clears `ICH_HCR_EL2.En` on exit, so the host never takes it. (The 2019 research
 //!   port used `gic_v3_setup_maint_intr`, which no longer exists.)
 
-use core::ffi::{c_int, c_void};
+//! * Holding the host's virtual-timer PPI while a guest whose timer fired is entered
+//!   (docs/vgic.md, "The virtual timer's interrupt while the guest runs"): FreeBSD has
+//!   no KPI for an interrupt's active state (Linux's `irq_set_irqchip_state`, which KVM
+//!   uses), and `PIC_DISABLE_INTR` needs the timer driver's private `intr_irqsrc`. The
+//!   GICv3 driver exports `gic_r_write_4(dev, offset, value)` (sys/arm64/arm64/
+//!   gic_v3_var.h, used by the ITS driver), which writes the *current CPU's*
+//!   redistributor (`sc->gic_redists.pcpu[PCPU_GET(cpuid)]`); offsets are from RD_base,
+//!   the SGI frame at `GICR_SGI_BASE_SIZE` (64 KiB). So, as KVM does, the glue sets PPI
+//!   27 active with GICR_ISACTIVER0 and clears it with GICR_ICACTIVER0, on the GIC
+//!   device found as unit 0 of devclass "gic" (the GICv3 driver's class name, FDT and
+//!   ACPI attachments alike).
+
+use core::ffi::{c_char, c_int, c_void};
+
+/// The SGI_base frame of a redistributor, from its RD_base (`GICR_SGI_BASE_SIZE`).
+pub const GICR_SGI_BASE_SIZE: u64 = 0x1_0000;
+/// GICR_ISACTIVER0 / GICR_ICACTIVER0 in the SGI frame (`GICD_ISACTIVER(0)` /
+/// `GICD_ICACTIVER(0)`, the offsets FreeBSD reuses for the redistributor).
+pub const GICR_ISACTIVER0: u64 = 0x0300;
+pub const GICR_ICACTIVER0: u64 = 0x0380;
+
+/// `device_t`, `devclass_t`: opaque pointers.
+pub type DeviceT = *mut c_void;
+pub type DevclassT = *mut c_void;
 
 /// Timer selectors of `arm_tmr_setup_intr` (`generic_timer.h`).
 pub const GT_PHYS_SECURE: c_int = 0;
@@ -42,4 +65,12 @@ extern "C" {
     ) -> c_int;
     /// `int arm_tmr_teardown_intr(int gt_type)`.
     pub fn arm_tmr_teardown_intr(gt_type: c_int) -> c_int;
+    /// `devclass_t devclass_find(const char *classname)` (sys/sys/bus.h): NULL if none.
+    pub fn devclass_find(classname: *const c_char) -> DevclassT;
+    /// `device_t devclass_get_device(devclass_t dc, int unit)`: NULL if no such unit.
+    pub fn devclass_get_device(dc: DevclassT, unit: c_int) -> DeviceT;
+    /// `void gic_r_write_4(device_t dev, bus_size_t offset, uint32_t val)`
+    /// (sys/arm64/arm64/gic_v3_var.h): a 32-bit write to the calling CPU's
+    /// redistributor.
+    pub fn gic_r_write_4(dev: DeviceT, offset: u64, val: u32);
 }
