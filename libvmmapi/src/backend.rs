@@ -32,22 +32,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
 pub const TESTBED_ENV: &str = "VMM_TESTBED";
 
 /// The backend the tools use: the FreeBSD one (/dev/vmmctl, /dev/vmm), unless
-/// `VMM_TESTBED` is set.
-///
-/// With `VMM_TESTBED` set this returns an error naming the missing piece: the testbed
-/// transport (a client that sends [`Request::encode`] messages to the broker socket
-/// named by `VMM_TESTBED` and applies the answers with [`Request::apply_response`]) is
-/// written with the testbed, in a later issue. This is the one place to plug it in.
+/// `VMM_TESTBED` names the testbed broker's socket ([`crate::testbed::Testbed`]).
 pub fn backend_from_env() -> Result<Arc<dyn Backend>> {
     match std::env::var_os(TESTBED_ENV) {
-        Some(path) if !path.is_empty() => Err(Error::Backend {
-            op: "testbed",
-            source: BackendError::Unavailable(format!(
-                "{TESTBED_ENV}={} selects the testbed, whose socket transport is not \
-                 implemented in this build; unset {TESTBED_ENV} to use /dev/vmm",
-                path.to_string_lossy()
-            )),
-        }),
+        Some(path) if !path.is_empty() => Ok(Arc::new(
+            crate::testbed::Testbed::connect(path).map_err(|source| Error::Backend {
+                op: "testbed",
+                source,
+            })?,
+        )),
         _ => Ok(Arc::new(crate::freebsd::FreeBsd::new())),
     }
 }

@@ -63,6 +63,7 @@ pub mod freebsd;
 pub mod memory;
 pub mod request;
 pub mod size;
+pub mod testbed;
 mod vm;
 
 pub use backend::{backend_from_env, Backend, TESTBED_ENV};

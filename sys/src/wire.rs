@@ -27,6 +27,9 @@ pub const TESTBED_GPA_TO_PA: u64 = ioc(IOC_INOUT, b't', 1, 24);
 /// `[gpa, gpa + len)` through the testbed's CPU, so QEMU's TCG drops translations of
 /// code the client replaced through the RAM file (DESIGN.md, "The testbed").
 pub const TESTBED_SYNC: u64 = ioc(IOC_IN, b't', 2, 16);
+/// The response errno for a per-VM request naming a VM that does not exist (on
+/// FreeBSD the open of /dev/vmm/NAME fails; libvmmapi's `BackendError::NoSuchVm`).
+pub const ERR_NO_SUCH_VM: i32 = -1;
 /// Where the testbed's RAM (the memory-backend-file's offset 0) starts.
 pub const RAM_BASE: u64 = 0x4000_0000;
 

@@ -13,6 +13,7 @@
 
 mod kernel;
 mod kmod;
+mod testbed;
 
 use std::process::{Command, ExitCode};
 
@@ -95,9 +96,10 @@ fn main() -> ExitCode {
         Some("check-kmod") => kmod::check_kmod(),
         Some("run-testbed") => kernel::run_testbed(&args[1..]),
         Some("bench-el2") => kernel::bench_el2(),
+        Some("testbed") => testbed::testbed(&args[1..]),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] | bench-el2"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] | bench-el2 | testbed up|down|status"
                 .into(),
         ),
     };

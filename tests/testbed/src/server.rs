@@ -107,6 +107,9 @@ impl Host for ServerHost {
     fn intr_restore(&self, token: u64) {
         self.0.intr_restore(token)
     }
+    fn hold_vtimer_irq(&self, held: bool) {
+        self.0.hold_vtimer_irq(held)
+    }
     fn should_yield(&self) -> bool {
         let start = RUN_START.load(Ordering::Acquire);
         cpu::id() == RUN_CPU
@@ -192,6 +195,11 @@ fn execute(core: &Core, msg: &[u8]) -> Vec<u8> {
     }
     let errno = match run_one(core, &req, &mut arg, &mut bufs) {
         Ok(()) => 0,
+        // The core answers ENOENT for an unknown name (among other things): tell the
+        // client "no such VM" only when the VM is really absent.
+        Err(Errno::ENOENT) if req.vm.is_some_and(|n| !vm_exists(core, n)) => {
+            wire::ERR_NO_SUCH_VM
+        }
         Err(e) => e.0,
     };
     let outs: Vec<&[u8]> = bufs
@@ -200,6 +208,12 @@ fn execute(core: &Core, msg: &[u8]) -> Vec<u8> {
         .map(|b| b.2.as_slice())
         .collect();
     response(req.cmd, errno, &arg, &outs)
+}
+
+/// Whether VM `name` exists (kick_vcpu looks the name up before it checks the vCPU
+/// number, so an impossible vCPU number makes it a side-effect-free lookup).
+fn vm_exists(core: &Core, name: &[u8]) -> bool {
+    core.kick_vcpu(name, usize::MAX) != Err(Errno::ENOENT)
 }
 
 fn response(cmd: u64, errno: i32, arg: &[u8], outs: &[&[u8]]) -> Vec<u8> {

@@ -1,0 +1,71 @@
+//! `cargo xtask testbed up|down|status`: a served testbed in the background (QEMU and
+//! the broker in their own process groups, pid files and logs in target/testbed), for
+//! the tools to use through `VMM_TESTBED` (docs/testbed.md, "Serving /dev/vmm").
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use vmm_testbed_broker::launch::{self, Layout};
+use vmm_testbed_harness::{build, repo_root};
+
+fn layout() -> Layout {
+    Layout::new(repo_root().join("target/testbed"))
+}
+
+/// Builds the broker with the workspace's cargo and target dir; returns the binary.
+fn build_broker() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::run(
+        "build the broker",
+        Command::new(cargo)
+            .current_dir(repo_root())
+            .args(["build", "-q", "-p", "vmm-testbed-broker"]),
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    Ok(target.join("debug/vmm-testbed-broker"))
+}
+
+pub fn testbed(args: &[String]) -> Result<(), String> {
+    let l = layout();
+    match args.first().map(String::as_str) {
+        Some("up") => {
+            let kernel = build::build_testbed().map_err(|e| e.to_string())?;
+            let broker = build_broker()?;
+            let sock = launch::up(&kernel, &broker, &l, Duration::from_secs(120))
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "xtask: testbed up (logs in {}; stop with cargo xtask testbed down)",
+                l.dir.display()
+            );
+            println!("export VMM_TESTBED={}", sock.display());
+            Ok(())
+        }
+        Some("down") => {
+            let stopped = launch::down(&l);
+            if stopped.is_empty() {
+                eprintln!("xtask: no testbed was running");
+            }
+            for (what, pid) in stopped {
+                eprintln!("xtask: stopped {what} (process group {pid})");
+            }
+            Ok(())
+        }
+        Some("status") => {
+            let st = launch::status(&l);
+            if st.is_empty() || st.iter().any(|s| !s.2) {
+                for (what, pid, live) in &st {
+                    eprintln!("{what}: pid {pid} {}", if *live { "running" } else { "gone" });
+                }
+                return Err("testbed is not up".into());
+            }
+            for (what, pid, _) in st {
+                println!("{what}: pid {pid} running");
+            }
+            println!("export VMM_TESTBED={}", l.socket().display());
+            Ok(())
+        }
+        _ => Err("usage: cargo xtask testbed up|down|status".into()),
+    }
+}
