@@ -147,9 +147,6 @@ impl<H: Host> Vmm<H> {
         let stats = &slot.shared.stats;
         // (page, count) of consecutive stage-2 faults on the same guest RAM page.
         let mut last_ram_fault: (u64, u32) = (u64::MAX, 0);
-        // The guest's virtual timer output as last evaluated: while it is high the
-        // host's PPI 27 is held during the entry (docs/vgic.md).
-        let mut vtimer_high = vtimer::virt_level(&vcpu.ctx_ref().timer, self.host.counter());
         loop {
             if let Some(e) = self.check_leave(vm, slot, vcpu, id) {
                 return Ok(e);
@@ -183,6 +180,11 @@ impl<H: Host> Vmm<H> {
                 self.host.intr_restore(tok);
                 continue;
             }
+            // While the guest's virtual timer output is high, the host's PPI 27 is held
+            // for the entry, or the guest would exit at once, before it could take its
+            // virtual interrupt (docs/vgic.md). Evaluated here, at the last moment, so a
+            // timer that came due in a WFI sleep or in userspace is seen.
+            let vtimer_high = vtimer::virt_level(&vcpu.ctx_ref().timer, self.host.counter());
             self.hold_vtimer(cpu, vtimer_high);
             let args = [vcpu.ctx_pa(), 0, 0, 0, 0, 0, 0];
             // SAFETY: the context page is mapped for EL2, holds a VcpuContext the core
@@ -200,7 +202,7 @@ impl<H: Host> Vmm<H> {
                 return Err(Errno::ENXIO);
             };
             vcpu.ctx().exit.kind = kind;
-            vtimer_high = self.vgic_after_exit(vm, vcpu, id)?;
+            self.vgic_after_exit(vm, vcpu, id)?;
             let info = vcpu.ctx_ref().exit;
             let decoded = exit::decode(kind, &info);
             if !matches!(decoded, Decoded::DataAbort(_) | Decoded::InstAbort(_)) {
@@ -543,20 +545,18 @@ impl<H: Host> Vmm<H> {
 
     /// After an exit: folds the list registers back, evaluates both timers and drives
     /// their PPIs, then notifies the vCPUs that must look (an SPI the guest finished may
-    /// now go elsewhere). Returns the virtual timer's output, which decides whether the
-    /// host's PPI 27 is held at the next entry.
-    fn vgic_after_exit(&self, vm: &Vm<H>, vcpu: &mut Vcpu, id: u32) -> KResult<bool> {
+    /// now go elsewhere).
+    fn vgic_after_exit(&self, vm: &Vm<H>, vcpu: &mut Vcpu, id: u32) -> KResult<()> {
         let now = self.host.counter();
         let kicks = {
             let mut g = vm.vgic.lock();
             let Some(v) = g.as_mut() else {
-                return Ok(vtimer::virt_level(&vcpu.ctx_ref().timer, now));
+                return Ok(());
             };
-            let (k, e) = vtimer::after_exit(v, id as usize, vcpu.ctx_ref(), &vcpu.phys_timer, now)?;
-            (k, e.virt_level)
+            vtimer::after_exit(v, id as usize, vcpu.ctx_ref(), &vcpu.phys_timer, now)?.0
         };
-        vm.kick_irq(&self.host, kicks.0, Some(id as usize));
-        Ok(kicks.1)
+        vm.kick_irq(&self.host, kicks, Some(id as usize));
+        Ok(())
     }
 
     /// Holds or releases the host's virtual-timer PPI on host CPU `cpu` (interrupts are

@@ -12,6 +12,7 @@ mod decode;
 mod dispatch;
 mod run;
 mod stage2;
+mod vgic;
 
 use crate::fake::{params, FakeHost};
 use crate::{DeviceRef, Errno, KResult, Vmm};
