@@ -113,10 +113,7 @@ impl Testbed {
         }
         let mut body = vec![0u8; f.len as usize];
         s.read_exact(&mut body).map_err(io)?;
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(s);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
         Ok(body)
     }
 
@@ -163,8 +160,7 @@ impl Backend for Testbed {
     }
 
     fn execute(&self, req: &mut Request) -> Result<(), BackendError> {
-        req.check()
-            .map_err(|_| BackendError::Errno(libc::EINVAL))?;
+        req.check().map_err(|_| BackendError::Errno(libc::EINVAL))?;
         let answer = self.call(&req.encode())?;
         match req.apply_response(&answer) {
             Ok(0) => Ok(()),
@@ -181,9 +177,8 @@ impl Backend for Testbed {
         }
         // Reserve the whole range, then put each physically contiguous piece of the RAM
         // file over it.
-        let owner = MmapOwner::anonymous(len).map_err(|e| {
-            BackendError::Errno(e.raw_os_error().unwrap_or(libc::ENOMEM))
-        })?;
+        let owner = MmapOwner::anonymous(len)
+            .map_err(|e| BackendError::Errno(e.raw_os_error().unwrap_or(libc::ENOMEM)))?;
         let base = owner.as_ptr();
         let mut done = 0u64;
         while done < len as u64 {

@@ -174,7 +174,11 @@ pub fn parse_request(bytes: &[u8]) -> Result<WireRequest<'_>, WireError> {
         {
             return Err(WireError::BadField("two buffers for one pointer"));
         }
-        let data = if dir.is_in() { Some(r.take(len)?) } else { None };
+        let data = if dir.is_in() {
+            Some(r.take(len)?)
+        } else {
+            None
+        };
         buffers[i] = Some(WireBuffer {
             ptr_offset,
             dir,

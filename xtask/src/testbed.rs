@@ -17,9 +17,12 @@ fn build_broker() -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     crate::run(
         "build the broker",
-        Command::new(cargo)
-            .current_dir(repo_root())
-            .args(["build", "-q", "-p", "vmm-testbed-broker"]),
+        Command::new(cargo).current_dir(repo_root()).args([
+            "build",
+            "-q",
+            "-p",
+            "vmm-testbed-broker",
+        ]),
     )?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -56,7 +59,10 @@ pub fn testbed(args: &[String]) -> Result<(), String> {
             let st = launch::status(&l);
             if st.is_empty() || st.iter().any(|s| !s.2) {
                 for (what, pid, live) in &st {
-                    eprintln!("{what}: pid {pid} {}", if *live { "running" } else { "gone" });
+                    eprintln!(
+                        "{what}: pid {pid} {}",
+                        if *live { "running" } else { "gone" }
+                    );
                 }
                 return Err("testbed is not up".into());
             }

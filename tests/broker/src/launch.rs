@@ -115,7 +115,12 @@ pub fn status(l: &Layout) -> Vec<(&'static str, i32, bool)> {
 
 /// Starts QEMU and the broker in the background; returns the broker's socket once the
 /// testbed has answered a request.
-pub fn up(kernel: &Path, broker: &Path, l: &Layout, timeout: Duration) -> Result<PathBuf, LaunchError> {
+pub fn up(
+    kernel: &Path,
+    broker: &Path,
+    l: &Layout,
+    timeout: Duration,
+) -> Result<PathBuf, LaunchError> {
     if status(l).iter().any(|s| s.2) {
         return Err(LaunchError::AlreadyUp(l.dir.clone()));
     }

@@ -91,9 +91,8 @@ fn read_frame(s: &mut impl Read) -> std::io::Result<Option<(Frame, Vec<u8>)>> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let f = Frame::decode(&h).map_err(|e| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame: {e}"))
-    })?;
+    let f = Frame::decode(&h)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame: {e}")))?;
     let mut body = vec![0; f.len as usize];
     s.read_exact(&mut body)?;
     Ok(Some((f, body)))
@@ -168,16 +167,13 @@ fn run(args: &Args) -> Result<(), BrokerError> {
         .map_err(BrokerError::Channel)?;
 
     let _ = std::fs::remove_file(&args.listen);
-    let listener =
-        UnixListener::bind(&args.listen).map_err(|e| BrokerError::Listen(args.listen.clone(), e))?;
+    let listener = UnixListener::bind(&args.listen)
+        .map_err(|e| BrokerError::Listen(args.listen.clone(), e))?;
     println!("export VMM_TESTBED={}", args.listen.display());
     let _ = std::io::stdout().flush();
 
     let clients: Clients = Arc::new(Mutex::new(HashMap::new()));
-    let ram = args
-        .ram
-        .canonicalize()
-        .unwrap_or_else(|_| args.ram.clone());
+    let ram = args.ram.canonicalize().unwrap_or_else(|_| args.ram.clone());
     {
         let clients = clients.clone();
         let qemu_w = qemu_w.clone();

@@ -1,0 +1,281 @@
+//! The served testbed, end to end from Linux processes: QEMU runs the testbed kernel in
+//! server mode, the broker multiplexes clients, and libvmmapi's testbed backend (and
+//! the real bhyvectl binary) drive the vmm core through it. Each test starts its own
+//! testbed in its own directory (QEMU and broker in their own process groups, killed
+//! when the test ends, also on failure); a failure prints the serial and broker logs.
+//!
+//! Needs qemu-system-aarch64 and aarch64-linux-gnu binutils; VMM_SKIP_QEMU=1 skips.
+
+use libvmmapi::testbed::Testbed;
+use libvmmapi::{Backend, ExitReason, Reg, Vm};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_testbed_broker::launch::{self, Layout};
+use vmm_testbed_harness::{build, repo_root};
+
+const RAM: u64 = 0x8000_0000;
+/// `b .` and `hvc #0` (A64).
+const B_SELF: u32 = 0x1400_0000;
+const HVC0: u32 = 0xd400_0002;
+
+/// One testbed at a time: they share two host cores with everything else.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Longest a test may keep its testbed: then the watchdog stops QEMU and the broker,
+/// so every blocked client call fails instead of hanging.
+const TEST_TIMEOUT: Duration = Duration::from_secs(240);
+
+struct Bed {
+    layout: Layout,
+    socket: PathBuf,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Bed {
+    fn start(name: &str) -> Option<Bed> {
+        if std::env::var_os("VMM_SKIP_QEMU").is_some() {
+            eprintln!("VMM_SKIP_QEMU set: served-testbed test skipped");
+            return None;
+        }
+        let kernel = build::build_testbed().expect("building the testbed");
+        let dir = std::env::var_os("CARGO_TARGET_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/tmp"))
+            .join(format!("testbed-{name}"));
+        let layout = Layout::new(dir);
+        launch::down(&layout);
+        let socket = launch::up(
+            &kernel,
+            PathBuf::from(env!("CARGO_BIN_EXE_vmm-testbed-broker")).as_path(),
+            &layout,
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (done, layout) = (done.clone(), layout.clone());
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    if t.elapsed() > TEST_TIMEOUT {
+                        eprintln!("watchdog: testbed stopped after {TEST_TIMEOUT:?}");
+                        launch::down(&layout);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+        Some(Bed {
+            layout,
+            socket,
+            done,
+        })
+    }
+
+    fn client(&self) -> Arc<dyn Backend> {
+        Arc::new(Testbed::connect(&self.socket).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "[broker log]\n{}\n[testbed serial log]\n{}",
+            std::fs::read_to_string(self.layout.broker_log()).unwrap_or_default(),
+            std::fs::read_to_string(self.layout.qemu_log()).unwrap_or_default()
+        )
+    }
+
+    /// Runs `f`; on failure the logs are printed before the panic goes on.
+    fn check(&self, f: impl FnOnce()) {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            eprintln!("{}", self.logs());
+            std::panic::resume_unwind(p);
+        }
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        launch::down(&self.layout);
+    }
+}
+
+/// A VM with 2 MiB of RAM at 0x8000_0000 holding `code`, vCPU 0 at its start, active.
+fn guest(backend: Arc<dyn Backend>, name: &str, code: &[u32]) -> Vm {
+    let vm = Vm::create_with(backend, name).unwrap();
+    vm.setup_memory(RAM, 2 << 20).unwrap();
+    let mem = vm.guest_memory().unwrap();
+    for (i, w) in code.iter().enumerate() {
+        mem.write_obj(*w, GuestAddress(RAM + 4 * i as u64)).unwrap();
+    }
+    let cpu = vm.vcpu(0).unwrap();
+    cpu.set_reg(Reg::Pc, RAM).unwrap();
+    cpu.set_reg(Reg::Cpsr, 0x3c5).unwrap();
+    cpu.activate().unwrap();
+    vm
+}
+
+#[test]
+fn vm_lifecycle_across_clients() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("lifecycle") else {
+        return;
+    };
+    bed.check(|| {
+        let a = bed.client();
+        let b = bed.client();
+        let vm = Vm::create_with(a.clone(), "alpha").unwrap();
+        Vm::create_with(a.clone(), "beta").unwrap();
+        assert_eq!(Vm::list_with(&*b).unwrap(), ["alpha", "beta"]);
+        // Registers set by one client are read by another.
+        let other = Vm::open_with(b.clone(), "alpha").unwrap();
+        vm.vcpu(0)
+            .unwrap()
+            .set_reg(Reg::X(7), 0xdead_beef_1234)
+            .unwrap();
+        assert_eq!(
+            other.vcpu(0).unwrap().get_reg(Reg::X(7)).unwrap(),
+            0xdead_beef_1234
+        );
+        // Memory written through one client's mapping of the RAM file is what the
+        // other client's separate mapping shows, at the right guest addresses.
+        vm.setup_memory(RAM, 4 << 20).unwrap();
+        let ma = vm.guest_memory().unwrap();
+        let mb = other.guest_memory().unwrap();
+        for off in [0u64, 0x1000, 0x20_0000, (4 << 20) - 8] {
+            ma.write_obj(0x5a5a_0000_0000_0000u64 | off, GuestAddress(RAM + off))
+                .unwrap();
+        }
+        for off in [0u64, 0x1000, 0x20_0000, (4 << 20) - 8] {
+            let v: u64 = mb.read_obj(GuestAddress(RAM + off)).unwrap();
+            assert_eq!(v, 0x5a5a_0000_0000_0000 | off, "at {off:#x}");
+        }
+        // The guest sees the same bytes: it loads from the written word and exits.
+        // ldr x1, [x0]; hvc #0   with x0 = RAM + 0x1000
+        let code = [0xf940_0001u32, HVC0];
+        for (i, w) in code.iter().enumerate() {
+            ma.write_obj(*w, GuestAddress(RAM + 0x10 + 4 * i as u64))
+                .unwrap();
+        }
+        let cpu = vm.vcpu(0).unwrap();
+        cpu.set_reg(Reg::Pc, RAM + 0x10).unwrap();
+        cpu.set_reg(Reg::X(0), RAM + 0x1000).unwrap();
+        cpu.set_reg(Reg::Cpsr, 0x3c5).unwrap();
+        cpu.activate().unwrap();
+        let exit = cpu.run().unwrap();
+        assert!(
+            matches!(exit.reason, ExitReason::Hvc | ExitReason::Smccc { .. }),
+            "{exit:?}"
+        );
+        assert_eq!(cpu.get_reg(Reg::X(1)).unwrap(), 0x5a5a_0000_0000_1000);
+        // Unknown VMs are "does not exist", as on FreeBSD.
+        let e = Vm::open_with(b.clone(), "gamma")
+            .and_then(|v| v.vcpu(0)?.get_reg(Reg::X(0)))
+            .unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        vm.destroy().unwrap();
+        Vm::destroy_by_name_with(b.clone(), "beta").unwrap();
+        assert!(Vm::list_with(&*a).unwrap().is_empty());
+    });
+}
+
+/// A client that sends VM_RUN for a guest spinning forever and disconnects: the
+/// testbed keeps answering, a destroy stops the run, and the run CPU serves the next
+/// VM's runs.
+#[test]
+fn client_disconnecting_mid_call_leaves_the_testbed_healthy() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("disconnect") else {
+        return;
+    };
+    bed.check(|| {
+        let c = bed.client();
+        let _spin = guest(c.clone(), "spin", &[B_SELF]);
+        {
+            let mut s = UnixStream::connect(&bed.socket).unwrap();
+            let mut hello = [0u8; 18];
+            s.read_exact(&mut hello).unwrap();
+            let mut path = vec![0; usize::from(u16::from_le_bytes([hello[16], hello[17]]))];
+            s.read_exact(&mut path).unwrap();
+            let msg = libvmmapi::request::run("spin", 0).encode();
+            let h = vmm_sys::wire::Frame {
+                client: 0,
+                seq: 1,
+                len: msg.len() as u32,
+            }
+            .encode();
+            s.write_all(&[&h[..], &msg].concat()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        } // gone mid-call
+          // Still answering, while the guest spins on the run CPU.
+        let t = Instant::now();
+        assert_eq!(Vm::list_with(&*c).unwrap(), ["spin"]);
+        assert!(t.elapsed() < Duration::from_secs(10));
+        // Another VM's run waits for the run CPU, which the spinning one yields.
+        let vm2 = guest(c.clone(), "next", &[HVC0, HVC0, HVC0]);
+        let cpu = vm2.vcpu(0).unwrap();
+        let exit = cpu.run().unwrap();
+        assert!(
+            matches!(exit.reason, ExitReason::Hvc | ExitReason::Smccc { .. }),
+            "{exit:?}"
+        );
+        Vm::destroy_by_name_with(c.clone(), "spin").unwrap();
+        vm2.destroy().unwrap();
+        assert!(Vm::list_with(&*c).unwrap().is_empty());
+    });
+}
+
+/// VMs outlive the process that made them: bhyvectl (a real process, through
+/// VMM_TESTBED) creates, another lists, a third sets and reads a register, destroys.
+#[test]
+fn vms_outlive_processes_bhyvectl() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("bhyvectl") else {
+        return;
+    };
+    bed.check(|| {
+        let bhyvectl = build_tool("bhyvectl");
+        let run = |args: &[&str]| {
+            let out = Command::new(&bhyvectl)
+                .args(args)
+                .env("VMM_TESTBED", &bed.socket)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            (out.status.code(), text)
+        };
+        assert_eq!(run(&["--vm=keep", "--create"]).0, Some(0));
+        assert_eq!(run(&["--list"]), (Some(0), "keep\n".to_string()));
+        assert_eq!(run(&["--vm=keep", "--set-reg", "x5=0x77"]).0, Some(0));
+        let (code, text) = run(&["--vm=keep", "--get-x5"]);
+        assert_eq!(code, Some(0), "{text}");
+        assert!(text.contains("0x0000000000000077"), "{text}");
+        assert_eq!(run(&["--vm=keep", "--destroy"]).0, Some(0));
+        let (code, text) = run(&["--vm=keep", "--get-x5"]);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("does not exist"), "{text}");
+        assert_eq!(run(&["--list"]), (Some(0), String::new()));
+    });
+}
+
+/// Builds a tool of the workspace with this test's cargo and target dir.
+fn build_tool(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["build", "-q", "-p", name])
+        .status()
+        .unwrap();
+    assert!(st.success(), "building {name}");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug").join(name)
+}
