@@ -171,8 +171,8 @@ impl Backend for Testbed {
     }
 
     fn map_memory(&self, vm: &str, gpa: u64, len: usize) -> Result<Mapping, BackendError> {
-        let page = crate::PAGE_SIZE as u64;
-        if gpa % page != 0 || len == 0 {
+        let page = crate::PAGE_SIZE;
+        if !gpa.is_multiple_of(page) || len == 0 {
             return Err(BackendError::Errno(libc::EINVAL));
         }
         // Reserve the whole range, then put each physically contiguous piece of the RAM
@@ -185,7 +185,7 @@ impl Backend for Testbed {
             let (pa, avail) = self.gpa_to_pa(vm, gpa + done)?;
             let off = pa
                 .checked_sub(self.ram_base)
-                .filter(|o| o % page == 0)
+                .filter(|o| o.is_multiple_of(page))
                 .ok_or(BackendError::Errno(libc::EINVAL))?;
             let n = avail.min(len as u64 - done);
             if n == 0 {

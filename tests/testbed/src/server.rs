@@ -197,9 +197,7 @@ fn execute(core: &Core, msg: &[u8]) -> Vec<u8> {
         Ok(()) => 0,
         // The core answers ENOENT for an unknown name (among other things): tell the
         // client "no such VM" only when the VM is really absent.
-        Err(Errno::ENOENT) if req.vm.is_some_and(|n| !vm_exists(core, n)) => {
-            wire::ERR_NO_SUCH_VM
-        }
+        Err(Errno::ENOENT) if req.vm.is_some_and(|n| !vm_exists(core, n)) => wire::ERR_NO_SUCH_VM,
         Err(e) => e.0,
     };
     let outs: Vec<&[u8]> = bufs
@@ -295,7 +293,7 @@ fn gpa_to_pa(core: &Core, name: &[u8], arg: &mut [u8]) -> KResult<()> {
 /// caches for the guest as the core does for new memory.
 fn sync_range(core: &Core, name: &[u8], gpa: u64, len: u64) -> KResult<()> {
     let end = gpa.checked_add(len).ok_or(Errno::EINVAL)?;
-    if gpa % 8 != 0 || len % 8 != 0 {
+    if !gpa.is_multiple_of(8) || !len.is_multiple_of(8) {
         return Err(Errno::EINVAL);
     }
     let mut at = gpa;

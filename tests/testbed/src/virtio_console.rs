@@ -226,7 +226,10 @@ impl VirtioConsole {
             con.rx.set_desc(i, pa, PAGE as u32, DESC_F_WRITE);
             con.rx.push_avail(i);
         }
-        w32(base + STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+        w32(
+            base + STATUS,
+            ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK,
+        );
         w32(base + QUEUE_NOTIFY, RXQ);
         con.enable_irq();
         Ok(con)
@@ -261,7 +264,8 @@ impl VirtioConsole {
     pub fn pending(&self) -> bool {
         fence(Ordering::SeqCst);
         // SAFETY: the used ring's idx field lies in the used page we own.
-        let idx = unsafe { core::ptr::read_volatile((pa_to_va(self.rx.used_pa) + 2) as *const u16) };
+        let idx =
+            unsafe { core::ptr::read_volatile((pa_to_va(self.rx.used_pa) + 2) as *const u16) };
         idx != self.rx.last_used
     }
 
