@@ -279,3 +279,83 @@ fn build_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"));
     target.join("debug").join(name)
 }
+
+/// Assembles tests/broker/guests/NAME.S into a raw binary linked at 0x8000_0000.
+fn guest_binary(name: &str) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("guests/{name}.S"));
+    let dir = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/tmp"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (obj, elf, bin) = (
+        dir.join(format!("{name}.o")),
+        dir.join(format!("{name}.elf")),
+        dir.join(format!("{name}.bin")),
+    );
+    for (tool, args) in [
+        ("aarch64-linux-gnu-as", vec!["-o".into(), obj.clone(), src]),
+        (
+            "aarch64-linux-gnu-ld",
+            vec![
+                "-nostdlib".into(),
+                "-static".into(),
+                "-Ttext=0x80000000".into(),
+                "-e".into(),
+                "_start".into(),
+                "-o".into(),
+                elf.clone(),
+                obj.clone(),
+            ],
+        ),
+        (
+            "aarch64-linux-gnu-objcopy",
+            vec!["-O".into(), "binary".into(), elf.clone(), bin.clone()],
+        ),
+    ] {
+        let st = Command::new(tool).args(&args).status().unwrap();
+        assert!(st.success(), "{tool} {args:?}");
+    }
+    bin
+}
+
+/// The tools, end to end, as separate processes: bhyveload loads a guest program,
+/// bhyve runs it (its PL011 output on bhyve's stdout, then PSCI SYSTEM_OFF: exit 1),
+/// bhyvectl destroys the VM.
+#[test]
+fn bhyveload_bhyve_bhyvectl_end_to_end() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("e2e") else {
+        return;
+    };
+    bed.check(|| {
+        let bin = guest_binary("hello");
+        let tool = |name: &str, args: &[&str]| {
+            let out = Command::new(build_tool(name))
+                .args(args)
+                .env("VMM_TESTBED", &bed.socket)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (code, _, err) = tool(
+            "bhyveload",
+            &["-k", bin.to_str().unwrap(), "-l", "0x80000000", "-m", "64M", "hello"],
+        );
+        assert_eq!(code, Some(0), "bhyveload: {err}");
+        let (code, out, err) = tool("bhyve", &["-b", "hello"]);
+        assert_eq!(code, Some(1), "bhyve (poweroff is 1): {out}{err}");
+        assert!(
+            out.contains("hello from a guest on the served testbed"),
+            "guest console: {out:?} {err}"
+        );
+        let (code, _, err) = tool("bhyvectl", &["--vm=hello", "--destroy"]);
+        assert_eq!(code, Some(0), "{err}");
+        let (code, out, _) = tool("bhyvectl", &["--list"]);
+        assert_eq!((code, out.as_str()), (Some(0), ""));
+    });
+}
