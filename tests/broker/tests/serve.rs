@@ -344,7 +344,15 @@ fn bhyveload_bhyve_bhyvectl_end_to_end() {
         };
         let (code, _, err) = tool(
             "bhyveload",
-            &["-k", bin.to_str().unwrap(), "-l", "0x80000000", "-m", "64M", "hello"],
+            &[
+                "-k",
+                bin.to_str().unwrap(),
+                "-l",
+                "0x80000000",
+                "-m",
+                "64M",
+                "hello",
+            ],
         );
         assert_eq!(code, Some(0), "bhyveload: {err}");
         let (code, out, err) = tool("bhyve", &["-b", "hello"]);
@@ -357,5 +365,103 @@ fn bhyveload_bhyve_bhyvectl_end_to_end() {
         assert_eq!(code, Some(0), "{err}");
         let (code, out, _) = tool("bhyvectl", &["--list"]);
         assert_eq!((code, out.as_str()), (Some(0), ""));
+    });
+}
+
+/// A vCPU busy in VM_RUN (bhyve running a guest that never exits) while bhyvectl
+/// works from other processes; `bhyvectl --destroy` stops it and bhyve exits 4, the
+/// status bhyve(8) gives a destroyed VM.
+#[test]
+fn bhyvectl_while_bhyve_runs_and_destroy_stops_it() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("running") else {
+        return;
+    };
+    bed.check(|| {
+        let bin = guest_binary("spin");
+        let tool = |name: &str, args: &[&str]| {
+            let out = Command::new(build_tool(name))
+                .args(args)
+                .env("VMM_TESTBED", &bed.socket)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        };
+        let (code, text) = tool(
+            "bhyveload",
+            &[
+                "-k",
+                bin.to_str().unwrap(),
+                "-l",
+                "0x80000000",
+                "-m",
+                "64M",
+                "spin",
+            ],
+        );
+        assert_eq!(code, Some(0), "bhyveload: {text}");
+        let mut bhyve = Command::new(build_tool("bhyve"))
+            .args(["-b", "spin"])
+            .env("VMM_TESTBED", &bed.socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the vCPU is active, i.e. bhyve is in VM_RUN.
+        let t = Instant::now();
+        loop {
+            let (code, text) = tool("bhyvectl", &["--vm=spin", "--get-active-cpus"]);
+            assert_eq!(code, Some(0), "{text}");
+            if text.trim_end() == "active cpus:\t0" {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "vCPU never active: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(bhyve.try_wait().unwrap().is_none(), "bhyve ended early");
+        // Served while the run CPU is in the guest.
+        for _ in 0..3 {
+            let t = Instant::now();
+            let (code, text) = tool("bhyvectl", &["--vm=spin", "--get-stats"]);
+            assert_eq!(code, Some(0), "{text}");
+            assert!(text.contains("vm exits"), "{text}");
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "slow: {:?}",
+                t.elapsed()
+            );
+        }
+        let (code, text) = tool("bhyvectl", &["--vm=spin", "--destroy"]);
+        assert_eq!(code, Some(0), "{text}");
+        let t = Instant::now();
+        let status = loop {
+            if let Some(st) = bhyve.try_wait().unwrap() {
+                break st;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                let _ = bhyve.kill();
+                panic!("bhyve still running 30 s after the destroy");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut out = String::new();
+        bhyve
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(status.code(), Some(4), "bhyve: {out}");
+        assert!(out.contains("spinning"), "guest console: {out:?}");
+        assert_eq!(tool("bhyvectl", &["--list"]), (Some(0), String::new()));
     });
 }
