@@ -10,8 +10,8 @@ use std::sync::Arc;
 /// each block in VM_RUN while another asserts interrupts).
 ///
 /// Implementations: [`crate::freebsd::FreeBsd`] (ioctls on /dev/vmmctl and
-/// /dev/vmm/NAME), `fake::FakeVmm` (in-process test double), and later the
-/// testbed channel, which sends [`Request::encode`] over a socket.
+/// /dev/vmm/NAME), `fake::FakeVmm` (in-process test double), and
+/// [`crate::testbed::Testbed`], which sends [`Request::encode`] to the testbed broker.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// A short name for messages ("freebsd", "fake", ...).
     fn name(&self) -> &'static str;

@@ -33,8 +33,8 @@
 //! A [`Backend`] executes one [`Request`]: the FreeBSD ioctl word, the argument
 //! structure's bytes, and the buffers its pointer fields designate (see
 //! [`request`]). [`freebsd::FreeBsd`] issues it as ioctl(2); `fake::FakeVmm`
-//! (feature `fake`) runs it in-process for unit tests; the testbed transport sends
-//! [`Request::encode`] over a socket (not yet written; [`backend_from_env`] names it).
+//! (feature `fake`) runs it in-process for unit tests; [`testbed::Testbed`] sends
+//! [`Request::encode`] to the testbed broker's socket (`VMM_TESTBED`).
 //!
 //! # Testing with the fake
 //!
