@@ -465,3 +465,54 @@ fn bhyvectl_while_bhyve_runs_and_destroy_stops_it() {
         assert_eq!(tool("bhyvectl", &["--list"]), (Some(0), String::new()));
     });
 }
+
+/// bhyve's reboot loop: bhyveload reinitialises the VM and writes a new program over
+/// the old one through the RAM file; the guest must run the new code, not QEMU's
+/// translation of the old (the server rewrites a reinitialised VM's memory through the
+/// CPU before its next run).
+#[test]
+fn reloaded_code_runs_after_reinit() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("reinit") else {
+        return;
+    };
+    bed.check(|| {
+        let tool = |name: &str, args: &[&str]| {
+            let out = Command::new(build_tool(name))
+                .args(args)
+                .env("VMM_TESTBED", &bed.socket)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        };
+        for (round, letter) in ["A", "B", "A"].iter().enumerate() {
+            let bin = guest_binary(&format!("mark_{letter}"));
+            let (code, text) = tool(
+                "bhyveload",
+                &[
+                    "-k",
+                    bin.to_str().unwrap(),
+                    "-l",
+                    "0x80000000",
+                    "-m",
+                    "64M",
+                    "re",
+                ],
+            );
+            assert_eq!(code, Some(0), "round {round}: bhyveload: {text}");
+            let (code, text) = tool("bhyve", &["-b", "re"]);
+            assert_eq!(code, Some(1), "round {round}: bhyve: {text}");
+            assert_eq!(
+                text.lines().next(),
+                Some(*letter),
+                "round {round}: the guest ran stale code: {text:?}"
+            );
+        }
+        assert_eq!(tool("bhyvectl", &["--vm=re", "--destroy"]).0, Some(0));
+    });
+}
