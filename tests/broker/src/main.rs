@@ -3,7 +3,8 @@
 //! and accepts any number of clients on its own Unix socket. Each client request is
 //! tagged with (client id, client's sequence number), written to the one channel, and
 //! the answer routed back by that tag. A client that goes away mid-call just loses its
-//! answer; the testbed never notices.
+//! answer, and the broker sends the testbed an empty frame for that client, so a
+//! VM_RUN it left behind returns (a kick) instead of holding the run CPU.
 //!
 //! Client protocol (libvmmapi's testbed backend): on connect the broker sends a hello
 //! (`"VMTB" u32 version=1 u64 ram_base u16 len path`: where the testbed's RAM file is
@@ -236,13 +237,22 @@ fn accept_loop(
         let clients = clients.clone();
         let qemu_w = qemu_w.clone();
         std::thread::spawn(move || {
-            // Requests until the client leaves or sends garbage.
+            // Requests until the client leaves or sends garbage (an empty frame is
+            // not a request: it is what tells the testbed a client has gone).
             while let Ok(Some((f, body))) = read_frame(&mut conn) {
+                if body.is_empty() {
+                    break;
+                }
                 if write_frame(&mut *lock(&qemu_w), id, f.seq, &body).is_err() {
                     std::process::exit(1);
                 }
             }
             lock(&clients).remove(&id);
+            // The testbed kicks this client's run (if any) out of the guest and drops
+            // its queued ones.
+            if write_frame(&mut *lock(&qemu_w), id, 0, &[]).is_err() {
+                std::process::exit(1);
+            }
         });
     }
 }

@@ -213,10 +213,27 @@ fn client_disconnecting_mid_call_leaves_the_testbed_healthy() {
             s.write_all(&[&h[..], &msg].concat()).unwrap();
             std::thread::sleep(Duration::from_millis(300));
         } // gone mid-call
-          // Still answering, while the guest spins on the run CPU.
+          // Still answering; and the broker told the testbed, which kicked the
+          // abandoned run out of the guest: the vCPU exits to userspace once.
         let t = Instant::now();
         assert_eq!(Vm::list_with(&*c).unwrap(), ["spin"]);
         assert!(t.elapsed() < Duration::from_secs(10));
+        let spin = Vm::open_with(c.clone(), "spin").unwrap();
+        loop {
+            let stats = spin.stats(0).unwrap();
+            let to_user = stats
+                .iter()
+                .find(|(n, _)| n == "vm exits returned to userspace")
+                .map(|s| s.1);
+            if to_user == Some(1) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "abandoned VM_RUN not kicked: {stats:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         // Another VM's run waits for the run CPU, which the spinning one yields.
         let vm2 = guest(c.clone(), "next", &[HVC0, HVC0, HVC0]);
         let cpu = vm2.vcpu(0).unwrap();

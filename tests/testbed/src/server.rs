@@ -29,7 +29,7 @@ use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use vmm_kmod::{DeviceRef, Errno, Host, KResult, PhysMem, SleepResult, Vmm};
-use vmm_sys::abi::{Pod, VmMemmap};
+use vmm_sys::abi::{Pod, VmMemmap, VmRun};
 use vmm_sys::ioctl;
 use vmm_sys::wire::{self, Frame, WireRequest, FRAME_HEADER, MAX_BUFFERS};
 
@@ -234,6 +234,13 @@ fn run_one(
     };
     match (req.cmd, req.vm) {
         (wire::TESTBED_GPA_TO_PA, Some(name)) => return gpa_to_pa(core, name, arg),
+        (wire::TESTBED_FREE_PAGES, None) => {
+            let free = crate::mm::free_pages() as u64;
+            arg.get_mut(..8)
+                .ok_or(Errno::EINVAL)?
+                .copy_from_slice(&free.to_le_bytes());
+            return Ok(());
+        }
         (wire::TESTBED_SYNC, Some(name)) => {
             let gpa = u64_at(arg, 0);
             return sync_range(core, name, gpa, u64_at(arg, 8));
@@ -430,6 +437,22 @@ fn serve(core: &'static Core, con: &mut VirtioConsole) -> ! {
             let msg: Vec<u8> = stream[FRAME_HEADER..total].to_vec();
             stream.drain(..total);
             progress = true;
+            if msg.is_empty() {
+                // The broker's "client gone": its waiting runs are dropped, its running
+                // one is kicked back out of the guest (the answer goes nowhere).
+                let before = queue.len();
+                queue.retain(|j| j.client != f.client);
+                RUNS_WAITING.fetch_sub(before - queue.len(), Ordering::AcqRel);
+                if let Some(p) = running {
+                    // SAFETY: the job stays alive while `running` holds it; only its
+                    // immutable request fields are read.
+                    let job = unsafe { &*p };
+                    if job.client == f.client {
+                        kick_run(core, &job.msg);
+                    }
+                }
+                continue;
+            }
             if is_run(&msg) {
                 RUNS_WAITING.fetch_add(1, Ordering::AcqRel);
                 queue.push_back(Box::new(Job {
@@ -484,6 +507,19 @@ fn serve(core: &'static Core, con: &mut VirtioConsole) -> ! {
                 !run_done && !con.pending()
             });
         }
+    }
+}
+
+/// Makes the VM_RUN in `msg` return to userspace soon (`Vmm::kick_vcpu`).
+fn kick_run(core: &Core, msg: &[u8]) {
+    let Ok(r) = wire::parse_request(msg) else {
+        return;
+    };
+    let (Some(name), Some(run)) = (r.vm, VmRun::from_bytes(r.arg)) else {
+        return;
+    };
+    if let Ok(vcpu) = usize::try_from(run.cpuid) {
+        let _ = core.kick_vcpu(name, vcpu);
     }
 }
 
