@@ -248,6 +248,56 @@ fn client_disconnecting_mid_call_leaves_the_testbed_healthy() {
     });
 }
 
+/// One process, two threads, one backend: a vCPU thread blocked in VM_RUN (a guest in
+/// `b .`) while another thread asserts and deasserts an interrupt and reads stats;
+/// a destroy ends the run with SUSPENDED(destroy).
+#[test]
+fn irq_asserted_while_another_thread_is_in_vm_run() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("threads") else {
+        return;
+    };
+    bed.check(|| {
+        let c = bed.client();
+        let vm = guest(c.clone(), "busy", &[B_SELF]);
+        vm.attach_vgic(vmm_platform::GICD, vmm_platform::gicr(1))
+            .unwrap();
+        let cpu = vm.vcpu(0).unwrap();
+        let runner = std::thread::spawn(move || cpu.run());
+        // Until the run has started (VM_RUN calls counted), then while it runs.
+        let t = Instant::now();
+        while vm
+            .stats(0)
+            .unwrap()
+            .iter()
+            .all(|(n, v)| n != "VM_RUN calls" || *v == 0)
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "VM_RUN never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for _ in 0..20 {
+            vm.assert_irq(40).unwrap();
+            vm.deassert_irq(40).unwrap();
+        }
+        assert!(!runner.is_finished(), "the run returned early");
+        Vm::destroy_by_name_with(c.clone(), "busy").unwrap();
+        let exit = runner.join().unwrap();
+        match exit {
+            Ok(e) => assert!(
+                matches!(
+                    e.reason,
+                    ExitReason::Suspended(libvmmapi::SuspendHow::Destroy)
+                ),
+                "{e:?}"
+            ),
+            Err(e) => panic!("run after destroy: {e}"),
+        }
+    });
+}
+
 /// VMs outlive the process that made them: bhyvectl (a real process, through
 /// VMM_TESTBED) creates, another lists, a third sets and reads a register, destroys.
 #[test]
