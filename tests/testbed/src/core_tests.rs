@@ -15,6 +15,9 @@ use vmm_sys::reg::{VM_REG_GUEST_PC, VM_REG_GUEST_X0};
 
 pub type Core = Vmm<TestbedHost>;
 
+#[path = "vgic_tests.rs"]
+pub mod vgic_tests;
+
 pub fn load() -> Result<Core, String> {
     let params = host::prepare().ok_or("cannot prepare the EL2 blob")?;
     Vmm::new(TestbedHost::new(), params).map_err(|e| format!("Vmm::new: {e:?}"))

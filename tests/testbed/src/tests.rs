@@ -29,6 +29,7 @@ static SYSREG: &[u8] = guest!("sysreg");
 static WFI: &[u8] = guest!("wfi");
 static ISOLATION: &[u8] = guest!("isolation");
 static WFI_TIMER: &[u8] = guest!("wfi_timer");
+static VGIC_TIMER: &[u8] = guest!("vgic_timer");
 
 const GUEST_PAGES: usize = 16;
 
@@ -780,6 +781,10 @@ fn run_core(n: usize) {
     report(
         "core_wfi_in_kernel",
         crate::core_tests::wfi(&vmm, WFI_TIMER),
+    );
+    report(
+        "core_vgic_timer_and_spi",
+        crate::core_tests::vgic_tests::timer_and_spi(&vmm, VGIC_TIMER),
     );
     report("core_isolation_two_cpus", core_isolation(&vmm, n));
     report("core_fp_gpr_two_cpus", core_fp(&vmm, n));
