@@ -133,8 +133,11 @@ fn vmm_core_through_the_ioctl_dispatcher() {
         "core_wfi_in_kernel",
         "core_isolation_two_cpus",
         "core_fp_gpr_two_cpus",
+        "core_sysreg_in_kernel",
+        "core_destroy_kicks_running_vcpu",
         "core_1000_vms",
         "core_unload",
+        "core_reload",
     ]);
 }
 
@@ -154,7 +157,7 @@ fn every_testbed_test_passed() {
     );
     let failed: Vec<_> = run.tests.iter().filter(|t| !t.pass).collect();
     assert!(
-        failed.is_empty() && run.tests.len() >= 28,
+        failed.is_empty() && run.tests.len() >= 31,
         "failed: {failed:?} ({} results)\n--- testbed serial log ---\n{}",
         run.tests.len(),
         run.log

@@ -7,6 +7,7 @@ use crate::host::{self, TestbedHost};
 use crate::{mm, timer};
 use alloc::format;
 use alloc::string::String;
+use core::sync::atomic::{AtomicI32, Ordering};
 use vmm_kmod::{DeviceRef, Vmm};
 use vmm_sys::abi::*;
 use vmm_sys::exit::ExitCode;
@@ -441,4 +442,89 @@ pub fn fp_on_this_cpu(vmm: u64) -> u64 {
 
 pub fn set_fp_image(image: &'static [u8]) {
     *FP_IMAGE.lock() = image;
+}
+
+/// The sysreg guest through VM_RUN: its ID register reads (TID3) and OSLAR_EL1 write
+/// (TDOSA) are answered inside the kernel; the only exit that reaches the caller is the
+/// final `hvc #2`, with the guest's view of ID_AA64PFR0 (EL0/EL1 AArch64, no EL2/EL3).
+pub fn sysreg_in_kernel(vmm: &Core, image: &[u8]) -> Result<String, String> {
+    let name = b"tb-sysreg";
+    start(vmm, name, image, 0)?;
+    with_vm(vmm, name, || {
+        let e = run(vmm, name)?;
+        if hvc_of(&e) != Some(2) {
+            return Err(format!(
+                "exit code {} pc {:#x} reached the caller",
+                e.exitcode, e.pc
+            ));
+        }
+        let pfr0 = get_reg(vmm, name, VM_REG_GUEST_X0)?;
+        let mmfr0 = get_reg(vmm, name, VM_REG_GUEST_X0 + 1)?;
+        if pfr0 & 0xffff != 0x0011 {
+            return Err(format!(
+                "guest ID_AA64PFR0 {pfr0:#x}: want EL0/EL1 AArch64 only"
+            ));
+        }
+        if mmfr0 & 0xf > 2 {
+            return Err(format!(
+                "guest ID_AA64MMFR0 {mmfr0:#x}: PARange beyond the IPA space"
+            ));
+        }
+        Ok(format!("ID reads (PFR0 {pfr0:#x}, MMFR0 {mmfr0:#x}) and the OSLAR write answered in the kernel"))
+    })
+}
+
+static KICK_RESULT: AtomicI32 = AtomicI32::new(i32::MIN);
+
+/// On the other CPU: VM_RUN of the spinning VM `tb-kick` until it returns.
+fn kick_runner(vmm: u64) -> u64 {
+    // SAFETY: destroy_kicks_running_vcpu passes a &Core it keeps alive until wait().
+    let vmm: &Core = unsafe { &*(vmm as *const Core) };
+    let code = match run(vmm, b"tb-kick") {
+        Ok(e) => e.exitcode,
+        Err(_) => -1,
+    };
+    KICK_RESULT.store(code, Ordering::SeqCst);
+    0
+}
+
+/// Destroying a VM whose vCPU is in the guest on the other CPU: the core kicks that
+/// CPU (Host::kick_cpu, an SGI), the guest exits with an IRQ exit, VM_RUN returns, and
+/// the destroy completes.
+pub fn destroy_kicks_running_vcpu(vmm: &Core, ncpu: usize) -> Result<String, String> {
+    if ncpu < 2 {
+        return Err("needs two cpus".into());
+    }
+    // `b .`: the guest never exits by itself.
+    start(vmm, b"tb-kick", &0x1400_0000u32.to_le_bytes(), 0)?;
+    KICK_RESULT.store(i32::MIN, Ordering::SeqCst);
+    let kicks_before = crate::gic::count(1, crate::gic::SGI_WAKE);
+    crate::cpu::post(1, kick_runner, vmm as *const Core as u64);
+    // Let the guest really be running on cpu 1.
+    let t0 = timer::now();
+    while timer::now() - t0 < timer::freq() / 100 {
+        core::hint::spin_loop();
+    }
+    if KICK_RESULT.load(Ordering::SeqCst) != i32::MIN {
+        return Err("VM_RUN returned before the destroy".into());
+    }
+    destroy(vmm, b"tb-kick")?;
+    crate::cpu::wait(1);
+    let code = KICK_RESULT.load(Ordering::SeqCst);
+    let kicks = crate::gic::count(1, crate::gic::SGI_WAKE) - kicks_before;
+    if code == -1 || code == i32::MIN {
+        return Err(format!("VM_RUN on cpu 1 ended with {code}"));
+    }
+    if kicks == 0 {
+        return Err("cpu 1 never got the kick SGI".into());
+    }
+    Ok(format!("destroy while the vCPU ran on cpu 1: {kicks} kick SGI(s), VM_RUN returned exit code {code}, destroy completed"))
+}
+
+/// After `unload`: a second `Vmm::new` works and runs a guest; then shut down again.
+pub fn reload(image: &[u8]) -> Result<String, String> {
+    let vmm = load()?;
+    let r = hvc_through_dispatch(&vmm, image, 10);
+    unload(vmm)?;
+    r.map(|d| format!("second Vmm::new: {d}; second shutdown"))
 }

@@ -788,6 +788,14 @@ fn run_core(n: usize) {
     );
     report("core_isolation_two_cpus", core_isolation(&vmm, n));
     report("core_fp_gpr_two_cpus", core_fp(&vmm, n));
+    report(
+        "core_sysreg_in_kernel",
+        crate::core_tests::sysreg_in_kernel(&vmm, SYSREG),
+    );
+    report(
+        "core_destroy_kicks_running_vcpu",
+        crate::core_tests::destroy_kicks_running_vcpu(&vmm, n),
+    );
     report("core_1000_vms", crate::core_tests::thousand_vms(&vmm));
     let r = crate::core_tests::unload(vmm).and_then(|()| {
         for c in 0..n {
@@ -807,6 +815,7 @@ fn run_core(n: usize) {
         Ok(format!("Vmm::shutdown left EL2 as the stub did on {n} cpus; {held} pages held by heap free lists"))
     });
     report("core_unload", r);
+    report("core_reload", crate::core_tests::reload(HVC_LOOP));
 }
 
 fn core_isolation_cpu1(vmm: u64) -> u64 {
