@@ -27,6 +27,10 @@ pub const TESTBED_GPA_TO_PA: u64 = ioc(IOC_INOUT, b't', 1, 24);
 /// `[gpa, gpa + len)` through the testbed's CPU, so QEMU's TCG drops translations of
 /// code the client replaced through the RAM file (DESIGN.md, "The testbed").
 pub const TESTBED_SYNC: u64 = ioc(IOC_IN, b't', 2, 16);
+/// Testbed extension: `{ u64 free (out) }` on /dev/vmmctl: how many 4 KiB pages the
+/// testbed's page allocator has free, so tests can tell that destroying a VM gave its
+/// guest memory and tables back (no FreeBSD counterpart; vmm(4) does not expose it).
+pub const TESTBED_FREE_PAGES: u64 = ioc(IOC_OUT, b't', 3, 8);
 /// The response errno for a per-VM request naming a VM that does not exist (on
 /// FreeBSD the open of /dev/vmm/NAME fails; libvmmapi's `BackendError::NoSuchVm`).
 pub const ERR_NO_SUCH_VM: i32 = -1;
