@@ -1,0 +1,73 @@
+//! The guest's files: Debian's arm64 cloud kernel (tests/fetch-guest.sh) and the busybox
+//! initramfs variants (tests/make-initramfs.sh), both cached under .cache/guest.
+
+use crate::Error;
+use std::path::PathBuf;
+use std::process::Command;
+use vmm_testbed_harness::repo_root;
+
+/// What the initramfs's /init does (tests/make-initramfs.sh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// Prints [`MARKER`] and powers off (PSCI SYSTEM_OFF).
+    PowerOff,
+    /// Prints [`IDLE_MARKER`] and sleeps forever.
+    Idle,
+    /// No working init: the kernel panics.
+    Broken,
+}
+
+impl Init {
+    fn variant(self) -> &'static str {
+        match self {
+            Init::PowerOff => "ok",
+            Init::Idle => "idle",
+            Init::Broken => "broken",
+        }
+    }
+}
+
+/// What the `ok` init prints once it runs (followed by the machine, `aarch64`).
+pub const MARKER: &str = "VMM-E2E: init reached userspace on aarch64";
+/// What the `idle` init prints before it sleeps.
+pub const IDLE_MARKER: &str = "VMM-E2E: idle";
+
+/// The kernel command line used everywhere (docs/e2e.md, "Boot arguments"): the PL011
+/// as console and early console, and a panic resets at once.
+pub const BOOTARGS: &[&str] = &["console=ttyAMA0", "earlycon=pl011,0x10000", "panic=-1"];
+
+fn script(name: &str, args: &[&str]) -> Result<PathBuf, Error> {
+    let path = repo_root().join("tests").join(name);
+    let out = Command::new(&path)
+        .args(args)
+        .output()
+        .map_err(|e| Error::Io(path.display().to_string(), e))?;
+    if !out.status.success() {
+        return Err(Error::Failed {
+            what: format!("tests/{name} {}", args.join(" ")),
+            why: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if p.as_os_str().is_empty() || !p.is_file() {
+        return Err(Error::Failed {
+            what: format!("tests/{name}"),
+            why: format!("printed {:?}, not a file", p),
+        });
+    }
+    Ok(p)
+}
+
+/// Debian's arm64 cloud kernel (fetched once, then cached).
+pub fn kernel() -> Result<PathBuf, Error> {
+    script("fetch-guest.sh", &[])
+}
+
+/// The initramfs whose /init does `init` (built once, then cached).
+pub fn initramfs(init: Init) -> Result<PathBuf, Error> {
+    script("make-initramfs.sh", &[init.variant()])
+}

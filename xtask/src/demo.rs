@@ -1,0 +1,178 @@
+//! `cargo xtask demo`: Debian's arm64 Linux booted by the FreeBSD tools on the served
+//! testbed, its console on this terminal (docs/e2e.md). Checks what it needs and says
+//! what is missing (tests/e2e/demo.sh installs it), builds the tools, fetches the
+//! kernel and builds the initramfs (both cached), starts the testbed unless one is up,
+//! runs bhyveload, `bhyve -b` and `bhyvectl --destroy`, and stops the testbed it
+//! started.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use vmm_testbed_broker::launch::{self, Layout};
+use vmm_testbed_harness::{build, repo_root};
+
+/// The VM's name, as in the README.
+const VM: &str = "vm";
+/// The kernel command line (docs/e2e.md, "Boot arguments").
+const BOOTARGS: &[&str] = &["console=ttyAMA0", "earlycon=pl011,0x10000", "panic=-1"];
+
+/// Host commands the demo runs, and the Debian package that has each.
+const NEEDED: &[(&str, &str)] = &[
+    ("qemu-system-aarch64", "qemu-system-arm"),
+    ("aarch64-linux-gnu-as", "binutils-aarch64-linux-gnu"),
+    ("aarch64-linux-gnu-objcopy", "binutils-aarch64-linux-gnu"),
+    ("cpio", "cpio"),
+    ("gzip", "gzip"),
+    ("dpkg-deb", "dpkg"),
+    ("apt-get", "apt"),
+];
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+fn rustup_targets_missing() -> Vec<&'static str> {
+    let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
+        // No rustup: the toolchain may be installed another way; the build will tell.
+        return Vec::new();
+    };
+    let have = String::from_utf8_lossy(&out.stdout).into_owned();
+    ["aarch64-unknown-none-softfloat"]
+        .into_iter()
+        .filter(|t| !have.lines().any(|l| l.trim() == *t))
+        .collect()
+}
+
+fn check_host() -> Result<(), String> {
+    let mut missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(c, _)| !on_path(c))
+        .map(|(_, p)| *p)
+        .collect();
+    missing.dedup();
+    let targets = rustup_targets_missing();
+    if missing.is_empty() && targets.is_empty() {
+        return Ok(());
+    }
+    let mut msg = String::from("missing on this machine:");
+    if !missing.is_empty() {
+        msg += &format!(" Debian packages {}", missing.join(" "));
+    }
+    if !targets.is_empty() {
+        msg += &format!(" rustup targets {}", targets.join(" "));
+    }
+    Err(msg + " (tests/e2e/demo.sh installs them)")
+}
+
+/// Runs one of the repo's scripts that print a path.
+fn script(name: &str, args: &[&str]) -> Result<PathBuf, String> {
+    let path = repo_root().join("tests").join(name);
+    eprintln!("xtask: {} {}", path.display(), args.join(" "));
+    let out = Command::new(&path)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !out.status.success() {
+        return Err(format!("tests/{name} failed ({})", out.status));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("debug")
+}
+
+/// Stops the testbed the demo started, also when a step fails.
+struct Up(Option<Layout>);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(l) = self.0.take() {
+            for (what, pid) in launch::down(&l) {
+                eprintln!("xtask: stopped {what} (process group {pid})");
+            }
+        }
+    }
+}
+
+fn tool(name: &str, socket: &Path) -> Command {
+    let mut c = Command::new(bin_dir().join(name));
+    c.env("VMM_TESTBED", socket);
+    c
+}
+
+pub fn demo() -> Result<(), String> {
+    check_host()?;
+    crate::run(
+        "build the tools and the broker",
+        crate::cargo().current_dir(repo_root()).args([
+            "build",
+            "-q",
+            "-p",
+            "bhyveload",
+            "-p",
+            "bhyve",
+            "-p",
+            "bhyvectl",
+            "-p",
+            "vmm-testbed-broker",
+        ]),
+    )?;
+    let testbed = build::build_testbed().map_err(|e| e.to_string())?;
+    let kernel = script("fetch-guest.sh", &[])?;
+    let initrd = script("make-initramfs.sh", &["ok"])?;
+
+    let layout = Layout::new(repo_root().join("target/testbed"));
+    let mut up = Up(None);
+    let socket = if launch::status(&layout).iter().any(|s| s.2) {
+        eprintln!("xtask: using the testbed that is already up (target/testbed)");
+        layout.socket()
+    } else {
+        eprintln!("xtask: starting the testbed (QEMU; logs in target/testbed)");
+        let s = launch::up(
+            &testbed,
+            &bin_dir().join("vmm-testbed-broker"),
+            &layout,
+            Duration::from_secs(120),
+        )
+        .map_err(|e| e.to_string())?;
+        up.0 = Some(layout.clone());
+        s
+    };
+
+    let mut load = tool("bhyveload", &socket);
+    load.arg("-k")
+        .arg(&kernel)
+        .args(["-m", "256M", "-i"])
+        .arg(&initrd);
+    for a in BOOTARGS {
+        load.args(["-e", a]);
+    }
+    crate::run("bhyveload", load.arg(VM))?;
+    eprintln!("xtask: bhyve -b {VM} (the guest's console follows)");
+    let t = Instant::now();
+    let st = tool("bhyve", &socket)
+        .args(["-b", VM])
+        .status()
+        .map_err(|e| format!("bhyve: {e}"))?;
+    let took = t.elapsed();
+    let destroyed = crate::run(
+        "bhyvectl --destroy",
+        tool("bhyvectl", &socket).args([&format!("--vm={VM}"), "--destroy"]),
+    );
+    drop(up);
+    match st.code() {
+        Some(1) => eprintln!("xtask: the guest powered off after {took:.1?} (bhyve exit 1)"),
+        Some(0) => eprintln!("xtask: the guest rebooted after {took:.1?} (bhyve exit 0)"),
+        _ => return Err(format!("bhyve ended with {st}")),
+    }
+    destroyed
+}
