@@ -34,6 +34,15 @@ pub fn testbed(args: &[String]) -> Result<(), String> {
     let l = layout();
     match args.first().map(String::as_str) {
         Some("up") => {
+            // Idempotent: a testbed that is up stays as it is.
+            let st = launch::status(&l);
+            if !st.is_empty() && st.iter().all(|s| s.2) && l.socket().exists() {
+                eprintln!("xtask: the testbed is already up");
+                println!("export VMM_TESTBED={}", l.socket().display());
+                return Ok(());
+            }
+            // Half up (one process died): clean up and start afresh.
+            launch::down(&l);
             let kernel = build::build_testbed().map_err(|e| e.to_string())?;
             let broker = build_broker()?;
             let sock = launch::up(&kernel, &broker, &l, Duration::from_secs(120))
