@@ -61,6 +61,8 @@ el2_fp_load:
     FPCR = const core::mem::offset_of!(FpRegs, fpcr),
 );
 
+// Compile-time layout check on small constants: nothing can overflow.
+#[allow(clippy::arithmetic_side_effects)]
 const _: () =
     assert!(core::mem::offset_of!(FpRegs, fpsr) == core::mem::offset_of!(FpRegs, fpcr) + 8);
 const _: () = assert!(core::mem::offset_of!(FpRegs, v) == 0);

@@ -48,7 +48,8 @@ fn dc_civac(start: u64, len: u64) {
     // CTR_EL0.DminLine: log2 of the smallest data cache line in words.
     let line = 4u64 << ((mrs!("ctr_el0") >> 16) & 0xf);
     let end = start.saturating_add(len);
-    let mut a = start & !(line - 1);
+    // `line` is 4 << n >= 4, so `line - 1` cannot wrap.
+    let mut a = start & !line.wrapping_sub(1);
     while a < end {
         // SAFETY: clean+invalidate by VA of memory the host mapped for EL2.
         unsafe { core::arch::asm!("dc civac, {0}", in(reg) a, options(nostack)) };

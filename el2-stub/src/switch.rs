@@ -119,9 +119,10 @@ fn load_timer(t: &VtimerRegs) {
 /// How many list registers and active-priority registers this CPU has (ICH_VTR_EL2).
 fn vgic_shape() -> (usize, usize) {
     let vtr = mrs!("ich_vtr_el2");
-    let lrs = ((vtr & 0x1f) + 1) as usize;
+    // ListRegs is 5 bits: at most 31 + 1.
+    let lrs = ((vtr & 0x1f) as usize).saturating_add(1);
     // PREbits: 5 -> 1 APR register per group, 6 -> 2, 7 -> 4.
-    let aprs = match ((vtr >> 26) & 7) + 1 {
+    let aprs = match ((vtr >> 26) & 7).saturating_add(1) {
         7 => 4,
         6 => 2,
         _ => 1,
