@@ -179,7 +179,19 @@ impl<H: Host> Vmm<H> {
                     prot: req.prot,
                     flags: req.flags,
                 };
+                // Lock order vGIC, then memory (as VM_ATTACH_VGIC): a mapping over the
+                // vGIC's windows would hide them (RAM is looked up first on a fault).
+                let g = vm.vgic.lock();
+                if let Some(v) = g.as_ref() {
+                    let end = m.gpa.checked_add(m.len).ok_or(Errno::EINVAL)?;
+                    for (base, size) in [v.dist_window(), v.redist_window()] {
+                        if m.gpa < base.saturating_add(size) && base < end {
+                            return Err(Errno::EINVAL);
+                        }
+                    }
+                }
                 vm.mem.lock().map(host, m)?;
+                drop(g);
                 vm.needs_cache_sync.store(true, Ordering::SeqCst);
                 Ok(())
             }
@@ -410,8 +422,12 @@ impl<H: Host> Vmm<H> {
             *m = vmm_platform::vcpu_mpidr(u32::try_from(i).unwrap_or(0));
         }
         let mpidrs = mpidrs.get(..n).ok_or(Errno::EINVAL)?;
-        // Lock order: memory is taken and dropped before the vGIC (the run loop never
-        // holds both).
+        // Lock order: the vGIC, then memory (VM_MMAP_MEMSEG too, so a mapping cannot
+        // slip in between the check and the attach; the run loop never holds both).
+        let mut g = vm.vgic.lock();
+        if g.is_some() {
+            return Err(Errno::EEXIST);
+        }
         let mut ram = [(0u64, 0u64); crate::mem::VM_MAX_MEMMAPS];
         {
             let mem = vm.mem.lock();
@@ -420,10 +436,6 @@ impl<H: Host> Vmm<H> {
                     *r = (m.gpa, m.len);
                 }
             }
-        }
-        let mut g = vm.vgic.lock();
-        if g.is_some() {
-            return Err(Errno::EEXIST);
         }
         let v = vgic::Vgic::attach(req, mpidrs, &ram, self.cfg.s2.ipa_limit(), self.ich_vtr)?;
         *g = Some(v);

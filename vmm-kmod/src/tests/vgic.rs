@@ -203,6 +203,16 @@ fn attach_version_and_injection_requests() {
     }
     attach(&v, 2).unwrap();
     assert_eq!(attach(&v, 2), Err(Errno::EEXIST));
+    // Memory mapped over either window afterwards is refused; next to them is fine.
+    alloc_seg(&v, "g", 1, 0x20_0000).unwrap();
+    for gpa in [GICD, GICD - 0x1_0000, GICR + 0x2_0000, GICR - 0x1_0000] {
+        assert_eq!(
+            mmap(&v, "g", gpa, 1, 0, 0x2_0000, PROT_ALL),
+            Err(Errno::EINVAL),
+            "{gpa:#x}"
+        );
+    }
+    mmap(&v, "g", GICR + 0x4_0000, 1, 0, 0x1_0000, PROT_ALL).unwrap();
     // SPIs only.
     for n in [0, 16, 27, 31, 128, 1020, u32::MAX] {
         assert_eq!(irq(&v, ioctl::VM_ASSERT_IRQ, n), Err(Errno::EINVAL), "{n}");
