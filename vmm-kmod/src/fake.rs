@@ -154,6 +154,10 @@ pub struct FakeHost {
     pub signal: AtomicBool,
     /// Calls to `sleep`, to tell sleeping from spinning.
     pub sleeps: AtomicUsize,
+    /// Run once at the next `intr_disable` (the moment between the vGIC flush and the
+    /// guest entry), to inject something there.
+    #[allow(clippy::type_complexity)]
+    pub on_intr_disable: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// Every `hold_vtimer_irq` call, in order.
     pub vtimer_holds: Mutex<Vec<bool>>,
     /// What HYP_READ_REGISTER(HYP_REG_ICH_VTR) answers.
@@ -211,6 +215,7 @@ impl FakeHost {
             synced_bytes: AtomicUsize::new(0),
             signal: AtomicBool::new(false),
             sleeps: AtomicUsize::new(0),
+            on_intr_disable: Mutex::new(None),
             vtimer_holds: Mutex::new(Vec::new()),
             ich_vtr: AtomicU64::new(FAKE_ICH_VTR),
             intr_off: AtomicBool::new(false),
@@ -452,7 +457,12 @@ impl Host for FakeHost {
         self.kicks.fetch_add(1, Ordering::SeqCst);
     }
     fn intr_disable(&self) -> u64 {
-        u64::from(self.intr_off.swap(true, Ordering::SeqCst))
+        let was = u64::from(self.intr_off.swap(true, Ordering::SeqCst));
+        let hook = self.on_intr_disable.lock().unwrap().take();
+        if let Some(f) = hook {
+            f();
+        }
+        was
     }
     fn intr_restore(&self, token: u64) {
         self.intr_off.store(token != 0, Ordering::SeqCst);

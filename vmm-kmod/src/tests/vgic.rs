@@ -620,3 +620,31 @@ fn reinit_resets_the_vgic_and_keeps_it_attached() {
         "nothing enabled after reset"
     );
 }
+
+#[test]
+fn an_interrupt_raised_between_flush_and_entry_is_not_lost() {
+    let v = guest();
+    attach(&v, 1).unwrap();
+    enable_spis(&v, &[33]);
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    // SPI 33 asserted by another thread right after this entry's flush, before the
+    // vCPU is published as running: its notifier sends no IPI, so only the re-check
+    // with interrupts off can catch it.
+    let vp = &v as *const Vmm<FakeHost> as usize;
+    *v.host().on_intr_disable.lock().unwrap() = Some(Box::new(move || {
+        // SAFETY: `v` outlives the run below, during which this hook runs.
+        let v = unsafe { &*(vp as *const Vmm<FakeHost>) };
+        irq(v, ioctl::VM_ASSERT_IRQ, 33).unwrap();
+    }));
+    let before = entries(&v).len();
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    let ent = entries(&v);
+    assert_eq!(ent.len(), before + 1, "one entry");
+    assert_eq!(
+        ent[before].vgic.ich_lr_el2[0],
+        lr_pending_g1(33) | LR_EOI,
+        "flushed again before entering"
+    );
+}
