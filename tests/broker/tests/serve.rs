@@ -298,6 +298,52 @@ fn irq_asserted_while_another_thread_is_in_vm_run() {
     });
 }
 
+/// Two VMs' VM_RUNs share the one run CPU: while one guest spins (no exits), another
+/// VM's run is queued; the spinning run is time-sliced out (a BOGUS exit, as after a
+/// signal) so the other runs to its `hvc`.
+#[test]
+fn runs_of_two_vms_are_time_sliced() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("slice") else {
+        return;
+    };
+    bed.check(|| {
+        let c = bed.client();
+        let spin = guest(c.clone(), "spinner", &[B_SELF]);
+        let cpu = spin.vcpu(0).unwrap();
+        let runner = std::thread::spawn(move || cpu.run());
+        let t = Instant::now();
+        while spin
+            .stats(0)
+            .unwrap()
+            .iter()
+            .all(|(n, v)| n != "VM_RUN calls" || *v == 0)
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "VM_RUN never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let other = guest(c.clone(), "other", &[HVC0]);
+        let t = Instant::now();
+        let exit = other.vcpu(0).unwrap().run().unwrap();
+        assert!(
+            matches!(exit.reason, ExitReason::Hvc | ExitReason::Smccc { .. }),
+            "{exit:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            t.elapsed()
+        );
+        let exit = runner.join().unwrap().unwrap();
+        assert!(matches!(exit.reason, ExitReason::Bogus), "{exit:?}");
+        spin.destroy().unwrap();
+        other.destroy().unwrap();
+    });
+}
+
 /// VMs outlive the process that made them: bhyvectl (a real process, through
 /// VMM_TESTBED) creates, another lists, a third sets and reads a register, destroys.
 #[test]
