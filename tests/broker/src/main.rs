@@ -57,7 +57,7 @@ type Clients = Arc<Mutex<HashMap<u32, Arc<Mutex<UnixStream>>>>>;
 
 pub const HELLO_MAGIC: &[u8; 4] = b"VMTB";
 pub const HELLO_VERSION: u32 = 1;
-/// The broker's own probe uses client id 0; clients get 1, 2, ...
+/// The broker's own probe uses client id 0; clients get ids from a per-broker start.
 const PROBE_CLIENT: u32 = 0;
 
 fn main() -> ExitCode {
@@ -223,10 +223,19 @@ fn accept_loop(
     qemu_w: Arc<Mutex<UnixStream>>,
     ram: PathBuf,
 ) {
-    let next = AtomicU32::new(PROBE_CLIENT + 1);
+    // Ids start somewhere new for each broker, so answers a previous broker left in
+    // the channel (the testbed outlives a broker restart) match no client of ours.
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16))
+        .unwrap_or(1);
+    let next = AtomicU32::new(start.max(PROBE_CLIENT + 1));
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
-        let id = next.fetch_add(1, Ordering::Relaxed);
+        let mut id = next.fetch_add(1, Ordering::Relaxed);
+        if id == PROBE_CLIENT {
+            id = next.fetch_add(1, Ordering::Relaxed);
+        }
         let Ok(w) = conn.try_clone() else { continue };
         // A client that stops reading must not stall everyone's answers for long.
         let _ = w.set_write_timeout(Some(Duration::from_secs(10)));

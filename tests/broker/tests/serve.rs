@@ -213,8 +213,17 @@ fn client_disconnecting_mid_call_leaves_the_testbed_healthy() {
             s.write_all(&[&h[..], &msg].concat()).unwrap();
             std::thread::sleep(Duration::from_millis(300));
         } // gone mid-call
-          // Still answering; and the broker told the testbed, which kicked the
-          // abandoned run out of the guest: the vCPU exits to userspace once.
+        {
+            // A client speaking garbage is dropped by the broker; nobody else notices.
+            let mut s = UnixStream::connect(&bed.socket).unwrap();
+            s.write_all(b"this is not a frame header at all").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            assert!(rest.len() >= 18 && rest.starts_with(b"VMTB"), "{rest:?}");
+        }
+        // Still answering; and the broker told the testbed, which kicked the
+        // abandoned run out of the guest: the vCPU exits to userspace once.
         let t = Instant::now();
         assert_eq!(Vm::list_with(&*c).unwrap(), ["spin"]);
         assert!(t.elapsed() < Duration::from_secs(10));
