@@ -162,7 +162,9 @@ impl<H: Host> Vmm<H> {
                     }
                 }
             }
-            let has_vgic = self.vgic_flush(vm, slot, vcpu, id);
+            // With a vGIC: the virtual timer's output as driven into the flushed state.
+            let flushed_vtimer = self.vgic_flush(vm, slot, vcpu, id)?;
+            let has_vgic = flushed_vtimer.is_some();
             let tok = self.host.intr_disable();
             let cpu = self.host.current_cpu();
             slot.shared.running_on.store(cpu, Ordering::SeqCst);
@@ -182,9 +184,13 @@ impl<H: Host> Vmm<H> {
             }
             // While the guest's virtual timer output is high, the host's PPI 27 is held
             // for the entry, or the guest would exit at once, before it could take its
-            // virtual interrupt (docs/vgic.md). Evaluated here, at the last moment, so a
-            // timer that came due in a WFI sleep or in userspace is seen.
-            let vtimer_high = vtimer::virt_level(&vcpu.ctx_ref().timer, self.host.counter());
+            // virtual interrupt (docs/vgic.md). With a vGIC the level is the one the
+            // flush put in the list registers: held only when the guest has PPI 27 to
+            // take (a timer due after the flush exits the guest through the unheld PPI,
+            // and the next flush delivers it). Without a vGIC the guest cannot take it
+            // anyway: held whenever high, so the guest at least runs.
+            let vtimer_high = flushed_vtimer
+                .unwrap_or_else(|| vtimer::virt_level(&vcpu.ctx_ref().timer, self.host.counter()));
             self.hold_vtimer(cpu, vtimer_high);
             let args = [vcpu.ctx_pa(), 0, 0, 0, 0, 0, 0];
             // SAFETY: the context page is mapped for EL2, holds a VcpuContext the core
@@ -530,17 +536,29 @@ impl<H: Host> Vmm<H> {
         }
     }
 
-    /// Before an entry: clears `irq_pending` and fills the list registers, under the
-    /// vGIC lock. False when the VM has no vGIC (nothing to flush; the list registers
-    /// and ICH_HCR_EL2 stay zero, so the virtual CPU interface is off).
-    fn vgic_flush(&self, vm: &Vm<H>, slot: &VcpuSlot<H>, vcpu: &mut Vcpu, id: u32) -> bool {
+    /// Before an entry, under the vGIC lock: clears `irq_pending`, drives both timers
+    /// into the vGIC at this moment (a timer that came due while the vCPU was in
+    /// userspace or asleep is seen now) and fills the list registers. Returns the
+    /// virtual timer's output as driven, or `None` when the VM has no vGIC (nothing to
+    /// flush; the list registers and ICH_HCR_EL2 stay zero, so the virtual CPU
+    /// interface is off). `EINVAL` for a vCPU the vGIC has no redistributor for.
+    fn vgic_flush(
+        &self,
+        vm: &Vm<H>,
+        slot: &VcpuSlot<H>,
+        vcpu: &mut Vcpu,
+        id: u32,
+    ) -> KResult<Option<bool>> {
         let mut g = vm.vgic.lock();
         let Some(v) = g.as_mut() else {
-            return false;
+            return Ok(None);
         };
         slot.shared.irq_pending.store(false, Ordering::SeqCst);
+        let eval = vtimer::evaluate(&vcpu.ctx_ref().timer, &vcpu.phys_timer, self.host.counter());
+        // Only this vCPU's PPIs change: the flush below is its notification.
+        vtimer::update_vgic(v, id as usize, &eval)?;
         v.flush(id as usize, &mut vcpu.ctx().vgic);
-        true
+        Ok(Some(eval.virt_level))
     }
 
     /// After an exit: folds the list registers back, evaluates both timers and drives

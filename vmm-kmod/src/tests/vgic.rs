@@ -648,3 +648,39 @@ fn an_interrupt_raised_between_flush_and_entry_is_not_lost() {
         "flushed again before entering"
     );
 }
+
+#[test]
+fn virtual_timer_due_while_in_userspace_is_delivered_at_the_next_entry() {
+    let v = guest();
+    attach(&v, 1).unwrap();
+    enable_spis(&v, &[]);
+    enable_private(&v, 0, 27);
+    // The guest arms its timer 5 ms ahead and makes a call userspace takes 10 ms over.
+    let now = v.host().counter();
+    v.host().push(hvc().with(move |c| {
+        c.vgic.ich_vmcr_el2 = VMCR_G1_OPEN;
+        c.timer.cntv_ctl_el0 = 1;
+        c.timer.cntv_cval_el0 = now - c.timer.cntvoff_el2 + 5_000_000;
+    }));
+    run(&v, "g", 0).unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    v.host().vtimer_holds.lock().unwrap().clear();
+    let before = entries(&v).len();
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    let ent = entries(&v);
+    assert_eq!(ent.len(), before + 1);
+    // The very next entry has PPI 27 to take, and only then is the host's PPI held.
+    assert_eq!(ent[before].vgic.ich_lr_el2[0], lr_pending_g1(27) | LR_EOI);
+    assert_eq!(*v.host().vtimer_holds.lock().unwrap(), [true, false]);
+}
+
+#[test]
+fn vcpu_without_a_redistributor_cannot_run() {
+    let v = guest();
+    activate(&v, "g", 1).unwrap();
+    attach(&v, 1).unwrap();
+    v.host().push(hvc());
+    assert_eq!(run(&v, "g", 1).map(|_| ()), Err(Errno::EINVAL));
+    v.host().script.lock().unwrap().clear();
+}
