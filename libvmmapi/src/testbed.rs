@@ -218,3 +218,118 @@ impl Backend for Testbed {
         Ok(unsafe { Mapping::new(ptr, len, Arc::new(owner)) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client against a stand-in broker in this process: it speaks the broker's
+    //! protocol (hello, frames) and executes the decoded requests on the fake, so the
+    //! transport (pooling, sequence numbers, errno and "no such VM" mapping, concurrent
+    //! threads) is tested without QEMU. The real thing: tests/broker/tests/serve.rs.
+    use super::*;
+    use crate::fake::FakeVmm;
+    use crate::Vm;
+    use std::os::unix::net::UnixListener;
+    use vmm_sys::reg::Reg;
+
+    fn stand_in_broker(tag: &str) -> (PathBuf, Arc<FakeVmm>) {
+        let dir = std::env::temp_dir().join(format!("libvmmapi-tb-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("vmm.sock");
+        let ram = dir.join("ram");
+        std::fs::write(&ram, [0u8; 4096]).unwrap();
+        let _ = std::fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock).unwrap();
+        let fake = FakeVmm::new();
+        let f = fake.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let mut c = conn.unwrap();
+                let f = f.clone();
+                let path = ram.to_str().unwrap().as_bytes().to_vec();
+                std::thread::spawn(move || {
+                    let mut hello = Vec::new();
+                    hello.extend_from_slice(HELLO_MAGIC);
+                    hello.extend_from_slice(&HELLO_VERSION.to_le_bytes());
+                    hello.extend_from_slice(&wire::RAM_BASE.to_le_bytes());
+                    hello.extend_from_slice(&(path.len() as u16).to_le_bytes());
+                    hello.extend_from_slice(&path);
+                    c.write_all(&hello).unwrap();
+                    let mut h = [0u8; FRAME_HEADER];
+                    while c.read_exact(&mut h).is_ok() {
+                        let fr = Frame::decode(&h).unwrap();
+                        let mut body = vec![0; fr.len as usize];
+                        c.read_exact(&mut body).unwrap();
+                        let mut req = Request::decode(&body).unwrap();
+                        let errno = match f.execute(&mut req) {
+                            Ok(()) => 0,
+                            Err(BackendError::NoSuchVm) => wire::ERR_NO_SUCH_VM,
+                            Err(BackendError::Errno(e)) => e,
+                            Err(e) => panic!("{e}"),
+                        };
+                        let rsp = req.encode_response(errno);
+                        let rh = Frame {
+                            client: 0,
+                            seq: fr.seq,
+                            len: rsp.len() as u32,
+                        }
+                        .encode();
+                        c.write_all(&[&rh[..], &rsp].concat()).unwrap();
+                    }
+                });
+            }
+        });
+        (sock, fake)
+    }
+
+    #[test]
+    fn requests_travel_and_errors_map() {
+        let (sock, fake) = stand_in_broker("basic");
+        let tb: Arc<dyn Backend> = Arc::new(Testbed::connect(&sock).unwrap());
+        assert_eq!(tb.name(), "testbed");
+        let vm = Vm::create_with(tb.clone(), "one").unwrap();
+        let e = Vm::create_with(tb.clone(), "one").unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        vm.vcpu(0).unwrap().set_reg(Reg::X(3), 42).unwrap();
+        assert_eq!(fake.reg("one", 0, Reg::X(3)), 42);
+        assert_eq!(vm.vcpu(0).unwrap().get_regs(&[Reg::X(3)]).unwrap(), [42]);
+        assert_eq!(Vm::list_with(&*tb).unwrap(), ["one"]);
+        let e = Vm::open_with(tb.clone(), "two")
+            .and_then(|v| v.vcpu(0)?.get_reg(Reg::X(0)))
+            .unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        vm.destroy().unwrap();
+        assert!(Vm::list_with(&*tb).unwrap().is_empty());
+    }
+
+    #[test]
+    fn threads_use_their_own_connections() {
+        let (sock, _fake) = stand_in_broker("threads");
+        let tb: Arc<dyn Backend> = Arc::new(Testbed::connect(&sock).unwrap());
+        let vm = Vm::create_with(tb.clone(), "t").unwrap();
+        let handles: Vec<_> = (0..8u64)
+            .map(|i| {
+                let cpu = vm.vcpu(0).unwrap();
+                std::thread::spawn(move || {
+                    for n in 0..50 {
+                        let r = Reg::X(i as u8);
+                        cpu.set_reg(r, i * 1000 + n).unwrap();
+                        assert_eq!(cpu.get_reg(r).unwrap(), i * 1000 + n);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn no_broker_names_the_socket() {
+        let e = Testbed::connect("/nonexistent/vmm.sock").unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("/nonexistent/vmm.sock") && s.contains("VMM_TESTBED"),
+            "{s}"
+        );
+    }
+}
