@@ -30,6 +30,7 @@ static WFI: &[u8] = guest!("wfi");
 static ISOLATION: &[u8] = guest!("isolation");
 static WFI_TIMER: &[u8] = guest!("wfi_timer");
 static VGIC_TIMER: &[u8] = guest!("vgic_timer");
+static VGIC_SPI_SPIN: &[u8] = guest!("vgic_spi_spin");
 
 const GUEST_PAGES: usize = 16;
 
@@ -785,6 +786,10 @@ fn run_core(n: usize) {
     report(
         "core_vgic_timer_and_spi",
         crate::core_tests::vgic_tests::timer_and_spi(&vmm, VGIC_TIMER),
+    );
+    report(
+        "core_vgic_spi_to_running_vcpu",
+        crate::core_tests::vgic_tests::spi_to_running_vcpu(&vmm, VGIC_SPI_SPIN, n),
     );
     report("core_isolation_two_cpus", core_isolation(&vmm, n));
     report("core_fp_gpr_two_cpus", core_fp(&vmm, n));
