@@ -142,6 +142,19 @@ impl Drop for Timer {
     }
 }
 
+/// Longest one WFI in `Host::sleep` lasts before it looks again.
+const SLEEP_CAP_MS: u64 = 100;
+
+/// The nearest armed core timer's deadline, if any.
+fn next_timer_deadline() -> Option<u64> {
+    TIMERS
+        .lock()
+        .iter()
+        .map(|t| t.deadline.load(Ordering::SeqCst))
+        .filter(|&d| d != 0)
+        .min()
+}
+
 /// Polls the core's timers (the run loop and sleep call it; no callout thread here).
 pub fn timer_tick() {
     let now = timer::now();
@@ -334,15 +347,39 @@ impl Host for TestbedHost {
             if !still_sleep() {
                 return SleepResult::Woken;
             }
-            if deadline.is_some_and(|d| timer::now() >= d) {
+            let now = timer::now();
+            if deadline.is_some_and(|d| now >= d) {
                 return SleepResult::TimedOut;
             }
-            core::hint::spin_loop();
+            // Sleep in WFI rather than spin (a guest's WFI must not keep a CPU, here
+            // QEMU's, busy): until our deadline or the nearest core timer, capped so a
+            // missed wakeup costs at most SLEEP_CAP_MS; `wakeup` and `kick_cpu` send an
+            // SGI, and still_sleep is re-checked with IRQs masked so none is lost.
+            let cap = now.saturating_add(timer::freq() * SLEEP_CAP_MS / 1000);
+            let until = [deadline, next_timer_deadline()]
+                .into_iter()
+                .flatten()
+                .fold(cap, u64::min);
+            timer::arm(until.saturating_sub(now).max(1));
+            let token = self.intr_disable();
+            if still_sleep() {
+                // SAFETY: waits for an interrupt; a masked pending IRQ still ends WFI.
+                unsafe { core::arch::asm!("wfi") };
+            }
+            timer::on_irq();
+            self.intr_restore(token);
         }
     }
 
     fn wakeup(&self, _chan: usize) {
         self.wakeups.fetch_add(1, Ordering::SeqCst);
+        // A sleeper on another CPU is in WFI (see `sleep`): wake it to look again.
+        let me = cpu::id();
+        for c in 0..MAX_CPUS {
+            if c != me && cpu::ONLINE[c].load(Ordering::Acquire) {
+                gic::send_sgi(c, gic::SGI_WAKE);
+            }
+        }
     }
 
     fn counter(&self) -> u64 {
