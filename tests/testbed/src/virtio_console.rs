@@ -50,6 +50,7 @@ const F_VERSION_1_WORD1: u32 = 1;
 const DESC_F_WRITE: u16 = 2;
 
 const QSIZE: u16 = 64;
+const _: () = assert!(16 * QSIZE as u64 <= PAGE && 6 + 8 * QSIZE as u64 <= PAGE);
 const RXQ: u32 = 0;
 const TXQ: u32 = 1;
 /// Bytes of the transmit bounce buffer (one descriptor per chunk).
@@ -85,8 +86,7 @@ struct Queue {
 
 impl Queue {
     fn new() -> Option<Queue> {
-        let n = u64::from(QSIZE);
-        // Descriptors 16n, avail 6 + 2n, used 6 + 8n: one page each is plenty for 64.
+        // Descriptors 16n, avail 6 + 2n, used 6 + 8n: one page each (checked below).
         let base = mm::alloc_pages(3)?;
         Some(Queue {
             desc_pa: base,
@@ -95,7 +95,6 @@ impl Queue {
             last_used: 0,
             next_avail: 0,
         })
-        .filter(|_| 16 * n <= PAGE && 6 + 8 * n <= PAGE)
     }
 
     fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16) {
