@@ -168,7 +168,8 @@ pub fn parse_request(bytes: &[u8]) -> Result<WireRequest<'_>, WireError> {
         if len > MAX_BUFFER {
             return Err(WireError::BadField("buffer length"));
         }
-        if !ptr_offset.is_multiple_of(8) || ptr_offset.checked_add(8).is_none_or(|e| e > arg.len()) {
+        if !ptr_offset.is_multiple_of(8) || ptr_offset.checked_add(8).is_none_or(|e| e > arg.len())
+        {
             return Err(WireError::BadField("pointer offset outside the argument"));
         }
         if buffers[..i]
