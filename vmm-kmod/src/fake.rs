@@ -19,7 +19,7 @@ use crate::host::{Host, PhysMem, RawMutex, SleepResult, PAGE_SIZE};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use vmm_sys::arm64::regs::s2;
 use vmm_sys::hyp::{self, VcpuContext};
@@ -158,6 +158,10 @@ pub struct FakeHost {
     /// guest entry), to inject something there.
     #[allow(clippy::type_complexity)]
     pub on_intr_disable: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Every live timer the core created.
+    timers: Mutex<Vec<TimerEntry>>,
+    /// Every `timer_arm` (Some(deadline)) and `timer_cancel` (None), in order.
+    pub timer_arms: Mutex<Vec<Option<u64>>>,
     /// Every `hold_vtimer_irq` call, in order.
     pub vtimer_holds: Mutex<Vec<bool>>,
     /// What HYP_READ_REGISTER(HYP_REG_ICH_VTR) answers.
@@ -217,6 +221,8 @@ impl FakeHost {
             sleeps: AtomicUsize::new(0),
             on_intr_disable: Mutex::new(None),
             vtimer_holds: Mutex::new(Vec::new()),
+            timers: Mutex::new(Vec::new()),
+            timer_arms: Mutex::new(Vec::new()),
             ich_vtr: AtomicU64::new(FAKE_ICH_VTR),
             intr_off: AtomicBool::new(false),
             sleepq: Mutex::new(HashMap::new()),
@@ -234,6 +240,32 @@ impl FakeHost {
             .iter()
             .filter(|u| **u)
             .count()
+    }
+
+    /// Runs the callback of every live, armed timer whose deadline has passed (as the
+    /// host's timer interrupt would) and disarms it; returns how many ran.
+    pub fn fire_due_timers(&self) -> usize {
+        let now = self.counter();
+        let due: Vec<(fn(usize), usize)> = self
+            .timers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| {
+                let mut g = e.lock().unwrap();
+                match *g {
+                    Some((f, a, Some(d))) if d <= now => {
+                        *g = Some((f, a, None));
+                        Some((f, a))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        for (f, a) in &due {
+            f(*a);
+        }
+        due.len()
     }
 
     pub fn push(&self, s: Scripted) {
@@ -350,8 +382,18 @@ impl FakeHost {
     }
 }
 
+/// A fake host timer: (callback, argument, armed deadline), shared with the host's
+/// registry so a test can fire it; dropping it unregisters it.
+type TimerEntry = Arc<Mutex<Option<(fn(usize), usize, Option<u64>)>>>;
+
 pub struct FakeTimer {
-    pub deadline: Mutex<Option<u64>>,
+    entry: TimerEntry,
+}
+
+impl Drop for FakeTimer {
+    fn drop(&mut self) {
+        *self.entry.lock().unwrap() = None;
+    }
 }
 
 impl Host for FakeHost {
@@ -517,16 +559,22 @@ impl Host for FakeHost {
     fn counter_freq(&self) -> u64 {
         1_000_000_000
     }
-    fn timer_create(&self, _func: fn(usize), _arg: usize) -> KResult<FakeTimer> {
-        Ok(FakeTimer {
-            deadline: Mutex::new(None),
-        })
+    fn timer_create(&self, func: fn(usize), arg: usize) -> KResult<FakeTimer> {
+        let entry: TimerEntry = Arc::new(Mutex::new(Some((func, arg, None))));
+        self.timers.lock().unwrap().push(entry.clone());
+        Ok(FakeTimer { entry })
     }
     fn timer_arm(&self, t: &FakeTimer, deadline: u64) {
-        *t.deadline.lock().unwrap() = Some(deadline);
+        if let Some(e) = t.entry.lock().unwrap().as_mut() {
+            e.2 = Some(deadline);
+        }
+        self.timer_arms.lock().unwrap().push(Some(deadline));
     }
     fn timer_cancel(&self, t: &FakeTimer) {
-        *t.deadline.lock().unwrap() = None;
+        if let Some(e) = t.entry.lock().unwrap().as_mut() {
+            e.2 = None;
+        }
+        self.timer_arms.lock().unwrap().push(None);
     }
 
     fn copyin(&self, uaddr: u64, dst: &mut [u8]) -> KResult<()> {

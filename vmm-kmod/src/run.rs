@@ -15,7 +15,7 @@ use crate::stats::{Stat, Stats};
 use crate::sysemul::{self, SysRegAnswer};
 use crate::vcpu::{from_el0, Vcpu};
 use crate::vgic::Kicks;
-use crate::vm::{bit, VcpuSlot, Vm, NOT_RUNNING};
+use crate::vm::{bit, VcpuShared, VcpuSlot, Vm, NOT_RUNNING};
 use crate::vmm::Vmm;
 use crate::vtimer;
 use core::sync::atomic::Ordering;
@@ -41,6 +41,35 @@ enum Next {
     Reenter,
     /// Return this exit to userspace.
     User(VmExit),
+}
+
+/// What the emulated physical timer's host timer needs to make a running vCPU exit.
+/// Lives on `run_loop`'s stack; the timer, declared after it, is dropped first, and
+/// dropping a host timer waits for a running callback (the `Host::Timer` contract).
+struct PtimerKick<'a, H: Host> {
+    host: &'a H,
+    shared: &'a VcpuShared,
+}
+
+/// The host timer armed at the emulated physical timer's deadline while the guest
+/// runs: like a notifier, marks the vCPU (the entry re-check then flushes again) and
+/// IPIs it if it is in the guest; the exit evaluates the timer and pends PPI 30.
+fn ptimer_fired<H: Host>(arg: usize) {
+    // SAFETY: `arg` is the address of the `PtimerKick<H>` the timer was created with,
+    // which outlives the timer (see `PtimerKick`); only its shared references are used.
+    let k: &PtimerKick<'_, H> = unsafe { &*(arg as *const PtimerKick<'_, H>) };
+    k.shared.irq_pending.store(true, Ordering::SeqCst);
+    let cpu = k.shared.running_on.load(Ordering::SeqCst);
+    if cpu != NOT_RUNNING {
+        k.host.kick_cpu(cpu);
+    }
+}
+
+/// The host timer of one VM_RUN for the emulated physical timer, created on first
+/// need and armed only when the deadline changes.
+struct Ptimer<H: Host> {
+    timer: Option<H::Timer>,
+    armed_at: Option<u64>,
 }
 
 /// Clears `in_run` when VM_RUN ends, however it ends.
@@ -147,6 +176,16 @@ impl<H: Host> Vmm<H> {
         let stats = &slot.shared.stats;
         // (page, count) of consecutive stage-2 faults on the same guest RAM page.
         let mut last_ram_fault: (u64, u32) = (u64::MAX, 0);
+        // Declared in this order so the timer is dropped (and its callback drained)
+        // before what the callback reads.
+        let pkick = PtimerKick {
+            host: &self.host,
+            shared: &slot.shared,
+        };
+        let mut ptimer: Ptimer<H> = Ptimer {
+            timer: None,
+            armed_at: None,
+        };
         loop {
             if let Some(e) = self.check_leave(vm, slot, vcpu, id) {
                 return Ok(e);
@@ -165,6 +204,9 @@ impl<H: Host> Vmm<H> {
             // With a vGIC: the virtual timer's output as driven into the flushed state.
             let flushed_vtimer = self.vgic_flush(vm, slot, vcpu, id)?;
             let has_vgic = flushed_vtimer.is_some();
+            if has_vgic {
+                self.arm_ptimer(&pkick, &mut ptimer, vcpu);
+            }
             let tok = self.host.intr_disable();
             let cpu = self.host.current_cpu();
             slot.shared.running_on.store(cpu, Ordering::SeqCst);
@@ -575,6 +617,31 @@ impl<H: Host> Vmm<H> {
         };
         vm.kick_irq(&self.host, kicks, Some(id as usize));
         Ok(())
+    }
+
+    /// Arms the host timer at the emulated physical timer's deadline (the virtual
+    /// timer needs none: its own PPI exits the guest), or disarms it when the timer is
+    /// off or already due (then the flush has delivered it). Without a host timer (the
+    /// host could not make one) the timer is seen at the guest's next exit.
+    fn arm_ptimer(&self, pkick: &PtimerKick<'_, H>, p: &mut Ptimer<H>, vcpu: &Vcpu) {
+        let want = vcpu.phys_timer.deadline(self.host.counter());
+        if want == p.armed_at {
+            return;
+        }
+        if p.timer.is_none() && want.is_some() {
+            let arg = pkick as *const PtimerKick<'_, H> as usize;
+            match self.host.timer_create(ptimer_fired::<H>, arg) {
+                Ok(t) => p.timer = Some(t),
+                Err(_) => return,
+            }
+        }
+        if let Some(t) = p.timer.as_ref() {
+            match want {
+                Some(d) => self.host.timer_arm(t, d),
+                None => self.host.timer_cancel(t),
+            }
+            p.armed_at = want;
+        }
     }
 
     /// Holds or releases the host's virtual-timer PPI on host CPU `cpu` (interrupts are

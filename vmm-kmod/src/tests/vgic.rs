@@ -684,3 +684,46 @@ fn vcpu_without_a_redistributor_cannot_run() {
     assert_eq!(run(&v, "g", 1).map(|_| ()), Err(Errno::EINVAL));
     v.host().script.lock().unwrap().clear();
 }
+
+#[test]
+fn physical_timer_fires_while_the_guest_runs() {
+    let v = guest();
+    attach(&v, 1).unwrap();
+    enable_spis(&v, &[]);
+    enable_private(&v, 0, 30);
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert!(
+        v.host().timer_arms.lock().unwrap().is_empty(),
+        "no host timer while the physical timer is off"
+    );
+    // The guest arms its physical timer 5 ms ahead and keeps running: the entry after
+    // arms a host timer at that deadline.
+    let cval = v.host().counter() + 5_000_000;
+    v.host().push(msr(sysreg::CNTP_CVAL_EL0, 1, cval));
+    v.host().push(msr(sysreg::CNTP_CTL_EL0, 2, 1));
+    // Running past the deadline, the host timer interrupt fires: the running vCPU is
+    // IPIed out (an IRQ exit), and the next entry has PPI 30.
+    let hp = v.host() as *const FakeHost as usize;
+    v.host().push(Scripted::irq().with(move |_| {
+        std::thread::sleep(Duration::from_millis(10));
+        // SAFETY: the host outlives the run this scripted exit is part of.
+        let h = unsafe { &*(hp as *const FakeHost) };
+        assert_eq!(h.fire_due_timers(), 1);
+    }));
+    v.host().push(hvc());
+    let kicks = v.host().kicks.load(Ordering::SeqCst);
+    run(&v, "g", 0).unwrap();
+    assert_eq!(v.host().timer_arms.lock().unwrap()[0], Some(cval));
+    assert_eq!(
+        v.host().kicks.load(Ordering::SeqCst),
+        kicks + 1,
+        "the running vCPU was IPIed"
+    );
+    assert_eq!(
+        last_entry(&v).vgic.ich_lr_el2[0],
+        lr_pending_g1(30) | LR_EOI
+    );
+    // Due and delivered: the host timer is disarmed.
+    assert_eq!(*v.host().timer_arms.lock().unwrap().last().unwrap(), None);
+}
