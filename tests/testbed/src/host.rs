@@ -131,6 +131,10 @@ pub struct TimerSlot {
     deadline: AtomicU64,
     func: fn(usize),
     arg: usize,
+    /// `timer_tick`s about to call, or calling, `func` (ticks run on every CPU):
+    /// dropping the timer waits for them (the `Host::Timer` contract; the core's
+    /// callback may read memory that lives only as long as the timer).
+    running: AtomicUsize,
 }
 
 static TIMERS: SpinLock<alloc::vec::Vec<Arc<TimerSlot>>> = SpinLock::new(alloc::vec::Vec::new());
@@ -139,6 +143,11 @@ impl Drop for Timer {
     fn drop(&mut self) {
         self.0.deadline.store(0, Ordering::SeqCst);
         TIMERS.lock().retain(|t| !Arc::ptr_eq(t, &self.0));
+        // A tick that marked itself running before the deadline was cleared may still
+        // call: wait for it. One that marks itself later finds the deadline cleared.
+        while self.0.running.load(Ordering::SeqCst) != 0 {
+            core::hint::spin_loop();
+        }
     }
 }
 
@@ -168,9 +177,11 @@ pub fn timer_tick() {
         .cloned()
         .collect();
     for t in due {
+        t.running.fetch_add(1, Ordering::SeqCst);
         if t.deadline.swap(0, Ordering::SeqCst) != 0 {
             (t.func)(t.arg);
         }
+        t.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -395,6 +406,7 @@ impl Host for TestbedHost {
             deadline: AtomicU64::new(0),
             func,
             arg,
+            running: AtomicUsize::new(0),
         });
         TIMERS.lock().push(slot.clone());
         Ok(Timer(slot))
