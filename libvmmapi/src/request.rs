@@ -17,6 +17,7 @@
 
 use vmm_sys::abi::{self, Pod};
 use vmm_sys::ioctl::{self, IOC_IN, IOC_OUT};
+use vmm_sys::wire::{self, WireDir, WireError};
 
 /// Which device node a request goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,68 +199,40 @@ impl Request {
 
     /// Parses what [`Request::encode`] wrote; `Out` buffers come back zero-filled.
     /// Lengths are bounded (`MAX_BUFFER`) so a hostile peer cannot make us allocate
-    /// without limit.
+    /// without limit. The parsing itself is vmm-sys `wire::parse_request`, the same
+    /// no_std code the testbed kernel runs on the messages it receives.
     pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
-        let mut r = Reader(bytes);
-        let magic = r.u32()?;
-        if magic != REQ_MAGIC {
-            return Err(DecodeError::BadMagic(magic));
-        }
-        let kind = r.u8()?;
-        let name_len = usize::from(r.u16()?);
-        let name = r.take(name_len)?;
-        let target = match kind {
-            0 if name_len == 0 => Target::Ctl,
-            1 => {
-                // A server must not open a path the peer chose: names are checked here.
-                vmm_sys::validate_vm_name(name).map_err(|_| DecodeError::BadField("name"))?;
-                Target::Vm(
-                    String::from_utf8(name.to_vec()).map_err(|_| DecodeError::BadField("name"))?,
-                )
+        let w = wire::parse_request(bytes).map_err(|e| match e {
+            WireError::Truncated => DecodeError::Truncated,
+            WireError::BadMagic => {
+                let mut m = [0u8; 4];
+                m.copy_from_slice(&bytes[..4]);
+                DecodeError::BadMagic(u32::from_le_bytes(m))
             }
-            _ => return Err(DecodeError::BadField("target")),
+            WireError::BadField(f) => DecodeError::BadField(f),
+        })?;
+        let target = match w.vm {
+            None => Target::Ctl,
+            Some(name) => Target::Vm(
+                String::from_utf8(name.to_vec()).map_err(|_| DecodeError::BadField("name"))?,
+            ),
         };
-        let cmd = r.u64()?;
-        let arg_len = r.u32()? as usize;
-        if arg_len > ioctl::IOCPARM_MASK as usize {
-            return Err(DecodeError::BadField("argument length"));
-        }
-        let arg = r.take(arg_len)?.to_vec();
-        let nbuf = r.u16()?;
-        if nbuf > MAX_BUFFERS {
-            return Err(DecodeError::BadField("buffer count"));
-        }
-        let mut buffers = Vec::new();
-        for _ in 0..nbuf {
-            let ptr_offset = r.u32()? as usize;
-            let dir = match r.u8()? {
-                0 => Dir::In,
-                1 => Dir::Out,
-                2 => Dir::InOut,
-                _ => return Err(DecodeError::BadField("buffer direction")),
-            };
-            let len = r.u32()? as usize;
-            if len > MAX_BUFFER {
-                return Err(DecodeError::BadField("buffer length"));
-            }
-            let data = if dir.is_in() {
-                r.take(len)?.to_vec()
-            } else {
-                vec![0; len]
-            };
-            buffers.push(Buffer {
-                ptr_offset,
-                dir,
-                data,
-            });
-        }
-        if !r.0.is_empty() {
-            return Err(DecodeError::BadField("trailing bytes"));
-        }
+        let buffers = w
+            .buffers()
+            .map(|b| Buffer {
+                ptr_offset: b.ptr_offset,
+                dir: match b.dir {
+                    WireDir::In => Dir::In,
+                    WireDir::Out => Dir::Out,
+                    WireDir::InOut => Dir::InOut,
+                },
+                data: b.data.map_or_else(|| vec![0; b.len], <[u8]>::to_vec),
+            })
+            .collect();
         let req = Request {
             target,
-            cmd,
-            arg,
+            cmd: w.cmd,
+            arg: w.arg.to_vec(),
             buffers,
         };
         req.check()?;
@@ -271,25 +244,14 @@ impl Request {
     /// and per `out`/`inout` buffer, in request order, `u32 len` and its bytes.
     pub fn encode_response(&self, errno: i32) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(&RSP_MAGIC.to_le_bytes());
-        out.extend_from_slice(&errno.to_le_bytes());
-        let arg: &[u8] = if errno == 0 && self.copies_out() {
-            &self.arg
-        } else {
-            &[]
-        };
-        out.extend_from_slice(&(arg.len() as u32).to_le_bytes());
-        out.extend_from_slice(arg);
-        let outs: Vec<&Buffer> = if errno == 0 {
-            self.buffers.iter().filter(|b| b.dir.is_out()).collect()
-        } else {
-            Vec::new()
-        };
-        out.extend_from_slice(&(outs.len() as u16).to_le_bytes());
-        for b in outs {
-            out.extend_from_slice(&(b.data.len() as u32).to_le_bytes());
-            out.extend_from_slice(&b.data);
-        }
+        let outs = self
+            .buffers
+            .iter()
+            .filter(|b| b.dir.is_out())
+            .map(|b| b.data.as_slice());
+        wire::write_response(self.cmd, errno, &self.arg, outs, &mut |b| {
+            out.extend_from_slice(b)
+        });
         out
     }
 
@@ -327,12 +289,11 @@ impl Request {
     }
 }
 
-const REQ_MAGIC: u32 = u32::from_le_bytes(*b"VMRQ");
-const RSP_MAGIC: u32 = u32::from_le_bytes(*b"VMRS");
+const REQ_MAGIC: u32 = wire::REQ_MAGIC;
+const RSP_MAGIC: u32 = wire::RSP_MAGIC;
 /// Largest pointed-to buffer a decoded request may carry (a VM_RUN exit is 80 bytes, a
 /// full register set 320, a cpuset 128; VM lists are the big ones).
-pub const MAX_BUFFER: usize = 1 << 20;
-const MAX_BUFFERS: u16 = 4;
+pub const MAX_BUFFER: usize = wire::MAX_BUFFER;
 
 struct Reader<'a>(&'a [u8]);
 impl<'a> Reader<'a> {
@@ -344,9 +305,6 @@ impl<'a> Reader<'a> {
         self.0 = b;
         Ok(a)
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
     fn u16(&mut self) -> Result<u16, DecodeError> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
@@ -355,11 +313,6 @@ impl<'a> Reader<'a> {
         let mut a = [0; 4];
         a.copy_from_slice(self.take(4)?);
         Ok(u32::from_le_bytes(a))
-    }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        let mut a = [0; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
     }
 }
 
