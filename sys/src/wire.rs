@@ -1,7 +1,8 @@
 //! The testbed channel's wire format, parsed without allocating (no_std), so the
 //! testbed kernel and the Linux side share one definition. libvmmapi's
-//! `Request::encode`/`decode`/`encode_response` (docs/libvmmapi.md, "On the wire")
-//! write and read the same bytes with owned buffers; this module is the server side:
+//! `Request::decode`/`encode_response` are built on this module and its
+//! `Request::encode`/`apply_response` write and read the same bytes on the client side
+//! (docs/libvmmapi.md, "On the wire"); this module is the server side:
 //! [`parse_request`] borrows every field from the message, [`write_response`] emits
 //! the answer through a byte sink.
 //!
