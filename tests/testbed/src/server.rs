@@ -123,7 +123,16 @@ impl Host for ServerHost {
         deadline: Option<u64>,
         still_sleep: &dyn Fn() -> bool,
     ) -> SleepResult {
-        self.0.sleep(chan, deadline, still_sleep)
+        // A vCPU asleep in WFI yields the run CPU like one in the guest: the sleep ends
+        // as interrupted (a BOGUS exit, what a signal does on FreeBSD), or a guest
+        // waiting for an interrupt only another queued vCPU would send never wakes.
+        let r = self
+            .0
+            .sleep(chan, deadline, &|| still_sleep() && !self.should_yield());
+        if r == SleepResult::Woken && still_sleep() && self.should_yield() {
+            return SleepResult::Interrupted;
+        }
+        r
     }
     fn wakeup(&self, chan: usize) {
         self.0.wakeup(chan)
