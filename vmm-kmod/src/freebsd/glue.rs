@@ -72,6 +72,8 @@ struct Glue {
     ctl: AtomicPtr<Cdev>,
     /// The sysctl context (its TAILQ head points at itself: the `Glue` is boxed).
     sysctl: UnsafeCell<SysctlCtxList>,
+    /// The host's virtual-timer PPI was set up at load (`enable_vtimer_ppi`).
+    vtimer_ppi: bool,
 }
 
 // SAFETY: the raw pointers name kernel objects (cdevs) that are used from any thread;
@@ -572,7 +574,11 @@ fn load_core(blob: &'static [u8], cpuid_offset: usize) -> KResult<()> {
         }
     };
     vmm.host().set_el2_live(true);
+    // A guest's virtual timer must exit it when it fires (docs/vgic.md); failure
+    // only delays guests' timers to the next host tick (logged).
+    let vtimer_ppi = vmm.host().enable_vtimer_ppi();
     let g = Box::new(Glue {
+        vtimer_ppi,
         vmm,
         blob: code,
         devs: Mutex::new(Vec::new()),
@@ -716,9 +722,16 @@ fn unload_entry_points_and_core() -> KResult<()> {
     // SAFETY: `p` came from Box::into_raw in load_core and is unreachable now.
     let g = unsafe { Box::from_raw(p) };
     let Glue {
-        vmm, blob, devs, ..
+        vmm,
+        blob,
+        devs,
+        vtimer_ppi,
+        ..
     } = *g;
     drop(devs);
+    if vtimer_ppi {
+        vmm.host().disable_vtimer_ppi();
+    }
     // After HYP_CLEANUP the stub would take any further hvc as a new vector table:
     // no EL2 TLB maintenance calls from here on (the EL2 MMU goes off anyway, and
     // the next load's init does `tlbi alle2`).

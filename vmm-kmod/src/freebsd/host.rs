@@ -425,6 +425,27 @@ pub fn id_regs() -> crate::IdRegs {
     }
 }
 
+/// The filter of the host's virtual-timer PPI. The host's own virtual timer is unused
+/// (FreeBSD booted at EL2 runs on the physical timer), so the interrupt is a guest's
+/// timer that fired just as the guest exited (the world switch had already put the
+/// host's timer back, so it will not fire again) or, should anything have enabled the
+/// host's CNTV, that one: masked (IMASK) either way, as FreeBSD's vtimer filter does.
+unsafe extern "C" fn vtimer_filter(_arg: *mut c_void) -> c_int {
+    // SAFETY: sets CNTV_CTL_EL0.IMASK of this CPU, the host's own (no guest's is
+    // loaded at EL1); nothing else reads it.
+    unsafe {
+        core::arch::asm!(
+            "mrs {t}, cntv_ctl_el0",
+            "orr {t}, {t}, #2",
+            "msr cntv_ctl_el0, {t}",
+            "isb",
+            t = out(reg) _,
+            options(nostack),
+        )
+    };
+    intr::FILTER_HANDLED
+}
+
 /// The GICv3 driver's device: unit 0 of devclass "gic", provided this CPU has the GIC
 /// system-register interface (ID_AA64PFR0_EL1.GIC != 0), so the "gic" device is the
 /// GICv3 driver and not the GICv2 one, whose softc `gic_r_write_4` must not be given.
@@ -480,6 +501,67 @@ unsafe extern "C" fn rendezvous_action(arg: *mut c_void) {
     let r = unsafe { &*arg.cast::<Rendezvous<'_>>() };
     let cpu = smp::curcpu(r.cpuid_offset);
     (r.f)(cpu as usize);
+}
+
+impl FreeBsdHost {
+    /// At load, once EL2 is up: gives the host's virtual-timer PPI (27) a filter
+    /// (`arm_tmr_setup_intr(GT_VIRT)`, as FreeBSD's vmm) and enables it in every CPU's
+    /// redistributor (GICR_ISENABLER0 through `gic_r_write_4` in a rendezvous: a PPI
+    /// set up after the secondary CPUs started is enabled only on the CPU that set it
+    /// up), so a guest's virtual timer firing exits the guest at once instead of at the
+    /// next host tick. False (and logged) when either step is not possible.
+    pub fn enable_vtimer_ppi(&self) -> bool {
+        if self.gic == 0 {
+            return false;
+        }
+        // SAFETY: the generic timer driver's KPI; the filter is a plain function.
+        let r = unsafe {
+            intr::arm_tmr_setup_intr(
+                intr::GT_VIRT,
+                Some(vtimer_filter),
+                None,
+                core::ptr::null_mut(),
+            )
+        };
+        if r != 0 {
+            log(format_args!(
+                "vmm: no virtual-timer interrupt ({r}); guests' timers will wait for host ticks"
+            ));
+            return false;
+        }
+        self.vtimer_ppi_on_all_cpus(true);
+        true
+    }
+
+    /// At unload, before the EL2 code goes: the reverse of `enable_vtimer_ppi`.
+    pub fn disable_vtimer_ppi(&self) {
+        self.vtimer_ppi_on_all_cpus(false);
+        // SAFETY: tears down what enable_vtimer_ppi set up.
+        let r = unsafe { intr::arm_tmr_teardown_intr(intr::GT_VIRT) };
+        if r != 0 {
+            log(format_args!("vmm: virtual-timer interrupt teardown failed ({r})"));
+        }
+    }
+
+    fn vtimer_ppi_on_all_cpus(&self, on: bool) {
+        let reg = if on {
+            intr::GICR_ISENABLER0
+        } else {
+            intr::GICR_ICENABLER0
+        };
+        let gic = self.gic;
+        self.run_on_all_cpus(&|_| {
+            // SAFETY: the GICv3 driver's device; in the rendezvous each CPU writes its
+            // own redistributor's enable bit for PPI 27 only.
+            unsafe {
+                intr::gic_r_write_4(
+                    gic as intr::DeviceT,
+                    intr::GICR_SGI_BASE_SIZE | reg,
+                    1 << crate::vtimer::VIRT_TIMER_INTID,
+                )
+            };
+        });
+    }
 }
 
 impl Host for FreeBsdHost {

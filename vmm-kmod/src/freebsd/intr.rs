@@ -34,6 +34,9 @@ pub const GICR_SGI_BASE_SIZE: u64 = 0x1_0000;
 /// `GICD_ICACTIVER(0)`, the offsets FreeBSD reuses for the redistributor).
 pub const GICR_ISACTIVER0: u64 = 0x0300;
 pub const GICR_ICACTIVER0: u64 = 0x0380;
+/// GICR_ISENABLER0 / GICR_ICENABLER0 in the SGI frame.
+pub const GICR_ISENABLER0: u64 = 0x0100;
+pub const GICR_ICENABLER0: u64 = 0x0180;
 
 /// `device_t`, `devclass_t`: opaque pointers.
 pub type DeviceT = *mut c_void;
