@@ -539,7 +539,9 @@ impl FreeBsdHost {
         // SAFETY: tears down what enable_vtimer_ppi set up.
         let r = unsafe { intr::arm_tmr_teardown_intr(intr::GT_VIRT) };
         if r != 0 {
-            log(format_args!("vmm: virtual-timer interrupt teardown failed ({r})"));
+            log(format_args!(
+                "vmm: virtual-timer interrupt teardown failed ({r})"
+            ));
         }
     }
 
