@@ -126,10 +126,17 @@ impl Host for ServerHost {
         // A vCPU asleep in WFI yields the run CPU like one in the guest: the sleep ends
         // as interrupted (a BOGUS exit, what a signal does on FreeBSD), or a guest
         // waiting for an interrupt only another queued vCPU would send never wakes.
+        // No slice to wait out: a vCPU going to sleep has no use for the CPU, while a
+        // queued run (another vCPU printing a console byte per exit) would wait a whole
+        // slice per exit.
+        let waiting = || cpu::id() == RUN_CPU && RUNS_WAITING.load(Ordering::Acquire) > 0;
+        if still_sleep() && waiting() {
+            return SleepResult::Interrupted;
+        }
         let r = self
             .0
-            .sleep(chan, deadline, &|| still_sleep() && !self.should_yield());
-        if r == SleepResult::Woken && still_sleep() && self.should_yield() {
+            .sleep(chan, deadline, &|| still_sleep() && !waiting());
+        if r == SleepResult::Woken && still_sleep() && waiting() {
             return SleepResult::Interrupted;
         }
         r
@@ -472,6 +479,11 @@ fn serve(core: &'static Core, con: &mut VirtioConsole) -> ! {
                     reply: Vec::new(),
                     done: AtomicBool::new(false),
                 }));
+                if running.is_some() {
+                    // A run asleep in WFI gives the CPU up at once (ServerHost::sleep)
+                    // once it looks; a running one costs one host-interrupt exit.
+                    gic::send_sgi(RUN_CPU, gic::SGI_WAKE);
+                }
             } else {
                 let reply = execute(core, &msg);
                 send(con, f.client, f.seq, &reply);
