@@ -69,9 +69,15 @@ impl E2e {
 
     /// `bhyveload -k KERNEL -m 256M -i INITRAMFS -e ... NAME`.
     fn load(&self, name: &str, init: Init) {
+        self.load_cpus(name, init, "1");
+    }
+
+    /// `bhyveload -c NCPUS ...`.
+    fn load_cpus(&self, name: &str, init: Init, ncpus: &str) {
         let kernel = guest::kernel().unwrap_or_else(|e| panic!("{e}"));
         let initrd = guest::initramfs(init).unwrap_or_else(|e| panic!("{e}"));
         let mut args: Vec<&str> = vec!["-k", path(&kernel), "-m", "256M", "-i", path(&initrd)];
+        args.extend(["-c", ncpus]);
         for a in BOOTARGS {
             args.extend(["-e", a]);
         }
@@ -81,7 +87,18 @@ impl E2e {
     }
 
     fn stats(&self, name: &str) -> Stats {
-        let out = self.tool("bhyvectl", &[&format!("--vm={name}"), "--get-stats"]);
+        self.cpu_stats(name, 0)
+    }
+
+    fn cpu_stats(&self, name: &str, cpu: u32) -> Stats {
+        let out = self.tool(
+            "bhyvectl",
+            &[
+                &format!("--vm={name}"),
+                &format!("--cpu={cpu}"),
+                "--get-stats",
+            ],
+        );
         assert_eq!(out.code, Some(0), "bhyvectl --get-stats: {out}");
         Stats::parse(&out.stdout)
     }
@@ -275,6 +292,39 @@ fn idle_guest_then_destroyed_from_another_process() {
         let out = bhyve.wait(TOOL_LIMIT);
         t.console = std::fs::read_to_string(&console).unwrap_or_default();
         assert_eq!(out.code, Some(4), "bhyve exits 4 when destroyed: {out}");
+        assert_eq!(t.list(), "");
+    });
+}
+
+/// Two vCPUs: Linux brings the second up through PSCI CPU_ON, boots to the marker on
+/// both and powers off; both vCPUs ran (they share the testbed's one run CPU).
+#[test]
+fn linux_with_two_vcpus_boots_to_userspace() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut t = E2e::start("smp");
+    t.check(|t| {
+        t.load_cpus("smp", Init::PowerOff, "2");
+        let out = proc::run(&mut t.cmd("bhyve", &["-b", "smp"]), BOOT_LIMIT).unwrap();
+        t.console = out.stdout.clone();
+        eprintln!("2-vCPU boot to poweroff took {:.1?}", out.elapsed);
+        assert!(
+            out.stdout.contains("smp: Brought up 1 node, 2 CPUs"),
+            "CPU 1 did not come up: {out}"
+        );
+        assert!(out.stdout.contains(MARKER), "no init marker: {out}");
+        assert_eq!(out.code, Some(1), "bhyve exits 1 on poweroff: {out}");
+        let (s0, s1) = (t.cpu_stats("smp", 0), t.cpu_stats("smp", 1));
+        eprintln!(
+            "exits: vCPU 0 {:?}, vCPU 1 {:?}",
+            s0.total_exits(),
+            s1.total_exits()
+        );
+        assert!(s1.total_exits().unwrap() > 0, "vCPU 1 never ran: {s1:?}");
+        let out = t.tool("bhyvectl", &["--vm=smp", "--destroy"]);
+        assert_eq!(out.code, Some(0), "{out}");
         assert_eq!(t.list(), "");
     });
 }
