@@ -106,6 +106,9 @@ pub fn bench_el2() -> Result<(), String> {
                 println!("{path:<18} {what:<16} {n:>22}");
             }
         }
+        if let Some(info) = l.strip_prefix("BENCH info ") {
+            println!("({info})");
+        }
     }
     Ok(())
 }

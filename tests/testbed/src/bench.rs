@@ -3,7 +3,10 @@
 //! with the virtual counter. Run twice: straight on the world switch (the testbed
 //! answers each exit right after HYP_ENTER_GUEST returns: the bare EL2 cost), and
 //! through vmm-kmod's VM_RUN (hvc: back to the ioctl caller and VM_RUN again; ID
-//! register: answered inside the kernel's run loop). Prints `BENCH <path> <what>
+//! register: answered inside the kernel's run loop). Then the vGIC's in-kernel exits
+//! through VM_RUN (`bench_vgic` guest, vGIC attached): a distributor register read
+//! (GICD_TYPER) and a self-IPI (ICC_SGI1R_EL1 trapped, SGI 1 injected through a list
+//! register, acknowledged and EOIed by the guest). Prints `BENCH <path> <what>
 //! <instructions per exit>`; under icount shift=0 a nanosecond of virtual time is one
 //! emulated instruction.
 
@@ -21,6 +24,7 @@ use vmm_sys::ioctl::*;
 use vmm_sys::reg::{VM_REG_GUEST_PC, VM_REG_GUEST_X0};
 
 static BENCH: &[u8] = include_bytes!(concat!(env!("VMM_GUEST_DIR"), "/bench.bin"));
+static BENCH_VGIC: &[u8] = include_bytes!(concat!(env!("VMM_GUEST_DIR"), "/bench_vgic.bin"));
 const N: u64 = 20_000;
 
 /// PA where `-device loader` leaves the mode word ("BNCH" = run the benchmark).
@@ -117,6 +121,81 @@ fn through_core(vmm: &Core) -> Result<[u64; 3], String> {
     res
 }
 
+/// The platform's GIC windows (vmm_platform::GICD, the redistributors after it).
+const GICD: u64 = 0x2f00_0000;
+const GICR: u64 = 0x2f10_0000;
+
+/// The `bench_vgic` guest through VM_RUN with a vGICv3 attached: ticks of N GICD
+/// reads, N self-IPIs, the empty loop, then the SGIs the guest took and the VM's exits.
+fn vgic_through_core(vmm: &Core) -> Result<([u64; 3], u64, u64), String> {
+    let name = b"bench-vgic";
+    core_tests::start(vmm, name, BENCH_VGIC, N)?;
+    let res = (|| {
+        let mut d = VmVgicDescr {
+            ver: VmVgicVersion {
+                version: 3,
+                flags: 0,
+            },
+            v3_regs: VgicV3Regs {
+                dist_start: GICD,
+                dist_size: 0x1_0000,
+                redist_start: GICR,
+                redist_size: 0x2_0000,
+            },
+        };
+        ioctl_vm(vmm, name, VM_ATTACH_VGIC, &mut d)?;
+        loop {
+            let e = core_tests::run(vmm, name)?;
+            if e.exitcode == ExitCode::Bogus as i32 {
+                continue;
+            }
+            if e.exitcode != ExitCode::Hyp as i32 {
+                return Err(format!("exit code {} at pc {:#x}", e.exitcode, e.pc));
+            }
+            // SAFETY: a HYP exit fills the hyp member.
+            let esr = unsafe { e.u.hyp.esr_el2 };
+            if esr >> 26 != u64::from(ec::HVC64) {
+                return Err(format!("HYP exit with ESR {esr:#x} at pc {:#x}", e.pc));
+            }
+            let reg = |r: u32| core_tests::get_reg(vmm, name, VM_REG_GUEST_X0 + r);
+            match esr & 0xffff {
+                2 => {
+                    let mut st = VmStats {
+                        cpuid: 0,
+                        ..Default::default()
+                    };
+                    ioctl_vm(vmm, name, VM_STATS, &mut st)?;
+                    // Counter 0: total exits (vmm-kmod's stats.rs).
+                    return Ok(([reg(1)?, reg(2)?, reg(3)?], reg(4)?, st.statbuf[0]));
+                }
+                3 => return Err(format!("bench_vgic guest failed: x0 = {:#x}", reg(0)?)),
+                _ => {}
+            }
+        }
+    })();
+    core_tests::destroy(vmm, name)?;
+    res
+}
+
+fn ioctl_vm<T: Pod>(vmm: &Core, name: &[u8], cmd: u64, v: &mut T) -> Result<(), String> {
+    // SAFETY: T is Pod; the dispatcher reads and writes its bytes.
+    let b = unsafe {
+        core::slice::from_raw_parts_mut(v as *mut T as *mut u8, core::mem::size_of::<T>())
+    };
+    vmm.dispatch(DeviceRef::Vm(name), cmd, b)
+        .map_err(|e| format!("ioctl {cmd:#x}: {e:?}"))
+}
+
+fn report_vgic(n: u64, ticks: [u64; 3], sgis: u64, exits: u64) {
+    let f = timer::freq();
+    let ns = |t: u64| t * 1_000_000_000 / f;
+    let loop_ns = ns(ticks[2]);
+    let per = |t: u64| ns(t).saturating_sub(loop_ns) / n;
+    kprintln!("BENCH vmm_core_vgic gicd_mmio_read {}", per(ticks[0]));
+    kprintln!("BENCH vmm_core_vgic self_ipi_eoi {}", per(ticks[1]));
+    kprintln!("BENCH info sgis_taken {sgis} of {n}, {exits} exits in all (2N + setup)");
+}
+
 pub fn run() {
     kprintln!("BENCH start N={N} CNTFRQ={}", timer::freq());
     match hyp::load(1) {
@@ -131,6 +210,10 @@ pub fn run() {
         Ok(vmm) => {
             match through_core(&vmm) {
                 Ok(t) => report("vmm_core_vm_run", N, t),
+                Err(e) => kprintln!("BENCH error {e}"),
+            }
+            match vgic_through_core(&vmm) {
+                Ok((t, sgis, exits)) => report_vgic(N, t, sgis, exits),
                 Err(e) => kprintln!("BENCH error {e}"),
             }
             if let Err(e) = core_tests::unload(vmm) {
