@@ -10,7 +10,7 @@ use alloc::string::String;
 use core::sync::atomic::{AtomicI32, Ordering};
 use vmm_kmod::{DeviceRef, Vmm};
 use vmm_sys::abi::*;
-use vmm_sys::exit::ExitCode;
+use vmm_sys::exit::{ExitCode, SuspendHow};
 use vmm_sys::ioctl::*;
 use vmm_sys::reg::{VM_REG_GUEST_PC, VM_REG_GUEST_X0};
 
@@ -475,50 +475,124 @@ pub fn sysreg_in_kernel(vmm: &Core, image: &[u8]) -> Result<String, String> {
 }
 
 static KICK_RESULT: AtomicI32 = AtomicI32::new(i32::MIN);
+/// The `how` of the SUSPENDED exit that ended `kick_runner`'s VM_RUN.
+static KICK_HOW: AtomicI32 = AtomicI32::new(i32::MIN);
+
+/// The kick guest: `mov x1, #1; str x1, [x0]; b .` -- it writes 1 to the flag whose
+/// guest address it gets in x0 (so the host knows it really runs), then spins without
+/// ever exiting by itself.
+const KICK_GUEST: [u32; 3] = [0xd280_0021, 0xf900_0001, 0x1400_0000];
+/// The flag's guest physical address (same RAM page as the code, another cache line).
+const KICK_FLAG_GPA: u64 = 0x8000_0100;
+/// How long the guest may take to start on cpu 1: QEMU's thread for that CPU can be
+/// descheduled for a long time on a loaded host; a guest that never starts still fails.
+const KICK_START_SECS: u64 = 30;
 
 /// On the other CPU: VM_RUN of the spinning VM `tb-kick` until it returns.
 fn kick_runner(vmm: u64) -> u64 {
     // SAFETY: destroy_kicks_running_vcpu passes a &Core it keeps alive until wait().
     let vmm: &Core = unsafe { &*(vmm as *const Core) };
-    let code = match run(vmm, b"tb-kick") {
-        Ok(e) => e.exitcode,
-        Err(_) => -1,
+    let (code, how) = match run(vmm, b"tb-kick") {
+        Ok(e) if e.exitcode == ExitCode::Suspended as i32 => {
+            // SAFETY: a SUSPENDED exit fills the suspended member.
+            (e.exitcode, unsafe { e.u.suspended.how })
+        }
+        Ok(e) => (e.exitcode, -1),
+        Err(_) => (-1, -1),
     };
+    KICK_HOW.store(how, Ordering::SeqCst);
     KICK_RESULT.store(code, Ordering::SeqCst);
     0
 }
 
+/// The flag word through the host's mapping of guest RAM. The guest runs with its MMU
+/// off, so its store is non-cacheable: clean and invalidate the host's line first so the
+/// read reaches memory (a no-op under QEMU, which has no caches; right on hardware).
+fn read_guest_word(va: *mut u8) -> u64 {
+    // SAFETY: `va` maps 8 bytes of the live VM's RAM (gpa_to_pa); `dc civac` on a
+    // mapped kernel address only moves a cache line to memory.
+    unsafe {
+        core::arch::asm!("dc civac, {0}", "dsb sy", in(reg) va);
+        core::ptr::read_volatile(va as *const u64)
+    }
+}
+
 /// Destroying a VM whose vCPU is in the guest on the other CPU: the core kicks that
-/// CPU (Host::kick_cpu, an SGI), the guest exits with an IRQ exit, VM_RUN returns, and
-/// the destroy completes.
+/// CPU (Host::kick_cpu, an SGI), the guest exits with an IRQ exit, VM_RUN returns
+/// SUSPENDED with how = DESTROY, and the destroy completes.
+///
+/// The destroy waits until the guest has written its flag: a destroy that unlists the
+/// VM before cpu 1's VM_RUN has looked it up is a legitimate ENOENT (as on FreeBSD,
+/// where the cdev is gone), and one that lands between the lookup and the guest entry
+/// returns SUSPENDED without any kick -- neither is what this test is about.
 pub fn destroy_kicks_running_vcpu(vmm: &Core, ncpu: usize) -> Result<String, String> {
     if ncpu < 2 {
         return Err("needs two cpus".into());
     }
-    // `b .`: the guest never exits by itself.
-    start(vmm, b"tb-kick", &0x1400_0000u32.to_le_bytes(), 0)?;
+    let mut image = [0u8; 12];
+    for (b, w) in image.chunks_exact_mut(4).zip(KICK_GUEST) {
+        b.copy_from_slice(&w.to_le_bytes());
+    }
+    start(vmm, b"tb-kick", &image, KICK_FLAG_GPA)?;
+    let (_, flag, _) = match vmm.gpa_to_pa(b"tb-kick", KICK_FLAG_GPA) {
+        Some(m) => m,
+        None => {
+            destroy(vmm, b"tb-kick")?;
+            return Err("gpa_to_pa of the flag".into());
+        }
+    };
+    // SAFETY: `flag` maps 8 bytes of the VM's RAM; nothing runs the guest yet. Written
+    // and cleaned so no dirty host line can later overwrite the guest's store.
+    unsafe {
+        core::ptr::write_volatile(flag as *mut u64, 0);
+        core::arch::asm!("dc civac, {0}", "dsb sy", in(reg) flag);
+    }
     KICK_RESULT.store(i32::MIN, Ordering::SeqCst);
-    let kicks_before = crate::gic::count(1, crate::gic::SGI_WAKE);
+    KICK_HOW.store(i32::MIN, Ordering::SeqCst);
     crate::cpu::post(1, kick_runner, vmm as *const Core as u64);
-    // Let the guest really be running on cpu 1.
     let t0 = timer::now();
-    while timer::now() - t0 < timer::freq() / 100 {
+    while read_guest_word(flag) != 1 {
+        if KICK_RESULT.load(Ordering::SeqCst) != i32::MIN {
+            let code = KICK_RESULT.load(Ordering::SeqCst);
+            crate::cpu::wait(1);
+            destroy(vmm, b"tb-kick")?;
+            return Err(format!(
+                "VM_RUN on cpu 1 ended with {code} before the guest ran"
+            ));
+        }
+        if timer::now() - t0 > timer::freq() * KICK_START_SECS {
+            // The vCPU may yet start: the destroy still stops it, or hangs to the
+            // harness's QEMU timeout, which also fails.
+            destroy(vmm, b"tb-kick")?;
+            crate::cpu::wait(1);
+            return Err(format!(
+                "the guest did not run on cpu 1 within {KICK_START_SECS} s"
+            ));
+        }
         core::hint::spin_loop();
     }
+    let started_us = (timer::now() - t0) * 1_000_000 / timer::freq();
+    // The guest is in its `b .` now; the SGI that posted the job was taken before.
+    let kicks_before = crate::gic::count(1, crate::gic::SGI_WAKE);
     if KICK_RESULT.load(Ordering::SeqCst) != i32::MIN {
         return Err("VM_RUN returned before the destroy".into());
     }
     destroy(vmm, b"tb-kick")?;
     crate::cpu::wait(1);
     let code = KICK_RESULT.load(Ordering::SeqCst);
+    let how = KICK_HOW.load(Ordering::SeqCst);
     let kicks = crate::gic::count(1, crate::gic::SGI_WAKE) - kicks_before;
-    if code == -1 || code == i32::MIN {
-        return Err(format!("VM_RUN on cpu 1 ended with {code}"));
+    if code != ExitCode::Suspended as i32 || how != SuspendHow::Destroy as i32 {
+        return Err(format!(
+            "VM_RUN on cpu 1 ended with exit code {code} how {how}, want SUSPENDED ({}) how DESTROY ({})",
+            ExitCode::Suspended as i32,
+            SuspendHow::Destroy as i32
+        ));
     }
     if kicks == 0 {
         return Err("cpu 1 never got the kick SGI".into());
     }
-    Ok(format!("destroy while the vCPU ran on cpu 1: {kicks} kick SGI(s), VM_RUN returned exit code {code}, destroy completed"))
+    Ok(format!("destroy while the vCPU ran on cpu 1 (guest started after {started_us} us): {kicks} kick SGI(s), VM_RUN returned SUSPENDED how DESTROY, destroy completed"))
 }
 
 /// After `unload`: a second `Vmm::new` works and runs a guest; then shut down again.
