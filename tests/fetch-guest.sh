@@ -67,12 +67,27 @@ work=$(mktemp -d "$cache/fetch.XXXXXX")
 # apt-get download runs as _apt where it can: let it write here.
 chmod 755 "$work"
 trap 'rm -rf "$work"' EXIT
-(cd "$work" && apt_retry apt-get -q download "$pkg:arm64" >&2) || die "apt-get download $pkg:arm64 failed"
+download() {
+	n=0
+	until (cd "$work" && apt-get -q download "$1:arm64" >&2); do
+		n=$((n + 1))
+		[ "$n" -lt 3 ] || return 1
+		sleep 5
+	done
+}
+if ! download "$pkg"; then
+	# Lists older than the mirror name a .deb it no longer has (a newer kernel ABI
+	# replaced it): update them and take the newest package they name now.
+	apt_retry $sudo apt-get -q update >&2 || die "apt-get update failed"
+	pkg=$(find_pkg)
+	[ -n "$pkg" ] || die "no linux-image-6.1.0-*-cloud-arm64-unsigned package for arm64 after apt-get update"
+	download "$pkg" || die "apt-get download $pkg:arm64 failed (after apt-get update)"
+fi
 deb=$(ls "$work"/*.deb 2>/dev/null | head -n 1)
 [ -n "$deb" ] || die "apt-get download $pkg:arm64 produced no .deb"
 dpkg-deb -x "$deb" "$work/root" || die "dpkg-deb -x $deb failed"
 src=$(ls "$work"/root/boot/vmlinuz-* 2>/dev/null | head -n 1)
 [ -n "$src" ] || die "$pkg has no /boot/vmlinuz-*"
 dst="$cache/$(basename "$src")"
-cp "$src" "$dst.tmp" && mv "$dst.tmp" "$dst"
+cp "$src" "$work/kernel" && mv "$work/kernel" "$dst"
 echo "$dst"

@@ -80,19 +80,30 @@ if [ ! -s "$bb" ]; then
 	work=$(mktemp -d "$cache/busybox.XXXXXX")
 	chmod 755 "$work"
 	trap 'rm -rf "$work"' EXIT
-	(cd "$work" && apt_retry apt-get -q download busybox-static:arm64 >&2) ||
-		die "apt-get download busybox-static:arm64 failed"
+	download() {
+		n=0
+		until (cd "$work" && apt-get -q download busybox-static:arm64 >&2); do
+			n=$((n + 1))
+			[ "$n" -lt 3 ] || return 1
+			sleep 5
+		done
+	}
+	if ! download; then
+		# Lists older than the mirror name a version it no longer has: update, retry.
+		apt_retry $sudo apt-get -q update >&2 || die "apt-get update failed"
+		download || die "apt-get download busybox-static:arm64 failed (after apt-get update)"
+	fi
 	deb=$(ls "$work"/*.deb 2>/dev/null | head -n 1)
 	[ -n "$deb" ] || die "apt-get download busybox-static:arm64 produced no .deb"
 	dpkg-deb -x "$deb" "$work/root" || die "dpkg-deb -x $deb failed"
 	[ -s "$work/root/bin/busybox" ] || die "busybox-static has no /bin/busybox"
-	cp "$work/root/bin/busybox" "$bb.tmp" && mv "$bb.tmp" "$bb"
+	cp "$work/root/bin/busybox" "$work/busybox" && mv "$work/busybox" "$bb"
 	rm -rf "$work"
 	trap - EXIT
 fi
 
 root=$(mktemp -d "$cache/initramfs.XXXXXX")
-trap 'rm -rf "$root"' EXIT
+trap 'rm -rf "$root" "$root.cpio" "$root.cpio.gz"' EXIT
 mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys"
 cp "$bb" "$root/bin/busybox"
 chmod 755 "$root/bin/busybox"
@@ -128,7 +139,7 @@ chmod 755 "$root/init"
 # (usr/default_cpio_list) already holds /dev/console, and ours is unpacked over it.
 (cd "$root" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$root.cpio" ||
 	die "cpio failed"
-gzip -9n <"$root.cpio" >"$out.tmp" || die "gzip failed"
+gzip -9n <"$root.cpio" >"$root.cpio.gz" || die "gzip failed"
 rm -f "$root.cpio"
-mv "$out.tmp" "$out"
+mv "$root.cpio.gz" "$out"
 echo "$out"
