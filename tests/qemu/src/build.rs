@@ -139,27 +139,77 @@ fn link_el2(lib: &Path, base: u64, elf: &Path, bin: &Path) -> Result<(), Error> 
     )
 }
 
+/// A directory of this build's own for intermediate files, removed when dropped. Two
+/// test runs (or a test run and `cargo xtask bench`) may build into the same aarch64
+/// target dir at once: each links in its own scratch directory and publishes finished
+/// files with `publish`, so no reader ever sees a half-written blob or guest.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch, Error> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = aarch64_target_dir().join(format!("scratch-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Scratch(dir))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn read(p: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(p).map_err(|source| Error::Io {
+        path: p.into(),
+        source,
+    })
+}
+
+/// Moves the finished file `tmp` to `dst` in one rename (same filesystem), unless `dst`
+/// already holds the same bytes: then `dst` keeps its modification time, and cargo does
+/// not rebuild the testbed kernel that embeds it.
+fn publish(tmp: &Path, dst: &Path) -> Result<(), Error> {
+    if std::fs::read(dst).ok().as_deref() == Some(&read(tmp)?[..]) {
+        return Ok(());
+    }
+    std::fs::rename(tmp, dst).map_err(|source| Error::Io {
+        path: dst.into(),
+        source,
+    })
+}
+
 /// Builds el2-stub and links it into the flat blob. Links it a second time at another
 /// base and requires identical bytes: the blob holds no absolute address.
 pub fn build_el2() -> Result<PathBuf, Error> {
     cargo_kernel(&repo_root().join("el2-stub/Cargo.toml"), &[])?;
     let lib = release_dir().join("libel2_stub.a");
-    let alt_elf = aarch64_target_dir().join("el2-stub-alt.elf");
-    let alt_bin = aarch64_target_dir().join("el2-stub-alt.bin");
-    link_el2(&lib, 0, &el2_elf(), &el2_blob())?;
+    let scratch = Scratch::new()?;
+    let (elf, bin) = (scratch.path("el2-stub.elf"), scratch.path("el2-stub.bin"));
+    let (alt_elf, alt_bin) = (
+        scratch.path("el2-stub-alt.elf"),
+        scratch.path("el2-stub-alt.bin"),
+    );
+    link_el2(&lib, 0, &elf, &bin)?;
     link_el2(&lib, 0x4000_0000, &alt_elf, &alt_bin)?;
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| Error::Io {
-            path: p.into(),
-            source,
-        })
-    };
-    if read(&el2_blob())? != read(&alt_bin)? {
+    if read(&bin)? != read(&alt_bin)? {
         return Err(Error::Check(
             "the EL2 blob differs when linked at another base: it contains an absolute address"
                 .into(),
         ));
     }
+    publish(&elf, &el2_elf())?;
+    publish(&bin, &el2_blob())?;
     Ok(el2_blob())
 }
 
@@ -175,6 +225,7 @@ pub fn build_guests() -> Result<PathBuf, Error> {
         path: src.clone(),
         source,
     })?;
+    let scratch = Scratch::new()?;
     for e in entries {
         let path = e
             .map_err(|source| Error::Io {
@@ -190,9 +241,9 @@ pub fn build_guests() -> Result<PathBuf, Error> {
             .and_then(|s| s.to_str())
             .unwrap_or("guest")
             .to_string();
-        let obj = out.join(format!("{stem}.o"));
-        let elf = out.join(format!("{stem}.elf"));
-        let bin = out.join(format!("{stem}.bin"));
+        let obj = scratch.path(&format!("{stem}.o"));
+        let elf = scratch.path(&format!("{stem}.elf"));
+        let bin = scratch.path(&format!("{stem}.bin"));
         run(
             "assemble guest",
             Command::new("aarch64-linux-gnu-as")
@@ -221,6 +272,7 @@ pub fn build_guests() -> Result<PathBuf, Error> {
                 .arg(&elf)
                 .arg(&bin),
         )?;
+        publish(&bin, &out.join(format!("{stem}.bin")))?;
     }
     Ok(out)
 }
