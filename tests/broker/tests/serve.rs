@@ -542,17 +542,29 @@ fn bhyvectl_while_bhyve_runs_and_destroy_stops_it() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // Wait until the vCPU is active, i.e. bhyve is in VM_RUN.
+        // Wait until the vCPU is active, i.e. bhyve is in VM_RUN, and the guest has
+        // written its line (one PL011 write, an exit to bhyve, per byte of "spinning\n"):
+        // from then on it spins without exits. Activation alone is not enough: on a
+        // loaded machine the destroy could land before the guest printed anything.
         let t = Instant::now();
         loop {
             let (code, text) = tool("bhyvectl", &["--vm=spin", "--get-active-cpus"]);
             assert_eq!(code, Some(0), "{text}");
-            if text.trim_end() == "active cpus:\t0" {
+            let active = text.trim_end() == "active cpus:\t0";
+            let (code, stats) = tool("bhyvectl", &["--vm=spin", "--get-stats"]);
+            assert_eq!(code, Some(0), "{stats}");
+            let to_user = stats.lines().find_map(|l| {
+                l.strip_prefix("vm exits returned to userspace")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            });
+            if active && to_user.is_some_and(|n| n >= "spinning\n".len() as u64) {
                 break;
             }
             assert!(
                 t.elapsed() < Duration::from_secs(60),
-                "vCPU never active: {text}"
+                "the guest never printed its line: {text} {stats}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
