@@ -10,8 +10,10 @@
 //! * `check-kmod`: builds vmm.ko and checks it against what FreeBSD's kldload expects.
 //! * `run-testbed`: boots the testbed in QEMU (hard timeout) and shows its console.
 //! * `bench-el2`: the exit-cost benchmark under `-icount shift=0`.
+//! * `bench-boot`: a Linux boot under our stack against plain QEMU (docs/PERFORMANCE.md).
 //! * `demo`: boots Debian's arm64 Linux with the tools on the testbed (docs/e2e.md).
 
+mod bench;
 mod demo;
 mod kernel;
 mod kmod;
@@ -98,11 +100,12 @@ fn main() -> ExitCode {
         Some("check-kmod") => kmod::check_kmod(),
         Some("run-testbed") => kernel::run_testbed(&args[1..]),
         Some("bench-el2") => kernel::bench_el2(),
+        Some("bench-boot") => bench::bench_boot(&args[1..]),
         Some("testbed") => testbed::testbed(&args[1..]),
         Some("demo") => demo::demo(),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] | bench-el2 | testbed up|down|status | demo"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] | bench-el2 | bench-boot [--runs N] | testbed up|down|status | demo"
                 .into(),
         ),
     };

@@ -121,6 +121,18 @@ pub fn up(
     l: &Layout,
     timeout: Duration,
 ) -> Result<PathBuf, LaunchError> {
+    up_with_qemu_args(kernel, broker, l, timeout, &[])
+}
+
+/// As [`up`], with `extra` appended to QEMU's command line (`cargo xtask bench-boot`
+/// runs the testbed under `-icount shift=0`).
+pub fn up_with_qemu_args(
+    kernel: &Path,
+    broker: &Path,
+    l: &Layout,
+    timeout: Duration,
+    extra: &[String],
+) -> Result<PathBuf, LaunchError> {
     if status(l).iter().any(|s| s.2) {
         return Err(LaunchError::AlreadyUp(l.dir.clone()));
     }
@@ -131,6 +143,7 @@ pub fn up(
     let qlog = fs::File::create(l.qemu_log()).map_err(io("qemu.log"))?;
     let qemu = Command::new("qemu-system-aarch64")
         .args(qemu_args(kernel, l))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(qlog.try_clone().map_err(io("qemu.log"))?)
         .stderr(qlog)

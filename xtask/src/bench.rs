@@ -1,0 +1,403 @@
+//! `cargo xtask bench-boot`: the wall time of a Linux boot under our stack against the
+//! same kernel and initramfs booted directly by QEMU, in the same run (issue 4, item 5;
+//! docs/PERFORMANCE.md). Each configuration (full console or `quiet`; plain or under
+//! `-icount shift=0`) boots a few times both ways, alternating. Direct: `qemu-system-aarch64
+//! -M virt -cpu cortex-a57 -m 256M` to the init marker and PSCI poweroff. Our stack: a
+//! served testbed (its QEMU under `-icount shift=0` for the icount rows), then bhyveload,
+//! `bhyve -b` and, after the poweroff, `bhyvectl --get-stats` and `--destroy`, as the
+//! e2e test does. The guest's own time is the printk timestamp of "reboot: Power down"
+//! (under icount, emulated instructions plus the time the vCPU waited for userspace).
+//! Prints numbers; asserts nothing about time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use vmm_e2e::guest::{self, Init, BOOTARGS, MARKER};
+use vmm_e2e::proc;
+use vmm_e2e::stats::Stats;
+use vmm_testbed_broker::launch::{self, Layout};
+use vmm_testbed_harness::build;
+
+const VM: &str = "benchvm";
+const POWER_DOWN: &str = "reboot: Power down";
+
+/// One boot's measurements.
+#[derive(Debug, Clone)]
+struct Boot {
+    /// Process start to exit (direct), bhyveload's start to bhyve's exit (our stack).
+    wall: Duration,
+    /// Our stack: bhyveload alone (creating the VM, decompressing and copying the
+    /// kernel and initramfs into guest memory).
+    load: Option<Duration>,
+    /// The guest's printk timestamp at "reboot: Power down", in seconds.
+    guest: Option<f64>,
+    console_bytes: usize,
+    stats: Option<Stats>,
+}
+
+/// The `[    0.912345]` timestamp of the console line that says `what`.
+fn printk_time(console: &str, what: &str) -> Option<f64> {
+    let line = console.lines().find(|l| l.contains(what))?;
+    let open = line.find('[')?;
+    let close = line[open..].find(']')? + open;
+    line[open + 1..close].trim().parse().ok()
+}
+
+fn append(quiet: bool, earlycon: &str) -> Vec<String> {
+    let mut a: Vec<String> = BOOTARGS
+        .iter()
+        .map(|s| {
+            if s.starts_with("earlycon=") {
+                earlycon.to_string()
+            } else {
+                s.to_string()
+            }
+        })
+        .collect();
+    if quiet {
+        a.push("quiet".into());
+    }
+    a
+}
+
+fn check_console(what: &str, out: &proc::Output) -> Result<(), String> {
+    if !out.stdout.contains(MARKER) || !out.stdout.contains(POWER_DOWN) {
+        return Err(format!(
+            "{what}: no init marker and poweroff on the console; {out}"
+        ));
+    }
+    Ok(())
+}
+
+/// The kernel and initramfs booted by QEMU itself (its PL011 is at 0x9000000).
+fn direct(kernel: &Path, initrd: &Path, quiet: bool, icount: bool) -> Result<Boot, String> {
+    let mut cmd = Command::new("qemu-system-aarch64");
+    cmd.args(["-M", "virt", "-cpu", "cortex-a57", "-m", "256M"])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(append(quiet, "earlycon=pl011,0x9000000").join(" "));
+    if icount {
+        cmd.args(["-icount", "shift=0"]);
+    }
+    let out = proc::run(&mut cmd, Duration::from_secs(300)).map_err(|e| e.to_string())?;
+    check_console("direct QEMU", &out)?;
+    if out.code != Some(0) {
+        return Err(format!("direct QEMU: {out}"));
+    }
+    Ok(Boot {
+        wall: out.elapsed,
+        load: None,
+        guest: printk_time(&out.stdout, POWER_DOWN),
+        console_bytes: out.stdout.len(),
+        stats: None,
+    })
+}
+
+fn tool(name: &str, socket: &Path) -> Command {
+    let mut c = Command::new(proc::tool(name));
+    c.env("VMM_TESTBED", socket);
+    c
+}
+
+fn run_tool(what: &str, cmd: &mut Command, secs: u64) -> Result<proc::Output, String> {
+    proc::run(cmd, Duration::from_secs(secs)).map_err(|e| format!("{what}: {e}"))
+}
+
+/// bhyveload, `bhyve -b` to the poweroff (bhyve exits 1), the vCPU's stats, destroy.
+fn stack(socket: &Path, kernel: &Path, initrd: &Path, quiet: bool) -> Result<Boot, String> {
+    let t = Instant::now();
+    let mut load = tool("bhyveload", socket);
+    load.arg("-k")
+        .arg(kernel)
+        .args(["-m", "256M", "-i"])
+        .arg(initrd);
+    for a in append(quiet, "earlycon=pl011,0x10000") {
+        load.args(["-e", &a]);
+    }
+    let out = run_tool("bhyveload", load.arg(VM), 60)?;
+    if out.code != Some(0) {
+        return Err(format!("bhyveload: {out}"));
+    }
+    let loaded = t.elapsed();
+    let boot = run_tool("bhyve", tool("bhyve", socket).args(["-b", VM]), 300)?;
+    let wall = t.elapsed();
+    let stats = run_tool(
+        "bhyvectl --get-stats",
+        tool("bhyvectl", socket).args([&format!("--vm={VM}"), "--get-stats"]),
+        60,
+    )?;
+    let destroy = run_tool(
+        "bhyvectl --destroy",
+        tool("bhyvectl", socket).args([&format!("--vm={VM}"), "--destroy"]),
+        60,
+    )?;
+    check_console("bhyve", &boot)?;
+    if boot.code != Some(1) {
+        return Err(format!("bhyve (want exit 1, the poweroff): {boot}"));
+    }
+    if destroy.code != Some(0) {
+        return Err(format!("bhyvectl --destroy: {destroy}"));
+    }
+    Ok(Boot {
+        wall,
+        load: Some(loaded),
+        guest: printk_time(&boot.stdout, POWER_DOWN),
+        console_bytes: boot.stdout.len(),
+        stats: (stats.code == Some(0)).then(|| Stats::parse(&stats.stdout)),
+    })
+}
+
+/// A served testbed of our own, stopped when dropped.
+struct Bed(Layout);
+
+impl Bed {
+    fn up(testbed: &Path, dir: PathBuf, icount: bool) -> Result<(Bed, PathBuf), String> {
+        let layout = Layout::new(dir);
+        launch::down(&layout);
+        let extra: Vec<String> = if icount {
+            vec!["-icount".into(), "shift=0".into()]
+        } else {
+            Vec::new()
+        };
+        let socket = launch::up_with_qemu_args(
+            testbed,
+            &proc::tool("vmm-testbed-broker"),
+            &layout,
+            Duration::from_secs(120),
+            &extra,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((Bed(layout), socket))
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        launch::down(&self.0);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+/// Medians of one configuration, both ways.
+struct Row {
+    icount: bool,
+    quiet: bool,
+    direct: Vec<Boot>,
+    stack: Vec<Boot>,
+}
+
+impl Row {
+    fn wall(b: &[Boot]) -> Option<f64> {
+        median(b.iter().map(|x| x.wall.as_secs_f64()).collect())
+    }
+    fn load(b: &[Boot]) -> Option<f64> {
+        median(
+            b.iter()
+                .filter_map(|x| x.load)
+                .map(|d| d.as_secs_f64())
+                .collect(),
+        )
+    }
+    fn guest(b: &[Boot]) -> Option<f64> {
+        median(b.iter().filter_map(|x| x.guest).collect())
+    }
+    fn stat(&self, prefix: &str) -> Option<u64> {
+        self.stack.last()?.stats.as_ref()?.get(prefix)
+    }
+}
+
+fn fmt_s(v: Option<f64>) -> String {
+    v.map_or("-".into(), |s| format!("{s:.2} s"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn parse_runs(args: &[String]) -> Result<usize, String> {
+    let mut runs = 3;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => {
+                runs = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or("--runs needs a positive number")?
+            }
+            other => return Err(format!("bench-boot: unknown argument {other}")),
+        }
+    }
+    Ok(runs)
+}
+
+pub fn bench_boot(args: &[String]) -> Result<(), String> {
+    let runs = parse_runs(args)?;
+    proc::build_tools().map_err(|e| e.to_string())?;
+    let testbed = build::build_testbed().map_err(|e| e.to_string())?;
+    let kernel = guest::kernel().map_err(|e| e.to_string())?;
+    let initrd = guest::initramfs(Init::PowerOff).map_err(|e| e.to_string())?;
+    let dir = proc::bin_dir()
+        .parent()
+        .map(|p| p.join("bench-boot"))
+        .ok_or("no target directory")?;
+
+    let mut rows = Vec::new();
+    for icount in [false, true] {
+        eprintln!(
+            "xtask: testbed up{} (logs in {})",
+            if icount { " under -icount shift=0" } else { "" },
+            dir.display()
+        );
+        let (bed, socket) = Bed::up(&testbed, dir.clone(), icount)?;
+        for quiet in [false, true] {
+            let mut row = Row {
+                icount,
+                quiet,
+                direct: Vec::new(),
+                stack: Vec::new(),
+            };
+            for i in 0..runs {
+                let d = direct(&kernel, &initrd, quiet, icount)?;
+                let s = stack(&socket, &kernel, &initrd, quiet)
+                    .map_err(|e| format!("{e}\n[broker log]\n{}", read(&bed.0.broker_log())))?;
+                eprintln!(
+                    "xtask: icount={icount} quiet={quiet} run {}: direct {:.2?} (guest {:?} s), stack {:.2?} (bhyveload {:.2?}, guest {:?} s, {} exits)",
+                    i + 1,
+                    d.wall,
+                    d.guest,
+                    s.wall,
+                    s.load.unwrap_or_default(),
+                    s.guest,
+                    s.stats.as_ref().and_then(Stats::total_exits).unwrap_or(0)
+                );
+                row.direct.push(d);
+                row.stack.push(s);
+            }
+            rows.push(row);
+        }
+        drop(bed);
+    }
+    print_report(&rows, runs);
+    Ok(())
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn print_report(rows: &[Row], runs: usize) {
+    println!("\nboot to poweroff, median of {runs} (wall: process start to exit; guest: printk time at \"{POWER_DOWN}\")");
+    println!(
+        "{:<8} {:<8} {:>12} {:>12} {:>12} {:>7} {:>12} {:>12} {:>7} {:>8} {:>8}",
+        "icount",
+        "console",
+        "direct wall",
+        "stack wall",
+        "bhyveload",
+        "ratio",
+        "direct guest",
+        "stack guest",
+        "ratio",
+        "exits",
+        "to user"
+    );
+    for r in rows {
+        let (dw, sw) = (Row::wall(&r.direct), Row::wall(&r.stack));
+        let (dg, sg) = (Row::guest(&r.direct), Row::guest(&r.stack));
+        println!(
+            "{:<8} {:<8} {:>12} {:>12} {:>12} {:>7} {:>12} {:>12} {:>7} {:>8} {:>8}",
+            if r.icount { "shift=0" } else { "no" },
+            if r.quiet { "quiet" } else { "full" },
+            fmt_s(dw),
+            fmt_s(sw),
+            fmt_s(Row::load(&r.stack)),
+            ratio(sw, dw),
+            fmt_s(dg),
+            fmt_s(sg),
+            ratio(sg, dg),
+            r.stat("total number of vm exits")
+                .map_or("-".into(), |v| v.to_string()),
+            r.stat("vm exits returned to userspace")
+                .map_or("-".into(), |v| v.to_string()),
+        );
+    }
+    for r in rows {
+        let Some(st) = r.stack.last().and_then(|b| b.stats.as_ref()) else {
+            continue;
+        };
+        println!(
+            "\nexits by kind, last boot under our stack (icount {}, console {}, {} console bytes):",
+            if r.icount { "shift=0" } else { "no" },
+            if r.quiet { "quiet" } else { "full" },
+            r.stack.last().map_or(0, |b| b.console_bytes)
+        );
+        for (name, v) in st.0.iter().filter(|(_, v)| *v > 0) {
+            println!("  {v:>8}  {name}");
+        }
+    }
+    // What one console byte costs: the full-console boot minus the quiet one, over the
+    // extra exits to userspace (nearly all PL011 data-register writes).
+    for icount in [false, true] {
+        let full = rows.iter().find(|r| r.icount == icount && !r.quiet);
+        let quiet = rows.iter().find(|r| r.icount == icount && r.quiet);
+        let (Some(f), Some(q)) = (full, quiet) else {
+            continue;
+        };
+        let (Some(fu), Some(qu)) = (
+            f.stat("vm exits returned to userspace"),
+            q.stat("vm exits returned to userspace"),
+        ) else {
+            continue;
+        };
+        let extra = fu.saturating_sub(qu);
+        if let (Some(fw), Some(qw), Some(dfw), Some(dqw)) = (
+            Row::wall(&f.stack),
+            Row::wall(&q.stack),
+            Row::wall(&f.direct),
+            Row::wall(&q.direct),
+        ) {
+            if extra > 0 {
+                println!(
+                    "\nicount {}: {extra} more exits to userspace with the full console; each costs {:.0} us of wall time under our stack ({:.0} us more than plain QEMU's per-exit share of its own full-console cost)",
+                    if icount { "shift=0" } else { "no" },
+                    (fw - qw) / extra as f64 * 1e6,
+                    ((fw - qw) - (dfw - dqw)) / extra as f64 * 1e6,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printk_timestamp_of_a_line() {
+        let c = "[    0.000000] Booting Linux\nVMM-E2E: x\n[    0.912345] reboot: Power down\n";
+        assert_eq!(printk_time(c, POWER_DOWN), Some(0.912345));
+        assert_eq!(printk_time(c, "nothing"), None);
+        assert_eq!(printk_time("reboot: Power down", POWER_DOWN), None);
+    }
+
+    #[test]
+    fn median_of_runs() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(Vec::new()), None);
+    }
+}
