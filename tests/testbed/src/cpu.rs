@@ -18,6 +18,17 @@ pub fn mpidr() -> u64 {
     v
 }
 
+/// A spin-wait hint that lets another CPU run: `yield`, not the `isb` of
+/// `core::hint::spin_loop`. QEMU's single-threaded TCG (always the case under `-icount`,
+/// as `cargo xtask bench-boot` runs the served testbed) switches CPUs on `yield`;
+/// without it a CPU spinning for the other holds the emulator until its instruction
+/// budget runs out, and the served testbed never finishes starting. On hardware both
+/// are mere hints.
+pub fn relax() {
+    // SAFETY: a hint instruction with no effect on memory, registers or flags.
+    unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+}
+
 pub fn irq_enable() {
     // SAFETY: unmasks IRQs at EL1; the vectors are installed.
     unsafe { core::arch::asm!("msr daifclr, #2") };
@@ -76,7 +87,7 @@ pub fn post(cpu: usize, f: fn(u64) -> u64, arg: u64) {
 pub fn wait(cpu: usize) -> u64 {
     let mb = &MAILBOX[cpu];
     while mb.func.load(Ordering::Acquire) != 0 {
-        core::hint::spin_loop();
+        relax();
     }
     mb.result.load(Ordering::Relaxed)
 }
@@ -111,7 +122,7 @@ pub fn start_secondary(cpu: usize) -> Result<(), i64> {
         if crate::timer::now() - start > crate::timer::freq() * 5 {
             return Err(-99);
         }
-        core::hint::spin_loop();
+        relax();
     }
     Ok(())
 }
@@ -139,14 +150,14 @@ pub fn call_sync(cpu: usize, f: fn(u64) -> u64, arg: u64) -> u64 {
         .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
     {
-        core::hint::spin_loop();
+        relax();
     }
     let mb = &CALL[cpu];
     mb.arg.store(arg, Ordering::Relaxed);
     mb.func.store(f as usize as u64, Ordering::Release);
     crate::gic::send_sgi(cpu, crate::gic::SGI_CALL);
     while mb.func.load(Ordering::Acquire) != 0 {
-        core::hint::spin_loop();
+        relax();
     }
     let r = mb.result.load(Ordering::Relaxed);
     busy.store(false, Ordering::Release);

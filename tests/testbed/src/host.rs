@@ -111,7 +111,7 @@ unsafe impl RawMutex for SpinMutex {
     }
     fn lock(&self) {
         while !self.try_lock() {
-            core::hint::spin_loop();
+            crate::cpu::relax();
         }
     }
     fn try_lock(&self) -> bool {
@@ -146,7 +146,7 @@ impl Drop for Timer {
         // A tick that marked itself running before the deadline was cleared may still
         // call: wait for it. One that marks itself later finds the deadline cleared.
         while self.0.running.load(Ordering::SeqCst) != 0 {
-            core::hint::spin_loop();
+            crate::cpu::relax();
         }
     }
 }

@@ -26,7 +26,7 @@ impl<T> SpinLock<T> {
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            core::hint::spin_loop();
+            crate::cpu::relax();
         }
         SpinGuard { lock: self }
     }
