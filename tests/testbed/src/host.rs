@@ -371,8 +371,13 @@ impl Host for TestbedHost {
                 .into_iter()
                 .flatten()
                 .fold(cap, u64::min);
-            timer::arm(until.saturating_sub(now).max(1));
+            // Armed with IRQs masked: a timer that fires before the WFI (a short wait,
+            // or QEMU's CPU thread descheduled by a loaded host) stays pending and ends
+            // the WFI at once. Armed before masking, its handler could take it and
+            // disable the one-shot timer first: the WFI then slept until some other
+            // interrupt came, for ever in a test where none does.
             let token = self.intr_disable();
+            timer::arm(until.saturating_sub(now).max(1));
             if still_sleep() {
                 // SAFETY: waits for an interrupt; a masked pending IRQ still ends WFI.
                 unsafe { core::arch::asm!("wfi") };

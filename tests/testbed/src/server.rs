@@ -512,12 +512,17 @@ fn serve(core: &'static Core, con: &mut VirtioConsole) -> ! {
             }
         }
         // Others wait: the running one gets a slice, then an SGI so it looks again.
+        let mut slice_end = None;
         if running.is_some() && !queue.is_empty() {
             let now = timer::now();
             if now.saturating_sub(last_kick) > slice_ticks() {
                 gic::send_sgi(RUN_CPU, gic::SGI_WAKE);
                 last_kick = now;
             }
+            // The timer fires at or after `slice_end`. If its interrupt is taken (and
+            // the one-shot timer disabled) before the masked check below, the check
+            // sees the slice over and skips the WFI, which nothing else might end.
+            slice_end = Some(now.saturating_add(slice_ticks()));
             timer::arm(slice_ticks());
         }
         if !progress {
@@ -525,7 +530,8 @@ fn serve(core: &'static Core, con: &mut VirtioConsole) -> ! {
             cpu::wait_for_interrupt(|| {
                 // SAFETY: as above; the job is alive while `running` holds it.
                 let run_done = job.is_some_and(|p| unsafe { &*p }.done.load(Ordering::Acquire));
-                !run_done && !con.pending()
+                let slice_over = slice_end.is_some_and(|e| timer::now() >= e);
+                !run_done && !con.pending() && !slice_over
             });
         }
     }
