@@ -28,6 +28,27 @@ fn stat(v: &Vmm<crate::fake::FakeHost>, name: &str, s: Stat) -> u64 {
 }
 
 /// A VM "g" at PC = RAM, EL1h.
+/// Polls `cond` until it holds; panics naming `what` after 20 s. For "the other
+/// thread has got there" (a fixed sleep is not enough on a loaded machine).
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Waits until the vCPU of a VM_RUN started on another thread has gone to sleep
+/// (`Host::sleep` called more often than `before` times).
+fn wait_asleep(v: &Vmm<crate::fake::FakeHost>, before: usize) {
+    wait_until("the vCPU sleeps in WFI", || {
+        v.host().sleeps.load(std::sync::atomic::Ordering::SeqCst) > before
+    });
+}
+
 fn guest() -> Vmm<crate::fake::FakeHost> {
     let v = vmm();
     setup(&v, "g", 4);
@@ -492,9 +513,10 @@ fn wfi_sleeps_until_something_happens() {
 fn suspend_and_destroy_reach_a_sleeping_vcpu() {
     let v = guest();
     v.host().push(Scripted::sync(mk(ec::WFX, true, 0)));
+    let sleeps = v.host().sleeps.load(std::sync::atomic::Ordering::SeqCst);
     std::thread::scope(|s| {
         let t = s.spawn(|| run(&v, "g", 0));
-        std::thread::sleep(std::time::Duration::from_millis(30));
+        wait_asleep(&v, sleeps);
         let mut sus = VmSuspend {
             how: vmm_sys::exit::SuspendHow::Poweroff as i32,
         };
@@ -514,12 +536,14 @@ fn suspend_and_destroy_reach_a_sleeping_vcpu() {
         Some(Errno::EINVAL),
         "a suspended vCPU stays out"
     );
-    // Destroy while a vCPU sleeps in WFI.
+    // Destroy while a vCPU sleeps in WFI (a destroy before the run has looked the VM
+    // up would be a plain ENOENT: wait for the sleep).
     setup(&v, "d", 2);
     v.host().push(Scripted::sync(mk(ec::WFX, true, 0)));
+    let sleeps = v.host().sleeps.load(std::sync::atomic::Ordering::SeqCst);
     std::thread::scope(|s| {
         let t = s.spawn(|| run(&v, "d", 0));
-        std::thread::sleep(std::time::Duration::from_millis(30));
+        wait_asleep(&v, sleeps);
         destroy(&v, "d").unwrap();
         let (e, _) = t.join().unwrap().unwrap();
         // SAFETY: test: the SUSPENDED member.
@@ -734,28 +758,46 @@ fn two_vms_have_their_own_tables_and_vmids() {
 
 #[test]
 fn unload_waits_for_a_destroy_in_progress() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let v = guest();
-    // The guest stays in for 300 ms (the fake cannot interrupt a scripted step), so the
-    // destroy below has to wait for it.
-    v.host().push(hvc().with(|c| {
-        std::thread::sleep(std::time::Duration::from_millis(300));
+    // The guest stays in until released (the fake cannot interrupt a scripted step), so
+    // the destroy below has to wait for it. Released after 20 s at the latest, so a
+    // failing assertion does not leave the runner stuck.
+    let (entered, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (e2, r2) = (entered.clone(), release.clone());
+    v.host().push(hvc().with(move |c| {
+        e2.store(true, Ordering::SeqCst);
+        let t = std::time::Instant::now();
+        while !r2.load(Ordering::SeqCst) && t.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         c.pc += 4;
     }));
     std::thread::scope(|s| {
         let runner = s.spawn(|| run(&v, "g", 0));
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        wait_until("the guest runs", || entered.load(Ordering::SeqCst));
         let destroyer = s.spawn(|| destroy(&v, "g"));
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert_eq!(v.vm_count(), 0, "unlisted at once");
-        assert_eq!(
-            v.shutdown(),
-            Err(Errno::EBUSY),
-            "its VMID and tables are still live"
-        );
-        assert_eq!(create(&v, "g"), Ok(()), "the name is free again");
-        destroy(&v, "g").unwrap();
+        wait_until("the destroy unlisted the VM", || v.vm_count() == 0);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            assert!(!destroyer.is_finished(), "the destroy waits for the run");
+            assert_eq!(
+                v.shutdown(),
+                Err(Errno::EBUSY),
+                "its VMID and tables are still live"
+            );
+            assert_eq!(create(&v, "g"), Ok(()), "the name is free again");
+            destroy(&v, "g").unwrap();
+        }));
+        release.store(true, Ordering::SeqCst);
         runner.join().unwrap().unwrap();
         destroyer.join().unwrap().unwrap();
+        if let Err(p) = r {
+            std::panic::resume_unwind(p);
+        }
     });
     v.shutdown().unwrap();
     assert_eq!(v.host().pages_in_use(), 0);
@@ -766,9 +808,10 @@ fn stats_are_readable_while_the_vcpu_runs() {
     let v = guest();
     v.host().push(Scripted::irq());
     v.host().push(Scripted::sync(mk(ec::WFX, true, 0)));
+    let sleeps = v.host().sleeps.load(std::sync::atomic::Ordering::SeqCst);
     std::thread::scope(|s| {
         let t = s.spawn(|| run(&v, "g", 0));
-        std::thread::sleep(std::time::Duration::from_millis(30));
+        wait_asleep(&v, sleeps);
         // The vCPU sleeps in WFI inside VM_RUN: its registers are busy, its counters not.
         assert_eq!(get_reg(&v, "g", 0, 0), Err(Errno::EBUSY));
         let (irq, wfi, exits) = (
