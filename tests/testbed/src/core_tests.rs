@@ -569,7 +569,7 @@ pub fn destroy_kicks_running_vcpu(vmm: &Core, ncpu: usize) -> Result<String, Str
                 "the guest did not run on cpu 1 within {KICK_START_SECS} s"
             ));
         }
-        core::hint::spin_loop();
+        crate::cpu::relax();
     }
     let started_us = (timer::now() - t0) * 1_000_000 / timer::freq();
     // The guest is in its `b .` now; the SGI that posted the job was taken before.
