@@ -365,6 +365,8 @@ fn print_report(rows: &[Row], runs: usize) {
             continue;
         };
         let extra = fu.saturating_sub(qu);
+        let bytes = |r: &Row| r.stack.last().map_or(0, |b| b.console_bytes);
+        let extra_bytes = bytes(f).saturating_sub(bytes(q));
         if let (Some(fw), Some(qw), Some(dfw), Some(dqw)) = (
             Row::wall(&f.stack),
             Row::wall(&q.stack),
@@ -373,10 +375,12 @@ fn print_report(rows: &[Row], runs: usize) {
         ) {
             if extra > 0 {
                 println!(
-                    "\nicount {}: {extra} more exits to userspace with the full console; each costs {:.0} us of wall time under our stack ({:.0} us more than plain QEMU's per-exit share of its own full-console cost)",
+                    "\nicount {}: the full console adds {extra_bytes} console bytes and {extra} exits to userspace ({:.1} per byte); each exit costs {:.0} us of wall time under our stack ({:.0} us more than plain QEMU's share of its own full-console cost), {:.0} us per console byte",
                     if icount { "shift=0" } else { "no" },
+                    extra as f64 / extra_bytes.max(1) as f64,
                     (fw - qw) / extra as f64 * 1e6,
                     ((fw - qw) - (dfw - dqw)) / extra as f64 * 1e6,
+                    (fw - qw) / extra_bytes.max(1) as f64 * 1e6,
                 );
             }
         }
