@@ -244,6 +244,26 @@ fn run_returns_scripted_exits_and_hook_sees_registers() {
     assert_eq!(stats[1], ("exits returned".to_string(), 3));
 }
 
+/// The VM_RUN calls vCPU `cpu` has made (its first counter).
+fn run_calls(v: &Vm, cpu: u32) -> u64 {
+    let stats = v.stats(cpu).unwrap();
+    assert_eq!(stats[0].0, "VM_RUN calls");
+    stats[0].1
+}
+
+/// Waits until a VM_RUN started on another thread is inside the fake (counted), so it
+/// sees what follows as a running vCPU would; a fixed sleep is not enough under load.
+fn wait_for_run(v: &Vm, cpu: u32, before: u64) {
+    let t = std::time::Instant::now();
+    while run_calls(v, cpu) == before {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "VM_RUN never started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn suspend_wakes_blocked_vcpus_and_reinit_resets() {
     let fake = FakeVmm::new();
@@ -252,8 +272,9 @@ fn suspend_wakes_blocked_vcpus_and_reinit_resets() {
     c0.activate().unwrap();
     c1.activate().unwrap();
     assert_eq!(v.reinit().unwrap_err().errno(), Some(libc::EBUSY));
+    let runs = run_calls(&v, 1);
     let t = std::thread::spawn(move || c1.run().unwrap());
-    std::thread::sleep(Duration::from_millis(20));
+    wait_for_run(&v, 1, runs);
     v.suspend(SuspendHow::Poweroff).unwrap();
     assert_eq!(
         t.join().unwrap().reason,
@@ -280,8 +301,10 @@ fn suspend_wakes_blocked_vcpus_and_reinit_resets() {
     // Destroying a VM whose vCPU is blocked in VM_RUN ends that run.
     let c = v.vcpu(0).unwrap();
     c.activate().unwrap();
+    let runs = run_calls(&v, 0);
     let t = std::thread::spawn(move || c.run().unwrap());
-    std::thread::sleep(Duration::from_millis(20));
+    // A destroy before the run has looked the VM up would be a plain "no such VM".
+    wait_for_run(&v, 0, runs);
     v.destroy().unwrap();
     assert_eq!(
         t.join().unwrap().reason,
