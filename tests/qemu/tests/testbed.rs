@@ -86,6 +86,7 @@ fn runs_at_el1_high_va_with_gic_timer_ipi_allocator() {
         "timer_irq",
         "ipi",
         "page_allocator",
+        "host_sleep_short_deadlines",
     ]);
 }
 

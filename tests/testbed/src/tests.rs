@@ -93,6 +93,7 @@ pub fn run_all(gic_ok: bool) {
     report("guest_wfi", run_wfi());
     report("guest_isolation", run_isolation());
     report("guest_irq_exit", run_irq_exit());
+    report("host_sleep_short_deadlines", host_sleep_short_deadlines());
     report("hyp_unload", unload_and_probe(n));
     report("hyp_reload", reload(n, before_hyp));
     run_core(n);
@@ -672,6 +673,33 @@ fn run_isolation() -> Result<String, String> {
         return Err("the VM on cpu 1 saw the wrong memory".into());
     }
     Ok("host RAM, past-the-end and top-of-IPA reads all exit; two VMs at the same IPA see their own RAM".into())
+}
+
+/// `Host::sleep` (the core's WFI and destroy waits) with deadlines 0 to 16 us ahead:
+/// the one-shot timer it arms often fires before its WFI, and every sleep must still
+/// end at its deadline. A timer interrupt taken (and the timer disabled) before the WFI
+/// would leave the CPU asleep for good: the testbed then hangs here.
+fn host_sleep_short_deadlines() -> Result<String, String> {
+    use vmm_kmod::{Host, SleepResult};
+    let host = crate::host::TestbedHost::new();
+    let f = timer::freq();
+    let start = timer::now();
+    let rounds = 2000u64;
+    for i in 0..rounds {
+        let ahead = (i % 64) * f / 4_000_000;
+        let deadline = timer::now() + ahead;
+        let r = host.sleep(0, Some(deadline), &|| true);
+        if r != SleepResult::TimedOut {
+            return Err(format!("sleep {i} ended {r:?}"));
+        }
+        if timer::now() < deadline {
+            return Err(format!("sleep {i} returned before its deadline"));
+        }
+    }
+    let us = (timer::now() - start) * 1_000_000 / f;
+    Ok(format!(
+        "{rounds} sleeps 0-16 us ahead each ended at their deadline ({us} us in all)"
+    ))
 }
 
 /// A physical interrupt for the host while a guest runs: the guest exits with an IRQ
