@@ -1,11 +1,14 @@
 // SPI delivery to a running vCPU (tests/testbed/src/vgic_tests.rs): the guest makes
 // SPI 33 group 1 and enabled, turns on the distributor and its virtual CPU interface,
-// unmasks IRQs and spins (no WFI, so it stays in the guest) until its handler has
-// taken SPI 33 (acknowledged, disabled at the distributor, EOIed); then `hvc #2` with
-// x1 = SPI 33 interrupts taken. Anything else: `hvc #3`, x0 = what.
+// unmasks IRQs, writes 1 to the flag whose guest address it gets in x0 (so the host
+// knows it is in the guest and can take the SPI) and spins (no WFI, so it stays in the
+// guest) until its handler has taken SPI 33 (acknowledged, disabled at the
+// distributor, EOIed); then `hvc #2` with x1 = SPI 33 interrupts taken. Anything
+// else: `hvc #3`, x0 = what.
     .text
     .global _start
 _start:
+    mov x22, x0                 // the flag's address
     adr x0, vectors
     msr vbar_el1, x0
     isb
@@ -30,6 +33,8 @@ _start:
     msr icc_igrpen1_el1, x2
     isb
     msr daifclr, #2
+    mov x2, #1
+    str x2, [x22]               // the flag: spinning with IRQs unmasked from here on
 2:  cbz x21, 2b
     mov x0, #0
     mov x1, x21

@@ -209,6 +209,11 @@ fn user_range_ok(addr: u64, len: usize) -> bool {
 }
 
 static RENDEZVOUS: SpinLock<Option<usize>> = SpinLock::new(None);
+
+/// `kick_cpu` calls per target CPU. A kick is SGI 0, like `wakeup`'s broadcast and
+/// `cpu::post`'s mailbox SGI, so the SGI count cannot tell a test whether the core
+/// itself kicked a vCPU out of the guest; this count can.
+pub static KICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static RENDEZVOUS_FN: SpinLock<[u64; 2]> = SpinLock::new([0; 2]);
 
 fn rendezvous_trampoline(cpu_id: u64) -> u64 {
@@ -324,6 +329,9 @@ impl Host for TestbedHost {
     }
 
     fn kick_cpu(&self, cpu: usize) {
+        if let Some(k) = KICKS.get(cpu) {
+            k.fetch_add(1, Ordering::SeqCst);
+        }
         gic::send_sgi(cpu, gic::SGI_WAKE);
     }
 

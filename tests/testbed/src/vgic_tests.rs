@@ -4,10 +4,11 @@
 //! interface, acknowledging and EOIing them with the ICC system registers.
 //! (A child module of `core_tests`, whose helpers it uses.)
 
-use super::{get_reg, hvc_of, run, start, vm_ioctl, with_vm, Core};
+use super::{destroy, get_reg, hvc_of, read_guest_word, run, start, vm_ioctl, with_vm, Core};
 use crate::timer;
 use alloc::format;
 use alloc::string::String;
+use core::sync::atomic::{AtomicU64, Ordering};
 use vmm_sys::abi::*;
 use vmm_sys::ioctl::*;
 use vmm_sys::reg::VM_REG_GUEST_X0;
@@ -100,54 +101,110 @@ fn attach_one(vmm: &Core, name: &[u8]) -> Result<(), String> {
 }
 
 /// What VM_RUN of `tb-vgic-spin` on cpu 1 ended with: the hvc immediate, 100 + the
-/// exit code for another exit, u64::MAX for an error.
+/// exit code for another exit, u64::MAX for an error; SPIN_RUNNING until it returns.
+static SPIN_RESULT: AtomicU64 = AtomicU64::new(SPIN_RUNNING);
+const SPIN_RUNNING: u64 = u64::MAX - 1;
+/// The guest's flag (guest RAM is 64 KiB from 0x8000_0000; the code is below 8 KiB).
+const SPIN_FLAG_GPA: u64 = 0x8000_f000;
+/// How long the guest may take to start on cpu 1 (as destroy_kicks_running_vcpu: QEMU's
+/// thread for that CPU can be descheduled for long on a loaded host).
+const SPIN_START_SECS: u64 = 30;
+
 fn spin_runner(vmm: u64) -> u64 {
     // SAFETY: spi_to_running_vcpu passes a &Core it keeps alive until cpu::wait.
     let vmm: &Core = unsafe { &*(vmm as *const Core) };
-    match run(vmm, b"tb-vgic-spin") {
+    let r = match run(vmm, b"tb-vgic-spin") {
         Ok(e) => hvc_of(&e).unwrap_or(100 + e.exitcode as u64),
         Err(_) => u64::MAX,
-    }
+    };
+    SPIN_RESULT.store(r, Ordering::SeqCst);
+    r
 }
 
 /// VM_ASSERT_IRQ from cpu 0 while the vCPU spins in the guest on cpu 1: the core
-/// kicks cpu 1 (an SGI), the guest exits, the next entry's flush puts SPI 33 in a list
-/// register and the guest takes it without leaving its spin loop.
+/// kicks cpu 1 (`kick_cpu`, an SGI), the guest exits, the next entry's flush puts SPI 33
+/// in a list register and the guest takes it without leaving its spin loop.
+///
+/// The SPI is asserted only once the guest has written its flag, so the vCPU is in the
+/// guest with IRQs unmasked: asserted earlier, the SPI would simply be flushed at the
+/// first entry with no kick needed. The kick is counted through the testbed host's
+/// `kick_cpu` calls from then on, not through SGI 0 on cpu 1: that SGI also posts the job
+/// and is broadcast by every `wakeup` (VM_ASSERT_IRQ makes one too), either of which
+/// would make the guest exit as well.
 pub fn spi_to_running_vcpu(vmm: &Core, image: &[u8], ncpu: usize) -> Result<String, String> {
     if ncpu < 2 {
         return Err("needs two cpus".into());
     }
     let name = b"tb-vgic-spin";
-    start(vmm, name, image, 0)?;
-    with_vm(vmm, name, || {
-        attach_one(vmm, name)?;
-        crate::cpu::post(1, spin_runner, vmm as *const Core as u64);
-        // Let the guest set up and reach its spin loop on cpu 1.
-        let t0 = timer::now();
-        while timer::now() - t0 < timer::freq() / 50 {
-            core::hint::spin_loop();
-        }
-        let sgis = crate::gic::count(1, crate::gic::SGI_WAKE);
-        vm_ioctl(vmm, name, VM_ASSERT_IRQ, &mut VmIrq { irq: 33 })?;
-        let r = crate::cpu::wait(1);
-        let kicks = crate::gic::count(1, crate::gic::SGI_WAKE) - sgis;
-        vm_ioctl(vmm, name, VM_DEASSERT_IRQ, &mut VmIrq { irq: 33 })?;
-        if r != 2 {
+    start(vmm, name, image, SPIN_FLAG_GPA)?;
+    let r = spin_and_assert(vmm, name);
+    // The destroy also kicks a vCPU still in the guest after a failure, so cpu 1 is free
+    // for the next test (`wait` returns at once if its call is over).
+    let d = destroy(vmm, name);
+    crate::cpu::wait(1);
+    d?;
+    r
+}
+
+fn spin_and_assert(vmm: &Core, name: &[u8]) -> Result<String, String> {
+    attach_one(vmm, name)?;
+    let (_, flag, _) = vmm
+        .gpa_to_pa(name, SPIN_FLAG_GPA)
+        .ok_or("gpa_to_pa of the flag")?;
+    // SAFETY: `flag` maps 8 bytes of the VM's RAM; nothing runs the guest yet.
+    // Written and cleaned so no dirty host line can later overwrite the guest's store.
+    unsafe {
+        core::ptr::write_volatile(flag as *mut u64, 0);
+        core::arch::asm!("dc civac, {0}", "dsb sy", in(reg) flag);
+    }
+    SPIN_RESULT.store(SPIN_RUNNING, Ordering::SeqCst);
+    crate::cpu::post(1, spin_runner, vmm as *const Core as u64);
+    let t0 = timer::now();
+    while read_guest_word(flag) != 1 {
+        if SPIN_RESULT.load(Ordering::SeqCst) != SPIN_RUNNING {
+            let r = SPIN_RESULT.load(Ordering::SeqCst);
             return Err(format!(
-                "VM_RUN on cpu 1 ended with {r:#x} (x0 {:#x})",
+                "VM_RUN on cpu 1 ended with {r:#x} before the guest spun (x0 {:#x})",
                 get_reg(vmm, name, VM_REG_GUEST_X0)?
             ));
         }
-        let taken = get_reg(vmm, name, VM_REG_GUEST_X0 + 1)?;
-        if taken != 1 {
-            return Err(format!("SPI 33 taken {taken} times, want 1"));
+        if timer::now() - t0 > timer::freq() * SPIN_START_SECS {
+            // The caller's destroy stops a vCPU that starts after all (or hangs to
+            // the harness's QEMU timeout, which fails too).
+            return Err(format!(
+                "the guest did not spin on cpu 1 within {SPIN_START_SECS} s"
+            ));
         }
-        if kicks == 0 {
-            return Err("cpu 1 was never kicked".into());
-        }
-        Ok(format!(
-            "SPI 33 asserted from cpu 0 reached the vCPU spinning on cpu 1 ({kicks} kick SGI(s), {} exits)",
-            exits(vmm, name)?
-        ))
-    })
+        crate::cpu::relax();
+    }
+    let started_us = (timer::now() - t0) * 1_000_000 / timer::freq();
+    let kicks_before = crate::host::KICKS[1].load(Ordering::SeqCst);
+    let sgis_before = crate::gic::count(1, crate::gic::SGI_WAKE);
+    if SPIN_RESULT.load(Ordering::SeqCst) != SPIN_RUNNING {
+        return Err("VM_RUN on cpu 1 returned before the SPI was asserted".into());
+    }
+    vm_ioctl(vmm, name, VM_ASSERT_IRQ, &mut VmIrq { irq: 33 })?;
+    let r = crate::cpu::wait(1);
+    let kicks = crate::host::KICKS[1].load(Ordering::SeqCst) - kicks_before;
+    let sgis = crate::gic::count(1, crate::gic::SGI_WAKE) - sgis_before;
+    vm_ioctl(vmm, name, VM_DEASSERT_IRQ, &mut VmIrq { irq: 33 })?;
+    if r != 2 {
+        return Err(format!(
+            "VM_RUN on cpu 1 ended with {r:#x} (x0 {:#x})",
+            get_reg(vmm, name, VM_REG_GUEST_X0)?
+        ));
+    }
+    let taken = get_reg(vmm, name, VM_REG_GUEST_X0 + 1)?;
+    if taken != 1 {
+        return Err(format!("SPI 33 taken {taken} times, want 1"));
+    }
+    if kicks == 0 {
+        return Err(format!(
+            "the core never kicked cpu 1 ({sgis} SGI 0 taken there, from wakeups)"
+        ));
+    }
+    Ok(format!(
+        "SPI 33 asserted from cpu 0 reached the vCPU spinning on cpu 1 (guest spinning after {started_us} us; {kicks} kick(s), {sgis} SGI 0 taken on cpu 1, {} exits)",
+        exits(vmm, name)?
+    ))
 }
