@@ -50,52 +50,23 @@ for tool in cpio gzip dpkg-deb; do
 	command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
 done
 
-# The busybox binary: cached, else from apt (arm64 foreign architecture added as
-# tests/fetch-guest.sh does).
+# The busybox binary: cached, else from apt (tests/lib/apt-download.sh, as
+# tests/fetch-guest.sh).
 bb="$cache/busybox-arm64"
 if [ ! -s "$bb" ]; then
-	for tool in apt-get apt-cache dpkg; do
-		command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (a Debian-based host is needed)"
-	done
-	sudo=
-	if [ "$(id -u)" != 0 ]; then
-		command -v sudo >/dev/null 2>&1 || die "not root and no sudo: cannot add the arm64 architecture"
-		sudo=sudo
-	fi
-	apt_retry() {
-		n=0
-		until "$@"; do
-			n=$((n + 1))
-			[ "$n" -lt 10 ] || return 1
-			sleep 6
-		done
-	}
-	if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-		$sudo dpkg --add-architecture arm64 || die "dpkg --add-architecture arm64 failed"
-		apt_retry $sudo apt-get -q update >&2 || die "apt-get update failed"
-	fi
+	. "$here/lib/apt-download.sh"
+	apt_setup
 	if ! apt-cache show busybox-static:arm64 >/dev/null 2>&1; then
-		apt_retry $sudo apt-get -q update >&2 || die "apt-get update failed"
+		apt_update
 	fi
-	work=$(mktemp -d "$cache/busybox.XXXXXX")
-	chmod 755 "$work"
+	work=$(apt_workdir "$cache" busybox)
 	trap 'rm -rf "$work"' EXIT
-	download() {
-		n=0
-		until (cd "$work" && apt-get -q download busybox-static:arm64 >&2); do
-			n=$((n + 1))
-			[ "$n" -lt 3 ] || return 1
-			sleep 5
-		done
-	}
-	if ! download; then
+	if ! apt_download "$work" busybox-static; then
 		# Lists older than the mirror name a version it no longer has: update, retry.
-		apt_retry $sudo apt-get -q update >&2 || die "apt-get update failed"
-		download || die "apt-get download busybox-static:arm64 failed (after apt-get update)"
+		apt_update
+		apt_download "$work" busybox-static || die "apt-get download busybox-static:arm64 failed (after apt-get update)"
 	fi
-	deb=$(ls "$work"/*.deb 2>/dev/null | head -n 1)
-	[ -n "$deb" ] || die "apt-get download busybox-static:arm64 produced no .deb"
-	dpkg-deb -x "$deb" "$work/root" || die "dpkg-deb -x $deb failed"
+	apt_extract "$work" busybox-static
 	[ -s "$work/root/bin/busybox" ] || die "busybox-static has no /bin/busybox"
 	cp "$work/root/bin/busybox" "$work/busybox" && mv "$work/busybox" "$bb"
 	rm -rf "$work"
