@@ -572,8 +572,10 @@ pub fn destroy_kicks_running_vcpu(vmm: &Core, ncpu: usize) -> Result<String, Str
         crate::cpu::relax();
     }
     let started_us = (timer::now() - t0) * 1_000_000 / timer::freq();
-    // The guest is in its `b .` now; the SGI that posted the job was taken before.
-    let kicks_before = crate::gic::count(1, crate::gic::SGI_WAKE);
+    // The guest is in its `b .` now. Count the core's Host::kick_cpu(1) calls, not SGIs
+    // taken on cpu 1: wakeup() broadcasts the same SGI, which alone would make the guest
+    // exit, so an SGI count passes even with the kick path broken.
+    let kicks_before = host::KICKS[1].load(Ordering::SeqCst);
     if KICK_RESULT.load(Ordering::SeqCst) != i32::MIN {
         return Err("VM_RUN returned before the destroy".into());
     }
@@ -581,7 +583,7 @@ pub fn destroy_kicks_running_vcpu(vmm: &Core, ncpu: usize) -> Result<String, Str
     crate::cpu::wait(1);
     let code = KICK_RESULT.load(Ordering::SeqCst);
     let how = KICK_HOW.load(Ordering::SeqCst);
-    let kicks = crate::gic::count(1, crate::gic::SGI_WAKE) - kicks_before;
+    let kicks = host::KICKS[1].load(Ordering::SeqCst) - kicks_before;
     if code != ExitCode::Suspended as i32 || how != SuspendHow::Destroy as i32 {
         return Err(format!(
             "VM_RUN on cpu 1 ended with exit code {code} how {how}, want SUSPENDED ({}) how DESTROY ({})",
@@ -590,9 +592,9 @@ pub fn destroy_kicks_running_vcpu(vmm: &Core, ncpu: usize) -> Result<String, Str
         ));
     }
     if kicks == 0 {
-        return Err("cpu 1 never got the kick SGI".into());
+        return Err("the core never kicked cpu 1 (Host::kick_cpu) for the destroy".into());
     }
-    Ok(format!("destroy while the vCPU ran on cpu 1 (guest started after {started_us} us): {kicks} kick SGI(s), VM_RUN returned SUSPENDED how DESTROY, destroy completed"))
+    Ok(format!("destroy while the vCPU ran on cpu 1 (guest started after {started_us} us): {kicks} kick(s) of cpu 1, VM_RUN returned SUSPENDED how DESTROY, destroy completed"))
 }
 
 /// After `unload`: a second `Vmm::new` works and runs a guest; then shut down again.
