@@ -23,7 +23,6 @@ pub const NS16550_CLOCK_HZ: u32 = 1_843_200;
 /// Devicetree interrupt specifier cells (GIC binding).
 pub const GIC_SPI: u32 = 0;
 pub const GIC_PPI: u32 = 1;
-pub const IRQ_TYPE_EDGE_RISING: u32 = 1;
 pub const IRQ_TYPE_LEVEL_HIGH: u32 = 4;
 
 /// What the generated devicetree describes.
@@ -192,9 +191,10 @@ pub fn generate(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
         let v = w.begin_node(&node_name("virtio_mmio", slot.base))?;
         w.property_string("compatible", "virtio,mmio")?;
         w.property_array_u64("reg", &[slot.base, slot.size])?;
+        // Level: bhyve holds the line while the slot's InterruptStatus is non-zero.
         w.property_array_u32(
             "interrupts",
-            &spi(plat::virtio_mmio_intid(n), IRQ_TYPE_EDGE_RISING),
+            &spi(plat::virtio_mmio_intid(n), IRQ_TYPE_LEVEL_HIGH),
         )?;
         w.property_null("dma-coherent")?;
         w.end_node(v)?;

@@ -177,7 +177,9 @@ fn every_node_and_property() {
         assert_eq!(v.remove("reg").unwrap(), u64s(&[base, 0x200]));
         assert_eq!(
             v.remove("interrupts").unwrap(),
-            u32s(&[0, 16 + n as u32, 1])
+            u32s(&[0, 16 + n as u32, 4]),
+            "virtio-mmio slot {n}: SPI {}, level-high",
+            16 + n
         );
         assert_eq!(v.remove("dma-coherent").unwrap(), Vec::<u8>::new());
         assert!(v.is_empty());
