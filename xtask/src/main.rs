@@ -26,6 +26,7 @@ const FREEBSD_CRATES: &[&str] = &[
     "vmm-sys",
     "vmm-platform",
     "libvmmapi",
+    "vmm-virtio",
     "bhyveload",
     "bhyve",
     "bhyvectl",

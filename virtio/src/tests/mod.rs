@@ -1,0 +1,6 @@
+//! Devices driven through the transport by a scripted guest driver (crate::testing).
+
+mod blk;
+mod hostile;
+mod rng;
+mod transport;
