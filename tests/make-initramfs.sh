@@ -6,6 +6,8 @@
 #   tests/make-initramfs.sh ok        # the same
 #   tests/make-initramfs.sh idle      # init prints the marker, then sleeps forever
 #   tests/make-initramfs.sh broken    # /init is not executable: the kernel panics
+#   tests/make-initramfs.sh root      # .cache/guest/initramfs-root-<kernel version>.cpio.gz:
+#                                     # loads the virtio modules, boots root= from a disk
 #   GUEST_CACHE=/tmp/g tests/make-initramfs.sh
 #
 # Variants:
@@ -18,10 +20,26 @@
 #           file) and there is no /sbin/init, /etc/init, /bin/init or /bin/sh: the
 #           kernel panics with "No working init found"; with panic=-1 on the command
 #           line it reboots at once through PSCI SYSTEM_RESET.
+#   root    an initramfs for a root file system on a virtio disk (see
+#           tests/make-rootdisk.sh), for the kernel of `tests/fetch-guest.sh` only: its
+#           modules come from that kernel's tree (`tests/fetch-guest.sh --modules`) and
+#           the file name carries its version. /init (busybox sh) mounts proc, sys and
+#           devtmpfs; insmods virtio_mmio, virtio_blk, virtio_net, virtio_rng,
+#           virtio_console and ext4, each after what it needs per modules.dep (resolved
+#           here, on the host; the modules.builtin ones are built in and skipped: for
+#           Debian's cloud kernel, ext4); reads root= (a /dev path, required),
+#           rootfstype= (default ext4), rootflags=, ro/rw (default ro, as the kernel's
+#           own root mount) and init= (default /sbin/init) from /proc/cmdline; waits up
+#           to 10 s for the root device node; mounts it on /newroot; moves /dev, /proc
+#           and /sys there (or unmounts them when the root has no such directory); and
+#           runs `exec switch_root /newroot $init`. Any failure before that prints one
+#           line "VMM-E2E: initramfs: <reason>" and powers off (`poweroff -f`).
 #
 # Cache: $GUEST_CACHE, default <repo>/.cache/guest (as tests/fetch-guest.sh). The
-# busybox .deb is downloaded once; an initramfs is rebuilt only when this script is
-# newer than it. Any failure exits non-zero with the reason on stderr.
+# busybox .deb is downloaded once (tests/lib/busybox.sh); an initramfs is rebuilt only
+# when this script is newer than it (for root, also when the kernel version, and so
+# the file name, changes). Built in a temporary directory inside the cache and
+# published by rename. Any failure exits non-zero with the reason on stderr.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,12 +53,23 @@ die() {
 	exit 1
 }
 
+# The modules the root variant loads, in this order (after what each needs).
+root_modules="virtio_mmio virtio_blk virtio_net virtio_rng virtio_console ext4"
+
 case "$variant" in
-ok | idle | broken) ;;
-*) die "unknown variant '$variant' (ok, idle or broken)" ;;
+ok | idle | broken)
+	out="$cache/initramfs-$variant.cpio.gz"
+	;;
+root)
+	# fetch-guest.sh prints its own reason when it fails.
+	mods=$("$here/fetch-guest.sh" --modules) || exit 1
+	[ -s "$mods/modules.dep" ] || die "$mods has no modules.dep"
+	version=${mods##*/modules-}
+	out="$cache/initramfs-root-$version.cpio.gz"
+	;;
+*) die "unknown variant '$variant' (ok, idle, broken or root)" ;;
 esac
 
-out="$cache/initramfs-$variant.cpio.gz"
 if [ -s "$out" ] && [ "$out" -nt "$self" ]; then
 	echo "$out"
 	exit 0
@@ -50,34 +79,55 @@ for tool in cpio gzip dpkg-deb; do
 	command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
 done
 
-# The busybox binary: cached, else from apt (tests/lib/apt-download.sh, as
-# tests/fetch-guest.sh).
-bb="$cache/busybox-arm64"
-if [ ! -s "$bb" ]; then
-	. "$here/lib/apt-download.sh"
-	apt_setup
-	if ! apt-cache show busybox-static:arm64 >/dev/null 2>&1; then
-		apt_update
-	fi
-	work=$(apt_workdir "$cache" busybox)
-	trap 'rm -rf "$work"' EXIT
-	if ! apt_download "$work" busybox-static; then
-		# Lists older than the mirror name a version it no longer has: update, retry.
-		apt_update
-		apt_download "$work" busybox-static || die "apt-get download busybox-static:arm64 failed (after apt-get update)"
-	fi
-	apt_extract "$work" busybox-static
-	[ -s "$work/root/bin/busybox" ] || die "busybox-static has no /bin/busybox"
-	cp "$work/root/bin/busybox" "$work/busybox" && mv "$work/busybox" "$bb"
-	rm -rf "$work"
-	trap - EXIT
-fi
+# The busybox binary: cached, else from apt.
+. "$here/lib/busybox.sh"
+bb=$(busybox_arm64 "$cache") || exit 1
 
 root=$(mktemp -d "$cache/initramfs.XXXXXX")
 trap 'rm -rf "$root" "$root.cpio" "$root.cpio.gz"' EXIT
 mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys"
 cp "$bb" "$root/bin/busybox"
 chmod 755 "$root/bin/busybox"
+
+# resolve_modules MODDIR NAME...: one line per module to load, in load order, each
+# after the modules it needs ("load <path relative to MODDIR>"), and one per NAME that
+# is built into the kernel ("builtin <name>"); dies naming a NAME that is neither. Names
+# compare as the kernel compares them: '-' and '_' alike. A modules.dep line lists a
+# module's whole closure, each module before the ones it needs, so the list read from
+# its end is a load order (as modprobe reads it).
+resolve_modules() {
+	moddir=$1
+	shift
+	awk -v want="$*" '
+		function modname(p, n) {
+			n = p; sub(/.*\//, "", n); sub(/\.ko(\.(xz|gz|zst))?$/, "", n); gsub(/-/, "_", n)
+			return n
+		}
+		FNR == 1 { file++ }
+		file == 1 {
+			p = $1; sub(/:$/, "", p)
+			line[modname(p)] = $0
+			next
+		}
+		file == 2 { builtin[modname($1)] = 1 }
+		END {
+			n = split(want, w, " ")
+			for (i = 1; i <= n; i++) {
+				m = w[i]; gsub(/-/, "_", m)
+				if (m in line) {
+					k = split(line[m], f, " ")
+					sub(/:$/, "", f[1])
+					for (j = k; j >= 2; j--)
+						if (!(f[j] in done)) { done[f[j]] = 1; print "load " f[j] }
+					if (!(f[1] in done)) { done[f[1]] = 1; print "load " f[1] }
+				} else if (m in builtin) {
+					print "builtin " m
+				} else {
+					print "missing " m
+				}
+			}
+		}' "$moddir/modules.dep" "$moddir/modules.builtin"
+}
 
 case "$variant" in
 ok | idle)
@@ -102,6 +152,86 @@ broken)
 	# An interpreter that does not exist: execve fails with ENOENT and, with no
 	# fallback init and no /bin/sh, the kernel panics.
 	printf '#!/bin/missing-shell\n' >"$root/init"
+	;;
+root)
+	for a in sh mount umount insmod switch_root poweroff usleep cat ls echo; do
+		ln -s busybox "$root/bin/$a"
+	done
+	mkdir -p "$root/newroot" "$root/lib/modules"
+	# shellcheck disable=SC2086 # a list of names
+	resolve_modules "$mods" $root_modules >"$root/resolved" || die "resolving modules under $mods failed"
+	: >"$root/lib/modules/load-order"
+	while read -r kind what; do
+		case "$kind" in
+		missing) die "module $what is neither in $mods/modules.dep nor in modules.builtin" ;;
+		builtin) continue ;;
+		esac
+		# Uncompressed, so that insmod needs no decompressor of its own.
+		name=$(basename "$what")
+		case "$name" in
+		*.ko.xz) dec="xz -dc" name=${name%.xz} ;;
+		*.ko.gz) dec="gzip -dc" name=${name%.gz} ;;
+		*.ko.zst) dec="zstd -qdc" name=${name%.zst} ;;
+		*.ko) dec=cat ;;
+		*) die "$what in $mods/modules.dep is not a .ko file" ;;
+		esac
+		# shellcheck disable=SC2086 # the command and its options
+		$dec <"$mods/$what" >"$root/lib/modules/$name" || die "cannot copy $mods/$what ($dec)"
+		echo "$name" >>"$root/lib/modules/load-order"
+	done <"$root/resolved"
+	rm -f "$root/resolved"
+	cat >"$root/init" <<'INIT'
+#!/bin/sh
+# The root initramfs's /init (tests/make-initramfs.sh root): load the virtio modules,
+# mount root= and switch_root to init=. Failures: one "VMM-E2E: initramfs:" line and
+# a power-off.
+fail() {
+	echo "VMM-E2E: initramfs: $*"
+	poweroff -f
+	exit 1
+}
+mount -t proc proc /proc || fail "cannot mount proc on /proc"
+mount -t sysfs sysfs /sys || fail "cannot mount sysfs on /sys"
+mount -t devtmpfs devtmpfs /dev || fail "cannot mount devtmpfs on /dev"
+while read -r m; do
+	insmod "/lib/modules/$m" || fail "insmod $m failed"
+done </lib/modules/load-order
+
+root= fstype=ext4 flags= mode=ro init=/sbin/init
+set -f
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in
+	root=*) root=${arg#root=} ;;
+	rootfstype=*) fstype=${arg#rootfstype=} ;;
+	rootflags=*) flags=${arg#rootflags=} ;;
+	init=*) init=${arg#init=} ;;
+	ro | rw) mode=$arg ;;
+	esac
+done
+set +f
+[ -n "$root" ] || fail "no root= on the kernel command line"
+case "$root" in
+/dev/*) ;;
+*) fail "root=$root is not a /dev path" ;;
+esac
+n=0
+until [ -b "$root" ]; do
+	n=$((n + 1))
+	[ "$n" -le 100 ] || fail "$root did not appear within 10 s (block devices: $(ls /sys/block))"
+	usleep 100000
+done
+mount -t "$fstype" -o "$mode${flags:+,$flags}" "$root" /newroot ||
+	fail "cannot mount $root on /newroot (type $fstype, options $mode${flags:+,$flags})"
+[ -e "/newroot$init" ] || [ -L "/newroot$init" ] || fail "$root has no $init"
+for d in dev proc sys; do
+	if [ -d "/newroot/$d" ]; then
+		mount -o move "/$d" "/newroot/$d" || fail "cannot move /$d to /newroot/$d"
+	else
+		umount "/$d" || fail "cannot unmount /$d ($root has no /$d)"
+	fi
+done
+exec switch_root /newroot "$init"
+INIT
 	;;
 esac
 chmod 755 "$root/init"

@@ -1,4 +1,4 @@
-# Shared by tests/fetch-guest.sh and tests/make-initramfs.sh (sourced, POSIX sh): get an
+# Shared by tests/fetch-guest.sh and tests/lib/busybox.sh (sourced, POSIX sh): get an
 # arm64 Debian package's files with `apt-get download` on an x86-64 Debian host. The
 # caller defines die() (prints its own prefix and exits non-zero) before using these.
 #

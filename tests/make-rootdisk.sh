@@ -1,0 +1,156 @@
+#!/bin/sh
+# Builds a root file system disk for the end-to-end Linux guest: a raw ext4 image
+# (64 MiB, sparse) holding Debian's static arm64 busybox and an /sbin/init script, made
+# with `mkfs.ext4 -d` (no root, no loop mount), and prints its path. Boot it with the
+# root initramfs (`tests/make-initramfs.sh root`) and root=/dev/vda.
+#
+#   tests/make-rootdisk.sh           # .cache/guest/rootdisk-write.img
+#   tests/make-rootdisk.sh write     # the same
+#   GUEST_CACHE=/tmp/g tests/make-rootdisk.sh write
+#
+# The image in the cache is a pristine template, shared by every test: the guest
+# writes to its disk, so copy the image first and boot the copy
+# (cp --sparse=always IMG COPY), never the cached file itself.
+#
+# Variants:
+#   write   /sbin/init (busybox sh) mounts proc and sys unless the initramfs moved
+#           them there, then prints
+#             VMM-E2E: rootfs init on <uname -m>
+#             VMM-E2E: disks: <the names in /sys/block, space-separated>
+#           and, when /dev/hwrng exists, 16 bytes read from it (dd, od), or that the
+#           read failed within 10 s, and the kernel's current rng if it has one:
+#             VMM-E2E: hwrng <32 hex digits>      | VMM-E2E: hwrng read failed
+#             VMM-E2E: hwrng current: <rng_current>
+#           Then, if / is mounted read-write and appending to /var/log/vmm-e2e-boots
+#           works, it appends "boot <n>" (n: the lines already there + 1) and prints
+#             VMM-E2E: root is writable
+#             VMM-E2E: boots: boot 1
+#             VMM-E2E: boots: boot 2            (one line per line of the file)
+#           runs `sync` (the kernel sends the disk a FLUSH) and remounts / read-only (so
+#           ext4 checkpoints its journal and the image is clean for host tools such as
+#           `debugfs -R 'cat /var/log/vmm-e2e-boots' IMG`); otherwise it prints
+#             VMM-E2E: root is read-only
+#           Either way it ends with `poweroff -f`. The template has no boots file: a
+#           fresh copy's first boot writes "boot 1".
+#
+# Cache: $GUEST_CACHE, default <repo>/.cache/guest (as tests/fetch-guest.sh); busybox
+# is tests/lib/busybox.sh's cached busybox-arm64. The image is rebuilt only when this
+# script is newer than it; it is made in a temporary directory inside the cache and
+# published by rename. Any failure exits non-zero with the reason on stderr.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+self="$here/$(basename "$0")"
+cache=${GUEST_CACHE:-$(dirname "$here")/.cache/guest}
+variant=${1:-write}
+mkdir -p "$cache"
+
+die() {
+	echo "make-rootdisk: $*" >&2
+	exit 1
+}
+
+case "$variant" in
+write) ;;
+*) die "unknown variant '$variant' (write)" ;;
+esac
+[ $# -le 1 ] || die "too many arguments (one variant: write)"
+
+out="$cache/rootdisk-$variant.img"
+if [ -s "$out" ] && [ "$out" -nt "$self" ]; then
+	echo "$out"
+	exit 0
+fi
+
+# mkfs.ext4 lives in /sbin, which a user's PATH may leave out.
+PATH=$PATH:/usr/sbin:/sbin
+for tool in mkfs.ext4 truncate; do
+	command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (mkfs.ext4: e2fsprogs)"
+done
+
+. "$here/lib/busybox.sh"
+bb=$(busybox_arm64 "$cache") || exit 1
+
+work=$(mktemp -d "$cache/rootdisk.XXXXXX") || die "mktemp -d in $cache failed"
+trap 'rm -rf "$work"' EXIT
+root=$work/root
+mkdir -p "$root/bin" "$root/sbin" "$root/dev" "$root/proc" "$root/sys" "$root/tmp" \
+	"$root/var/log"
+cp "$bb" "$root/bin/busybox"
+chmod 755 "$root/bin/busybox"
+# The applets init uses, as links (busybox cannot run here to list them all).
+for a in sh mount cat echo uname ls dd od tr wc timeout sync poweroff; do
+	ln -s busybox "$root/bin/$a"
+done
+
+case "$variant" in
+write)
+	cat >"$root/sbin/init" <<'INIT'
+#!/bin/sh
+# /sbin/init of tests/make-rootdisk.sh's "write" disk: report, count this boot in
+# /var/log/vmm-e2e-boots when / is writable, power off.
+PATH=/bin:/sbin
+export PATH
+# Whether $1 is a mount point, from /proc/mounts (this busybox has no mountpoint).
+mounted() {
+	[ -r /proc/mounts ] || return 1
+	while read -r _ dir _; do
+		[ "$dir" = "$1" ] && return 0
+	done </proc/mounts
+	return 1
+}
+mounted /proc || mount -t proc proc /proc
+mounted /sys || mount -t sysfs sysfs /sys
+
+echo "VMM-E2E: rootfs init on $(uname -m)"
+echo "VMM-E2E: disks:" $(ls /sys/block)
+if [ -e /dev/hwrng ]; then
+	hex=$(timeout 10 dd if=/dev/hwrng bs=1 count=16 2>/dev/null | od -An -tx1 | tr -d ' \n')
+	if [ "${#hex}" -eq 32 ]; then
+		echo "VMM-E2E: hwrng $hex"
+	else
+		echo "VMM-E2E: hwrng read failed"
+	fi
+fi
+if [ -r /sys/class/misc/hw_random/rng_current ]; then
+	echo "VMM-E2E: hwrng current: $(cat /sys/class/misc/hw_random/rng_current)"
+fi
+
+# / as mounted: the options of its last line in /proc/mounts.
+opts=
+while read -r _ dir _ o _; do
+	[ "$dir" = / ] && opts=$o
+done </proc/mounts
+log=/var/log/vmm-e2e-boots
+writable=
+case ",$opts," in
+*,ro,*) ;;
+*)
+	n=1
+	[ -f "$log" ] && n=$(($(wc -l <"$log") + 1))
+	if { echo "boot $n" >>"$log"; } 2>/dev/null; then
+		writable=1
+	fi
+	;;
+esac
+if [ -n "$writable" ]; then
+	echo "VMM-E2E: root is writable"
+	while IFS= read -r line; do
+		echo "VMM-E2E: boots: $line"
+	done <"$log"
+	sync
+	mount -o remount,ro /
+else
+	echo "VMM-E2E: root is read-only"
+fi
+poweroff -f
+INIT
+	chmod 755 "$root/sbin/init"
+	;;
+esac
+
+truncate -s 64M "$work/disk.img" || die "truncate -s 64M $work/disk.img failed"
+mkfs.ext4 -q -F -L vmm-e2e-root -E root_owner=0:0 -d "$root" "$work/disk.img" >&2 ||
+	die "mkfs.ext4 -d $root failed"
+mv "$work/disk.img" "$out" || die "cannot publish $out"
+echo "$out"
