@@ -65,6 +65,16 @@ pub struct SlotSpec {
     pub options: Option<String>,
 }
 
+impl SlotSpec {
+    /// The specification as the user wrote it (for messages).
+    pub fn spec(&self) -> String {
+        match &self.options {
+            Some(o) => format!("{},{},{o}", self.slot, self.device),
+            None => format!("{},{}", self.slot, self.device),
+        }
+    }
+}
+
 /// The checked command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
@@ -113,16 +123,14 @@ pub enum SlotError {
     Duplicate(u32),
     #[error("the device name is empty")]
     EmptyDevice,
-    #[error(
-        "unknown device '{0}': no -s devices are implemented yet \
-         (the console, PL011 or NS16550A, and the PL031 RTC are always present)"
-    )]
+    #[error("unknown device '{0}' (known: {known})", known = KNOWN_DEVICES.join(", "))]
     UnknownDevice(String),
+    #[error("{0}")]
+    BadOptions(String),
 }
 
-/// The `-s` device names that exist. Device models come with later work; until then
-/// every device is refused with [`SlotError::UnknownDevice`].
-pub const KNOWN_DEVICES: &[&str] = &[];
+/// The `-s` device names that exist (crate::slots builds them).
+pub const KNOWN_DEVICES: &[&str] = crate::slots::DEVICES;
 
 /// What parsing the command line asks of `main`.
 #[derive(Debug)]
@@ -256,15 +264,18 @@ pub fn parse_slots(specs: &[String]) -> Result<Vec<SlotSpec>, ArgError> {
     Ok(out)
 }
 
-/// Refuses a slot whose device has no model ([`KNOWN_DEVICES`]).
+/// Refuses a slot whose device has no model ([`KNOWN_DEVICES`]) or whose options the
+/// device does not take.
 pub fn check_devices(slots: &[SlotSpec], specs: &[String]) -> Result<(), ArgError> {
     for (slot, spec) in slots.iter().zip(specs) {
+        let bad = |why| ArgError::BadSlot {
+            spec: spec.clone(),
+            why,
+        };
         if !KNOWN_DEVICES.contains(&slot.device.as_str()) {
-            return Err(ArgError::BadSlot {
-                spec: spec.clone(),
-                why: SlotError::UnknownDevice(slot.device.clone()),
-            });
+            return Err(bad(SlotError::UnknownDevice(slot.device.clone())));
         }
+        crate::slots::check_options(slot).map_err(|e| bad(SlotError::BadOptions(e)))?;
     }
     Ok(())
 }
@@ -466,12 +477,37 @@ mod tests {
                 why: SlotError::BadNumber("9".into())
             }
         );
-        // No device model exists yet: every device is refused, naming what is present.
-        let e = run(&["bhyve", "-s", "0,virtio-blk,disk.img", "vm"]).unwrap_err();
+        // An unknown device is refused, naming the ones that exist.
+        let e = run(&["bhyve", "-s", "0,virtio-scsi", "vm"]).unwrap_err();
         assert_eq!(
             e,
-            "-s 0,virtio-blk,disk.img: unknown device 'virtio-blk': no -s devices are \
-             implemented yet (the console, PL011 or NS16550A, and the PL031 RTC are always present)"
+            format!(
+                "-s 0,virtio-scsi: unknown device 'virtio-scsi' (known: {})",
+                KNOWN_DEVICES.join(", ")
+            )
+        );
+        assert!(KNOWN_DEVICES.contains(&"virtio-blk") && KNOWN_DEVICES.contains(&"virtio-rnd"));
+        // Options are checked with the command line; files only when bhyve opens them.
+        let a = run(&[
+            "bhyve",
+            "-s",
+            "0,virtio-blk,disk.img,ro",
+            "-s",
+            "7,virtio-rnd",
+            "vm",
+        ]);
+        assert_eq!(a.unwrap().slots.len(), 2);
+        assert_eq!(
+            run(&["bhyve", "-s", "0,virtio-blk,disk.img,rw", "vm"]).unwrap_err(),
+            "-s 0,virtio-blk,disk.img,rw: virtio-blk: unknown option 'rw' (known: ro)"
+        );
+        assert_eq!(
+            run(&["bhyve", "-s", "0,virtio-blk", "vm"]).unwrap_err(),
+            "-s 0,virtio-blk: virtio-blk needs a disk image: virtio-blk,PATH[,ro]"
+        );
+        assert_eq!(
+            run(&["bhyve", "-s", "1,virtio-rnd,fast", "vm"]).unwrap_err(),
+            "-s 1,virtio-rnd,fast: virtio-rnd takes no options"
         );
         assert!(run(&["bhyve", "-s", "0,", "vm"])
             .unwrap_err()

@@ -5,6 +5,7 @@
 //! * [`vcpu`]: the run loop (vCPU threads, exits, stopping the VM).
 //! * [`mmio`]: the address -> device bus and interrupt lines.
 //! * [`devices`]: PL011 (console), NS16550A (alternative console), PL031 (RTC).
+//! * [`slots`]: the `-s` virtio devices (models in the vmm-virtio crate).
 //! * [`psci`]: PSCI 1.0 / SMCCC 1.1 calls.
 //! * [`console`]: the terminal, raw mode and its restoration, console input.
 //!
@@ -17,6 +18,7 @@ pub mod devices;
 pub mod machine;
 pub mod mmio;
 pub mod psci;
+pub mod slots;
 pub mod vcpu;
 
 use std::io::Read;
@@ -29,17 +31,34 @@ use crate::console::Output;
 use crate::machine::{SetupError, Shape};
 use crate::vcpu::Stop;
 
-/// A VM opened and checked against the command line, ready to run.
+/// A VM opened and checked against the command line, with every `-s` backend open,
+/// ready to run.
 pub struct Prepared {
     pub vm: Vm,
     pub shape: Shape,
+    pub slots: Vec<slots::OpenSlot>,
 }
 
-/// Opens `args.vmname` through `backend` and checks it against `-c`/`-m`.
+/// Opens every `-s` device's backend (disk images are locked from here on), then
+/// `args.vmname` through `backend`, and checks the VM against `-c`/`-m`.
 pub fn prepare(args: &Args, backend: Arc<dyn Backend>) -> Result<Prepared, SetupError> {
+    prepare_with(args, || Ok(backend))
+}
+
+/// [`prepare`], connecting to the vmm (`backend`) only once the device backends are
+/// open: a bad disk is reported whether or not the vmm or the VM exists.
+pub fn prepare_with(
+    args: &Args,
+    backend: impl FnOnce() -> Result<Arc<dyn Backend>, libvmmapi::Error>,
+) -> Result<Prepared, SetupError> {
+    let slots = slots::open(&args.slots).map_err(|(s, cause)| SetupError::Slot {
+        spec: s.spec(),
+        cause,
+    })?;
+    let backend = backend().map_err(|e| SetupError::Backend(e.to_string()))?;
     let vm = machine::open(backend, &args.vmname)?;
     let shape = machine::shape(&vm, args)?;
-    Ok(Prepared { vm, shape })
+    Ok(Prepared { vm, shape, slots })
 }
 
 impl Prepared {
@@ -47,7 +66,26 @@ impl Prepared {
     /// with `input`, reads from it on a thread of its own) and runs the VM to its end.
     pub fn run(self, args: &Args, out: Output, input: Option<Box<dyn Read + Send>>) -> Stop {
         let sink = Arc::new(machine::VmIrq(self.vm.clone()));
-        let (bus, uart) = machine::build_bus(sink, args.console, out);
+        let mut virtio = Vec::new();
+        if !self.slots.is_empty() {
+            let mem = match self.vm.guest_memory() {
+                Ok(m) => m,
+                Err(e) => {
+                    return Stop::Error(format!(
+                        "cannot map guest memory for devices: {}",
+                        e.cause()
+                    ))
+                }
+            };
+            for s in self.slots {
+                let slot = s.slot;
+                match s.start(&self.vm, mem.clone()) {
+                    Ok(dev) => virtio.push((slot, dev)),
+                    Err(e) => return Stop::Error(e),
+                }
+            }
+        }
+        let (bus, uart) = machine::build_bus(sink, args.console, out, virtio);
         if let Some(input) = input {
             if let Err(e) = console::spawn_input_thread(input, uart) {
                 return Stop::Error(format!("cannot start the console input thread: {e}"));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use libvmmapi::{Backend, Vm};
+use vmm_virtio::VirtioMmio;
 
 use crate::args::{Args, ConsoleDevice};
 use crate::console::Output;
@@ -25,6 +26,10 @@ pub enum SetupError {
     MemMismatch { vm: String, given: u64, actual: u64 },
     #[error("vm '{0}' has no memory: load it with bhyveload first")]
     NoMemory(String),
+    #[error("{0}")]
+    Backend(String),
+    #[error("-s {spec}: {cause}")]
+    Slot { spec: String, cause: String },
     #[error("vm '{vm}' has {ncpus} vCPUs; at most {max} are supported")]
     TooManyCpus { vm: String, ncpus: u32, max: u32 },
 }
@@ -120,13 +125,14 @@ impl IrqSink for VmIrq {
 }
 
 /// The platform devices: both UARTs (the console one writes to `out`, the other's
-/// output is discarded), the RTC, and every virtio-mmio slot, empty until `-s` devices
-/// exist (device ID 0, which guests skip). Returns the bus and the console UART, which the
-/// input thread feeds.
+/// output is discarded), the RTC, and every virtio-mmio slot: the `-s` devices in
+/// `virtio` by slot number, the rest empty (device ID 0, which guests skip). Returns the
+/// bus and the console UART, which the input thread feeds.
 pub fn build_bus(
     sink: Arc<dyn IrqSink>,
     console: ConsoleDevice,
     out: Output,
+    mut virtio: Vec<(u32, VirtioMmio)>,
 ) -> (Arc<Bus>, DeviceRef) {
     use vmm_platform::{NS16550, NS16550_INTID, PL011, PL011_INTID, PL031, PL031_INTID};
     let (pl011_out, ns_out) = match console {
@@ -148,8 +154,18 @@ pub fn build_bus(
         Box::new(Ns16550::new(ns_out)),
     );
     for n in 0..vmm_platform::VIRTIO_MMIO_SLOTS {
-        if let Some(slot) = vmm_platform::virtio_mmio_slot(n) {
-            bus.attach("virtio-mmio (empty)", slot, None, Box::new(EmptySlot));
+        let Some(window) = vmm_platform::virtio_mmio_slot(n) else {
+            continue;
+        };
+        // The transport drives its SPI itself (level while InterruptStatus != 0).
+        match virtio.iter().position(|(slot, _)| *slot == n) {
+            Some(i) => {
+                let (_, dev) = virtio.swap_remove(i);
+                bus.attach(dev.name(), window, None, Box::new(dev));
+            }
+            None => {
+                bus.attach("virtio-mmio (empty)", window, None, Box::new(EmptySlot));
+            }
         }
     }
     let bus = Arc::new(bus);

@@ -25,11 +25,7 @@ fn main() -> ExitCode {
         }
         Err(msg) => return fail(msg),
     };
-    let backend = match libvmmapi::backend_from_env() {
-        Ok(b) => b,
-        Err(e) => return fail(e),
-    };
-    let vm = match bhyve::prepare(&args, backend) {
+    let vm = match bhyve::prepare_with(&args, libvmmapi::backend_from_env) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };

@@ -4,7 +4,18 @@
 use std::process::Command;
 
 fn bhyve(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bhyve"))
+    bhyve_as(args, None)
+}
+
+/// Runs bhyve, as user `uid` when given (root can write any file: the read-only image
+/// case needs an unprivileged user).
+fn bhyve_as(args: &[&str], uid: Option<u32>) -> (i32, String, String) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bhyve"));
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd
         .args(args)
         // Never reach a real vmm from a test.
         .env("VMM_TESTBED", "/nonexistent/bhyve-test.sock")
@@ -35,8 +46,13 @@ fn bad_arguments() {
     one_error_line(&["-s", "8,virtio-net", "vm"], "slot '8'");
     one_error_line(&["-s", "1,a", "-s", "1,b", "vm"], "slot 1 is used twice");
     one_error_line(
-        &["-s", "1,virtio-blk,disk.img", "vm"],
-        "no -s devices are implemented yet",
+        &["-s", "1,virtio-gpu", "vm"],
+        "unknown device 'virtio-gpu' (known: ",
+    );
+    one_error_line(&["-s", "1,virtio-blk", "vm"], "needs a disk image");
+    one_error_line(
+        &["-s", "1,virtio-blk,d.img,wb", "vm"],
+        "unknown option 'wb'",
     );
     one_error_line(&["-o", "console=vga", "vm"], "pl011, ns16550 or stdio");
     one_error_line(&["a/b"], "'/'");
@@ -83,4 +99,77 @@ fn help() {
     let (code, stdout, _) = bhyve(&["-h"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("slot,device[,options]"), "{stdout}");
+}
+
+/// Every bad disk is refused in one line, status 4, before the VM is opened (the
+/// backend, a missing testbed socket here, is never reached), and nothing is left
+/// locked: the same image opens again right after.
+#[test]
+fn bad_disks_are_refused_before_the_vm() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("bhyve-cli-disks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    std::fs::write(dir.join("odd.img"), vec![0u8; 1000]).unwrap();
+    std::fs::write(dir.join("ok.img"), vec![0u8; 4096]).unwrap();
+    std::fs::write(dir.join("ro.img"), vec![0u8; 4096]).unwrap();
+    std::fs::set_permissions(dir.join("ro.img"), std::fs::Permissions::from_mode(0o444)).unwrap();
+    let spec = |p: &str, opts: &str| format!("0,virtio-blk,{p}{opts}");
+    let missing = path("missing.img");
+    let odd = path("odd.img");
+    let ok = path("ok.img");
+    let ro = path("ro.img");
+    let d = dir.to_string_lossy().into_owned();
+    for (s, cause) in [
+        (spec(&missing, ""), format!("{missing}: no such file")),
+        (
+            spec(&d, ""),
+            format!("{d}: is a directory, not a disk image"),
+        ),
+        (
+            spec(&odd, ""),
+            format!("{odd}: size 1000 is not a multiple of 512 bytes"),
+        ),
+    ] {
+        one_error_line(&["-s", &s, "vm"], &format!("-s {s}: {cause}"));
+    }
+    // A read-only file without ',ro' (as an unprivileged user when we are root).
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let nobody = (unsafe { libc::geteuid() } == 0).then_some(65534);
+    let (code, _, stderr) = bhyve_as(&["-s", &spec(&ro, ""), "vm"], nobody);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{ro}: the image is read-only; add ',ro'")),
+        "{stderr}"
+    );
+    // With ',ro' it opens and bhyve goes on to the VM (which the test backend lacks).
+    let (code, _, stderr) = bhyve_as(&["-s", &spec(&ro, ",ro"), "vm"], nobody);
+    assert_eq!(code, 4);
+    assert!(stderr.contains("bhyve-test.sock"), "{stderr}");
+    // An image another bhyve holds (its lock taken here), read-write or read-only.
+    let f = std::fs::File::open(dir.join("ok.img")).unwrap();
+    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    for opts in ["", ",ro"] {
+        one_error_line(
+            &["-s", &spec(&ok, opts), "vm"],
+            &format!("{ok}: in use by another bhyve (the image is locked)"),
+        );
+    }
+    drop(lock);
+    // A second disk failing releases the first: the first opens again at once.
+    one_error_line(
+        &[
+            "-s",
+            &spec(&ok, ""),
+            "-s",
+            &format!("1,virtio-blk,{missing}"),
+            "vm",
+        ],
+        "no such file",
+    );
+    let (_, _, stderr) = bhyve(&["-s", &spec(&ok, ""), "vm"]);
+    assert!(stderr.contains("bhyve-test.sock"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

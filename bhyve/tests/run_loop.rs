@@ -50,6 +50,7 @@ fn rig(name: &str, ncpus: u16, console: ConsoleDevice) -> Rig {
         Arc::new(VmIrq(vm.clone())),
         console,
         Output::Buffer(out.clone()),
+        Vec::new(),
     );
     Rig {
         fake,

@@ -26,6 +26,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// process. The range must lie inside one VM_MMAP_MEMSEG mapping of a system-memory
     /// segment (as mmap of /dev/vmm/NAME at offset `gpa` requires on FreeBSD).
     fn map_memory(&self, vm: &str, gpa: u64, len: usize) -> Result<Mapping, BackendError>;
+
+    /// A device model wrote `[gpa, gpa + len)` of VM `vm`'s memory through a mapping
+    /// (DMA). Real hardware needs nothing; the testbed must make its CPU see the new
+    /// bytes before the guest executes them (docs/testbed.md, "Guest memory and TCG").
+    fn device_wrote(&self, _vm: &str, _gpa: u64, _len: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// The environment variable that selects the testbed (DESIGN.md "The testbed").

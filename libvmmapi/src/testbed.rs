@@ -170,6 +170,20 @@ impl Backend for Testbed {
         }
     }
 
+    fn device_wrote(&self, vm: &str, gpa: u64, len: u64) -> Result<(), BackendError> {
+        // TESTBED_SYNC takes 8-byte aligned ranges: widen to cover every byte written.
+        let start = gpa & !7;
+        let end = gpa
+            .checked_add(len)
+            .and_then(|e| e.checked_add(7))
+            .ok_or(BackendError::Errno(libc::EINVAL))?
+            & !7;
+        if end == start {
+            return Ok(());
+        }
+        self.sync(vm, start, end - start)
+    }
+
     fn map_memory(&self, vm: &str, gpa: u64, len: usize) -> Result<Mapping, BackendError> {
         let page = crate::PAGE_SIZE;
         if !gpa.is_multiple_of(page) || len == 0 {

@@ -475,6 +475,18 @@ impl Vm {
         })
     }
 
+    /// Tells the backend a device wrote `[gpa, gpa + len)` of guest memory (see
+    /// [`Backend::device_wrote`]).
+    pub fn device_wrote(&self, gpa: u64, len: u64) -> Result<()> {
+        self.backend
+            .device_wrote(&self.name, gpa, len)
+            .map_err(|source| Error::Request {
+                vm: self.name.clone(),
+                op: "sync device write",
+                source,
+            })
+    }
+
     // ---- vCPUs ----
 
     /// A handle on vCPU `id` (0..VM_MAXCPU).
