@@ -30,7 +30,17 @@
 #           ext4 checkpoints its journal and the image is clean for host tools such as
 #           `debugfs -R 'cat /var/log/vmm-e2e-boots' IMG`); otherwise it prints
 #             VMM-E2E: root is read-only
-#           Either way it ends with `poweroff -f`. The template has no boots file: a
+#           then tries `mount -o remount,rw /` and prints
+#             VMM-E2E: remount rw refused      | VMM-E2E: remount rw allowed
+#           (a read-only virtio disk refuses; allowed, it remounts read-only again and
+#           writes nothing), and the boots file's lines as above.
+#           Before that, one line per virtio disk, in the kernel's order:
+#             VMM-E2E: disk <name> <size in 512-byte sectors> <serial (GET_ID)>
+#           With vmm_e2e=hang on the kernel command line it prints
+#             VMM-E2E: flushed, hanging
+#           after the sync instead of powering off, and sleeps until killed (a test
+#           kills bhyve there to show that what the guest flushed is on the disk).
+#           Otherwise it ends with `poweroff -f`. The template has no boots file: a
 #           fresh copy's first boot writes "boot 1".
 #
 # Cache: $GUEST_CACHE, default <repo>/.cache/guest (as tests/fetch-guest.sh); busybox
@@ -79,7 +89,7 @@ mkdir -p "$root/bin" "$root/sbin" "$root/dev" "$root/proc" "$root/sys" "$root/tm
 cp "$bb" "$root/bin/busybox"
 chmod 755 "$root/bin/busybox"
 # The applets init uses, as links (busybox cannot run here to list them all).
-for a in sh mount cat echo uname ls dd od tr wc timeout sync poweroff; do
+for a in sh mount cat echo uname ls dd od tr wc timeout sync poweroff sleep; do
 	ln -s busybox "$root/bin/$a"
 done
 
@@ -115,6 +125,14 @@ fi
 if [ -r /sys/class/misc/hw_random/rng_current ]; then
 	echo "VMM-E2E: hwrng current: $(cat /sys/class/misc/hw_random/rng_current)"
 fi
+for b in /sys/block/vd*; do
+	[ -e "$b" ] || continue
+	echo "VMM-E2E: disk ${b#/sys/block/} $(cat "$b/size") $(cat "$b/serial" 2>/dev/null)"
+done
+hang=
+case " $(cat /proc/cmdline) " in
+*" vmm_e2e=hang "*) hang=1 ;;
+esac
 
 # / as mounted: the options of its last line in /proc/mounts.
 opts=
@@ -139,9 +157,24 @@ if [ -n "$writable" ]; then
 		echo "VMM-E2E: boots: $line"
 	done <"$log"
 	sync
+	if [ -n "$hang" ]; then
+		echo "VMM-E2E: flushed, hanging"
+		while :; do sleep 3600; done
+	fi
 	mount -o remount,ro /
 else
 	echo "VMM-E2E: root is read-only"
+	if mount -o remount,rw / 2>/dev/null; then
+		echo "VMM-E2E: remount rw allowed"
+		mount -o remount,ro /
+	else
+		echo "VMM-E2E: remount rw refused"
+	fi
+	if [ -f "$log" ]; then
+		while IFS= read -r line; do
+			echo "VMM-E2E: boots: $line"
+		done <"$log"
+	fi
 fi
 poweroff -f
 INIT

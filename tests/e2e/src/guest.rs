@@ -71,3 +71,18 @@ pub fn kernel() -> Result<PathBuf, Error> {
 pub fn initramfs(init: Init) -> Result<PathBuf, Error> {
     script("make-initramfs.sh", &[init.variant()])
 }
+
+/// The initramfs that loads the virtio modules and switch_roots to `root=`
+/// (tests/make-initramfs.sh root).
+pub fn root_initramfs() -> Result<PathBuf, Error> {
+    script("make-initramfs.sh", &["root"])
+}
+
+/// The pristine ext4 root disk template (tests/make-rootdisk.sh write): copy it before
+/// booting it.
+pub fn rootdisk_template() -> Result<PathBuf, Error> {
+    script("make-rootdisk.sh", &["write"])
+}
+
+/// What the root disk's init prints first.
+pub const ROOTFS_MARKER: &str = "VMM-E2E: rootfs init on aarch64";

@@ -1,0 +1,228 @@
+//! Debian's arm64 Linux with its root file system on a virtio-blk disk (ext4 made by
+//! `mkfs.ext4 -d`), entropy from virtio-rnd, driven by the real tools on the served
+//! testbed (docs/e2e.md, "Root disk guests"). The kernel's virtio drivers are modules:
+//! the root initramfs loads them and switch_roots to /dev/vda, whose own init runs.
+//!
+//! VMM_SKIP_QEMU=1 skips.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use vmm_e2e::bed::Bed;
+use vmm_e2e::guest::{self, ROOTFS_MARKER};
+use vmm_e2e::proc::{self, Output, Running};
+use vmm_testbed_harness::repo_root;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+const BED_LIMIT: Duration = Duration::from_secs(600);
+const BOOT_LIMIT: Duration = Duration::from_secs(200);
+const TOOL_LIMIT: Duration = Duration::from_secs(60);
+
+fn skip() -> bool {
+    if std::env::var_os("VMM_SKIP_QEMU").is_some() {
+        eprintln!("VMM_SKIP_QEMU set: end-to-end test skipped");
+        return true;
+    }
+    false
+}
+
+struct T {
+    bed: Bed,
+    dir: PathBuf,
+    console: String,
+}
+
+impl T {
+    fn start(name: &str) -> T {
+        proc::build_tools().unwrap_or_else(|e| panic!("{e}"));
+        let dir = std::env::var_os("CARGO_TARGET_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/tmp"))
+            .join(format!("e2e-{name}"));
+        let bed = Bed::start(&dir, BED_LIMIT).unwrap_or_else(|e| panic!("{e}"));
+        T {
+            dir: bed.layout.dir.clone(),
+            bed,
+            console: String::new(),
+        }
+    }
+
+    fn cmd(&self, tool: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(proc::tool(tool));
+        c.args(args).env("VMM_TESTBED", &self.bed.socket);
+        c
+    }
+
+    fn tool(&self, tool: &str, args: &[&str]) -> Output {
+        proc::run(&mut self.cmd(tool, args), TOOL_LIMIT).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// bhyveload with the root initramfs, `root=/dev/vda` and `extra` boot arguments.
+    /// `quiet`: the kernel's own messages would cost a userspace exit per few bytes on
+    /// the PL011; init's lines still reach the console.
+    fn load(&self, vm: &str, extra: &[&str]) {
+        let kernel = guest::kernel().unwrap_or_else(|e| panic!("{e}"));
+        let initrd = guest::root_initramfs().unwrap_or_else(|e| panic!("{e}"));
+        let mut args = vec!["-k", s(&kernel), "-m", "256M", "-i", s(&initrd)];
+        for a in ["console=ttyAMA0", "panic=-1", "quiet", "root=/dev/vda"]
+            .iter()
+            .chain(extra)
+        {
+            args.extend(["-e", a]);
+        }
+        args.push(vm);
+        let out = self.tool("bhyveload", &args);
+        assert_eq!(out.code, Some(0), "bhyveload {args:?}: {out}");
+    }
+
+    /// Runs `bhyve -b SLOTS... vm` to its end.
+    fn boot(&mut self, vm: &str, slots: &[String]) -> Output {
+        let mut args = vec!["-b".to_string()];
+        for sl in slots {
+            args.extend(["-s".to_string(), sl.clone()]);
+        }
+        args.push(vm.into());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = proc::run(&mut self.cmd("bhyve", &argv), BOOT_LIMIT).unwrap();
+        self.console = out.stdout.clone();
+        eprintln!("bhyve {argv:?}: {:.1?}, status {:?}", out.elapsed, out.code);
+        out
+    }
+
+    fn check(&mut self, f: impl FnOnce(&mut T)) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        if let Err(p) = r {
+            eprintln!("[guest console]\n{}\n{}", self.console, self.bed.logs());
+            std::panic::resume_unwind(p);
+        }
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// The boots file as the host reads it from the image: e2fsck replays ext4's journal
+/// on a copy first (what the guest committed may still be only in the journal), then
+/// debugfs prints the file.
+fn boots_on_disk(img: &Path) -> String {
+    let copy = img.with_extension("fsck.img");
+    std::fs::copy(img, &copy).unwrap();
+    let fsck = Command::new("e2fsck").args(["-fy", s(&copy)]).output().unwrap();
+    // 0: clean, 1: errors corrected (a replayed journal counts).
+    assert!(
+        matches!(fsck.status.code(), Some(0 | 1)),
+        "e2fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /var/log/vmm-e2e-boots", s(&copy)])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&copy);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn has(out: &Output, line: &str) {
+    assert!(out.stdout.contains(line), "no '{line}' on the console: {out}");
+}
+
+/// The root file system lives on a virtio-blk disk and keeps what the guest writes:
+/// boot 1 writes a line, the host reads it back (debugfs), boot 2 sees it and adds
+/// its own. Disks appear in slot order (slot 2 is vda, slot 5 vdb) with FreeBSD
+/// bhyve's serials and their sizes; virtio-rnd feeds /dev/hwrng. Boot 3 flushes and
+/// hangs, and bhyve is killed -9: the flushed line is on the disk. Boot 4 gets the
+/// disk with `ro`: the guest cannot remount it read-write and the image is unchanged.
+#[test]
+fn root_on_virtio_blk_keeps_writes_and_ro_refuses() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut t = T::start("rootdisk");
+    t.check(|t| {
+        let root = t.dir.join("root.img");
+        let data = t.dir.join("data.img");
+        let template = guest::rootdisk_template().unwrap_or_else(|e| panic!("{e}"));
+        let cp = Command::new("cp")
+            .args(["--sparse=always", s(&template), s(&root)])
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        std::fs::write(&data, vec![0u8; 1 << 20]).unwrap();
+        let slots = |opts: &str| {
+            vec![
+                format!("2,virtio-blk,{}{opts}", s(&root)),
+                format!("5,virtio-blk,{}", s(&data)),
+                "7,virtio-rnd".to_string(),
+            ]
+        };
+        let serial = |p: &Path| {
+            String::from_utf8(vmm_virtio::blk::serial(s(p)).to_vec()).unwrap()
+        };
+
+        for n in 1..=2 {
+            t.load("disk", &["rw"]);
+            let out = t.boot("disk", &slots(""));
+            assert_eq!(out.code, Some(1), "boot {n}: poweroff is status 1: {out}");
+            has(&out, ROOTFS_MARKER);
+            has(&out, &format!("VMM-E2E: disk vda 131072 {}", serial(&root)));
+            has(&out, &format!("VMM-E2E: disk vdb 2048 {}", serial(&data)));
+            has(&out, "VMM-E2E: hwrng current: virtio_rng.0");
+            let hw = out
+                .stdout
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("VMM-E2E: hwrng "))
+                .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(hw.is_some(), "16 bytes from /dev/hwrng: {out}");
+            has(&out, "VMM-E2E: root is writable");
+            has(&out, &format!("VMM-E2E: boots: boot {n}"));
+            let expect: String = (1..=n).map(|i| format!("boot {i}\n")).collect();
+            assert_eq!(boots_on_disk(&root), expect, "after boot {n}");
+        }
+
+        // Boot 3: flush, then bhyve is killed while the guest sleeps.
+        t.load("disk", &["rw", "vmm_e2e=hang"]);
+        let console = t.dir.join("hang-console.log");
+        let mut cmd = t.cmd("bhyve", &["-b"]);
+        for sl in slots("") {
+            cmd.args(["-s", &sl]);
+        }
+        cmd.arg("disk").stdout(std::fs::File::create(&console).unwrap());
+        let bhyve = Running::spawn_keep_stdout(&mut cmd).unwrap();
+        let start = Instant::now();
+        loop {
+            t.console = std::fs::read_to_string(&console).unwrap_or_default();
+            if t.console.contains("VMM-E2E: flushed, hanging") {
+                break;
+            }
+            assert!(start.elapsed() < BOOT_LIMIT, "boot 3 never flushed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: kill(2) of the process group Running made for bhyve.
+        unsafe { libc::kill(-(bhyve.pid() as i32), libc::SIGKILL) };
+        let out = bhyve.wait(TOOL_LIMIT);
+        assert_eq!(out.code, None, "killed by a signal: {out}");
+        assert_eq!(boots_on_disk(&root), "boot 1\nboot 2\nboot 3\n");
+        // A killed bhyve leaves its VM for bhyvectl to destroy.
+        let out = t.tool("bhyvectl", &["--vm=disk", "--destroy"]);
+        assert_eq!(out.code, Some(0), "{out}");
+
+        // Boot 4: the disk read-only. The journal replay of boot 3 needs a writable
+        // device, so the host replays it first (as an administrator would).
+        let fsck = Command::new("e2fsck").args(["-fy", s(&root)]).output().unwrap();
+        assert!(matches!(fsck.status.code(), Some(0 | 1)));
+        let before = std::fs::read(&root).unwrap();
+        t.load("disk", &["ro"]);
+        let out = t.boot("disk", &slots(",ro"));
+        assert_eq!(out.code, Some(1), "{out}");
+        has(&out, "VMM-E2E: root is read-only");
+        has(&out, "VMM-E2E: remount rw refused");
+        has(&out, "VMM-E2E: boots: boot 3");
+        assert!(std::fs::read(&root).unwrap() == before, "a ro disk was written");
+        let out = t.tool("bhyvectl", &["--vm=disk", "--destroy"]);
+        assert_eq!(out.code, Some(0), "{out}");
+    });
+}
