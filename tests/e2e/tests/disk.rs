@@ -100,6 +100,15 @@ impl T {
     }
 }
 
+/// An e2fsprogs tool: in PATH, or in /usr/sbin or /sbin (not in a user's PATH).
+fn sbin(tool: &str) -> Command {
+    let found = ["/usr/sbin", "/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file());
+    Command::new(found.unwrap_or_else(|| tool.into()))
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
@@ -110,14 +119,14 @@ fn s(p: &Path) -> &str {
 fn boots_on_disk(img: &Path) -> String {
     let copy = img.with_extension("fsck.img");
     std::fs::copy(img, &copy).unwrap();
-    let fsck = Command::new("e2fsck").args(["-fy", s(&copy)]).output().unwrap();
+    let fsck = sbin("e2fsck").args(["-fy", s(&copy)]).output().unwrap();
     // 0: clean, 1: errors corrected (a replayed journal counts).
     assert!(
         matches!(fsck.status.code(), Some(0 | 1)),
         "e2fsck: {}",
         String::from_utf8_lossy(&fsck.stdout)
     );
-    let out = Command::new("debugfs")
+    let out = sbin("debugfs")
         .args(["-R", "cat /var/log/vmm-e2e-boots", s(&copy)])
         .output()
         .unwrap();
@@ -212,7 +221,7 @@ fn root_on_virtio_blk_keeps_writes_and_ro_refuses() {
 
         // Boot 4: the disk read-only. The journal replay of boot 3 needs a writable
         // device, so the host replays it first (as an administrator would).
-        let fsck = Command::new("e2fsck").args(["-fy", s(&root)]).output().unwrap();
+        let fsck = sbin("e2fsck").args(["-fy", s(&root)]).output().unwrap();
         assert!(matches!(fsck.status.code(), Some(0 | 1)));
         let before = std::fs::read(&root).unwrap();
         t.load("disk", &["ro"]);
