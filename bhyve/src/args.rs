@@ -486,7 +486,9 @@ mod tests {
                 KNOWN_DEVICES.join(", ")
             )
         );
-        assert!(KNOWN_DEVICES.contains(&"virtio-blk") && KNOWN_DEVICES.contains(&"virtio-rnd"));
+        for d in ["virtio-blk", "virtio-net", "virtio-rnd"] {
+            assert!(KNOWN_DEVICES.contains(&d), "{d}");
+        }
         // Options are checked with the command line; files only when bhyve opens them.
         let a = run(&[
             "bhyve",

@@ -51,7 +51,7 @@ pub fn prepare_with(
     args: &Args,
     backend: impl FnOnce() -> Result<Arc<dyn Backend>, libvmmapi::Error>,
 ) -> Result<Prepared, SetupError> {
-    let slots = slots::open(&args.slots).map_err(|(s, cause)| SetupError::Slot {
+    let slots = slots::open(&args.slots, &args.vmname).map_err(|(s, cause)| SetupError::Slot {
         spec: s.spec(),
         cause,
     })?;

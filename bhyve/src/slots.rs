@@ -11,6 +11,7 @@ use std::sync::Arc;
 use libvmmapi::Vm;
 use vmm_virtio::blk::{Block, BlockOptions};
 use vmm_virtio::disk::Disk;
+use vmm_virtio::net::{generated_mac, Net, NetOptions};
 use vmm_virtio::rng::Rng;
 use vmm_virtio::{Device, DmaObserver, IrqLine, VirtioMmio};
 
@@ -18,12 +19,13 @@ use crate::args::SlotSpec;
 use crate::mmio::MmioDevice;
 
 /// The device names `-s` takes.
-pub const DEVICES: &[&str] = &["virtio-blk", "virtio-rnd"];
+pub const DEVICES: &[&str] = &["virtio-blk", "virtio-net", "virtio-rnd"];
 
 /// Checks a slot's options without touching any file (the command-line check).
 pub fn check_options(slot: &SlotSpec) -> Result<(), String> {
     match slot.device.as_str() {
         "virtio-blk" => BlockOptions::parse(slot.options.as_deref()).map(drop),
+        "virtio-net" => NetOptions::parse(slot.options.as_deref()).map(drop),
         "virtio-rnd" => match slot.options.as_deref() {
             None | Some("") => Ok(()),
             Some(_) => Err("virtio-rnd takes no options".into()),
@@ -38,13 +40,14 @@ pub struct OpenSlot {
     device: Box<dyn Device>,
 }
 
-/// Opens every slot's backend, in command-line order. The first failure is returned as
-/// `(spec, cause)`; backends already opened are closed (dropped) with it.
-pub fn open(slots: &[SlotSpec]) -> Result<Vec<OpenSlot>, (SlotSpec, String)> {
+/// Opens every slot's backend for VM `vmname`, in command-line order. The first
+/// failure is returned as `(spec, cause)`; backends already opened are closed (dropped)
+/// with it.
+pub fn open(slots: &[SlotSpec], vmname: &str) -> Result<Vec<OpenSlot>, (SlotSpec, String)> {
     slots
         .iter()
         .map(|s| {
-            open_one(s)
+            open_one(s, vmname)
                 .map(|device| OpenSlot {
                     slot: s.slot,
                     device,
@@ -54,8 +57,14 @@ pub fn open(slots: &[SlotSpec]) -> Result<Vec<OpenSlot>, (SlotSpec, String)> {
         .collect()
 }
 
-fn open_one(slot: &SlotSpec) -> Result<Box<dyn Device>, String> {
+fn open_one(slot: &SlotSpec, vmname: &str) -> Result<Box<dyn Device>, String> {
     match slot.device.as_str() {
+        "virtio-net" => {
+            let o = NetOptions::parse(slot.options.as_deref())?;
+            let fd = vmm_virtio::tap::open(&o.tap).map_err(|e| e.to_string())?;
+            let mac = o.mac.unwrap_or_else(|| generated_mac(slot.slot, vmname));
+            Ok(Box::new(Net::new(fd, mac)))
+        }
         "virtio-blk" => {
             let o = BlockOptions::parse(slot.options.as_deref())?;
             let disk = Disk::open(&o.path, o.read_only).map_err(|e| e.to_string())?;

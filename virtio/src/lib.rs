@@ -8,6 +8,7 @@
 //! * [`irq`]: InterruptStatus and the slot's level-triggered SPI.
 //! * [`doorbell`]: how a QueueNotify wakes the device's worker thread.
 //! * [`blk`] over [`disk`]: virtio-blk on a raw image or a disk device.
+//! * [`net`] over [`tap`]: virtio-net on a tap interface.
 //! * [`rng`]: virtio-rng (`virtio-rnd`).
 //!
 //! Each device does its I/O on a worker thread of its own; a vCPU only handles the
@@ -19,8 +20,10 @@ pub mod blk;
 pub mod disk;
 pub mod doorbell;
 pub mod irq;
+pub mod net;
 pub mod queue;
 pub mod rng;
+pub mod tap;
 pub mod transport;
 
 #[cfg(test)]

@@ -278,20 +278,40 @@ impl DeviceShared {
     /// interrupts the driver if it asked to be (EVENT_IDX or the NO_INTERRUPT flag).
     /// A chain from before a reset is dropped.
     pub fn complete(&self, n: usize, popped: &Popped, len: u32) {
+        self.complete_all(n, &[(popped, len)]);
+    }
+
+    /// Gives back the chains `popped` (the last ones popped from `queue`) (they were not used: a
+    /// received frame did not fit the buffers available), if no reset came between.
+    pub fn unpop(&self, queue: usize, popped: &[Popped]) {
+        let Some(mut slot) = self.queue(queue) else {
+            return;
+        };
+        if popped.iter().any(|p| p.epoch != slot.epoch) {
+            return;
+        }
+        let back = slot.queue.next_avail().wrapping_sub(popped.len() as u16);
+        slot.queue.set_next_avail(back);
+    }
+
+    /// Returns several popped chains of queue `n` with the bytes written into each, in
+    /// order, then interrupts the driver once if it asked to be.
+    pub fn complete_all(&self, n: usize, done: &[(&Popped, u32)]) {
         let Some(mut slot) = self.queue(n) else {
             return;
         };
-        if slot.epoch != popped.epoch || !slot.queue.ready() || self.needs_reset() {
+        if !slot.queue.ready() || self.needs_reset() {
             return;
         }
-        if slot
-            .queue
-            .add_used(&self.mem, popped.chain.head, len)
-            .is_err()
-        {
-            drop(slot);
-            self.fail();
-            return;
+        for (p, len) in done {
+            if p.epoch != slot.epoch {
+                return;
+            }
+            if slot.queue.add_used(&self.mem, p.chain.head, *len).is_err() {
+                drop(slot);
+                self.fail();
+                return;
+            }
         }
         let notify = slot.queue.needs_notification(&self.mem).unwrap_or(true);
         drop(slot);

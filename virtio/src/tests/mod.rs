@@ -2,5 +2,6 @@
 
 mod blk;
 mod hostile;
+mod net;
 mod rng;
 mod transport;
