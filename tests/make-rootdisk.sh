@@ -1,8 +1,9 @@
 #!/bin/sh
 # Builds a root file system disk for the end-to-end Linux guest: a raw ext4 image
-# (64 MiB, sparse) holding Debian's static arm64 busybox and an /sbin/init script, made
-# with `mkfs.ext4 -d` (no root, no loop mount), and prints its path. Boot it with the
-# root initramfs (`tests/make-initramfs.sh root`) and root=/dev/vda.
+# (64 MiB, sparse) holding Debian's static arm64 busybox, /bin/stale-code (built here
+# from tests/guests/stale_code.c with aarch64-linux-gnu-gcc -static) and an /sbin/init
+# script, made with `mkfs.ext4 -d` (no root, no loop mount), and prints its path. Boot
+# it with the root initramfs (`tests/make-initramfs.sh root`) and root=/dev/vda.
 #
 #   tests/make-rootdisk.sh           # .cache/guest/rootdisk-write.img
 #   tests/make-rootdisk.sh write     # the same
@@ -36,7 +37,15 @@
 #           writes nothing), and the boots file's lines as above.
 #           Before that, one line per virtio disk, in the kernel's order:
 #             VMM-E2E: disk <name> <size in 512-byte sectors> <serial (GET_ID)>
-#           With vmm_e2e=hang on the kernel command line it prints
+#           With vmm_e2e=stale on the kernel command line it then runs
+#           `/bin/stale-code /dev/vdb`, which needs /dev/vdb to start with the code
+#           `mov w0, #2; ret` (bytes 40 00 80 52 c0 03 5f d6) and prints
+#             VMM-E2E: stale-code first 1
+#             VMM-E2E: stale-code then 2     (1: the guest ran stale code after a
+#                                             virtio-blk read wrote the page)
+#           or "VMM-E2E: stale-code error <what>"; either way init goes on as below.
+#           With vmm_e2e=hang on the kernel command line (a word of its own; it may
+#           come with vmm_e2e=stale) it prints
 #             VMM-E2E: flushed, hanging
 #           after the sync instead of powering off, and sleeps until killed (a test
 #           kills bhyve there to show that what the guest flushed is on the disk).
@@ -45,8 +54,9 @@
 #
 # Cache: $GUEST_CACHE, default <repo>/.cache/guest (as tests/fetch-guest.sh); busybox
 # is tests/lib/busybox.sh's cached busybox-arm64. The image is rebuilt only when this
-# script is newer than it; it is made in a temporary directory inside the cache and
-# published by rename. Any failure exits non-zero with the reason on stderr.
+# script or tests/guests/stale_code.c is newer than it; it is made in a temporary
+# directory inside the cache and published by rename. Any failure exits non-zero with
+# the reason on stderr.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -67,7 +77,8 @@ esac
 [ $# -le 1 ] || die "too many arguments (one variant: write)"
 
 out="$cache/rootdisk-$variant.img"
-if [ -s "$out" ] && [ "$out" -nt "$self" ]; then
+stale_src=$here/guests/stale_code.c
+if [ -s "$out" ] && [ "$out" -nt "$self" ] && [ "$out" -nt "$stale_src" ]; then
 	echo "$out"
 	exit 0
 fi
@@ -77,6 +88,8 @@ PATH=$PATH:/usr/sbin:/sbin
 for tool in mkfs.ext4 truncate; do
 	command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (mkfs.ext4: e2fsprogs)"
 done
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 ||
+	die "aarch64-linux-gnu-gcc is not installed (Debian/Ubuntu: gcc-aarch64-linux-gnu)"
 
 . "$here/lib/busybox.sh"
 bb=$(busybox_arm64 "$cache") || exit 1
@@ -92,13 +105,16 @@ chmod 755 "$root/bin/busybox"
 for a in sh mount cat echo uname ls dd od tr wc timeout sync poweroff sleep; do
 	ln -s busybox "$root/bin/$a"
 done
+aarch64-linux-gnu-gcc -static -O2 -s -o "$root/bin/stale-code" "$stale_src" ||
+	die "aarch64-linux-gnu-gcc -static could not build $stale_src"
 
 case "$variant" in
 write)
 	cat >"$root/sbin/init" <<'INIT'
 #!/bin/sh
-# /sbin/init of tests/make-rootdisk.sh's "write" disk: report, count this boot in
-# /var/log/vmm-e2e-boots when / is writable, power off.
+# /sbin/init of tests/make-rootdisk.sh's "write" disk: report, run /bin/stale-code on
+# /dev/vdb with vmm_e2e=stale, count this boot in /var/log/vmm-e2e-boots when / is
+# writable, power off (or hang with vmm_e2e=hang).
 PATH=/bin:/sbin
 export PATH
 # Whether $1 is a mount point, from /proc/mounts (this busybox has no mountpoint).
@@ -129,9 +145,14 @@ for b in /sys/block/vd*; do
 	[ -e "$b" ] || continue
 	echo "VMM-E2E: disk ${b#/sys/block/} $(cat "$b/size") $(cat "$b/serial" 2>/dev/null)"
 done
+# vmm_e2e=hang and vmm_e2e=stale: separate words, either or both.
+cmdline=" $(cat /proc/cmdline) "
 hang=
-case " $(cat /proc/cmdline) " in
+case "$cmdline" in
 *" vmm_e2e=hang "*) hang=1 ;;
+esac
+case "$cmdline" in
+*" vmm_e2e=stale "*) /bin/stale-code /dev/vdb ;;
 esac
 
 # / as mounted: the options of its last line in /proc/mounts.

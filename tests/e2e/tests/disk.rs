@@ -135,7 +135,10 @@ fn boots_on_disk(img: &Path) -> String {
 }
 
 fn has(out: &Output, line: &str) {
-    assert!(out.stdout.contains(line), "no '{line}' on the console: {out}");
+    assert!(
+        out.stdout.contains(line),
+        "no '{line}' on the console: {out}"
+    );
 }
 
 /// The root file system lives on a virtio-blk disk and keeps what the guest writes:
@@ -168,9 +171,7 @@ fn root_on_virtio_blk_keeps_writes_and_ro_refuses() {
                 "7,virtio-rnd".to_string(),
             ]
         };
-        let serial = |p: &Path| {
-            String::from_utf8(vmm_virtio::blk::serial(s(p)).to_vec()).unwrap()
-        };
+        let serial = |p: &Path| String::from_utf8(vmm_virtio::blk::serial(s(p)).to_vec()).unwrap();
 
         for n in 1..=2 {
             t.load("disk", &["rw"]);
@@ -199,7 +200,8 @@ fn root_on_virtio_blk_keeps_writes_and_ro_refuses() {
         for sl in slots("") {
             cmd.args(["-s", &sl]);
         }
-        cmd.arg("disk").stdout(std::fs::File::create(&console).unwrap());
+        cmd.arg("disk")
+            .stdout(std::fs::File::create(&console).unwrap());
         let bhyve = Running::spawn_keep_stdout(&mut cmd).unwrap();
         let start = Instant::now();
         loop {
@@ -230,7 +232,10 @@ fn root_on_virtio_blk_keeps_writes_and_ro_refuses() {
         has(&out, "VMM-E2E: root is read-only");
         has(&out, "VMM-E2E: remount rw refused");
         has(&out, "VMM-E2E: boots: boot 3");
-        assert!(std::fs::read(&root).unwrap() == before, "a ro disk was written");
+        assert!(
+            std::fs::read(&root).unwrap() == before,
+            "a ro disk was written"
+        );
         let out = t.tool("bhyvectl", &["--vm=disk", "--destroy"]);
         assert_eq!(out.code, Some(0), "{out}");
     });
