@@ -44,6 +44,13 @@
 #             VMM-E2E: stale-code then 2     (1: the guest ran stale code after a
 #                                             virtio-blk read wrote the page)
 #           or "VMM-E2E: stale-code error <what>"; either way init goes on as below.
+#           With vmm_e2e=net it configures eth0 (10.0.2.15/24), pings 10.0.2.1 and
+#           moves 16 MiB each way over TCP with busybox nc (to port 5001, from port
+#           5002 of 10.0.2.1), printing
+#             VMM-E2E: net eth0 <MAC>
+#             VMM-E2E: net ping ok             | VMM-E2E: net ping failed
+#             VMM-E2E: net sent <sha256 of the 16 MiB sent>
+#             VMM-E2E: net received <sha256 of the 16 MiB received>
 #           With vmm_e2e=hang on the kernel command line (a word of its own; it may
 #           come with vmm_e2e=stale) it prints
 #             VMM-E2E: flushed, hanging
@@ -102,7 +109,8 @@ mkdir -p "$root/bin" "$root/sbin" "$root/dev" "$root/proc" "$root/sys" "$root/tm
 cp "$bb" "$root/bin/busybox"
 chmod 755 "$root/bin/busybox"
 # The applets init uses, as links (busybox cannot run here to list them all).
-for a in sh mount cat echo uname ls dd od tr wc timeout sync poweroff sleep; do
+for a in sh mount umount cat echo uname ls dd od tr wc timeout sync poweroff sleep \
+	ip ping nc sha256sum; do
 	ln -s busybox "$root/bin/$a"
 done
 aarch64-linux-gnu-gcc -static -O2 -s -o "$root/bin/stale-code" "$stale_src" ||
@@ -145,7 +153,29 @@ for b in /sys/block/vd*; do
 	[ -e "$b" ] || continue
 	echo "VMM-E2E: disk ${b#/sys/block/} $(cat "$b/size") $(cat "$b/serial" 2>/dev/null)"
 done
-# vmm_e2e=hang and vmm_e2e=stale: separate words, either or both.
+# vmm_e2e=net: eth0 as 10.0.2.15/24, ping the host end 10.0.2.1, then 16 MiB to
+# its port 5001 and 16 MiB from its port 5002, each with its sha256 (the host side
+# closes each connection when its 16 MiB are through).
+net_test() {
+	mount -t tmpfs -o size=48m tmpfs /tmp
+	ip link set eth0 up
+	ip addr add 10.0.2.15/24 dev eth0
+	echo "VMM-E2E: net eth0 $(cat /sys/class/net/eth0/address)"
+	if ping -c 3 -W 5 10.0.2.1 >/dev/null 2>&1; then
+		echo "VMM-E2E: net ping ok"
+	else
+		echo "VMM-E2E: net ping failed"
+	fi
+	dd if=/dev/urandom of=/tmp/up bs=1048576 count=16 2>/dev/null
+	set -- $(sha256sum /tmp/up)
+	echo "VMM-E2E: net sent $1"
+	nc 10.0.2.1 5001 </tmp/up
+	nc 10.0.2.1 5002 >/tmp/down
+	set -- $(sha256sum /tmp/down)
+	echo "VMM-E2E: net received $1"
+	umount /tmp
+}
+# vmm_e2e=hang, vmm_e2e=stale, vmm_e2e=net: separate words, any of them.
 cmdline=" $(cat /proc/cmdline) "
 hang=
 case "$cmdline" in
@@ -153,6 +183,9 @@ case "$cmdline" in
 esac
 case "$cmdline" in
 *" vmm_e2e=stale "*) /bin/stale-code /dev/vdb ;;
+esac
+case "$cmdline" in
+*" vmm_e2e=net "*) net_test ;;
 esac
 
 # / as mounted: the options of its last line in /proc/mounts.
