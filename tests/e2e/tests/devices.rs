@@ -391,7 +391,8 @@ fn network_over_a_tap_in_a_namespace() {
 /// /dev/vdb with O_DIRECT (virtio-blk writes guest memory through the testbed's RAM
 /// file, which QEMU's TCG does not watch) and runs it again. bhyve reports the read's
 /// ranges and the testbed rewrites them through its CPU (TESTBED_SYNC): the second call
-/// returns 2. Without that sync it returned 1.
+/// returns 2. Checked: with bhyve's report of device writes turned off, the guest ran
+/// the stale `mov w0, #1` and this test failed ("then 1").
 #[test]
 fn guest_runs_code_read_from_disk_not_stale_translations() {
     if skip() {
