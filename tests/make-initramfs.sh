@@ -196,6 +196,12 @@ mount -t devtmpfs devtmpfs /dev || fail "cannot mount devtmpfs on /dev"
 while read -r m; do
 	insmod "/lib/modules/$m" || fail "insmod $m failed"
 done </lib/modules/load-order
+# With console=hvc0 the kernel had no console when it started this script (hvc0 comes
+# with virtio_console, just loaded): open /dev/console again so that this script and
+# the init it starts write to the console.
+if [ ! -t 1 ] && [ -c /dev/console ]; then
+	exec 0<>/dev/console 1>&0 2>&0
+fi
 
 root= fstype=ext4 flags= mode=ro init=/sbin/init
 set -f

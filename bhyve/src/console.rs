@@ -119,6 +119,7 @@ pub fn handle_exit_signals(status: i32) -> nix::Result<()> {
 }
 
 /// Console output: the terminal (stdout) with `-b`, nothing without it.
+#[derive(Clone)]
 pub enum Output {
     Terminal,
     Discard,
@@ -148,10 +149,28 @@ impl Write for Output {
 /// How long the input thread waits for the guest to make room in a full RX FIFO.
 const FULL_FIFO_WAIT: Duration = Duration::from_millis(2);
 
-/// Feeds everything read from `input` to the console UART until `input` ends or fails.
-/// Bytes are never dropped: while the UART's FIFO is full the thread waits for the guest
-/// to read, so a paste larger than the FIFO arrives whole.
-pub fn pump_input(mut input: impl Read, uart: &DeviceRef) -> io::Result<()> {
+/// Where typed input goes: the console UART, or a virtio console.
+pub trait InputSink: Send + 'static {
+    /// Takes what fits of `bytes`; returns how many were taken (0: full for now).
+    fn push_input(&self, bytes: &[u8]) -> io::Result<usize>;
+}
+
+impl InputSink for DeviceRef {
+    fn push_input(&self, bytes: &[u8]) -> io::Result<usize> {
+        DeviceRef::push_input(self, bytes).map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+impl InputSink for vmm_virtio::console::ConsoleInput {
+    fn push_input(&self, bytes: &[u8]) -> io::Result<usize> {
+        Ok(self.push(bytes))
+    }
+}
+
+/// Feeds everything read from `input` to the console (`sink`) until `input` ends or
+/// fails. Bytes are never dropped: while the console is full the thread waits for the
+/// guest to read, so a paste larger than a UART's FIFO arrives whole.
+pub fn pump_input(mut input: impl Read, sink: &impl InputSink) -> io::Result<()> {
     let mut buf = [0u8; 256];
     loop {
         let n = match input.read(&mut buf) {
@@ -162,9 +181,7 @@ pub fn pump_input(mut input: impl Read, uart: &DeviceRef) -> io::Result<()> {
         };
         let mut pending = &buf[..n];
         while !pending.is_empty() {
-            let taken = uart
-                .push_input(pending)
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            let taken = sink.push_input(pending)?;
             pending = &pending[taken..];
             if !pending.is_empty() {
                 thread::sleep(FULL_FIFO_WAIT);
@@ -173,15 +190,15 @@ pub fn pump_input(mut input: impl Read, uart: &DeviceRef) -> io::Result<()> {
     }
 }
 
-/// Starts the thread that feeds `input` (the terminal: [`StdinFd`]) to the console UART.
+/// Starts the thread that feeds `input` (the terminal: [`StdinFd`]) to the console.
 pub fn spawn_input_thread(
     input: impl Read + Send + 'static,
-    uart: DeviceRef,
+    sink: impl InputSink,
 ) -> io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
-            if let Err(e) = pump_input(input, &uart) {
+            if let Err(e) = pump_input(input, &sink) {
                 warn(&format!("console input stopped: {e}"));
             }
         })

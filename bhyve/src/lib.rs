@@ -67,6 +67,7 @@ impl Prepared {
     pub fn run(self, args: &Args, out: Output, input: Option<Box<dyn Read + Send>>) -> Stop {
         let sink = Arc::new(machine::VmIrq(self.vm.clone()));
         let mut virtio = Vec::new();
+        let mut virtio_console = None;
         if !self.slots.is_empty() {
             let mem = match self.vm.guest_memory() {
                 Ok(m) => m,
@@ -78,16 +79,23 @@ impl Prepared {
                 }
             };
             for s in self.slots {
-                let slot = s.slot;
-                match s.start(&self.vm, mem.clone()) {
-                    Ok(dev) => virtio.push((slot, dev)),
+                match s.start(&self.vm, mem.clone(), &out) {
+                    Ok(started) => {
+                        virtio_console = virtio_console.or(started.console_input);
+                        virtio.push((started.slot, started.device));
+                    }
                     Err(e) => return Stop::Error(e),
                 }
             }
         }
         let (bus, uart) = machine::build_bus(sink, args.console, out, virtio);
+        // Typing goes to the virtio console when there is one, else to the UART.
         if let Some(input) = input {
-            if let Err(e) = console::spawn_input_thread(input, uart) {
+            let started = match virtio_console {
+                Some(c) => console::spawn_input_thread(input, c),
+                None => console::spawn_input_thread(input, uart),
+            };
+            if let Err(e) = started {
                 return Stop::Error(format!("cannot start the console input thread: {e}"));
             }
         }

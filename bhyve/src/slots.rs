@@ -10,16 +10,18 @@ use std::sync::Arc;
 
 use libvmmapi::Vm;
 use vmm_virtio::blk::{Block, BlockOptions};
+use vmm_virtio::console::{Console, ConsoleInput};
 use vmm_virtio::disk::Disk;
 use vmm_virtio::net::{generated_mac, Net, NetOptions};
 use vmm_virtio::rng::Rng;
 use vmm_virtio::{Device, DmaObserver, IrqLine, VirtioMmio};
 
 use crate::args::SlotSpec;
+use crate::console::Output;
 use crate::mmio::MmioDevice;
 
 /// The device names `-s` takes.
-pub const DEVICES: &[&str] = &["virtio-blk", "virtio-net", "virtio-rnd"];
+pub const DEVICES: &[&str] = &["virtio-blk", "virtio-console", "virtio-net", "virtio-rnd"];
 
 /// Checks a slot's options without touching any file (the command-line check).
 pub fn check_options(slot: &SlotSpec) -> Result<(), String> {
@@ -30,20 +32,47 @@ pub fn check_options(slot: &SlotSpec) -> Result<(), String> {
             None | Some("") => Ok(()),
             Some(_) => Err("virtio-rnd takes no options".into()),
         },
+        "virtio-console" => match slot.options.as_deref() {
+            None | Some("") => Ok(()),
+            Some(_) => Err(
+                "virtio-console: named ports (NAME=PATH) are not implemented yet; \
+                 use virtio-console alone for the console (hvc0)"
+                    .into(),
+            ),
+        },
         other => Err(format!("unknown device '{other}'")),
     }
+}
+
+/// Refuses a second console: bhyve has one console, and one virtio-console may be it.
+pub fn check_slots(slots: &[SlotSpec]) -> Result<(), (SlotSpec, String)> {
+    let mut consoles = slots.iter().filter(|s| s.device == "virtio-console");
+    if let (Some(_), Some(second)) = (consoles.next(), consoles.next()) {
+        return Err((
+            second.clone(),
+            "only one virtio-console can be bhyve's console".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A slot's device with its backend open, not yet running.
 pub struct OpenSlot {
     pub slot: u32,
-    device: Box<dyn Device>,
+    device: Opened,
+}
+
+enum Opened {
+    Device(Box<dyn Device>),
+    /// The virtio console: made when bhyve's console output is known.
+    Console,
 }
 
 /// Opens every slot's backend for VM `vmname`, in command-line order. The first
 /// failure is returned as `(spec, cause)`; backends already opened are closed (dropped)
 /// with it.
 pub fn open(slots: &[SlotSpec], vmname: &str) -> Result<Vec<OpenSlot>, (SlotSpec, String)> {
+    check_slots(slots)?;
     slots
         .iter()
         .map(|s| {
@@ -57,7 +86,15 @@ pub fn open(slots: &[SlotSpec], vmname: &str) -> Result<Vec<OpenSlot>, (SlotSpec
         .collect()
 }
 
-fn open_one(slot: &SlotSpec, vmname: &str) -> Result<Box<dyn Device>, String> {
+fn open_one(slot: &SlotSpec, vmname: &str) -> Result<Opened, String> {
+    if slot.device == "virtio-console" {
+        check_options(slot)?;
+        return Ok(Opened::Console);
+    }
+    open_device(slot, vmname).map(Opened::Device)
+}
+
+fn open_device(slot: &SlotSpec, vmname: &str) -> Result<Box<dyn Device>, String> {
     match slot.device.as_str() {
         "virtio-net" => {
             let o = NetOptions::parse(slot.options.as_deref())?;
@@ -105,16 +142,36 @@ impl DmaObserver for VmDma {
     }
 }
 
+/// A device started on its slot, and the console input it takes if it is the console.
+pub struct Started {
+    pub slot: u32,
+    pub device: VirtioMmio,
+    pub console_input: Option<ConsoleInput>,
+}
+
 impl OpenSlot {
-    /// Puts the device on its virtio-mmio slot of `vm` and starts its worker.
-    pub fn start(self, vm: &Vm, mem: libvmmapi::VmMemory) -> Result<VirtioMmio, String> {
+    /// Puts the device on its virtio-mmio slot of `vm` and starts its worker; a virtio
+    /// console writes to `out`.
+    pub fn start(self, vm: &Vm, mem: libvmmapi::VmMemory, out: &Output) -> Result<Started, String> {
+        let (device, console_input): (Box<dyn Device>, _) = match self.device {
+            Opened::Device(d) => (d, None),
+            Opened::Console => {
+                let (c, input) = Console::new(Box::new(out.clone()));
+                (Box::new(c), Some(input))
+            }
+        };
         let line = Arc::new(SlotIrq {
             vm: vm.clone(),
             intid: vmm_platform::virtio_mmio_intid(self.slot),
         });
         let dma: Arc<dyn DmaObserver> = Arc::new(VmDma(vm.clone()));
-        VirtioMmio::new(self.device, mem, line, Some(dma))
-            .map_err(|e| format!("slot {}: cannot start the device: {e}", self.slot))
+        let device = VirtioMmio::new(device, mem, line, Some(dma))
+            .map_err(|e| format!("slot {}: cannot start the device: {e}", self.slot))?;
+        Ok(Started {
+            slot: self.slot,
+            device,
+            console_input,
+        })
     }
 }
 

@@ -8,6 +8,7 @@
 //! * [`irq`]: InterruptStatus and the slot's level-triggered SPI.
 //! * [`doorbell`]: how a QueueNotify wakes the device's worker thread.
 //! * [`blk`] over [`disk`]: virtio-blk on a raw image or a disk device.
+//! * [`console`]: virtio-console's console port (hvc0).
 //! * [`net`] over [`tap`]: virtio-net on a tap interface.
 //! * [`rng`]: virtio-rng (`virtio-rnd`).
 //!
@@ -17,6 +18,7 @@
 //! DEVICE_NEEDS_RESET, never bhyve.
 
 pub mod blk;
+pub mod console;
 pub mod disk;
 pub mod doorbell;
 pub mod irq;

@@ -63,11 +63,16 @@ impl T {
     /// `quiet`: the kernel's own messages would cost a userspace exit per few bytes on
     /// the PL011; init's lines still reach the console.
     fn load(&self, vm: &str, extra: &[&str]) {
+        self.load_with(vm, &["console=ttyAMA0", "quiet"], extra)
+    }
+
+    fn load_with(&self, vm: &str, console: &[&str], extra: &[&str]) {
         let kernel = guest::kernel().unwrap_or_else(|e| panic!("{e}"));
         let initrd = guest::root_initramfs().unwrap_or_else(|e| panic!("{e}"));
         let mut args = vec!["-k", s(&kernel), "-m", "256M", "-i", s(&initrd)];
-        for a in ["console=ttyAMA0", "panic=-1", "quiet", "root=/dev/vda"]
+        for a in console
             .iter()
+            .chain(&["panic=-1", "root=/dev/vda"])
             .chain(extra)
         {
             args.extend(["-e", a]);
@@ -425,6 +430,53 @@ fn guest_runs_code_read_from_disk_not_stale_translations() {
         has(&out, "VMM-E2E: stale-code first 1");
         has(&out, "VMM-E2E: stale-code then 2");
         let out = t.tool("bhyvectl", &["--vm=stale", "--destroy"]);
+        assert_eq!(out.code, Some(0), "{out}");
+    });
+}
+
+/// The kernel logs on hvc0 (console=hvc0, no `quiet`): virtio_console registers hvc0
+/// once the initramfs loads it, and from then on the kernel's messages and init's lines
+/// are on the console. (What Linux logged before the module loaded is not replayed
+/// /// there, and its last "reboot: Power down" does not arrive: docs/virtio.md.)
+#[test]
+fn kernel_logs_on_hvc0() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut t = T::start("hvc0");
+    t.check(|t| {
+        let root = t.dir.join("hvc0-root.img");
+        let template = guest::rootdisk_template().unwrap_or_else(|e| panic!("{e}"));
+        let cp = Command::new("cp")
+            .args(["--sparse=always", s(&template), s(&root)])
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        t.load_with("hvc", &["console=hvc0"], &["rw"]);
+        let out = t.boot(
+            "hvc",
+            &[
+                format!("0,virtio-blk,{}", s(&root)),
+                "3,virtio-console".to_string(),
+            ],
+        );
+        assert_eq!(out.code, Some(1), "{out}");
+        has(&out, "EXT4-fs (vda): mounted filesystem");
+        has(&out, ROOTFS_MARKER);
+        has(&out, "VMM-E2E: boots: boot 1");
+        let stats = t.tool("bhyvectl", &["--vm=hvc", "--get-stats"]);
+        let exits = stats
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("vm exits returned to userspace"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        eprintln!(
+            "{} console bytes, {exits} exits to bhyve in all",
+            out.stdout.len()
+        );
+        let out = t.tool("bhyvectl", &["--vm=hvc", "--destroy"]);
         assert_eq!(out.code, Some(0), "{out}");
     });
 }
