@@ -146,7 +146,9 @@ pub fn build_bus(
         Some(PL011_INTID),
         Box::new(Pl011::new(pl011_out)),
     );
-    bus.attach("pl031", PL031, Some(PL031_INTID), Box::new(Pl031::new()));
+    let rtc = Pl031::new();
+    let rtc_alarm = rtc.alarm_timer();
+    let pl031 = bus.attach("pl031", PL031, Some(PL031_INTID), Box::new(rtc));
     let ns = bus.attach(
         "ns16550",
         NS16550,
@@ -169,6 +171,13 @@ pub fn build_bus(
         }
     }
     let bus = Arc::new(bus);
+    let rtc = bus.device(pl031).expect("the RTC was attached just above");
+    if let Err(e) = rtc_alarm.start(&rtc) {
+        crate::console::warn(&format!(
+            "cannot start the RTC alarm thread: {e}; the PL031 raises its alarm \
+             interrupt only when the guest next touches it"
+        ));
+    }
     let index = match console {
         ConsoleDevice::Pl011 => pl011,
         ConsoleDevice::Ns16550 => ns,

@@ -6,7 +6,7 @@
 //! every access so that the VM sees exactly one assert or deassert per level change.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use thiserror::Error;
 use vmm_platform::Window;
@@ -69,6 +69,14 @@ pub struct Bus {
 #[derive(Clone)]
 pub struct DeviceRef {
     bus: Arc<Bus>,
+    index: usize,
+}
+
+/// A handle on one attached device that does not keep the bus alive: a device's own
+/// timer thread holds one, so that the thread ends once the VM's bus is gone.
+#[derive(Clone)]
+pub struct WeakDeviceRef {
+    bus: Weak<Bus>,
     index: usize,
 }
 
@@ -208,6 +216,33 @@ impl DeviceRef {
         self.bus.update_irq(self.index, &mut att)?;
         Ok(n)
     }
+
+    /// Recomputes the device's interrupt level under its lock and tells the VM if it
+    /// changed. The bus does this after every access; this is for a device whose level
+    /// also changes with time (the PL031's alarm), called by its timer when the time
+    /// comes.
+    pub fn update_irq(&self) -> Result<(), IrqError> {
+        let mut att = lock(&self.bus.entries[self.index].dev);
+        self.bus.update_irq(self.index, &mut att)
+    }
+
+    /// A handle on the same device that does not keep the bus alive.
+    pub fn downgrade(&self) -> WeakDeviceRef {
+        WeakDeviceRef {
+            bus: Arc::downgrade(&self.bus),
+            index: self.index,
+        }
+    }
+}
+
+impl WeakDeviceRef {
+    /// The device, while its bus still exists.
+    pub fn upgrade(&self) -> Option<DeviceRef> {
+        self.bus.upgrade().map(|bus| DeviceRef {
+            bus,
+            index: self.index,
+        })
+    }
 }
 
 /// Locks a device. A panic in another thread while it held the lock leaves register
@@ -264,6 +299,50 @@ pub(crate) mod tests {
         assert_eq!(*sink.0.lock().unwrap(), [(40, true), (40, false)]);
         assert_eq!(bus.name_at(0x101f), Some("regs"));
         assert_eq!(bus.name_at(0x1020), None);
+    }
+
+    /// Raises its line while the shared flag is set: a level that changes without an
+    /// access.
+    struct Flag(Arc<AtomicBool>);
+    impl MmioDevice for Flag {
+        fn read(&mut self, _offset: u64, _size: u8) -> u64 {
+            0
+        }
+        fn write(&mut self, _offset: u64, _size: u8, _value: u64) {}
+        fn irq_level(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn update_irq_sends_level_changes_made_without_an_access() {
+        let sink = Arc::new(RecordingSink::default());
+        let mut bus = Bus::new(sink.clone());
+        let flag = Arc::new(AtomicBool::new(false));
+        let i = bus.attach(
+            "flag",
+            Window::new(0x1000, 32),
+            Some(41),
+            Box::new(Flag(flag.clone())),
+        );
+        let bus = Arc::new(bus);
+        let dev = bus.device(i).unwrap();
+        dev.update_irq().unwrap();
+        assert!(sink.0.lock().unwrap().is_empty(), "no change, nothing sent");
+        flag.store(true, Ordering::Relaxed);
+        dev.update_irq().unwrap();
+        dev.update_irq().unwrap(); // still high: no second assert
+        bus.read(0x1000, 4).unwrap(); // an access sees the same level
+        flag.store(false, Ordering::Relaxed);
+        dev.downgrade().upgrade().unwrap().update_irq().unwrap();
+        assert_eq!(*sink.0.lock().unwrap(), [(41, true), (41, false)]);
+
+        let weak = dev.downgrade();
+        drop((dev, bus));
+        assert!(
+            weak.upgrade().is_none(),
+            "a weak handle does not keep the bus"
+        );
     }
 
     #[test]
