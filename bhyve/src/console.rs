@@ -110,6 +110,7 @@ pub fn handle_exit_signals(status: i32) -> nix::Result<()> {
         .spawn(move || {
             if let Ok(sig) = set.wait() {
                 restore_terminal();
+                vmm_virtio::console::remove_sockets();
                 warn(&format!("{}: stopping", sig.as_str()));
                 std::process::exit(status);
             }

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     // The console input thread may be blocked reading the terminal: exit without
-    // waiting for it.
+    // waiting for it (and so without destructors: remove the port sockets here).
+    vmm_virtio::console::remove_sockets();
     std::process::exit(stop.status())
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use libvmmapi::Vm;
 use vmm_virtio::blk::{Block, BlockOptions};
-use vmm_virtio::console::{Console, ConsoleInput};
+use vmm_virtio::console::{Console, ConsoleInput, ConsoleOptions, PortSocket};
 use vmm_virtio::disk::Disk;
 use vmm_virtio::net::{generated_mac, Net, NetOptions};
 use vmm_virtio::rng::Rng;
@@ -32,14 +32,7 @@ pub fn check_options(slot: &SlotSpec) -> Result<(), String> {
             None | Some("") => Ok(()),
             Some(_) => Err("virtio-rnd takes no options".into()),
         },
-        "virtio-console" => match slot.options.as_deref() {
-            None | Some("") => Ok(()),
-            Some(_) => Err(
-                "virtio-console: named ports (NAME=PATH) are not implemented yet; \
-                 use virtio-console alone for the console (hvc0)"
-                    .into(),
-            ),
-        },
+        "virtio-console" => ConsoleOptions::parse(slot.options.as_deref()).map(drop),
         other => Err(format!("unknown device '{other}'")),
     }
 }
@@ -64,8 +57,9 @@ pub struct OpenSlot {
 
 enum Opened {
     Device(Box<dyn Device>),
-    /// The virtio console: made when bhyve's console output is known.
-    Console,
+    /// The virtio console with its named ports' sockets: made when bhyve's console
+    /// output is known.
+    Console(Vec<PortSocket>),
 }
 
 /// Opens every slot's backend for VM `vmname`, in command-line order. The first
@@ -88,8 +82,13 @@ pub fn open(slots: &[SlotSpec], vmname: &str) -> Result<Vec<OpenSlot>, (SlotSpec
 
 fn open_one(slot: &SlotSpec, vmname: &str) -> Result<Opened, String> {
     if slot.device == "virtio-console" {
-        check_options(slot)?;
-        return Ok(Opened::Console);
+        let o = ConsoleOptions::parse(slot.options.as_deref())?;
+        let mut sockets = Vec::with_capacity(o.ports.len());
+        for (name, path) in &o.ports {
+            // On an error the sockets made so far are dropped, which removes them.
+            sockets.push(PortSocket::create(name, path)?);
+        }
+        return Ok(Opened::Console(sockets));
     }
     open_device(slot, vmname).map(Opened::Device)
 }
@@ -155,8 +154,8 @@ impl OpenSlot {
     pub fn start(self, vm: &Vm, mem: libvmmapi::VmMemory, out: &Output) -> Result<Started, String> {
         let (device, console_input): (Box<dyn Device>, _) = match self.device {
             Opened::Device(d) => (d, None),
-            Opened::Console => {
-                let (c, input) = Console::new(Box::new(out.clone()));
+            Opened::Console(ports) => {
+                let (c, input) = Console::new(Box::new(out.clone()), ports);
                 (Box::new(c), Some(input))
             }
         };

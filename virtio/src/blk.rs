@@ -317,7 +317,7 @@ impl Device for Block {
 
     fn run(self: Box<Self>, dev: Arc<DeviceShared>) {
         loop {
-            let wake = dev.bell.wait(None, None);
+            let wake = dev.bell.wait(&[], None);
             if wake.stop {
                 return;
             }

@@ -1,28 +1,168 @@
-//! virtio-console (virtio 1.x 5.3), the console port alone: Linux's hvc0. What the guest
-//! transmits goes to bhyve's console output (the terminal with `-b`); what is typed
-//! reaches the guest through [`ConsoleInput`], which bhyve's console input thread feeds.
+//! virtio-console (virtio 1.x 5.3): port 0 is the console (Linux's hvc0) on bhyve's
+//! console; each `NAME=PATH` adds a named port (Linux's /dev/vport*, /dev/virtio-ports/
+//! NAME) on a unix socket bhyve creates at PATH.
+//!
+//! Port 0 writes what the guest transmits to bhyve's console output (the terminal with
+//! `-b`) and takes typed input through [`ConsoleInput`]. A named port's socket takes one
+//! client at a time (a second is closed at once); what the guest writes while nobody is
+//! connected is dropped, as on a serial line nobody listens to. Sockets are created
+//! when bhyve opens its backends, refused if PATH exists, and removed when bhyve ends
+//! ([`remove_sockets`] on every exit path).
+//!
+//! With named ports the device offers VIRTIO_CONSOLE_F_MULTIPORT and speaks the control
+//! protocol on queues 2 and 3: the driver says DEVICE_READY, the device adds every port,
+//! the driver says PORT_READY for each, the device names it (or makes port 0 the
+//! console) and tells it whether a client is connected (PORT_OPEN).
 //!
 //! A guest printing through hvc0 hands over a whole buffer per queue notification,
 //! where a UART costs an exit per byte or two.
 
 use std::collections::VecDeque;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 
 use crate::doorbell::RESET_BIT;
-use crate::queue::DeviceShared;
+use crate::queue::{pieces, DeviceShared, Popped};
 use crate::transport::{Device, DeviceInfo};
 
-pub const RX: usize = 0;
-pub const TX: usize = 1;
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 128;
 /// Input held for the guest before typing is pushed back (as a UART's FIFO does).
 pub const INPUT_CAP: usize = 4096;
+/// Named ports at most (with the console: 16, FreeBSD bhyve's limit).
+pub const MAX_NAMED_PORTS: usize = 15;
 /// The doorbell bit input arrival rings (no queue has this number).
 const INPUT_BIT: u32 = 30;
+/// Queues 2 and 3: the control queues (with MULTIPORT).
+const CONTROL_RX: usize = 2;
+const CONTROL_TX: usize = 3;
+
+/// VIRTIO_CONSOLE_F_MULTIPORT.
+pub const F_MULTIPORT: u32 = 1;
+
+/// Control events (virtio 1.x 5.3.6.2).
+pub mod event {
+    pub const DEVICE_READY: u16 = 0;
+    pub const DEVICE_ADD: u16 = 1;
+    pub const PORT_READY: u16 = 3;
+    pub const CONSOLE_PORT: u16 = 4;
+    pub const PORT_OPEN: u16 = 6;
+    pub const PORT_NAME: u16 = 7;
+}
+
+/// Port `id`'s receive queue (its transmit queue is the next one).
+pub fn rx_queue(id: u32) -> usize {
+    if id == 0 {
+        0
+    } else {
+        2 + 2 * id as usize
+    }
+}
+
+/// Sockets to remove when bhyve ends.
+static SOCKETS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes every socket the named ports created (call on every way out of bhyve:
+/// `process::exit` runs no destructors).
+pub fn remove_sockets() {
+    let mut all = SOCKETS.lock().unwrap_or_else(|p| p.into_inner());
+    for p in all.drain(..) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// `-s N,virtio-console[,NAME=PATH...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConsoleOptions {
+    pub ports: Vec<(String, PathBuf)>,
+}
+
+impl ConsoleOptions {
+    pub fn parse(options: Option<&str>) -> Result<ConsoleOptions, String> {
+        let mut ports: Vec<(String, PathBuf)> = Vec::new();
+        for w in options.unwrap_or("").split(',').filter(|w| !w.is_empty()) {
+            let Some((name, path)) = w.split_once('=') else {
+                return Err(format!(
+                    "virtio-console: '{w}' is not NAME=PATH (a port named NAME on socket PATH)"
+                ));
+            };
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !name_ok {
+                return Err(format!(
+                    "virtio-console: port name '{name}' must be 1-64 letters, digits, '.', '_' or '-'"
+                ));
+            }
+            if path.is_empty() {
+                return Err(format!("virtio-console: port '{name}' has no socket path"));
+            }
+            if ports.iter().any(|(n, _)| n == name) {
+                return Err(format!("virtio-console: port '{name}' is named twice"));
+            }
+            ports.push((name.into(), path.into()));
+        }
+        if ports.len() > MAX_NAMED_PORTS {
+            return Err(format!(
+                "virtio-console: at most {MAX_NAMED_PORTS} named ports"
+            ));
+        }
+        Ok(ConsoleOptions { ports })
+    }
+}
+
+/// A named port's listening socket and its one client.
+#[derive(Debug)]
+pub struct PortSocket {
+    name: String,
+    path: PathBuf,
+    listener: UnixListener,
+    client: Option<UnixStream>,
+}
+
+impl PortSocket {
+    /// Creates the socket at `path`, which must not exist.
+    pub fn create(name: &str, path: &Path) -> Result<PortSocket, String> {
+        if path.symlink_metadata().is_ok() {
+            return Err(format!(
+                "{}: exists; bhyve creates the port's socket there (remove it first)",
+                path.display()
+            ));
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| format!("{}: cannot create the socket: {e}", path.display()))?;
+        SOCKETS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(path.to_path_buf());
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(PortSocket {
+            name: name.into(),
+            path: path.to_path_buf(),
+            listener,
+            client: None,
+        })
+    }
+}
+
+impl Drop for PortSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        SOCKETS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| p != &self.path);
+    }
+}
 
 #[derive(Default)]
 struct Input {
@@ -55,98 +195,314 @@ impl ConsoleInput {
     }
 }
 
+/// A named port's state beside its socket.
+struct Port {
+    sock: PortSocket,
+    /// The driver said PORT_READY.
+    ready: bool,
+    /// Bytes read from the client, waiting for receive buffers.
+    pending: VecDeque<u8>,
+}
+
 /// The console device.
 pub struct Console {
     out: Box<dyn Write + Send>,
     input: ConsoleInput,
+    ports: Vec<Port>,
+    /// Control messages for the driver, waiting for control receive buffers.
+    control: VecDeque<Vec<u8>>,
     buf: Vec<u8>,
 }
 
 impl Console {
-    /// A console writing to `out`; feed its input through the returned handle.
-    pub fn new(out: Box<dyn Write + Send>) -> (Console, ConsoleInput) {
+    /// A console writing port 0 to `out`, with the named `ports`; feed port 0's input
+    /// through the returned handle.
+    pub fn new(out: Box<dyn Write + Send>, ports: Vec<PortSocket>) -> (Console, ConsoleInput) {
         let input = ConsoleInput::default();
+        let ports = ports
+            .into_iter()
+            .map(|sock| Port {
+                sock,
+                ready: false,
+                pending: VecDeque::new(),
+            })
+            .collect();
         (
             Console {
                 out,
                 input: input.clone(),
+                ports,
+                control: VecDeque::new(),
                 buf: Vec::new(),
             },
             input,
         )
     }
 
-    fn transmit(&mut self, dev: &DeviceShared) {
-        while let Some(p) = dev.pop(TX) {
-            self.buf.clear();
-            let usable = p.chain.descs.iter().all(|d| !d.writable);
-            for d in p.chain.descs.iter().filter(|_| usable) {
-                let start = self.buf.len();
-                self.buf.resize(start + d.len as usize, 0);
-                if !dev.read(d.addr, &mut self.buf[start..]) {
-                    self.buf.truncate(start);
-                    break;
-                }
+    fn multiport(&self) -> bool {
+        !self.ports.is_empty()
+    }
+
+    /// The bytes of a transmit chain (readable descriptors only), or None.
+    fn gather(&mut self, dev: &DeviceShared, p: &Popped) -> bool {
+        self.buf.clear();
+        if p.chain.descs.iter().any(|d| d.writable) {
+            return false;
+        }
+        let Some(parts) = pieces(&p.chain.descs, 0, 0) else {
+            return false;
+        };
+        for (gpa, len) in parts {
+            let start = self.buf.len();
+            self.buf.resize(start + len as usize, 0);
+            if !dev.read(gpa, &mut self.buf[start..]) {
+                return false;
             }
-            // Output that cannot be written (a closed terminal) is dropped.
-            let _ = self.out.write_all(&self.buf);
-            dev.complete(TX, &p, 0);
+        }
+        true
+    }
+
+    /// Port 0's output to bhyve's console.
+    fn transmit_console(&mut self, dev: &DeviceShared) {
+        while let Some(p) = dev.pop(1) {
+            if self.gather(dev, &p) {
+                // Output that cannot be written (a closed terminal) is dropped.
+                let _ = self.out.write_all(&self.buf);
+            }
+            dev.complete(1, &p, 0);
         }
         let _ = self.out.flush();
     }
 
-    fn receive(&mut self, dev: &DeviceShared) {
-        loop {
-            if self.input.lock().bytes.is_empty() {
-                return;
+    /// A named port's output to its client (dropped without one).
+    fn transmit_port(&mut self, dev: &DeviceShared, i: usize) {
+        let q = rx_queue(i as u32 + 1) + 1;
+        while let Some(p) = dev.pop(q) {
+            if self.gather(dev, &p) {
+                if let Some(c) = &mut self.ports[i].sock.client {
+                    if c.write_all(&self.buf).is_err() {
+                        self.disconnect(i);
+                    }
+                }
             }
-            let Some(p) = dev.pop(RX) else {
+            dev.complete(q, &p, 0);
+        }
+    }
+
+    /// Fills receive buffers of queue `q` from `bytes`.
+    fn fill(dev: &DeviceShared, q: usize, bytes: &mut VecDeque<u8>) {
+        while !bytes.is_empty() {
+            let Some(p) = dev.pop(q) else {
                 return;
             };
             let mut written = 0u32;
             if p.chain.descs.iter().all(|d| d.writable) {
-                let mut input = self.input.lock();
                 for d in &p.chain.descs {
-                    let n = (d.len as usize).min(input.bytes.len());
-                    let chunk: Vec<u8> = input.bytes.iter().take(n).copied().collect();
+                    let n = (d.len as usize).min(bytes.len());
+                    let chunk: Vec<u8> = bytes.iter().take(n).copied().collect();
                     if n == 0 || !dev.write(d.addr, &chunk, false) {
                         break;
                     }
-                    input.bytes.drain(..n);
+                    bytes.drain(..n);
                     written += n as u32;
                 }
             }
-            dev.complete(RX, &p, written);
+            dev.complete(q, &p, written);
+        }
+    }
+
+    fn receive_console(&mut self, dev: &DeviceShared) {
+        let mut input = self.input.lock();
+        Self::fill(dev, 0, &mut input.bytes);
+    }
+
+    fn send_control(&mut self, id: u32, event: u16, value: u16, data: &[u8]) {
+        let mut m = Vec::with_capacity(8 + data.len());
+        m.extend_from_slice(&id.to_le_bytes());
+        m.extend_from_slice(&event.to_le_bytes());
+        m.extend_from_slice(&value.to_le_bytes());
+        m.extend_from_slice(data);
+        self.control.push_back(m);
+    }
+
+    /// Delivers queued control messages, one per receive buffer.
+    fn flush_control(&mut self, dev: &DeviceShared) {
+        while !self.control.is_empty() {
+            let Some(p) = dev.pop(CONTROL_RX) else {
+                return;
+            };
+            let mut written = 0u32;
+            if let Some(m) = self.control.pop_front() {
+                let d = p.chain.descs.first().copied();
+                if let Some(d) = d.filter(|d| d.writable && d.len as usize >= m.len()) {
+                    if dev.write(d.addr, &m, false) {
+                        written = m.len() as u32;
+                    }
+                }
+            }
+            dev.complete(CONTROL_RX, &p, written);
+        }
+    }
+
+    /// Control messages from the driver.
+    fn control_from_driver(&mut self, dev: &DeviceShared) {
+        while let Some(p) = dev.pop(CONTROL_TX) {
+            let ok = self.gather(dev, &p) && self.buf.len() >= 8;
+            dev.complete(CONTROL_TX, &p, 0);
+            if !ok {
+                continue;
+            }
+            let id = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+            let ev = u16::from_le_bytes([self.buf[4], self.buf[5]]);
+            let value = u16::from_le_bytes([self.buf[6], self.buf[7]]);
+            match (ev, id) {
+                (event::DEVICE_READY, _) if value == 1 => {
+                    for port in 0..=self.ports.len() as u32 {
+                        self.send_control(port, event::DEVICE_ADD, 0, &[]);
+                    }
+                }
+                (event::PORT_READY, 0) if value == 1 => {
+                    self.send_control(0, event::CONSOLE_PORT, 1, &[]);
+                    self.send_control(0, event::PORT_OPEN, 1, &[]);
+                }
+                (event::PORT_READY, id) if value == 1 => {
+                    let Some(port) = self.ports.get_mut(id as usize - 1) else {
+                        continue;
+                    };
+                    port.ready = true;
+                    let name = port.sock.name.clone().into_bytes();
+                    let open = u16::from(port.sock.client.is_some());
+                    self.send_control(id, event::PORT_NAME, 1, &name);
+                    self.send_control(id, event::PORT_OPEN, open, &[]);
+                }
+                // The guest opening or closing its end, and anything else: nothing to do.
+                _ => {}
+            }
+        }
+    }
+
+    fn accept(&mut self, i: usize) {
+        while let Ok((stream, _)) = self.ports[i].sock.listener.accept() {
+            if self.ports[i].sock.client.is_some() {
+                // One client at a time: the newcomer is closed at once.
+                continue;
+            }
+            let _ = stream.set_nonblocking(false);
+            self.ports[i].sock.client = Some(stream);
+            if self.ports[i].ready {
+                self.send_control(i as u32 + 1, event::PORT_OPEN, 1, &[]);
+            }
+        }
+    }
+
+    fn disconnect(&mut self, i: usize) {
+        if self.ports[i].sock.client.take().is_some() && self.ports[i].ready {
+            self.send_control(i as u32 + 1, event::PORT_OPEN, 0, &[]);
+        }
+    }
+
+    /// Reads what the client sent (it was readable).
+    fn read_client(&mut self, i: usize) {
+        let mut buf = [0u8; 4096];
+        let r = match &mut self.ports[i].sock.client {
+            Some(c) => {
+                let _ = c.set_nonblocking(true);
+                let r = c.read(&mut buf);
+                let _ = c.set_nonblocking(false);
+                r
+            }
+            None => return,
+        };
+        match r {
+            Ok(0) => self.disconnect(i),
+            Ok(n) => self.ports[i].pending.extend(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => self.disconnect(i),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.control.clear();
+        for p in &mut self.ports {
+            p.ready = false;
+            p.pending.clear();
         }
     }
 }
 
+/// What each polled fd is.
+enum Polled {
+    Listener(usize),
+    Client(usize),
+}
+
 impl Device for Console {
     fn info(&self) -> DeviceInfo {
+        let nports = 1 + self.ports.len();
+        let mut config = vec![0u8; 12];
+        config[4..8].copy_from_slice(&(nports as u32).to_le_bytes());
+        let queues = if self.multiport() { 2 * nports + 2 } else { 2 };
         DeviceInfo {
             id: VIRTIO_ID_CONSOLE,
             name: "virtio-console",
-            features: 0,
-            queue_sizes: vec![QUEUE_SIZE, QUEUE_SIZE],
-            // struct virtio_console_config: cols, rows, max_nr_ports, emerg_wr; no
-            // feature makes the driver read it.
-            config: vec![0u8; 12],
+            features: if self.multiport() {
+                1 << F_MULTIPORT
+            } else {
+                0
+            },
+            queue_sizes: vec![QUEUE_SIZE; queues],
+            // struct virtio_console_config: cols, rows, max_nr_ports, emerg_wr.
+            config,
         }
     }
 
     fn run(mut self: Box<Self>, dev: Arc<DeviceShared>) {
         self.input.lock().dev = Some(Arc::clone(&dev));
         loop {
-            let wake = dev.bell.wait(None, None);
+            // Listeners always; a client only while nothing it sent is waiting.
+            let mut what = Vec::new();
+            let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+            for (i, p) in self.ports.iter().enumerate() {
+                fds.push(p.sock.listener.as_fd());
+                what.push(Polled::Listener(i));
+                if let Some(c) = &p.sock.client {
+                    if p.pending.is_empty() {
+                        fds.push(c.as_fd());
+                        what.push(Polled::Client(i));
+                    }
+                }
+            }
+            let wake = dev.bell.wait(&fds, None);
+            drop(fds);
             if wake.stop {
                 self.input.lock().dev = None;
                 return;
             }
-            if wake.queues & (1 << TX) != 0 {
-                self.transmit(&dev);
+            if wake.queues & (1 << RESET_BIT) != 0 {
+                self.reset();
             }
-            if wake.queues & ((1 << RX) | (1 << INPUT_BIT) | (1 << RESET_BIT)) != 0 {
-                self.receive(&dev);
+            for (k, w) in what.iter().enumerate() {
+                if wake.fds_ready & (1 << k) == 0 {
+                    continue;
+                }
+                match *w {
+                    Polled::Listener(i) => self.accept(i),
+                    Polled::Client(i) => self.read_client(i),
+                }
+            }
+            if !dev.driver_ok() {
+                continue;
+            }
+            self.transmit_console(&dev);
+            self.receive_console(&dev);
+            if self.multiport() {
+                self.control_from_driver(&dev);
+                for i in 0..self.ports.len() {
+                    self.transmit_port(&dev, i);
+                    let q = rx_queue(i as u32 + 1);
+                    Self::fill(&dev, q, &mut self.ports[i].pending);
+                }
+                self.flush_control(&dev);
             }
         }
     }

@@ -29,8 +29,8 @@ pub struct Doorbell {
 pub struct Wake {
     /// Queues notified (bit n = queue n).
     pub queues: u32,
-    /// The extra fd passed to [`Doorbell::wait`] is readable (or has hung up).
-    pub fd_ready: bool,
+    /// Bit i: the i-th fd passed to [`Doorbell::wait`] is readable (or has hung up).
+    pub fds_ready: u64,
     /// [`Doorbell::stop`] was called: the worker ends.
     pub stop: bool,
 }
@@ -69,18 +69,17 @@ impl Doorbell {
         let _ = nix::unistd::write(self.write.as_fd(), &[1]);
     }
 
-    /// Waits until a queue is notified, `extra` is readable, or stop; `timeout_ms`
-    /// None waits indefinitely.
-    pub fn wait(&self, extra: Option<BorrowedFd<'_>>, timeout_ms: Option<u16>) -> Wake {
+    /// Waits until a queue is notified, one of `extra` (at most 63) is readable, or
+    /// stop; `timeout_ms` None waits indefinitely.
+    pub fn wait(&self, extra: &[BorrowedFd<'_>], timeout_ms: Option<u16>) -> Wake {
+        let extra = &extra[..extra.len().min(63)];
         loop {
             let wake = self.take();
             if wake.queues != 0 || wake.stop {
                 return wake;
             }
             let mut fds = vec![PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
-            if let Some(fd) = extra {
-                fds.push(PollFd::new(fd, PollFlags::POLLIN));
-            }
+            fds.extend(extra.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
             let timeout = timeout_ms.map_or(PollTimeout::NONE, PollTimeout::from);
             match poll(&mut fds, timeout) {
                 Ok(0) => return self.take(),
@@ -94,15 +93,19 @@ impl Doorbell {
                     }
                 }
             }
-            let extra_ready = fds.get(1).is_some_and(|f| {
-                f.revents().is_some_and(|r| {
+            let mut ready = 0u64;
+            for (i, f) in fds.iter().skip(1).enumerate() {
+                let hit = f.revents().is_some_and(|r| {
                     r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-                })
-            });
+                });
+                if hit {
+                    ready |= 1 << i;
+                }
+            }
             self.drain();
             let mut wake = self.take();
-            wake.fd_ready = extra_ready;
-            if wake.queues != 0 || wake.stop || wake.fd_ready {
+            wake.fds_ready = ready;
+            if wake.queues != 0 || wake.stop || wake.fds_ready != 0 {
                 return wake;
             }
         }
@@ -111,7 +114,7 @@ impl Doorbell {
     fn take(&self) -> Wake {
         Wake {
             queues: self.pending.swap(0, Ordering::AcqRel),
-            fd_ready: false,
+            fds_ready: 0,
             stop: self.stop.load(Ordering::Acquire),
         }
     }
@@ -134,10 +137,10 @@ mod tests {
             bell.ring(1); // far more than a pipe holds: never blocks
         }
         bell.ring(0);
-        assert_eq!(bell.wait(None, None).queues, 0b11);
-        assert_eq!(bell.wait(None, Some(10)), Wake::default());
+        assert_eq!(bell.wait(&[], None).queues, 0b11);
+        assert_eq!(bell.wait(&[], Some(10)), Wake::default());
         let b = bell.clone();
-        let t = std::thread::spawn(move || b.wait(None, None));
+        let t = std::thread::spawn(move || b.wait(&[], None));
         std::thread::sleep(std::time::Duration::from_millis(20));
         bell.stop();
         assert!(t.join().unwrap().stop);
@@ -148,7 +151,8 @@ mod tests {
         let bell = Doorbell::new().unwrap();
         let (r, w) = nix::unistd::pipe().unwrap();
         nix::unistd::write(&w, b"x").unwrap();
-        let wake = bell.wait(Some(r.as_fd()), None);
-        assert!(wake.fd_ready && wake.queues == 0);
+        let (r2, _w2) = nix::unistd::pipe().unwrap();
+        let wake = bell.wait(&[r2.as_fd(), r.as_fd()], None);
+        assert_eq!((wake.fds_ready, wake.queues), (0b10, 0));
     }
 }

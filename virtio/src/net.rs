@@ -243,7 +243,8 @@ impl Device for Net {
         loop {
             // Poll the fd only while a frame read from it could be delivered.
             let poll_fd = self.pending.is_none() && dev.driver_ok() && !dev.needs_reset();
-            let wake = dev.bell.wait(poll_fd.then(|| self.fd.as_fd()), None);
+            let fds = [self.fd.as_fd()];
+            let wake = dev.bell.wait(if poll_fd { &fds } else { &[] }, None);
             if wake.stop {
                 return;
             }
@@ -253,7 +254,7 @@ impl Device for Net {
             if wake.queues & (1 << TX) != 0 {
                 self.transmit(&dev);
             }
-            if dev.driver_ok() && (wake.fd_ready || wake.queues & (1 << RX) != 0) {
+            if dev.driver_ok() && (wake.fds_ready != 0 || wake.queues & (1 << RX) != 0) {
                 self.receive(&dev);
             }
         }

@@ -74,7 +74,7 @@ impl Device for Rng {
 
     fn run(self: Box<Self>, dev: Arc<DeviceShared>) {
         loop {
-            let wake = dev.bell.wait(None, None);
+            let wake = dev.bell.wait(&[], None);
             if wake.stop {
                 return;
             }
