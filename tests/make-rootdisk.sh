@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds a root file system disk for the end-to-end Linux guest: a raw ext4 image
-# (64 MiB, sparse) holding Debian's static arm64 busybox, /bin/stale-code (built here
-# from tests/guests/stale_code.c with aarch64-linux-gnu-gcc -static) and an /sbin/init
+# (64 MiB, sparse) holding Debian's static arm64 busybox, /bin/stale-code and
+# /bin/diskbench (built here from tests/guests/stale_code.c and diskbench.c with
+# aarch64-linux-gnu-gcc -static) and an /sbin/init
 # script, made with `mkfs.ext4 -d` (no root, no loop mount), and prints its path. Boot
 # it with the root initramfs (`tests/make-initramfs.sh root`) and root=/dev/vda.
 #
@@ -51,6 +52,14 @@
 #             VMM-E2E: net ping ok             | VMM-E2E: net ping failed
 #             VMM-E2E: net sent <sha256 of the 16 MiB sent>
 #             VMM-E2E: net received <sha256 of the 16 MiB received>
+#           With vmm_e2e=port it finds the virtio-console port named org.vmm.e2e
+#           (/sys/class/virtio-ports/*/name), writes "hello from the guest" to it, reads
+#           a line back and prints
+#             VMM-E2E: port org.vmm.e2e is /dev/vportNpM
+#             VMM-E2E: port got: <the line>
+#           With vmm_e2e=bench it runs /bin/diskbench (tests/guests/diskbench.c) on
+#           /dev/vdb and, with eth0, sends 64 MiB to 10.0.2.1:5003 and takes 64 MiB
+#           from 10.0.2.1:5004 (cargo xtask bench-devices times them).
 #           With vmm_e2e=hang on the kernel command line (a word of its own; it may
 #           come with vmm_e2e=stale) it prints
 #             VMM-E2E: flushed, hanging
@@ -85,7 +94,9 @@ esac
 
 out="$cache/rootdisk-$variant.img"
 stale_src=$here/guests/stale_code.c
-if [ -s "$out" ] && [ "$out" -nt "$self" ] && [ "$out" -nt "$stale_src" ]; then
+bench_src=$here/guests/diskbench.c
+if [ -s "$out" ] && [ "$out" -nt "$self" ] && [ "$out" -nt "$stale_src" ] &&
+	[ "$out" -nt "$bench_src" ]; then
 	echo "$out"
 	exit 0
 fi
@@ -115,6 +126,8 @@ for a in sh mount umount cat echo uname ls dd od tr wc timeout sync poweroff sle
 done
 aarch64-linux-gnu-gcc -static -O2 -s -o "$root/bin/stale-code" "$stale_src" ||
 	die "aarch64-linux-gnu-gcc -static could not build $stale_src"
+aarch64-linux-gnu-gcc -static -O2 -s -o "$root/bin/diskbench" "$bench_src" ||
+	die "aarch64-linux-gnu-gcc -static could not build $bench_src"
 
 case "$variant" in
 write)
@@ -175,7 +188,39 @@ net_test() {
 	echo "VMM-E2E: net received $1"
 	umount /tmp
 }
-# vmm_e2e=hang, vmm_e2e=stale, vmm_e2e=net: separate words, any of them.
+# vmm_e2e=port: the virtio-console port named org.vmm.e2e: write a line to it, read
+# one back.
+port_test() {
+	dev=
+	for p in /sys/class/virtio-ports/*; do
+		[ "$(cat "$p/name" 2>/dev/null)" = org.vmm.e2e ] && dev=/dev/${p##*/}
+	done
+	if [ -z "$dev" ]; then
+		echo "VMM-E2E: port org.vmm.e2e not found"
+		return
+	fi
+	echo "VMM-E2E: port org.vmm.e2e is $dev"
+	echo "hello from the guest" >"$dev"
+	read -r line <"$dev"
+	echo "VMM-E2E: port got: $line"
+}
+# vmm_e2e=bench (cargo xtask bench-devices): /bin/diskbench on /dev/vdb, then, with
+# eth0, 64 MiB to 10.0.2.1:5003 and 64 MiB from 10.0.2.1:5004 (the host times both).
+bench() {
+	if [ -b /dev/vdb ]; then
+		/bin/diskbench /dev/vdb 256 10
+	fi
+	if [ -e /sys/class/net/eth0 ]; then
+		ip link set eth0 up
+		ip addr add 10.0.2.15/24 dev eth0
+		ping -c 1 -W 5 10.0.2.1 >/dev/null 2>&1
+		dd if=/dev/zero bs=1048576 count=64 2>/dev/null | nc 10.0.2.1 5003
+		nc 10.0.2.1 5004 >/dev/null
+		echo "VMM-BENCH: net done"
+	fi
+}
+# vmm_e2e=hang, vmm_e2e=stale, vmm_e2e=net, vmm_e2e=port, vmm_e2e=bench: separate
+# words, any of them.
 cmdline=" $(cat /proc/cmdline) "
 hang=
 case "$cmdline" in
@@ -186,6 +231,12 @@ case "$cmdline" in
 esac
 case "$cmdline" in
 *" vmm_e2e=net "*) net_test ;;
+esac
+case "$cmdline" in
+*" vmm_e2e=port "*) port_test ;;
+esac
+case "$cmdline" in
+*" vmm_e2e=bench "*) bench ;;
 esac
 
 # / as mounted: the options of its last line in /proc/mounts.

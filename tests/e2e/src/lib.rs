@@ -6,6 +6,7 @@
 
 pub mod bed;
 pub mod guest;
+pub mod netns;
 pub mod proc;
 pub mod stats;
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use vmm_e2e::bed::Bed;
 use vmm_e2e::guest::{self, ROOTFS_MARKER};
+use vmm_e2e::netns::{self, Netns, HOST_IP, TAP};
 use vmm_e2e::proc::{self, Output, Running};
 use vmm_testbed_harness::repo_root;
 
@@ -246,50 +247,7 @@ fn root_on_virtio_blk_keeps_writes_and_ro_refuses() {
     });
 }
 
-/// A network namespace of the test's own, removed on drop, holding tap `TAP` with the
-/// host end's address. Traffic never leaves it.
-struct Netns {
-    name: String,
-}
-
-const TAP: &str = "vmmtap0";
-const HOST_IP: &str = "10.0.2.1";
 const NET_BYTES: usize = 16 << 20;
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("vmm-e2e-{}", std::process::id());
-        let ns = Netns { name };
-        for args in [
-            vec!["netns", "add", &ns.name],
-            vec!["-n", &ns.name, "link", "set", "lo", "up"],
-            vec!["-n", &ns.name, "tuntap", "add", TAP, "mode", "tap"],
-            vec!["-n", &ns.name, "addr", "add", "10.0.2.1/24", "dev", TAP],
-            vec!["-n", &ns.name, "link", "set", TAP, "up"],
-        ] {
-            let st = Command::new("ip").args(&args).status().unwrap();
-            assert!(st.success(), "ip {args:?}");
-        }
-        ns
-    }
-
-    /// Moves the calling thread into the namespace (sockets it opens live there).
-    fn enter(&self) {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::File::open(format!("/var/run/netns/{}", self.name)).unwrap();
-        // SAFETY: setns on an open namespace fd, for this thread only (CLONE_NEWNET).
-        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
 
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
@@ -304,7 +262,7 @@ fn sha256_hex(data: &[u8]) -> String {
 /// what it received and of what it sent.
 fn serve_transfers(ns: &Netns) -> std::thread::JoinHandle<(String, String)> {
     use std::io::{Read, Write};
-    ns.enter();
+    ns.enter().unwrap_or_else(|e| panic!("{e}"));
     let up = std::net::TcpListener::bind((HOST_IP, 5001)).unwrap();
     let down = std::net::TcpListener::bind((HOST_IP, 5002)).unwrap();
     std::thread::spawn(move || {
@@ -344,8 +302,7 @@ fn network_over_a_tap_in_a_namespace() {
     if skip() {
         return;
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !netns::have_root() {
         eprintln!("network test skipped: it needs root (ip netns, a tap)");
         return;
     }
@@ -359,12 +316,13 @@ fn network_over_a_tap_in_a_namespace() {
             .status()
             .unwrap();
         assert!(cp.success());
-        let ns = Netns::new();
+        let ns = Netns::new(&format!("vmm-e2e-{}", std::process::id()))
+            .unwrap_or_else(|e| panic!("{e}"));
         // The listeners exist before the guest can connect.
         let host = std::thread::scope(|sc| sc.spawn(|| serve_transfers(&ns)).join().unwrap());
         t.load("net", &["rw", "vmm_e2e=net"]);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name, s(&proc::tool("bhyve")), "-b"])
+        let mut cmd = ns.command(proc::tool("bhyve"));
+        cmd.arg("-b")
             .args(["-s", &format!("0,virtio-blk,{}", s(&root))])
             .args(["-s", &format!("1,virtio-net,{TAP},mac=02:00:00:00:00:15")])
             .arg("net")
@@ -477,6 +435,67 @@ fn kernel_logs_on_hvc0() {
             out.stdout.len()
         );
         let out = t.tool("bhyvectl", &["--vm=hvc", "--destroy"]);
+        assert_eq!(out.code, Some(0), "{out}");
+    });
+}
+
+/// A named virtio-console port on a unix socket bhyve creates: the test connects as
+/// the host end, the guest finds the port by its name, writes a line and reads the
+/// test's answer; bhyve removes the socket when it ends.
+#[test]
+fn console_port_on_a_unix_socket() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut t = T::start("port");
+    t.check(|t| {
+        use std::io::{BufRead, Write};
+        let root = t.dir.join("port-root.img");
+        let sock = t.dir.join("port.sock");
+        let _ = std::fs::remove_file(&sock);
+        let template = guest::rootdisk_template().unwrap_or_else(|e| panic!("{e}"));
+        let cp = Command::new("cp")
+            .args(["--sparse=always", s(&template), s(&root)])
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        t.load_with("port", &["console=hvc0"], &["rw", "quiet", "vmm_e2e=port"]);
+        let mut cmd = t.cmd(
+            "bhyve",
+            &[
+                "-b",
+                "-s",
+                &format!("0,virtio-blk,{}", s(&root)),
+                "-s",
+                &format!("3,virtio-console,org.vmm.e2e={}", s(&sock)),
+                "port",
+            ],
+        );
+        let bhyve = Running::spawn(&mut cmd).unwrap();
+        let start = Instant::now();
+        let stream = loop {
+            if let Ok(c) = std::os::unix::net::UnixStream::connect(&sock) {
+                break c;
+            }
+            assert!(
+                start.elapsed() < TOOL_LIMIT,
+                "bhyve made no socket at {sock:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        stream.set_read_timeout(Some(BOOT_LIMIT)).unwrap();
+        let mut lines = std::io::BufReader::new(stream.try_clone().unwrap()).lines();
+        let first = lines.next().expect("a line from the guest").unwrap();
+        assert_eq!(first, "hello from the guest");
+        (&stream).write_all(b"hello from the host\n").unwrap();
+        let out = bhyve.wait(BOOT_LIMIT);
+        t.console = out.stdout.clone();
+        assert_eq!(out.code, Some(1), "{out}");
+        has(&out, "VMM-E2E: port org.vmm.e2e is /dev/vport");
+        has(&out, "VMM-E2E: port got: hello from the host");
+        assert!(!sock.exists(), "bhyve removes its socket");
+        let out = t.tool("bhyvectl", &["--vm=port", "--destroy"]);
         assert_eq!(out.code, Some(0), "{out}");
     });
 }
