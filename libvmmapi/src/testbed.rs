@@ -32,7 +32,14 @@ pub struct Testbed {
     ram_base: u64,
     idle: Mutex<Vec<UnixStream>>,
     seq: AtomicU32,
+    /// [`NO_SYNC_ENV`] was set: device writes are not synced (benchmarks only).
+    no_sync: bool,
 }
+
+/// Set to 1, device writes are not made visible to the testbed's CPU
+/// ([`Backend::device_wrote`] does nothing): a guest may then run stale code. Only
+/// `cargo xtask bench-devices` sets it, to measure what the sync costs.
+pub const NO_SYNC_ENV: &str = "VMM_TESTBED_NO_SYNC";
 
 fn unavailable(socket: &Path, what: impl std::fmt::Display) -> BackendError {
     BackendError::Unavailable(format!(
@@ -57,6 +64,7 @@ impl Testbed {
             ram_base,
             idle: Mutex::new(vec![stream]),
             seq: AtomicU32::new(1),
+            no_sync: std::env::var_os(NO_SYNC_ENV).is_some_and(|v| v == "1"),
         })
     }
 
@@ -171,6 +179,9 @@ impl Backend for Testbed {
     }
 
     fn device_wrote(&self, vm: &str, gpa: u64, len: u64) -> Result<(), BackendError> {
+        if self.no_sync {
+            return Ok(());
+        }
         // TESTBED_SYNC takes 8-byte aligned ranges: widen to cover every byte written.
         let start = gpa & !7;
         let end = gpa

@@ -96,13 +96,13 @@ fn direct(kernel: &Path, initrd: &Path, quiet: bool, icount: bool) -> Result<Boo
     })
 }
 
-fn tool(name: &str, socket: &Path) -> Command {
+pub(crate) fn tool(name: &str, socket: &Path) -> Command {
     let mut c = Command::new(proc::tool(name));
     c.env("VMM_TESTBED", socket);
     c
 }
 
-fn run_tool(what: &str, cmd: &mut Command, secs: u64) -> Result<proc::Output, String> {
+pub(crate) fn run_tool(what: &str, cmd: &mut Command, secs: u64) -> Result<proc::Output, String> {
     proc::run(cmd, Duration::from_secs(secs)).map_err(|e| format!("{what}: {e}"))
 }
 
@@ -151,10 +151,10 @@ fn stack(socket: &Path, kernel: &Path, initrd: &Path, quiet: bool) -> Result<Boo
 }
 
 /// A served testbed of our own, stopped when dropped.
-struct Bed(Layout);
+pub(crate) struct Bed(pub(crate) Layout);
 
 impl Bed {
-    fn up(testbed: &Path, dir: PathBuf, icount: bool) -> Result<(Bed, PathBuf), String> {
+    pub(crate) fn up(testbed: &Path, dir: PathBuf, icount: bool) -> Result<(Bed, PathBuf), String> {
         let layout = Layout::new(dir);
         launch::down(&layout);
         let extra: Vec<String> = if icount {
@@ -180,7 +180,7 @@ impl Drop for Bed {
     }
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }

@@ -11,9 +11,11 @@
 //! * `run-testbed`: boots the testbed in QEMU (hard timeout) and shows its console.
 //! * `bench-el2`: the exit-cost benchmark under `-icount shift=0`.
 //! * `bench-boot`: a Linux boot under our stack against plain QEMU (docs/PERFORMANCE.md).
+//! * `bench-devices`: virtio-blk and virtio-net throughput against plain QEMU's.
 //! * `demo`: boots Debian's arm64 Linux with the tools on the testbed (docs/e2e.md).
 
 mod bench;
+mod bench_devices;
 mod demo;
 mod kernel;
 mod kmod;
@@ -102,11 +104,12 @@ fn main() -> ExitCode {
         Some("run-testbed") => kernel::run_testbed(&args[1..]),
         Some("bench-el2") => kernel::bench_el2(),
         Some("bench-boot") => bench::bench_boot(&args[1..]),
+        Some("bench-devices") => bench_devices::bench_devices(&args[1..]),
         Some("testbed") => testbed::testbed(&args[1..]),
         Some("demo") => demo::demo(),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] | bench-el2 | bench-boot [--runs N] | testbed up|down|status | demo"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] | bench-el2 | bench-boot [--runs N] | bench-devices [--runs N] | testbed up|down|status | demo"
                 .into(),
         ),
     };
