@@ -14,7 +14,6 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
 use crate::disk::{Disk, SECTOR_SIZE};
-use crate::doorbell::RESET_BIT;
 use crate::queue::{pieces, Chain, Desc, DeviceShared};
 use crate::transport::{Device, DeviceInfo};
 
@@ -316,18 +315,6 @@ impl Device for Block {
     }
 
     fn run(self: Box<Self>, dev: Arc<DeviceShared>) {
-        loop {
-            let wake = dev.bell.wait(&[], None);
-            if wake.stop {
-                return;
-            }
-            if wake.queues & !(1 << RESET_BIT) == 0 {
-                continue;
-            }
-            while let Some(p) = dev.pop(0) {
-                let len = self.serve(&dev, &p.chain);
-                dev.complete(0, &p, len);
-            }
-        }
+        dev.serve_requests(|dev, chain| self.serve(dev, chain));
     }
 }

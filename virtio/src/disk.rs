@@ -140,25 +140,10 @@ impl Disk {
     /// # Safety
     /// `buf..buf+len` must be writable memory that stays mapped for the call.
     pub unsafe fn read_at(&self, buf: *mut u8, len: usize, offset: u64) -> io::Result<()> {
-        let mut done = 0usize;
-        while done < len {
-            let off = offset_at(offset, done)?;
+        self.transfer(len, offset, io::ErrorKind::UnexpectedEof, |done, off| {
             // SAFETY: buf+done..buf+len is inside the caller's writable range.
-            let n = unsafe {
-                libc::pread(self.file.as_raw_fd(), buf.add(done).cast(), len - done, off)
-            };
-            match n {
-                n if n > 0 => done += n as usize,
-                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(())
+            unsafe { libc::pread(self.file.as_raw_fd(), buf.add(done).cast(), len - done, off) }
+        })
     }
 
     /// Writes exactly `len` bytes from `buf` at `offset`.
@@ -166,16 +151,27 @@ impl Disk {
     /// # Safety
     /// `buf..buf+len` must be readable memory that stays mapped for the call.
     pub unsafe fn write_at(&self, buf: *const u8, len: usize, offset: u64) -> io::Result<()> {
+        self.transfer(len, offset, io::ErrorKind::WriteZero, |done, off| {
+            // SAFETY: buf+done..buf+len is inside the caller's readable range.
+            unsafe { libc::pwrite(self.file.as_raw_fd(), buf.add(done).cast(), len - done, off) }
+        })
+    }
+
+    /// Calls `step(done, file offset)` (a pread or pwrite of the rest) until `len` bytes
+    /// are through; a return of 0 is `short`, EINTR is retried.
+    fn transfer(
+        &self,
+        len: usize,
+        offset: u64,
+        short: io::ErrorKind,
+        mut step: impl FnMut(usize, libc::off_t) -> isize,
+    ) -> io::Result<()> {
         let mut done = 0usize;
         while done < len {
-            let off = offset_at(offset, done)?;
-            // SAFETY: buf+done..buf+len is inside the caller's readable range.
-            let n = unsafe {
-                libc::pwrite(self.file.as_raw_fd(), buf.add(done).cast(), len - done, off)
-            };
+            let n = step(done, offset_at(offset, done)?);
             match n {
                 n if n > 0 => done += n as usize,
-                0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                0 => return Err(io::Error::from(short)),
                 _ => {
                     let e = io::Error::last_os_error();
                     if e.kind() != io::ErrorKind::Interrupted {

@@ -320,6 +320,25 @@ impl DeviceShared {
         }
     }
 
+    /// The worker of a device with one request queue (queue 0) and no other event:
+    /// serves every chain the guest makes available with `serve` (which returns the
+    /// bytes it wrote into the chain) until the doorbell says stop.
+    pub fn serve_requests(&self, mut serve: impl FnMut(&DeviceShared, &Chain) -> u32) {
+        loop {
+            let wake = self.bell.wait(&[], None);
+            if wake.stop {
+                return;
+            }
+            if wake.queues & !(1 << crate::doorbell::RESET_BIT) == 0 {
+                continue;
+            }
+            while let Some(p) = self.pop(0) {
+                let len = serve(self, &p.chain);
+                self.complete(0, &p, len);
+            }
+        }
+    }
+
     /// Reads `buf.len()` bytes at guest physical `gpa`, all inside guest RAM.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
         use vm_memory::Bytes;

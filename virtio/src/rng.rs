@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 
-use crate::doorbell::RESET_BIT;
 use crate::queue::{Chain, DeviceShared};
 use crate::transport::{Device, DeviceInfo};
 
@@ -73,18 +72,6 @@ impl Device for Rng {
     }
 
     fn run(self: Box<Self>, dev: Arc<DeviceShared>) {
-        loop {
-            let wake = dev.bell.wait(&[], None);
-            if wake.stop {
-                return;
-            }
-            if wake.queues & !(1 << RESET_BIT) == 0 {
-                continue;
-            }
-            while let Some(p) = dev.pop(0) {
-                let len = Rng::serve(&dev, &p.chain);
-                dev.complete(0, &p, len);
-            }
-        }
+        dev.serve_requests(|dev, chain| Rng::serve(dev, chain));
     }
 }
