@@ -72,6 +72,6 @@ impl Device for Rng {
     }
 
     fn run(self: Box<Self>, dev: Arc<DeviceShared>) {
-        dev.serve_requests(|dev, chain| Rng::serve(dev, chain));
+        dev.serve_requests(Rng::serve);
     }
 }
