@@ -20,3 +20,21 @@ pub enum Error {
     #[error("{0}")]
     Testbed(String),
 }
+
+/// Whether `VMM_SKIP_QEMU` asks to leave out everything that starts QEMU (said once, on
+/// stderr, by each test that skips).
+pub fn skip_qemu() -> bool {
+    if std::env::var_os("VMM_SKIP_QEMU").is_some() {
+        eprintln!("VMM_SKIP_QEMU set: end-to-end test skipped");
+        return true;
+    }
+    false
+}
+
+/// The scratch directory of end-to-end test `name` (testbed files, disks, logs).
+pub fn test_dir(name: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| vmm_testbed_harness::repo_root().join("target/tmp"))
+        .join(format!("e2e-{name}"))
+}

@@ -14,7 +14,6 @@ use vmm_e2e::bed::Bed;
 use vmm_e2e::guest::{self, ROOTFS_MARKER};
 use vmm_e2e::netns::{self, Netns, HOST_IP, TAP};
 use vmm_e2e::proc::{self, Output, Running};
-use vmm_testbed_harness::repo_root;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 const BED_LIMIT: Duration = Duration::from_secs(600);
@@ -22,11 +21,7 @@ const BOOT_LIMIT: Duration = Duration::from_secs(200);
 const TOOL_LIMIT: Duration = Duration::from_secs(60);
 
 fn skip() -> bool {
-    if std::env::var_os("VMM_SKIP_QEMU").is_some() {
-        eprintln!("VMM_SKIP_QEMU set: end-to-end test skipped");
-        return true;
-    }
-    false
+    vmm_e2e::skip_qemu()
 }
 
 struct T {
@@ -38,10 +33,7 @@ struct T {
 impl T {
     fn start(name: &str) -> T {
         proc::build_tools().unwrap_or_else(|e| panic!("{e}"));
-        let dir = std::env::var_os("CARGO_TARGET_TMPDIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target/tmp"))
-            .join(format!("e2e-{name}"));
+        let dir = vmm_e2e::test_dir(name);
         let bed = Bed::start(&dir, BED_LIMIT).unwrap_or_else(|e| panic!("{e}"));
         T {
             dir: bed.layout.dir.clone(),
@@ -140,6 +132,16 @@ fn boots_on_disk(img: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A fresh copy of the root disk template at `to` (sparse, as the template is).
+fn copy_rootdisk(to: &Path) {
+    let template = guest::rootdisk_template().unwrap_or_else(|e| panic!("{e}"));
+    let cp = Command::new("cp")
+        .args(["--sparse=always", s(&template), s(to)])
+        .status()
+        .unwrap();
+    assert!(cp.success(), "cp {template:?} {to:?}");
+}
+
 fn has(out: &Output, line: &str) {
     assert!(
         out.stdout.contains(line),
@@ -163,12 +165,7 @@ fn root_on_virtio_blk_keeps_writes_and_ro_refuses() {
     t.check(|t| {
         let root = t.dir.join("root.img");
         let data = t.dir.join("data.img");
-        let template = guest::rootdisk_template().unwrap_or_else(|e| panic!("{e}"));
-        let cp = Command::new("cp")
-            .args(["--sparse=always", s(&template), s(&root)])
-            .status()
-            .unwrap();
-        assert!(cp.success());
+        copy_rootdisk(&root);
         std::fs::write(&data, vec![0u8; 1 << 20]).unwrap();
         let slots = |opts: &str| {
             vec![
@@ -310,12 +307,7 @@ fn network_over_a_tap_in_a_namespace() {
     let mut t = T::start("net");
     t.check(|t| {
         let root = t.dir.join("net-root.img");
-        let template = guest::rootdisk_template().unwrap_or_else(|e| panic!("{e}"));
-        let cp = Command::new("cp")
-            .args(["--sparse=always", s(&template), s(&root)])
-            .status()
-            .unwrap();
-        assert!(cp.success());
+        copy_rootdisk(&root);
         let ns = Netns::new(&format!("vmm-e2e-{}", std::process::id()))
             .unwrap_or_else(|e| panic!("{e}"));
         // The listeners exist before the guest can connect.
@@ -366,12 +358,7 @@ fn guest_runs_code_read_from_disk_not_stale_translations() {
     t.check(|t| {
         let root = t.dir.join("stale-root.img");
         let data = t.dir.join("stale-code.img");
-        let template = guest::rootdisk_template().unwrap_or_else(|e| panic!("{e}"));
-        let cp = Command::new("cp")
-            .args(["--sparse=always", s(&template), s(&root)])
-            .status()
-            .unwrap();
-        assert!(cp.success());
+        copy_rootdisk(&root);
         // mov w0, #2 (0x52800040); ret (0xd65f03c0), little-endian.
         let mut code = vec![0x40, 0x00, 0x80, 0x52, 0xc0, 0x03, 0x5f, 0xd6];
         code.resize(1 << 20, 0);
@@ -405,12 +392,7 @@ fn kernel_logs_on_hvc0() {
     let mut t = T::start("hvc0");
     t.check(|t| {
         let root = t.dir.join("hvc0-root.img");
-        let template = guest::rootdisk_template().unwrap_or_else(|e| panic!("{e}"));
-        let cp = Command::new("cp")
-            .args(["--sparse=always", s(&template), s(&root)])
-            .status()
-            .unwrap();
-        assert!(cp.success());
+        copy_rootdisk(&root);
         t.load_with("hvc", &["console=hvc0"], &["rw"]);
         let out = t.boot(
             "hvc",
@@ -454,12 +436,7 @@ fn console_port_on_a_unix_socket() {
         let root = t.dir.join("port-root.img");
         let sock = t.dir.join("port.sock");
         let _ = std::fs::remove_file(&sock);
-        let template = guest::rootdisk_template().unwrap_or_else(|e| panic!("{e}"));
-        let cp = Command::new("cp")
-            .args(["--sparse=always", s(&template), s(&root)])
-            .status()
-            .unwrap();
-        assert!(cp.success());
+        copy_rootdisk(&root);
         t.load_with("port", &["console=hvc0"], &["rw", "quiet", "vmm_e2e=port"]);
         let mut cmd = t.cmd(
             "bhyve",

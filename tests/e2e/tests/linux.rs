@@ -8,7 +8,7 @@
 //! Needs qemu-system-aarch64, aarch64-linux-gnu binutils, cpio, and apt access to
 //! Debian's arm64 packages on first use; VMM_SKIP_QEMU=1 skips.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,7 +16,6 @@ use vmm_e2e::bed::{cpu_time, Bed};
 use vmm_e2e::guest::{self, Init, BOOTARGS, IDLE_MARKER, MARKER};
 use vmm_e2e::proc::{self, Output, Running};
 use vmm_e2e::stats::Stats;
-use vmm_testbed_harness::repo_root;
 
 /// One testbed at a time: two host cores are shared with everything else.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -31,11 +30,7 @@ const TOOL_LIMIT: Duration = Duration::from_secs(60);
 const GUEST_PAGES: u64 = 65536;
 
 fn skip() -> bool {
-    if std::env::var_os("VMM_SKIP_QEMU").is_some() {
-        eprintln!("VMM_SKIP_QEMU set: end-to-end test skipped");
-        return true;
-    }
-    false
+    vmm_e2e::skip_qemu()
 }
 
 struct E2e {
@@ -46,10 +41,7 @@ struct E2e {
 impl E2e {
     fn start(name: &str) -> E2e {
         proc::build_tools().unwrap_or_else(|e| panic!("{e}"));
-        let dir = std::env::var_os("CARGO_TARGET_TMPDIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target/tmp"))
-            .join(format!("e2e-{name}"));
+        let dir = vmm_e2e::test_dir(name);
         let bed = Bed::start(&dir, BED_LIMIT).unwrap_or_else(|e| panic!("{e}"));
         E2e {
             bed,
