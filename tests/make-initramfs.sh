@@ -198,9 +198,22 @@ while read -r m; do
 done </lib/modules/load-order
 # With console=hvc0 the kernel had no console when it started this script (hvc0 comes
 # with virtio_console, just loaded): open /dev/console again so that this script and
-# the init it starts write to the console.
-if [ ! -t 1 ] && [ -c /dev/console ]; then
-	exec 0<>/dev/console 1>&0 2>&0
+# the init it starts write to the console. A multiport console adds its ports after
+# insmod returns (the control queue's handshake): wait for hvc0, up to 5 s. A failed
+# redirection would end this shell (and so the kernel), so try it in a subshell first.
+if [ ! -t 1 ]; then
+	case " $(cat /proc/cmdline) " in
+	*" console=hvc0 "*)
+		n=0
+		while [ ! -e /sys/class/tty/hvc0 ] && [ "$n" -lt 50 ]; do
+			usleep 100000
+			n=$((n + 1))
+		done
+		;;
+	esac
+	if (exec 0<>/dev/console) 2>/dev/null; then
+		exec 0<>/dev/console 1>&0 2>&0
+	fi
 fi
 
 root= fstype=ext4 flags= mode=ro init=/sbin/init

@@ -463,11 +463,13 @@ fn console_port_on_a_unix_socket() {
         };
         stream.set_read_timeout(Some(BOOT_LIMIT)).unwrap();
         let mut lines = std::io::BufReader::new(stream.try_clone().unwrap()).lines();
-        let first = lines.next().expect("a line from the guest").unwrap();
-        assert_eq!(first, "hello from the guest");
-        (&stream).write_all(b"hello from the host\n").unwrap();
+        let first = lines.next().and_then(Result::ok);
+        if first.is_some() {
+            (&stream).write_all(b"hello from the host\n").unwrap();
+        }
         let out = bhyve.wait(BOOT_LIMIT);
         t.console = out.stdout.clone();
+        assert_eq!(first.as_deref(), Some("hello from the guest"), "{out}");
         assert_eq!(out.code, Some(1), "{out}");
         has(&out, "VMM-E2E: port org.vmm.e2e is /dev/vport");
         has(&out, "VMM-E2E: port got: hello from the host");
