@@ -342,6 +342,45 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// A block device (a loop device over an image, when we may make one): sized by
+    /// BLKGETSIZE64, read and written like a file, no hole punching offered.
+    #[test]
+    fn block_devices_are_disks() {
+        let d = tmpdir("blockdev");
+        let img = image(&d, "loop.img", 1 << 20);
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&img)
+            .output();
+        let dev = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            _ => {
+                eprintln!("block device test skipped: cannot make a loop device (needs root)");
+                return;
+            }
+        };
+        let r = std::panic::catch_unwind(|| {
+            let disk = Disk::open(Path::new(&dev), false).unwrap();
+            assert_eq!(disk.size(), 1 << 20);
+            assert!(!disk.can_punch());
+            let data = [3u8; 512];
+            // SAFETY: `data` and `back` are live 512-byte buffers.
+            unsafe { disk.write_at(data.as_ptr(), 512, 512).unwrap() };
+            disk.flush().unwrap();
+            let mut back = [0u8; 512];
+            // SAFETY: as above.
+            unsafe { disk.read_at(back.as_mut_ptr(), 512, 512).unwrap() };
+            assert_eq!(back, data);
+        });
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &dev])
+            .status();
+        let _ = std::fs::remove_dir_all(&d);
+        if let Err(p) = r {
+            std::panic::resume_unwind(p);
+        }
+    }
+
     #[test]
     fn read_write_flush_punch_zero() {
         let d = tmpdir("io");

@@ -1,9 +1,16 @@
-//! `cargo xtask demo`: Debian's arm64 Linux booted by the FreeBSD tools on the served
-//! testbed, its console on this terminal (docs/e2e.md). Checks what it needs and says
-//! what is missing (tests/e2e/demo.sh installs it), builds the tools, fetches the
+//! `cargo xtask demo [--disk]`: Debian's arm64 Linux booted by the FreeBSD tools on the
+//! served testbed, its console on this terminal (docs/e2e.md). Checks what it needs and
+//! says what is missing (tests/e2e/demo.sh installs it), builds the tools, fetches the
 //! kernel and builds the initramfs (both cached), starts the testbed unless one is up,
 //! runs bhyveload, `bhyve -b` and `bhyvectl --destroy`, and stops the testbed it
 //! started.
+//!
+//! Without `--disk` the guest is the busybox initramfs that prints its marker and powers
+//! off. With `--disk` it is a Debian bookworm system on a virtio-blk disk
+//! (tests/make-debian-disk.sh, built once and cached) booted with systemd to a login
+//! prompt on hvc0, 512 MiB, 2 vCPUs; the disk the guest writes is the demo's own copy,
+//! .cache/guest/debian-demo.img, kept from run to run (made afresh from the template
+//! when it is missing or the template was rebuilt since).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +22,25 @@ use vmm_testbed_harness::{build, repo_root};
 const VM: &str = "vm";
 /// The kernel command line (docs/e2e.md, "Boot arguments").
 const BOOTARGS: &[&str] = &["console=ttyAMA0", "earlycon=pl011,0x10000", "panic=-1"];
+/// The kernel command line with `--disk` (docs/e2e.md, "A Debian disk"): the console is
+/// the virtio console, the root file system the virtio-blk disk in slot 0.
+const DISK_BOOTARGS: &[&str] = &["console=hvc0", "root=/dev/vda", "rw", "panic=-1"];
+/// The demo's copy of the Debian disk, in the guest cache: what the guest writes stays.
+const DISK_COPY: &str = "debian-demo.img";
+
+/// What `cargo xtask demo` boots.
+struct Guest {
+    /// `bhyveload -m`.
+    memory: &'static str,
+    /// `bhyveload -c`.
+    cpus: &'static str,
+    initrd: PathBuf,
+    bootargs: &'static [&'static str],
+    /// `bhyve -s` options.
+    slots: Vec<String>,
+    /// What to tell the user before the console takes the terminal.
+    hint: &'static str,
+}
 
 /// Host commands the demo runs, and the Debian package that has each.
 const NEEDED: &[(&str, &str)] = &[
@@ -90,6 +116,61 @@ fn bin_dir() -> PathBuf {
         .join("debug")
 }
 
+/// The guest of plain `cargo xtask demo`: the busybox initramfs that prints its marker
+/// and powers off.
+fn initramfs_guest() -> Result<Guest, String> {
+    Ok(Guest {
+        memory: "256M",
+        cpus: "1",
+        initrd: script("make-initramfs.sh", &["ok"])?,
+        bootargs: BOOTARGS,
+        slots: Vec::new(),
+        hint: "",
+    })
+}
+
+/// The guest of `cargo xtask demo --disk`: Debian with systemd on the demo's copy of the
+/// Debian disk (made from the template when missing or older than it).
+fn disk_guest() -> Result<Guest, String> {
+    let initrd = script("make-initramfs.sh", &["root"])?;
+    let template = script("make-debian-disk.sh", &[])?;
+    let copy = template.with_file_name(DISK_COPY);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&copy).is_none() || modified(&copy) < modified(&template) {
+        if copy.exists() {
+            eprintln!(
+                "xtask: {} is older than the rebuilt {}: replacing it (what the guest wrote there is lost)",
+                copy.display(),
+                template.display()
+            );
+        }
+        let tmp = copy.with_extension("img.tmp");
+        crate::run(
+            "copy the Debian disk",
+            Command::new("cp")
+                .arg("--sparse=always")
+                .arg(&template)
+                .arg(&tmp),
+        )?;
+        std::fs::rename(&tmp, &copy).map_err(|e| format!("rename to {}: {e}", copy.display()))?;
+    } else {
+        eprintln!("xtask: using {} (kept from an earlier run)", copy.display());
+    }
+    Ok(Guest {
+        memory: "512M",
+        cpus: "2",
+        initrd,
+        bootargs: DISK_BOOTARGS,
+        slots: vec![
+            format!("0,virtio-blk,{}", copy.display()),
+            "1,virtio-rnd".into(),
+            "2,virtio-console".into(),
+        ],
+        hint: "log in as root (no password); `poweroff` in the guest ends the demo. \
+               hvc0 starts with the root mount: the kernel's first seconds are not shown",
+    })
+}
+
 /// Stops the testbed the demo started, also when a step fails.
 struct Up(Option<Layout>);
 
@@ -109,7 +190,12 @@ fn tool(name: &str, socket: &Path) -> Command {
     c
 }
 
-pub fn demo() -> Result<(), String> {
+pub fn demo(args: &[String]) -> Result<(), String> {
+    let disk = match args {
+        [] => false,
+        [a] if a == "--disk" => true,
+        _ => return Err("usage: cargo xtask demo [--disk]".into()),
+    };
     check_host()?;
     crate::run(
         "build the tools and the broker",
@@ -128,7 +214,11 @@ pub fn demo() -> Result<(), String> {
     )?;
     let testbed = build::build_testbed().map_err(|e| e.to_string())?;
     let kernel = script("fetch-guest.sh", &[])?;
-    let initrd = script("make-initramfs.sh", &["ok"])?;
+    let guest = if disk {
+        disk_guest()?
+    } else {
+        initramfs_guest()?
+    };
 
     let layout = Layout::new(repo_root().join("target/testbed"));
     let mut up = Up(None);
@@ -151,18 +241,24 @@ pub fn demo() -> Result<(), String> {
     let mut load = tool("bhyveload", &socket);
     load.arg("-k")
         .arg(&kernel)
-        .args(["-m", "256M", "-i"])
-        .arg(&initrd);
-    for a in BOOTARGS {
+        .args(["-m", guest.memory, "-c", guest.cpus, "-i"])
+        .arg(&guest.initrd);
+    for a in guest.bootargs {
         load.args(["-e", a]);
     }
     crate::run("bhyveload", load.arg(VM))?;
-    eprintln!("xtask: bhyve -b {VM} (the guest's console follows)");
+    let mut bhyve = tool("bhyve", &socket);
+    bhyve.arg("-b");
+    for s in &guest.slots {
+        bhyve.args(["-s", s]);
+    }
+    bhyve.arg(VM);
+    if !guest.hint.is_empty() {
+        eprintln!("xtask: {}", guest.hint);
+    }
+    eprintln!("xtask: {bhyve:?} (the guest's console follows)");
     let t = Instant::now();
-    let st = tool("bhyve", &socket)
-        .args(["-b", VM])
-        .status()
-        .map_err(|e| format!("bhyve: {e}"))?;
+    let st = bhyve.status().map_err(|e| format!("bhyve: {e}"))?;
     let took = t.elapsed();
     let destroyed = crate::run(
         "bhyvectl --destroy",

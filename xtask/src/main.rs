@@ -12,7 +12,8 @@
 //! * `bench-el2`: the exit-cost benchmark under `-icount shift=0`.
 //! * `bench-boot`: a Linux boot under our stack against plain QEMU (docs/PERFORMANCE.md).
 //! * `bench-devices`: virtio-blk and virtio-net throughput against plain QEMU's.
-//! * `demo`: boots Debian's arm64 Linux with the tools on the testbed (docs/e2e.md).
+//! * `demo [--disk]`: boots Debian's arm64 Linux with the tools on the testbed; with
+//!   `--disk`, a Debian system with systemd from a virtio-blk disk (docs/e2e.md).
 
 mod bench;
 mod bench_devices;
@@ -106,10 +107,10 @@ fn main() -> ExitCode {
         Some("bench-boot") => bench::bench_boot(&args[1..]),
         Some("bench-devices") => bench_devices::bench_devices(&args[1..]),
         Some("testbed") => testbed::testbed(&args[1..]),
-        Some("demo") => demo::demo(),
+        Some("demo") => demo::demo(&args[1..]),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] | bench-el2 | bench-boot [--runs N] | bench-devices [--runs N] | testbed up|down|status | demo"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] | bench-el2 | bench-boot [--runs N] | bench-devices [--runs N] | testbed up|down|status | demo [--disk]"
                 .into(),
         ),
     };
