@@ -135,9 +135,9 @@ impl IrqLine for SlotIrq {
 struct VmDma(Vm);
 
 impl DmaObserver for VmDma {
-    fn wrote(&self, gpa: u64, len: u64) {
+    fn wrote(&self, ranges: &[(u64, u64)]) {
         // A failure here means the VM is going away; the request's data is written.
-        let _ = self.0.device_wrote(gpa, len);
+        let _ = self.0.device_wrote(ranges);
     }
 }
 

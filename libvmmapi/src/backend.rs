@@ -27,10 +27,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// segment (as mmap of /dev/vmm/NAME at offset `gpa` requires on FreeBSD).
     fn map_memory(&self, vm: &str, gpa: u64, len: usize) -> Result<Mapping, BackendError>;
 
-    /// A device model wrote `[gpa, gpa + len)` of VM `vm`'s memory through a mapping
-    /// (DMA). Real hardware needs nothing; the testbed must make its CPU see the new
-    /// bytes before the guest executes them (docs/testbed.md, "Guest memory and TCG").
-    fn device_wrote(&self, _vm: &str, _gpa: u64, _len: u64) -> Result<(), BackendError> {
+    /// A device model wrote these `(gpa, len)` ranges of VM `vm`'s memory through a
+    /// mapping (DMA). Real hardware needs nothing; the testbed must make its CPU see
+    /// the new bytes before the guest executes them (docs/testbed.md, "Guest memory and
+    /// TCG").
+    fn device_wrote(&self, _vm: &str, _ranges: &[(u64, u64)]) -> Result<(), BackendError> {
         Ok(())
     }
 }

@@ -142,6 +142,22 @@ impl Testbed {
         self.execute(&mut req)
     }
 
+    /// [`Testbed::sync`] for every `{gpa; len}` pair in `ranges` (16 bytes each), in one
+    /// request (`TESTBED_SYNC_LIST`).
+    fn sync_list(&self, vm: &str, ranges: &[u8]) -> Result<(), BackendError> {
+        let count = (ranges.len() / 16) as u64;
+        let mut arg = [0u8; 16];
+        arg[8..].copy_from_slice(&count.to_le_bytes());
+        let mut req = Request {
+            target: Target::Vm(vm.to_string()),
+            cmd: wire::TESTBED_SYNC_LIST,
+            arg: arg.to_vec(),
+            buffers: Vec::new(),
+        }
+        .with_buffer(0, crate::request::Dir::In, ranges.to_vec());
+        self.execute(&mut req)
+    }
+
     /// The testbed physical address behind `gpa` and the contiguous bytes from there.
     fn gpa_to_pa(&self, vm: &str, gpa: u64) -> Result<(u64, u64), BackendError> {
         let mut arg = vec![0u8; 24];
@@ -178,21 +194,28 @@ impl Backend for Testbed {
         }
     }
 
-    fn device_wrote(&self, vm: &str, gpa: u64, len: u64) -> Result<(), BackendError> {
+    fn device_wrote(&self, vm: &str, ranges: &[(u64, u64)]) -> Result<(), BackendError> {
         if self.no_sync {
             return Ok(());
         }
-        // TESTBED_SYNC takes 8-byte aligned ranges: widen to cover every byte written.
-        let start = gpa & !7;
-        let end = gpa
-            .checked_add(len)
-            .and_then(|e| e.checked_add(7))
-            .ok_or(BackendError::Errno(libc::EINVAL))?
-            & !7;
-        if end == start {
-            return Ok(());
+        // The testbed takes 8-byte aligned ranges: widen each to cover every byte.
+        let mut list = Vec::with_capacity(ranges.len() * 16);
+        for &(gpa, len) in ranges {
+            let start = gpa & !7;
+            let end = gpa
+                .checked_add(len)
+                .and_then(|e| e.checked_add(7))
+                .ok_or(BackendError::Errno(libc::EINVAL))?
+                & !7;
+            if end > start {
+                list.extend_from_slice(&start.to_le_bytes());
+                list.extend_from_slice(&(end - start).to_le_bytes());
+            }
         }
-        self.sync(vm, start, end - start)
+        for chunk in list.chunks(wire::SYNC_LIST_MAX * 16) {
+            self.sync_list(vm, chunk)?;
+        }
+        Ok(())
     }
 
     fn map_memory(&self, vm: &str, gpa: u64, len: usize) -> Result<Mapping, BackendError> {

@@ -475,11 +475,11 @@ impl Vm {
         })
     }
 
-    /// Tells the backend a device wrote `[gpa, gpa + len)` of guest memory (see
+    /// Tells the backend a device wrote these `(gpa, len)` ranges of guest memory (see
     /// [`Backend::device_wrote`]).
-    pub fn device_wrote(&self, gpa: u64, len: u64) -> Result<()> {
+    pub fn device_wrote(&self, ranges: &[(u64, u64)]) -> Result<()> {
         self.backend
-            .device_wrote(&self.name, gpa, len)
+            .device_wrote(&self.name, ranges)
             .map_err(|source| Error::Request {
                 vm: self.name.clone(),
                 op: "sync device write",

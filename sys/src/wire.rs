@@ -7,7 +7,8 @@
 //! the answer through a byte sink.
 //!
 //! Also here: the channel framing between the broker and the testbed ([`Frame`]) and
-//! the testbed-only requests ([`TESTBED_GPA_TO_PA`], [`TESTBED_SYNC`]), which travel as
+//! the testbed-only requests ([`TESTBED_GPA_TO_PA`], [`TESTBED_SYNC`],
+//! [`TESTBED_SYNC_LIST`]), which travel as
 //! ordinary requests with ioctl words in group `'t'` (no FreeBSD vmm(4) word uses it).
 
 use crate::ioctl::{self, ioc, IOC_IN, IOC_INOUT, IOC_OUT};
@@ -28,6 +29,12 @@ pub const TESTBED_GPA_TO_PA: u64 = ioc(IOC_INOUT, b't', 1, 24);
 /// `[gpa, gpa + len)` through the testbed's CPU, so QEMU's TCG drops translations of
 /// code the client replaced through the RAM file (DESIGN.md, "The testbed").
 pub const TESTBED_SYNC: u64 = ioc(IOC_IN, b't', 2, 16);
+/// Testbed extension: `{ u64 ranges; u64 count }` on /dev/vmm/NAME: [`TESTBED_SYNC`]
+/// for each of `count` ranges `{ u64 gpa; u64 len }` (8-byte aligned) in the buffer
+/// `ranges` points to, in one round trip: what a device's DMA wrote for one request.
+pub const TESTBED_SYNC_LIST: u64 = ioc(IOC_IN, b't', 4, 16);
+/// Most ranges one [`TESTBED_SYNC_LIST`] carries (its buffer is at most [`MAX_BUFFER`]).
+pub const SYNC_LIST_MAX: usize = MAX_BUFFER / 16;
 /// Testbed extension: `{ u64 free (out) }` on /dev/vmmctl: how many 4 KiB pages the
 /// testbed's page allocator has free, so tests can tell that destroying a VM gave its
 /// guest memory and tables back (no FreeBSD counterpart; vmm(4) does not expose it).

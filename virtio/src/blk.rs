@@ -136,7 +136,7 @@ impl Block {
             Ok(n) => (VIRTIO_BLK_S_OK, n),
             Err(s) => (s, 0),
         };
-        if !dev.write(status_gpa, &[status as u8], false) {
+        if !dev.write(status_gpa, &[status as u8]) {
             return 0;
         }
         data_len.saturating_add(1)
@@ -158,14 +158,25 @@ impl Block {
                 let data = pieces(writable, 0, 1).ok_or(IOERR)?;
                 let offset = self.check_data(&data, sector)?;
                 let mut at = offset;
+                let mut done = Vec::with_capacity(data.len());
+                let mut result = Ok(());
                 for &(gpa, len) in &data {
-                    let ptr = dev.host_range(gpa, len as usize).ok_or(IOERR)?;
+                    let Some(ptr) = dev.host_range(gpa, len as usize) else {
+                        result = Err(IOERR);
+                        break;
+                    };
                     // SAFETY: host_range proved gpa..gpa+len is inside one mapped region
                     // of guest RAM, which `dev.mem` keeps mapped for this call.
-                    unsafe { self.disk.read_at(ptr, len as usize, at) }.map_err(|_| IOERR)?;
-                    dev.wrote(gpa, u64::from(len));
+                    if unsafe { self.disk.read_at(ptr, len as usize, at) }.is_err() {
+                        result = Err(IOERR);
+                        break;
+                    }
+                    done.push((gpa, u64::from(len)));
                     at += u64::from(len);
                 }
+                // Whatever was read in, even for a failed request, is reported.
+                dev.wrote(&done);
+                result?;
                 u32::try_from(at - offset).map_err(|_| IOERR)
             }
             VIRTIO_BLK_T_OUT => {
@@ -199,7 +210,7 @@ impl Block {
                         break;
                     }
                     let n = (len as usize).min(left.len());
-                    if !dev.write(gpa, &left[..n], false) {
+                    if !dev.write(gpa, &left[..n]) {
                         return Err(IOERR);
                     }
                     left = &left[n..];

@@ -300,7 +300,7 @@ impl Console {
                 for d in &p.chain.descs {
                     let n = (d.len as usize).min(bytes.len());
                     let chunk: Vec<u8> = bytes.iter().take(n).copied().collect();
-                    if n == 0 || !dev.write(d.addr, &chunk, false) {
+                    if n == 0 || !dev.write(d.addr, &chunk) {
                         break;
                     }
                     bytes.drain(..n);
@@ -335,7 +335,7 @@ impl Console {
             if let Some(m) = self.control.pop_front() {
                 let d = p.chain.descs.first().copied();
                 if let Some(d) = d.filter(|d| d.writable && d.len as usize >= m.len()) {
-                    if dev.write(d.addr, &m, false) {
+                    if dev.write(d.addr, &m) {
                         written = m.len() as u32;
                     }
                 }

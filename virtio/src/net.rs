@@ -206,7 +206,7 @@ impl Net {
                     if chunk.is_empty() {
                         break;
                     }
-                    if !dev.write(d.addr, &chunk, false) {
+                    if !dev.write(d.addr, &chunk) {
                         ok = false;
                         break;
                     }

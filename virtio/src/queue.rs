@@ -17,10 +17,11 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use crate::doorbell::Doorbell;
 use crate::irq::{Interrupt, INT_CONFIG, INT_VRING};
 
-/// Told about every range of guest memory a device wrote (the testbed must rewrite such
-/// ranges through its CPU before the guest may execute them: docs/testbed.md).
+/// Told about the ranges of guest memory a device wrote, `(gpa, len)`, a request at a
+/// time (the testbed must rewrite such ranges through its CPU before the guest may
+/// execute them: docs/testbed.md).
 pub trait DmaObserver: Send + Sync {
-    fn wrote(&self, gpa: u64, len: u64);
+    fn wrote(&self, ranges: &[(u64, u64)]);
 }
 
 /// One descriptor as the driver wrote it (not yet checked against guest memory).
@@ -345,21 +346,17 @@ impl DeviceShared {
         self.mem.read_slice(buf, GuestAddress(gpa)).is_ok()
     }
 
-    /// Writes `buf` at guest physical `gpa`, all inside guest RAM; tells the DMA
-    /// observer when `observe`.
-    pub fn write(&self, gpa: u64, buf: &[u8], observe: bool) -> bool {
+    /// Writes `buf` at guest physical `gpa`, all inside guest RAM.
+    pub fn write(&self, gpa: u64, buf: &[u8]) -> bool {
         use vm_memory::Bytes;
-        let ok = self.mem.write_slice(buf, GuestAddress(gpa)).is_ok();
-        if ok && observe {
-            self.wrote(gpa, buf.len() as u64);
-        }
-        ok
+        self.mem.write_slice(buf, GuestAddress(gpa)).is_ok()
     }
 
-    /// Reports a device write of `[gpa, gpa + len)` to the DMA observer.
-    pub fn wrote(&self, gpa: u64, len: u64) {
-        if let Some(o) = &self.dma {
-            o.wrote(gpa, len);
+    /// Reports what a request's I/O wrote into guest memory, `(gpa, len)` ranges, to the
+    /// DMA observer.
+    pub fn wrote(&self, ranges: &[(u64, u64)]) {
+        if let (Some(o), false) = (&self.dma, ranges.is_empty()) {
+            o.wrote(ranges);
         }
     }
 

@@ -33,7 +33,7 @@ impl Rng {
                 break;
             }
             buf.resize(n, 0);
-            if fill_random(&mut buf).is_err() || !dev.write(d.addr, &buf, false) {
+            if fill_random(&mut buf).is_err() || !dev.write(d.addr, &buf) {
                 break;
             }
             written += n;

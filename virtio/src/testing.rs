@@ -36,8 +36,8 @@ pub fn ram() -> VmMemory {
 #[derive(Default)]
 pub struct RecordingDma(pub Mutex<Vec<(u64, u64)>>);
 impl DmaObserver for RecordingDma {
-    fn wrote(&self, gpa: u64, len: u64) {
-        self.0.lock().unwrap().push((gpa, len));
+    fn wrote(&self, ranges: &[(u64, u64)]) {
+        self.0.lock().unwrap().extend_from_slice(ranges);
     }
 }
 

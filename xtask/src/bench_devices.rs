@@ -138,18 +138,23 @@ fn bench_lines(console: &str) -> Vec<(&'static str, f64)> {
     v
 }
 
-fn finish(console: &str, net: Option<mpsc::Receiver<(f64, f64)>>) -> Result<Sample, String> {
+fn finish(
+    what: &str,
+    out: &proc::Output,
+    net: Option<mpsc::Receiver<(f64, f64)>>,
+) -> Result<Sample, String> {
+    let console = &out.stdout;
     if console.contains("VMM-BENCH: error") {
-        return Err(format!("the guest's benchmark failed:\n{console}"));
+        return Err(format!("{what}: the guest's benchmark failed: {out}"));
     }
     let mut values = bench_lines(console);
     if values.len() < 3 {
-        return Err(format!("no disk numbers on the console:\n{console}"));
+        return Err(format!("{what}: no disk numbers on the console: {out}"));
     }
     if let Some(rx) = net {
         let (up, down) = rx
             .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| format!("the network transfers did not finish:\n{console}"))?;
+            .map_err(|_| format!("{what}: the network transfers did not finish: {out}"))?;
         values.push(("net-up", up));
         values.push(("net-down", down));
     }
@@ -236,7 +241,8 @@ fn direct(f: &Files, ns: Option<&Netns>) -> Result<Sample, String> {
         .args(["-device", "virtio-net-device,netdev=n0"]);
     }
     let out = proc::run(&mut cmd, Duration::from_secs(600)).map_err(|e| e.to_string())?;
-    finish(&out.stdout, net)
+    eprintln!("xtask: plain QEMU: {:.1?}", out.elapsed);
+    finish("plain QEMU", &out, net)
 }
 
 fn stack(f: &Files, socket: &Path, ns: Option<&Netns>, sync: bool) -> Result<Sample, String> {
@@ -271,6 +277,7 @@ fn stack(f: &Files, socket: &Path, ns: Option<&Netns>, sync: bool) -> Result<Sam
     if !sync {
         cmd.env(libvmmapi::testbed::NO_SYNC_ENV, "1");
     }
+    cmd.arg(VM);
     let out = proc::run(&mut cmd, Duration::from_secs(600)).map_err(|e| e.to_string())?;
     let stats = run_tool(
         "bhyvectl --get-stats",
@@ -282,7 +289,8 @@ fn stack(f: &Files, socket: &Path, ns: Option<&Netns>, sync: bool) -> Result<Sam
         tool("bhyvectl", socket).args([&format!("--vm={VM}"), "--destroy"]),
         60,
     );
-    let mut s = finish(&out.stdout, net)?;
+    eprintln!("xtask: our stack (sync {sync}): {:.1?}", out.elapsed);
+    let mut s = finish("our stack", &out, net)?;
     let st = Stats::parse(&stats.stdout);
     s.exits = st.total_exits();
     s.to_user = st.get("vm exits returned to userspace");

@@ -261,6 +261,17 @@ fn run_one(
             let gpa = u64_at(arg, 0);
             return sync_range(core, name, gpa, u64_at(arg, 8));
         }
+        (wire::TESTBED_SYNC_LIST, Some(name)) => {
+            let count = usize::try_from(u64_at(arg, 8)).map_err(|_| Errno::EINVAL)?;
+            let (_, _, ranges) = bufs.first().ok_or(Errno::EINVAL)?;
+            if count > wire::SYNC_LIST_MAX || ranges.len() != count * 16 {
+                return Err(Errno::EINVAL);
+            }
+            for r in ranges.chunks_exact(16) {
+                sync_range(core, name, u64_at(r, 0), u64_at(r, 8))?;
+            }
+            return Ok(());
+        }
         (ioctl::VM_RUN, Some(name)) => {
             let pending = {
                 let mut r = REINIT.lock();
