@@ -126,6 +126,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, Error> {
             ncpus: config.ncpus,
             bootargs: config.bootargs(),
             initrd: layout.initrd,
+            seed: host_entropy(fdt::SEED_BYTES),
         })
         .map_err(Error::FdtGen)?,
         Some(p) => {
@@ -330,4 +331,17 @@ pub fn run(backend: Arc<dyn Backend>, config: &Config) -> Result<(Prepared, Outc
     let p = prepare(config)?;
     let outcome = load(backend, &p)?;
     Ok((p, outcome))
+}
+
+/// `n` bytes from the host's getrandom(2); none if it fails (the guest then boots
+/// without seeds, as it would on a machine without a bootloader RNG).
+fn host_entropy(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    // SAFETY: `buf` is live, writable and `n` bytes long.
+    let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), n, 0) };
+    if usize::try_from(got).ok() == Some(n) {
+        buf
+    } else {
+        Vec::new()
+    }
 }

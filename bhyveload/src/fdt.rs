@@ -35,7 +35,14 @@ pub struct FdtConfig {
     pub bootargs: Option<String>,
     /// /chosen/linux,initrd-start and -end.
     pub initrd: Option<(u64, u64)>,
+    /// Host entropy for /chosen/rng-seed (the guest's random pool at boot) and, from its
+    /// first 8 bytes, /chosen/kaslr-seed (the kernel's address randomisation), as QEMU's
+    /// virt gives them; empty for none.
+    pub seed: Vec<u8>,
 }
+
+/// Bytes of host entropy bhyveload puts in /chosen (QEMU's virt gives 32 for rng-seed).
+pub const SEED_BYTES: usize = 64;
 
 /// Node name of a device at `base`: `name@hex`.
 pub fn node_name(name: &str, base: u64) -> String {
@@ -75,6 +82,12 @@ pub fn generate(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
 
     let chosen = w.begin_node("chosen")?;
     w.property_string("stdout-path", "serial0:115200n8")?;
+    if let Some(k) = cfg.seed.get(..8) {
+        let mut kaslr = [0u8; 8];
+        kaslr.copy_from_slice(k);
+        w.property_u64("kaslr-seed", u64::from_le_bytes(kaslr))?;
+        w.property("rng-seed", &cfg.seed)?;
+    }
     if let Some(args) = &cfg.bootargs {
         w.property_string("bootargs", args)?;
     }

@@ -9,6 +9,7 @@ fn cfg(ncpus: u32) -> FdtConfig {
         ncpus,
         bootargs: Some("console=ttyAMA0 earlycon".into()),
         initrd: Some((0x8f00_0000, 0x8f12_3456)),
+        seed: Vec::new(),
     }
 }
 
@@ -283,4 +284,19 @@ fn fdt_rs_reads_every_compatible() {
     assert_eq!(nodes("ns16550a"), ["serial@12000"]);
     assert_eq!(nodes("virtio,mmio").len(), 8);
     assert_eq!(nodes("virtio,mmio")[7], "virtio_mmio@a000e00");
+}
+
+/// With host entropy, /chosen carries rng-seed (all of it) and kaslr-seed (its first 8
+/// bytes, as a u64), as QEMU's virt does; Linux seeds its pool and KASLR from them.
+#[test]
+fn entropy_seeds_in_chosen() {
+    let mut c = cfg(1);
+    c.seed = (1..=64u8).collect();
+    let t = dump(&generate(&c).unwrap());
+    let chosen = &t["/chosen"];
+    assert_eq!(chosen["rng-seed"], (1..=64u8).collect::<Vec<_>>());
+    assert_eq!(
+        chosen["kaslr-seed"],
+        u64::from_le_bytes([1, 2, 3, 4, 5, 6, 7, 8]).to_be_bytes()
+    );
 }

@@ -117,6 +117,7 @@ fn devicetree_parsing_and_patching_never_panic() {
         ncpus: 2,
         bootargs: Some("console=ttyAMA0".into()),
         initrd: Some((RAM + 0x100_0000, RAM + 0x200_0000)),
+        seed: vec![7; 64],
     })
     .unwrap();
     let patch = ChosenPatch {

@@ -113,6 +113,7 @@ fn our_own_tree_round_trips_unchanged() {
         ncpus: 2,
         bootargs: Some("x".into()),
         initrd: None,
+        seed: vec![9; 64],
     })
     .unwrap();
     let out = patch(&parse(&dtb).unwrap(), &ChosenPatch::default()).unwrap();
