@@ -292,7 +292,7 @@ fn console_value<'a>(out: &'a Output, prefix: &str) -> Option<&'a str> {
 
 /// virtio-net on a tap inside a network namespace the test creates: the guest
 /// configures eth0, pings the host end, then 16 MiB cross each way over TCP and both
-/// sides agree on their sha256. The guest's kernel logs through the PL011; init prints
+/// sides agree on their sha256. Meanwhile a second bhyve on the same tap is refused. The guest's kernel logs through the PL011; init prints
 /// the results.
 #[test]
 fn network_over_a_tap_in_a_namespace() {
@@ -319,7 +319,36 @@ fn network_over_a_tap_in_a_namespace() {
             .args(["-s", &format!("1,virtio-net,{TAP},mac=02:00:00:00:00:15")])
             .arg("net")
             .env("VMM_TESTBED", &t.bed.socket);
-        let out = proc::run(&mut cmd, BOOT_LIMIT).unwrap();
+        let bhyve = Running::spawn(&mut cmd).unwrap();
+        // While it holds the tap, another bhyve is refused in one line, before it
+        // reaches any VM (a second reader would steal frames).
+        // The tap has a carrier once a process holds it: wait for bhyve to.
+        let start = Instant::now();
+        loop {
+            let link = Command::new("ip")
+                .args(["-n", &ns.name, "link", "show", TAP])
+                .output()
+                .unwrap();
+            if !String::from_utf8_lossy(&link.stdout).contains("NO-CARRIER") {
+                break;
+            }
+            assert!(start.elapsed() < TOOL_LIMIT, "bhyve never attached {TAP}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut other = ns.command(proc::tool("bhyve"));
+        other
+            .args(["-s", &format!("0,virtio-net,{TAP}"), "othervm"])
+            .env("VMM_TESTBED", &t.bed.socket);
+        let busy = proc::run(&mut other, TOOL_LIMIT).unwrap();
+        assert_eq!(busy.code, Some(4), "{busy}");
+        assert!(
+            busy.stderr.trim()
+                == format!(
+                    "bhyve: -s 0,virtio-net,{TAP}: {TAP}: busy (another process has it open)"
+                ),
+            "{busy}"
+        );
+        let out = bhyve.wait(BOOT_LIMIT);
         t.console = out.stdout.clone();
         eprintln!("network boot: {:.1?}", out.elapsed);
         assert_eq!(out.code, Some(1), "{out}");
