@@ -244,7 +244,14 @@ fn spawn(shared: &Arc<Shared>, id: u32, start: Option<(u64, u64)>) -> Result<(),
             let mut pending = Pending::No;
             let result = vcpu_main(&s, id, start, &mut pending);
             if let Err(e) = result {
-                s.stop(Stop::Error(format!("vcpu {id}: {e}")));
+                // A request failing because the VM is gone (bhyvectl --destroy raced
+                // this vCPU) is the destroy, whichever vCPU notices it first.
+                let gone = matches!(s.vm.get_topology(), Err(libvmmapi::Error::NoSuchVm(_)));
+                s.stop(if gone {
+                    Stop::Destroyed
+                } else {
+                    Stop::Error(format!("vcpu {id}: {e}"))
+                });
             }
             if let Pending::Yes(vcpu) = pending {
                 leave_suspended(&s, &vcpu);

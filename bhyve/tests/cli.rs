@@ -144,6 +144,26 @@ fn bad_disks_are_refused_before_the_vm() {
         stderr.contains(&format!("{ro}: the image is read-only; add ',ro'")),
         "{stderr}"
     );
+    // An image the user cannot read at all (checked as user nobody: a non-root test
+    // owns the file it made and could read it).
+    std::fs::write(dir.join("secret.img"), vec![0u8; 4096]).unwrap();
+    std::fs::set_permissions(
+        dir.join("secret.img"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    if nobody.is_some() {
+        let secret = path("secret.img");
+        let (code, _, stderr) = bhyve_as(&["-s", &spec(&secret, ",ro"), "vm"], nobody);
+        assert_eq!(code, 4, "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "bhyve: -s {}: {secret}: permission denied",
+                spec(&secret, ",ro")
+            ),
+        );
+    }
     // With ',ro' it opens and bhyve goes on to the VM (which the test backend lacks).
     let (code, _, stderr) = bhyve_as(&["-s", &spec(&ro, ",ro"), "vm"], nobody);
     assert_eq!(code, 4);
