@@ -411,7 +411,8 @@ fn guest_runs_code_read_from_disk_not_stale_translations() {
 /// The kernel logs on hvc0 (console=hvc0, no `quiet`): virtio_console registers hvc0
 /// once the initramfs loads it, and from then on the kernel's messages and init's lines
 /// are on the console. (What Linux logged before the module loaded is not replayed
-/// /// there, and its last "reboot: Power down" does not arrive: docs/virtio.md.)
+/// /// there, and its last "reboot: Power down" does not arrive, as under plain QEMU:
+/// docs/virtio.md.)
 #[test]
 fn kernel_logs_on_hvc0() {
     if skip() {
