@@ -60,6 +60,7 @@
 #           With vmm_e2e=bench it runs /bin/diskbench (tests/guests/diskbench.c) on
 #           /dev/vdb and, with eth0, sends 64 MiB to 10.0.2.1:5003 and takes 64 MiB
 #           from 10.0.2.1:5004 (cargo xtask bench-devices times them).
+#           With vmm_e2e=dmesg it prints the kernel's log (dmesg) to the console.
 #           With vmm_e2e=hang on the kernel command line (a word of its own; it may
 #           come with vmm_e2e=stale) it prints
 #             VMM-E2E: flushed, hanging
@@ -121,7 +122,7 @@ cp "$bb" "$root/bin/busybox"
 chmod 755 "$root/bin/busybox"
 # The applets init uses, as links (busybox cannot run here to list them all).
 for a in sh mount umount cat echo uname ls dd od tr wc timeout sync poweroff sleep \
-	ip ping nc sha256sum; do
+	ip ping nc sha256sum dmesg; do
 	ln -s busybox "$root/bin/$a"
 done
 aarch64-linux-gnu-gcc -static -O2 -s -o "$root/bin/stale-code" "$stale_src" ||
@@ -240,6 +241,10 @@ case "$cmdline" in
 esac
 case "$cmdline" in
 *" vmm_e2e=bench "*) bench ;;
+esac
+# vmm_e2e=dmesg: the kernel's log to the console (what a console costs per byte).
+case "$cmdline" in
+*" vmm_e2e=dmesg "*) dmesg ;;
 esac
 
 # / as mounted: the options of its last line in /proc/mounts.
