@@ -86,3 +86,9 @@ pub fn rootdisk_template() -> Result<PathBuf, Error> {
 
 /// What the root disk's init prints first.
 pub const ROOTFS_MARKER: &str = "VMM-E2E: rootfs init on aarch64";
+
+/// The Debian bookworm disk booted with systemd (tests/make-debian-disk.sh; needs
+/// mmdebstrap, qemu-user-static and binfmt_misc, and root): copy it before booting it.
+pub fn debian_disk() -> Result<PathBuf, Error> {
+    script("make-debian-disk.sh", &[])
+}

@@ -508,3 +508,135 @@ fn console_port_on_a_unix_socket() {
         assert_eq!(out.code, Some(0), "{out}");
     });
 }
+
+/// Debian's own userland (tests/make-debian-disk.sh) boots with systemd on 2 vCPUs and
+/// 512 MiB to `multi-user.target` and a login prompt on hvc0; root logs in with its
+/// empty password, the system says `running` and powers off (bhyve exits 1). Opt-in with
+/// VMM_E2E_DEBIAN=1: building the disk needs mmdebstrap, qemu-user-static and a
+/// mountable binfmt_misc (docs/e2e.md, "A Debian disk"), which CI does not assume.
+#[test]
+fn debian_with_systemd_boots_to_a_login() {
+    if skip() {
+        return;
+    }
+    if std::env::var_os("VMM_E2E_DEBIAN").is_none_or(|v| v != "1") {
+        eprintln!(
+            "Debian test skipped: set VMM_E2E_DEBIAN=1 (needs root, mmdebstrap, \
+             qemu-user-static and binfmt_misc; docs/e2e.md)"
+        );
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut t = T::start("debian");
+    t.check(|t| {
+        use std::io::Write;
+        use std::os::unix::process::CommandExt;
+        let template = guest::debian_disk().unwrap_or_else(|e| panic!("{e}"));
+        let disk = t.dir.join("debian.img");
+        let cp = Command::new("cp")
+            .args(["--sparse=always", s(&template), s(&disk)])
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        let kernel = guest::kernel().unwrap_or_else(|e| panic!("{e}"));
+        let initrd = guest::root_initramfs().unwrap_or_else(|e| panic!("{e}"));
+        let out = t.tool(
+            "bhyveload",
+            &[
+                "-k",
+                s(&kernel),
+                "-m",
+                "512M",
+                "-c",
+                "2",
+                "-i",
+                s(&initrd),
+                "-e",
+                "console=hvc0",
+                "-e",
+                "root=/dev/vda",
+                "-e",
+                "rw",
+                "-e",
+                "panic=-1",
+                "debian",
+            ],
+        );
+        assert_eq!(out.code, Some(0), "{out}");
+        let console = t.dir.join("debian-console.log");
+        let mut child = t
+            .cmd(
+                "bhyve",
+                &[
+                    "-b",
+                    "-s",
+                    &format!("0,virtio-blk,{}", s(&disk)),
+                    "-s",
+                    "1,virtio-rnd",
+                    "-s",
+                    "2,virtio-console",
+                    "debian",
+                ],
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(&console).unwrap())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        // Whatever happens below, bhyve does not outlive the test.
+        struct Kill(i32);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                // SAFETY: kill(2) of the process group made for this bhyve.
+                unsafe { libc::kill(-self.0, libc::SIGKILL) };
+            }
+        }
+        let _kill = Kill(pgid);
+        let start = Instant::now();
+        let wait_for = |t: &mut T, what: &str| loop {
+            t.console = std::fs::read_to_string(&console).unwrap_or_default();
+            if t.console.contains(what) {
+                eprintln!("'{what}' after {:.1?}", start.elapsed());
+                return;
+            }
+            assert!(start.elapsed() < BOOT_LIMIT, "no '{what}' on the console");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        wait_for(t, "VMM-E2E: multi-user.target reached");
+        wait_for(t, "debian login: ");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"root\r").unwrap();
+        wait_for(t, "root@debian:~# ");
+        stdin
+            .write_all(b"systemctl is-system-running; poweroff\r")
+            .unwrap();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                start.elapsed() < BOOT_LIMIT,
+                "bhyve did not end after poweroff"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        t.console = std::fs::read_to_string(&console).unwrap_or_default();
+        assert_eq!(status.code(), Some(1), "poweroff is status 1");
+        let after = t
+            .console
+            .rsplit("systemctl is-system-running")
+            .next()
+            .unwrap_or("");
+        // The answer is the line after the command, behind the shell's terminal
+        // controls (bracketed paste off, a carriage return).
+        let answer = after
+            .split('\n')
+            .nth(1)
+            .and_then(|l| l.split('\r').rfind(|p| !p.is_empty()));
+        assert_eq!(answer, Some("running"), "systemctl is-system-running");
+        let out = t.tool("bhyvectl", &["--vm=debian", "--destroy"]);
+        assert_eq!(out.code, Some(0), "{out}");
+    });
+}
