@@ -218,7 +218,7 @@ mod tests {
                 supported.push(fid);
             }
         }
-        // Issue 2's list, plus CPU_SUSPEND (a standby that returns at once).
+        // The calls bhyve(8) lists, plus CPU_SUSPEND (a standby that returns at once).
         assert_eq!(
             supported,
             [

@@ -58,7 +58,7 @@ fn bad_arguments() {
     one_error_line(&["a/b"], "'/'");
 }
 
-/// Every bad input issue 2 lists that reaches bhyve: one line, status 4, refused before
+/// Every bad command-line value that reaches bhyve: one line, status 4, refused before
 /// the backend is even asked (its complaint names the testbed socket).
 #[test]
 fn every_bad_input_is_refused_before_any_vm() {

@@ -108,7 +108,7 @@ fn truncated_efi_image() -> Vec<u8> {
     b
 }
 
-/// Every bad input issue 2 lists, through the built binary: exit 1, one line naming the
+/// Every kind of bad input, through the built binary: exit 1, one line naming the
 /// cause, nothing on stdout, and refused before any VM is touched (the message is not
 /// the backend's: on this machine the backend would say /dev/vmmctl is missing).
 #[test]

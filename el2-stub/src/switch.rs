@@ -1,4 +1,4 @@
-//! The non-VHE world switch (issue 3 item 2). Order on entry: save the host's EL1
+//! The non-VHE world switch. Order on entry: save the host's EL1
 //! state, EL2 controls and virtual timer; load the guest's
 //! EL1 registers, virtual timer and GIC virtual CPU interface; then the guest's EL2
 //! controls (HCR, VPIDR/VMPIDR, CPTR, MDCR, CNTHCTL, VTTBR); `eret` in assembly.

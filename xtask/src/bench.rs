@@ -1,6 +1,6 @@
 //! `cargo xtask bench-boot`: the wall time of a Linux boot under our stack against the
-//! same kernel and initramfs booted directly by QEMU, in the same run (issue 4, item 5;
-//! docs/PERFORMANCE.md). Each configuration (full console or `quiet`; plain or under
+//! same kernel and initramfs booted directly by QEMU, in the same run
+//! (docs/PERFORMANCE.md). Each configuration (full console or `quiet`; plain or under
 //! `-icount shift=0`) boots a few times both ways, alternating. Direct: `qemu-system-aarch64
 //! -M virt -cpu cortex-a57 -m 256M` to the init marker and PSCI poweroff. Our stack: a
 //! served testbed (its QEMU under `-icount shift=0` for the icount rows), then bhyveload,

@@ -367,7 +367,7 @@ impl Ptr {
     }
 }
 
-/// Every check of issue 5, item 4 on the bytes of a vmm.ko.
+/// Every structural check of a vmm.ko, on its bytes (docs/freebsd-kmod.md).
 pub fn check_ko(data: &[u8], blob: &[u8], symbols: &str, x18: &[(String, String)]) -> Report {
     let mut r = Report::default();
     if let Err(e) = check_elf(data, symbols, &mut r) {

@@ -8,7 +8,7 @@
 //!
 //! The module only *declares*: nothing here calls the kernel on its own. Every kernel
 //! symbol declared in an `extern "C"` block is listed in `SYMBOLS` next to this file
-//! (`symbol header` per line); the check of vmm.ko's undefined symbols (issue 5, item 4)
+//! (`symbol header` per line); the check of vmm.ko's undefined symbols
 //! reads that list, and the `symbols_list_matches_declarations` test keeps the two in
 //! step.
 //!
@@ -31,7 +31,7 @@
 //! * [`intr`] - the generic-timer interrupt hook vmm uses for the virtual timer.
 //! * [`machdep`] - `has_hyp()`, the hyp stub's vectors, CurrentEL / GIC decoding.
 //!
-//! The glue built on them (issue 5, item 2):
+//! The glue built on them:
 //! * [`el2pt`] - the identity-mapped EL2 translation tables (portable, tested).
 //! * [`alignalloc`] - the global allocator's over-aligned block arithmetic (tested).
 //! * [`fmtbuf`] - fixed-buffer formatting for the log and panic(9).
