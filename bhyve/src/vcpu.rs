@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use libvmmapi::{Exit, ExitReason, Vcpu, Vm};
-use vmm_sys::arm64::esr::{self, DataAbort};
+use vmm_sys::arm64::esr;
 use vmm_sys::arm64::regs::pstate;
 use vmm_sys::exit::SuspendHow;
 use vmm_sys::reg::Reg;
@@ -504,17 +504,10 @@ fn mmio(
     let Some(r) = reg else {
         return Ok(());
     };
-    // The exit does not say whether the destination is W or X: sign-extend to 64 bits,
-    // as FreeBSD's vmm_emulate_instruction does.
-    let da = DataAbort {
-        size,
-        write: false,
-        sign_extend,
-        srt: 0,
-        sixty_four: true,
-        acquire_release: false,
-    };
-    vcpu.set_reg(r, esr::load_result(raw, &da))
+    // The exit does not say whether the destination is W or X: extend to 64 bits, as
+    // FreeBSD's vmm_emulate_instruction does; the kernel applies the instruction's
+    // width on re-entry (esr::load_result).
+    vcpu.set_reg(r, esr::extend_load(raw, size, sign_extend))
         .map_err(|e| e.cause())
 }
 

@@ -135,24 +135,32 @@ pub const fn decode_data_abort(iss: u32) -> Option<DataAbort> {
     })
 }
 
-/// The value a load of `size` bytes puts in the destination register: zero-extended,
-/// or sign-extended to 64 bits (SF=1) or 32 bits (SF=0, upper half zero).
-pub const fn load_result(raw: u64, da: &DataAbort) -> u64 {
-    let bits = (da.size as u32) * 8;
-    let v = if bits >= 64 {
-        raw
-    } else {
-        raw & ((1u64 << bits) - 1)
-    };
-    if !da.sign_extend || bits >= 64 {
+/// `size` bytes of `raw` as a 64-bit value: zero-extended, or sign-extended when
+/// `sign_extend` (SSE). This is what userspace answers an MMIO load with (INST_EMUL has
+/// no SF bit); the register's final width is the kernel's to apply ([`load_result`]).
+pub const fn extend_load(raw: u64, size: u8, sign_extend: bool) -> u64 {
+    let bits = (size as u32) * 8;
+    if bits >= 64 {
+        return raw;
+    }
+    let v = raw & ((1u64 << bits) - 1);
+    if !sign_extend {
         return v;
     }
     let shift = 64 - bits;
-    let ext = (((v << shift) as i64) >> shift) as u64;
-    if da.sixty_four {
-        ext
-    } else {
+    (((v << shift) as i64) >> shift) as u64
+}
+
+/// The value a load of `size` bytes puts in the destination register: zero-extended,
+/// or sign-extended to 64 bits (SF=1) or 32 bits (SF=0, upper half zero). The one place
+/// the width rule is applied: the kernel applies it to its own emulation's loads and,
+/// on re-entry, to what userspace wrote back ([`extend_load`]).
+pub const fn load_result(raw: u64, da: &DataAbort) -> u64 {
+    let ext = extend_load(raw, da.size, da.sign_extend);
+    if da.sign_extend && !da.sixty_four && da.size < 8 {
         ext & 0xffff_ffff
+    } else {
+        ext
     }
 }
 
@@ -223,6 +231,10 @@ mod tests {
     #[test]
     fn sign_extension() {
         let mut da = decode_data_abort(dabt::ISV | dabt::SSE | dabt::SF).unwrap();
+        assert_eq!(extend_load(0x80, 1, true), 0xffff_ffff_ffff_ff80);
+        assert_eq!(extend_load(0x1_80, 1, false), 0x80);
+        assert_eq!(extend_load(0x8000_0000, 4, true), 0xffff_ffff_8000_0000);
+        assert_eq!(extend_load(u64::MAX, 8, true), u64::MAX);
         assert_eq!(load_result(0x80, &da), 0xffff_ffff_ffff_ff80);
         da.sixty_four = false; // ldrsb w0
         assert_eq!(load_result(0x80, &da), 0xffff_ff80);
