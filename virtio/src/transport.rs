@@ -25,7 +25,8 @@ use crate::queue::{DeviceShared, DmaObserver};
 pub const MAGIC: u32 = 0x7472_6976;
 /// The virtio 1.x (non-legacy) MMIO interface.
 pub const VERSION: u32 = 2;
-/// VendorID: FreeBSD's bhyve reports none on MMIO; this is "BHYV" in ASCII, read by nobody.
+/// VendorID: "BHYV" in ASCII, little-endian. virtio has no vendor registry; Linux only
+/// shows it (sysfs `vendor`) and matches drivers on the device ID.
 pub const VENDOR_ID: u32 = 0x5659_4842;
 
 /// Features every device offers through this transport.
