@@ -87,6 +87,8 @@ pub struct QueueSlot {
     /// The driver wrote a QueueNum the device cannot take (not a power of two, zero,
     /// or above the maximum).
     pub bad_size: bool,
+    /// The driver wrote a misaligned ring address (kept until the device is reset).
+    pub bad_address: bool,
 }
 
 /// A chain popped from a queue, with the epoch to hand back on completion.
@@ -108,8 +110,6 @@ pub struct DeviceShared {
     features: AtomicU64,
     /// The device found the driver's queues unusable: DEVICE_NEEDS_RESET.
     needs_reset: AtomicBool,
-    /// Device resets so far: a worker with state of its own restarts it when this moves.
-    resets: AtomicU64,
     dma: Option<Arc<dyn DmaObserver>>,
 }
 
@@ -129,6 +129,7 @@ impl DeviceShared {
                 queue,
                 epoch: 0,
                 bad_size: false,
+                bad_address: false,
             }));
         }
         Ok(DeviceShared {
@@ -139,7 +140,6 @@ impl DeviceShared {
             driver_ok: AtomicBool::new(false),
             features: AtomicU64::new(0),
             needs_reset: AtomicBool::new(false),
-            resets: AtomicU64::new(0),
             dma,
         })
     }
@@ -174,10 +174,6 @@ impl DeviceShared {
         self.needs_reset.load(Ordering::Acquire)
     }
 
-    pub fn resets(&self) -> u64 {
-        self.resets.load(Ordering::Acquire)
-    }
-
     /// The transport: DRIVER_OK with these features.
     pub(crate) fn start(&self, features: u64) {
         self.features.store(features, Ordering::Release);
@@ -195,9 +191,9 @@ impl DeviceShared {
                 q.queue.reset();
                 q.epoch = q.epoch.wrapping_add(1);
                 q.bad_size = false;
+                q.bad_address = false;
             }
         }
-        self.resets.fetch_add(1, Ordering::AcqRel);
         self.irq.reset();
     }
 
@@ -282,8 +278,8 @@ impl DeviceShared {
         self.complete_all(n, &[(popped, len)]);
     }
 
-    /// Gives back the chains `popped` (the last ones popped from `queue`) (they were not used: a
-    /// received frame did not fit the buffers available), if no reset came between.
+    /// Gives back `popped`, the last chains popped from `queue`, unused (a received
+    /// frame did not fit them), unless a reset came between.
     pub fn unpop(&self, queue: usize, popped: &[Popped]) {
         let Some(mut slot) = self.queue(queue) else {
             return;

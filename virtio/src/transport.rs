@@ -249,35 +249,42 @@ impl VirtioMmio {
     }
 
     fn write_queue_address(&mut self, off: u32, v: u32) {
+        enum Ring {
+            Desc,
+            Avail,
+            Used,
+        }
+        let (ring, low) = match off {
+            reg::VIRTIO_MMIO_QUEUE_DESC_LOW => (Ring::Desc, true),
+            reg::VIRTIO_MMIO_QUEUE_DESC_HIGH => (Ring::Desc, false),
+            reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW => (Ring::Avail, true),
+            reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH => (Ring::Avail, false),
+            reg::VIRTIO_MMIO_QUEUE_USED_LOW => (Ring::Used, true),
+            _ => (Ring::Used, false),
+        };
         let Some(mut q) = self.queue_writable() else {
             return;
         };
-        let (get, low): (fn(&virtio_queue::Queue) -> u64, bool) = match off {
-            reg::VIRTIO_MMIO_QUEUE_DESC_LOW => (|q| q.desc_table(), true),
-            reg::VIRTIO_MMIO_QUEUE_DESC_HIGH => (|q| q.desc_table(), false),
-            reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW => (|q| q.avail_ring(), true),
-            reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH => (|q| q.avail_ring(), false),
-            reg::VIRTIO_MMIO_QUEUE_USED_LOW => (|q| q.used_ring(), true),
-            _ => (|q| q.used_ring(), false),
+        let old = match ring {
+            Ring::Desc => q.queue.desc_table(),
+            Ring::Avail => q.queue.avail_ring(),
+            Ring::Used => q.queue.used_ring(),
         };
-        let old = get(&q.queue);
-        let new = if low {
+        let a = GuestAddress(if low {
             (old & !0xffff_ffff) | u64::from(v)
         } else {
             (old & 0xffff_ffff) | (u64::from(v) << 32)
+        });
+        let set = match ring {
+            Ring::Desc => q.queue.try_set_desc_table_address(a),
+            Ring::Avail => q.queue.try_set_avail_ring_address(a),
+            Ring::Used => q.queue.try_set_used_ring_address(a),
         };
-        // The crate refuses a misaligned address (and leaves the old one): the check at
-        // QueueReady then finds the queue unusable.
-        let a = GuestAddress(new);
-        let _ = match off {
-            reg::VIRTIO_MMIO_QUEUE_DESC_LOW | reg::VIRTIO_MMIO_QUEUE_DESC_HIGH => {
-                q.queue.try_set_desc_table_address(a)
-            }
-            reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW | reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
-                q.queue.try_set_avail_ring_address(a)
-            }
-            _ => q.queue.try_set_used_ring_address(a),
-        };
+        // The crate refuses a misaligned address and keeps the old one, which must not
+        // be used instead: the queue cannot become ready until a reset.
+        if set.is_err() {
+            q.bad_address = true;
+        }
     }
 
     fn write_queue_ready(&mut self, v: u32) {
@@ -296,7 +303,7 @@ impl VirtioMmio {
         q.queue.set_ready(true);
         // A size the device cannot take, or rings outside guest RAM or misaligned: the
         // queue stays unusable and the driver is told to reset the device.
-        let usable = !q.bad_size && q.queue.is_valid(&self.dev.mem);
+        let usable = !q.bad_size && !q.bad_address && q.queue.is_valid(&self.dev.mem);
         if !usable {
             q.queue.set_ready(false);
             drop(q);

@@ -159,6 +159,29 @@ fn queue_sizes_and_rings_are_checked_at_queue_ready() {
     }
 }
 
+/// A misaligned ring address is not replaced by the good one written before it: the
+/// queue does not become ready on the stale address.
+#[test]
+fn a_misaligned_address_after_a_good_one_is_not_ignored() {
+    let img = image("hostile-realign");
+    let mut d = blk(&img, false);
+    assert!(d.negotiate(1 << VIRTIO_F_VERSION_1));
+    let l = Driver::layout(0, 256);
+    d.wr(reg::VIRTIO_MMIO_QUEUE_SEL, 0);
+    d.wr(reg::VIRTIO_MMIO_QUEUE_NUM, 256);
+    d.wr(reg::VIRTIO_MMIO_QUEUE_DESC_LOW, l.desc as u32);
+    d.wr(reg::VIRTIO_MMIO_QUEUE_DESC_LOW, (l.desc + 8) as u32);
+    d.wr(reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW, l.avail as u32);
+    d.wr(reg::VIRTIO_MMIO_QUEUE_USED_LOW, l.used as u32);
+    d.wr(reg::VIRTIO_MMIO_QUEUE_READY, 1);
+    assert_eq!(
+        d.rd(reg::VIRTIO_MMIO_QUEUE_READY),
+        0,
+        "ready on a stale address"
+    );
+    assert!(d.wait_needs_reset());
+}
+
 #[test]
 fn a_broken_device_does_not_stop_another() {
     let img = image("hostile-other");
