@@ -223,29 +223,22 @@ bench() {
 		echo "VMM-BENCH: net done"
 	fi
 }
-# vmm_e2e=hang, vmm_e2e=stale, vmm_e2e=net, vmm_e2e=port, vmm_e2e=bench: separate
-# words, any of them.
+# vmm_e2e=hang, stale, net, port, bench, dmesg: separate words, any of them.
 cmdline=" $(cat /proc/cmdline) "
+asked() {
+	case "$cmdline" in
+	*" vmm_e2e=$1 "*) return 0 ;;
+	esac
+	return 1
+}
 hang=
-case "$cmdline" in
-*" vmm_e2e=hang "*) hang=1 ;;
-esac
-case "$cmdline" in
-*" vmm_e2e=stale "*) /bin/stale-code /dev/vdb ;;
-esac
-case "$cmdline" in
-*" vmm_e2e=net "*) net_test ;;
-esac
-case "$cmdline" in
-*" vmm_e2e=port "*) port_test ;;
-esac
-case "$cmdline" in
-*" vmm_e2e=bench "*) bench ;;
-esac
-# vmm_e2e=dmesg: the kernel's log to the console (what a console costs per byte).
-case "$cmdline" in
-*" vmm_e2e=dmesg "*) dmesg ;;
-esac
+asked hang && hang=1
+asked stale && /bin/stale-code /dev/vdb
+asked net && net_test
+asked port && port_test
+asked bench && bench
+# dmesg: the kernel's log to the console (what a console costs per byte).
+asked dmesg && dmesg
 
 # / as mounted: the options of its last line in /proc/mounts.
 opts=

@@ -3,7 +3,7 @@
 //!
 //! Opening is split from starting on purpose: [`open`] runs in `prepare`, before the
 //! terminal is touched and before any thread exists, so a bad disk fails bhyve in one
-//! line with nothing half-made; [`Opened::start`] creates the transports and their worker
+//! line with nothing half-made; [`OpenSlot::start`] creates the transports and their worker
 //! threads, after the signal mask is set.
 
 use std::sync::Arc;
