@@ -227,8 +227,9 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn parse_runs(args: &[String]) -> Result<usize, String> {
-    let mut runs = 3;
+/// `[--runs N]` of benchmark `what`, `default` when not given.
+pub(crate) fn parse_runs(what: &str, args: &[String], default: usize) -> Result<usize, String> {
+    let mut runs = default;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -239,14 +240,14 @@ fn parse_runs(args: &[String]) -> Result<usize, String> {
                     .filter(|&n| n > 0)
                     .ok_or("--runs needs a positive number")?
             }
-            other => return Err(format!("bench-boot: unknown argument {other}")),
+            other => return Err(format!("{what}: unknown argument {other}")),
         }
     }
     Ok(runs)
 }
 
 pub fn bench_boot(args: &[String]) -> Result<(), String> {
-    let runs = parse_runs(args)?;
+    let runs = parse_runs("bench-boot", args, 3)?;
     proc::build_tools().map_err(|e| e.to_string())?;
     let testbed = build::build_testbed().map_err(|e| e.to_string())?;
     let kernel = guest::kernel().map_err(|e| e.to_string())?;

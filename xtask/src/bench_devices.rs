@@ -25,7 +25,7 @@ use vmm_e2e::proc;
 use vmm_e2e::stats::Stats;
 use vmm_testbed_harness::build;
 
-use crate::bench::{median, run_tool, tool, Bed};
+use crate::bench::{median, parse_runs, run_tool, tool, Bed};
 
 const VM: &str = "benchdev";
 const NET_MIB: usize = 64;
@@ -46,18 +46,6 @@ const METRICS: &[(&str, &str)] = &[
     ("net-up", "network guest to host, MiB/s"),
     ("net-down", "network host to guest, MiB/s"),
 ];
-
-fn parse_runs(args: &[String]) -> Result<usize, String> {
-    match args {
-        [] => Ok(1),
-        [flag, n] if flag == "--runs" => n
-            .parse()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("bench-devices: --runs {n}: a positive number")),
-        _ => Err("usage: cargo xtask bench-devices [--runs N]".into()),
-    }
-}
 
 /// The host end of the network transfers, on a thread inside `ns`: takes NET_MIB MiB
 /// on port 5003 and sends NET_MIB MiB on port 5004, each timed from accept to the end.
@@ -307,7 +295,7 @@ fn value(samples: &[Sample], metric: &str) -> Option<f64> {
 }
 
 pub fn bench_devices(args: &[String]) -> Result<(), String> {
-    let runs = parse_runs(args)?;
+    let runs = parse_runs("bench-devices", args, 1)?;
     proc::build_tools().map_err(|e| e.to_string())?;
     let testbed = build::build_testbed().map_err(|e| e.to_string())?;
     let dir = proc::bin_dir()
