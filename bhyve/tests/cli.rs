@@ -8,13 +8,24 @@ fn bhyve(args: &[&str]) -> (i32, String, String) {
 }
 
 /// Runs bhyve, as user `uid` when given (root can write any file: the read-only image
-/// case needs an unprivileged user).
-fn bhyve_as(args: &[&str], uid: Option<u32>) -> (i32, String, String) {
+/// case needs an unprivileged user). That user may not reach the build directory (a
+/// checkout under a private directory), so it runs a copy of the binary in `dir`, a
+/// directory everyone can enter.
+fn bhyve_as(args: &[&str], uid: Option<(u32, &std::path::Path)>) -> (i32, String, String) {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bhyve"));
-    if let Some(uid) = uid {
-        cmd.uid(uid).gid(uid);
-    }
+    let built = std::path::Path::new(env!("CARGO_BIN_EXE_bhyve"));
+    let mut cmd = match uid {
+        Some((uid, dir)) => {
+            let copy = dir.join("bhyve");
+            if !copy.exists() {
+                std::fs::copy(built, &copy).unwrap();
+            }
+            let mut c = Command::new(copy);
+            c.uid(uid).gid(uid);
+            c
+        }
+        None => Command::new(built),
+    };
     let out = cmd
         .args(args)
         // Never reach a real vmm from a test.
@@ -137,7 +148,7 @@ fn bad_disks_are_refused_before_the_vm() {
     }
     // A read-only file without ',ro' (as an unprivileged user when we are root).
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let nobody = (unsafe { libc::geteuid() } == 0).then_some(65534);
+    let nobody = (unsafe { libc::geteuid() } == 0).then_some((65534, dir.as_path()));
     let (code, _, stderr) = bhyve_as(&["-s", &spec(&ro, ""), "vm"], nobody);
     assert_eq!(code, 4, "{stderr}");
     assert!(
