@@ -5,7 +5,7 @@
 //!
 //! Build:
 //! 1. the EL2 blob (`cargo xtask build-el2`);
-//! 2. the `vmm-ko` staticlib (kmod/) for aarch64-unknown-none-softfloat with
+//! 2. the `vmm-ko` staticlib (vmm-kmod/ko/) for aarch64-unknown-none-softfloat with
 //!    build-std, `-Zfixed-x18`, PIC and `-Zbranch-protection=bti,pac-ret`, embedding
 //!    the blob;
 //! 3. `ld -r --no-relax` of the whole archive, then `ld -shared -znotext -znorelro
@@ -141,7 +141,7 @@ pub fn build_kmod() -> Result<PathBuf, String> {
                 "-Zbuild-std-features=compiler-builtins-mem",
             ])
             .arg("--manifest-path")
-            .arg(repo_root().join("kmod/Cargo.toml"))
+            .arg(repo_root().join("vmm-kmod/ko/Cargo.toml"))
             .arg("--target-dir")
             .arg(&dir),
     )?;
@@ -194,19 +194,19 @@ pub fn build_kmod() -> Result<PathBuf, String> {
     Ok(ko)
 }
 
-/// fmt check of kmod/ and clippy of the code only the kernel build compiles (the
-/// FreeBSD glue of vmm-kmod and the vmm-ko crate) for the module's target.
+/// fmt check of vmm-kmod/ko/ and clippy of the code only the kernel build compiles (the
+/// FreeBSD glue in vmm-freebsd and the vmm-ko crate) for the module's target.
 pub fn lint_kmod() -> Result<(), String> {
     let blob = build::build_el2().map_err(|e| e.to_string())?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(
-        "format check of kmod/",
+        "format check of vmm-kmod/ko/",
         Command::new(&cargo)
             .current_dir(repo_root())
             .args(["fmt", "--check", "--manifest-path"])
-            .arg(repo_root().join("kmod/Cargo.toml")),
+            .arg(repo_root().join("vmm-kmod/ko/Cargo.toml")),
     )?;
-    for manifest in ["Cargo.toml", "kmod/Cargo.toml"] {
+    for manifest in ["Cargo.toml", "vmm-kmod/ko/Cargo.toml"] {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(repo_root())
             .env("RUSTC_BOOTSTRAP", "1")
@@ -222,7 +222,7 @@ pub fn lint_kmod() -> Result<(), String> {
             .arg("--target-dir")
             .arg(target_dir());
         if manifest == "Cargo.toml" {
-            cmd.args(["-p", "vmm-kmod", "--features", "freebsd"]);
+            cmd.args(["-p", "vmm-freebsd"]);
         }
         cmd.args(["--", "-D", "warnings"]);
         run(&format!("clippy ({manifest}, {TARGET})"), &mut cmd)?;
@@ -236,7 +236,7 @@ pub fn check_kmod() -> Result<(), String> {
     let ko = build_kmod()?;
     let data = read(&ko)?;
     let blob = read(&build::el2_blob())?;
-    let symbols = read(&repo_root().join("vmm-kmod/src/freebsd/SYMBOLS"))?;
+    let symbols = read(&repo_root().join("vmm-kmod/freebsd/SYMBOLS"))?;
     let symbols = String::from_utf8_lossy(&symbols).into_owned();
     let x18 = build::x18_uses(&ko).map_err(|e| e.to_string())?;
     let report = check_ko(&data, &blob, &symbols, &x18);
@@ -540,7 +540,7 @@ fn check_elf(data: &[u8], symbols: &str, r: &mut Report) -> Result<(), String> {
     let unlisted: Vec<&String> = undefined.difference(&listed).collect();
     r.check(
         unlisted.is_empty() && !undefined.is_empty(),
-        "undefined symbols are FreeBSD kernel symbols (vmm-kmod/src/freebsd/SYMBOLS)",
+        "undefined symbols are FreeBSD kernel symbols (vmm-kmod/freebsd/SYMBOLS)",
         "every undefined symbol listed in SYMBOLS",
         format!("not listed: {unlisted:?}"),
     );

@@ -2,7 +2,7 @@
 //! bench guest times N hvc round trips, N trapped ID-register reads and an empty loop
 //! with the virtual counter. Run twice: straight on the world switch (the testbed
 //! answers each exit right after HYP_ENTER_GUEST returns: the bare EL2 cost), and
-//! through vmm-kmod's VM_RUN (hvc: back to the ioctl caller and VM_RUN again; ID
+//! through vmm-core's VM_RUN (hvc: back to the ioctl caller and VM_RUN again; ID
 //! register: answered inside the kernel's run loop). Then the vGIC's in-kernel exits
 //! through VM_RUN (`bench_vgic` guest, vGIC attached): a distributor register read
 //! (GICD_TYPER) and a self-IPI (ICC_SGI1R_EL1 trapped, SGI 1 injected through a list
@@ -16,7 +16,7 @@ use crate::vm::TestVm;
 use crate::{hyp, kprintln, timer};
 use alloc::format;
 use alloc::string::String;
-use vmm_kmod::DeviceRef;
+use vmm_core::DeviceRef;
 use vmm_sys::abi::*;
 use vmm_sys::arm64::esr::{ec, esr_ec, esr_iss};
 use vmm_sys::exit::ExitCode;
@@ -165,7 +165,7 @@ fn vgic_through_core(vmm: &Core) -> Result<([u64; 3], u64, u64), String> {
                         ..Default::default()
                     };
                     ioctl_vm(vmm, name, VM_STATS, &mut st)?;
-                    // Counter 0: total exits (vmm-kmod's stats.rs).
+                    // Counter 0: total exits (vmm-core's stats.rs).
                     return Ok(([reg(1)?, reg(2)?, reg(3)?], reg(4)?, st.statbuf[0]));
                 }
                 3 => return Err(format!("bench_vgic guest failed: x0 = {:#x}", reg(0)?)),

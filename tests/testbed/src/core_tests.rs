@@ -1,4 +1,4 @@
-//! Tests through vmm-kmod's core: `Vmm::new` brings EL2 up with the testbed's `Host`,
+//! Tests through vmm-core: `Vmm::new` brings EL2 up with the testbed's `Host`,
 //! every VM operation is an ioctl through `Vmm::dispatch` (argument bytes and pointers
 //! exactly as /dev/vmm gets them), `Vmm::shutdown` takes EL2 down.
 
@@ -8,7 +8,7 @@ use crate::{mm, timer};
 use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicI32, Ordering};
-use vmm_kmod::{DeviceRef, Vmm};
+use vmm_core::{DeviceRef, Vmm};
 use vmm_sys::abi::*;
 use vmm_sys::exit::{ExitCode, SuspendHow};
 use vmm_sys::ioctl::*;

@@ -1,4 +1,4 @@
-//! The testbed's implementation of vmm-kmod's `Host` trait: what the FreeBSD glue does
+//! The testbed's implementation of vmm-core's `Host` trait: what the FreeBSD glue does
 //! with kernel KPI, done with the testbed's own allocator, GIC, timer and CPUs. The
 //! EL2 tables given to the core are identity mapped, 4 levels (the core's TCR_EL2 uses
 //! 48-bit EL2 addresses), and hold the blob plus whatever `map_el2` adds.
@@ -17,7 +17,7 @@ use alloc::sync::Arc;
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use vmm_kmod::{Errno, Host, IdRegs, InitParams, KResult, PhysMem, RawMutex, SleepResult};
+use vmm_core::{Errno, Host, IdRegs, InitParams, KResult, PhysMem, RawMutex, SleepResult};
 use vmm_sys::hyp::{HYP_EL2_TLBI, HYP_EL2_TLBI_VA};
 
 const EL2_BASE: u64 = (1 << 10) | (3 << 8) | (1 << 2) | (1 << 6);

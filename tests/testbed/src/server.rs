@@ -28,7 +28,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use vmm_kmod::{DeviceRef, Errno, Host, KResult, PhysMem, SleepResult, Vmm};
+use vmm_core::{DeviceRef, Errno, Host, KResult, PhysMem, SleepResult, Vmm};
 use vmm_sys::abi::{Pod, VmMemmap, VmRun};
 use vmm_sys::ioctl;
 use vmm_sys::wire::{self, Frame, WireRequest, FRAME_HEADER, MAX_BUFFERS};

@@ -680,7 +680,7 @@ fn run_isolation() -> Result<String, String> {
 /// end at its deadline. A timer interrupt taken (and the timer disabled) before the WFI
 /// would leave the CPU asleep for good: the testbed then hangs here.
 fn host_sleep_short_deadlines() -> Result<String, String> {
-    use vmm_kmod::{Host, SleepResult};
+    use vmm_core::{Host, SleepResult};
     let host = crate::host::TestbedHost::new();
     let f = timer::freq();
     let start = timer::now();
@@ -787,7 +787,7 @@ fn reload(n: usize, free_before: usize) -> Result<String, String> {
     ))
 }
 
-/// The same hypervisor through vmm-kmod's core and its ioctl dispatcher.
+/// The same hypervisor through vmm-core and its ioctl dispatcher.
 fn run_core(n: usize) {
     let free_before = mm::free_pages();
     let vmm = match crate::core_tests::load() {

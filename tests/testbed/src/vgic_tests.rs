@@ -23,7 +23,7 @@ fn exits(vmm: &Core, name: &[u8]) -> Result<u64, String> {
         ..Default::default()
     };
     vm_ioctl(vmm, name, VM_STATS, &mut st)?;
-    // Counter 0: total exits (vmm-kmod's stats.rs).
+    // Counter 0: total exits (vmm-core's stats.rs).
     Ok(st.statbuf[0])
 }
 

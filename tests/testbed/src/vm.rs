@@ -1,6 +1,6 @@
 //! A minimal VM for the world-switch tests: guest RAM at IPA 0x8000_0000 mapped through
 //! its own stage-2 table and VMID, one vCPU context mapped at EL2. (The real VM
-//! lifecycle lives in vmm-kmod's core; this exists so the EL2 blob can be tested on its
+//! lifecycle lives in vmm-core; this exists so the EL2 blob can be tested on its
 //! own, as the brief's step 3 asks before the core lands.)
 
 extern crate alloc;

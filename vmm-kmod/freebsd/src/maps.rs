@@ -15,9 +15,9 @@
 //!
 //! Portable: the kernel objects are a type parameter, so the logic is unit-tested.
 
-use crate::errno::{Errno, KResult};
-use crate::host::{PhysMem, PAGE_SIZE};
 use alloc::vec::Vec;
+use vmm_core::errno::{Errno, KResult};
+use vmm_core::host::{PhysMem, PAGE_SIZE};
 
 /// One mmap: the kernel's scatter/gather list and the physical ranges it covers.
 pub struct Live<S> {

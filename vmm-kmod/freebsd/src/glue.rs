@@ -1,6 +1,6 @@
 //! The module itself: the event handler (load/unload), the character devices
 //! /dev/vmmctl and /dev/vmm/NAME, and the legacy hw.vmm.create / hw.vmm.destroy
-//! sysctls, all calling the portable core ([`crate::Vmm`]) with a [`FreeBsdHost`].
+//! sysctls, all calling the portable core ([`vmm_core::Vmm`]) with a [`FreeBsdHost`].
 //!
 //! Load (`MOD_LOAD`, Giant held, after `SI_SUB_SMP`):
 //! 1. refuse a kernel running at EL2 (VHE: not supported yet), a kernel without the
@@ -22,7 +22,6 @@ use super::cdev::{
     self, Cdev, Cdevsw, CdevswCell, MakeDevArgs, Thread, GID_WHEEL, MAKEDEV_CHECKNAME,
     MAKEDEV_WAITOK, PROT_EXEC, PROT_READ, PROT_WRITE, UID_ROOT,
 };
-use super::el2pt::attrs_code;
 use super::host::{
     self, id_regs, sync_icache, FreeBsdHost, SgRef, SxMutex, EL2_MAIR_WB, M_VMM, SLEEP_MTX,
 };
@@ -30,21 +29,22 @@ use super::machdep::{self, current_el, pfr0_gic};
 use super::malloc::M_WAITOK;
 use super::maps::{collect_chunks, Live};
 use super::module::{MOD_LOAD, MOD_QUIESCE, MOD_SHUTDOWN, MOD_UNLOAD};
-use super::req::{self, CtlOp};
 use super::sysctl::{self, SysctlCtxList, SysctlOid, SysctlReq};
 use super::types::{Intmax, VmOoffset, VmSize};
 use super::vm::VmObject;
 use super::{malloc, priv_, smp, vm as kvm};
-use crate::errno::{Errno, KResult};
-use crate::host::{Host, PhysMem, PAGE_SIZE};
-use crate::sync::Mutex;
-use crate::{DeviceRef, InitParams, Vmm};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, c_ulong, c_void};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use vmm_core::el2pt::attrs_code;
+use vmm_core::errno::{Errno, KResult};
+use vmm_core::host::{Host, PhysMem, PAGE_SIZE};
+use vmm_core::req::{self, CtlOp};
+use vmm_core::sync::Mutex;
+use vmm_core::{DeviceRef, InitParams, Vmm};
 use vmm_sys::ioctl::iocparm_len;
 use vmm_sys::VM_MAX_NAMELEN;
 

@@ -202,7 +202,7 @@ macro_rules! freebsd_declare_module {
         mod __freebsd_module {
             use super::*;
             use core::ffi::c_void;
-            use $crate::freebsd::module as m;
+            use $crate::module as m;
 
             const NAME: &core::ffi::CStr = $name;
 

@@ -12,7 +12,6 @@
 //!
 //! The vmm.ko crate installs both (`#[panic_handler]`, `#[global_allocator]`).
 
-use super::alignalloc::{aligned_start, over_alloc_size, MALLOC_MIN_ALIGN};
 use super::fmtbuf::FmtBuf;
 use super::host::M_VMM;
 use super::kern;
@@ -20,6 +19,7 @@ use super::malloc::{self, M_NOWAIT};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ffi::c_int;
 use core::fmt::Write;
+use vmm_core::alignalloc::{aligned_start, over_alloc_size, MALLOC_MIN_ALIGN};
 
 /// Calls panic(9) with `info`'s message and location.
 pub fn kernel_panic(info: &core::panic::PanicInfo<'_>) -> ! {

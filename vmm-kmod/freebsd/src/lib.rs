@@ -1,4 +1,7 @@
-//! FreeBSD 15.0 arm64 kernel programming interfaces, as the vmm.ko glue uses them.
+//! vmm-freebsd: the FreeBSD 15.0 arm64 side of vmm.ko: the kernel programming
+//! interfaces the module uses, the FreeBSD [`Host`](vmm_core::Host), the /dev/vmm
+//! character devices, the hw.vmm sysctls and the module event handler. The portable
+//! core it drives is `vmm-core`; the crate that links both into vmm.ko is `vmm-ko`.
 //!
 //! Every item mirrors a declaration of a FreeBSD header and names it; the layouts are
 //! the LP64 ones (arm64 and amd64 agree on every structure here: natural alignment,
@@ -7,7 +10,7 @@
 //! (file and commit) and which ones could not be checked against a 15.0 copy.
 //!
 //! The module only *declares*: nothing here calls the kernel on its own. Every kernel
-//! symbol declared in an `extern "C"` block is listed in `SYMBOLS` next to this file
+//! symbol declared in an `extern "C"` block is listed in the crate's `SYMBOLS` file
 //! (`symbol header` per line); the check of vmm.ko's undefined symbols
 //! reads that list, and the `symbols_list_matches_declarations` test keeps the two in
 //! step.
@@ -31,20 +34,19 @@
 //! * [`intr`] - the generic-timer interrupt hook vmm uses for the virtual timer.
 //! * [`machdep`] - `has_hyp()`, the hyp stub's vectors, CurrentEL / GIC decoding.
 //!
-//! The glue built on them:
-//! * [`el2pt`] - the identity-mapped EL2 translation tables (portable, tested).
-//! * [`alignalloc`] - the global allocator's over-aligned block arithmetic (tested).
+//! The glue built on them (with the portable parts it uses from the core:
+//! `vmm_core::el2pt`, `vmm_core::alignalloc`, `vmm_core::req`):
 //! * [`fmtbuf`] - fixed-buffer formatting for the log and panic(9).
 //! * [`maps`] - guest memory mapped by processes; memory freed only once unmapped.
-//! * [`req`] - decoding of the requests the glue handles (portable, tested).
 //! * `host` - the FreeBSD `Host` implementation (aarch64 kernel builds only).
 //! * `glue` - module event handler, /dev/vmmctl, /dev/vmm/NAME, hw.vmm sysctls.
 //! * `panic` - panic(9) for Rust panics, malloc(9) as the global allocator.
+#![cfg_attr(not(test), no_std)]
 
-pub mod alignalloc;
+extern crate alloc;
+
 pub mod cdev;
 pub mod copy;
-pub mod el2pt;
 pub mod fmtbuf;
 pub mod hyp;
 pub mod intr;
@@ -55,7 +57,6 @@ pub mod malloc;
 pub mod maps;
 pub mod module;
 pub mod priv_;
-pub mod req;
 pub mod smp;
 pub mod sysctl;
 pub mod timer;
@@ -63,14 +64,12 @@ pub mod types;
 pub mod vm;
 
 // The parts that call the kernel: only in the aarch64 kernel build (vmm.ko).
-#[cfg(all(feature = "freebsd", target_arch = "aarch64", target_os = "none"))]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod glue;
-#[cfg(all(feature = "freebsd", target_arch = "aarch64", target_os = "none"))]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod host;
-#[cfg(all(feature = "freebsd", target_arch = "aarch64", target_os = "none"))]
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod panic;
 
 #[cfg(test)]
-mod macro_test;
-#[cfg(test)]
-mod symbols_test;
+mod tests;

@@ -1,6 +1,6 @@
-//! vmm-kmod: the kernel side of the hypervisor.
+//! vmm-core: the portable kernel core of the hypervisor.
 //!
-//! The portable core lives here, written against the [`host::Host`] trait: VM and vCPU
+//! Written against the [`host::Host`] trait: VM and vCPU
 //! lifecycle, memory segments, stage-2 page tables, exit classification, the VM_RUN
 //! loop and the /dev/vmm ioctl dispatcher. Each host (the FreeBSD glue that builds
 //! vmm.ko, the QEMU testbed, the fake host of the unit tests) implements `Host` and
@@ -17,13 +17,16 @@
 
 extern crate alloc;
 
+pub mod alignalloc;
 mod barrier;
 mod dispatch;
 pub mod el2;
+pub mod el2pt;
 pub mod errno;
 pub mod exit;
 pub mod host;
 pub mod mem;
+pub mod req;
 mod run;
 pub mod stage2;
 pub mod stats;
@@ -38,8 +41,6 @@ pub mod vtimer;
 
 #[cfg(test)]
 mod fake;
-#[cfg(any(test, feature = "freebsd"))]
-pub mod freebsd;
 #[cfg(test)]
 mod tests;
 

@@ -11,7 +11,7 @@
     clippy::panic
 )]
 
-use super::module::*;
+use crate::module::*;
 use core::ffi::{c_char, c_int, c_void, CStr};
 
 static EVENTS: std::sync::Mutex<Vec<c_int>> = std::sync::Mutex::new(Vec::new());

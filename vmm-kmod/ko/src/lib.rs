@@ -1,6 +1,6 @@
 //! vmm.ko: the FreeBSD 15 arm64 kernel module.
 //!
-//! Everything lives in `vmm_kmod` (the portable core and `vmm_kmod::freebsd`, its
+//! Everything lives in `vmm_core` (the portable core) and `vmm_freebsd` (its
 //! FreeBSD glue); this crate only puts the pieces together as FreeBSD's `vmm.ko`:
 //! * the module declaration (`DECLARE_MODULE(vmm, ..., SI_SUB_SMP + 1, SI_ORDER_ANY)`
 //!   and `MODULE_VERSION(vmm, 1)`, as FreeBSD's own vmm);
@@ -13,11 +13,11 @@
 #![no_std]
 
 use core::ffi::{c_int, c_void};
-use vmm_kmod::freebsd::glue;
-use vmm_kmod::freebsd::module::{
+use vmm_freebsd::glue;
+use vmm_freebsd::module::{
     module_register_init, Module, FREEBSD_VERSION_15_0, KERNEL_MAXVER_15, SI_ORDER_ANY, SI_SUB_SMP,
 };
-use vmm_kmod::freebsd::panic::{kernel_panic, KernelAllocator};
+use vmm_freebsd::panic::{kernel_panic, KernelAllocator};
 
 /// The EL2 code (el2-stub), linked on its own into a position-independent flat image.
 static EL2_BLOB: &[u8] = include_bytes!(env!("VMM_EL2_BLOB"));
@@ -36,7 +36,7 @@ unsafe extern "C" fn vmm_modevent(_m: *mut Module, what: c_int, _arg: *mut c_voi
     unsafe { glue::modevent(what, EL2_BLOB) }
 }
 
-vmm_kmod::freebsd_declare_module! {
+vmm_freebsd::freebsd_declare_module! {
     name: c"vmm", handler: vmm_modevent, version: 1,
     kernel: (FREEBSD_VERSION_15_0, FREEBSD_VERSION_15_0, KERNEL_MAXVER_15),
     subsystem: SI_SUB_SMP + 1, order: SI_ORDER_ANY,

@@ -15,7 +15,6 @@
 //!
 //! aarch64 only: it reads system registers and calls the kernel.
 
-use super::el2pt::{attrs_data, El2Tables, TableMem};
 use super::fmtbuf::FmtBuf;
 use super::lock::{self, Mtx, Sx};
 use super::malloc::{self, MallocType, M_NOWAIT, M_WAITOK, M_ZERO};
@@ -24,12 +23,13 @@ use super::timer::{self, CalloutStorage, CALLOUT_ANY_CPU, CS_DRAIN};
 use super::types::ticks_to_sbt;
 use super::vm::{self as kvm, VM_MEMATTR_WRITE_BACK};
 use super::{copy, hyp, intr, kern, smp};
-use crate::errno::{Errno, KResult};
-use crate::host::{Host, PhysMem, RawMutex, SleepResult, PAGE_SIZE};
 use core::cell::UnsafeCell;
 use core::ffi::{c_int, c_void};
 use core::fmt;
 use core::ptr::NonNull;
+use vmm_core::el2pt::{attrs_data, El2Tables, TableMem};
+use vmm_core::errno::{Errno, KResult};
+use vmm_core::host::{Host, PhysMem, RawMutex, SleepResult, PAGE_SIZE};
 use vmm_sys::hyp::{HYP_EL2_TLBI, HYP_EL2_TLBI_VA};
 
 /// The module's malloc(9) type ("vmm" in `vmstat -m`); registered at load.
@@ -304,9 +304,9 @@ pub struct FreeBsdHost {
     ncpu: usize,
     /// Behind an sx lock: map/unmap come from thread context only (VM creation,
     /// destruction, vCPU setup).
-    el2: crate::sync::Mutex<SxMutex, El2State>,
+    el2: vmm_core::sync::Mutex<SxMutex, El2State>,
     /// Guest memory mapped by processes, and memory waiting for those mappings to go.
-    maps: crate::sync::Mutex<SxMutex, Registry<SgRef>>,
+    maps: vmm_core::sync::Mutex<SxMutex, Registry<SgRef>>,
     /// The GICv3 driver's device (for `gic_r_write_4` on this CPU's redistributor),
     /// or null when none was found: then the virtual-timer PPI cannot be held.
     gic: usize,
@@ -343,11 +343,11 @@ impl FreeBsdHost {
             gic: gic as usize,
             cpuid_offset,
             ncpu,
-            el2: crate::sync::Mutex::new(El2State {
+            el2: vmm_core::sync::Mutex::new(El2State {
                 tables,
                 live: false,
             }),
-            maps: crate::sync::Mutex::new(Registry::default()),
+            maps: vmm_core::sync::Mutex::new(Registry::default()),
         })
     }
 
@@ -410,8 +410,8 @@ pub(crate) use sysreg;
 
 /// The host's ID registers, read at EL1 (what the core sizes stage 2 and the guest's
 /// ID registers from).
-pub fn id_regs() -> crate::IdRegs {
-    crate::IdRegs {
+pub fn id_regs() -> vmm_core::IdRegs {
+    vmm_core::IdRegs {
         midr: sysreg!("midr_el1"),
         pfr0: sysreg!("id_aa64pfr0_el1"),
         pfr1: sysreg!("id_aa64pfr1_el1"),
@@ -559,7 +559,7 @@ impl FreeBsdHost {
                 intr::gic_r_write_4(
                     gic as intr::DeviceT,
                     intr::GICR_SGI_BASE_SIZE | reg,
-                    1 << crate::vtimer::VIRT_TIMER_INTID,
+                    1 << vmm_core::vtimer::VIRT_TIMER_INTID,
                 )
             };
         });
@@ -679,7 +679,7 @@ impl Host for FreeBsdHost {
             intr::gic_r_write_4(
                 self.gic as intr::DeviceT,
                 intr::GICR_SGI_BASE_SIZE | reg,
-                1 << crate::vtimer::VIRT_TIMER_INTID,
+                1 << vmm_core::vtimer::VIRT_TIMER_INTID,
             )
         };
     }
