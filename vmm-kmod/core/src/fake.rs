@@ -1,7 +1,7 @@
 //! The fake host of the unit tests: fake physical memory (one big zeroed allocation,
 //! PA = `PHYS_BASE` + offset) with a page allocator that checks every free against its
 //! allocation, a fake user address space for copyin/copyout, fake CPUs that run the EL2
-//! handshake, and an interpreter for the hypercalls: `HYP_ENTER_GUEST` pops a scripted
+//! handshake, and an interpreter for the hypercalls; its guest entry (`Host::enter_guest`) pops a scripted
 //! exit, applies its register effects to the context and records what the "guest" saw
 //! at entry; TLB invalidations are logged together with whether the invalidated entry
 //! was already cleared (break-before-make).
@@ -142,7 +142,7 @@ pub struct FakeHost {
     /// Return value of the init hypercall (0 = success).
     pub init_result: AtomicU64,
     pub script: Mutex<VecDeque<Scripted>>,
-    /// The context as each HYP_ENTER_GUEST found it.
+    /// The context as each guest entry found it.
     pub entries: Mutex<Vec<VcpuContext>>,
     pub tlbis: Mutex<Vec<Tlbi>>,
     /// (start level, IPA bits) for the fake's own walk at TLBI time.
@@ -342,7 +342,7 @@ impl FakeHost {
         unsafe { self.base.as_ptr().add(off).cast::<VcpuContext>() }
     }
 
-    fn enter_guest(&self, ctx_pa: u64) -> u64 {
+    fn run_script(&self, ctx_pa: u64) -> u64 {
         assert!(
             self.intr_off.load(Ordering::SeqCst),
             "entered with interrupts on"
@@ -588,10 +588,13 @@ impl Host for FakeHost {
         self.log.lock().unwrap().push(args.to_string());
     }
 
+    unsafe fn enter_guest(&self, ctx: &PhysMem) -> u64 {
+        self.run_script(ctx.pa)
+    }
+
     unsafe fn hyp_call(&self, func: u64, args: &[u64; 7]) -> u64 {
         let cpu = self.current_cpu();
         match func {
-            hyp::HYP_ENTER_GUEST => self.enter_guest(args[0]),
             hyp::HYP_S2_TLBI_RANGE => {
                 let was_clear = self.walk(args[0], args[1]).is_none();
                 self.tlbis.lock().unwrap().push(Tlbi {

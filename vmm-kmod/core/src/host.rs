@@ -177,13 +177,31 @@ pub trait Host: Send + Sync + Sized {
 
     // --- EL2 -----------------------------------------------------------------------------
 
+    /// Runs the guest whose `VcpuContext` fills the page `ctx` until it exits, and
+    /// returns the exit kind the world switch wrote (`vmm_sys::hyp::excp`), or a value
+    /// above `u32::MAX` when the EL2 code refused the entry. This is the seam between
+    /// the core's run loop and the world switch: the default is the nVHE entry (the
+    /// `HYP_ENTER_GUEST` hypercall into the EL2 blob, with the page's physical
+    /// address); a host whose kernel itself runs at EL2 (VHE) calls the switch body
+    /// directly instead, and the fake host runs its scripted guest.
+    ///
+    /// # Safety
+    /// Interrupts are disabled; the page is mapped for EL2 ([`Host::map_el2`]) and holds
+    /// a `VcpuContext` the core filled (VTTBR with this VM's tables and VMID); nothing
+    /// else reads or writes it until the call returns.
+    unsafe fn enter_guest(&self, ctx: &PhysMem) -> u64 {
+        let args = [ctx.pa, 0, 0, 0, 0, 0, 0];
+        // SAFETY: the caller's guarantees are the ones HYP_ENTER_GUEST needs.
+        unsafe { self.hyp_call(vmm_sys::hyp::HYP_ENTER_GUEST, &args) }
+    }
+
     /// Executes `hvc #0` on the current CPU with x0 = `func`, x1..x7 = `args`, and returns
-    /// x0. The fake host interprets the call instead.
+    /// x0. The fake host interprets the call instead. Guest entry goes through
+    /// [`Host::enter_guest`], never through here.
     ///
     /// # Safety
     /// The call reaches the EL2 code, which trusts its arguments: addresses must name
-    /// memory mapped for EL2 ([`Host::map_el2`]) holding what the function expects, and
-    /// `HYP_ENTER_GUEST` must be made with interrupts disabled. The core is the only
+    /// memory mapped for EL2 ([`Host::map_el2`]) holding what the function expects. The core is the only
     /// caller and documents each call's arguments (docs/vmm-core.md, "Hypercalls").
     unsafe fn hyp_call(&self, func: u64, args: &[u64; 7]) -> u64;
 }

@@ -26,7 +26,6 @@ use vmm_sys::abi::{
 use vmm_sys::arm64::esr::{self, DataAbort, SysRegAccess};
 use vmm_sys::arm64::sysreg;
 use vmm_sys::exit::ExitCode;
-use vmm_sys::hyp;
 use vmm_sys::reg::VM_REG_LAST;
 
 /// Every A64 instruction that traps is 4 bytes.
@@ -234,11 +233,10 @@ impl<H: Host> Vmm<H> {
             let vtimer_high = flushed_vtimer
                 .unwrap_or_else(|| vtimer::virt_level(&vcpu.ctx_ref().timer, self.host.counter()));
             self.hold_vtimer(cpu, vtimer_high);
-            let args = [vcpu.ctx_pa(), 0, 0, 0, 0, 0, 0];
             // SAFETY: the context page is mapped for EL2, holds a VcpuContext the core
             // filled (VTTBR with this VM's tables and VMID), and no one else touches it
             // while we hold the vCPU lock; interrupts are disabled as the call requires.
-            let kind = unsafe { self.host.hyp_call(hyp::HYP_ENTER_GUEST, &args) };
+            let kind = unsafe { self.host.enter_guest(vcpu.ctx_page()) };
             // The host (or another vCPU) on this CPU starts clean.
             self.hold_vtimer(cpu, false);
             slot.shared.running_on.store(NOT_RUNNING, Ordering::SeqCst);
@@ -246,7 +244,7 @@ impl<H: Host> Vmm<H> {
             stats.inc(Stat::Exits);
             let Ok(kind) = u32::try_from(kind) else {
                 self.host
-                    .log(format_args!("vmm: HYP_ENTER_GUEST failed: {kind:#x}"));
+                    .log(format_args!("vmm: guest entry failed: {kind:#x}"));
                 return Err(Errno::ENXIO);
             };
             vcpu.ctx().exit.kind = kind;

@@ -72,7 +72,7 @@ pub struct VcpuInit {
 
 pub struct Vcpu {
     id: u32,
-    /// The page holding the `VcpuContext` (mapped for EL2; its PA goes to HYP_ENTER_GUEST).
+    /// The page holding the `VcpuContext` (mapped for EL2; `Host::enter_guest` takes it).
     page: PhysMem,
     init: VcpuInit,
     /// Bytes to add to the PC before the next entry: the trapped instruction a kernel or
@@ -127,11 +127,16 @@ impl Vcpu {
         self.page.pa
     }
 
+    /// The page holding the context, as [`crate::Host::enter_guest`] takes it.
+    pub fn ctx_page(&self) -> &PhysMem {
+        &self.page
+    }
+
     pub fn ctx(&mut self) -> &mut VcpuContext {
         // SAFETY: the page is ours, page-aligned (so aligned for VcpuContext, align 16),
         // large enough (checked at compile time), zero-initialised by the host and then
         // only written as a VcpuContext (all-integer, every bit pattern valid). EL2 writes
-        // it only during HYP_ENTER_GUEST, which `&mut self` excludes here.
+        // it only during a guest entry, which `&mut self` excludes here.
         unsafe { &mut *self.page.va.as_ptr().cast::<VcpuContext>() }
     }
 
