@@ -272,7 +272,7 @@ mod tests {
     //! The client against a stand-in broker in this process: it speaks the broker's
     //! protocol (hello, frames) and executes the decoded requests on the fake, so the
     //! transport (pooling, sequence numbers, errno and "no such VM" mapping, concurrent
-    //! threads) is tested without QEMU. The real thing: tests/broker/tests/serve.rs.
+    //! threads) is tested without QEMU. The real thing: tests/testbed-broker/tests/serve.rs.
     use super::*;
     use crate::fake::FakeVmm;
     use crate::Vm;

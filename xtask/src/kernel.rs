@@ -1,4 +1,4 @@
-//! The kernel-side commands; the work is in vmm-testbed-harness (tests/qemu), shared
+//! The kernel-side commands; the work is in vmm-testbed-harness (tests/testbed-harness), shared
 //! with the QEMU tests.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The tests the testbed runs on itself, in order; each prints one
-//! `TEST <name> PASS|FAIL <detail>` line that the host harness (tests/qemu) parses.
+//! `TEST <name> PASS|FAIL <detail>` line that the host harness (tests/testbed-harness) parses.
 
 extern crate alloc;
 use crate::boot::{self, CONTRACT_READBACK, READBACK_NAMES};

@@ -26,7 +26,7 @@ pub enum Error {
     },
 }
 
-/// The repository root (this crate lives in tests/qemu).
+/// The repository root (this crate lives in tests/testbed-harness).
 pub fn repo_root() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     p.canonicalize().unwrap_or(p)

@@ -410,7 +410,7 @@ fn build_tool(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
-/// Assembles tests/broker/guests/NAME.S into a raw binary linked at 0x8000_0000.
+/// Assembles tests/testbed-broker/guests/NAME.S into a raw binary linked at 0x8000_0000.
 fn guest_binary(name: &str) -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("guests/{name}.S"));
     let dir = std::env::var_os("CARGO_TARGET_TMPDIR")
