@@ -27,7 +27,7 @@ pub fn build_testbed() -> Result<(), String> {
 }
 
 pub fn lint_kernel() -> Result<(), String> {
-    show(build::lint_kernel().map(|()| "el2-stub and testbed: fmt and clippy clean"))
+    show(build::lint_kernel().map(|()| "el2 and testbed: fmt and clippy clean"))
 }
 
 pub fn check_x18() -> Result<(), String> {

@@ -380,7 +380,7 @@ pub fn check_ko(data: &[u8], blob: &[u8], symbols: &str, x18: &[(String, String)
     r.check(
         found,
         "EL2 blob embedded",
-        format!("the {} bytes of el2-stub.bin inside vmm.ko", blob.len()),
+        format!("the {} bytes of el2-nvhe.bin inside vmm.ko", blob.len()),
         "no copy of them",
     );
     r

@@ -5,7 +5,7 @@
 //! * `build-el2`, `build-guests`, `build-testbed`: the kernel-side aarch64 artifacts
 //!   (soft-float, -Zfixed-x18, build-std) in target/aarch64.
 //! * `check-x18`: no x18 outside the EL2 blob's guest entry/exit.
-//! * `lint-kernel`: fmt check and clippy of the aarch64-only crates (el2-stub, testbed).
+//! * `lint-kernel`: fmt check and clippy of the aarch64-only crates (el2/, testbed).
 //! * `build-kmod`: vmm.ko, the FreeBSD 15 arm64 kernel module (target/kmod/vmm.ko).
 //! * `check-kmod`: builds vmm.ko and checks it against what FreeBSD's kldload expects.
 //! * `run-testbed`: boots the testbed in QEMU (hard timeout) and shows its console.

@@ -83,7 +83,7 @@ pub fn lint_kernel() -> Result<(), Error> {
         ("VMM_EL2_BLOB", blob.as_path()),
         ("VMM_GUEST_DIR", guests.as_path()),
     ];
-    for krate in ["el2-stub", "tests/testbed"] {
+    for krate in ["el2/switch", "el2/nvhe", "tests/testbed"] {
         let manifest = repo_root().join(krate).join("Cargo.toml");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         run(
@@ -102,11 +102,11 @@ fn release_dir() -> PathBuf {
 }
 
 pub fn el2_elf() -> PathBuf {
-    aarch64_target_dir().join("el2-stub.elf")
+    aarch64_target_dir().join("el2-nvhe.elf")
 }
 
 pub fn el2_blob() -> PathBuf {
-    aarch64_target_dir().join("el2-stub.bin")
+    aarch64_target_dir().join("el2-nvhe.bin")
 }
 
 pub fn testbed_elf() -> PathBuf {
@@ -118,7 +118,7 @@ pub fn guest_dir() -> PathBuf {
 }
 
 fn link_el2(lib: &Path, base: u64, elf: &Path, bin: &Path) -> Result<(), Error> {
-    let script = repo_root().join("el2-stub/link.ld");
+    let script = repo_root().join("el2/nvhe/link.ld");
     run(
         "link the EL2 blob",
         Command::new("aarch64-linux-gnu-ld")
@@ -189,16 +189,17 @@ fn publish(tmp: &Path, dst: &Path) -> Result<(), Error> {
     })
 }
 
-/// Builds el2-stub and links it into the flat blob. Links it a second time at another
+/// Builds the nVHE EL2 code (el2/nvhe with the switch library) and links it into the
+/// flat blob. Links it a second time at another
 /// base and requires identical bytes: the blob holds no absolute address.
 pub fn build_el2() -> Result<PathBuf, Error> {
-    cargo_kernel(&repo_root().join("el2-stub/Cargo.toml"), &[])?;
-    let lib = release_dir().join("libel2_stub.a");
+    cargo_kernel(&repo_root().join("el2/nvhe/Cargo.toml"), &[])?;
+    let lib = release_dir().join("libvmm_el2_nvhe.a");
     let scratch = Scratch::new()?;
-    let (elf, bin) = (scratch.path("el2-stub.elf"), scratch.path("el2-stub.bin"));
+    let (elf, bin) = (scratch.path("el2-nvhe.elf"), scratch.path("el2-nvhe.bin"));
     let (alt_elf, alt_bin) = (
-        scratch.path("el2-stub-alt.elf"),
-        scratch.path("el2-stub-alt.bin"),
+        scratch.path("el2-nvhe-alt.elf"),
+        scratch.path("el2-nvhe-alt.bin"),
     );
     link_el2(&lib, 0, &elf, &bin)?;
     link_el2(&lib, 0x4000_0000, &alt_elf, &alt_bin)?;
@@ -325,14 +326,14 @@ pub fn check_x18() -> Result<String, Error> {
     let el2 = x18_uses(&el2_elf())?;
     for (f, i) in &el2 {
         if !X18_ALLOWED.contains(&f.as_str()) {
-            bad.push(format!("el2-stub {f}: {i}"));
+            bad.push(format!("EL2 blob {f}: {i}"));
         }
     }
     for (f, i) in x18_uses(&testbed)? {
         bad.push(format!("testbed {f}: {i}"));
     }
     if el2.is_empty() {
-        bad.push("el2-stub: no x18 save/restore found in the world switch".into());
+        bad.push("EL2 blob: no x18 save/restore found in the world switch".into());
     }
     if bad.is_empty() {
         Ok(format!(

@@ -2,8 +2,8 @@
 //! reads this serial log and parses `TEST <name> PASS|FAIL <detail>` lines.
 
 use crate::mm::pa_to_va;
-use crate::sync::SpinLock;
 use core::fmt::{self, Write};
+use vmm_core::sync::SpinLock;
 
 const UART_PA: u64 = 0x0900_0000;
 const DR: u64 = 0x00;
@@ -35,7 +35,7 @@ impl Write for Uart {
     }
 }
 
-pub static CONSOLE: SpinLock<Uart> = SpinLock::new(Uart);
+pub static CONSOLE: SpinLock<Uart> = SpinLock::new_spin(Uart);
 
 pub fn print(args: fmt::Arguments) {
     let _ = CONSOLE.lock().write_fmt(args);

@@ -68,8 +68,7 @@ pub fn create(vmm: &Core, name: &[u8], image: &[u8], ram: u64) -> Result<(), Str
         done += n;
     }
     if !image.is_empty() {
-        // SAFETY: barriers and I-cache invalidation for the code just written.
-        unsafe { core::arch::asm!("dsb ish", "ic ialluis", "dsb ish", "isb") };
+        vmm_arm64::cache::inval_icache_all();
     }
     Ok(())
 }
@@ -400,7 +399,7 @@ fn fp_store(b: &mut crate::tests::FpBuf) {
     };
 }
 
-static FP_IMAGE: crate::sync::SpinLock<&'static [u8]> = crate::sync::SpinLock::new(&[]);
+static FP_IMAGE: vmm_core::sync::SpinLock<&'static [u8]> = vmm_core::sync::SpinLock::new_spin(&[]);
 
 /// The FP/GPR guest through VM_RUN on this CPU, VM `tb-fp<cpu>`; `vmm` is a `&Core`
 /// as an integer (for `cpu::post`). Returns 0 or a failure code as in tests.rs.
@@ -509,10 +508,10 @@ fn kick_runner(vmm: u64) -> u64 {
 /// off, so its store is non-cacheable: clean and invalidate the host's line first so the
 /// read reaches memory (a no-op under QEMU, which has no caches; right on hardware).
 fn read_guest_word(va: *mut u8) -> u64 {
-    // SAFETY: `va` maps 8 bytes of the live VM's RAM (gpa_to_pa); `dc civac` on a
-    // mapped kernel address only moves a cache line to memory.
+    // SAFETY: `va` maps 8 bytes of the live VM's RAM (gpa_to_pa); cleaning a mapped
+    // kernel address only moves a cache line to memory.
     unsafe {
-        core::arch::asm!("dc civac, {0}", "dsb sy", in(reg) va);
+        vmm_arm64::cache::clean_inval_dcache_poc(va as usize, 8);
         core::ptr::read_volatile(va as *const u64)
     }
 }
@@ -545,7 +544,7 @@ pub fn destroy_kicks_running_vcpu(vmm: &Core, ncpu: usize) -> Result<String, Str
     // and cleaned so no dirty host line can later overwrite the guest's store.
     unsafe {
         core::ptr::write_volatile(flag as *mut u64, 0);
-        core::arch::asm!("dc civac, {0}", "dsb sy", in(reg) flag);
+        vmm_arm64::cache::clean_inval_dcache_poc(flag as usize, 8);
     }
     KICK_RESULT.store(i32::MIN, Ordering::SeqCst);
     KICK_HOW.store(i32::MIN, Ordering::SeqCst);

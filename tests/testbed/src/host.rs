@@ -10,30 +10,29 @@
 extern crate alloc;
 use crate::hyp::{hvc, stub_vectors_pa, sync_icache, EL2_BLOB};
 use crate::mm::{self, pa_to_va, va_to_pa, KBASE, MAX_CPUS, PAGE, RAM_END, RAM_START};
-use crate::pt::PageTable;
-use crate::sync::SpinLock;
+use crate::mm::{TablePages, MAIR_WB};
 use crate::{cpu, gic, kprintln, timer};
 use alloc::sync::Arc;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use vmm_core::{Errno, Host, IdRegs, InitParams, KResult, PhysMem, RawMutex, SleepResult};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use vmm_arm64::cache;
+use vmm_core::el2pt::{attrs_code, attrs_data, El2Tables};
+use vmm_core::sync::SpinLock;
+use vmm_core::sync::SpinMutex;
+use vmm_core::{Errno, Host, IdRegs, InitParams, KResult, PhysMem, SleepResult};
 use vmm_sys::hyp::{HYP_EL2_TLBI, HYP_EL2_TLBI_VA};
-
-const EL2_BASE: u64 = (1 << 10) | (3 << 8) | (1 << 2) | (1 << 6);
-const EL2_RO: u64 = 1 << 7;
-const EL2_XN: u64 = 1 << 54;
 
 /// The blob and EL2 tables the core runs on.
 struct CoreEl2 {
     blob_pa: u64,
     blob_pages: usize,
-    tables: PageTable,
+    tables: El2Tables,
     /// True while our EL2 code is installed (EL2 TLB maintenance needs it).
     live: bool,
 }
 
-static CORE_EL2: SpinLock<Option<CoreEl2>> = SpinLock::new(None);
+static CORE_EL2: SpinLock<Option<CoreEl2>> = SpinLock::new_spin(None);
 
 /// Copies the blob into fresh contiguous pages and builds EL2 tables mapping it; returns
 /// the parameters for `Vmm::new`.
@@ -49,12 +48,21 @@ pub fn prepare() -> Option<InitParams> {
         )
     };
     sync_icache(blob_pa, blob_pages as u64 * PAGE);
-    let mut tables = PageTable::with_levels(4)?;
-    for i in 0..blob_pages as u64 {
-        let p = blob_pa + i * PAGE;
-        tables.map_page(p, p, EL2_BASE | EL2_RO)?;
+    let mut tables = El2Tables::new(&TablePages).ok()?;
+    if tables
+        .map_identity(
+            &TablePages,
+            blob_pa,
+            blob_pages * PAGE as usize,
+            attrs_code(MAIR_WB),
+        )
+        .is_err()
+    {
+        tables.free(&TablePages);
+        mm::free_pages_at(blob_pa, blob_pages);
+        return None;
     }
-    let root = tables.root;
+    let root = tables.ttbr0();
     *CORE_EL2.lock() = Some(CoreEl2 {
         blob_pa,
         blob_pages,
@@ -65,7 +73,7 @@ pub fn prepare() -> Option<InitParams> {
         hyp_init_vectors_pa: blob_pa,
         hyp_stub_vectors_pa: stub_vectors_pa(),
         el2_ttbr0: root,
-        id_regs: id_regs(),
+        id_regs: IdRegs::read(),
     })
 }
 
@@ -73,54 +81,7 @@ pub fn prepare() -> Option<InitParams> {
 pub fn release() {
     if let Some(c) = CORE_EL2.lock().take() {
         mm::free_pages_at(c.blob_pa, c.blob_pages);
-        drop(c.tables);
-    }
-}
-
-macro_rules! id {
-    ($r:literal) => {{
-        let v: u64;
-        // SAFETY: reads an ID register.
-        unsafe { core::arch::asm!(concat!("mrs {0}, ", $r), out(reg) v) };
-        v
-    }};
-}
-
-fn id_regs() -> IdRegs {
-    IdRegs {
-        midr: id!("midr_el1"),
-        pfr0: id!("id_aa64pfr0_el1"),
-        pfr1: id!("id_aa64pfr1_el1"),
-        dfr0: id!("id_aa64dfr0_el1"),
-        isar0: id!("id_aa64isar0_el1"),
-        isar1: id!("id_aa64isar1_el1"),
-        isar2: id!("S3_0_C0_C6_2"),
-        mmfr0: id!("id_aa64mmfr0_el1"),
-        mmfr1: id!("id_aa64mmfr1_el1"),
-        mmfr2: id!("id_aa64mmfr2_el1"),
-    }
-}
-
-/// A spinning lock: the testbed has no scheduler, so "sleepable" changes nothing.
-pub struct SpinMutex(AtomicBool);
-
-// SAFETY: compare_exchange gives mutual exclusion between lock and unlock.
-unsafe impl RawMutex for SpinMutex {
-    fn new() -> Self {
-        SpinMutex(AtomicBool::new(false))
-    }
-    fn lock(&self) {
-        while !self.try_lock() {
-            crate::cpu::relax();
-        }
-    }
-    fn try_lock(&self) -> bool {
-        self.0
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    }
-    fn unlock(&self) {
-        self.0.store(false, Ordering::Release);
+        c.tables.free(&TablePages);
     }
 }
 
@@ -137,7 +98,8 @@ pub struct TimerSlot {
     running: AtomicUsize,
 }
 
-static TIMERS: SpinLock<alloc::vec::Vec<Arc<TimerSlot>>> = SpinLock::new(alloc::vec::Vec::new());
+static TIMERS: SpinLock<alloc::vec::Vec<Arc<TimerSlot>>> =
+    SpinLock::new_spin(alloc::vec::Vec::new());
 
 impl Drop for Timer {
     fn drop(&mut self) {
@@ -208,13 +170,13 @@ fn user_range_ok(addr: u64, len: usize) -> bool {
     addr >= KBASE + RAM_START && end <= KBASE + RAM_END
 }
 
-static RENDEZVOUS: SpinLock<Option<usize>> = SpinLock::new(None);
+static RENDEZVOUS: SpinLock<Option<usize>> = SpinLock::new_spin(None);
 
 /// `kick_cpu` calls per target CPU. A kick is SGI 0, like `wakeup`'s broadcast and
 /// `cpu::post`'s mailbox SGI, so the SGI count cannot tell a test whether the core
 /// itself kicked a vCPU out of the guest; this count can.
 pub static KICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-static RENDEZVOUS_FN: SpinLock<[u64; 2]> = SpinLock::new([0; 2]);
+static RENDEZVOUS_FN: SpinLock<[u64; 2]> = SpinLock::new_spin([0; 2]);
 
 fn rendezvous_trampoline(cpu_id: u64) -> u64 {
     let [a, b] = *RENDEZVOUS_FN.lock();
@@ -268,24 +230,14 @@ impl Host for TestbedHost {
     fn map_el2(&self, pa: u64, len: usize) -> KResult<()> {
         let mut g = CORE_EL2.lock();
         let c = g.as_mut().ok_or(Errno::ENXIO)?;
-        let mut p = pa & !(PAGE - 1);
-        while p < pa + len as u64 {
-            c.tables
-                .map_page(p, p, EL2_BASE | EL2_XN)
-                .ok_or(Errno::ENOMEM)?;
-            p += PAGE;
-        }
-        Ok(())
+        c.tables
+            .map_identity(&TablePages, pa, len, attrs_data(MAIR_WB))
     }
 
     fn unmap_el2(&self, pa: u64, len: usize) {
         let mut g = CORE_EL2.lock();
         let Some(c) = g.as_mut() else { return };
-        let mut p = pa & !(PAGE - 1);
-        while p < pa + len as u64 {
-            c.tables.unmap_page(p);
-            p += PAGE;
-        }
+        c.tables.unmap_identity(&TablePages, pa, len);
         if c.live {
             drop(g);
             // Every CPU's EL2 TLB: the invalidation is broadcast (inner shareable).
@@ -294,7 +246,8 @@ impl Host for TestbedHost {
     }
 
     fn sync_caches_for_guest(&self, va: NonNull<u8>, len: usize) {
-        sync_icache(va_to_pa(va.as_ptr() as u64), len as u64);
+        // SAFETY: the core names memory it allocated from us (mapped in the kernel).
+        unsafe { cache::sync_for_guest(va.as_ptr() as usize, len) };
     }
 
     fn cpu_count(&self) -> usize {

@@ -7,10 +7,13 @@
 
 extern crate alloc;
 use crate::cpu;
-use crate::mm::{alloc_pages, free_pages_at, pa_to_va, va_to_pa, MAX_CPUS, PAGE};
-use crate::pt::PageTable;
-use crate::sync::SpinLock;
-use vmm_sys::arm64::regs::{sctlr_el2, vtcr};
+use crate::mm::{
+    alloc_pages, free_pages_at, pa_to_va, va_to_pa, TablePages, MAIR_WB, MAX_CPUS, PAGE,
+};
+use vmm_arm64::IdRegs;
+use vmm_core::el2::El2Config;
+use vmm_core::el2pt::{attrs_code, attrs_data, El2Tables};
+use vmm_core::sync::SpinLock;
 use vmm_sys::hyp::HYP_CLEANUP;
 
 /// The EL2 blob, built by `cargo xtask build-el2`.
@@ -18,52 +21,28 @@ pub static EL2_BLOB: &[u8] = include_bytes!(env!("VMM_EL2_BLOB"));
 
 pub const EL2_STACK_PAGES: usize = 4;
 
-/// EL2 leaf attributes: AF, inner shareable, attr index 1 (normal WB; MAIR_EL2 is
-/// copied from MAIR_EL1), AP[1] set (RES1 in the EL2 regime, as Linux's PTE_HYP).
-const EL2_BASE: u64 = (1 << 10) | (3 << 8) | (1 << 2) | (1 << 6);
-const EL2_RO: u64 = 1 << 7;
-const EL2_XN: u64 = 1 << 54;
-
 pub struct Hyp {
     pub blob_pa: u64,
     blob_pages: usize,
-    tables: PageTable,
+    tables: El2Tables,
     stacks: [u64; MAX_CPUS],
 }
 
-pub static HYP: SpinLock<Option<Hyp>> = SpinLock::new(None);
+pub static HYP: SpinLock<Option<Hyp>> = SpinLock::new_spin(None);
 
-fn parange() -> u64 {
-    let v: u64;
-    // SAFETY: reads an ID register.
-    unsafe { core::arch::asm!("mrs {0}, id_aa64mmfr0_el1", out(reg) v) };
-    (v & 0xf).min(5)
-}
+/// The IPA size of the world-switch tests' stage-2 tables.
+pub const TEST_IPA_BITS: u32 = 39;
 
-pub fn tcr_el2() -> u64 {
-    25 | (1 << 8) | (1 << 10) | (3 << 12) | (parange() << 16) | (1 << 23) | (1u64 << 31)
-}
-
-pub fn sctlr_el2_runtime() -> u64 {
-    sctlr_el2::RES1 | sctlr_el2::M | sctlr_el2::C | sctlr_el2::I | sctlr_el2::SA | sctlr_el2::WXN
-}
-
-/// Stage 2: 39-bit IPA, start at level 1 (one table, no concatenation needed).
-pub fn vtcr_el2() -> u64 {
-    25 | vtcr::SL0_4K_L1
-        | vtcr::IRGN0_WBWA
-        | vtcr::ORGN0_WBWA
-        | vtcr::SH0_IS
-        | vtcr::TG0_4K
-        | (parange() << vtcr::PS_SHIFT)
-        | vtcr::RES1
+/// TCR_EL2, SCTLR_EL2 and VTCR_EL2 as vmm-core computes them for this CPU.
+pub fn el2_config() -> Option<El2Config> {
+    El2Config::new(IdRegs::read().mmfr0, TEST_IPA_BITS).ok()
 }
 
 /// `hvc #0` with up to five arguments, IRQs masked (as vmm.ko calls it).
 pub fn hvc(x0: u64, x1: u64, x2: u64, x3: u64, x4: u64) -> u64 {
     let ret: u64;
     // SAFETY: EL2 preserves x18..x30 and SP and clobbers at most what the C ABI lets
-    // a call clobber (el2-stub's contract); interrupts are masked around the call.
+    // a call clobber (the EL2 blob's contract); interrupts are masked around the call.
     unsafe {
         core::arch::asm!(
             "mrs x20, daif",
@@ -116,16 +95,11 @@ pub fn hyp_call(func: u64, a1: u64, a2: u64, a3: u64) -> u64 {
     hvc(func, a1, a2, a3, 0)
 }
 
+/// Makes `len` bytes at physical address `pa` (code we wrote) coherent for EL2 and
+/// instruction fetch.
 pub fn sync_icache(pa: u64, len: u64) {
-    let mut a = pa_to_va(pa);
-    let end = a + len;
-    while a < end {
-        // SAFETY: cleans the data cache to the point of unification for code we wrote.
-        unsafe { core::arch::asm!("dc cvau, {0}", in(reg) a) };
-        a += 64;
-    }
-    // SAFETY: barriers and instruction cache invalidation.
-    unsafe { core::arch::asm!("dsb ish", "ic ialluis", "dsb ish", "isb") };
+    // SAFETY: the range is RAM the testbed owns, mapped at its direct-map address.
+    unsafe { vmm_arm64::cache::sync_for_guest(pa_to_va(pa) as usize, len as usize) };
 }
 
 pub fn stub_vectors_pa() -> u64 {
@@ -135,12 +109,9 @@ pub fn stub_vectors_pa() -> u64 {
 impl Hyp {
     /// Maps `[pa, pa+len)` identity at EL2 as data (read-write, never executable).
     pub fn map_data(&mut self, pa: u64, len: u64) -> Option<()> {
-        let mut p = pa & !(PAGE - 1);
-        while p < pa + len {
-            self.tables.map_page(p, p, EL2_BASE | EL2_XN)?;
-            p += PAGE;
-        }
-        Some(())
+        self.tables
+            .map_identity(&TablePages, pa, len as usize, attrs_data(MAIR_WB))
+            .ok()
     }
 }
 
@@ -150,7 +121,7 @@ fn init_this_cpu(_: u64) -> u64 {
         let Some(h) = g.as_ref() else { return 1 };
         (
             h.blob_pa,
-            h.tables.root,
+            h.tables.ttbr0(),
             h.stacks[cpu::id()] + (EL2_STACK_PAGES as u64) * PAGE,
         )
     };
@@ -159,7 +130,8 @@ fn init_this_cpu(_: u64) -> u64 {
         // The stub returns x0 untouched; anything else means it is not there.
         return 2;
     }
-    hvc(root, top, tcr_el2(), sctlr_el2_runtime(), vtcr_el2())
+    let Some(c) = el2_config() else { return 3 };
+    hvc(root, top, c.tcr_el2, c.sctlr_el2, c.vtcr_el2)
 }
 
 fn cleanup_this_cpu(_: u64) -> u64 {
@@ -179,11 +151,15 @@ pub fn load(ncpus: usize) -> Result<[u64; MAX_CPUS], &'static str> {
         )
     };
     sync_icache(blob_pa, (blob_pages as u64) * PAGE);
-    let mut tables = PageTable::new().ok_or("no memory for EL2 tables")?;
-    for i in 0..blob_pages as u64 {
-        let p = blob_pa + i * PAGE;
-        tables.map_page(p, p, EL2_BASE | EL2_RO).ok_or("EL2 map")?;
-    }
+    let mut tables = El2Tables::new(&TablePages).map_err(|_| "no memory for EL2 tables")?;
+    tables
+        .map_identity(
+            &TablePages,
+            blob_pa,
+            blob_pages * PAGE as usize,
+            attrs_code(MAIR_WB),
+        )
+        .map_err(|_| "EL2 map")?;
     let mut stacks = [0u64; MAX_CPUS];
     let mut h = Hyp {
         blob_pa,
@@ -216,7 +192,7 @@ pub fn unload(ncpus: usize) -> [u64; MAX_CPUS] {
         for s in h.stacks {
             free_pages_at(s, EL2_STACK_PAGES);
         }
-        drop(h.tables);
+        h.tables.free(&TablePages);
     }
     res
 }
@@ -239,15 +215,11 @@ pub fn probe_el2() -> Option<[u64; 16]> {
     let va = &mut *buf as *mut Buf as u64;
     // EL2 writes with its MMU off (non-cacheable): no dirty line may overwrite that
     // afterwards, and no stale line may hide it.
-    for off in (0..128).step_by(64) {
-        // SAFETY: cleans and invalidates lines of our own buffer.
-        unsafe { core::arch::asm!("dc civac, {0}", "dsb sy", in(reg) va + off) };
-    }
+    // SAFETY: cleans and invalidates our own (mapped) buffer.
+    unsafe { vmm_arm64::cache::clean_inval_dcache_poc(va as usize, 128) };
     hvc(va_to_pa(va), stub_vectors_pa(), 0, 0, 0);
-    for off in (0..128).step_by(64) {
-        // SAFETY: invalidates lines of our own buffer.
-        unsafe { core::arch::asm!("dc ivac, {0}", "dsb sy", in(reg) va + off) };
-    }
+    // SAFETY: invalidates our own buffer, cleaned above and written since only by EL2.
+    unsafe { vmm_arm64::cache::inval_dcache_poc(va as usize, 128) };
     // SAFETY: volatile read of the buffer EL2 wrote.
     Some(unsafe { core::ptr::read_volatile(&buf.0) })
 }

@@ -19,9 +19,8 @@ mod host;
 mod hyp;
 mod mm;
 mod psci;
-mod pt;
 mod server;
-mod sync;
+
 mod tests;
 mod timer;
 mod virtio_console;

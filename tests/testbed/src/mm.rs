@@ -2,8 +2,8 @@
 //! bitmap page allocator over the RAM after the kernel, and the heap (the global
 //! allocator) on top of it.
 
-use crate::sync::SpinLock;
 use core::alloc::{GlobalAlloc, Layout};
+use vmm_core::sync::SpinLock;
 
 /// Start of the TTBR1 half with a 39-bit VA; PA p is mapped at KBASE + p.
 pub const KBASE: u64 = 0xffff_ff80_0000_0000;
@@ -30,7 +30,7 @@ struct Frames {
     hint: usize,
 }
 
-static FRAMES: SpinLock<Frames> = SpinLock::new(Frames {
+static FRAMES: SpinLock<Frames> = SpinLock::new_spin(Frames {
     used: [u64::MAX; NPAGES / 64],
     free: 0,
     hint: 0,
@@ -133,7 +133,7 @@ const CLASSES: [usize; 8] = [16, 32, 64, 128, 256, 512, 1024, 2048];
 
 pub struct KernelAlloc;
 
-static HEAP: SpinLock<Heap> = SpinLock::new(Heap { free: [0; 8] });
+static HEAP: SpinLock<Heap> = SpinLock::new_spin(Heap { free: [0; 8] });
 
 fn class_of(layout: &Layout) -> Option<usize> {
     let size = layout.size().max(layout.align());
@@ -183,5 +183,29 @@ unsafe impl GlobalAlloc for KernelAlloc {
             }
             None => free_pages_at(va_to_pa(ptr as u64), layout.size().div_ceil(PAGE as usize)),
         }
+    }
+}
+
+/// The MAIR index of normal write-back memory: boot.rs sets MAIR_EL1 so, and EL2 init
+/// copies MAIR_EL1 into MAIR_EL2.
+pub const MAIR_WB: u64 = 1;
+
+/// Page-table pages for the shipped EL2 table code (`vmm_core::el2pt`): single pages
+/// from the frame allocator, reached through the direct map.
+pub struct TablePages;
+
+impl vmm_core::el2pt::TableMem for TablePages {
+    fn alloc_table(&self) -> Option<(u64, usize)> {
+        alloc_pages(1).map(|pa| (pa, 0))
+    }
+    fn free_table(&self, pa: u64, _cookie: usize) {
+        free_pages_at(pa, 1);
+    }
+    fn table_ptr(&self, pa: u64) -> Option<*mut u64> {
+        Some(pa_to_va(pa) as *mut u64)
+    }
+    fn publish(&self) {
+        // The table walker reads memory: make the new entries visible to it.
+        vmm_arm64::barrier::dsb_ish();
     }
 }

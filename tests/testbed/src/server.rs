@@ -16,9 +16,8 @@
 //! [`ServerHost`] limits to exactly those buffers of the request running on the
 //! calling CPU (a client cannot make the core read or write any other testbed memory).
 
-use crate::host::{self, SpinMutex, Timer};
+use crate::host::{self, Timer};
 use crate::mm::{MAX_CPUS, PAGE};
-use crate::sync::SpinLock;
 use crate::virtio_console::VirtioConsole;
 use crate::{cpu, gic, kprintln, timer};
 use alloc::boxed::Box;
@@ -28,6 +27,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use vmm_core::sync::SpinLock;
+use vmm_core::sync::SpinMutex;
 use vmm_core::{DeviceRef, Errno, Host, KResult, PhysMem, SleepResult, Vmm};
 use vmm_sys::abi::{Pod, VmMemmap, VmRun};
 use vmm_sys::ioctl;
@@ -42,7 +43,7 @@ const RUN_CPU: usize = 1;
 
 /// Buffers the request executing on each CPU may have copied in or out: (addr, len).
 static WINDOWS: [SpinLock<[(u64, u64); MAX_BUFFERS]>; MAX_CPUS] =
-    [const { SpinLock::new([(0, 0); MAX_BUFFERS]) }; MAX_CPUS];
+    [const { SpinLock::new_spin([(0, 0); MAX_BUFFERS]) }; MAX_CPUS];
 /// VM_RUN requests waiting for the run CPU.
 static RUNS_WAITING: AtomicUsize = AtomicUsize::new(0);
 /// When the current run started (counter ticks), 0 when none.
@@ -189,7 +190,7 @@ type Core = Vmm<ServerHost>;
 /// VMs reinitialised since their last run: their memory is rewritten through the CPU
 /// before the next VM_RUN (a loader wrote the new image through the RAM file, where
 /// QEMU's TCG may still hold translations of the old code).
-static REINIT: SpinLock<Vec<Vec<u8>>> = SpinLock::new(Vec::new());
+static REINIT: SpinLock<Vec<Vec<u8>>> = SpinLock::new_spin(Vec::new());
 
 /// Executes one request message and returns the response message.
 fn execute(core: &Core, msg: &[u8]) -> Vec<u8> {

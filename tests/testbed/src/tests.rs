@@ -737,8 +737,8 @@ fn probe_on_cpu(cpu_slot: u64) -> u64 {
     }
 }
 
-static PROBES: crate::sync::SpinLock<[Option<[u64; 16]>; MAX_CPUS]> =
-    crate::sync::SpinLock::new([None; MAX_CPUS]);
+static PROBES: vmm_core::sync::SpinLock<[Option<[u64; 16]>; MAX_CPUS]> =
+    vmm_core::sync::SpinLock::new_spin([None; MAX_CPUS]);
 
 fn unload_and_probe(n: usize) -> Result<String, String> {
     let res = hyp::unload(n);

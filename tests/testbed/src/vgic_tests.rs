@@ -155,7 +155,7 @@ fn spin_and_assert(vmm: &Core, name: &[u8]) -> Result<String, String> {
     // Written and cleaned so no dirty host line can later overwrite the guest's store.
     unsafe {
         core::ptr::write_volatile(flag as *mut u64, 0);
-        core::arch::asm!("dc civac, {0}", "dsb sy", in(reg) flag);
+        vmm_arm64::cache::clean_inval_dcache_poc(flag as usize, 8);
     }
     SPIN_RESULT.store(SPIN_RUNNING, Ordering::SeqCst);
     crate::cpu::post(1, spin_runner, vmm as *const Core as u64);

@@ -4,11 +4,14 @@
 //! own, as the brief's step 3 asks before the core lands.)
 
 extern crate alloc;
+use crate::host::TestbedHost;
+use crate::hyp::TEST_IPA_BITS;
 use crate::hyp::{hyp_call, map_el2_data};
 use crate::mm::{alloc_pages, free_pages_at, pa_to_va, PAGE};
-use crate::pt::PageTable;
 use core::sync::atomic::{AtomicU64, Ordering};
-use vmm_sys::arm64::regs::{cptr, hcr, mdcr, pstate, s2, VTTBR_VMID_SHIFT};
+use vmm_core::el2::S2Geometry;
+use vmm_core::stage2::{Perm, Stage2};
+use vmm_sys::arm64::regs::{cptr, hcr, mdcr, pstate};
 use vmm_sys::hyp::{VcpuContext, HYP_ENTER_GUEST, HYP_S2_TLBI_ALL};
 
 pub const GUEST_RAM_IPA: u64 = 0x8000_0000;
@@ -18,8 +21,10 @@ const GUEST_SCTLR: u64 = 0x30d0_0800;
 static NEXT_VMID: AtomicU64 = AtomicU64::new(1);
 
 pub struct TestVm {
-    /// Owned for its Drop (frees the table pages); the hardware reads it via VTTBR.
-    _s2: PageTable,
+    /// The stage-2 tables (vmm-core's, as the real VMs use); the hardware reads them
+    /// through VTTBR. Taken and destroyed on drop.
+    s2: Option<Stage2>,
+    host: TestbedHost,
     ram_pa: u64,
     ram_pages: usize,
     ctx_pa: u64,
@@ -57,19 +62,29 @@ impl TestVm {
         unsafe {
             core::ptr::copy_nonoverlapping(image.as_ptr(), pa_to_va(ram_pa) as *mut u8, image.len())
         };
-        let mut s2t = PageTable::new()?;
-        let leaf = s2::AF | s2::SH_IS | s2::S2AP_R | s2::S2AP_W | s2::MEMATTR_NORMAL_WB;
-        for i in 0..ram_pages as u64 {
-            s2t.map_page(GUEST_RAM_IPA + i * PAGE, ram_pa + i * PAGE, leaf)?;
+        let host = TestbedHost::new();
+        let geom = S2Geometry::new(TEST_IPA_BITS).ok()?;
+        let vmid = (NEXT_VMID.fetch_add(1, Ordering::Relaxed) & 0xff).max(1) as u16;
+        let mut s2 = Stage2::new(&host, geom, vmid).ok()?;
+        let rwx = Perm {
+            read: true,
+            write: true,
+            exec: true,
+        };
+        if s2
+            .map(&host, GUEST_RAM_IPA, ram_pa, ram_pages as u64 * PAGE, rwx)
+            .is_err()
+        {
+            s2.destroy(&host);
+            return None;
         }
         let ctx_pa = alloc_pages(1)?;
         map_el2_data(ctx_pa, PAGE)?;
-        let vmid = NEXT_VMID.fetch_add(1, Ordering::Relaxed) & 0xff;
-        let vttbr = s2t.root | (vmid.max(1) << VTTBR_VMID_SHIFT);
-        // SAFETY: barriers and I-cache maintenance for the code just copied in.
-        unsafe { core::arch::asm!("dsb ish", "ic ialluis", "dsb ish", "isb") };
+        let vttbr = s2.vttbr();
+        vmm_arm64::cache::inval_icache_all();
         let mut vm = TestVm {
-            _s2: s2t,
+            s2: Some(s2),
+            host,
             ram_pa,
             ram_pages,
             ctx_pa,
@@ -125,6 +140,9 @@ impl TestVm {
 impl Drop for TestVm {
     fn drop(&mut self) {
         hyp_call(HYP_S2_TLBI_ALL, self.vttbr, 0, 0);
+        if let Some(s2) = self.s2.take() {
+            s2.destroy(&self.host);
+        }
         free_pages_at(self.ram_pa, self.ram_pages);
         free_pages_at(self.ctx_pa, 1);
     }

@@ -15,21 +15,8 @@
 use crate::errno::{Errno, KResult};
 use vmm_sys::arm64::regs::{parange_bits, vtcr};
 
-/// The host CPU's ID registers (as read at EL1), from which the core sizes stage 2 and
-/// derives the values a guest sees when it reads its own (HCR_EL2.TID3 traps them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IdRegs {
-    pub midr: u64,
-    pub pfr0: u64,
-    pub pfr1: u64,
-    pub dfr0: u64,
-    pub isar0: u64,
-    pub isar1: u64,
-    pub isar2: u64,
-    pub mmfr0: u64,
-    pub mmfr1: u64,
-    pub mmfr2: u64,
-}
+/// The host's ID registers, read by `vmm_arm64` where the host runs.
+pub use vmm_arm64::IdRegs;
 
 /// What the host glue hands to [`crate::Vmm::new`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

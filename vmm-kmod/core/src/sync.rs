@@ -72,3 +72,54 @@ impl<R: RawMutex, T> Drop for MutexGuard<'_, R, T> {
         self.m.raw.unlock();
     }
 }
+
+/// A [`RawMutex`] that spins: for hosts with no scheduler to sleep in (the testbed
+/// kernel) and for the fake host of the tests. Waiting threads spin with the CPU's
+/// spin-wait hint; under std they give up their time slice instead, so a holder that
+/// was preempted gets to run.
+pub struct SpinMutex(core::sync::atomic::AtomicBool);
+
+impl SpinMutex {
+    /// An unlocked lock, in constant context (for statics).
+    pub const fn unlocked() -> SpinMutex {
+        SpinMutex(core::sync::atomic::AtomicBool::new(false))
+    }
+}
+
+/// A [`Mutex`] over a [`SpinMutex`]; `const`-constructible, for statics.
+pub type SpinLock<T> = Mutex<SpinMutex, T>;
+
+impl<T> SpinLock<T> {
+    pub const fn new_spin(data: T) -> Self {
+        Mutex {
+            raw: SpinMutex::unlocked(),
+            data: UnsafeCell::new(data),
+        }
+    }
+}
+
+// SAFETY: `try_lock` succeeds only by swapping false for true (acquire) and `unlock`
+// stores false (release), so between a successful lock and its unlock no other lock
+// returns: mutual exclusion, as the trait requires.
+unsafe impl RawMutex for SpinMutex {
+    fn new() -> Self {
+        SpinMutex::unlocked()
+    }
+    fn lock(&self) {
+        while !self.try_lock() {
+            #[cfg(any(test, feature = "fake-host"))]
+            std::thread::yield_now();
+            #[cfg(not(any(test, feature = "fake-host")))]
+            core::hint::spin_loop();
+        }
+    }
+    fn try_lock(&self) -> bool {
+        use core::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+    fn unlock(&self) {
+        self.0.store(false, core::sync::atomic::Ordering::Release);
+    }
+}

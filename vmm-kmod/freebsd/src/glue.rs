@@ -22,9 +22,7 @@ use super::cdev::{
     self, Cdev, Cdevsw, CdevswCell, MakeDevArgs, Thread, GID_WHEEL, MAKEDEV_CHECKNAME,
     MAKEDEV_WAITOK, PROT_EXEC, PROT_READ, PROT_WRITE, UID_ROOT,
 };
-use super::host::{
-    self, id_regs, sync_icache, FreeBsdHost, SgRef, SxMutex, EL2_MAIR_WB, M_VMM, SLEEP_MTX,
-};
+use super::host::{self, FreeBsdHost, SgRef, SxMutex, EL2_MAIR_WB, M_VMM, SLEEP_MTX};
 use super::machdep::{self, current_el, pfr0_gic};
 use super::malloc::M_WAITOK;
 use super::maps::{collect_chunks, Live};
@@ -39,6 +37,7 @@ use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, c_ulong, c_void};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use vmm_arm64::{cache, mrs, IdRegs};
 use vmm_core::el2pt::attrs_code;
 use vmm_core::errno::{Errno, KResult};
 use vmm_core::host::{Host, PhysMem, PAGE_SIZE};
@@ -473,7 +472,7 @@ pub unsafe fn modevent(what: c_int, blob: &'static [u8]) -> c_int {
 
 /// Refuses hosts vmm.ko cannot run on, with one line each on the console.
 fn check_host() -> KResult<usize> {
-    if current_el(host::sysreg!("CurrentEL")) == 2 {
+    if current_el(mrs!("CurrentEL")) == 2 {
         host::log(format_args!(
             "vmm: the kernel runs at EL2 (VHE); this vmm.ko supports non-VHE hosts only"
         ));
@@ -486,7 +485,7 @@ fn check_host() -> KResult<usize> {
         ));
         return Err(Errno::ENXIO);
     }
-    if pfr0_gic(host::sysreg!("id_aa64pfr0_el1")) == 0 {
+    if pfr0_gic(mrs!("id_aa64pfr0_el1")) == 0 {
         host::log(format_args!(
             "vmm: no usable GICv3: the CPU lacks the GIC system-register interface"
         ));
@@ -545,7 +544,8 @@ fn load_core(blob: &'static [u8], cpuid_offset: usize) -> KResult<()> {
     // SAFETY: `code` is fresh memory of `len >= blob.len()` bytes.
     unsafe { core::ptr::copy_nonoverlapping(blob.as_ptr(), code.va.as_ptr(), blob.len()) };
     // EL2 fetches it with its MMU (and caches) configured differently: clean it out.
-    sync_icache(code.va.as_ptr() as usize, len);
+    // SAFETY: `code` is our mapped allocation of `len` bytes.
+    unsafe { cache::sync_for_guest(code.va.as_ptr() as usize, len) };
     let fail = |host: FreeBsdHost, e: Errno| {
         host.free_contig(code);
         host.free_el2_tables();
@@ -564,7 +564,7 @@ fn load_core(blob: &'static [u8], cpuid_offset: usize) -> KResult<()> {
         hyp_init_vectors_pa: code.pa,
         hyp_stub_vectors_pa: stub_pa,
         el2_ttbr0: host.el2_ttbr0(),
-        id_regs: id_regs(),
+        id_regs: IdRegs::read(),
     };
     let vmm = match Vmm::new(host, params) {
         Ok(v) => v,

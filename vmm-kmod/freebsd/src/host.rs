@@ -27,6 +27,7 @@ use core::cell::UnsafeCell;
 use core::ffi::{c_int, c_void};
 use core::fmt;
 use core::ptr::NonNull;
+use vmm_arm64::{cache, mrs};
 use vmm_core::el2pt::{attrs_data, El2Tables, TableMem};
 use vmm_core::errno::{Errno, KResult};
 use vmm_core::host::{Host, PhysMem, RawMutex, SleepResult, PAGE_SIZE};
@@ -397,34 +398,6 @@ impl FreeBsdHost {
     }
 }
 
-/// Reads a system register.
-macro_rules! sysreg {
-    ($r:literal) => {{
-        let v: u64;
-        // SAFETY: reading an ID or timer register has no side effect at EL1.
-        unsafe { core::arch::asm!(concat!("mrs {0}, ", $r), out(reg) v, options(nomem, nostack, preserves_flags)) };
-        v
-    }};
-}
-pub(crate) use sysreg;
-
-/// The host's ID registers, read at EL1 (what the core sizes stage 2 and the guest's
-/// ID registers from).
-pub fn id_regs() -> vmm_core::IdRegs {
-    vmm_core::IdRegs {
-        midr: sysreg!("midr_el1"),
-        pfr0: sysreg!("id_aa64pfr0_el1"),
-        pfr1: sysreg!("id_aa64pfr1_el1"),
-        dfr0: sysreg!("id_aa64dfr0_el1"),
-        isar0: sysreg!("id_aa64isar0_el1"),
-        isar1: sysreg!("id_aa64isar1_el1"),
-        isar2: sysreg!("S3_0_C0_C6_2"),
-        mmfr0: sysreg!("id_aa64mmfr0_el1"),
-        mmfr1: sysreg!("id_aa64mmfr1_el1"),
-        mmfr2: sysreg!("id_aa64mmfr2_el1"),
-    }
-}
-
 /// The filter of the host's virtual-timer PPI. The host's own virtual timer is unused
 /// (FreeBSD booted at EL2 runs on the physical timer), so the interrupt is a guest's
 /// timer that fired just as the guest exited (the world switch had already put the
@@ -450,7 +423,7 @@ unsafe extern "C" fn vtimer_filter(_arg: *mut c_void) -> c_int {
 /// system-register interface (ID_AA64PFR0_EL1.GIC != 0), so the "gic" device is the
 /// GICv3 driver and not the GICv2 one, whose softc `gic_r_write_4` must not be given.
 fn find_gicv3() -> intr::DeviceT {
-    if (id_regs().pfr0 >> 24) & 0xf == 0 {
+    if super::machdep::pfr0_gic(mrs!("id_aa64pfr0_el1")) == 0 {
         return core::ptr::null_mut();
     }
     // SAFETY: a lookup by a NUL-terminated name; returns NULL if absent.
@@ -460,33 +433,6 @@ fn find_gicv3() -> intr::DeviceT {
     }
     // SAFETY: `dc` is a live devclass (devclasses are never freed).
     unsafe { intr::devclass_get_device(dc, 0) }
-}
-
-/// Cleans and invalidates the data cache to the point of coherency and invalidates the
-/// instruction cache over `[va, va + len)`, using the line sizes of CTR_EL0.
-pub fn sync_icache(va: usize, len: usize) {
-    let ctr = sysreg!("ctr_el0");
-    let dline = 4usize << ((ctr >> 16) & 0xf);
-    let iline = 4usize << (ctr & 0xf);
-    let Some(end) = va.checked_add(len) else {
-        return;
-    };
-    let mut p = va & !(dline.wrapping_sub(1));
-    while p < end {
-        // SAFETY: cache maintenance by VA on mapped kernel memory has no other effect.
-        unsafe { core::arch::asm!("dc civac, {0}", in(reg) p, options(nostack, preserves_flags)) };
-        p = p.wrapping_add(dline);
-    }
-    // SAFETY: barrier.
-    unsafe { core::arch::asm!("dsb ish", options(nostack, preserves_flags)) };
-    let mut p = va & !(iline.wrapping_sub(1));
-    while p < end {
-        // SAFETY: as above, for the instruction cache.
-        unsafe { core::arch::asm!("ic ivau, {0}", in(reg) p, options(nostack, preserves_flags)) };
-        p = p.wrapping_add(iline);
-    }
-    // SAFETY: barriers.
-    unsafe { core::arch::asm!("dsb ish", "isb", options(nostack, preserves_flags)) };
 }
 
 /// What `run_on_all_cpus` hands to each CPU through `smp_rendezvous`.
@@ -608,7 +554,8 @@ impl Host for FreeBsdHost {
     }
 
     fn sync_caches_for_guest(&self, va: NonNull<u8>, len: usize) {
-        sync_icache(va.as_ptr() as usize, len);
+        // SAFETY: the core names memory it allocated from us (mapped in the kernel).
+        unsafe { cache::sync_for_guest(va.as_ptr() as usize, len) };
     }
 
     fn cpu_count(&self) -> usize {
@@ -744,11 +691,11 @@ impl Host for FreeBsdHost {
     fn counter(&self) -> u64 {
         // SAFETY: isb orders the read after earlier instructions, as FreeBSD does.
         unsafe { core::arch::asm!("isb", options(nostack, preserves_flags)) };
-        sysreg!("cntpct_el0")
+        mrs!("cntpct_el0")
     }
 
     fn counter_freq(&self) -> u64 {
-        sysreg!("cntfrq_el0")
+        mrs!("cntfrq_el0")
     }
 
     fn timer_create(&self, func: fn(usize), arg: usize) -> KResult<KTimer> {

@@ -19,7 +19,7 @@ use vmm_freebsd::module::{
 };
 use vmm_freebsd::panic::{kernel_panic, KernelAllocator};
 
-/// The EL2 code (el2-stub), linked on its own into a position-independent flat image.
+/// The EL2 code (el2/nvhe), linked on its own into a position-independent flat image.
 static EL2_BLOB: &[u8] = include_bytes!(env!("VMM_EL2_BLOB"));
 
 #[global_allocator]

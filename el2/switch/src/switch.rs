@@ -1,4 +1,4 @@
-//! The non-VHE world switch. Order on entry: save the host's EL1
+//! The world switch body. Order on entry: save the host's EL1
 //! state, EL2 controls and virtual timer; load the guest's
 //! EL1 registers, virtual timer and GIC virtual CPU interface; then the guest's EL2
 //! controls (HCR, VPIDR/VMPIDR, CPTR, MDCR, CNTHCTL, VTTBR); `eret` in assembly.
@@ -11,15 +11,26 @@
 //! that happened are they swapped back on exit. If the host itself asks for TFP in
 //! the guest's CPTR_EL2, FP traps are real exits instead.
 
+use crate::entry::{el2_guest_enter, FP_EAGER_TRAP, FP_GUEST_LOADED, FP_LAZY_ARMED};
 use crate::fp::{el2_fp_load, el2_fp_save};
-use crate::sysreg::{isb, mrs, msr};
-use crate::vectors::{el2_guest_enter, FP_EAGER_TRAP, FP_GUEST_LOADED, FP_LAZY_ARMED};
 use core::mem::MaybeUninit;
+use vmm_arm64::barrier::isb;
+use vmm_arm64::mrs;
 use vmm_sys::arm64::regs::cptr;
 use vmm_sys::arm64::regs::pstate;
 use vmm_sys::hyp::{
     El1Regs, El2Controls, FpRegs, VcpuContext, VgicCpuRegs, VtimerRegs, ICH_APR_MAX, ICH_LR_MAX,
 };
+
+/// Writes a system register as part of the world switch.
+macro_rules! msr {
+    ($reg:literal, $val:expr) => {
+        // SAFETY: the world switch writes EL1 and EL2 state that only takes effect for
+        // the lower ELs or after the next `eret`; EL2's own translation and vectors are
+        // never written here.
+        unsafe { vmm_arm64::msr!($reg, $val) }
+    };
+}
 
 /// What the host had before the guest ran; lives on the EL2 stack for one entry.
 #[derive(Default)]

@@ -1,4 +1,5 @@
-//! el2-stub: everything that executes at EL2 on a non-VHE host.
+//! vmm-el2-nvhe: the EL2 blob of a non-VHE host: the vector tables, EL2 init, the
+//! hypercall dispatcher and cleanup; the world switch itself is vmm-el2-switch.
 //!
 //! Built as a static library and linked on its own (link.ld) into a flat,
 //! position-independent blob: no data, no bss, no GOT, no absolute address. The host
@@ -7,10 +8,7 @@
 //! See docs/el2.md for the hypercall ABI and the world-switch order.
 #![no_std]
 
-mod fp;
 mod hypercall;
-mod switch;
-mod sysreg;
 mod vectors;
 
 use vmm_sys::arm64::regs::sctlr_el2;

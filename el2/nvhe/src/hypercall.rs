@@ -1,7 +1,17 @@
 //! Host hypercall dispatch: `hvc #0` from EL1 with VTTBR_EL2 == 0, x0 = function.
 //! HYP_CLEANUP never gets here (the vector handles it without a stack frame).
 
-use crate::sysreg::{isb, mrs, msr};
+use vmm_arm64::barrier::isb;
+use vmm_arm64::mrs;
+
+/// Writes a system register for a hypercall.
+macro_rules! msr {
+    ($reg:literal, $val:expr) => {
+        // SAFETY: hypercalls only write VTTBR_EL2, to name the VMID a TLB invalidation
+        // applies to and back to 0 (the host) before returning; no guest runs meanwhile.
+        unsafe { vmm_arm64::msr!($reg, $val) }
+    };
+}
 use vmm_sys::hyp::*;
 
 /// Above this many pages a range invalidation flushes the whole VMID instead.
@@ -44,21 +54,6 @@ fn s2_tlbi_range(vttbr: u64, start: u64, end: u64) {
     isb();
 }
 
-fn dc_civac(start: u64, len: u64) {
-    // CTR_EL0.DminLine: log2 of the smallest data cache line in words.
-    let line = 4u64 << ((mrs!("ctr_el0") >> 16) & 0xf);
-    let end = start.saturating_add(len);
-    // `line` is 4 << n >= 4, so `line - 1` cannot wrap.
-    let mut a = start & !line.wrapping_sub(1);
-    while a < end {
-        // SAFETY: clean+invalidate by VA of memory the host mapped for EL2.
-        unsafe { core::arch::asm!("dc civac, {0}", in(reg) a, options(nostack)) };
-        a = a.saturating_add(line);
-    }
-    // SAFETY: barrier.
-    unsafe { core::arch::asm!("dsb ish", options(nostack)) };
-}
-
 /// Entered from the runtime vector with the host's x0..x5.
 #[no_mangle]
 extern "C" fn el2_hypercall(func: u64, a1: u64, a2: u64, a3: u64, _a4: u64, _a5: u64) -> u64 {
@@ -69,7 +64,7 @@ extern "C" fn el2_hypercall(func: u64, a1: u64, a2: u64, a3: u64, _a4: u64, _a5:
             }
             // SAFETY: the host passes the EL2 address of a context it mapped at EL2 and
             // does not touch while this CPU runs it (the HYP_ENTER_GUEST contract).
-            unsafe { crate::switch::enter_guest(a1 as *mut VcpuContext) }
+            unsafe { vmm_el2_switch::enter_guest(a1 as *mut VcpuContext) }
         }
         HYP_READ_REGISTER => match a1 {
             HYP_REG_ICH_VTR => mrs!("ich_vtr_el2"),
@@ -82,7 +77,8 @@ extern "C" fn el2_hypercall(func: u64, a1: u64, a2: u64, a3: u64, _a4: u64, _a5:
             0
         }
         HYP_DC_CIVAC => {
-            dc_civac(a1, a2);
+            // SAFETY: the host names memory it mapped for EL2 (the HYP_DC_CIVAC contract).
+            unsafe { vmm_arm64::cache::clean_inval_dcache_poc(a1 as usize, a2 as usize) };
             0
         }
         HYP_EL2_TLBI => match a1 {
