@@ -2,31 +2,26 @@
 //! (`-M virt,virtualization=on,gic-version=3 -cpu cortex-a57 -smp 2 -m 1G`) standing in
 //! for FreeBSD: it enters at EL2, leaves FreeBSD's hyp-stub contract, runs at EL1 at
 //! high addresses and brings the EL2 blob up on every CPU the way vmm.ko does. Then it
-//! runs the tests and prints `TEST <name> PASS|FAIL <detail>` lines. See docs/testbed.md.
+//! runs the tests and prints `TEST <name> PASS|FAIL <detail>` lines, or the benchmarks,
+//! or serves /dev/vmm to the host over virtio-console. See docs/testbed.md.
+//!
+//! * `kernel/`: the host kernel itself: boot, memory, CPUs, GIC, timer, console, PSCI,
+//!   the hypervisor's bring-up (hyp.rs) and the `Host` it gives vmm-core (host.rs).
+//! * `cases/`: what runs on it: the EL2 blob tests (el2_blob.rs, over test_vm.rs), the
+//!   tests through vmm-core (vmm/), the benchmarks (bench.rs).
+//! * `server/`: server mode: /dev/vmm requests from the host, over virtio-console.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
-mod bench;
-mod boot;
-mod console;
-mod core_tests;
-mod cpu;
-mod exceptions;
-mod gic;
-mod host;
-mod hyp;
-mod mm;
-mod psci;
+mod cases;
+mod kernel;
 mod server;
 
-mod tests;
-mod timer;
-mod virtio_console;
-mod vm;
-
+use cases::{bench, el2_blob};
 use core::sync::atomic::Ordering;
+use kernel::{cpu, gic, mm, psci};
 
 #[global_allocator]
 static ALLOC: mm::KernelAlloc = mm::KernelAlloc;
@@ -59,7 +54,7 @@ fn kmain() -> ! {
     } else if mode == server::MODE_SERVE {
         server::run();
     } else {
-        tests::run_all(gic_ok);
+        el2_blob::run_all(gic_ok);
     }
     psci::system_off()
 }

@@ -16,10 +16,11 @@
 //! [`ServerHost`] limits to exactly those buffers of the request running on the
 //! calling CPU (a client cannot make the core read or write any other testbed memory).
 
-use crate::host::{self, Timer};
-use crate::mm::{MAX_CPUS, PAGE};
-use crate::virtio_console::VirtioConsole;
-use crate::{cpu, gic, kprintln, timer};
+use crate::kernel::host::{self, Timer};
+use crate::kernel::mm::{MAX_CPUS, PAGE};
+mod virtio_console;
+
+use crate::{kernel::cpu, kernel::gic, kernel::timer, kprintln};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec;
@@ -27,6 +28,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use virtio_console::VirtioConsole;
 use vmm_core::sync::SpinLock;
 use vmm_core::sync::SpinMutex;
 use vmm_core::{DeviceRef, Errno, Host, KResult, PhysMem, SleepResult, Vmm};
@@ -252,7 +254,7 @@ fn run_one(
     match (req.cmd, req.vm) {
         (wire::TESTBED_GPA_TO_PA, Some(name)) => return gpa_to_pa(core, name, arg),
         (wire::TESTBED_FREE_PAGES, None) => {
-            let free = crate::mm::free_pages() as u64;
+            let free = crate::kernel::mm::free_pages() as u64;
             arg.get_mut(..8)
                 .ok_or(Errno::EINVAL)?
                 .copy_from_slice(&free.to_le_bytes());
@@ -404,32 +406,32 @@ pub fn run() -> ! {
     for c in 1..ncpu {
         if let Err(e) = cpu::start_secondary(c) {
             kprintln!("SERVE error: cpu {c} did not start (PSCI {e})");
-            crate::psci::system_off();
+            crate::kernel::psci::system_off();
         }
     }
     let Some(params) = host::prepare() else {
         kprintln!("SERVE error: cannot prepare the EL2 blob");
-        crate::psci::system_off()
+        crate::kernel::psci::system_off()
     };
     let core: &'static Core = match Vmm::new(ServerHost(host::TestbedHost::new()), params) {
         Ok(v) => Box::leak(Box::new(v)),
         Err((_, e)) => {
             kprintln!("SERVE error: Vmm::new: {e:?}");
-            crate::psci::system_off()
+            crate::kernel::psci::system_off()
         }
     };
     let mut con = match VirtioConsole::probe() {
         Ok(c) => c,
         Err(e) => {
             kprintln!("SERVE error: {e}");
-            crate::psci::system_off()
+            crate::kernel::psci::system_off()
         }
     };
     kprintln!(
         "SERVE ready: virtio console irq {}, {} cpus, {} free pages",
         con.intid,
         ncpu,
-        crate::mm::free_pages()
+        crate::kernel::mm::free_pages()
     );
     serve(core, &mut con)
 }

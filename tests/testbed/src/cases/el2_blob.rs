@@ -2,10 +2,10 @@
 //! `TEST <name> PASS|FAIL <detail>` line that the host harness (tests/testbed-harness) parses.
 
 extern crate alloc;
-use crate::boot::{self, CONTRACT_READBACK, READBACK_NAMES};
-use crate::mm::{self, KBASE, MAX_CPUS};
-use crate::vm::TestVm;
-use crate::{cpu, gic, hyp, kprintln, timer};
+use crate::cases::test_vm::TestVm;
+use crate::kernel::boot::{self, CONTRACT_READBACK, READBACK_NAMES};
+use crate::kernel::mm::{self, KBASE, MAX_CPUS};
+use crate::{kernel::cpu, kernel::gic, kernel::hyp, kernel::timer, kprintln};
 use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -681,7 +681,7 @@ fn run_isolation() -> Result<String, String> {
 /// would leave the CPU asleep for good: the testbed then hangs here.
 fn host_sleep_short_deadlines() -> Result<String, String> {
     use vmm_core::{Host, SleepResult};
-    let host = crate::host::TestbedHost::new();
+    let host = crate::kernel::host::TestbedHost::new();
     let f = timer::freq();
     let start = timer::now();
     let rounds = 2000u64;
@@ -715,7 +715,7 @@ fn run_irq_exit() -> Result<String, String> {
     if kind != excp::EL1_IRQ as u64 || c.exit.kind != excp::EL1_IRQ {
         return Err(format!("exit kind {kind}, esr {:#x}", c.exit.esr_el2));
     }
-    if c.pc != crate::vm::GUEST_RAM_IPA {
+    if c.pc != crate::cases::test_vm::GUEST_RAM_IPA {
         return Err(format!("guest pc {:#x} after the IRQ exit", c.pc));
     }
     // IRQs are unmasked again once the hypercall returned: the handler has run.
@@ -790,7 +790,7 @@ fn reload(n: usize, free_before: usize) -> Result<String, String> {
 /// The same hypervisor through vmm-core and its ioctl dispatcher.
 fn run_core(n: usize) {
     let free_before = mm::free_pages();
-    let vmm = match crate::core_tests::load() {
+    let vmm = match crate::cases::vmm::load() {
         Ok(v) => {
             report(
                 "core_load",
@@ -804,33 +804,33 @@ fn run_core(n: usize) {
     };
     report(
         "core_hvc_via_dispatch",
-        crate::core_tests::hvc_through_dispatch(&vmm, HVC_LOOP, 1000),
+        crate::cases::vmm::hvc_through_dispatch(&vmm, HVC_LOOP, 1000),
     );
-    report("core_mmio", crate::core_tests::mmio(&vmm, MMIO));
+    report("core_mmio", crate::cases::vmm::mmio(&vmm, MMIO));
     report(
         "core_wfi_in_kernel",
-        crate::core_tests::wfi(&vmm, WFI_TIMER),
+        crate::cases::vmm::wfi(&vmm, WFI_TIMER),
     );
     report(
         "core_vgic_timer_and_spi",
-        crate::core_tests::vgic_tests::timer_and_spi(&vmm, VGIC_TIMER),
+        crate::cases::vmm::vgic::timer_and_spi(&vmm, VGIC_TIMER),
     );
     report(
         "core_vgic_spi_to_running_vcpu",
-        crate::core_tests::vgic_tests::spi_to_running_vcpu(&vmm, VGIC_SPI_SPIN, n),
+        crate::cases::vmm::vgic::spi_to_running_vcpu(&vmm, VGIC_SPI_SPIN, n),
     );
     report("core_isolation_two_cpus", core_isolation(&vmm, n));
     report("core_fp_gpr_two_cpus", core_fp(&vmm, n));
     report(
         "core_sysreg_in_kernel",
-        crate::core_tests::sysreg_in_kernel(&vmm, SYSREG),
+        crate::cases::vmm::sysreg_in_kernel(&vmm, SYSREG),
     );
     report(
         "core_destroy_kicks_running_vcpu",
-        crate::core_tests::destroy_kicks_running_vcpu(&vmm, n),
+        crate::cases::vmm::destroy_kicks_running_vcpu(&vmm, n),
     );
-    report("core_1000_vms", crate::core_tests::thousand_vms(&vmm));
-    let r = crate::core_tests::unload(vmm).and_then(|()| {
+    report("core_1000_vms", crate::cases::vmm::thousand_vms(&vmm));
+    let r = crate::cases::vmm::unload(vmm).and_then(|()| {
         for c in 0..n {
             if cpu::run_on(c, probe_on_cpu, c as u64) != 0 {
                 return Err(format!("cpu {c}: the stub does not answer after shutdown"));
@@ -848,21 +848,21 @@ fn run_core(n: usize) {
         Ok(format!("Vmm::shutdown left EL2 as the stub did on {n} cpus; {held} pages held by heap free lists"))
     });
     report("core_unload", r);
-    report("core_reload", crate::core_tests::reload(HVC_LOOP));
+    report("core_reload", crate::cases::vmm::reload(HVC_LOOP));
 }
 
 fn core_isolation_cpu1(vmm: u64) -> u64 {
     // SAFETY: core_isolation passes a &Core it keeps alive until cpu::wait returns.
-    let vmm: &crate::core_tests::Core = unsafe { &*(vmm as *const crate::core_tests::Core) };
-    u64::from(crate::core_tests::isolation(vmm, b"tb-iso1", ISOLATION, 0xbbbb_0002).is_err())
+    let vmm: &crate::cases::vmm::Core = unsafe { &*(vmm as *const crate::cases::vmm::Core) };
+    u64::from(crate::cases::vmm::isolation(vmm, b"tb-iso1", ISOLATION, 0xbbbb_0002).is_err())
 }
 
 /// Two VMs with the same IPA layout through the dispatcher, one running on each CPU.
-fn core_isolation(vmm: &crate::core_tests::Core, n: usize) -> Result<String, String> {
+fn core_isolation(vmm: &crate::cases::vmm::Core, n: usize) -> Result<String, String> {
     if n >= 2 {
         cpu::post(1, core_isolation_cpu1, vmm as *const _ as u64);
     }
-    let a = crate::core_tests::isolation(vmm, b"tb-iso0", ISOLATION, 0xaaaa_0002);
+    let a = crate::cases::vmm::isolation(vmm, b"tb-iso0", ISOLATION, 0xaaaa_0002);
     let b = if n >= 2 { cpu::wait(1) } else { 0 };
     a?;
     if b != 0 {
@@ -873,13 +873,13 @@ fn core_isolation(vmm: &crate::core_tests::Core, n: usize) -> Result<String, Str
 
 /// The FP/GPR guest through VM_RUN on both CPUs at once, the host's own FP registers
 /// loaded around every VM_RUN.
-fn core_fp(vmm: &crate::core_tests::Core, n: usize) -> Result<String, String> {
-    crate::core_tests::set_fp_image(FP_GPR);
+fn core_fp(vmm: &crate::cases::vmm::Core, n: usize) -> Result<String, String> {
+    crate::cases::vmm::set_fp_image(FP_GPR);
     let p = vmm as *const _ as u64;
     if n >= 2 {
-        cpu::post(1, crate::core_tests::fp_on_this_cpu, p);
+        cpu::post(1, crate::cases::vmm::fp_on_this_cpu, p);
     }
-    let r0 = crate::core_tests::fp_on_this_cpu(p);
+    let r0 = crate::cases::vmm::fp_on_this_cpu(p);
     let r1 = if n >= 2 { cpu::wait(1) } else { 0 };
     if r0 == 0 && r1 == 0 {
         Ok(format!(

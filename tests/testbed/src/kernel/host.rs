@@ -8,10 +8,10 @@
 //! anything outside RAM's direct map is EFAULT.
 
 extern crate alloc;
-use crate::hyp::{hvc, stub_vectors_pa, sync_icache, EL2_BLOB};
-use crate::mm::{self, pa_to_va, va_to_pa, KBASE, MAX_CPUS, PAGE, RAM_END, RAM_START};
-use crate::mm::{TablePages, MAIR_WB};
-use crate::{cpu, gic, kprintln, timer};
+use crate::kernel::hyp::{hvc, stub_vectors_pa, sync_icache, EL2_BLOB};
+use crate::kernel::mm::{self, pa_to_va, va_to_pa, KBASE, MAX_CPUS, PAGE, RAM_END, RAM_START};
+use crate::kernel::mm::{TablePages, MAIR_WB};
+use crate::{kernel::cpu, kernel::gic, kernel::timer, kprintln};
 use alloc::sync::Arc;
 use core::fmt;
 use core::ptr::NonNull;
@@ -108,7 +108,7 @@ impl Drop for Timer {
         // A tick that marked itself running before the deadline was cleared may still
         // call: wait for it. One that marks itself later finds the deadline cleared.
         while self.0.running.load(Ordering::SeqCst) != 0 {
-            crate::cpu::relax();
+            crate::kernel::cpu::relax();
         }
     }
 }
@@ -413,7 +413,7 @@ impl Host for TestbedHost {
             // From now on the stub answers hvc: no more EL2 TLB calls from unmap_el2.
             mark_down();
         }
-        crate::hyp::hvc7(func, args)
+        crate::kernel::hyp::hvc7(func, args)
     }
 }
 

@@ -95,7 +95,7 @@ el1_common:
 #[no_mangle]
 extern "C" fn el1_trap(frame: &mut TrapFrame, kind: u64) {
     if kind == KIND_IRQ {
-        crate::gic::handle_irq();
+        crate::kernel::gic::handle_irq();
         return;
     }
     let esr: u64;
@@ -105,11 +105,11 @@ extern "C" fn el1_trap(frame: &mut TrapFrame, kind: u64) {
     crate::kprintln!(
         "PANIC unexpected EL1 exception kind {} on cpu {}: ESR {:#x} ELR {:#x} FAR {:#x} SPSR {:#x}",
         kind,
-        crate::cpu::id(),
+        crate::kernel::cpu::id(),
         esr,
         frame.elr,
         far,
         frame.spsr
     );
-    crate::psci::system_off();
+    crate::kernel::psci::system_off();
 }

@@ -3,8 +3,8 @@
 //! exactly as /dev/vmm gets them), `Vmm::shutdown` takes EL2 down.
 
 extern crate alloc;
-use crate::host::{self, TestbedHost};
-use crate::{mm, timer};
+use crate::kernel::host::{self, TestbedHost};
+use crate::{kernel::mm, kernel::timer};
 use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicI32, Ordering};
@@ -16,8 +16,7 @@ use vmm_sys::reg::{VM_REG_GUEST_PC, VM_REG_GUEST_X0};
 
 pub type Core = Vmm<TestbedHost>;
 
-#[path = "vgic_tests.rs"]
-pub mod vgic_tests;
+pub mod vgic;
 
 pub fn load() -> Result<Core, String> {
     let params = host::prepare().ok_or("cannot prepare the EL2 blob")?;
@@ -255,7 +254,7 @@ pub fn mmio(vmm: &Core, image: &[u8]) -> Result<String, String> {
                     let want = if xzr {
                         0
                     } else {
-                        crate::tests::mmio_write_value(off) & mask
+                        crate::cases::el2_blob::mmio_write_value(off) & mask
                     };
                     if v != want {
                         return Err(format!(
@@ -268,7 +267,7 @@ pub fn mmio(vmm: &Core, image: &[u8]) -> Result<String, String> {
                         vmm,
                         name,
                         reg as u32,
-                        crate::tests::mmio_read_value(off) & mask,
+                        crate::cases::el2_blob::mmio_read_value(off) & mask,
                     )?;
                 }
                 continue;
@@ -365,7 +364,7 @@ pub fn wfi(vmm: &Core, image: &[u8]) -> Result<String, String> {
 
 /// Loads the host's v0..v31 and FPCR from `b` (the kernel is soft-float: nothing
 /// between this and `fp_store` touches them unless the world switch fails to restore).
-fn fp_load(b: &crate::tests::FpBuf) {
+fn fp_load(b: &crate::cases::el2_blob::FpBuf) {
     // SAFETY: reads 528 bytes of `b` into the FP registers (CPACR_EL1.FPEN is set).
     unsafe {
         core::arch::asm!(
@@ -382,7 +381,7 @@ fn fp_load(b: &crate::tests::FpBuf) {
     };
 }
 
-fn fp_store(b: &mut crate::tests::FpBuf) {
+fn fp_store(b: &mut crate::cases::el2_blob::FpBuf) {
     // SAFETY: writes the FP registers into the 528 bytes of `b`; FPCR back to 0.
     unsafe {
         core::arch::asm!(
@@ -406,15 +405,15 @@ static FP_IMAGE: vmm_core::sync::SpinLock<&'static [u8]> = vmm_core::sync::SpinL
 pub fn fp_on_this_cpu(vmm: u64) -> u64 {
     // SAFETY: the caller passes a &Core that outlives the call (it waits for us).
     let vmm: &Core = unsafe { &*(vmm as *const Core) };
-    let me = crate::cpu::id() as u64;
+    let me = crate::kernel::cpu::id() as u64;
     let name = format!("tb-fp{me}");
     let image = *FP_IMAGE.lock();
     let iterations = 1000u64;
     if start(vmm, name.as_bytes(), image, iterations).is_err() {
         return 1;
     }
-    let mut pin = crate::tests::FpBuf([0; 66]);
-    let mut pout = crate::tests::FpBuf([0; 66]);
+    let mut pin = crate::cases::el2_blob::FpBuf([0; 66]);
+    let mut pout = crate::cases::el2_blob::FpBuf([0; 66]);
     let mut rounds = 0u64;
     let r = loop {
         for (i, w) in pin.0.iter_mut().enumerate().take(64) {
@@ -548,12 +547,12 @@ pub fn destroy_kicks_running_vcpu(vmm: &Core, ncpu: usize) -> Result<String, Str
     }
     KICK_RESULT.store(i32::MIN, Ordering::SeqCst);
     KICK_HOW.store(i32::MIN, Ordering::SeqCst);
-    crate::cpu::post(1, kick_runner, vmm as *const Core as u64);
+    crate::kernel::cpu::post(1, kick_runner, vmm as *const Core as u64);
     let t0 = timer::now();
     while read_guest_word(flag) != 1 {
         if KICK_RESULT.load(Ordering::SeqCst) != i32::MIN {
             let code = KICK_RESULT.load(Ordering::SeqCst);
-            crate::cpu::wait(1);
+            crate::kernel::cpu::wait(1);
             destroy(vmm, b"tb-kick")?;
             return Err(format!(
                 "VM_RUN on cpu 1 ended with {code} before the guest ran"
@@ -563,12 +562,12 @@ pub fn destroy_kicks_running_vcpu(vmm: &Core, ncpu: usize) -> Result<String, Str
             // The vCPU may yet start: the destroy still stops it, or hangs to the
             // harness's QEMU timeout, which also fails.
             destroy(vmm, b"tb-kick")?;
-            crate::cpu::wait(1);
+            crate::kernel::cpu::wait(1);
             return Err(format!(
                 "the guest did not run on cpu 1 within {KICK_START_SECS} s"
             ));
         }
-        crate::cpu::relax();
+        crate::kernel::cpu::relax();
     }
     let started_us = (timer::now() - t0) * 1_000_000 / timer::freq();
     // The guest is in its `b .` now. Count the core's Host::kick_cpu(1) calls, not SGIs
@@ -579,7 +578,7 @@ pub fn destroy_kicks_running_vcpu(vmm: &Core, ncpu: usize) -> Result<String, Str
         return Err("VM_RUN returned before the destroy".into());
     }
     destroy(vmm, b"tb-kick")?;
-    crate::cpu::wait(1);
+    crate::kernel::cpu::wait(1);
     let code = KICK_RESULT.load(Ordering::SeqCst);
     let how = KICK_HOW.load(Ordering::SeqCst);
     let kicks = host::KICKS[1].load(Ordering::SeqCst) - kicks_before;

@@ -1,7 +1,7 @@
 //! The console: QEMU virt's PL011 at PA 0x0900_0000, polled. The host test harness
 //! reads this serial log and parses `TEST <name> PASS|FAIL <detail>` lines.
 
-use crate::mm::pa_to_va;
+use crate::kernel::mm::pa_to_va;
 use core::fmt::{self, Write};
 use vmm_core::sync::SpinLock;
 
@@ -43,5 +43,5 @@ pub fn print(args: fmt::Arguments) {
 
 #[macro_export]
 macro_rules! kprintln {
-    ($($arg:tt)*) => { $crate::console::print(format_args!("{}\n", format_args!($($arg)*))) };
+    ($($arg:tt)*) => { $crate::kernel::console::print(format_args!("{}\n", format_args!($($arg)*))) };
 }

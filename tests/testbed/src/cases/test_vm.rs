@@ -4,10 +4,10 @@
 //! own, as the brief's step 3 asks before the core lands.)
 
 extern crate alloc;
-use crate::host::TestbedHost;
-use crate::hyp::TEST_IPA_BITS;
-use crate::hyp::{hyp_call, map_el2_data};
-use crate::mm::{alloc_pages, free_pages_at, pa_to_va, PAGE};
+use crate::kernel::host::TestbedHost;
+use crate::kernel::hyp::TEST_IPA_BITS;
+use crate::kernel::hyp::{hyp_call, map_el2_data};
+use crate::kernel::mm::{alloc_pages, free_pages_at, pa_to_va, PAGE};
 use core::sync::atomic::{AtomicU64, Ordering};
 use vmm_core::el2::S2Geometry;
 use vmm_core::stage2::{Perm, Stage2};

@@ -2,10 +2,10 @@
 //! the `vgic_timer` guest takes its virtual timer's interrupt (INTID 27) and an SPI
 //! asserted with VM_ASSERT_IRQ through the list registers of QEMU's GICv3 virtual CPU
 //! interface, acknowledging and EOIing them with the ICC system registers.
-//! (A child module of `core_tests`, whose helpers it uses.)
+//! (A child module of `cases::vmm`, whose helpers it uses.)
 
 use super::{destroy, get_reg, hvc_of, read_guest_word, run, start, vm_ioctl, with_vm, Core};
-use crate::timer;
+use crate::kernel::timer;
 use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -141,7 +141,7 @@ pub fn spi_to_running_vcpu(vmm: &Core, image: &[u8], ncpu: usize) -> Result<Stri
     // The destroy also kicks a vCPU still in the guest after a failure, so cpu 1 is free
     // for the next test (`wait` returns at once if its call is over).
     let d = destroy(vmm, name);
-    crate::cpu::wait(1);
+    crate::kernel::cpu::wait(1);
     d?;
     r
 }
@@ -158,7 +158,7 @@ fn spin_and_assert(vmm: &Core, name: &[u8]) -> Result<String, String> {
         vmm_arm64::cache::clean_inval_dcache_poc(flag as usize, 8);
     }
     SPIN_RESULT.store(SPIN_RUNNING, Ordering::SeqCst);
-    crate::cpu::post(1, spin_runner, vmm as *const Core as u64);
+    crate::kernel::cpu::post(1, spin_runner, vmm as *const Core as u64);
     let t0 = timer::now();
     while read_guest_word(flag) != 1 {
         if SPIN_RESULT.load(Ordering::SeqCst) != SPIN_RUNNING {
@@ -175,18 +175,18 @@ fn spin_and_assert(vmm: &Core, name: &[u8]) -> Result<String, String> {
                 "the guest did not spin on cpu 1 within {SPIN_START_SECS} s"
             ));
         }
-        crate::cpu::relax();
+        crate::kernel::cpu::relax();
     }
     let started_us = (timer::now() - t0) * 1_000_000 / timer::freq();
-    let kicks_before = crate::host::KICKS[1].load(Ordering::SeqCst);
-    let sgis_before = crate::gic::count(1, crate::gic::SGI_WAKE);
+    let kicks_before = crate::kernel::host::KICKS[1].load(Ordering::SeqCst);
+    let sgis_before = crate::kernel::gic::count(1, crate::kernel::gic::SGI_WAKE);
     if SPIN_RESULT.load(Ordering::SeqCst) != SPIN_RUNNING {
         return Err("VM_RUN on cpu 1 returned before the SPI was asserted".into());
     }
     vm_ioctl(vmm, name, VM_ASSERT_IRQ, &mut VmIrq { irq: 33 })?;
-    let r = crate::cpu::wait(1);
-    let kicks = crate::host::KICKS[1].load(Ordering::SeqCst) - kicks_before;
-    let sgis = crate::gic::count(1, crate::gic::SGI_WAKE) - sgis_before;
+    let r = crate::kernel::cpu::wait(1);
+    let kicks = crate::kernel::host::KICKS[1].load(Ordering::SeqCst) - kicks_before;
+    let sgis = crate::kernel::gic::count(1, crate::kernel::gic::SGI_WAKE) - sgis_before;
     vm_ioctl(vmm, name, VM_DEASSERT_IRQ, &mut VmIrq { irq: 33 })?;
     if r != 2 {
         return Err(format!(

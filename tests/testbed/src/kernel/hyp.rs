@@ -6,8 +6,8 @@
 //! HYP_CLEANUP with the stub's vectors on every CPU.
 
 extern crate alloc;
-use crate::cpu;
-use crate::mm::{
+use crate::kernel::cpu;
+use crate::kernel::mm::{
     alloc_pages, free_pages_at, pa_to_va, va_to_pa, TablePages, MAIR_WB, MAX_CPUS, PAGE,
 };
 use vmm_arm64::IdRegs;
@@ -103,7 +103,7 @@ pub fn sync_icache(pa: u64, len: u64) {
 }
 
 pub fn stub_vectors_pa() -> u64 {
-    va_to_pa(core::ptr::addr_of!(crate::boot::hyp_stub_vectors) as u64)
+    va_to_pa(core::ptr::addr_of!(crate::kernel::boot::hyp_stub_vectors) as u64)
 }
 
 impl Hyp {
@@ -208,7 +208,7 @@ pub fn probe_el2() -> Option<[u64; 16]> {
     #[repr(C, align(64))]
     struct Buf([u64; 16]);
     let mut buf = alloc::boxed::Box::new(Buf([0; 16]));
-    let probe = va_to_pa(core::ptr::addr_of!(crate::boot::el2_probe_vectors) as u64);
+    let probe = va_to_pa(core::ptr::addr_of!(crate::kernel::boot::el2_probe_vectors) as u64);
     if hvc(probe, 0, 0, 0, 0) != probe {
         return None;
     }

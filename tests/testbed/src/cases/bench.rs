@@ -11,9 +11,9 @@
 //! emulated instruction.
 
 extern crate alloc;
-use crate::core_tests::{self, Core};
-use crate::vm::TestVm;
-use crate::{hyp, kprintln, timer};
+use crate::cases::test_vm::TestVm;
+use crate::cases::vmm::{self, Core};
+use crate::{kernel::hyp, kernel::timer, kprintln};
 use alloc::format;
 use alloc::string::String;
 use vmm_core::DeviceRef;
@@ -82,7 +82,7 @@ fn get_reg(vmm: &Core, reg: u32) -> Result<u64, String> {
 }
 
 fn through_core(vmm: &Core) -> Result<[u64; 3], String> {
-    core_tests::create(vmm, b"bench", BENCH, 0x10000)?;
+    vmm::create(vmm, b"bench", BENCH, 0x10000)?;
     let mut r = VmRegister {
         cpuid: 0,
         regnum: VM_REG_GUEST_PC as i32,
@@ -117,7 +117,7 @@ fn through_core(vmm: &Core) -> Result<[u64; 3], String> {
             ]);
         }
     };
-    core_tests::destroy(vmm, b"bench")?;
+    vmm::destroy(vmm, b"bench")?;
     res
 }
 
@@ -129,7 +129,7 @@ const GICR: u64 = 0x2f10_0000;
 /// reads, N self-IPIs, the empty loop, then the SGIs the guest took and the VM's exits.
 fn vgic_through_core(vmm: &Core) -> Result<([u64; 3], u64, u64), String> {
     let name = b"bench-vgic";
-    core_tests::start(vmm, name, BENCH_VGIC, N)?;
+    vmm::start(vmm, name, BENCH_VGIC, N)?;
     let res = (|| {
         let mut d = VmVgicDescr {
             ver: VmVgicVersion {
@@ -145,7 +145,7 @@ fn vgic_through_core(vmm: &Core) -> Result<([u64; 3], u64, u64), String> {
         };
         ioctl_vm(vmm, name, VM_ATTACH_VGIC, &mut d)?;
         loop {
-            let e = core_tests::run(vmm, name)?;
+            let e = vmm::run(vmm, name)?;
             if e.exitcode == ExitCode::Bogus as i32 {
                 continue;
             }
@@ -157,7 +157,7 @@ fn vgic_through_core(vmm: &Core) -> Result<([u64; 3], u64, u64), String> {
             if esr >> 26 != u64::from(ec::HVC64) {
                 return Err(format!("HYP exit with ESR {esr:#x} at pc {:#x}", e.pc));
             }
-            let reg = |r: u32| core_tests::get_reg(vmm, name, VM_REG_GUEST_X0 + r);
+            let reg = |r: u32| vmm::get_reg(vmm, name, VM_REG_GUEST_X0 + r);
             match esr & 0xffff {
                 2 => {
                     let mut st = VmStats {
@@ -173,7 +173,7 @@ fn vgic_through_core(vmm: &Core) -> Result<([u64; 3], u64, u64), String> {
             }
         }
     })();
-    core_tests::destroy(vmm, name)?;
+    vmm::destroy(vmm, name)?;
     res
 }
 
@@ -206,7 +206,7 @@ pub fn run() {
         Err(e) => kprintln!("BENCH error {e}"),
     }
     hyp::unload(1);
-    match core_tests::load() {
+    match vmm::load() {
         Ok(vmm) => {
             match through_core(&vmm) {
                 Ok(t) => report("vmm_core_vm_run", N, t),
@@ -216,7 +216,7 @@ pub fn run() {
                 Ok((t, sgis, exits)) => report_vgic(N, t, sgis, exits),
                 Err(e) => kprintln!("BENCH error {e}"),
             }
-            if let Err(e) = core_tests::unload(vmm) {
+            if let Err(e) = vmm::unload(vmm) {
                 kprintln!("BENCH error {e}");
             }
         }

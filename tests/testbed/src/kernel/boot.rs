@@ -8,7 +8,7 @@
 //! x0 = new VBAR_EL2), and a probe vector table the tests install through that stub to
 //! read the EL2 registers back after the hypervisor is unloaded.
 
-use crate::mm::{KBASE, MAX_CPUS};
+use crate::kernel::mm::{KBASE, MAX_CPUS};
 use core::arch::global_asm;
 use vmm_sys::arm64::regs::{cnthctl, cptr, hcr, mdcr, pstate, sctlr_el2};
 

@@ -1,7 +1,7 @@
 //! Per-CPU identity, the secondary CPU's start and idle loop, and "run this function
 //! on that CPU" (what smp_rendezvous gives vmm.ko).
 
-use crate::mm::MAX_CPUS;
+use crate::kernel::mm::MAX_CPUS;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub fn id() -> usize {
@@ -80,7 +80,7 @@ pub fn post(cpu: usize, f: fn(u64) -> u64, arg: u64) {
     let mb = &MAILBOX[cpu];
     mb.arg.store(arg, Ordering::Relaxed);
     mb.func.store(f as usize as u64, Ordering::Release);
-    crate::gic::send_sgi(cpu, crate::gic::SGI_WAKE);
+    crate::kernel::gic::send_sgi(cpu, crate::kernel::gic::SGI_WAKE);
 }
 
 /// Waits for the call posted to `cpu` and returns its result.
@@ -112,14 +112,16 @@ pub fn idle_loop(cpu: usize) -> ! {
 
 /// Starts CPU `cpu` through PSCI CPU_ON; waits until it is online.
 pub fn start_secondary(cpu: usize) -> Result<(), i64> {
-    let entry = crate::mm::va_to_pa(core::ptr::addr_of!(crate::boot::secondary_entry) as u64);
-    let r = crate::psci::cpu_on(cpu as u64, entry, cpu as u64);
+    let entry = crate::kernel::mm::va_to_pa(core::ptr::addr_of!(
+        crate::kernel::boot::secondary_entry
+    ) as u64);
+    let r = crate::kernel::psci::cpu_on(cpu as u64, entry, cpu as u64);
     if r != 0 {
         return Err(r);
     }
-    let start = crate::timer::now();
+    let start = crate::kernel::timer::now();
     while !ONLINE[cpu].load(Ordering::Acquire) {
-        if crate::timer::now() - start > crate::timer::freq() * 5 {
+        if crate::kernel::timer::now() - start > crate::kernel::timer::freq() * 5 {
             return Err(-99);
         }
         relax();
@@ -155,7 +157,7 @@ pub fn call_sync(cpu: usize, f: fn(u64) -> u64, arg: u64) -> u64 {
     let mb = &CALL[cpu];
     mb.arg.store(arg, Ordering::Relaxed);
     mb.func.store(f as usize as u64, Ordering::Release);
-    crate::gic::send_sgi(cpu, crate::gic::SGI_CALL);
+    crate::kernel::gic::send_sgi(cpu, crate::kernel::gic::SGI_CALL);
     while mb.func.load(Ordering::Acquire) != 0 {
         relax();
     }

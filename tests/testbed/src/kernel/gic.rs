@@ -1,8 +1,8 @@
 //! GICv3 for the testbed's own interrupts: distributor, this CPU's redistributor and
 //! the ICC system registers. SGIs are the IPIs; PPI 30 is the EL1 physical timer.
 
-use crate::cpu;
-use crate::mm::{pa_to_va, MAX_CPUS};
+use crate::kernel::cpu;
+use crate::kernel::mm::{pa_to_va, MAX_CPUS};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 const GICD_PA: u64 = 0x0800_0000;
@@ -160,10 +160,10 @@ pub fn handle_irq() {
             c.fetch_add(1, Ordering::Relaxed);
         }
         if intid == PPI_TIMER {
-            crate::timer::on_irq();
+            crate::kernel::timer::on_irq();
         }
         if intid == SGI_CALL {
-            crate::cpu::handle_call_ipi();
+            crate::kernel::cpu::handle_call_ipi();
         }
         // SAFETY: ends the interrupt just acknowledged.
         unsafe { core::arch::asm!("msr icc_eoir1_el1, {0}", "isb", in(reg) iar) };

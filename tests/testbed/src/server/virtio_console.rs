@@ -11,7 +11,7 @@
 //! (`ack`) before it looks at the rings, so every later event is a new edge that ends
 //! its WFI, and the GIC never sees a level it cannot lower.
 
-use crate::mm::{self, pa_to_va, PAGE};
+use crate::kernel::mm::{self, pa_to_va, PAGE};
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 
@@ -245,7 +245,7 @@ impl VirtioConsole {
         w32(pr, (r32(pr) & !(0xff << shift)) | (0x80 << shift));
         let cfg = GICD + GICD_ICFGR + 4 * (n / 16);
         w32(cfg, r32(cfg) | (2 << (2 * (n % 16))));
-        let aff = crate::cpu::mpidr() & 0xff_00ff_ffff;
+        let aff = crate::kernel::cpu::mpidr() & 0xff_00ff_ffff;
         w32(GICD + GICD_IROUTER + 8 * n, aff as u32);
         w32(GICD + GICD_IROUTER + 8 * n + 4, (aff >> 32) as u32);
         w32(GICD + GICD_ISENABLER + 4 * (n / 32), bit);
