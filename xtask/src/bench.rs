@@ -249,7 +249,7 @@ pub(crate) fn parse_runs(what: &str, args: &[String], default: usize) -> Result<
 pub fn bench_boot(args: &[String]) -> Result<(), String> {
     let runs = parse_runs("bench-boot", args, 3)?;
     proc::build_tools().map_err(|e| e.to_string())?;
-    let testbed = build::build_testbed().map_err(|e| e.to_string())?;
+    let testbed = build::build_testbed()?;
     let kernel = guest::kernel().map_err(|e| e.to_string())?;
     let initrd = guest::initramfs(Init::PowerOff).map_err(|e| e.to_string())?;
     let dir = proc::bin_dir()

@@ -23,7 +23,7 @@ use vmm_e2e::guest;
 use vmm_e2e::netns::{self, Netns, HOST_IP, TAP};
 use vmm_e2e::proc;
 use vmm_e2e::stats::Stats;
-use vmm_testbed_harness::build;
+use vmm_testbed_harness::{build, cmd};
 
 use crate::bench::{median, parse_runs, run_tool, tool, Bed};
 
@@ -171,15 +171,13 @@ const APPEND: &[&str] = &[
 /// A fresh copy of the root disk and a zeroed data disk.
 fn fresh_disks(f: &Files) -> Result<(), String> {
     let template = guest::rootdisk_template().map_err(|e| e.to_string())?;
-    let st = Command::new("cp")
-        .args(["--sparse=always"])
-        .arg(&template)
-        .arg(&f.root)
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !st.success() {
-        return Err("cp of the root disk failed".into());
-    }
+    cmd::run(
+        "copy the root disk",
+        Command::new("cp")
+            .args(["--sparse=always"])
+            .arg(&template)
+            .arg(&f.root),
+    )?;
     let data = std::fs::File::create(&f.data).map_err(|e| e.to_string())?;
     data.set_len(DATA_MIB << 20).map_err(|e| e.to_string())
 }
@@ -297,7 +295,7 @@ fn value(samples: &[Sample], metric: &str) -> Option<f64> {
 pub fn bench_devices(args: &[String]) -> Result<(), String> {
     let runs = parse_runs("bench-devices", args, 1)?;
     proc::build_tools().map_err(|e| e.to_string())?;
-    let testbed = build::build_testbed().map_err(|e| e.to_string())?;
+    let testbed = build::build_testbed()?;
     let dir = proc::bin_dir()
         .parent()
         .map(|p| p.join("bench-devices"))

@@ -20,6 +20,7 @@ use object::Endianness;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use vmm_testbed_harness::cmd::{cargo, output, run};
 use vmm_testbed_harness::{build, repo_root};
 
 const TARGET: &str = "aarch64-unknown-none-softfloat";
@@ -63,32 +64,6 @@ pub fn ko_path() -> PathBuf {
     target_dir().join("vmm.ko")
 }
 
-fn run(what: &str, cmd: &mut Command) -> Result<(), String> {
-    eprintln!("xtask: {what}: {cmd:?}");
-    let st = cmd
-        .status()
-        .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(format!("{what} failed ({st})"))
-    }
-}
-
-fn output(what: &str, cmd: &mut Command) -> Result<String, String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn read(p: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
 }
@@ -119,12 +94,11 @@ fn linker() -> Result<Command, String> {
 
 /// Builds vmm.ko and returns its path.
 pub fn build_kmod() -> Result<PathBuf, String> {
-    let blob = build::build_el2().map_err(|e| e.to_string())?;
+    let blob = build::build_el2()?;
     let dir = target_dir();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(
         "build the vmm-ko static library",
-        Command::new(cargo)
+        cargo()
             .current_dir(repo_root())
             .env("RUSTC_BOOTSTRAP", "1")
             .env_remove("RUSTFLAGS")
@@ -197,17 +171,16 @@ pub fn build_kmod() -> Result<PathBuf, String> {
 /// fmt check of vmm-kmod/ko/ and clippy of the code only the kernel build compiles (the
 /// FreeBSD glue in vmm-freebsd and the vmm-ko crate) for the module's target.
 pub fn lint_kmod() -> Result<(), String> {
-    let blob = build::build_el2().map_err(|e| e.to_string())?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let blob = build::build_el2()?;
     run(
         "format check of vmm-kmod/ko/",
-        Command::new(&cargo)
+        cargo()
             .current_dir(repo_root())
             .args(["fmt", "--check", "--manifest-path"])
             .arg(repo_root().join("vmm-kmod/ko/Cargo.toml")),
     )?;
     for manifest in ["Cargo.toml", "vmm-kmod/ko/Cargo.toml"] {
-        let mut cmd = Command::new(&cargo);
+        let mut cmd = cargo();
         cmd.current_dir(repo_root())
             .env("RUSTC_BOOTSTRAP", "1")
             .env_remove("RUSTFLAGS")
@@ -238,7 +211,7 @@ pub fn check_kmod() -> Result<(), String> {
     let blob = read(&build::el2_blob())?;
     let symbols = read(&repo_root().join("vmm-kmod/freebsd/SYMBOLS"))?;
     let symbols = String::from_utf8_lossy(&symbols).into_owned();
-    let x18 = build::x18_uses(&ko).map_err(|e| e.to_string())?;
+    let x18 = build::x18_uses(&ko)?;
     let report = check_ko(&data, &blob, &symbols, &x18);
     // The checks must be able to fail: each known defect, planted in a copy of the
     // module (or of the inputs), must make its check fail.

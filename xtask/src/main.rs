@@ -22,7 +22,8 @@ mod kernel;
 mod kmod;
 mod testbed;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
+use vmm_testbed_harness::cmd::{cargo, run};
 
 /// Userspace crates that must build for FreeBSD/arm64.
 const FREEBSD_CRATES: &[&str] = &[
@@ -34,22 +35,6 @@ const FREEBSD_CRATES: &[&str] = &[
     "bhyve",
     "bhyvectl",
 ];
-
-fn run(desc: &str, cmd: &mut Command) -> Result<(), String> {
-    eprintln!("xtask: {desc}: {cmd:?}");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("{desc}: cannot start: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{desc} failed ({status})"))
-    }
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
 
 fn check_freebsd() -> Result<(), String> {
     let mut cmd = cargo();
@@ -64,7 +49,7 @@ fn check_freebsd() -> Result<(), String> {
     for c in FREEBSD_CRATES {
         cmd.args(["-p", c]);
     }
-    run("cargo check for aarch64-unknown-freebsd", &mut cmd)
+    Ok(run("cargo check for aarch64-unknown-freebsd", &mut cmd)?)
 }
 
 fn test() -> Result<(), String> {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_testbed_broker::launch::{self, Layout};
-use vmm_testbed_harness::{build, repo_root};
+use vmm_testbed_harness::{build, cmd, repo_root};
 
 const RAM: u64 = 0x8000_0000;
 /// `b .` and `hvc #0` (A64).
@@ -397,17 +397,14 @@ fn vms_outlive_processes_bhyvectl() {
 
 /// Builds a tool of the workspace with this test's cargo and target dir.
 fn build_tool(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .current_dir(repo_root())
-        .args(["build", "-q", "-p", name])
-        .status()
-        .unwrap();
-    assert!(st.success(), "building {name}");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    target.join("debug").join(name)
+    cmd::run(
+        &format!("build {name}"),
+        cmd::cargo()
+            .current_dir(repo_root())
+            .args(["build", "-q", "-p", name]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    cmd::bin_dir().join(name)
 }
 
 /// Assembles tests/testbed-broker/guests/NAME.S into a raw binary linked at 0x8000_0000.
@@ -442,8 +439,7 @@ fn guest_binary(name: &str) -> PathBuf {
             vec!["-O".into(), "binary".into(), elf.clone(), bin.clone()],
         ),
     ] {
-        let st = Command::new(tool).args(&args).status().unwrap();
-        assert!(st.success(), "{tool} {args:?}");
+        cmd::run(tool, Command::new(tool).args(&args)).unwrap_or_else(|e| panic!("{e}"));
     }
     bin
 }
