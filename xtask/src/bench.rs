@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use vmm_e2e::guest::{self, Init, BOOTARGS, MARKER};
 use vmm_e2e::proc;
 use vmm_e2e::stats::Stats;
-use vmm_testbed_broker::launch::{self, Layout};
+use vmm_testbed_broker::launch::{Layout, Served};
 use vmm_testbed_harness::build;
 
 const VM: &str = "benchvm";
@@ -150,34 +150,27 @@ fn stack(socket: &Path, kernel: &Path, initrd: &Path, quiet: bool) -> Result<Boo
     })
 }
 
-/// A served testbed of our own, stopped when dropped.
-pub(crate) struct Bed(pub(crate) Layout);
-
-impl Bed {
-    pub(crate) fn up(testbed: &Path, dir: PathBuf, icount: bool) -> Result<(Bed, PathBuf), String> {
-        let layout = Layout::new(dir);
-        launch::down(&layout);
-        let extra: Vec<String> = if icount {
-            vec!["-icount".into(), "shift=0".into()]
-        } else {
-            Vec::new()
-        };
-        let socket = launch::up_with_qemu_args(
-            testbed,
-            &proc::tool("vmm-testbed-broker"),
-            &layout,
-            Duration::from_secs(120),
-            &extra,
-        )
-        .map_err(|e| e.to_string())?;
-        Ok((Bed(layout), socket))
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        launch::down(&self.0);
-    }
+/// A served testbed of our own in `dir` (stopped when dropped) and its socket.
+pub(crate) fn serve(
+    testbed: &Path,
+    dir: PathBuf,
+    icount: bool,
+) -> Result<(Served, PathBuf), String> {
+    let extra: Vec<String> = if icount {
+        vec!["-icount".into(), "shift=0".into()]
+    } else {
+        Vec::new()
+    };
+    let bed = Served::start(
+        testbed,
+        &proc::tool("vmm-testbed-broker"),
+        Layout::new(dir),
+        &extra,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let socket = bed.socket.clone();
+    Ok((bed, socket))
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -264,7 +257,7 @@ pub fn bench_boot(args: &[String]) -> Result<(), String> {
             if icount { " under -icount shift=0" } else { "" },
             dir.display()
         );
-        let (bed, socket) = Bed::up(&testbed, dir.clone(), icount)?;
+        let (bed, socket) = serve(&testbed, dir.clone(), icount)?;
         for quiet in [false, true] {
             let mut row = Row {
                 icount,
@@ -274,8 +267,9 @@ pub fn bench_boot(args: &[String]) -> Result<(), String> {
             };
             for i in 0..runs {
                 let d = direct(&kernel, &initrd, quiet, icount)?;
-                let s = stack(&socket, &kernel, &initrd, quiet)
-                    .map_err(|e| format!("{e}\n[broker log]\n{}", read(&bed.0.broker_log())))?;
+                let s = stack(&socket, &kernel, &initrd, quiet).map_err(|e| {
+                    format!("{e}\n[broker log]\n{}", read(&bed.layout.broker_log()))
+                })?;
                 eprintln!(
                     "xtask: icount={icount} quiet={quiet} run {}: direct {:.2?} (guest {:?} s), stack {:.2?} (bhyveload {:.2?}, guest {:?} s, {} exits)",
                     i + 1,

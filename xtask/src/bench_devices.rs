@@ -25,7 +25,7 @@ use vmm_e2e::proc;
 use vmm_e2e::stats::Stats;
 use vmm_testbed_harness::{build, cmd};
 
-use crate::bench::{median, parse_runs, run_tool, tool, Bed};
+use crate::bench::{median, parse_runs, run_tool, serve, tool};
 
 const VM: &str = "benchdev";
 const NET_MIB: usize = 64;
@@ -314,7 +314,7 @@ pub fn bench_devices(args: &[String]) -> Result<(), String> {
         None
     };
     eprintln!("xtask: testbed up (logs in {})", dir.display());
-    let (bed, socket) = Bed::up(&testbed, dir.join("testbed"), false)?;
+    let (bed, socket) = serve(&testbed, dir.join("testbed"), false)?;
     let (mut d, mut s, mut n) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         d.push(direct(&f, ns.as_ref())?);

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_testbed_broker::launch::{self, Layout};
+use vmm_testbed_broker::launch::{Layout, Served};
 use vmm_testbed_harness::{build, cmd, repo_root};
 
 const RAM: u64 = 0x8000_0000;
@@ -32,10 +32,14 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// so every blocked client call fails instead of hanging.
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 
-struct Bed {
-    layout: Layout,
-    socket: PathBuf,
-    done: Arc<std::sync::atomic::AtomicBool>,
+/// A served testbed of this test's own, with its watchdog.
+struct Bed(Served);
+
+impl std::ops::Deref for Bed {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.0
+    }
 }
 
 impl Bed {
@@ -49,47 +53,19 @@ impl Bed {
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("target/tmp"))
             .join(format!("testbed-{name}"));
-        let layout = Layout::new(dir);
-        launch::down(&layout);
-        let socket = launch::up(
+        let served = Served::start(
             &kernel,
             PathBuf::from(env!("CARGO_BIN_EXE_vmm-testbed-broker")).as_path(),
-            &layout,
-            Duration::from_secs(120),
+            Layout::new(dir),
+            &[],
+            Some(TEST_TIMEOUT),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        {
-            let (done, layout) = (done.clone(), layout.clone());
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                while !done.load(std::sync::atomic::Ordering::Acquire) {
-                    if t.elapsed() > TEST_TIMEOUT {
-                        eprintln!("watchdog: testbed stopped after {TEST_TIMEOUT:?}");
-                        launch::down(&layout);
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            });
-        }
-        Some(Bed {
-            layout,
-            socket,
-            done,
-        })
+        Some(Bed(served))
     }
 
     fn client(&self) -> Arc<dyn Backend> {
         Arc::new(Testbed::connect(&self.socket).unwrap_or_else(|e| panic!("{e}")))
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "[broker log]\n{}\n[testbed serial log]\n{}",
-            std::fs::read_to_string(self.layout.broker_log()).unwrap_or_default(),
-            std::fs::read_to_string(self.layout.qemu_log()).unwrap_or_default()
-        )
     }
 
     /// Runs `f`; on failure the logs are printed before the panic goes on.
@@ -99,12 +75,27 @@ impl Bed {
             std::panic::resume_unwind(p);
         }
     }
-}
 
-impl Drop for Bed {
-    fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::Release);
-        launch::down(&self.layout);
+    /// Runs tool `name` of the workspace against this testbed: its exit code, stdout
+    /// and stderr.
+    fn tool(&self, name: &str, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(build_tool(name))
+            .args(args)
+            .env("VMM_TESTBED", &self.socket)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// [`Bed::tool`] with stdout and stderr as one text.
+    fn tool_text(&self, name: &str, args: &[&str]) -> (Option<i32>, String) {
+        let (code, out, err) = self.tool(name, args);
+        (code, out + &err)
     }
 }
 
@@ -370,17 +361,7 @@ fn vms_outlive_processes_bhyvectl() {
         return;
     };
     bed.check(|| {
-        let bhyvectl = build_tool("bhyvectl");
-        let run = |args: &[&str]| {
-            let out = Command::new(&bhyvectl)
-                .args(args)
-                .env("VMM_TESTBED", &bed.socket)
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            (out.status.code(), text)
-        };
+        let run = |args: &[&str]| bed.tool_text("bhyvectl", args);
         assert_eq!(run(&["--vm=keep", "--create"]).0, Some(0));
         assert_eq!(run(&["--list"]), (Some(0), "keep\n".to_string()));
         assert_eq!(run(&["--vm=keep", "--set-reg", "x5=0x77"]).0, Some(0));
@@ -455,19 +436,7 @@ fn bhyveload_bhyve_bhyvectl_end_to_end() {
     };
     bed.check(|| {
         let bin = guest_binary("hello");
-        let tool = |name: &str, args: &[&str]| {
-            let out = Command::new(build_tool(name))
-                .args(args)
-                .env("VMM_TESTBED", &bed.socket)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        };
+        let tool = |name: &str, args: &[&str]| bed.tool(name, args);
         let (code, _, err) = tool(
             "bhyveload",
             &[
@@ -505,19 +474,7 @@ fn bhyvectl_while_bhyve_runs_and_destroy_stops_it() {
     };
     bed.check(|| {
         let bin = guest_binary("spin");
-        let tool = |name: &str, args: &[&str]| {
-            let out = Command::new(build_tool(name))
-                .args(args)
-                .env("VMM_TESTBED", &bed.socket)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned()
-                    + &String::from_utf8_lossy(&out.stderr),
-            )
-        };
+        let tool = |name: &str, args: &[&str]| bed.tool_text(name, args);
         let (code, text) = tool(
             "bhyveload",
             &[
@@ -615,19 +572,7 @@ fn reloaded_code_runs_after_reinit() {
         return;
     };
     bed.check(|| {
-        let tool = |name: &str, args: &[&str]| {
-            let out = Command::new(build_tool(name))
-                .args(args)
-                .env("VMM_TESTBED", &bed.socket)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned()
-                    + &String::from_utf8_lossy(&out.stderr),
-            )
-        };
+        let tool = |name: &str, args: &[&str]| bed.tool_text(name, args);
         for (round, letter) in ["A", "B", "A"].iter().enumerate() {
             let bin = guest_binary(&format!("mark_{letter}"));
             let (code, text) = tool(
