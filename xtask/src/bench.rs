@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use vmm_e2e::guest::{self, Init, BOOTARGS, MARKER};
-use vmm_e2e::proc;
+use vmm_e2e::proc::{self, tool_on as tool};
 use vmm_e2e::stats::Stats;
 use vmm_testbed_broker::launch::{Layout, Served};
 use vmm_testbed_harness::build;
@@ -94,12 +94,6 @@ fn direct(kernel: &Path, initrd: &Path, quiet: bool, icount: bool) -> Result<Boo
         console_bytes: out.stdout.len(),
         stats: None,
     })
-}
-
-pub(crate) fn tool(name: &str, socket: &Path) -> Command {
-    let mut c = Command::new(proc::tool(name));
-    c.env("VMM_TESTBED", socket);
-    c
 }
 
 pub(crate) fn run_tool(what: &str, cmd: &mut Command, secs: u64) -> Result<proc::Output, String> {

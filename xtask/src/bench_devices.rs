@@ -25,7 +25,8 @@ use vmm_e2e::proc;
 use vmm_e2e::stats::Stats;
 use vmm_testbed_harness::{build, cmd};
 
-use crate::bench::{median, parse_runs, run_tool, serve, tool};
+use crate::bench::{median, parse_runs, run_tool, serve};
+use vmm_e2e::proc::tool_on as tool;
 
 const VM: &str = "benchdev";
 const NET_MIB: usize = 64;

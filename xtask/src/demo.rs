@@ -19,7 +19,7 @@ use vmm_e2e::proc;
 use vmm_testbed_broker::launch::{self, Layout};
 use vmm_testbed_harness::{build, cmd, repo_root};
 
-use crate::bench::tool;
+use vmm_e2e::proc::tool_on as tool;
 
 /// The VM's name, as in the README.
 const VM: &str = "vm";

@@ -37,6 +37,13 @@ impl Bed {
         .map_err(|e| Error::Testbed(e.to_string()))
     }
 
+    /// The testbed of end-to-end test `name`, in its [`crate::test_dir`], with the
+    /// tools built.
+    pub fn for_test(name: &str, limit: Duration) -> Result<Bed, Error> {
+        crate::proc::build_tools()?;
+        Bed::start(&crate::test_dir(name), limit)
+    }
+
     /// Free pages of the testbed's page allocator (the `TESTBED_FREE_PAGES` extension).
     pub fn free_pages(&self) -> Result<u64, Error> {
         let tb = Testbed::connect(&self.socket).map_err(|e| Error::Testbed(e.to_string()))?;

@@ -161,3 +161,10 @@ pub fn build_tools() -> Result<(), Error> {
 pub fn tool(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
+
+/// Tool `name` ([`tool`]) talking to the served testbed at `socket`.
+pub fn tool_on(name: &str, socket: &std::path::Path) -> Command {
+    let mut c = Command::new(tool(name));
+    c.env("VMM_TESTBED", socket);
+    c
+}
