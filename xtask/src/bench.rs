@@ -96,38 +96,66 @@ fn direct(kernel: &Path, initrd: &Path, quiet: bool, icount: bool) -> Result<Boo
     })
 }
 
-pub(crate) fn run_tool(what: &str, cmd: &mut Command, secs: u64) -> Result<proc::Output, String> {
+fn run_tool(what: &str, cmd: &mut Command, secs: u64) -> Result<proc::Output, String> {
     proc::run(cmd, Duration::from_secs(secs)).map_err(|e| format!("{what}: {e}"))
 }
 
-/// bhyveload, `bhyve -b` to the poweroff (bhyve exits 1), the vCPU's stats, destroy.
-fn stack(socket: &Path, kernel: &Path, initrd: &Path, quiet: bool) -> Result<Boot, String> {
-    let t = Instant::now();
+/// bhyveload of `kernel` and `initrd` into VM `vm` with 256 MiB and the `bootargs`.
+pub(crate) fn load(
+    socket: &Path,
+    vm: &str,
+    kernel: &Path,
+    initrd: &Path,
+    bootargs: &[impl AsRef<str>],
+) -> Result<(), String> {
     let mut load = tool("bhyveload", socket);
     load.arg("-k")
         .arg(kernel)
         .args(["-m", "256M", "-i"])
         .arg(initrd);
-    for a in append(quiet, "earlycon=pl011,0x10000") {
-        load.args(["-e", &a]);
+    for a in bootargs {
+        load.args(["-e", a.as_ref()]);
     }
-    let out = run_tool("bhyveload", load.arg(VM), 60)?;
+    let out = run_tool("bhyveload", load.arg(vm), 60)?;
     if out.code != Some(0) {
         return Err(format!("bhyveload: {out}"));
     }
-    let loaded = t.elapsed();
-    let boot = run_tool("bhyve", tool("bhyve", socket).args(["-b", VM]), 300)?;
-    let wall = t.elapsed();
+    Ok(())
+}
+
+/// `bhyvectl --get-stats` of VM `vm`, then `bhyvectl --destroy`: both runs.
+pub(crate) fn stats_and_destroy(
+    socket: &Path,
+    vm: &str,
+) -> Result<(proc::Output, proc::Output), String> {
+    let vm = format!("--vm={vm}");
     let stats = run_tool(
         "bhyvectl --get-stats",
-        tool("bhyvectl", socket).args([&format!("--vm={VM}"), "--get-stats"]),
+        tool("bhyvectl", socket).args([&vm, "--get-stats"]),
         60,
     )?;
     let destroy = run_tool(
         "bhyvectl --destroy",
-        tool("bhyvectl", socket).args([&format!("--vm={VM}"), "--destroy"]),
+        tool("bhyvectl", socket).args([&vm, "--destroy"]),
         60,
     )?;
+    Ok((stats, destroy))
+}
+
+/// bhyveload, `bhyve -b` to the poweroff (bhyve exits 1), the vCPU's stats, destroy.
+fn stack(socket: &Path, kernel: &Path, initrd: &Path, quiet: bool) -> Result<Boot, String> {
+    let t = Instant::now();
+    load(
+        socket,
+        VM,
+        kernel,
+        initrd,
+        &append(quiet, "earlycon=pl011,0x10000"),
+    )?;
+    let loaded = t.elapsed();
+    let boot = run_tool("bhyve", tool("bhyve", socket).args(["-b", VM]), 300)?;
+    let wall = t.elapsed();
+    let (stats, destroy) = stats_and_destroy(socket, VM)?;
     check_console("bhyve", &boot)?;
     if boot.code != Some(1) {
         return Err(format!("bhyve (want exit 1, the poweroff): {boot}"));

@@ -25,8 +25,7 @@ use vmm_e2e::proc;
 use vmm_e2e::stats::Stats;
 use vmm_testbed_harness::{build, cmd};
 
-use crate::bench::{median, parse_runs, run_tool, serve};
-use vmm_e2e::proc::tool_on as tool;
+use crate::bench::{load, median, parse_runs, serve, stats_and_destroy};
 
 const VM: &str = "benchdev";
 const NET_MIB: usize = 64;
@@ -234,18 +233,7 @@ fn direct(f: &Files, ns: Option<&Netns>) -> Result<Sample, String> {
 
 fn stack(f: &Files, socket: &Path, ns: Option<&Netns>, sync: bool) -> Result<Sample, String> {
     fresh_disks(f)?;
-    let mut load = tool("bhyveload", socket);
-    load.arg("-k")
-        .arg(&f.kernel)
-        .args(["-m", "256M", "-i"])
-        .arg(&f.initrd);
-    for a in APPEND {
-        load.args(["-e", a]);
-    }
-    let out = run_tool("bhyveload", load.arg(VM), 60)?;
-    if out.code != Some(0) {
-        return Err(format!("bhyveload: {out}"));
-    }
+    load(socket, VM, &f.kernel, &f.initrd, APPEND)?;
     let net = ns.map(net_server).transpose()?;
     let bhyve = proc::tool("bhyve");
     let mut cmd = match ns {
@@ -266,16 +254,8 @@ fn stack(f: &Files, socket: &Path, ns: Option<&Netns>, sync: bool) -> Result<Sam
     }
     cmd.arg(VM);
     let out = proc::run(&mut cmd, Duration::from_secs(600)).map_err(|e| e.to_string())?;
-    let stats = run_tool(
-        "bhyvectl --get-stats",
-        tool("bhyvectl", socket).args([&format!("--vm={VM}"), "--get-stats"]),
-        60,
-    )?;
-    let _ = run_tool(
-        "bhyvectl --destroy",
-        tool("bhyvectl", socket).args([&format!("--vm={VM}"), "--destroy"]),
-        60,
-    );
+    // A failed destroy only leaves the VM for the next run's bhyveload to reinitialise.
+    let (stats, _destroy) = stats_and_destroy(socket, VM)?;
     eprintln!("xtask: our stack (sync {sync}): {:.1?}", out.elapsed);
     let mut s = finish("our stack", &out, net)?;
     let st = Stats::parse(&stats.stdout);
