@@ -244,21 +244,11 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 
 /// `[--runs N]` of benchmark `what`, `default` when not given.
 pub(crate) fn parse_runs(what: &str, args: &[String], default: usize) -> Result<usize, String> {
-    let mut runs = default;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--runs" => {
-                runs = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or("--runs needs a positive number")?
-            }
-            other => return Err(format!("{what}: unknown argument {other}")),
-        }
+    const RUNS: (&str, &str) = ("--runs", "a positive number");
+    match crate::number_option(what, args, RUNS, default as u64).map(usize::try_from)? {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{} needs {}", RUNS.0, RUNS.1)),
     }
-    Ok(runs)
 }
 
 pub fn bench_boot(args: &[String]) -> Result<(), String> {

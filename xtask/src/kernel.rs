@@ -35,19 +35,12 @@ pub fn check_x18() -> Result<(), String> {
 }
 
 pub fn run_testbed(args: &[String]) -> Result<(), String> {
-    let mut timeout = 120u64;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--timeout" => {
-                timeout = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--timeout needs a number of seconds")?
-            }
-            other => return Err(format!("run-testbed: unknown argument {other}")),
-        }
-    }
+    let timeout = crate::number_option(
+        "run-testbed",
+        args,
+        ("--timeout", "a number of seconds"),
+        120,
+    )?;
     let kernel = build::build_testbed()?;
     let out = qemu::run(&qemu::qemu_args(&kernel, 2), Duration::from_secs(timeout))?;
     print!("{}", out.log);

@@ -36,6 +36,28 @@ const FREEBSD_CRATES: &[&str] = &[
     "bhyvectl",
 ];
 
+/// The arguments of `command`: `option N` (the last one counts) or nothing, then
+/// `default`; `need` says what N must be.
+fn number_option(
+    command: &str,
+    args: &[String],
+    (option, need): (&str, &str),
+    default: u64,
+) -> Result<u64, String> {
+    let mut n = default;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a != option {
+            return Err(format!("{command}: unknown argument {a}"));
+        }
+        n = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{option} needs {need}"))?;
+    }
+    Ok(n)
+}
+
 fn check_freebsd() -> Result<(), String> {
     let mut cmd = cargo();
     cmd.env("RUSTC_BOOTSTRAP", "1")
