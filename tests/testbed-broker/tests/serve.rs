@@ -264,22 +264,8 @@ fn irq_asserted_while_another_thread_is_in_vm_run() {
         let vm = guest(c.clone(), "busy", &[B_SELF]);
         vm.attach_vgic(vmm_platform::GICD, vmm_platform::gicr(1))
             .unwrap();
-        let cpu = vm.vcpu(0).unwrap();
-        let runner = std::thread::spawn(move || cpu.run());
-        // Until the run has started (VM_RUN calls counted), then while it runs.
-        let t = Instant::now();
-        while vm
-            .stats(0)
-            .unwrap()
-            .iter()
-            .all(|(n, v)| n != "VM_RUN calls" || *v == 0)
-        {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "VM_RUN never started"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Once the run has started, while it runs.
+        let runner = run_in_background(&vm);
         for _ in 0..20 {
             vm.assert_irq(40).unwrap();
             vm.deassert_irq(40).unwrap();
@@ -314,21 +300,7 @@ fn runs_of_two_vms_are_time_sliced() {
         let c = bed.client();
         for first in [&[B_SELF][..], &[WFI, B_SELF][..]] {
             let spin = guest(c.clone(), "spinner", first);
-            let cpu = spin.vcpu(0).unwrap();
-            let runner = std::thread::spawn(move || cpu.run());
-            let t = Instant::now();
-            while spin
-                .stats(0)
-                .unwrap()
-                .iter()
-                .all(|(n, v)| n != "VM_RUN calls" || *v == 0)
-            {
-                assert!(
-                    t.elapsed() < Duration::from_secs(20),
-                    "VM_RUN never started"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let runner = run_in_background(&spin);
             let other = guest(c.clone(), "other", &[HVC0]);
             let t = Instant::now();
             let exit = other.vcpu(0).unwrap().run().unwrap();
@@ -374,6 +346,29 @@ fn vms_outlive_processes_bhyvectl() {
         assert!(text.contains("does not exist"), "{text}");
         assert_eq!(run(&["--list"]), (Some(0), String::new()));
     });
+}
+
+/// Runs vCPU 0 of `vm` on a thread of its own; returns once its VM_RUN has started
+/// (the vCPU's VM_RUN calls are counted).
+fn run_in_background(
+    vm: &Vm,
+) -> std::thread::JoinHandle<Result<libvmmapi::Exit, libvmmapi::Error>> {
+    let cpu = vm.vcpu(0).unwrap();
+    let runner = std::thread::spawn(move || cpu.run());
+    let t = Instant::now();
+    while vm
+        .stats(0)
+        .unwrap()
+        .iter()
+        .all(|(n, v)| n != "VM_RUN calls" || *v == 0)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "VM_RUN never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    runner
 }
 
 /// Builds a tool of the workspace with this test's cargo and target dir.
