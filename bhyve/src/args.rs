@@ -90,6 +90,10 @@ pub struct Args {
 /// A bad command line. Each message is one line naming the flag and the cause.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ArgError {
+    /// clap's own complaint (unknown flag, missing value, missing vmname) on one line,
+    /// with our usage.
+    #[error("{0}")]
+    Usage(String),
     #[error("-c {0}: the number of vCPUs must be an integer from 1 to {MAX_VCPUS}")]
     BadCpus(String),
     #[error("-m: {0}")]
@@ -125,8 +129,8 @@ pub enum SlotError {
     EmptyDevice,
     #[error("unknown device '{0}' (known: {known})", known = KNOWN_DEVICES.join(", "))]
     UnknownDevice(String),
-    #[error("{0}")]
-    BadOptions(String),
+    #[error(transparent)]
+    BadOptions(#[from] crate::slots::OptionError),
 }
 
 /// The `-s` device names that exist (crate::slots builds them).
@@ -142,9 +146,9 @@ pub enum Command {
 
 /// Parses `argv` (including the program name).
 ///
-/// A usage error from clap is returned as its rendered text in `Err`; a bad value as an
-/// [`ArgError`] message. Both are one-line failures for `main` to print.
-pub fn parse<I, T>(argv: I) -> Result<Command, String>
+/// A usage error from clap is returned as [`ArgError::Usage`], a bad value as the other
+/// [`ArgError`]s: each a one-line failure for `main` to print.
+pub fn parse<I, T>(argv: I) -> Result<Command, ArgError>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -154,11 +158,9 @@ where
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
             return Ok(Command::Help(e.render().to_string()));
         }
-        Err(e) => {
-            return Err(one_line(&e.render().to_string()));
-        }
+        Err(e) => return Err(ArgError::Usage(one_line(&e.render().to_string()))),
     };
-    check(raw).map(Command::Run).map_err(|e| e.to_string())
+    check(raw).map(Command::Run)
 }
 
 /// The usage line printed with a usage error.
@@ -275,7 +277,7 @@ pub fn check_devices(slots: &[SlotSpec], specs: &[String]) -> Result<(), ArgErro
         if !KNOWN_DEVICES.contains(&slot.device.as_str()) {
             return Err(bad(SlotError::UnknownDevice(slot.device.clone())));
         }
-        crate::slots::check_options(slot).map_err(|e| bad(SlotError::BadOptions(e)))?;
+        crate::slots::check_options(slot).map_err(|e| bad(e.into()))?;
     }
     Ok(())
 }
@@ -305,8 +307,9 @@ pub fn parse_slot(spec: &str) -> Result<SlotSpec, SlotError> {
 mod tests {
     use super::*;
 
+    /// The parsed command line, or the message bhyve prints for it.
     fn run(argv: &[&str]) -> Result<Args, String> {
-        match parse(argv.iter().copied())? {
+        match parse(argv.iter().copied()).map_err(|e| e.to_string())? {
             Command::Run(a) => Ok(a),
             Command::Help(_) => Err("help".into()),
         }
@@ -418,6 +421,7 @@ mod tests {
 
     #[test]
     fn usage_errors_are_one_line() {
+        assert!(matches!(parse(["bhyve"]), Err(ArgError::Usage(_))));
         let e = run(&["bhyve"]).unwrap_err();
         assert!(!e.contains('\n'), "{e}");
         assert!(e.contains("vmname"), "{e}");

@@ -29,7 +29,7 @@ use libvmmapi::{Backend, Vm};
 use crate::args::Args;
 use crate::console::Output;
 use crate::machine::{SetupError, Shape};
-use crate::vcpu::Stop;
+use crate::vcpu::{RunError, Stop};
 
 /// A VM opened and checked against the command line, with every `-s` backend open,
 /// ready to run.
@@ -71,12 +71,7 @@ impl Prepared {
         if !self.slots.is_empty() {
             let mem = match self.vm.guest_memory() {
                 Ok(m) => m,
-                Err(e) => {
-                    return Stop::Error(format!(
-                        "cannot map guest memory for devices: {}",
-                        e.cause()
-                    ))
-                }
+                Err(e) => return Stop::Error(RunError::GuestMemory(e.cause())),
             };
             for s in self.slots {
                 match s.start(&self.vm, mem.clone(), &out) {
@@ -96,7 +91,7 @@ impl Prepared {
                 None => console::spawn_input_thread(input, uart),
             };
             if let Err(e) = started {
-                return Stop::Error(format!("cannot start the console input thread: {e}"));
+                return Stop::Error(RunError::InputThread(e.to_string()));
             }
         }
         vcpu::run(self.vm, self.shape.ncpus, bus)

@@ -29,7 +29,10 @@ pub enum SetupError {
     #[error("{0}")]
     Backend(String),
     #[error("-s {spec}: {cause}")]
-    Slot { spec: String, cause: String },
+    Slot {
+        spec: String,
+        cause: crate::slots::OpenError,
+    },
     #[error("vm '{vm}' has {ncpus} vCPUs; at most {max} are supported")]
     TooManyCpus { vm: String, ncpus: u32, max: u32 },
 }
@@ -42,25 +45,24 @@ pub struct Shape {
     pub memsize: u64,
 }
 
-fn vm_err(vm: &Vm, e: libvmmapi::Error) -> SetupError {
+/// A request about VM `vm` refused.
+fn refused(vm: &str, e: libvmmapi::Error) -> SetupError {
     match e {
         libvmmapi::Error::NoSuchVm(name) => SetupError::NoSuchVm(name),
         e => SetupError::Vm {
-            vm: vm.name().to_string(),
+            vm: vm.to_string(),
             cause: e.cause(),
         },
     }
 }
 
+fn vm_err(vm: &Vm, e: libvmmapi::Error) -> SetupError {
+    refused(vm.name(), e)
+}
+
 /// Opens VM `name` through `backend`.
 pub fn open(backend: Arc<dyn Backend>, name: &str) -> Result<Vm, SetupError> {
-    Vm::open_with(backend, name).map_err(|e| match e {
-        libvmmapi::Error::NoSuchVm(n) => SetupError::NoSuchVm(n),
-        e => SetupError::Vm {
-            vm: name.to_string(),
-            cause: e.cause(),
-        },
-    })
+    Vm::open_with(backend, name).map_err(|e| refused(name, e))
 }
 
 /// Reads the VM's shape (topology and system memory) and checks `-c`/`-m` against it.

@@ -36,7 +36,7 @@ pub trait IrqSink: Send + Sync {
 }
 
 /// The VM refused an interrupt change.
-#[derive(Debug, Error)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error("cannot {} interrupt {intid}: {cause}", if *.high { "assert" } else { "deassert" })]
 pub struct IrqError {
     pub intid: u32,

@@ -9,42 +9,72 @@
 use std::sync::Arc;
 
 use libvmmapi::Vm;
+use thiserror::Error;
 use vmm_virtio::blk::{Block, BlockOptions};
 use vmm_virtio::console::{Console, ConsoleInput, ConsoleOptions, PortSocket};
-use vmm_virtio::disk::Disk;
+use vmm_virtio::disk::{Disk, DiskError};
 use vmm_virtio::net::{generated_mac, Net, NetOptions};
 use vmm_virtio::rng::Rng;
+use vmm_virtio::tap::TapError;
 use vmm_virtio::{Device, DmaObserver, IrqLine, VirtioMmio};
 
 use crate::args::SlotSpec;
 use crate::console::Output;
 use crate::mmio::MmioDevice;
+use crate::vcpu::RunError;
 
 /// The device names `-s` takes.
 pub const DEVICES: &[&str] = &["virtio-blk", "virtio-console", "virtio-net", "virtio-rnd"];
 
+/// Options a device refuses (the command-line check, no file touched).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum OptionError {
+    /// The device model's own complaint (vmm-virtio's option parsers).
+    #[error("{0}")]
+    Device(String),
+    #[error("virtio-rnd takes no options")]
+    RndTakesNone,
+    #[error("unknown device '{0}'")]
+    UnknownDevice(String),
+}
+
+/// Why a slot's backend cannot be opened.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Options(#[from] OptionError),
+    #[error("only one virtio-console can be bhyve's console")]
+    SecondConsole,
+    /// A virtio-console port's socket (vmm-virtio says which and why).
+    #[error("{0}")]
+    PortSocket(String),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+}
+
 /// Checks a slot's options without touching any file (the command-line check).
-pub fn check_options(slot: &SlotSpec) -> Result<(), String> {
+pub fn check_options(slot: &SlotSpec) -> Result<(), OptionError> {
+    let options = slot.options.as_deref();
     match slot.device.as_str() {
-        "virtio-blk" => BlockOptions::parse(slot.options.as_deref()).map(drop),
-        "virtio-net" => NetOptions::parse(slot.options.as_deref()).map(drop),
-        "virtio-rnd" => match slot.options.as_deref() {
+        "virtio-blk" => BlockOptions::parse(options).map(drop),
+        "virtio-net" => NetOptions::parse(options).map(drop),
+        "virtio-rnd" => match options {
             None | Some("") => Ok(()),
-            Some(_) => Err("virtio-rnd takes no options".into()),
+            Some(_) => return Err(OptionError::RndTakesNone),
         },
-        "virtio-console" => ConsoleOptions::parse(slot.options.as_deref()).map(drop),
-        other => Err(format!("unknown device '{other}'")),
+        "virtio-console" => ConsoleOptions::parse(options).map(drop),
+        other => return Err(OptionError::UnknownDevice(other.into())),
     }
+    .map_err(OptionError::Device)
 }
 
 /// Refuses a second console: bhyve has one console, and one virtio-console may be it.
-pub fn check_slots(slots: &[SlotSpec]) -> Result<(), (SlotSpec, String)> {
+pub fn check_slots(slots: &[SlotSpec]) -> Result<(), (SlotSpec, OpenError)> {
     let mut consoles = slots.iter().filter(|s| s.device == "virtio-console");
     if let (Some(_), Some(second)) = (consoles.next(), consoles.next()) {
-        return Err((
-            second.clone(),
-            "only one virtio-console can be bhyve's console".into(),
-        ));
+        return Err((second.clone(), OpenError::SecondConsole));
     }
     Ok(())
 }
@@ -65,7 +95,7 @@ enum Opened {
 /// Opens every slot's backend for VM `vmname`, in command-line order. The first
 /// failure is returned as `(spec, cause)`; backends already opened are closed (dropped)
 /// with it.
-pub fn open(slots: &[SlotSpec], vmname: &str) -> Result<Vec<OpenSlot>, (SlotSpec, String)> {
+pub fn open(slots: &[SlotSpec], vmname: &str) -> Result<Vec<OpenSlot>, (SlotSpec, OpenError)> {
     check_slots(slots)?;
     slots
         .iter()
@@ -80,37 +110,37 @@ pub fn open(slots: &[SlotSpec], vmname: &str) -> Result<Vec<OpenSlot>, (SlotSpec
         .collect()
 }
 
-fn open_one(slot: &SlotSpec, vmname: &str) -> Result<Opened, String> {
+fn open_one(slot: &SlotSpec, vmname: &str) -> Result<Opened, OpenError> {
     if slot.device == "virtio-console" {
-        let o = ConsoleOptions::parse(slot.options.as_deref())?;
+        let o = ConsoleOptions::parse(slot.options.as_deref()).map_err(OptionError::Device)?;
         let mut sockets = Vec::with_capacity(o.ports.len());
         for (name, path) in &o.ports {
             // On an error the sockets made so far are dropped, which removes them.
-            sockets.push(PortSocket::create(name, path)?);
+            sockets.push(PortSocket::create(name, path).map_err(OpenError::PortSocket)?);
         }
         return Ok(Opened::Console(sockets));
     }
     open_device(slot, vmname).map(Opened::Device)
 }
 
-fn open_device(slot: &SlotSpec, vmname: &str) -> Result<Box<dyn Device>, String> {
+fn open_device(slot: &SlotSpec, vmname: &str) -> Result<Box<dyn Device>, OpenError> {
     match slot.device.as_str() {
         "virtio-net" => {
-            let o = NetOptions::parse(slot.options.as_deref())?;
-            let fd = vmm_virtio::tap::open(&o.tap).map_err(|e| e.to_string())?;
+            let o = NetOptions::parse(slot.options.as_deref()).map_err(OptionError::Device)?;
+            let fd = vmm_virtio::tap::open(&o.tap)?;
             let mac = o.mac.unwrap_or_else(|| generated_mac(slot.slot, vmname));
             Ok(Box::new(Net::new(fd, mac)))
         }
         "virtio-blk" => {
-            let o = BlockOptions::parse(slot.options.as_deref())?;
-            let disk = Disk::open(&o.path, o.read_only).map_err(|e| e.to_string())?;
+            let o = BlockOptions::parse(slot.options.as_deref()).map_err(OptionError::Device)?;
+            let disk = Disk::open(&o.path, o.read_only)?;
             Ok(Box::new(Block::new(disk, &o.path.to_string_lossy())))
         }
         "virtio-rnd" => {
             check_options(slot)?;
             Ok(Box::new(Rng))
         }
-        other => Err(format!("unknown device '{other}'")),
+        other => Err(OptionError::UnknownDevice(other.into()).into()),
     }
 }
 
@@ -151,7 +181,12 @@ pub struct Started {
 impl OpenSlot {
     /// Puts the device on its virtio-mmio slot of `vm` and starts its worker; a virtio
     /// console writes to `out`.
-    pub fn start(self, vm: &Vm, mem: libvmmapi::VmMemory, out: &Output) -> Result<Started, String> {
+    pub fn start(
+        self,
+        vm: &Vm,
+        mem: libvmmapi::VmMemory,
+        out: &Output,
+    ) -> Result<Started, RunError> {
         let (device, console_input): (Box<dyn Device>, _) = match self.device {
             Opened::Device(d) => (d, None),
             Opened::Console(ports) => {
@@ -164,8 +199,11 @@ impl OpenSlot {
             intid: vmm_platform::virtio_mmio_intid(self.slot),
         });
         let dma: Arc<dyn DmaObserver> = Arc::new(VmDma(vm.clone()));
-        let device = VirtioMmio::new(device, mem, line, Some(dma))
-            .map_err(|e| format!("slot {}: cannot start the device: {e}", self.slot))?;
+        let device =
+            VirtioMmio::new(device, mem, line, Some(dma)).map_err(|e| RunError::StartDevice {
+                slot: self.slot,
+                cause: e.to_string(),
+            })?;
         Ok(Started {
             slot: self.slot,
             device,

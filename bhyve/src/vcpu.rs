@@ -19,13 +19,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use libvmmapi::{Exit, ExitReason, Vcpu, Vm};
+use thiserror::Error;
 use vmm_sys::arm64::esr;
 use vmm_sys::arm64::regs::pstate;
 use vmm_sys::exit::SuspendHow;
 use vmm_sys::reg::Reg;
 
 use crate::console::warn;
-use crate::mmio::{Access, Bus};
+use crate::mmio::{Access, Bus, IrqError};
 use crate::psci::{self, Action};
 
 /// Why the VM stopped, and so bhyve's exit status (bhyve(8)).
@@ -41,7 +42,47 @@ pub enum Stop {
     /// bhyve exits for VM_SUSPEND_DESTROY.
     Destroyed,
     /// Something went wrong: status 4, with the message bhyve prints.
-    Error(String),
+    Error(RunError),
+}
+
+/// Why a VM stopped on an error (bhyve prints it after the VM's name). The causes the
+/// vmm or the host gave are kept as their text: a [`Stop`] is compared and copied.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RunError {
+    #[error("cannot run {0} vCPUs")]
+    CpuCount(u32),
+    #[error("the VM was suspended for no reason")]
+    SuspendedForNoReason,
+    #[error("cannot start the thread of vcpu {id}: {cause}")]
+    Thread { id: u32, cause: String },
+    #[error("vcpu {id}: {why}")]
+    Vcpu { id: u32, why: VcpuError },
+    #[error("cannot map guest memory for devices: {0}")]
+    GuestMemory(String),
+    #[error("slot {slot}: cannot start the device: {cause}")]
+    StartDevice { slot: u32, cause: String },
+    #[error("cannot start the console input thread: {0}")]
+    InputThread(String),
+}
+
+/// Why one vCPU cannot go on.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum VcpuError {
+    /// A request the vmm refused (libvmmapi's cause).
+    #[error("{0}")]
+    Vmm(String),
+    #[error("already active: the VM has run since bhyveload loaded it; run bhyveload again")]
+    AlreadyActive,
+    #[error(transparent)]
+    Irq(#[from] IrqError),
+    #[error("{what} exit at pc 0x{pc:x}: bhyve has no debugger (gdb stub) to take it")]
+    NoDebugger { what: &'static str, pc: u64 },
+}
+
+impl From<libvmmapi::Error> for VcpuError {
+    fn from(e: libvmmapi::Error) -> VcpuError {
+        VcpuError::Vmm(e.cause())
+    }
 }
 
 impl Stop {
@@ -60,7 +101,7 @@ impl Stop {
             SuspendHow::Poweroff => Stop::Poweroff,
             SuspendHow::Halt => Stop::Halt,
             SuspendHow::Destroy => Stop::Destroyed,
-            SuspendHow::None => Stop::Error("the VM was suspended for no reason".into()),
+            SuspendHow::None => Stop::Error(RunError::SuspendedForNoReason),
         }
     }
 
@@ -162,7 +203,7 @@ impl psci::Cpus for State {
 /// Runs VM `vm` with `ncpus` vCPUs and the devices on `bus` until it stops.
 pub fn run(vm: Vm, ncpus: u32, bus: Arc<Bus>) -> Stop {
     if ncpus == 0 || ncpus > vmm_platform::MAX_VCPUS {
-        return Stop::Error(format!("cannot run {ncpus} vCPUs"));
+        return Stop::Error(RunError::CpuCount(ncpus));
     }
     let ram = system_memory(&vm);
     let shared = Arc::new(Shared {
@@ -236,7 +277,7 @@ fn system_memory(vm: &Vm) -> Vec<(u64, u64)> {
 
 /// Starts the thread of vCPU `id`; `start` is the CPU_ON entry point and context.
 /// The caller has marked the vCPU On and counted the thread in `live`.
-fn spawn(shared: &Arc<Shared>, id: u32, start: Option<(u64, u64)>) -> Result<(), String> {
+fn spawn(shared: &Arc<Shared>, id: u32, start: Option<(u64, u64)>) -> Result<(), RunError> {
     let s = Arc::clone(shared);
     thread::Builder::new()
         .name(format!("vcpu{id}"))
@@ -250,7 +291,7 @@ fn spawn(shared: &Arc<Shared>, id: u32, start: Option<(u64, u64)>) -> Result<(),
                 s.stop(if gone {
                     Stop::Destroyed
                 } else {
-                    Stop::Error(format!("vcpu {id}: {e}"))
+                    Stop::Error(RunError::Vcpu { id, why: e })
                 });
             }
             if let Pending::Yes(vcpu) = pending {
@@ -261,7 +302,10 @@ fn spawn(shared: &Arc<Shared>, id: u32, start: Option<(u64, u64)>) -> Result<(),
             s.changed.notify_all();
         })
         .map(drop)
-        .map_err(|e| format!("cannot start the thread of vcpu {id}: {e}"))
+        .map_err(|e| RunError::Thread {
+            id,
+            cause: e.to_string(),
+        })
 }
 
 /// What one exit asks of the loop.
@@ -290,18 +334,17 @@ fn vcpu_main(
     id: u32,
     start: Option<(u64, u64)>,
     pending: &mut Pending,
-) -> Result<(), String> {
-    let vcpu = s.vm.vcpu(id).map_err(|e| e.cause())?;
+) -> Result<(), VcpuError> {
+    let vcpu = s.vm.vcpu(id)?;
     if let Some((entry, context)) = start {
         set_entry(&vcpu, entry, context, false)?;
     }
     vcpu.activate().map_err(|e| {
         // VM_ACTIVATE_CPU refuses a vCPU that is already active with EBUSY.
         if e.errno() == Some(libc::EBUSY) {
-            "already active: the VM has run since bhyveload loaded it; run bhyveload again"
-                .to_string()
+            VcpuError::AlreadyActive
         } else {
-            e.cause()
+            e.into()
         }
     })?;
     *pending = Pending::Yes(vcpu.clone());
@@ -309,7 +352,7 @@ fn vcpu_main(
         if s.stopping() {
             return Ok(());
         }
-        let exit = vcpu.run().map_err(|e| e.cause())?;
+        let exit = vcpu.run()?;
         match handle_exit(s, &vcpu, &exit)? {
             Next::Run => {}
             Next::Done => return Ok(()),
@@ -375,18 +418,18 @@ fn park(s: &Shared, id: u32) -> Option<(u64, u64)> {
 
 /// Sets a vCPU up as PSCI CPU_ON leaves it: PC = entry, x0 = context, EL1h with DAIF
 /// masked; a restarted one (after CPU_OFF) also gets its MMU and caches turned off.
-fn set_entry(vcpu: &Vcpu, entry: u64, context: u64, restart: bool) -> Result<(), String> {
-    let set = |r: Reg, v: u64| vcpu.set_reg(r, v).map_err(|e| e.cause());
+fn set_entry(vcpu: &Vcpu, entry: u64, context: u64, restart: bool) -> Result<(), VcpuError> {
+    let set = |r: Reg, v: u64| vcpu.set_reg(r, v);
     if restart {
-        let sctlr = vcpu.get_reg(Reg::SctlrEl1).map_err(|e| e.cause())?;
+        let sctlr = vcpu.get_reg(Reg::SctlrEl1)?;
         set(Reg::SctlrEl1, sctlr & !SCTLR_MMU_CACHES)?;
     }
     set(Reg::Cpsr, pstate::GUEST_RESET)?;
     set(Reg::X(0), context)?;
-    set(Reg::Pc, entry)
+    Ok(set(Reg::Pc, entry)?)
 }
 
-fn handle_exit(s: &Arc<Shared>, vcpu: &Vcpu, exit: &Exit) -> Result<Next, String> {
+fn handle_exit(s: &Arc<Shared>, vcpu: &Vcpu, exit: &Exit) -> Result<Next, VcpuError> {
     match exit.reason {
         ExitReason::Bogus | ExitReason::Wfi | ExitReason::Paging { .. } => Ok(Next::Run),
         ExitReason::InstEmul {
@@ -449,25 +492,23 @@ fn handle_exit(s: &Arc<Shared>, vcpu: &Vcpu, exit: &Exit) -> Result<Next, String
             s.stop(Stop::from_suspend(how));
             Ok(Next::Suspended)
         }
-        ExitReason::Debug | ExitReason::Brk | ExitReason::Ss => Err(format!(
-            "{} exit at pc 0x{:x}: bhyve has no debugger (gdb stub) to take it",
-            match exit.reason {
+        ExitReason::Debug | ExitReason::Brk | ExitReason::Ss => Err(VcpuError::NoDebugger {
+            what: match exit.reason {
                 ExitReason::Debug => "debug",
                 ExitReason::Brk => "breakpoint (BRK)",
                 _ => "single-step",
             },
-            exit.pc
-        )),
+            pc: exit.pc,
+        }),
     }
 }
 
 /// Injects an UNDEFINED exception taken at `pc`, the instruction that exited.
-fn undefined(vcpu: &Vcpu, pc: u64, far: u64) -> Result<(), String> {
+fn undefined(vcpu: &Vcpu, pc: u64, far: u64) -> Result<(), VcpuError> {
     // The kernel has moved its resume PC past a trapped MSR/MRS; the exception must be
     // taken at the instruction itself, as on hardware.
-    vcpu.set_reg(Reg::Pc, pc).map_err(|e| e.cause())?;
-    vcpu.inject_exception(esr::ESR_UNDEFINED, far)
-        .map_err(|e| e.cause())
+    vcpu.set_reg(Reg::Pc, pc)?;
+    Ok(vcpu.inject_exception(esr::ESR_UNDEFINED, far)?)
 }
 
 /// Emulates one MMIO access. Loads are written back to the transfer register here,
@@ -481,7 +522,7 @@ fn mmio(
     write: bool,
     sign_extend: bool,
     reg: Option<Reg>,
-) -> Result<(), String> {
+) -> Result<(), VcpuError> {
     let mask = if size >= 8 {
         u64::MAX
     } else {
@@ -489,15 +530,13 @@ fn mmio(
     };
     if write {
         let v = match reg {
-            Some(r) => vcpu.get_reg(r).map_err(|e| e.cause())?,
+            Some(r) => vcpu.get_reg(r)?,
             None => 0,
         };
-        s.bus
-            .write(gpa, size, v & mask)
-            .map_err(|e| e.to_string())?;
+        s.bus.write(gpa, size, v & mask)?;
         return Ok(());
     }
-    let raw = match s.bus.read(gpa, size).map_err(|e| e.to_string())? {
+    let raw = match s.bus.read(gpa, size)? {
         Access::Device(v) => v,
         Access::Unhandled => 0,
     };
@@ -507,17 +546,16 @@ fn mmio(
     // The exit does not say whether the destination is W or X: extend to 64 bits, as
     // FreeBSD's vmm_emulate_instruction does; the kernel applies the instruction's
     // width on re-entry (esr::load_result).
-    vcpu.set_reg(r, esr::extend_load(raw, size, sign_extend))
-        .map_err(|e| e.cause())
+    Ok(vcpu.set_reg(r, esr::extend_load(raw, size, sign_extend))?)
 }
 
-fn smccc(s: &Arc<Shared>, vcpu: &Vcpu, func_id: u64, args: &[u64; 7]) -> Result<Next, String> {
+fn smccc(s: &Arc<Shared>, vcpu: &Vcpu, func_id: u64, args: &[u64; 7]) -> Result<Next, VcpuError> {
     let id = vcpu.id();
     let action = {
         let st = s.lock();
         psci::handle(func_id, args, &*st)
     };
-    let x0 = |v: u64| vcpu.set_reg(Reg::X(0), v).map_err(|e| e.cause());
+    let x0 = |v: u64| vcpu.set_reg(Reg::X(0), v);
     match action {
         Action::Return(v) => {
             x0(v)?;
@@ -561,7 +599,7 @@ fn smccc(s: &Arc<Shared>, vcpu: &Vcpu, func_id: u64, args: &[u64; 7]) -> Result<
 }
 
 /// CPU_ON for `target`: PSCI SUCCESS, or ALREADY_ON if another caller won the race.
-fn cpu_on(s: &Arc<Shared>, target: u32, entry: u64, context: u64) -> Result<i64, String> {
+fn cpu_on(s: &Arc<Shared>, target: u32, entry: u64, context: u64) -> Result<i64, VcpuError> {
     use vmm_sys::arm64::psci::ret;
     let mut st = s.lock();
     match st.cpus[target as usize] {
@@ -579,7 +617,7 @@ fn cpu_on(s: &Arc<Shared>, target: u32, entry: u64, context: u64) -> Result<i64,
                 let mut st = s.lock();
                 st.cpus[target as usize] = CpuState::Off;
                 st.live -= 1;
-                warn(&e);
+                warn(&e.to_string());
                 return Ok(ret::INTERNAL_FAILURE);
             }
             Ok(ret::SUCCESS)

@@ -172,7 +172,8 @@ fn debug_exits_are_errors() {
         let r = rig("dbg", 1, ConsoleDevice::Pl011);
         r.fake.push_exit("dbg", 0, raw::simple(code, 0x8000_2000));
         match r.run(1) {
-            Stop::Error(m) => {
+            Stop::Error(e) => {
+                let m = e.to_string();
                 assert!(m.contains("no debugger") && m.contains("0x80002000"), "{m}")
             }
             s => panic!("{code:?}: {s:?}"),
@@ -667,7 +668,7 @@ fn a_vm_that_already_ran_must_be_reloaded() {
     let r = rig("again", 1, ConsoleDevice::Pl011);
     r.vm.vcpu(0).unwrap().activate().unwrap();
     match r.run(1) {
-        Stop::Error(m) => assert!(m.contains("run bhyveload again"), "{m}"),
+        Stop::Error(e) => assert!(e.to_string().contains("run bhyveload again"), "{e}"),
         s => panic!("{s:?}"),
     }
 }

@@ -4,6 +4,7 @@
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use std::ffi::OsString;
+use thiserror::Error;
 use vmm_sys::reg::Reg;
 
 /// What to do, in the order it is done (create first, destroy last, as bhyvectl does).
@@ -29,28 +30,54 @@ pub struct Opts {
     pub destroy: bool,
 }
 
+/// A `--set-reg` value refused (clap puts it after the option it belongs to).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ValueError {
+    #[error("'{0}' is not a number (use decimal or 0x hexadecimal)")]
+    NotANumber(String),
+    #[error("'{0}' is not NAME=VALUE")]
+    NotNameValue(String),
+    #[error("unknown register '{0}' (one of {names})", names = register_names())]
+    UnknownRegister(String),
+}
+
+/// Options that do not go together, or say nothing to do.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum OptsError {
+    #[error("--vm=NAME is required (or --list)")]
+    NoVm,
+    #[error("options other than --list need --vm=NAME")]
+    ListTakesNoAction,
+    #[error("nothing to do: give an action such as --create, --destroy or --get-all-regs")]
+    NothingToDo,
+    #[error("--force-reset and --force-poweroff exclude each other")]
+    ResetAndPoweroff,
+}
+
+fn register_names() -> String {
+    Reg::all().map(Reg::name).collect::<Vec<_>>().join(", ")
+}
+
 fn get_flag(reg: Reg) -> String {
     format!("get-{}", reg.name())
 }
 
 /// Parses a register value: `0x` hexadecimal or decimal.
-pub fn parse_value(s: &str) -> Result<u64, String> {
+pub fn parse_value(s: &str) -> Result<u64, ValueError> {
     let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => s.parse::<u64>(),
     };
-    r.map_err(|_| format!("'{s}' is not a number (use decimal or 0x hexadecimal)"))
+    r.map_err(|_| ValueError::NotANumber(s.into()))
 }
 
 /// Parses `NAME=VALUE` for `--set-reg`.
-pub fn parse_set_reg(s: &str) -> Result<(Reg, u64), String> {
+pub fn parse_set_reg(s: &str) -> Result<(Reg, u64), ValueError> {
     let (name, value) = s
         .split_once('=')
-        .ok_or_else(|| format!("'{s}' is not NAME=VALUE"))?;
-    let reg = Reg::from_name(&name.to_ascii_lowercase()).ok_or_else(|| {
-        let names: Vec<&str> = Reg::all().map(Reg::name).collect();
-        format!("unknown register '{name}' (one of {})", names.join(", "))
-    })?;
+        .ok_or_else(|| ValueError::NotNameValue(s.into()))?;
+    let reg = Reg::from_name(&name.to_ascii_lowercase())
+        .ok_or_else(|| ValueError::UnknownRegister(name.into()))?;
     Ok((reg, parse_value(value)?))
 }
 
@@ -116,7 +143,7 @@ pub fn command() -> Command {
     cmd.after_help("Per-register options: --get-x0 ... --get-x29, --get-lr, --get-sp, --get-pc, --get-cpsr, --get-sctlr_el1, --get-ttbr0_el1, --get-ttbr1_el1, --get-tcr_el1, --get-tcr2_el1, --get-mpidr_el1.")
 }
 
-fn from_matches(m: &ArgMatches) -> Result<Opts, String> {
+fn from_matches(m: &ArgMatches) -> Result<Opts, OptsError> {
     let on = |id: &str| m.get_flag(id);
     let mut get_regs: Vec<Reg> = if on("get-all-regs") {
         Reg::all().collect()
@@ -152,14 +179,10 @@ fn from_matches(m: &ArgMatches) -> Result<Opts, String> {
         || opts.force_reset
         || opts.force_poweroff;
     match (&opts.vm, opts.list, acts_on_vm) {
-        (None, false, _) => Err("--vm=NAME is required (or --list)".into()),
-        (None, true, true) => Err("options other than --list need --vm=NAME".into()),
-        (Some(_), false, false) => Err(
-            "nothing to do: give an action such as --create, --destroy or --get-all-regs".into(),
-        ),
-        _ if opts.force_reset && opts.force_poweroff => {
-            Err("--force-reset and --force-poweroff exclude each other".into())
-        }
+        (None, false, _) => Err(OptsError::NoVm),
+        (None, true, true) => Err(OptsError::ListTakesNoAction),
+        (Some(_), false, false) => Err(OptsError::NothingToDo),
+        _ if opts.force_reset && opts.force_poweroff => Err(OptsError::ResetAndPoweroff),
         _ => Ok(opts),
     }
 }
@@ -249,7 +272,16 @@ mod tests {
         assert!(parse_set_reg("pc=0x1_0000_0000_0000_0000").is_err());
         assert!(parse_set_reg("x31=0")
             .unwrap_err()
-            .contains("unknown register 'x31'"));
+            .to_string()
+            .starts_with("unknown register 'x31' (one of x0, x1, "));
+        assert_eq!(
+            parse_set_reg("pc").unwrap_err().to_string(),
+            "'pc' is not NAME=VALUE"
+        );
+        assert_eq!(
+            parse_value("12abc").unwrap_err().to_string(),
+            "'12abc' is not a number (use decimal or 0x hexadecimal)"
+        );
         assert_eq!(parse_value("18446744073709551615"), Ok(u64::MAX));
         assert!(parse_value("18446744073709551616").is_err());
         assert!(p(&["--vm=a", "--set-reg=foo=1"]).is_err());

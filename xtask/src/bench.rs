@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use vmm_e2e::guest::{self, Init, BOOTARGS, MARKER};
-use vmm_e2e::proc;
+use vmm_e2e::proc::{self, tool_on as tool};
 use vmm_e2e::stats::Stats;
-use vmm_testbed_broker::launch::{self, Layout};
+use vmm_testbed_broker::launch::{Layout, Served};
 use vmm_testbed_harness::build;
 
 const VM: &str = "benchvm";
@@ -96,44 +96,66 @@ fn direct(kernel: &Path, initrd: &Path, quiet: bool, icount: bool) -> Result<Boo
     })
 }
 
-pub(crate) fn tool(name: &str, socket: &Path) -> Command {
-    let mut c = Command::new(proc::tool(name));
-    c.env("VMM_TESTBED", socket);
-    c
-}
-
-pub(crate) fn run_tool(what: &str, cmd: &mut Command, secs: u64) -> Result<proc::Output, String> {
+fn run_tool(what: &str, cmd: &mut Command, secs: u64) -> Result<proc::Output, String> {
     proc::run(cmd, Duration::from_secs(secs)).map_err(|e| format!("{what}: {e}"))
 }
 
-/// bhyveload, `bhyve -b` to the poweroff (bhyve exits 1), the vCPU's stats, destroy.
-fn stack(socket: &Path, kernel: &Path, initrd: &Path, quiet: bool) -> Result<Boot, String> {
-    let t = Instant::now();
+/// bhyveload of `kernel` and `initrd` into VM `vm` with 256 MiB and the `bootargs`.
+pub(crate) fn load(
+    socket: &Path,
+    vm: &str,
+    kernel: &Path,
+    initrd: &Path,
+    bootargs: &[impl AsRef<str>],
+) -> Result<(), String> {
     let mut load = tool("bhyveload", socket);
     load.arg("-k")
         .arg(kernel)
         .args(["-m", "256M", "-i"])
         .arg(initrd);
-    for a in append(quiet, "earlycon=pl011,0x10000") {
-        load.args(["-e", &a]);
+    for a in bootargs {
+        load.args(["-e", a.as_ref()]);
     }
-    let out = run_tool("bhyveload", load.arg(VM), 60)?;
+    let out = run_tool("bhyveload", load.arg(vm), 60)?;
     if out.code != Some(0) {
         return Err(format!("bhyveload: {out}"));
     }
-    let loaded = t.elapsed();
-    let boot = run_tool("bhyve", tool("bhyve", socket).args(["-b", VM]), 300)?;
-    let wall = t.elapsed();
+    Ok(())
+}
+
+/// `bhyvectl --get-stats` of VM `vm`, then `bhyvectl --destroy`: both runs.
+pub(crate) fn stats_and_destroy(
+    socket: &Path,
+    vm: &str,
+) -> Result<(proc::Output, proc::Output), String> {
+    let vm = format!("--vm={vm}");
     let stats = run_tool(
         "bhyvectl --get-stats",
-        tool("bhyvectl", socket).args([&format!("--vm={VM}"), "--get-stats"]),
+        tool("bhyvectl", socket).args([&vm, "--get-stats"]),
         60,
     )?;
     let destroy = run_tool(
         "bhyvectl --destroy",
-        tool("bhyvectl", socket).args([&format!("--vm={VM}"), "--destroy"]),
+        tool("bhyvectl", socket).args([&vm, "--destroy"]),
         60,
     )?;
+    Ok((stats, destroy))
+}
+
+/// bhyveload, `bhyve -b` to the poweroff (bhyve exits 1), the vCPU's stats, destroy.
+fn stack(socket: &Path, kernel: &Path, initrd: &Path, quiet: bool) -> Result<Boot, String> {
+    let t = Instant::now();
+    load(
+        socket,
+        VM,
+        kernel,
+        initrd,
+        &append(quiet, "earlycon=pl011,0x10000"),
+    )?;
+    let loaded = t.elapsed();
+    let boot = run_tool("bhyve", tool("bhyve", socket).args(["-b", VM]), 300)?;
+    let wall = t.elapsed();
+    let (stats, destroy) = stats_and_destroy(socket, VM)?;
     check_console("bhyve", &boot)?;
     if boot.code != Some(1) {
         return Err(format!("bhyve (want exit 1, the poweroff): {boot}"));
@@ -150,34 +172,27 @@ fn stack(socket: &Path, kernel: &Path, initrd: &Path, quiet: bool) -> Result<Boo
     })
 }
 
-/// A served testbed of our own, stopped when dropped.
-pub(crate) struct Bed(pub(crate) Layout);
-
-impl Bed {
-    pub(crate) fn up(testbed: &Path, dir: PathBuf, icount: bool) -> Result<(Bed, PathBuf), String> {
-        let layout = Layout::new(dir);
-        launch::down(&layout);
-        let extra: Vec<String> = if icount {
-            vec!["-icount".into(), "shift=0".into()]
-        } else {
-            Vec::new()
-        };
-        let socket = launch::up_with_qemu_args(
-            testbed,
-            &proc::tool("vmm-testbed-broker"),
-            &layout,
-            Duration::from_secs(120),
-            &extra,
-        )
-        .map_err(|e| e.to_string())?;
-        Ok((Bed(layout), socket))
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        launch::down(&self.0);
-    }
+/// A served testbed of our own in `dir` (stopped when dropped) and its socket.
+pub(crate) fn serve(
+    testbed: &Path,
+    dir: PathBuf,
+    icount: bool,
+) -> Result<(Served, PathBuf), String> {
+    let extra: Vec<String> = if icount {
+        vec!["-icount".into(), "shift=0".into()]
+    } else {
+        Vec::new()
+    };
+    let bed = Served::start(
+        testbed,
+        &proc::tool("vmm-testbed-broker"),
+        Layout::new(dir),
+        &extra,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let socket = bed.socket.clone();
+    Ok((bed, socket))
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -229,27 +244,17 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 
 /// `[--runs N]` of benchmark `what`, `default` when not given.
 pub(crate) fn parse_runs(what: &str, args: &[String], default: usize) -> Result<usize, String> {
-    let mut runs = default;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--runs" => {
-                runs = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or("--runs needs a positive number")?
-            }
-            other => return Err(format!("{what}: unknown argument {other}")),
-        }
+    const RUNS: (&str, &str) = ("--runs", "a positive number");
+    match crate::number_option(what, args, RUNS, default as u64).map(usize::try_from)? {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{} needs {}", RUNS.0, RUNS.1)),
     }
-    Ok(runs)
 }
 
 pub fn bench_boot(args: &[String]) -> Result<(), String> {
     let runs = parse_runs("bench-boot", args, 3)?;
     proc::build_tools().map_err(|e| e.to_string())?;
-    let testbed = build::build_testbed().map_err(|e| e.to_string())?;
+    let testbed = build::build_testbed()?;
     let kernel = guest::kernel().map_err(|e| e.to_string())?;
     let initrd = guest::initramfs(Init::PowerOff).map_err(|e| e.to_string())?;
     let dir = proc::bin_dir()
@@ -264,7 +269,7 @@ pub fn bench_boot(args: &[String]) -> Result<(), String> {
             if icount { " under -icount shift=0" } else { "" },
             dir.display()
         );
-        let (bed, socket) = Bed::up(&testbed, dir.clone(), icount)?;
+        let (bed, socket) = serve(&testbed, dir.clone(), icount)?;
         for quiet in [false, true] {
             let mut row = Row {
                 icount,
@@ -274,8 +279,9 @@ pub fn bench_boot(args: &[String]) -> Result<(), String> {
             };
             for i in 0..runs {
                 let d = direct(&kernel, &initrd, quiet, icount)?;
-                let s = stack(&socket, &kernel, &initrd, quiet)
-                    .map_err(|e| format!("{e}\n[broker log]\n{}", read(&bed.0.broker_log())))?;
+                let s = stack(&socket, &kernel, &initrd, quiet).map_err(|e| {
+                    format!("{e}\n[broker log]\n{}", read(&bed.layout.broker_log()))
+                })?;
                 eprintln!(
                     "xtask: icount={icount} quiet={quiet} run {}: direct {:.2?} (guest {:?} s), stack {:.2?} (bhyveload {:.2?}, guest {:?} s, {} exits)",
                     i + 1,

@@ -23,9 +23,9 @@ use vmm_e2e::guest;
 use vmm_e2e::netns::{self, Netns, HOST_IP, TAP};
 use vmm_e2e::proc;
 use vmm_e2e::stats::Stats;
-use vmm_testbed_harness::build;
+use vmm_testbed_harness::{build, cmd};
 
-use crate::bench::{median, parse_runs, run_tool, tool, Bed};
+use crate::bench::{load, median, parse_runs, serve, stats_and_destroy};
 
 const VM: &str = "benchdev";
 const NET_MIB: usize = 64;
@@ -171,15 +171,13 @@ const APPEND: &[&str] = &[
 /// A fresh copy of the root disk and a zeroed data disk.
 fn fresh_disks(f: &Files) -> Result<(), String> {
     let template = guest::rootdisk_template().map_err(|e| e.to_string())?;
-    let st = Command::new("cp")
-        .args(["--sparse=always"])
-        .arg(&template)
-        .arg(&f.root)
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !st.success() {
-        return Err("cp of the root disk failed".into());
-    }
+    cmd::run(
+        "copy the root disk",
+        Command::new("cp")
+            .args(["--sparse=always"])
+            .arg(&template)
+            .arg(&f.root),
+    )?;
     let data = std::fs::File::create(&f.data).map_err(|e| e.to_string())?;
     data.set_len(DATA_MIB << 20).map_err(|e| e.to_string())
 }
@@ -235,18 +233,7 @@ fn direct(f: &Files, ns: Option<&Netns>) -> Result<Sample, String> {
 
 fn stack(f: &Files, socket: &Path, ns: Option<&Netns>, sync: bool) -> Result<Sample, String> {
     fresh_disks(f)?;
-    let mut load = tool("bhyveload", socket);
-    load.arg("-k")
-        .arg(&f.kernel)
-        .args(["-m", "256M", "-i"])
-        .arg(&f.initrd);
-    for a in APPEND {
-        load.args(["-e", a]);
-    }
-    let out = run_tool("bhyveload", load.arg(VM), 60)?;
-    if out.code != Some(0) {
-        return Err(format!("bhyveload: {out}"));
-    }
+    load(socket, VM, &f.kernel, &f.initrd, APPEND)?;
     let net = ns.map(net_server).transpose()?;
     let bhyve = proc::tool("bhyve");
     let mut cmd = match ns {
@@ -267,16 +254,8 @@ fn stack(f: &Files, socket: &Path, ns: Option<&Netns>, sync: bool) -> Result<Sam
     }
     cmd.arg(VM);
     let out = proc::run(&mut cmd, Duration::from_secs(600)).map_err(|e| e.to_string())?;
-    let stats = run_tool(
-        "bhyvectl --get-stats",
-        tool("bhyvectl", socket).args([&format!("--vm={VM}"), "--get-stats"]),
-        60,
-    )?;
-    let _ = run_tool(
-        "bhyvectl --destroy",
-        tool("bhyvectl", socket).args([&format!("--vm={VM}"), "--destroy"]),
-        60,
-    );
+    // A failed destroy only leaves the VM for the next run's bhyveload to reinitialise.
+    let (stats, _destroy) = stats_and_destroy(socket, VM)?;
     eprintln!("xtask: our stack (sync {sync}): {:.1?}", out.elapsed);
     let mut s = finish("our stack", &out, net)?;
     let st = Stats::parse(&stats.stdout);
@@ -297,7 +276,7 @@ fn value(samples: &[Sample], metric: &str) -> Option<f64> {
 pub fn bench_devices(args: &[String]) -> Result<(), String> {
     let runs = parse_runs("bench-devices", args, 1)?;
     proc::build_tools().map_err(|e| e.to_string())?;
-    let testbed = build::build_testbed().map_err(|e| e.to_string())?;
+    let testbed = build::build_testbed()?;
     let dir = proc::bin_dir()
         .parent()
         .map(|p| p.join("bench-devices"))
@@ -316,7 +295,7 @@ pub fn bench_devices(args: &[String]) -> Result<(), String> {
         None
     };
     eprintln!("xtask: testbed up (logs in {})", dir.display());
-    let (bed, socket) = Bed::up(&testbed, dir.join("testbed"), false)?;
+    let (bed, socket) = serve(&testbed, dir.join("testbed"), false)?;
     let (mut d, mut s, mut n) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         d.push(direct(&f, ns.as_ref())?);

@@ -15,8 +15,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use vmm_e2e::proc;
 use vmm_testbed_broker::launch::{self, Layout};
-use vmm_testbed_harness::{build, repo_root};
+use vmm_testbed_harness::{build, cmd, repo_root};
+
+use vmm_e2e::proc::tool_on as tool;
 
 /// The VM's name, as in the README.
 const VM: &str = "vm";
@@ -94,26 +97,18 @@ fn check_host() -> Result<(), String> {
     Err(msg + " (tests/e2e/demo.sh installs them)")
 }
 
-/// Runs one of the repo's scripts that print a path.
+/// Runs one of the repo's scripts that print a path; what it says on stderr (a
+/// download's or a disk build's progress) shows as it runs.
 fn script(name: &str, args: &[&str]) -> Result<PathBuf, String> {
     let path = repo_root().join("tests").join(name);
     eprintln!("xtask: {} {}", path.display(), args.join(" "));
-    let out = Command::new(&path)
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if !out.status.success() {
-        return Err(format!("tests/{name} failed ({})", out.status));
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
-fn bin_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-        .join("debug")
+    let out = cmd::output(
+        &format!("tests/{name}"),
+        Command::new(&path)
+            .args(args)
+            .stderr(std::process::Stdio::inherit()),
+    )?;
+    Ok(PathBuf::from(out.trim()))
 }
 
 /// The guest of plain `cargo xtask demo`: the busybox initramfs that prints its marker
@@ -145,7 +140,7 @@ fn disk_guest() -> Result<Guest, String> {
             );
         }
         let tmp = copy.with_extension("img.tmp");
-        crate::run(
+        cmd::run(
             "copy the Debian disk",
             Command::new("cp")
                 .arg("--sparse=always")
@@ -184,12 +179,6 @@ impl Drop for Up {
     }
 }
 
-fn tool(name: &str, socket: &Path) -> Command {
-    let mut c = Command::new(bin_dir().join(name));
-    c.env("VMM_TESTBED", socket);
-    c
-}
-
 pub fn demo(args: &[String]) -> Result<(), String> {
     let disk = match args {
         [] => false,
@@ -197,22 +186,8 @@ pub fn demo(args: &[String]) -> Result<(), String> {
         _ => return Err("usage: cargo xtask demo [--disk]".into()),
     };
     check_host()?;
-    crate::run(
-        "build the tools and the broker",
-        crate::cargo().current_dir(repo_root()).args([
-            "build",
-            "-q",
-            "-p",
-            "bhyveload",
-            "-p",
-            "bhyve",
-            "-p",
-            "bhyvectl",
-            "-p",
-            "vmm-testbed-broker",
-        ]),
-    )?;
-    let testbed = build::build_testbed().map_err(|e| e.to_string())?;
+    proc::build_tools().map_err(|e| e.to_string())?;
+    let testbed = build::build_testbed()?;
     let kernel = script("fetch-guest.sh", &[])?;
     let guest = if disk {
         disk_guest()?
@@ -229,7 +204,7 @@ pub fn demo(args: &[String]) -> Result<(), String> {
         eprintln!("xtask: starting the testbed (QEMU; logs in target/testbed)");
         let s = launch::up(
             &testbed,
-            &bin_dir().join("vmm-testbed-broker"),
+            &proc::tool("vmm-testbed-broker"),
             &layout,
             Duration::from_secs(120),
         )
@@ -246,7 +221,7 @@ pub fn demo(args: &[String]) -> Result<(), String> {
     for a in guest.bootargs {
         load.args(["-e", a]);
     }
-    crate::run("bhyveload", load.arg(VM))?;
+    cmd::run("bhyveload", load.arg(VM))?;
     let mut bhyve = tool("bhyve", &socket);
     bhyve.arg("-b");
     for s in &guest.slots {
@@ -260,7 +235,7 @@ pub fn demo(args: &[String]) -> Result<(), String> {
     let t = Instant::now();
     let st = bhyve.status().map_err(|e| format!("bhyve: {e}"))?;
     let took = t.elapsed();
-    let destroyed = crate::run(
+    let destroyed = cmd::run(
         "bhyvectl --destroy",
         tool("bhyvectl", &socket).args([&format!("--vm={VM}"), "--destroy"]),
     );
@@ -270,5 +245,5 @@ pub fn demo(args: &[String]) -> Result<(), String> {
         Some(0) => eprintln!("xtask: the guest rebooted after {took:.1?} (bhyve exit 0)"),
         _ => return Err(format!("bhyve ended with {st}")),
     }
-    destroyed
+    Ok(destroyed?)
 }

@@ -35,22 +35,14 @@ pub fn check_x18() -> Result<(), String> {
 }
 
 pub fn run_testbed(args: &[String]) -> Result<(), String> {
-    let mut timeout = 120u64;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--timeout" => {
-                timeout = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--timeout needs a number of seconds")?
-            }
-            other => return Err(format!("run-testbed: unknown argument {other}")),
-        }
-    }
-    let kernel = build::build_testbed().map_err(|e| e.to_string())?;
-    let out = qemu::run(&qemu::qemu_args(&kernel, 2), Duration::from_secs(timeout))
-        .map_err(|e| e.to_string())?;
+    let timeout = crate::number_option(
+        "run-testbed",
+        args,
+        ("--timeout", "a number of seconds"),
+        120,
+    )?;
+    let kernel = build::build_testbed()?;
+    let out = qemu::run(&qemu::qemu_args(&kernel, 2), Duration::from_secs(timeout))?;
     print!("{}", out.log);
     let tests = qemu::parse_tests(&out.log);
     let failed = tests.iter().filter(|t| !t.pass).count();
@@ -72,7 +64,7 @@ pub fn run_testbed(args: &[String]) -> Result<(), String> {
 /// time); the testbed runs its benchmark instead of its tests when QEMU's generic loader
 /// leaves the word "BNCH" below the kernel image. Numbers are printed, never asserted.
 pub fn bench_el2() -> Result<(), String> {
-    let kernel = build::build_testbed().map_err(|e| e.to_string())?;
+    let kernel = build::build_testbed()?;
     let mut args = qemu::qemu_args(&kernel, 2);
     args.extend(
         [
@@ -83,7 +75,7 @@ pub fn bench_el2() -> Result<(), String> {
         ]
         .map(String::from),
     );
-    let out = qemu::run(&args, Duration::from_secs(300)).map_err(|e| e.to_string())?;
+    let out = qemu::run(&args, Duration::from_secs(300))?;
     let lines: Vec<&str> = out
         .log
         .lines()

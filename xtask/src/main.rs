@@ -22,7 +22,8 @@ mod kernel;
 mod kmod;
 mod testbed;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
+use vmm_testbed_harness::cmd::{cargo, run};
 
 /// Userspace crates that must build for FreeBSD/arm64.
 const FREEBSD_CRATES: &[&str] = &[
@@ -35,20 +36,26 @@ const FREEBSD_CRATES: &[&str] = &[
     "bhyvectl",
 ];
 
-fn run(desc: &str, cmd: &mut Command) -> Result<(), String> {
-    eprintln!("xtask: {desc}: {cmd:?}");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("{desc}: cannot start: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{desc} failed ({status})"))
+/// The arguments of `command`: `option N` (the last one counts) or nothing, then
+/// `default`; `need` says what N must be.
+fn number_option(
+    command: &str,
+    args: &[String],
+    (option, need): (&str, &str),
+    default: u64,
+) -> Result<u64, String> {
+    let mut n = default;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a != option {
+            return Err(format!("{command}: unknown argument {a}"));
+        }
+        n = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{option} needs {need}"))?;
     }
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    Ok(n)
 }
 
 fn check_freebsd() -> Result<(), String> {
@@ -64,7 +71,7 @@ fn check_freebsd() -> Result<(), String> {
     for c in FREEBSD_CRATES {
         cmd.args(["-p", c]);
     }
-    run("cargo check for aarch64-unknown-freebsd", &mut cmd)
+    Ok(run("cargo check for aarch64-unknown-freebsd", &mut cmd)?)
 }
 
 fn test() -> Result<(), String> {

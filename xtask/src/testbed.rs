@@ -3,10 +3,9 @@
 //! the tools to use through `VMM_TESTBED` (docs/testbed.md, "Serving /dev/vmm").
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 use vmm_testbed_broker::launch::{self, Layout};
-use vmm_testbed_harness::{build, repo_root};
+use vmm_testbed_harness::{build, cmd, repo_root};
 
 fn layout() -> Layout {
     Layout::new(repo_root().join("target/testbed"))
@@ -14,20 +13,13 @@ fn layout() -> Layout {
 
 /// Builds the broker with the workspace's cargo and target dir; returns the binary.
 fn build_broker() -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    crate::run(
+    cmd::run(
         "build the broker",
-        Command::new(cargo).current_dir(repo_root()).args([
-            "build",
-            "-q",
-            "-p",
-            "vmm-testbed-broker",
-        ]),
+        cmd::cargo()
+            .current_dir(repo_root())
+            .args(["build", "-q", "-p", "vmm-testbed-broker"]),
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    Ok(target.join("debug/vmm-testbed-broker"))
+    Ok(cmd::bin_dir().join("vmm-testbed-broker"))
 }
 
 pub fn testbed(args: &[String]) -> Result<(), String> {
@@ -43,7 +35,7 @@ pub fn testbed(args: &[String]) -> Result<(), String> {
             }
             // Half up (one process died): clean up and start afresh.
             launch::down(&l);
-            let kernel = build::build_testbed().map_err(|e| e.to_string())?;
+            let kernel = build::build_testbed()?;
             let broker = build_broker()?;
             let sock = launch::up(&kernel, &broker, &l, Duration::from_secs(120))
                 .map_err(|e| e.to_string())?;

@@ -5,18 +5,20 @@
 use crate::Error;
 use libvmmapi::testbed::Testbed;
 use libvmmapi::{Backend, Request, Target};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 use vmm_sys::wire;
-use vmm_testbed_broker::launch::{self, Layout};
+use vmm_testbed_broker::launch::{Layout, Served};
 use vmm_testbed_harness::build;
 
-pub struct Bed {
-    pub layout: Layout,
-    pub socket: PathBuf,
-    done: Arc<AtomicBool>,
+/// A [`Served`] testbed with a watchdog, and what the e2e tests ask of it.
+pub struct Bed(Served);
+
+impl std::ops::Deref for Bed {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.0
+    }
 }
 
 impl Bed {
@@ -24,54 +26,22 @@ impl Bed {
     /// previous run left there) and arms a watchdog that stops them after `limit`.
     pub fn start(dir: &Path, limit: Duration) -> Result<Bed, Error> {
         let kernel = build::build_testbed().map_err(|e| Error::Testbed(e.to_string()))?;
-        let layout = Layout::new(dir);
-        launch::down(&layout);
-        let socket = launch::up(
+        Served::start(
             &kernel,
             &crate::proc::tool("vmm-testbed-broker"),
-            &layout,
-            Duration::from_secs(120),
+            Layout::new(dir),
+            &[],
+            Some(limit),
         )
-        .map_err(|e| Error::Testbed(e.to_string()))?;
-        let done = Arc::new(AtomicBool::new(false));
-        {
-            let (done, layout) = (done.clone(), layout.clone());
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                while !done.load(Ordering::Acquire) {
-                    if t.elapsed() > limit {
-                        eprintln!("watchdog: testbed stopped after {limit:?}");
-                        launch::down(&layout);
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            });
-        }
-        Ok(Bed {
-            layout,
-            socket,
-            done,
-        })
+        .map(Bed)
+        .map_err(|e| Error::Testbed(e.to_string()))
     }
 
-    /// The broker's and the testbed's own logs (the testbed kernel's serial console).
-    pub fn logs(&self) -> String {
-        format!(
-            "[broker log {}]\n{}\n[testbed serial log {}]\n{}",
-            self.layout.broker_log().display(),
-            std::fs::read_to_string(self.layout.broker_log()).unwrap_or_default(),
-            self.layout.qemu_log().display(),
-            std::fs::read_to_string(self.layout.qemu_log()).unwrap_or_default()
-        )
-    }
-
-    /// The QEMU process (for its CPU time).
-    pub fn qemu_pid(&self) -> Option<i32> {
-        launch::status(&self.layout)
-            .into_iter()
-            .find(|s| s.0 == "qemu" && s.2)
-            .map(|s| s.1)
+    /// The testbed of end-to-end test `name`, in its [`crate::test_dir`], with the
+    /// tools built.
+    pub fn for_test(name: &str, limit: Duration) -> Result<Bed, Error> {
+        crate::proc::build_tools()?;
+        Bed::start(&crate::test_dir(name), limit)
     }
 
     /// Free pages of the testbed's page allocator (the `TESTBED_FREE_PAGES` extension).
@@ -89,13 +59,6 @@ impl Bed {
             .try_into()
             .map_err(|_| Error::Testbed("TESTBED_FREE_PAGES: short answer".into()))?;
         Ok(u64::from_le_bytes(b))
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::Release);
-        launch::down(&self.layout);
     }
 }
 

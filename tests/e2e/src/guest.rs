@@ -4,7 +4,7 @@
 use crate::Error;
 use std::path::PathBuf;
 use std::process::Command;
-use vmm_testbed_harness::repo_root;
+use vmm_testbed_harness::{cmd, repo_root};
 
 /// What the initramfs's /init does (tests/make-initramfs.sh).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,21 +38,11 @@ pub const BOOTARGS: &[&str] = &["console=ttyAMA0", "earlycon=pl011,0x10000", "pa
 
 fn script(name: &str, args: &[&str]) -> Result<PathBuf, Error> {
     let path = repo_root().join("tests").join(name);
-    let out = Command::new(&path)
-        .args(args)
-        .output()
-        .map_err(|e| Error::Io(path.display().to_string(), e))?;
-    if !out.status.success() {
-        return Err(Error::Failed {
-            what: format!("tests/{name} {}", args.join(" ")),
-            why: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let out = cmd::output(
+        &format!("tests/{name} {}", args.join(" ")),
+        Command::new(&path).args(args),
+    )?;
+    let p = PathBuf::from(out.trim());
     if p.as_os_str().is_empty() || !p.is_file() {
         return Err(Error::Failed {
             what: format!("tests/{name}"),

@@ -19,6 +19,9 @@ pub enum Error {
     Failed { what: String, why: String },
     #[error("{0}")]
     Testbed(String),
+    /// A build or a script run as a step ([`vmm_testbed_harness::cmd`]).
+    #[error(transparent)]
+    Step(#[from] vmm_testbed_harness::Error),
 }
 
 /// Whether `VMM_SKIP_QEMU` asks to leave out everything that starts QEMU (said once, on

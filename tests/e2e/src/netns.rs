@@ -6,6 +6,7 @@
 use std::process::Command;
 
 use crate::Error;
+use vmm_testbed_harness::cmd;
 
 /// The tap inside every namespace made here.
 pub const TAP: &str = "vmmtap0";
@@ -35,16 +36,10 @@ impl Netns {
             vec!["-n", name, "addr", "add", &host, "dev", TAP],
             vec!["-n", name, "link", "set", TAP, "up"],
         ] {
-            let out = Command::new("ip")
-                .args(&args)
-                .output()
-                .map_err(|e| Error::Io("ip".into(), e))?;
-            if !out.status.success() {
-                return Err(Error::Failed {
-                    what: format!("ip {}", args.join(" ")),
-                    why: String::from_utf8_lossy(&out.stderr).trim().into(),
-                });
-            }
+            cmd::output(
+                &format!("ip {}", args.join(" ")),
+                Command::new("ip").args(&args),
+            )?;
         }
         Ok(ns)
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vmm_testbed_harness::repo_root;
+use vmm_testbed_harness::{cmd, repo_root};
 
 /// How a process ended.
 #[derive(Debug, Clone)]
@@ -143,34 +143,28 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, Error> {
     Ok(Running::spawn(cmd)?.wait(timeout))
 }
 
-/// The directory cargo puts the workspace's debug binaries in.
-pub fn bin_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-        .join("debug")
-}
+pub use vmm_testbed_harness::cmd::bin_dir;
 
 /// Builds the tools and the broker with the workspace's cargo (a no-op when current).
 pub fn build_tools() -> Result<(), Error> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(&cargo)
-        .current_dir(repo_root())
-        .args(["build", "-q"])
-        .args(["-p", "bhyveload", "-p", "bhyve", "-p", "bhyvectl"])
-        .args(["-p", "vmm-testbed-broker"])
-        .status()
-        .map_err(|e| Error::Io(cargo.clone(), e))?;
-    if !st.success() {
-        return Err(Error::Failed {
-            what: "cargo build of the tools".into(),
-            why: st.to_string(),
-        });
-    }
-    Ok(())
+    Ok(cmd::run(
+        "build the tools and the broker",
+        cmd::cargo()
+            .current_dir(repo_root())
+            .args(["build", "-q"])
+            .args(["-p", "bhyveload", "-p", "bhyve", "-p", "bhyvectl"])
+            .args(["-p", "vmm-testbed-broker"]),
+    )?)
 }
 
 /// The path of tool `name` built by [`build_tools`].
 pub fn tool(name: &str) -> PathBuf {
     bin_dir().join(name)
+}
+
+/// Tool `name` ([`tool`]) talking to the served testbed at `socket`.
+pub fn tool_on(name: &str, socket: &std::path::Path) -> Command {
+    let mut c = Command::new(tool(name));
+    c.env("VMM_TESTBED", socket);
+    c
 }

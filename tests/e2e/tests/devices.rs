@@ -32,9 +32,7 @@ struct T {
 
 impl T {
     fn start(name: &str) -> T {
-        proc::build_tools().unwrap_or_else(|e| panic!("{e}"));
-        let dir = vmm_e2e::test_dir(name);
-        let bed = Bed::start(&dir, BED_LIMIT).unwrap_or_else(|e| panic!("{e}"));
+        let bed = Bed::for_test(name, BED_LIMIT).unwrap_or_else(|e| panic!("{e}"));
         T {
             dir: bed.layout.dir.clone(),
             bed,
@@ -43,8 +41,8 @@ impl T {
     }
 
     fn cmd(&self, tool: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(proc::tool(tool));
-        c.args(args).env("VMM_TESTBED", &self.bed.socket);
+        let mut c = proc::tool_on(tool, &self.bed.socket);
+        c.args(args);
         c
     }
 

@@ -40,9 +40,7 @@ struct E2e {
 
 impl E2e {
     fn start(name: &str) -> E2e {
-        proc::build_tools().unwrap_or_else(|e| panic!("{e}"));
-        let dir = vmm_e2e::test_dir(name);
-        let bed = Bed::start(&dir, BED_LIMIT).unwrap_or_else(|e| panic!("{e}"));
+        let bed = Bed::for_test(name, BED_LIMIT).unwrap_or_else(|e| panic!("{e}"));
         E2e {
             bed,
             console: String::new(),
@@ -50,8 +48,8 @@ impl E2e {
     }
 
     fn cmd(&self, tool: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(proc::tool(tool));
-        c.args(args).env("VMM_TESTBED", &self.bed.socket);
+        let mut c = proc::tool_on(tool, &self.bed.socket);
+        c.args(args);
         c
     }
 

@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What goes where inside the testbed's directory.
@@ -242,4 +244,81 @@ fn reap(pid: i32) {
     let mut st = 0;
     // SAFETY: waitpid with WNOHANG on one pid; harmless if it is not our child.
     unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+}
+
+/// A served testbed of one's own: started in its own directory (what a previous run
+/// left there is stopped first) and stopped when dropped or, with a limit, by a
+/// watchdog once the limit has passed, so a stuck guest never outlives its test.
+pub struct Served {
+    pub layout: Layout,
+    /// The broker's client socket (`VMM_TESTBED`).
+    pub socket: PathBuf,
+    done: Arc<AtomicBool>,
+}
+
+impl Served {
+    /// Starts the testbed `kernel` with `broker` in `layout`'s directory, `qemu_extra`
+    /// appended to QEMU's command line.
+    pub fn start(
+        kernel: &Path,
+        broker: &Path,
+        layout: Layout,
+        qemu_extra: &[String],
+        limit: Option<Duration>,
+    ) -> Result<Served, LaunchError> {
+        down(&layout);
+        let socket = up_with_qemu_args(
+            kernel,
+            broker,
+            &layout,
+            Duration::from_secs(120),
+            qemu_extra,
+        )?;
+        let done = Arc::new(AtomicBool::new(false));
+        if let Some(limit) = limit {
+            let (done, layout) = (done.clone(), layout.clone());
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                while !done.load(Ordering::Acquire) {
+                    if t.elapsed() > limit {
+                        eprintln!("watchdog: testbed stopped after {limit:?}");
+                        down(&layout);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+        Ok(Served {
+            layout,
+            socket,
+            done,
+        })
+    }
+
+    /// The broker's and the testbed's own logs (the testbed kernel's serial console).
+    pub fn logs(&self) -> String {
+        format!(
+            "[broker log {}]\n{}\n[testbed serial log {}]\n{}",
+            self.layout.broker_log().display(),
+            fs::read_to_string(self.layout.broker_log()).unwrap_or_default(),
+            self.layout.qemu_log().display(),
+            fs::read_to_string(self.layout.qemu_log()).unwrap_or_default()
+        )
+    }
+
+    /// The QEMU process (for its CPU time).
+    pub fn qemu_pid(&self) -> Option<i32> {
+        status(&self.layout)
+            .into_iter()
+            .find(|s| s.0 == "qemu" && s.2)
+            .map(|s| s.1)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+        down(&self.layout);
+    }
 }

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_testbed_broker::launch::{self, Layout};
-use vmm_testbed_harness::{build, repo_root};
+use vmm_testbed_broker::launch::{Layout, Served};
+use vmm_testbed_harness::{build, cmd, repo_root};
 
 const RAM: u64 = 0x8000_0000;
 /// `b .` and `hvc #0` (A64).
@@ -32,10 +32,14 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// so every blocked client call fails instead of hanging.
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 
-struct Bed {
-    layout: Layout,
-    socket: PathBuf,
-    done: Arc<std::sync::atomic::AtomicBool>,
+/// A served testbed of this test's own, with its watchdog.
+struct Bed(Served);
+
+impl std::ops::Deref for Bed {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.0
+    }
 }
 
 impl Bed {
@@ -49,47 +53,19 @@ impl Bed {
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("target/tmp"))
             .join(format!("testbed-{name}"));
-        let layout = Layout::new(dir);
-        launch::down(&layout);
-        let socket = launch::up(
+        let served = Served::start(
             &kernel,
             PathBuf::from(env!("CARGO_BIN_EXE_vmm-testbed-broker")).as_path(),
-            &layout,
-            Duration::from_secs(120),
+            Layout::new(dir),
+            &[],
+            Some(TEST_TIMEOUT),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        {
-            let (done, layout) = (done.clone(), layout.clone());
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                while !done.load(std::sync::atomic::Ordering::Acquire) {
-                    if t.elapsed() > TEST_TIMEOUT {
-                        eprintln!("watchdog: testbed stopped after {TEST_TIMEOUT:?}");
-                        launch::down(&layout);
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            });
-        }
-        Some(Bed {
-            layout,
-            socket,
-            done,
-        })
+        Some(Bed(served))
     }
 
     fn client(&self) -> Arc<dyn Backend> {
         Arc::new(Testbed::connect(&self.socket).unwrap_or_else(|e| panic!("{e}")))
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "[broker log]\n{}\n[testbed serial log]\n{}",
-            std::fs::read_to_string(self.layout.broker_log()).unwrap_or_default(),
-            std::fs::read_to_string(self.layout.qemu_log()).unwrap_or_default()
-        )
     }
 
     /// Runs `f`; on failure the logs are printed before the panic goes on.
@@ -99,12 +75,27 @@ impl Bed {
             std::panic::resume_unwind(p);
         }
     }
-}
 
-impl Drop for Bed {
-    fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::Release);
-        launch::down(&self.layout);
+    /// Runs tool `name` of the workspace against this testbed: its exit code, stdout
+    /// and stderr.
+    fn tool(&self, name: &str, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(build_tool(name))
+            .args(args)
+            .env("VMM_TESTBED", &self.socket)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// [`Bed::tool`] with stdout and stderr as one text.
+    fn tool_text(&self, name: &str, args: &[&str]) -> (Option<i32>, String) {
+        let (code, out, err) = self.tool(name, args);
+        (code, out + &err)
     }
 }
 
@@ -273,22 +264,8 @@ fn irq_asserted_while_another_thread_is_in_vm_run() {
         let vm = guest(c.clone(), "busy", &[B_SELF]);
         vm.attach_vgic(vmm_platform::GICD, vmm_platform::gicr(1))
             .unwrap();
-        let cpu = vm.vcpu(0).unwrap();
-        let runner = std::thread::spawn(move || cpu.run());
-        // Until the run has started (VM_RUN calls counted), then while it runs.
-        let t = Instant::now();
-        while vm
-            .stats(0)
-            .unwrap()
-            .iter()
-            .all(|(n, v)| n != "VM_RUN calls" || *v == 0)
-        {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "VM_RUN never started"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Once the run has started, while it runs.
+        let runner = run_in_background(&vm);
         for _ in 0..20 {
             vm.assert_irq(40).unwrap();
             vm.deassert_irq(40).unwrap();
@@ -323,21 +300,7 @@ fn runs_of_two_vms_are_time_sliced() {
         let c = bed.client();
         for first in [&[B_SELF][..], &[WFI, B_SELF][..]] {
             let spin = guest(c.clone(), "spinner", first);
-            let cpu = spin.vcpu(0).unwrap();
-            let runner = std::thread::spawn(move || cpu.run());
-            let t = Instant::now();
-            while spin
-                .stats(0)
-                .unwrap()
-                .iter()
-                .all(|(n, v)| n != "VM_RUN calls" || *v == 0)
-            {
-                assert!(
-                    t.elapsed() < Duration::from_secs(20),
-                    "VM_RUN never started"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let runner = run_in_background(&spin);
             let other = guest(c.clone(), "other", &[HVC0]);
             let t = Instant::now();
             let exit = other.vcpu(0).unwrap().run().unwrap();
@@ -370,17 +333,7 @@ fn vms_outlive_processes_bhyvectl() {
         return;
     };
     bed.check(|| {
-        let bhyvectl = build_tool("bhyvectl");
-        let run = |args: &[&str]| {
-            let out = Command::new(&bhyvectl)
-                .args(args)
-                .env("VMM_TESTBED", &bed.socket)
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            (out.status.code(), text)
-        };
+        let run = |args: &[&str]| bed.tool_text("bhyvectl", args);
         assert_eq!(run(&["--vm=keep", "--create"]).0, Some(0));
         assert_eq!(run(&["--list"]), (Some(0), "keep\n".to_string()));
         assert_eq!(run(&["--vm=keep", "--set-reg", "x5=0x77"]).0, Some(0));
@@ -395,19 +348,39 @@ fn vms_outlive_processes_bhyvectl() {
     });
 }
 
+/// Runs vCPU 0 of `vm` on a thread of its own; returns once its VM_RUN has started
+/// (the vCPU's VM_RUN calls are counted).
+fn run_in_background(
+    vm: &Vm,
+) -> std::thread::JoinHandle<Result<libvmmapi::Exit, libvmmapi::Error>> {
+    let cpu = vm.vcpu(0).unwrap();
+    let runner = std::thread::spawn(move || cpu.run());
+    let t = Instant::now();
+    while vm
+        .stats(0)
+        .unwrap()
+        .iter()
+        .all(|(n, v)| n != "VM_RUN calls" || *v == 0)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "VM_RUN never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    runner
+}
+
 /// Builds a tool of the workspace with this test's cargo and target dir.
 fn build_tool(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .current_dir(repo_root())
-        .args(["build", "-q", "-p", name])
-        .status()
-        .unwrap();
-    assert!(st.success(), "building {name}");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    target.join("debug").join(name)
+    cmd::run(
+        &format!("build {name}"),
+        cmd::cargo()
+            .current_dir(repo_root())
+            .args(["build", "-q", "-p", name]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    cmd::bin_dir().join(name)
 }
 
 /// Assembles tests/testbed-broker/guests/NAME.S into a raw binary linked at 0x8000_0000.
@@ -442,8 +415,7 @@ fn guest_binary(name: &str) -> PathBuf {
             vec!["-O".into(), "binary".into(), elf.clone(), bin.clone()],
         ),
     ] {
-        let st = Command::new(tool).args(&args).status().unwrap();
-        assert!(st.success(), "{tool} {args:?}");
+        cmd::run(tool, Command::new(tool).args(&args)).unwrap_or_else(|e| panic!("{e}"));
     }
     bin
 }
@@ -459,19 +431,7 @@ fn bhyveload_bhyve_bhyvectl_end_to_end() {
     };
     bed.check(|| {
         let bin = guest_binary("hello");
-        let tool = |name: &str, args: &[&str]| {
-            let out = Command::new(build_tool(name))
-                .args(args)
-                .env("VMM_TESTBED", &bed.socket)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        };
+        let tool = |name: &str, args: &[&str]| bed.tool(name, args);
         let (code, _, err) = tool(
             "bhyveload",
             &[
@@ -509,19 +469,7 @@ fn bhyvectl_while_bhyve_runs_and_destroy_stops_it() {
     };
     bed.check(|| {
         let bin = guest_binary("spin");
-        let tool = |name: &str, args: &[&str]| {
-            let out = Command::new(build_tool(name))
-                .args(args)
-                .env("VMM_TESTBED", &bed.socket)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned()
-                    + &String::from_utf8_lossy(&out.stderr),
-            )
-        };
+        let tool = |name: &str, args: &[&str]| bed.tool_text(name, args);
         let (code, text) = tool(
             "bhyveload",
             &[
@@ -619,19 +567,7 @@ fn reloaded_code_runs_after_reinit() {
         return;
     };
     bed.check(|| {
-        let tool = |name: &str, args: &[&str]| {
-            let out = Command::new(build_tool(name))
-                .args(args)
-                .env("VMM_TESTBED", &bed.socket)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned()
-                    + &String::from_utf8_lossy(&out.stderr),
-            )
-        };
+        let tool = |name: &str, args: &[&str]| bed.tool_text(name, args);
         for (round, letter) in ["A", "B", "A"].iter().enumerate() {
             let bin = guest_binary(&format!("mark_{letter}"));
             let (code, text) = tool(

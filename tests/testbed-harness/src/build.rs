@@ -1,5 +1,6 @@
 //! aarch64 builds: the EL2 blob, the guest programs and the testbed kernel.
 
+use crate::cmd::{cargo, output, run};
 use crate::{aarch64_target_dir, repo_root, Error};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,36 +9,6 @@ pub const KERNEL_TARGET: &str = "aarch64-unknown-none-softfloat";
 /// Functions of the EL2 blob allowed to touch x18: the guest entry/exit pair saves the
 /// host's x18 and loads/saves the guest's.
 pub const X18_ALLOWED: &[&str] = &["el2_guest_enter", "el2_guest_exit"];
-
-fn run(what: &str, cmd: &mut Command) -> Result<(), Error> {
-    eprintln!("harness: {what}: {cmd:?}");
-    let status = cmd.status().map_err(|source| Error::Spawn {
-        what: what.into(),
-        source,
-    })?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::Failed {
-            what: what.into(),
-            status: status.to_string(),
-        })
-    }
-}
-
-fn output(what: &str, cmd: &mut Command) -> Result<String, Error> {
-    let out = cmd.output().map_err(|source| Error::Spawn {
-        what: what.into(),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(Error::Failed {
-            what: what.into(),
-            status: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// `cargo build --release` of a kernel-side crate: build-std with the per-target
 /// rustflags of .cargo/config.toml (-Zfixed-x18), never a global RUSTFLAGS.
@@ -51,8 +22,7 @@ fn cargo_kernel_sub(
     envs: &[(&str, &Path)],
     extra: &[&str],
 ) -> Result<(), Error> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo();
     cmd.current_dir(repo_root())
         .env("RUSTC_BOOTSTRAP", "1")
         .env_remove("RUSTFLAGS")
@@ -85,10 +55,9 @@ pub fn lint_kernel() -> Result<(), Error> {
     ];
     for krate in ["el2/switch", "el2/nvhe", "tests/testbed"] {
         let manifest = repo_root().join(krate).join("Cargo.toml");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         run(
             &format!("format check of {krate}"),
-            Command::new(&cargo)
+            cargo()
                 .args(["fmt", "--check", "--manifest-path"])
                 .arg(&manifest),
         )?;

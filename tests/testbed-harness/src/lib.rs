@@ -4,6 +4,7 @@
 //! Used by `cargo xtask` and by this crate's integration tests.
 
 pub mod build;
+pub mod cmd;
 pub mod qemu;
 
 use std::path::PathBuf;
@@ -15,8 +16,13 @@ pub enum Error {
         what: String,
         source: std::io::Error,
     },
-    #[error("{what} failed ({status})")]
-    Failed { what: String, status: String },
+    #[error("{what} failed ({status}){}", colon(.stderr))]
+    Failed {
+        what: String,
+        status: std::process::ExitStatus,
+        /// What the step said on stderr, when it was captured.
+        stderr: String,
+    },
     #[error("{0}")]
     Check(String),
     #[error("I/O error on {path}: {source}")]
@@ -24,6 +30,21 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+fn colon(s: &str) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(": {s}")
+    }
+}
+
+/// xtask reports its errors as text.
+impl From<Error> for String {
+    fn from(e: Error) -> String {
+        e.to_string()
+    }
 }
 
 /// The repository root (this crate lives in tests/testbed-harness).
