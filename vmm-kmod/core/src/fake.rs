@@ -477,6 +477,10 @@ impl FakeHost {
         self.user.lock().unwrap().insert(a, vec![0; len]);
         a
     }
+    /// How many fake user regions are mapped.
+    pub fn user_regions(&self) -> usize {
+        self.user.lock().unwrap().len()
+    }
     /// Unmaps fake user memory from [`FakeHost::user_alloc`].
     pub fn user_free(&self, uaddr: u64) {
         self.user.lock().unwrap().remove(&uaddr);
