@@ -194,9 +194,9 @@ impl FakeVmm {
         }
     }
 
-    /// The guest calls `hvc #0` (SMCCC, PSCI) with x0 = `func_id`, x1..x7 = `args`;
-    /// the exit reports `pc`.
-    pub fn script_smccc(&self, vm: &str, vcpu: u32, pc: u64, func_id: u64, args: [u64; 7]) {
+    /// The guest calls `hvc #0` (SMCCC, PSCI) with x0 = `func_id`, x1... = `args` (at
+    /// most 7); the exit reports `pc`.
+    pub fn script_smccc(&self, vm: &str, vcpu: u32, pc: u64, func_id: u64, args: &[u64]) {
         self.script(vm, vcpu, smccc(pc, func_id, args));
     }
 
@@ -216,8 +216,8 @@ impl FakeVmm {
         self.script(vm, vcpu, mmio_read(pc, gpa, size, sign_extend, reg));
     }
 
-    /// The guest at `pc` stores `size` bytes of `reg` (`None` = XZR), holding `value`,
-    /// to `gpa` (outside its RAM).
+    /// The guest at `pc` stores `size` bytes of `reg` (`None` = XZR) to `gpa` (outside
+    /// its RAM), having put `value` in it first if given.
     #[allow(clippy::too_many_arguments)] // one per field of the access
     pub fn script_mmio_write(
         &self,
@@ -227,7 +227,7 @@ impl FakeVmm {
         gpa: u64,
         size: u8,
         reg: Option<Reg>,
-        value: u64,
+        value: Option<u64>,
     ) {
         self.script(vm, vcpu, mmio_write(pc, gpa, size, reg, value));
     }
@@ -492,11 +492,12 @@ fn log_write(log: &mut VmLog, cpuid: i32, regnum: i32, val: u64) {
     }
 }
 
-/// [`Scripted::hvc`] with x0 = `func_id` and x1..x7 = `args`.
-pub fn smccc(pc: u64, func_id: u64, args: [u64; 7]) -> Scripted {
-    let mut x = [func_id, 0, 0, 0, 0, 0, 0, 0];
-    x[1..].copy_from_slice(&args);
-    Scripted::hvc(pc, x)
+/// [`Scripted::hvc`] with x0 = `func_id` and x1... = `args` (at most 7; the other
+/// registers stay as the guest has them).
+pub fn smccc(pc: u64, func_id: u64, args: &[u64]) -> Scripted {
+    let mut x = vec![func_id];
+    x.extend_from_slice(args);
+    Scripted::hvc(pc, &x)
 }
 
 /// [`Scripted::mmio_read`] naming the transfer register as libvmmapi does.
@@ -505,7 +506,7 @@ pub fn mmio_read(pc: u64, gpa: u64, size: u8, sign_extend: bool, reg: Option<Reg
 }
 
 /// [`Scripted::mmio_write`] naming the transfer register as libvmmapi does.
-pub fn mmio_write(pc: u64, gpa: u64, size: u8, reg: Option<Reg>, value: u64) -> Scripted {
+pub fn mmio_write(pc: u64, gpa: u64, size: u8, reg: Option<Reg>, value: Option<u64>) -> Scripted {
     Scripted::mmio_write(pc, gpa, size, rt(reg), value)
 }
 

@@ -54,7 +54,7 @@
 //! let cpu = vm.vcpu(0).unwrap();
 //! cpu.set_reg(Reg::Pc, 0x8000_0000).unwrap();
 //! cpu.activate().unwrap();
-//! fake.script_smccc("t", 0, 0x8000_0004, 0x8400_0008, [0; 7]);
+//! fake.script_smccc("t", 0, 0x8000_0004, 0x8400_0008, &[]);
 //! let exit = cpu.run().unwrap();
 //! assert!(matches!(exit.reason, ExitReason::Smccc { func_id: 0x8400_0008, .. }));
 //! assert_eq!(exit.pc, 0x8000_0004);

@@ -69,7 +69,7 @@ fn every_ioctl_has_its_shape() {
     c.set_capability(Capability::BrkExit, 1).unwrap();
     c.get_capability(Capability::BrkExit).unwrap();
     c.activate().unwrap();
-    fake.script_smccc("enc", 1, 0x8000_0004, 0x8400_0000, [0; 7]);
+    fake.script_smccc("enc", 1, 0x8000_0004, 0x8400_0000, &[]);
     c.run().unwrap();
     c.inject_exception(0x0200_0000, 0).unwrap();
     c.suspend_cpu().unwrap();

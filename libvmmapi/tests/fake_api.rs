@@ -258,7 +258,7 @@ fn run_returns_what_the_kernel_makes_of_the_scripted_guest() {
     );
 
     // An exit the library cannot decode is an error, not a panic.
-    fake.script_smccc("run", 0, 0x8000_0008, 0x8400_0000, [0; 7]);
+    fake.script_smccc("run", 0, 0x8000_0008, 0x8400_0000, &[]);
     garbling
         .garble
         .store(true, std::sync::atomic::Ordering::SeqCst);

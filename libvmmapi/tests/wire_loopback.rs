@@ -64,7 +64,7 @@ fn whole_api_over_serialised_requests() {
     );
     c.activate().unwrap();
     assert_eq!(vm.active_cpus().unwrap(), [0]);
-    fake.script_smccc("wire", 0, 0x8000_0000, 0x8400_0000, [9; 7]);
+    fake.script_smccc("wire", 0, 0x8000_0000, 0x8400_0000, &[9; 7]);
     assert_eq!(
         c.run().unwrap().reason,
         ExitReason::Smccc {

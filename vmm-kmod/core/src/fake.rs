@@ -129,10 +129,15 @@ impl Scripted {
 
     // --- Guest-level events at a given PC, as the hardware reports them ------------
 
-    /// `hvc #0` with x0..x7 = `x`; the PC (ELR_EL2, already past the HVC) is `pc`.
-    pub fn hvc(pc: u64, x: [u64; 8]) -> Scripted {
+    /// `hvc #0` with x0, x1... = `x` (at most 8; the other registers as they are); the
+    /// PC (ELR_EL2, already past the HVC) is `pc`.
+    pub fn hvc(pc: u64, x: &[u64]) -> Scripted {
+        assert!(x.len() <= 8, "SMCCC passes x0..x7");
+        let mut regs = [0; 8];
+        regs[..x.len()].copy_from_slice(x);
+        let n = x.len();
         Scripted::sync(esr::esr(esr::ec::HVC64, true, 0)).with(move |c| {
-            c.x[..8].copy_from_slice(&x);
+            c.x[..n].copy_from_slice(&regs[..n]);
             c.pc = pc;
         })
     }
@@ -144,13 +149,14 @@ impl Scripted {
         s.far = gpa;
         s.with(move |c| c.pc = pc)
     }
-    /// A store of `size` bytes of Xrt (31 = XZR) at `pc` to `gpa`, with `value` in Xrt.
-    pub fn mmio_write(pc: u64, gpa: u64, size: u8, rt: u8, value: u64) -> Scripted {
+    /// A store of `size` bytes of Xrt (31 = XZR) at `pc` to `gpa`; with `value`, the
+    /// guest first puts it in Xrt.
+    pub fn mmio_write(pc: u64, gpa: u64, size: u8, rt: u8, value: Option<u64>) -> Scripted {
         let mut s = Scripted::abort(mmio_esr(size, false, true, rt), gpa);
         s.far = gpa;
         s.with(move |c| {
-            if let Some(x) = c.x.get_mut(usize::from(rt)) {
-                *x = value;
+            if let (Some(x), Some(v)) = (c.x.get_mut(usize::from(rt)), value) {
+                *x = v;
             }
             c.pc = pc;
         })
