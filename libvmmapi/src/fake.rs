@@ -181,7 +181,9 @@ impl FakeVmm {
 
     // ---- scripting ----
 
-    /// Queues a guest-level event for `vcpu` of `vm` (see [`Scripted`]'s constructors).
+    /// Queues a guest-level event for `vcpu` of `vm`: [`Scripted`]'s constructors, or
+    /// [`smccc`], [`mmio_read`] and [`mmio_write`] here, which name registers as
+    /// libvmmapi does.
     pub fn script(&self, vm: &str, vcpu: u32, s: Scripted) {
         self.exists_or_panic(vm);
         self.vmm.host().script(vm.as_bytes(), vcpu, s);
@@ -198,38 +200,6 @@ impl FakeVmm {
     /// most 7); the exit reports `pc`.
     pub fn script_smccc(&self, vm: &str, vcpu: u32, pc: u64, func_id: u64, args: &[u64]) {
         self.script(vm, vcpu, smccc(pc, func_id, args));
-    }
-
-    /// The guest at `pc` loads `size` bytes from `gpa` (outside its RAM) into `reg`
-    /// (`None` = XZR), sign-extending to 64 bits with `sign_extend`.
-    #[allow(clippy::too_many_arguments)] // one per field of the access
-    pub fn script_mmio_read(
-        &self,
-        vm: &str,
-        vcpu: u32,
-        pc: u64,
-        gpa: u64,
-        size: u8,
-        sign_extend: bool,
-        reg: Option<Reg>,
-    ) {
-        self.script(vm, vcpu, mmio_read(pc, gpa, size, sign_extend, reg));
-    }
-
-    /// The guest at `pc` stores `size` bytes of `reg` (`None` = XZR) to `gpa` (outside
-    /// its RAM), having put `value` in it first if given.
-    #[allow(clippy::too_many_arguments)] // one per field of the access
-    pub fn script_mmio_write(
-        &self,
-        vm: &str,
-        vcpu: u32,
-        pc: u64,
-        gpa: u64,
-        size: u8,
-        reg: Option<Reg>,
-        value: Option<u64>,
-    ) {
-        self.script(vm, vcpu, mmio_write(pc, gpa, size, reg, value));
     }
 
     /// Scripted events of `vcpu` of `vm` its guest has not played yet.
