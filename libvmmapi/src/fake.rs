@@ -398,7 +398,9 @@ impl FakeVmm {
     fn record(&self, req: &Request) {
         let name = match &req.target {
             Target::Ctl => {
-                if let Some(a) = req.arg_as::<abi::VmmctlVmCreate>() {
+                let made_or_gone =
+                    matches!(req.cmd, ioctl::VMMCTL_VM_CREATE | ioctl::VMMCTL_VM_DESTROY);
+                if let Some(a) = req.arg_as::<abi::VmmctlVmCreate>().filter(|_| made_or_gone) {
                     let n = String::from_utf8_lossy(a.name_bytes()).into_owned();
                     // A VM made again under the name starts with no history or script.
                     self.logs().remove(&n);
