@@ -1,4 +1,4 @@
-//! The user's whole cycle on one (fake) kernel, each tool through the functions its
+//! The user's whole cycle on one kernel (the core over a fake host), each tool through the functions its
 //! `main` calls: bhyveload creates and loads the VM, bhyve runs it until the guest
 //! reboots (status 0), bhyveload reinitialises and loads it again (VM_REINIT, which needs
 //! every vCPU of the last run to have left with SUSPENDED), bhyve runs it until the guest
@@ -11,8 +11,7 @@ use bhyve::args::{self, Command};
 use bhyve::console::Output;
 use bhyveload::boot::{self, Outcome};
 use bhyveload::cli::{self as load_cli, Parsed};
-use libvmmapi::exit::raw;
-use libvmmapi::fake::FakeVmm;
+use libvmmapi::fake::{self, FakeVmm, Scripted};
 use libvmmapi::{Backend, Reg};
 use vmm_sys::arm64::psci;
 
@@ -34,10 +33,9 @@ fn bhyve(backend: Arc<dyn Backend>, argv: &[&str]) -> i32 {
     vm.run(&a, out, None).status()
 }
 
-fn smccc(fid: u32, args: &[u64]) -> vmm_sys::abi::VmExit {
-    let mut a = [0u64; 7];
-    a[..args.len()].copy_from_slice(args);
-    raw::smccc(BASE, u64::from(fid), a)
+/// The guest's first instruction is `hvc #0` calling `fid`.
+fn smccc(fid: u32, args: &[u64]) -> Scripted {
+    fake::smccc(BASE + 4, u64::from(fid), args)
 }
 
 #[test]
@@ -65,7 +63,7 @@ fn reboot_then_poweroff() {
     fake.set_run_timeout(Duration::from_secs(5));
     assert_eq!(bhyveload(fake.backend(), &load), Outcome::Created);
     // The guest starts its second CPU, which turns itself off; then it reboots.
-    fake.push_exits(
+    fake.script_all(
         "loop",
         0,
         [
@@ -73,7 +71,7 @@ fn reboot_then_poweroff() {
             smccc(psci::SYSTEM_RESET, &[]),
         ],
     );
-    fake.push_exit("loop", 1, smccc(psci::CPU_OFF, &[]));
+    fake.script("loop", 1, smccc(psci::CPU_OFF, &[]));
     assert_eq!(bhyve(fake.backend(), &run), 0, "reboot");
 
     assert_eq!(
@@ -83,7 +81,7 @@ fn reboot_then_poweroff() {
     );
     assert_eq!(fake.reg("loop", 0, Reg::Pc), BASE);
     assert!(!fake.is_active("loop", 1), "VM_REINIT reset the vCPUs");
-    fake.push_exit("loop", 0, smccc(psci::SYSTEM_OFF, &[]));
+    fake.script("loop", 0, smccc(psci::SYSTEM_OFF, &[]));
     assert_eq!(bhyve(fake.backend(), &run), 1, "poweroff");
     std::fs::remove_dir_all(&dir).ok();
 }

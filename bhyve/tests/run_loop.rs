@@ -1,7 +1,10 @@
 //! The run loop and devices driven through libvmmapi's backend seam by its in-process
-//! fake: scripted exits in, register writes, interrupt levels, injected exceptions and
-//! console bytes out. The same path `bhyve` takes, minus the kernel.
+//! fake, which is the kernel's core over a fake host: scripted guests in (HVCs, MMIO
+//! loads and stores, trapped instructions), the exits the kernel makes of them, and
+//! register writes, interrupt lines, injected exceptions and console bytes out. The
+//! same path `bhyve` takes, minus the hardware.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,8 +15,12 @@ use bhyve::machine::{self, SetupError, VmIrq};
 use bhyve::mmio::{Bus, DeviceRef};
 use bhyve::vcpu::{self, Stop};
 use libvmmapi::exit::raw;
-use libvmmapi::fake::FakeVmm;
-use libvmmapi::{Reg, SuspendHow, Topology, Vm};
+use libvmmapi::fake::{self, FakeVmm, Scripted};
+use libvmmapi::{
+    Backend, BackendError, Capability, Mapping, Reg, Request, SuspendHow, Topology, Vm,
+};
+use vmm_sys::abi::Pod;
+use vmm_sys::abi::VmExit;
 use vmm_sys::arm64::esr::ESR_UNDEFINED;
 use vmm_sys::arm64::psci;
 use vmm_sys::exit::ExitCode;
@@ -22,8 +29,45 @@ const PC: u64 = 0x8000_1000;
 const UART: u64 = 0x1_0000;
 const INTID: u32 = 32;
 
+/// The fake kernel as bhyve sees it, plus what upstream's vmm.ko could say that ours
+/// never does: each BOGUS exit is replaced by the next queued exit (PAGING, SS...), and
+/// the VM_RUN calls the kernel refuses (EINVAL: the vCPU already left with SUSPENDED,
+/// which FreeBSD's vm_run refuses) are counted.
+#[derive(Debug)]
+struct Kernel {
+    fake: Arc<FakeVmm>,
+    instead_of_bogus: Mutex<VecDeque<VmExit>>,
+    refused: Mutex<u32>,
+}
+
+impl Backend for Kernel {
+    fn name(&self) -> &'static str {
+        "rig"
+    }
+    fn execute(&self, req: &mut Request) -> Result<(), BackendError> {
+        let r = self.fake.execute(req);
+        if req.cmd != vmm_sys::ioctl::VM_RUN {
+            return r;
+        }
+        if matches!(r, Err(BackendError::Errno(libc::EINVAL))) {
+            *self.refused.lock().unwrap() += 1;
+        }
+        let exit = &mut req.buffers[1].data;
+        if r.is_ok() && exit[..4] == (ExitCode::Bogus as i32).to_ne_bytes() {
+            if let Some(e) = self.instead_of_bogus.lock().unwrap().pop_front() {
+                exit.copy_from_slice(e.as_bytes());
+            }
+        }
+        r
+    }
+    fn map_memory(&self, vm: &str, gpa: u64, len: usize) -> Result<Mapping, BackendError> {
+        self.fake.map_memory(vm, gpa, len)
+    }
+}
+
 struct Rig {
     fake: Arc<FakeVmm>,
+    kernel: Arc<Kernel>,
     vm: Vm,
     bus: Arc<Bus>,
     uart: DeviceRef,
@@ -33,7 +77,12 @@ struct Rig {
 fn rig(name: &str, ncpus: u16, console: ConsoleDevice) -> Rig {
     let fake = FakeVmm::new();
     fake.set_run_timeout(Duration::from_secs(5));
-    let vm = Vm::create_with(fake.backend(), name).unwrap();
+    let kernel = Arc::new(Kernel {
+        fake: fake.clone(),
+        instead_of_bogus: Mutex::new(VecDeque::new()),
+        refused: Mutex::new(0),
+    });
+    let vm = Vm::create_with(kernel.clone(), name).unwrap();
     vm.set_topology(Topology {
         sockets: 1,
         cores: ncpus,
@@ -54,6 +103,7 @@ fn rig(name: &str, ncpus: u16, console: ConsoleDevice) -> Rig {
     );
     Rig {
         fake,
+        kernel,
         vm,
         bus,
         uart,
@@ -79,18 +129,29 @@ impl Rig {
     }
 }
 
-fn call(fid: u32, a: &[u64]) -> vmm_sys::abi::VmExit {
-    let mut args = [0u64; 7];
-    args[..a.len()].copy_from_slice(a);
-    raw::smccc(PC, u64::from(fid), args)
+/// The guest calls SMCCC function `fid` with `hvc #0` (the exit reports `PC`).
+fn call(fid: u32, a: &[u64]) -> Scripted {
+    fake::smccc(PC, u64::from(fid), a)
 }
 
-fn mmio_write(off: u64, size: u8, reg: Option<Reg>) -> vmm_sys::abi::VmExit {
-    raw::inst_emul(PC, UART + off, size, true, false, reg)
+/// The guest stores `size` bytes of `reg`, holding `value`, to the UART at `off`.
+fn mmio_write(off: u64, size: u8, reg: Option<Reg>, value: u64) -> Scripted {
+    fake::mmio_write(PC, UART + off, size, reg, Some(value))
 }
 
-fn mmio_read(off: u64, size: u8, sign: bool, reg: Option<Reg>) -> vmm_sys::abi::VmExit {
-    raw::inst_emul(PC, UART + off, size, false, sign, reg)
+/// The guest loads `size` bytes from the UART at `off` into `reg`.
+fn mmio_read(off: u64, size: u8, sign: bool, reg: Option<Reg>) -> Scripted {
+    fake::mmio_read(PC, UART + off, size, sign, reg)
+}
+
+/// The guest calls SMCCC function `fid` with `hvc #0` where it stands, and `entered`
+/// gets (PC, x0) as it entered there.
+fn call_here(fid: u32, entered: Arc<Mutex<Vec<(u64, u64)>>>) -> Scripted {
+    Scripted::hvc(0, &[]).with(move |c| {
+        entered.lock().unwrap().push((c.pc, c.x[0]));
+        c.x[0] = u64::from(fid);
+        c.pc += 4;
+    })
 }
 
 const NOT_SUPPORTED: u64 = u64::MAX;
@@ -98,7 +159,18 @@ const NOT_SUPPORTED: u64 = u64::MAX;
 #[test]
 fn psci_calls_answer_in_x0_and_system_off_is_status_1() {
     let r = rig("psci", 1, ConsoleDevice::Pl011);
-    r.fake.push_exits(
+    // WFI comes to userspace (bhyve's own capability choice would keep it in the kernel).
+    r.vm.vcpu(0)
+        .unwrap()
+        .set_capability(Capability::HaltExit, 1)
+        .unwrap();
+    // Upstream's kernel also sends PAGING; ours never does.
+    r.kernel
+        .instead_of_bogus
+        .lock()
+        .unwrap()
+        .push_back(raw::paging(PC, 0x8000_0000, 0));
+    r.fake.script_all(
         "psci",
         0,
         [
@@ -111,9 +183,10 @@ fn psci_calls_answer_in_x0_and_system_off_is_status_1() {
             call(psci::AFFINITY_INFO_64, &[0, 0]),
             call(psci::AFFINITY_INFO_64, &[0x100, 0]),
             call(0xc200_0000, &[]),
-            raw::simple(ExitCode::Wfi, PC),
-            raw::simple(ExitCode::Bogus, PC),
-            raw::paging(PC, 0x8000_0000, 0),
+            Scripted::wfi(PC),
+            // A signal for the vCPU thread: BOGUS (the first made PAGING above).
+            Scripted::signal(PC),
+            Scripted::signal(PC),
             call(psci::SYSTEM_OFF, &[]),
         ],
     );
@@ -136,13 +209,14 @@ fn psci_calls_answer_in_x0_and_system_off_is_status_1() {
         ]
     );
     assert_eq!(r.fake.suspended("psci"), Some(SuspendHow::Poweroff));
-    assert_eq!(r.fake.pending_exits("psci", 0), 0);
+    assert_eq!(r.fake.pending_scripts("psci", 0), 0);
+    assert!(r.kernel.instead_of_bogus.lock().unwrap().is_empty());
 }
 
 #[test]
 fn system_reset_is_status_0() {
     let r = rig("reset", 1, ConsoleDevice::Pl011);
-    r.fake.push_exit("reset", 0, call(psci::SYSTEM_RESET, &[]));
+    r.fake.script("reset", 0, call(psci::SYSTEM_RESET, &[]));
     let stop = r.run(1);
     assert_eq!((stop.clone(), stop.status()), (Stop::Reset, 0));
     assert_eq!(r.fake.suspended("reset"), Some(SuspendHow::Reset));
@@ -159,7 +233,8 @@ fn suspended_exits_map_to_bhyve_statuses() {
         (SuspendHow::Destroy, Stop::Destroyed, 4),
     ] {
         let r = rig("susp", 1, ConsoleDevice::Pl011);
-        r.fake.push_exit("susp", 0, raw::suspended(PC, how));
+        // From outside (bhyvectl --force-*, a destroy): the first VM_RUN sees it.
+        r.vm.suspend(how).unwrap();
         let got = r.run(1);
         assert_eq!(got, stop, "{how:?}");
         assert_eq!(got.status(), status);
@@ -170,7 +245,35 @@ fn suspended_exits_map_to_bhyve_statuses() {
 fn debug_exits_are_errors() {
     for code in [ExitCode::Debug, ExitCode::Brk, ExitCode::Ss] {
         let r = rig("dbg", 1, ConsoleDevice::Pl011);
-        r.fake.push_exit("dbg", 0, raw::simple(code, 0x8000_2000));
+        r.fake.set_reg("dbg", 0, Reg::Pc, 0x8000_2000);
+        match code {
+            // A debugger holds the vCPU (VM_SUSPEND_CPU) once it runs.
+            ExitCode::Debug => {
+                let vm = r.vm.clone();
+                std::thread::spawn(move || {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                    let c = vm.vcpu(0).unwrap();
+                    while c.suspend_cpu().is_err() {
+                        assert!(std::time::Instant::now() < deadline, "vCPU 0 never ran");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                });
+            }
+            ExitCode::Brk => {
+                let c = r.vm.vcpu(0).unwrap();
+                c.set_capability(Capability::BrkExit, 1).unwrap();
+                r.fake.script("dbg", 0, Scripted::brk(0x8000_2000, 0));
+            }
+            // Single-step exits come from upstream's kernel only.
+            _ => {
+                r.kernel
+                    .instead_of_bogus
+                    .lock()
+                    .unwrap()
+                    .push_back(raw::simple(code, 0x8000_2000));
+                r.fake.script("dbg", 0, Scripted::signal(0x8000_2000));
+            }
+        }
         match r.run(1) {
             Stop::Error(e) => {
                 let m = e.to_string();
@@ -188,12 +291,16 @@ fn unknown_system_register_gets_undefined() {
     let r = rig("undef", 1, ConsoleDevice::Pl011);
     // mrs x3, s3_0_c15_c2_0 (an IMPLEMENTATION DEFINED register)
     let iss = (3 << 20) | (15 << 10) | (2 << 1) | (3 << 5) | 1;
-    r.fake.push_exits(
+    // An instruction abort taken at EL2 from EL2's own view: nothing the kernel
+    // classifies (HYP), with FAR.
+    let mut abort = Scripted::sync(0x8600_0000).with(|c| c.pc = 0x8000_4000);
+    abort.far = 0xdead_0000;
+    r.fake.script_all(
         "undef",
         0,
         [
-            raw::reg_emul(0x8000_3000, iss, false, Some(Reg::X(3))),
-            raw::hyp(0x8000_4000, 0, 0x8600_0000, 0xdead_0000, 0),
+            Scripted::sysreg(0x8000_3000, iss),
+            abort,
             call(psci::SYSTEM_OFF, &[]),
         ],
     );
@@ -219,25 +326,22 @@ fn unknown_system_register_gets_undefined() {
 #[test]
 fn pl011_transmit_reaches_the_console_and_raises_its_interrupt() {
     let r = rig("tx", 1, ConsoleDevice::Pl011);
-    for (reg, v) in [
-        (Reg::X(1), u64::from(b'h')),
-        (Reg::X(2), 0x1_0000_0000 | u64::from(b'i')),
-        (Reg::X(4), pl011::int::TX.into()),
-        (Reg::X(5), pl011::int::TX.into()),
-    ] {
-        r.fake.set_reg("tx", 0, reg, v);
-    }
-    r.fake.push_exits(
+    r.fake.script_all(
         "tx",
         0,
         [
-            mmio_write(pl011::IMSC, 4, Some(Reg::X(4))),
-            mmio_write(pl011::DR, 2, Some(Reg::X(1))),
+            mmio_write(pl011::IMSC, 4, Some(Reg::X(4)), pl011::int::TX.into()),
+            mmio_write(pl011::DR, 2, Some(Reg::X(1)), u64::from(b'h')),
             // Only the access size reaches the device: the upper bits of x2 are not sent.
-            mmio_write(pl011::DR, 1, Some(Reg::X(2))),
-            mmio_write(pl011::ICR, 4, Some(Reg::X(5))),
+            mmio_write(
+                pl011::DR,
+                1,
+                Some(Reg::X(2)),
+                0x1_0000_0000 | u64::from(b'i'),
+            ),
+            mmio_write(pl011::ICR, 4, Some(Reg::X(5)), pl011::int::TX.into()),
             // A store of XZR writes zero.
-            mmio_write(pl011::DR, 1, None),
+            mmio_write(pl011::DR, 1, None, 0),
             mmio_read(pl011::FR, 2, false, Some(Reg::X(6))),
             call(psci::SYSTEM_OFF, &[]),
         ],
@@ -258,15 +362,18 @@ fn pl011_transmit_reaches_the_console_and_raises_its_interrupt() {
 #[test]
 fn pl011_receive_reaches_the_guest_register() {
     let r = rig("rx", 1, ConsoleDevice::Pl011);
-    r.fake
-        .set_reg("rx", 0, Reg::X(4), (pl011::int::RX | pl011::int::RT).into());
     r.fake.set_reg("rx", 0, Reg::X(9), 0x5555);
     assert_eq!(r.uart.push_input(b"k").unwrap(), 1);
-    r.fake.push_exits(
+    r.fake.script_all(
         "rx",
         0,
         [
-            mmio_write(pl011::IMSC, 4, Some(Reg::X(4))),
+            mmio_write(
+                pl011::IMSC,
+                4,
+                Some(Reg::X(4)),
+                (pl011::int::RX | pl011::int::RT).into(),
+            ),
             mmio_read(pl011::FR, 4, false, Some(Reg::X(6))),
             mmio_read(pl011::DR, 4, false, Some(Reg::X(7))),
             mmio_read(pl011::FR, 4, false, Some(Reg::X(8))),
@@ -294,7 +401,7 @@ fn loads_are_sign_extended_and_xzr_loads_discarded() {
     let r = rig("sx", 1, ConsoleDevice::Pl011);
     r.uart.push_input(&[0xfe]).unwrap();
     r.fake.set_reg("sx", 0, Reg::X(3), 7);
-    r.fake.push_exits(
+    r.fake.script_all(
         "sx",
         0,
         [
@@ -323,17 +430,21 @@ fn loads_are_sign_extended_and_xzr_loads_discarded() {
 fn accesses_where_no_device_is_read_zero_and_are_counted() {
     let r = rig("hole", 1, ConsoleDevice::Pl011);
     r.fake.set_reg("hole", 0, Reg::X(1), 0x1234);
-    r.fake.push_exits(
+    r.fake.script_all(
         "hole",
         0,
         [
-            raw::inst_emul(PC, 0x3000_0000, 4, false, false, Some(Reg::X(1))),
-            raw::inst_emul(PC, 0x3000_0000, 4, true, false, Some(Reg::X(1))),
+            fake::mmio_read(PC, 0x3000_0000, 4, false, Some(Reg::X(1))),
+            fake::mmio_write(PC, 0x3000_0000, 4, Some(Reg::X(1)), Some(0x5678)),
             call(psci::SYSTEM_OFF, &[]),
         ],
     );
     assert_eq!(r.run(1), Stop::Poweroff);
-    assert_eq!(r.fake.reg("hole", 0, Reg::X(1)), 0);
+    assert_eq!(
+        r.fake.take_reg_writes("hole", 0),
+        [(Reg::X(1), 0), (Reg::X(0), 0)],
+        "the load read zero; the store changed nothing"
+    );
     assert_eq!(r.bus.unhandled_count(), 2);
 }
 
@@ -344,27 +455,14 @@ fn every_virtio_mmio_slot_answers_device_id_0() {
     for n in 0..vmm_platform::VIRTIO_MMIO_SLOTS {
         let base = vmm_platform::virtio_mmio_slot(n).unwrap().base;
         for (off, reg) in [(0, 1), (4, 2), (8, 3)] {
-            exits.push(raw::inst_emul(
-                PC,
-                base + off,
-                4,
-                false,
-                false,
-                Some(Reg::X(reg)),
-            ));
+            exits.push(fake::mmio_read(PC, base + off, 4, false, Some(Reg::X(reg))));
         }
-        exits.push(raw::inst_emul(
-            PC,
-            base + 0x70,
-            4,
-            true,
-            false,
-            Some(Reg::X(1)),
-        ));
+        // The guest stores x1 as it is (the magic it just read).
+        exits.push(fake::mmio_write(PC, base + 0x70, 4, Some(Reg::X(1)), None));
     }
     exits.push(call(psci::SYSTEM_OFF, &[]));
     r.fake.set_reg("slots", 0, Reg::X(3), 0xdead);
-    r.fake.push_exits("slots", 0, exits);
+    r.fake.script_all("slots", 0, exits);
     assert_eq!(r.run(1), Stop::Poweroff);
     assert_eq!(
         r.fake.reg("slots", 0, Reg::X(1)),
@@ -383,19 +481,19 @@ fn every_virtio_mmio_slot_answers_device_id_0() {
 #[test]
 fn ns16550_console_when_selected() {
     let r = rig("ns", 1, ConsoleDevice::Ns16550);
-    r.fake.set_reg("ns", 0, Reg::X(1), u64::from(b'z'));
-    r.fake.set_reg("ns", 0, Reg::X(2), 0x2); // IER: THR empty
+    let z = Some(u64::from(b'z'));
     let ns = vmm_platform::NS16550.base;
     let pl = vmm_platform::PL011.base;
-    r.fake.push_exits(
+    r.fake.script_all(
         "ns",
         0,
         [
-            raw::inst_emul(PC, ns + 1, 1, true, false, Some(Reg::X(2))),
-            raw::inst_emul(PC, ns, 1, true, false, Some(Reg::X(1))),
+            // IER: THR empty.
+            fake::mmio_write(PC, ns + 1, 1, Some(Reg::X(2)), Some(0x2)),
+            fake::mmio_write(PC, ns, 1, Some(Reg::X(1)), z),
             // The PL011 is still there, its output discarded.
-            raw::inst_emul(PC, pl, 1, true, false, Some(Reg::X(1))),
-            raw::inst_emul(PC, ns + 2, 1, false, false, Some(Reg::X(3))),
+            fake::mmio_write(PC, pl, 1, Some(Reg::X(1)), z),
+            fake::mmio_read(PC, ns + 2, 1, false, Some(Reg::X(3))),
             call(psci::SYSTEM_OFF, &[]),
         ],
     );
@@ -409,7 +507,7 @@ fn ns16550_console_when_selected() {
 #[test]
 fn cpu_on_starts_the_target_with_entry_and_context() {
     let r = rig("smp", 2, ConsoleDevice::Pl011);
-    r.fake.push_exits(
+    r.fake.script_all(
         "smp",
         0,
         [
@@ -420,7 +518,9 @@ fn cpu_on_starts_the_target_with_entry_and_context() {
         ],
     );
     // vCPU 1 powers the VM off; vCPU 0 is then still in VM_RUN and must be brought back.
-    r.fake.push_exit("smp", 1, call(psci::SYSTEM_OFF, &[]));
+    let entered = Arc::new(Mutex::new(Vec::new()));
+    r.fake
+        .script("smp", 1, call_here(psci::SYSTEM_OFF, entered.clone()));
     assert!(!r.fake.is_active("smp", 1));
     assert_eq!(r.run(2), Stop::Poweroff);
     assert!(r.fake.is_active("smp", 1));
@@ -436,47 +536,17 @@ fn cpu_on_starts_the_target_with_entry_and_context() {
     assert!(w1.contains(&(Reg::Pc, 0x8020_0000)), "{w1:?}");
     assert!(w1.contains(&(Reg::X(0), 0x1234)), "{w1:?}");
     assert!(w1.contains(&(Reg::Cpsr, 0x3c5)), "{w1:?}");
-    assert_eq!(r.fake.reg("smp", 1, Reg::Pc), 0x8020_0000);
+    // The guest of vCPU 1 started at the entry point with the context ID in x0.
+    assert_eq!(*entered.lock().unwrap(), [(0x8020_0000, 0x1234)]);
 }
 
 #[test]
 fn last_cpu_off_halts() {
     let r = rig("off", 1, ConsoleDevice::Pl011);
-    r.fake.push_exit("off", 0, call(psci::CPU_OFF, &[]));
+    r.fake.script("off", 0, call(psci::CPU_OFF, &[]));
     assert_eq!(r.run(1), Stop::Halt);
     // The parked vCPU went through VM_RUN once more, so bhyveload can reinitialise.
     r.vm.reinit().unwrap();
-}
-
-/// A backend that counts the VM_RUN calls the kernel refuses (EINVAL: the vCPU already
-/// left with SUSPENDED, which FreeBSD's vm_run refuses).
-#[derive(Debug)]
-struct CountRefusedRuns {
-    fake: Arc<FakeVmm>,
-    refused: Mutex<u32>,
-}
-
-impl libvmmapi::Backend for CountRefusedRuns {
-    fn name(&self) -> &'static str {
-        "count-refused-runs"
-    }
-    fn execute(&self, req: &mut libvmmapi::Request) -> Result<(), libvmmapi::BackendError> {
-        let r = self.fake.execute(req);
-        if req.cmd == vmm_sys::ioctl::VM_RUN
-            && matches!(r, Err(libvmmapi::BackendError::Errno(libc::EINVAL)))
-        {
-            *self.refused.lock().unwrap() += 1;
-        }
-        r
-    }
-    fn map_memory(
-        &self,
-        vm: &str,
-        gpa: u64,
-        len: usize,
-    ) -> Result<libvmmapi::Mapping, libvmmapi::BackendError> {
-        self.fake.map_memory(vm, gpa, len)
-    }
 }
 
 #[test]
@@ -488,13 +558,9 @@ fn every_active_vcpu_leaves_with_suspended_so_a_reboot_can_reinit() {
     // SUSPENDED must not be run again.
     for (name, forced) in [("reboot", false), ("forced", true)] {
         let r = rig(name, 3, ConsoleDevice::Pl011);
-        let counting = Arc::new(CountRefusedRuns {
-            fake: r.fake.clone(),
-            refused: Mutex::new(0),
-        });
-        let vm = Vm::open_with(counting.clone(), name).unwrap();
-        r.fake.push_exit(name, 1, call(psci::CPU_OFF, &[]));
-        r.fake.push_exits(
+        let vm = r.vm.clone();
+        r.fake.script(name, 1, call(psci::CPU_OFF, &[]));
+        r.fake.script_all(
             name,
             0,
             [
@@ -503,7 +569,7 @@ fn every_active_vcpu_leaves_with_suspended_so_a_reboot_can_reinit() {
             ],
         );
         if !forced {
-            r.fake.push_exit(name, 0, call(psci::SYSTEM_RESET, &[]));
+            r.fake.script(name, 0, call(psci::SYSTEM_RESET, &[]));
         }
         let runner = {
             let (vm, bus) = (vm.clone(), r.bus.clone());
@@ -511,7 +577,7 @@ fn every_active_vcpu_leaves_with_suspended_so_a_reboot_can_reinit() {
         };
         if forced {
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while vm.active_cpus().unwrap() != [0, 1, 2] || r.fake.pending_exits(name, 1) > 0 {
+            while vm.active_cpus().unwrap() != [0, 1, 2] || r.fake.pending_scripts(name, 1) > 0 {
                 assert!(std::time::Instant::now() < deadline, "vCPUs did not start");
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -520,7 +586,7 @@ fn every_active_vcpu_leaves_with_suspended_so_a_reboot_can_reinit() {
         assert_eq!(runner.join().unwrap(), Stop::Reset, "{name}");
         assert_eq!(vm.active_cpus().unwrap(), [0, 1, 2], "{name}");
         assert_eq!(vm.suspended_cpus().unwrap(), [0, 1, 2], "{name}");
-        assert_eq!(*counting.refused.lock().unwrap(), 0, "{name}");
+        assert_eq!(*r.kernel.refused.lock().unwrap(), 0, "{name}");
         vm.reinit().unwrap();
     }
 }
@@ -575,13 +641,17 @@ fn cpu_off_then_cpu_on_restarts_the_parked_vcpu() {
     let r = Arc::new(rig("hotplug", 2, ConsoleDevice::Pl011));
     r.fake.set_reg("hotplug", 1, Reg::SctlrEl1, 0x30d0_1805);
     // vCPU 1 turns itself off, and after its restart powers the VM off.
-    r.fake.push_exits(
+    let entered = Arc::new(Mutex::new(Vec::new()));
+    r.fake.script_all(
         "hotplug",
         1,
-        [call(psci::CPU_OFF, &[]), call(psci::SYSTEM_OFF, &[])],
+        [
+            call_here(psci::CPU_OFF, entered.clone()),
+            call_here(psci::SYSTEM_OFF, entered.clone()),
+        ],
     );
     r.fake
-        .push_exit("hotplug", 0, call(psci::CPU_ON_64, &[1, 0x8020_0000, 1]));
+        .script("hotplug", 0, call(psci::CPU_ON_64, &[1, 0x8020_0000, 1]));
     let runner = {
         let r = r.clone();
         std::thread::spawn(move || r.run(2))
@@ -592,7 +662,7 @@ fn cpu_off_then_cpu_on_restarts_the_parked_vcpu() {
     let mut asked = 1;
     loop {
         r.fake
-            .push_exit("hotplug", 0, call(psci::AFFINITY_INFO_64, &[1, 0]));
+            .script("hotplug", 0, call(psci::AFFINITY_INFO_64, &[1, 0]));
         asked += 1;
         while answers.len() < asked {
             assert!(
@@ -608,7 +678,7 @@ fn cpu_off_then_cpu_on_restarts_the_parked_vcpu() {
     }
     assert_eq!(answers[0], 0, "the first CPU_ON succeeded");
     r.fake
-        .push_exit("hotplug", 0, call(psci::CPU_ON_64, &[1, 0x8030_0000, 2]));
+        .script("hotplug", 0, call(psci::CPU_ON_64, &[1, 0x8030_0000, 2]));
     assert_eq!(runner.join().unwrap(), Stop::Poweroff);
     let w1 = r.fake.take_reg_writes("hotplug", 1);
     // Started at the first entry, restarted at the second with the MMU and caches off.
@@ -620,6 +690,11 @@ fn cpu_off_then_cpu_on_restarts_the_parked_vcpu() {
     assert_eq!(pcs, [0x8020_0000, 0x8030_0000]);
     assert!(w1.contains(&(Reg::X(0), 2)), "{w1:?}");
     assert!(w1.contains(&(Reg::SctlrEl1, 0x30d0_0800)), "{w1:?}");
+    // What the guest found at each start: the entry point and its context ID.
+    assert_eq!(
+        *entered.lock().unwrap(),
+        [(0x8020_0000, 1), (0x8030_0000, 2)]
+    );
 }
 
 #[test]
@@ -630,14 +705,16 @@ fn the_whole_path_echoes_console_input() {
     let a = parsed(&["bhyve", "-b", "-c", "1", "-m", "128M", "echo"]);
     let prepared = bhyve::prepare(&a, r.fake.backend()).unwrap();
     assert_eq!(prepared.shape.ncpus, 1);
-    r.fake.set_reg(
+    r.fake.script(
         "echo",
         0,
-        Reg::X(4),
-        (pl011::int::RX | pl011::int::RT).into(),
+        mmio_write(
+            pl011::IMSC,
+            4,
+            Some(Reg::X(4)),
+            (pl011::int::RX | pl011::int::RT).into(),
+        ),
     );
-    r.fake
-        .push_exit("echo", 0, mmio_write(pl011::IMSC, 4, Some(Reg::X(4))));
     let out = Arc::new(Mutex::new(Vec::new()));
     let runner = {
         let out = out.clone();
@@ -649,12 +726,13 @@ fn the_whole_path_echoes_console_input() {
         assert!(std::time::Instant::now() < deadline, "no RX interrupt");
         std::thread::sleep(Duration::from_millis(1));
     }
-    r.fake.push_exits(
+    r.fake.script_all(
         "echo",
         0,
         [
             mmio_read(pl011::DR, 4, false, Some(Reg::X(1))),
-            mmio_write(pl011::DR, 4, Some(Reg::X(1))),
+            // The guest echoes what it read.
+            fake::mmio_write(PC, UART + pl011::DR, 4, Some(Reg::X(1)), None),
             call(psci::SYSTEM_OFF, &[]),
         ],
     );
@@ -676,7 +754,7 @@ fn a_vm_that_already_ran_must_be_reloaded() {
 #[test]
 fn cpu_on_outside_ram_is_invalid_address() {
     let r = rig("badentry", 2, ConsoleDevice::Pl011);
-    r.fake.push_exits(
+    r.fake.script_all(
         "badentry",
         0,
         [

@@ -10,7 +10,8 @@ use std::sync::Arc;
 /// each block in VM_RUN while another asserts interrupts).
 ///
 /// Implementations: [`crate::freebsd::FreeBsd`] (ioctls on /dev/vmmctl and
-/// /dev/vmm/NAME), `fake::FakeVmm` (in-process test double), and
+/// /dev/vmm/NAME), `fake::FakeVmm` (in-process test double: the kernel core over a fake
+/// host), and
 /// [`crate::testbed::Testbed`], which sends [`Request::encode`] to the testbed broker.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// A short name for messages ("freebsd", "fake", ...).

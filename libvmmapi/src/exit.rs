@@ -157,8 +157,9 @@ impl Exit {
     }
 }
 
-/// Builders of raw exits, as the kernel fills them: for the fake and for tests of code
-/// that consumes exits (bhyve's run loop).
+/// Builders of raw exits, as the kernel fills them: for tests of code that consumes
+/// exits (decoding, and exits only upstream's kernel makes, which the fake's kernel core
+/// never does).
 pub mod raw {
     use vmm_sys::abi::*;
     use vmm_sys::exit::{ExitCode, SuspendHow};

@@ -33,13 +33,17 @@
 //! A [`Backend`] executes one [`Request`]: the FreeBSD ioctl word, the argument
 //! structure's bytes, and the buffers its pointer fields designate (see
 //! [`request`]). [`freebsd::FreeBsd`] issues it as ioctl(2); `fake::FakeVmm`
-//! (feature `fake`) runs it in-process for unit tests; [`testbed::Testbed`] sends
+//! (feature `fake`, tests only) runs it in-process on the kernel's own core over a fake
+//! host, with scripted guests; [`testbed::Testbed`] sends
 //! [`Request::encode`] to the testbed broker's socket (`VMM_TESTBED`).
 //!
 //! # Testing with the fake
 //!
+//! The guest is scripted (here: it calls PSCI SYSTEM_OFF with `hvc #0`); the kernel's
+//! core decides what VM_RUN returns.
+//!
 //! ```
-//! use libvmmapi::{fake::FakeVmm, exit::raw, ExitReason, Vm};
+//! use libvmmapi::{fake::FakeVmm, ExitReason, Vm};
 //! use vm_memory::{Bytes, GuestAddress};
 //! use vmm_sys::reg::Reg;
 //!
@@ -50,14 +54,16 @@
 //! let cpu = vm.vcpu(0).unwrap();
 //! cpu.set_reg(Reg::Pc, 0x8000_0000).unwrap();
 //! cpu.activate().unwrap();
-//! fake.push_exit("t", 0, raw::smccc(0x8000_0000, 0x8400_0008, [0; 7]));
-//! assert!(matches!(cpu.run().unwrap().reason, ExitReason::Smccc { func_id: 0x8400_0008, .. }));
+//! fake.script_smccc("t", 0, 0x8000_0004, 0x8400_0008, &[]);
+//! let exit = cpu.run().unwrap();
+//! assert!(matches!(exit.reason, ExitReason::Smccc { func_id: 0x8400_0008, .. }));
+//! assert_eq!(exit.pc, 0x8000_0004);
 //! ```
 
 pub mod backend;
 pub mod error;
 pub mod exit;
-#[cfg(any(test, feature = "fake"))]
+#[cfg(feature = "fake")]
 pub mod fake;
 pub mod freebsd;
 pub mod memory;

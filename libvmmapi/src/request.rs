@@ -9,7 +9,8 @@
 //! In a `Request` every pointer field is **zero**. Whoever executes the request points
 //! them at its own copy of the buffers: the FreeBSD backend patches in local addresses
 //! before `ioctl(2)` and zeroes them again afterwards; the testbed's server will do the
-//! same with addresses in its address space; the fake decodes the buffers directly. So a
+//! same with addresses in its address space; the fake maps them as the fake host's user
+//! memory for the one dispatch. So a
 //! request can be serialised ([`Request::encode`]) and executed elsewhere unchanged.
 //!
 //! After execution `arg` holds what the kernel copied out (for `IOC_OUT` words) and each

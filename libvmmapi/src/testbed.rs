@@ -267,7 +267,7 @@ impl Backend for Testbed {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "fake"))]
 mod tests {
     //! The client against a stand-in broker in this process: it speaks the broker's
     //! protocol (hello, frames) and executes the decoded requests on the fake, so the

@@ -1,14 +1,12 @@
 //! Every ioctl the API issues, recorded on its way to the fake: the word, the target,
 //! the argument length, the directions the word declares, and the pointer buffers.
 
-use libvmmapi::exit::raw;
 use libvmmapi::fake::FakeVmm;
 use libvmmapi::{
     Backend, BackendError, Capability, Dir, Mapping, Reg, Request, SuspendHow, Target, Topology, Vm,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use vmm_sys::exit::ExitCode;
 use vmm_sys::ioctl::{self, *};
 
 #[derive(Debug)]
@@ -61,16 +59,17 @@ fn every_ioctl_has_its_shape() {
     vm.vgic_version().unwrap();
     vm.assert_irq(40).unwrap();
     vm.deassert_irq(40).unwrap();
-    vm.raise_msi(0x2f00_0040, 1).unwrap();
+    // The distributor's GICD_SETSPI_NSR with an SPI: the one doorbell the vGIC has.
+    vm.raise_msi(vmm_platform::GICD.base + 0x40, 41).unwrap();
     let c = vm.vcpu(1).unwrap();
     c.set_reg(Reg::Pc, 1).unwrap();
     c.get_reg(Reg::Pc).unwrap();
     c.set_regs(&[(Reg::X(0), 2)]).unwrap();
     c.get_regs(&[Reg::X(0)]).unwrap();
-    c.set_capability(Capability::SsExit, 1).unwrap();
-    c.get_capability(Capability::SsExit).unwrap();
+    c.set_capability(Capability::BrkExit, 1).unwrap();
+    c.get_capability(Capability::BrkExit).unwrap();
     c.activate().unwrap();
-    fake.push_exit("enc", 1, raw::simple(ExitCode::Wfi, 0));
+    fake.script_smccc("enc", 1, 0x8000_0004, 0x8400_0000, &[]);
     c.run().unwrap();
     c.inject_exception(0x0200_0000, 0).unwrap();
     c.suspend_cpu().unwrap();

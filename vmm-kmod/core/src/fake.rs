@@ -1,11 +1,18 @@
-//! The fake host of the unit tests: fake physical memory (one big zeroed allocation,
-//! PA = `PHYS_BASE` + offset) with a page allocator that checks every free against its
-//! allocation, a fake user address space for copyin/copyout, fake CPUs that run the EL2
-//! handshake, and an interpreter for the hypercalls; its guest entry (`Host::enter_guest`) pops a scripted
+//! The fake host: fake physical memory (one big zeroed allocation, PA = `PHYS_BASE` +
+//! offset) with a page allocator that checks every free against its allocation, a fake
+//! user address space for copyin/copyout, fake CPUs that run the EL2 handshake, and an
+//! interpreter for the hypercalls; its guest entry (`Host::enter_guest`) pops a scripted
 //! exit, applies its register effects to the context and records what the "guest" saw
 //! at entry; TLB invalidations are logged together with whether the invalidated entry
 //! was already cleared (break-before-make).
-// Test code: a panic here is a test failure, which is what these checks are for.
+//!
+//! Used by the core's unit tests and, with the `fake-host` feature, by other crates'
+//! tests (libvmmapi's in-process backend). Those run vCPUs on threads of their own:
+//! inside [`FakeHost::run_guest`] an entry plays the script of that VM's vCPU
+//! ([`FakeHost::script`]) and, with nothing scripted, blocks until a script arrives, a
+//! CPU is kicked (suspend, destroy, an interrupt) or the run's deadline passes.
+// Test code (the core's tests and other crates' test doubles): a panic here is a test
+// failure, which is what these checks are for.
 #![allow(
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects,
@@ -15,12 +22,14 @@
 )]
 
 use crate::errno::{Errno, KResult};
-use crate::host::{Host, PhysMem, RawMutex, SleepResult, PAGE_SIZE};
+use crate::host::{Host, PhysMem, SleepResult, PAGE_SIZE};
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use vmm_sys::arm64::esr;
 use vmm_sys::arm64::regs::s2;
 use vmm_sys::hyp::{self, VcpuContext};
 
@@ -29,33 +38,6 @@ pub const PHYS_BASE: u64 = 0x4000_0000;
 pub const INIT_VECTORS: u64 = 0x1000;
 pub const STUB_VECTORS: u64 = 0x2000;
 pub const EL2_TTBR0: u64 = 0x3000;
-
-pub struct SpinMutex(AtomicBool);
-
-// SAFETY: compare_exchange from false to true succeeds for one thread at a time, and only
-// the holder stores false.
-unsafe impl RawMutex for SpinMutex {
-    fn new() -> Self {
-        SpinMutex(AtomicBool::new(false))
-    }
-    fn lock(&self) {
-        while self
-            .0
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::thread::yield_now();
-        }
-    }
-    fn try_lock(&self) -> bool {
-        self.0
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    }
-    fn unlock(&self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
 
 /// What the scripted guest does before one exit.
 pub struct Scripted {
@@ -66,6 +48,9 @@ pub struct Scripted {
     /// Applied to the context before the exit is recorded (the guest's own work and
     /// what the hardware sets, such as the PC).
     pub effect: Box<dyn FnOnce(&mut VcpuContext) + Send>,
+    /// A signal is pending for the vCPU's thread after this exit (`Host::should_yield`
+    /// answers true once), so the run loop returns BOGUS.
+    pub signal: bool,
 }
 
 impl Scripted {
@@ -76,10 +61,21 @@ impl Scripted {
             far: 0,
             hpfar: 0,
             effect: Box::new(|_| {}),
+            signal: false,
         }
     }
     pub fn with(mut self, f: impl FnOnce(&mut VcpuContext) + Send + 'static) -> Scripted {
         self.effect = Box::new(f);
+        self
+    }
+    /// Adds `f` after the effect already there (to look at or change what the guest
+    /// has at this exit).
+    pub fn then(mut self, f: impl FnOnce(&mut VcpuContext) + Send + 'static) -> Scripted {
+        let first = self.effect;
+        self.effect = Box::new(move |c| {
+            first(c);
+            f(c);
+        });
         self
     }
     /// A stage-2 abort at `ipa` (FAR carries the same page offset).
@@ -90,6 +86,7 @@ impl Scripted {
             far: 0xffff_0000_0000_0000 | (ipa & 0xfff),
             hpfar: (ipa >> 12) << 4,
             effect: Box::new(|_| {}),
+            signal: false,
         }
     }
     pub fn irq() -> Scripted {
@@ -99,8 +96,91 @@ impl Scripted {
             far: 0,
             hpfar: 0,
             effect: Box::new(|_| {}),
+            signal: false,
         }
     }
+
+    // --- Guest-level events at a given PC, as the hardware reports them ------------
+
+    /// `hvc #0` with x0, x1... = `x` (at most 8; the other registers as they are); the
+    /// PC (ELR_EL2, already past the HVC) is `pc`.
+    pub fn hvc(pc: u64, x: &[u64]) -> Scripted {
+        assert!(x.len() <= 8, "SMCCC passes x0..x7");
+        let mut regs = [0; 8];
+        regs[..x.len()].copy_from_slice(x);
+        let n = x.len();
+        Scripted::sync(esr::esr(esr::ec::HVC64, true, 0)).with(move |c| {
+            c.x[..n].copy_from_slice(&regs[..n]);
+            c.pc = pc;
+        })
+    }
+    /// A load of `size` bytes (1, 2, 4, 8) into Xrt (31 = XZR) at `pc` from `gpa`,
+    /// which must be outside guest RAM: a stage-2 translation fault with a valid
+    /// syndrome (MMU off, so FAR = the IPA). `sign_extend`: LDRS* to an X register.
+    pub fn mmio_read(pc: u64, gpa: u64, size: u8, sign_extend: bool, rt: u8) -> Scripted {
+        let mut s = Scripted::abort(mmio_esr(size, sign_extend, false, rt), gpa);
+        s.far = gpa;
+        s.with(move |c| c.pc = pc)
+    }
+    /// A store of `size` bytes of Xrt (31 = XZR) at `pc` to `gpa`; with `value`, the
+    /// guest first puts it in Xrt.
+    pub fn mmio_write(pc: u64, gpa: u64, size: u8, rt: u8, value: Option<u64>) -> Scripted {
+        let mut s = Scripted::abort(mmio_esr(size, false, true, rt), gpa);
+        s.far = gpa;
+        s.with(move |c| {
+            if let (Some(x), Some(v)) = (c.x.get_mut(usize::from(rt)), value) {
+                *x = v;
+            }
+            c.pc = pc;
+        })
+    }
+    /// `wfi` at `pc` (trapped by HCR_EL2.TWI).
+    pub fn wfi(pc: u64) -> Scripted {
+        Scripted::sync(esr::esr(esr::ec::WFX, true, 0)).with(move |c| c.pc = pc)
+    }
+    /// A trapped MSR/MRS at `pc` with syndrome `iss` (Op0, Op2, Op1, CRn, Rt, CRm,
+    /// direction).
+    pub fn sysreg(pc: u64, iss: u32) -> Scripted {
+        Scripted::sync(esr::esr(esr::ec::SYS64, true, iss)).with(move |c| c.pc = pc)
+    }
+    /// `brk #imm` at `pc` (reaches EL2 with the BRK_EXIT capability, MDCR_EL2.TDE).
+    pub fn brk(pc: u64, imm: u16) -> Scripted {
+        Scripted::sync(esr::esr(esr::ec::BRK64, true, u32::from(imm))).with(move |c| c.pc = pc)
+    }
+    /// A host interrupt while a signal is pending for the vCPU's thread: VM_RUN
+    /// returns BOGUS at `pc`.
+    pub fn signal(pc: u64) -> Scripted {
+        let mut s = Scripted::irq().with(move |c| c.pc = pc);
+        s.signal = true;
+        s
+    }
+}
+
+/// ESR_EL2 of a data abort from a lower EL with a valid syndrome on an unmapped IPA
+/// (translation fault, level 3).
+fn mmio_esr(size: u8, sign_extend: bool, write: bool, rt: u8) -> u64 {
+    use esr::dabt;
+    let sas = match size {
+        1 => 0,
+        2 => 1,
+        4 => 2,
+        8 => 3,
+        _ => panic!("access size {size}"),
+    };
+    let mut iss = dabt::ISV
+        | (sas << dabt::SAS_SHIFT)
+        | (u32::from(rt & 31) << dabt::SRT_SHIFT)
+        | dabt::fsc::TRANS_L3;
+    if sign_extend {
+        iss |= dabt::SSE | dabt::SF;
+    }
+    if size == 8 {
+        iss |= dabt::SF;
+    }
+    if write {
+        iss |= dabt::WNR;
+    }
+    esr::esr(esr::ec::DABT_LOW, true, iss)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,12 +209,43 @@ pub enum CpuEl2 {
 struct Phys {
     /// Page allocated?
     used: Vec<bool>,
+    /// Page written since the fake memory was made (so it must be zeroed before it is
+    /// handed out again); untouched pages are still the allocator's zeroes, which lets
+    /// a test give its guests realistic sizes without paying for them.
+    dirty: Vec<bool>,
+    /// Userspace mappings of the page ([`FakeHost::pin`]).
+    pins: Vec<u32>,
+    /// Freed by the core while pinned: reused only once the last pin goes (as a VM's
+    /// memory outlives the VM while a process still maps it).
+    zombie: Vec<bool>,
     allocs: HashMap<u64, usize>,
+}
+
+/// Which scripted guest runs on this thread ([`FakeHost::run_guest`]).
+struct GuestRun {
+    vm: Vec<u8>,
+    vcpu: u32,
+    deadline: Instant,
+    /// `Guests::kicks` when this thread last disabled interrupts (just before the core
+    /// publishes that the vCPU is in the guest): a later kick exits the guest at once,
+    /// as an IPI that arrived with interrupts off would.
+    kicks_seen: u64,
+    timed_out: bool,
+}
+
+/// The per-vCPU scripts of [`FakeHost::run_guest`].
+#[derive(Default)]
+struct Guests {
+    scripts: HashMap<(Vec<u8>, u32), VecDeque<Scripted>>,
+    /// Every `kick_cpu`, counted (the fake CPUs are threads, so a kick reaches all).
+    kicks: u64,
 }
 
 pub struct FakeHost {
     base: NonNull<u8>,
     size: usize,
+    /// What `base` was carved from (aligned up inside it), for the deallocation.
+    block: (*mut u8, std::alloc::Layout),
     phys: Mutex<Phys>,
     pub el2_mapped: Mutex<HashSet<u64>>,
     pub ncpu: usize,
@@ -166,14 +277,15 @@ pub struct FakeHost {
     pub vtimer_holds: Mutex<Vec<bool>>,
     /// What HYP_READ_REGISTER(HYP_REG_ICH_VTR) answers.
     pub ich_vtr: AtomicU64,
-    intr_off: AtomicBool,
+    guests: Mutex<Guests>,
+    guests_cv: Condvar,
     sleepq: Mutex<HashMap<usize, u64>>,
     cv: Condvar,
     start: Instant,
     pub log: Mutex<Vec<String>>,
 }
 
-// SAFETY: the raw pointer names the fake memory, owned by the FakeHost for its whole
+// SAFETY: the raw pointers name the fake memory, owned by the FakeHost for its whole
 // life; every other field is Sync.
 unsafe impl Send for FakeHost {}
 // SAFETY: as above; accesses to the fake memory are made by the core under its locks.
@@ -181,28 +293,47 @@ unsafe impl Sync for FakeHost {}
 
 impl Drop for FakeHost {
     fn drop(&mut self) {
-        let layout = std::alloc::Layout::from_size_align(self.size, 2 << 20).unwrap();
         // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) };
+        unsafe { std::alloc::dealloc(self.block.0, self.block.1) };
     }
 }
 
 thread_local! {
-    static CPU: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static CPU: Cell<usize> = const { Cell::new(0) };
+    /// Interrupts are off on this thread's fake CPU (each thread is a CPU of its own
+    /// for this purpose: vCPU threads enter their guests concurrently).
+    static INTR_OFF: Cell<bool> = const { Cell::new(false) };
+    /// A scripted exit left a signal pending for this thread ([`Scripted::signal`]).
+    static SIGNAL_ONCE: Cell<bool> = const { Cell::new(false) };
+    static GUEST: RefCell<Option<GuestRun>> = const { RefCell::new(None) };
 }
+
+/// Alignment of the fake physical memory (2 MiB blocks for stage 2).
+const PHYS_ALIGN: usize = 2 << 20;
 
 impl FakeHost {
     /// A host with `mib` MiB of fake physical memory and `ncpu` CPUs.
     pub fn new(mib: usize, ncpu: usize) -> FakeHost {
         let size = mib << 20;
-        let layout = std::alloc::Layout::from_size_align(size, 2 << 20).unwrap();
+        // A small alignment, so a large block comes zeroed from calloc (fresh pages,
+        // not written until used); the base is aligned up inside it.
+        let layout = std::alloc::Layout::from_size_align(size + PHYS_ALIGN, 16).unwrap();
         // SAFETY: non-zero size.
-        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).unwrap();
+        let block = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!block.is_null(), "no memory for {mib} MiB of fake RAM");
+        let pad = block.align_offset(PHYS_ALIGN);
+        // SAFETY: pad < PHYS_ALIGN, so base..base + size lies inside the block.
+        let base = NonNull::new(unsafe { block.add(pad) }).unwrap();
+        let pages = size / PAGE_SIZE;
         FakeHost {
             base,
             size,
+            block: (block, layout),
             phys: Mutex::new(Phys {
-                used: vec![false; size / PAGE_SIZE],
+                used: vec![false; pages],
+                dirty: vec![false; pages],
+                pins: vec![0; pages],
+                zombie: vec![false; pages],
                 allocs: HashMap::new(),
             }),
             el2_mapped: Mutex::new(HashSet::new()),
@@ -224,7 +355,8 @@ impl FakeHost {
             timers: Mutex::new(Vec::new()),
             timer_arms: Mutex::new(Vec::new()),
             ich_vtr: AtomicU64::new(FAKE_ICH_VTR),
-            intr_off: AtomicBool::new(false),
+            guests: Mutex::new(Guests::default()),
+            guests_cv: Condvar::new(),
             sleepq: Mutex::new(HashMap::new()),
             cv: Condvar::new(),
             start: Instant::now(),
@@ -240,6 +372,43 @@ impl FakeHost {
             .iter()
             .filter(|u| **u)
             .count()
+    }
+
+    /// Returns page `k` to the allocator, poisoned so that a use after free shows.
+    fn release_page(&self, p: &mut Phys, k: usize) {
+        p.used[k] = false;
+        // SAFETY: in bounds, no longer used by the core nor mapped by a user.
+        unsafe { std::ptr::write_bytes(self.base.as_ptr().add(k * PAGE_SIZE), 0xa5, PAGE_SIZE) };
+    }
+
+    /// Page indices of `[pa, pa + len)`, which must be allocated fake memory.
+    fn page_range(&self, p: &Phys, pa: u64, len: usize) -> std::ops::Range<usize> {
+        let first = ((pa - PHYS_BASE) as usize) / PAGE_SIZE;
+        let end = ((pa - PHYS_BASE) as usize + len).div_ceil(PAGE_SIZE);
+        assert!(end <= p.used.len() && p.used[first..end].iter().all(|u| *u));
+        first..end
+    }
+
+    /// A userspace mapping of `[pa, pa + len)` starts (mmap of guest memory): until
+    /// [`FakeHost::unpin`], the pages are not reused even if the core frees them.
+    pub fn pin(&self, pa: u64, len: usize) {
+        let mut p = self.phys.lock().unwrap();
+        for k in self.page_range(&p, pa, len) {
+            p.pins[k] += 1;
+        }
+    }
+
+    /// The mapping [`FakeHost::pin`] made is gone; pages the core freed meanwhile are
+    /// returned to the allocator.
+    pub fn unpin(&self, pa: u64, len: usize) {
+        let mut p = self.phys.lock().unwrap();
+        for k in self.page_range(&p, pa, len) {
+            p.pins[k] -= 1;
+            if p.pins[k] == 0 && p.zombie[k] {
+                p.zombie[k] = false;
+                self.release_page(&mut p, k);
+            }
+        }
     }
 
     /// Runs the callback of every live, armed timer whose deadline has passed (as the
@@ -286,6 +455,14 @@ impl FakeHost {
             .fetch_add(((len as u64 + 0xfff) & !0xfff) + 0x1000, Ordering::SeqCst);
         self.user.lock().unwrap().insert(a, vec![0; len]);
         a
+    }
+    /// How many fake user regions are mapped.
+    pub fn user_regions(&self) -> usize {
+        self.user.lock().unwrap().len()
+    }
+    /// Unmaps fake user memory from [`FakeHost::user_alloc`].
+    pub fn user_free(&self, uaddr: u64) {
+        self.user.lock().unwrap().remove(&uaddr);
     }
     pub fn user_write(&self, uaddr: u64, data: &[u8]) {
         self.copyout(data, uaddr).unwrap();
@@ -343,10 +520,7 @@ impl FakeHost {
     }
 
     fn run_script(&self, ctx_pa: u64) -> u64 {
-        assert!(
-            self.intr_off.load(Ordering::SeqCst),
-            "entered with interrupts on"
-        );
+        assert!(INTR_OFF.get(), "entered with interrupts on");
         assert!(
             self.el2_mapped.lock().unwrap().contains(&(ctx_pa & !0xfff)),
             "context not mapped for EL2"
@@ -359,6 +533,9 @@ impl FakeHost {
             self.phys.lock().unwrap().allocs.contains_key(&root),
             "stage-2 root is not allocated memory"
         );
+        if GUEST.with_borrow(|g| g.is_some()) {
+            return self.run_guest_script(ctx);
+        }
         self.entries.lock().unwrap().push(*ctx);
         let next = self.script.lock().unwrap().pop_front();
         let Some(s) = next else {
@@ -370,6 +547,44 @@ impl FakeHost {
             };
             return u64::from(hyp::excp::EL1_IRQ);
         };
+        Self::exit_with(ctx, s)
+    }
+
+    /// The guest of the vCPU [`FakeHost::run_guest`] runs on this thread: its next
+    /// scripted event, else it idles (no CPU used) until a script arrives (then it takes
+    /// it), a CPU is kicked (an interrupt exit, after which the core looks at why), or
+    /// the run's deadline passes (the entry is refused: VM_RUN fails with `ENXIO`).
+    fn run_guest_script(&self, ctx: &mut VcpuContext) -> u64 {
+        let (key, deadline, seen) = GUEST.with_borrow(|g| {
+            let g = g.as_ref().unwrap();
+            ((g.vm.clone(), g.vcpu), g.deadline, g.kicks_seen)
+        });
+        let mut g = self.guests.lock().unwrap();
+        loop {
+            if let Some(s) = g.scripts.get_mut(&key).and_then(|q| q.pop_front()) {
+                drop(g);
+                return Self::exit_with(ctx, s);
+            }
+            if g.kicks != seen {
+                ctx.exit = hyp::ExitInfo {
+                    kind: hyp::excp::EL1_IRQ,
+                    ..Default::default()
+                };
+                return u64::from(hyp::excp::EL1_IRQ);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                GUEST.with_borrow_mut(|r| r.as_mut().unwrap().timed_out = true);
+                return u64::MAX;
+            }
+            g = self.guests_cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    fn exit_with(ctx: &mut VcpuContext, s: Scripted) -> u64 {
+        if s.signal {
+            SIGNAL_ONCE.set(true);
+        }
         (s.effect)(ctx);
         ctx.exit = hyp::ExitInfo {
             kind: s.kind,
@@ -379,6 +594,69 @@ impl FakeHost {
             hpfar_el2: s.hpfar,
         };
         u64::from(s.kind)
+    }
+}
+
+/// Scripted guests for vCPUs that run on threads of their own (other crates' tests).
+impl FakeHost {
+    /// Queues `s` for vCPU `vcpu` of VM `vm`: its guest plays it at an entry made inside
+    /// [`FakeHost::run_guest`] for that vCPU, and a guest idling there takes it at once.
+    pub fn script(&self, vm: &[u8], vcpu: u32, s: Scripted) {
+        let mut g = self.guests.lock().unwrap();
+        g.scripts
+            .entry((vm.to_vec(), vcpu))
+            .or_default()
+            .push_back(s);
+        self.guests_cv.notify_all();
+    }
+
+    /// Scripted events of vCPU `vcpu` of VM `vm` not yet played.
+    pub fn scripted_left(&self, vm: &[u8], vcpu: u32) -> usize {
+        let g = self.guests.lock().unwrap();
+        g.scripts.get(&(vm.to_vec(), vcpu)).map_or(0, |q| q.len())
+    }
+
+    /// Drops every script of VM `vm` (it was destroyed: a new VM of the name starts
+    /// with none).
+    pub fn forget_scripts(&self, vm: &[u8]) {
+        self.guests
+            .lock()
+            .unwrap()
+            .scripts
+            .retain(|(n, _), _| n != vm);
+    }
+
+    /// Runs `f` (a VM_RUN of vCPU `vcpu` of VM `vm` on this thread) with guest entries
+    /// playing that vCPU's script; an entry that finds nothing to play idles until
+    /// `timeout` from now has passed and is then refused. Returns `f`'s result and
+    /// whether that happened.
+    pub fn run_guest<R>(
+        &self,
+        vm: &[u8],
+        vcpu: u32,
+        timeout: Duration,
+        f: impl FnOnce() -> R,
+    ) -> (R, bool) {
+        GUEST.set(Some(GuestRun {
+            vm: vm.to_vec(),
+            vcpu,
+            deadline: Instant::now() + timeout,
+            kicks_seen: self.guests.lock().unwrap().kicks,
+            timed_out: false,
+        }));
+        // Cleared however `f` ends, so a panicking test leaves no guest behind.
+        struct Clear;
+        impl Drop for Clear {
+            fn drop(&mut self) {
+                GUEST.set(None);
+                SIGNAL_ONCE.set(false);
+            }
+        }
+        let clear = Clear;
+        let r = f();
+        let timed_out = GUEST.with_borrow(|g| g.as_ref().is_some_and(|g| g.timed_out));
+        drop(clear);
+        (r, timed_out)
     }
 }
 
@@ -397,7 +675,7 @@ impl Drop for FakeTimer {
 }
 
 impl Host for FakeHost {
-    type Mutex = SpinMutex;
+    type Mutex = crate::sync::SpinMutex;
     type Timer = FakeTimer;
 
     fn alloc_contig(&self, len: usize, align: usize) -> KResult<PhysMem> {
@@ -415,8 +693,20 @@ impl Host for FakeHost {
                 p.allocs.insert(pa, len);
                 // SAFETY: in bounds of the fake memory.
                 let va = unsafe { self.base.as_ptr().add(i * PAGE_SIZE) };
-                // SAFETY: the range is ours now; zero it as the contract says.
-                unsafe { std::ptr::write_bytes(va, 0, len) };
+                for k in i..i + n {
+                    if p.dirty[k] {
+                        // SAFETY: the page is in bounds and ours now; zero it as the
+                        // contract says (pages never handed out are still zero).
+                        unsafe {
+                            std::ptr::write_bytes(
+                                self.base.as_ptr().add(k * PAGE_SIZE),
+                                0,
+                                PAGE_SIZE,
+                            )
+                        };
+                    }
+                    p.dirty[k] = true;
+                }
                 return Ok(PhysMem {
                     va: NonNull::new(va).unwrap(),
                     pa,
@@ -437,12 +727,13 @@ impl Host for FakeHost {
         assert_eq!(len, mem.len, "free with another length than allocated");
         assert_eq!(Some(mem.va), self.pa_to_va(mem.pa), "free with another VA");
         let i = ((mem.pa - PHYS_BASE) as usize) / PAGE_SIZE;
-        p.used[i..i + len / PAGE_SIZE]
-            .iter_mut()
-            .for_each(|u| *u = false);
-        // Poison freed memory so use-after-free shows.
-        // SAFETY: in bounds, no longer used by the core.
-        unsafe { std::ptr::write_bytes(mem.va.as_ptr(), 0xa5, len) };
+        for k in i..i + len / PAGE_SIZE {
+            if p.pins[k] != 0 {
+                p.zombie[k] = true;
+            } else {
+                self.release_page(&mut p, k);
+            }
+        }
     }
 
     fn pa_to_va(&self, pa: u64) -> Option<NonNull<u8>> {
@@ -497,9 +788,16 @@ impl Host for FakeHost {
     }
     fn kick_cpu(&self, _cpu: usize) {
         self.kicks.fetch_add(1, Ordering::SeqCst);
+        let mut g = self.guests.lock().unwrap();
+        g.kicks += 1;
+        self.guests_cv.notify_all();
     }
     fn intr_disable(&self) -> u64 {
-        let was = u64::from(self.intr_off.swap(true, Ordering::SeqCst));
+        let was = u64::from(INTR_OFF.replace(true));
+        if GUEST.with_borrow(|g| g.is_some()) {
+            let kicks = self.guests.lock().unwrap().kicks;
+            GUEST.with_borrow_mut(|g| g.as_mut().unwrap().kicks_seen = kicks);
+        }
         let hook = self.on_intr_disable.lock().unwrap().take();
         if let Some(f) = hook {
             f();
@@ -507,14 +805,14 @@ impl Host for FakeHost {
         was
     }
     fn intr_restore(&self, token: u64) {
-        self.intr_off.store(token != 0, Ordering::SeqCst);
+        INTR_OFF.set(token != 0);
     }
     fn should_yield(&self) -> bool {
-        self.signal.load(Ordering::SeqCst)
+        self.signal.load(Ordering::SeqCst) || SIGNAL_ONCE.replace(false)
     }
     fn hold_vtimer_irq(&self, held: bool) {
         assert!(
-            self.intr_off.load(Ordering::SeqCst),
+            INTR_OFF.get(),
             "vtimer PPI held or released with interrupts on"
         );
         self.vtimer_holds.lock().unwrap().push(held);

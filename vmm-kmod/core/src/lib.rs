@@ -3,7 +3,8 @@
 //! Written against the [`host::Host`] trait: VM and vCPU
 //! lifecycle, memory segments, stage-2 page tables, exit classification, the VM_RUN
 //! loop and the /dev/vmm ioctl dispatcher. Each host (the FreeBSD glue that builds
-//! vmm.ko, the QEMU testbed, the fake host of the unit tests) implements `Host` and
+//! vmm.ko, the QEMU testbed, the fake host of the unit tests and of libvmmapi's test
+//! backend, feature `fake-host`) implements `Host` and
 //! calls the entry points of [`Vmm`]:
 //!
 //! * [`Vmm::new`]: module load. Brings EL2 up on every CPU through the hyp stub.
@@ -13,7 +14,7 @@
 //! * [`Vmm::gpa_to_pa`]: guest memory for userspace mmap (FreeBSD `d_mmap_single`).
 //!
 //! See docs/vmm-core.md for the design.
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "fake-host")), no_std)]
 
 extern crate alloc;
 
@@ -39,8 +40,10 @@ pub mod vmid;
 mod vmm;
 pub mod vtimer;
 
-#[cfg(test)]
-mod fake;
+#[cfg(any(test, feature = "fake-host"))]
+pub mod fake;
+#[cfg(any(test, feature = "fake-host"))]
+mod inspect;
 #[cfg(test)]
 mod tests;
 

@@ -539,6 +539,12 @@ impl Vgic {
         self.spis.get_mut(Self::spi_index(intid)?)
     }
 
+    /// The input line of SPI `intid` (for `Vmm::spi_line`).
+    #[cfg(any(test, feature = "fake-host"))]
+    pub fn spi_line(&self, intid: u32) -> Option<bool> {
+        Some(self.spi(intid)?.irq.level)
+    }
+
     fn spi(&self, intid: u32) -> Option<&Spi> {
         self.spis.get(Self::spi_index(intid)?)
     }
