@@ -13,6 +13,7 @@ mod dispatch;
 mod run;
 mod stage2;
 mod vgic;
+mod vgic_model;
 
 use crate::fake::{params, FakeHost};
 use crate::{DeviceRef, Errno, KResult, Vmm};

@@ -18,8 +18,6 @@ pub mod dist;
 pub mod irq;
 pub mod lr;
 pub mod redist;
-#[cfg(test)]
-mod tests;
 
 use crate::errno::{Errno, KResult};
 use alloc::vec::Vec;
@@ -84,7 +82,7 @@ impl Kicks {
 
 /// An SPI: its state and its route (GICD_IROUTER).
 #[derive(Debug, Clone, Copy)]
-struct Spi {
+pub(crate) struct Spi {
     irq: Irq,
     /// GICD_IROUTER as written (Aff3, IRM, Aff2..0).
     route: u64,
@@ -94,10 +92,10 @@ struct Spi {
 
 /// Per-vCPU state: the redistributor and the list-register bookkeeping.
 #[derive(Debug, Clone)]
-struct Cpu {
+pub(crate) struct Cpu {
     mpidr: u64,
     /// SGIs 0..16 and PPIs 16..32.
-    private: [Irq; 32],
+    pub(crate) private: [Irq; 32],
     /// GICR_WAKER.ProcessorSleep (ChildrenAsleep mirrors it at once).
     asleep: bool,
     /// The INTID in each list register `flush` filled, for `sync`.
@@ -108,7 +106,7 @@ struct Cpu {
     vmcr: u64,
     /// The `Vgic::epoch` at which `flush` last found nothing to put in a list register:
     /// until the state changes, the next flush can skip the scan.
-    idle_epoch: Option<u64>,
+    pub(crate) idle_epoch: Option<u64>,
 }
 
 impl Cpu {
@@ -139,13 +137,13 @@ pub struct Vgic {
     nr_lrs: usize,
     /// GICD_CTLR.EnableGrp0 (bit 0) and EnableGrp1 (bit 1).
     ctlr: u32,
-    spis: Vec<Spi>,
-    cpus: Vec<Cpu>,
+    pub(crate) spis: Vec<Spi>,
+    pub(crate) cpus: Vec<Cpu>,
     /// Bumped by every change that could give some vCPU something to see (register
     /// writes, injections, folded list registers): `flush` skips its scan for a vCPU
     /// that was idle at the current epoch. Every exit pays a flush, so the common
     /// case (nothing pending anywhere) must cost next to nothing.
-    epoch: u64,
+    pub(crate) epoch: u64,
 }
 
 /// The affinity fields of an MPIDR or IROUTER: Aff3 [39:32], Aff2..Aff0 [23:0].

@@ -7,10 +7,11 @@
     clippy::arithmetic_side_effects
 )]
 
-use super::dist::*;
-use super::lr::*;
-use super::redist::*;
-use super::*;
+use crate::errno::Errno;
+use crate::vgic::dist::*;
+use crate::vgic::lr::*;
+use crate::vgic::redist::*;
+use crate::vgic::*;
 use vmm_sys::abi::{VgicV3Regs, VmVgicDescr, VmVgicVersion};
 use vmm_sys::arm64::sysreg;
 use vmm_sys::hyp::VgicCpuRegs;
