@@ -11,7 +11,8 @@ use crate::kernel::mm::{alloc_pages, free_pages_at, pa_to_va, PAGE};
 use core::sync::atomic::{AtomicU64, Ordering};
 use vmm_core::el2::S2Geometry;
 use vmm_core::stage2::{Perm, Stage2};
-use vmm_sys::arm64::regs::{cptr, hcr, mdcr, pstate};
+use vmm_core::vcpu;
+use vmm_sys::arm64::regs::pstate;
 use vmm_sys::hyp::{VcpuContext, HYP_ENTER_GUEST, HYP_S2_TLBI_ALL};
 
 pub const GUEST_RAM_IPA: u64 = 0x8000_0000;
@@ -30,24 +31,6 @@ pub struct TestVm {
     ctx_pa: u64,
     pub vttbr: u64,
 }
-
-/// HCR_EL2 for guests: stage 2 on, AArch64 EL1, interrupts and SErrors routed to EL2,
-/// WFI/SMC/ID-group-3/ACTLR/set-way/impdef traps.
-pub const GUEST_HCR: u64 = hcr::VM
-    | hcr::SWIO
-    | hcr::PTW
-    | hcr::FMO
-    | hcr::IMO
-    | hcr::AMO
-    | hcr::FB
-    | hcr::BSU_IS
-    | hcr::TWI
-    | hcr::TSC
-    | hcr::TID3
-    | hcr::TACR
-    | hcr::TSW
-    | hcr::TIDCP
-    | hcr::RW;
 
 impl TestVm {
     /// A VM with `ram_pages` of RAM holding `image` at its start.
@@ -90,24 +73,19 @@ impl TestVm {
             ctx_pa,
             vttbr,
         };
-        let mpidr: u64;
-        let midr: u64;
-        // SAFETY: reads ID registers.
-        unsafe {
-            core::arch::asm!("mrs {0}, midr_el1", "mrs {1}, mpidr_el1", out(reg) midr, out(reg) mpidr)
-        };
-        let _ = mpidr;
+        let midr = vmm_arm64::mrs!("midr_el1");
         let c = vm.ctx();
         c.pc = GUEST_RAM_IPA;
         c.pstate = pstate::GUEST_RESET;
         c.el1.sctlr_el1 = GUEST_SCTLR;
         c.el1.cpacr_el1 = 3 << 20;
-        c.el2.hcr_el2 = GUEST_HCR;
+        // The EL2 controls vmm-core gives its vCPUs.
+        c.el2.hcr_el2 = vcpu::GUEST_HCR;
         c.el2.vpidr_el2 = midr;
         c.el2.vmpidr_el2 = 0x8000_0000;
-        c.el2.cptr_el2 = cptr::RES1;
-        c.el2.mdcr_el2 = mdcr::TDOSA | mdcr::TDA | mdcr::TPM | mdcr::TPMCR;
-        c.el2.cnthctl_el2 = vmm_sys::arm64::regs::cnthctl::EL1PCTEN;
+        c.el2.cptr_el2 = vcpu::GUEST_CPTR;
+        c.el2.mdcr_el2 = vcpu::GUEST_MDCR;
+        c.el2.cnthctl_el2 = vcpu::GUEST_CNTHCTL;
         c.el2.vttbr_el2 = vttbr;
         c.vgic.ich_hcr_el2 = 1;
         // Start from a clean stage-2 TLB for this VMID (it may have been used before).

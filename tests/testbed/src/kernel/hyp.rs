@@ -40,33 +40,14 @@ pub fn el2_config() -> Option<El2Config> {
 
 /// `hvc #0` with up to five arguments, IRQs masked (as vmm.ko calls it).
 pub fn hvc(x0: u64, x1: u64, x2: u64, x3: u64, x4: u64) -> u64 {
-    let ret: u64;
-    // SAFETY: EL2 preserves x18..x30 and SP and clobbers at most what the C ABI lets
-    // a call clobber (the EL2 blob's contract); interrupts are masked around the call.
-    unsafe {
-        core::arch::asm!(
-            "mrs x20, daif",
-            "msr daifset, #3",
-            "hvc #0",
-            "msr daif, x20",
-            out("x20") _,
-            inout("x0") x0 => ret,
-            inout("x1") x1 => _,
-            inout("x2") x2 => _,
-            inout("x3") x3 => _,
-            inout("x4") x4 => _,
-            out("x5") _, out("x6") _, out("x7") _, out("x8") _, out("x9") _, out("x10") _,
-            out("x11") _, out("x12") _, out("x13") _, out("x14") _, out("x15") _,
-            out("x16") _, out("x17") _, out("x30") _,
-        )
-    };
-    ret
+    hvc7(x0, &[x1, x2, x3, x4, 0, 0, 0])
 }
 
 /// `hvc #0` with x0 = `func` and x1..x7 = `a` (the core's `Host::hyp_call`).
 pub fn hvc7(func: u64, a: &[u64; 7]) -> u64 {
     let ret: u64;
-    // SAFETY: as `hvc`, with x5..x7 as arguments too.
+    // SAFETY: EL2 preserves x18..x30 and SP and clobbers at most what the C ABI lets
+    // a call clobber (the EL2 blob's contract); interrupts are masked around the call.
     unsafe {
         core::arch::asm!(
             "mrs x20, daif",
