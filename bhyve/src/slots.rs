@@ -30,8 +30,8 @@ pub const DEVICES: &[&str] = &["virtio-blk", "virtio-console", "virtio-net", "vi
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum OptionError {
     /// The device model's own complaint (vmm-virtio's option parsers).
-    #[error("{0}")]
-    Device(String),
+    #[error(transparent)]
+    Device(#[from] vmm_virtio::OptionError),
     #[error("virtio-rnd takes no options")]
     RndTakesNone,
     #[error("unknown device '{0}'")]
@@ -46,8 +46,8 @@ pub enum OpenError {
     #[error("only one virtio-console can be bhyve's console")]
     SecondConsole,
     /// A virtio-console port's socket (vmm-virtio says which and why).
-    #[error("{0}")]
-    PortSocket(String),
+    #[error(transparent)]
+    PortSocket(#[from] vmm_virtio::console::PortSocketError),
     #[error(transparent)]
     Tap(#[from] TapError),
     #[error(transparent)]
@@ -151,13 +151,12 @@ struct SlotIrq {
 }
 
 impl IrqLine for SlotIrq {
-    fn set_level(&self, high: bool) -> Result<(), String> {
-        let r = if high {
+    fn set_level(&self, high: bool) -> libvmmapi::Result<()> {
+        if high {
             self.vm.assert_irq(self.intid)
         } else {
             self.vm.deassert_irq(self.intid)
-        };
-        r.map_err(|e| e.cause())
+        }
     }
 }
 

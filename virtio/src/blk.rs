@@ -14,6 +14,7 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
 use crate::disk::{Disk, SECTOR_SIZE};
+use crate::options::OptionError;
 use crate::queue::{pieces, Chain, Desc, DeviceShared};
 use crate::transport::{Device, DeviceInfo};
 
@@ -41,18 +42,28 @@ pub struct BlockOptions {
 
 impl BlockOptions {
     /// Parses what follows `virtio-blk,`.
-    pub fn parse(options: Option<&str>) -> Result<BlockOptions, String> {
+    pub fn parse(options: Option<&str>) -> Result<BlockOptions, OptionError> {
         let options = options.unwrap_or("");
         let mut words = options.split(',');
         let path = words.next().unwrap_or("");
         if path.is_empty() {
-            return Err("virtio-blk needs a disk image: virtio-blk,PATH[,ro]".into());
+            return Err(OptionError::Missing {
+                device: "virtio-blk",
+                what: "a disk image",
+                usage: "virtio-blk,PATH[,ro]",
+            });
         }
         let mut read_only = false;
         for w in words {
             match w {
                 "ro" => read_only = true,
-                _ => return Err(format!("virtio-blk: unknown option '{w}' (known: ro)")),
+                _ => {
+                    return Err(OptionError::Unknown {
+                        device: "virtio-blk",
+                        option: w.into(),
+                        known: "ro",
+                    })
+                }
             }
         }
         Ok(BlockOptions {

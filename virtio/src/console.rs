@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 
 use crate::doorbell::RESET_BIT;
+use crate::options::OptionError;
 use crate::queue::{pieces, DeviceShared, Popped};
 use crate::transport::{Device, DeviceInfo};
 
@@ -83,13 +84,11 @@ pub struct ConsoleOptions {
 }
 
 impl ConsoleOptions {
-    pub fn parse(options: Option<&str>) -> Result<ConsoleOptions, String> {
+    pub fn parse(options: Option<&str>) -> Result<ConsoleOptions, OptionError> {
         let mut ports: Vec<(String, PathBuf)> = Vec::new();
         for w in options.unwrap_or("").split(',').filter(|w| !w.is_empty()) {
             let Some((name, path)) = w.split_once('=') else {
-                return Err(format!(
-                    "virtio-console: '{w}' is not NAME=PATH (a port named NAME on socket PATH)"
-                ));
+                return Err(OptionError::NotNamePath(w.into()));
             };
             let name_ok = !name.is_empty()
                 && name.len() <= 64
@@ -97,25 +96,32 @@ impl ConsoleOptions {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
             if !name_ok {
-                return Err(format!(
-                    "virtio-console: port name '{name}' must be 1-64 letters, digits, '.', '_' or '-'"
-                ));
+                return Err(OptionError::BadPortName(name.into()));
             }
             if path.is_empty() {
-                return Err(format!("virtio-console: port '{name}' has no socket path"));
+                return Err(OptionError::NoSocketPath(name.into()));
             }
             if ports.iter().any(|(n, _)| n == name) {
-                return Err(format!("virtio-console: port '{name}' is named twice"));
+                return Err(OptionError::PortNamedTwice(name.into()));
             }
             ports.push((name.into(), path.into()));
         }
         if ports.len() > MAX_NAMED_PORTS {
-            return Err(format!(
-                "virtio-console: at most {MAX_NAMED_PORTS} named ports"
-            ));
+            return Err(OptionError::TooManyPorts(MAX_NAMED_PORTS));
         }
         Ok(ConsoleOptions { ports })
     }
+}
+
+/// Why a named port's socket cannot be created.
+#[derive(Debug, thiserror::Error)]
+pub enum PortSocketError {
+    #[error("{}: exists; bhyve creates the port's socket there (remove it first)", .0.display())]
+    Exists(PathBuf),
+    #[error("{}: cannot create the socket: {}", .0.display(), .1)]
+    Bind(PathBuf, #[source] std::io::Error),
+    #[error("{}: {}", .0.display(), .1)]
+    Setup(PathBuf, #[source] std::io::Error),
 }
 
 /// A named port's listening socket and its one client.
@@ -129,22 +135,19 @@ pub struct PortSocket {
 
 impl PortSocket {
     /// Creates the socket at `path`, which must not exist.
-    pub fn create(name: &str, path: &Path) -> Result<PortSocket, String> {
+    pub fn create(name: &str, path: &Path) -> Result<PortSocket, PortSocketError> {
         if path.symlink_metadata().is_ok() {
-            return Err(format!(
-                "{}: exists; bhyve creates the port's socket there (remove it first)",
-                path.display()
-            ));
+            return Err(PortSocketError::Exists(path.into()));
         }
-        let listener = UnixListener::bind(path)
-            .map_err(|e| format!("{}: cannot create the socket: {e}", path.display()))?;
+        let listener =
+            UnixListener::bind(path).map_err(|e| PortSocketError::Bind(path.into(), e))?;
         SOCKETS
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(path.to_path_buf());
         listener
             .set_nonblocking(true)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| PortSocketError::Setup(path.into(), e))?;
         Ok(PortSocket {
             name: name.into(),
             path: path.to_path_buf(),

@@ -18,7 +18,7 @@ pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG
 pub trait IrqLine: Send + Sync {
     /// Sets the line's level. An error means the VM refused it (it is being destroyed,
     /// typically); the device goes on and the level is retried at the next change.
-    fn set_level(&self, high: bool) -> Result<(), String>;
+    fn set_level(&self, high: bool) -> libvmmapi::Result<()>;
 }
 
 #[derive(Debug, Default)]
@@ -87,7 +87,7 @@ pub(crate) mod tests {
     #[derive(Default)]
     pub struct RecordingLine(pub Mutex<Vec<bool>>);
     impl IrqLine for RecordingLine {
-        fn set_level(&self, high: bool) -> Result<(), String> {
+        fn set_level(&self, high: bool) -> libvmmapi::Result<()> {
             self.0.lock().unwrap().push(high);
             Ok(())
         }

@@ -23,6 +23,7 @@ pub mod disk;
 pub mod doorbell;
 pub mod irq;
 pub mod net;
+pub mod options;
 pub mod queue;
 pub mod rng;
 pub mod tap;
@@ -34,5 +35,6 @@ mod testing;
 mod tests;
 
 pub use irq::IrqLine;
+pub use options::OptionError;
 pub use queue::DmaObserver;
 pub use transport::{Device, DeviceInfo, VirtioMmio};

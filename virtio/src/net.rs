@@ -20,6 +20,7 @@ use virtio_bindings::virtio_net::{
 };
 
 use crate::doorbell::RESET_BIT;
+use crate::options::OptionError;
 use crate::queue::{pieces, DeviceShared, Popped};
 use crate::transport::{Device, DeviceInfo};
 
@@ -41,20 +42,28 @@ pub struct NetOptions {
 
 impl NetOptions {
     /// Parses what follows `virtio-net,`.
-    pub fn parse(options: Option<&str>) -> Result<NetOptions, String> {
+    pub fn parse(options: Option<&str>) -> Result<NetOptions, OptionError> {
         let options = options.unwrap_or("");
         let mut words = options.split(',');
         let tap = words.next().unwrap_or("");
         if tap.is_empty() {
-            return Err(
-                "virtio-net needs a tap: virtio-net,TAPNAME[,mac=xx:xx:xx:xx:xx:xx]".into(),
-            );
+            return Err(OptionError::Missing {
+                device: "virtio-net",
+                what: "a tap",
+                usage: "virtio-net,TAPNAME[,mac=xx:xx:xx:xx:xx:xx]",
+            });
         }
         let mut mac = None;
         for w in words {
             match w.split_once('=') {
                 Some(("mac", v)) => mac = Some(parse_mac(v)?),
-                _ => return Err(format!("virtio-net: unknown option '{w}' (known: mac=)")),
+                _ => {
+                    return Err(OptionError::Unknown {
+                        device: "virtio-net",
+                        option: w.into(),
+                        known: "mac=",
+                    })
+                }
             }
         }
         Ok(NetOptions {
@@ -66,9 +75,8 @@ impl NetOptions {
 
 /// `xx:xx:xx:xx:xx:xx`, a unicast address that is not all zeros (as FreeBSD's bhyve
 /// requires).
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bad =
-        || format!("virtio-net: bad MAC '{s}' (expected xx:xx:xx:xx:xx:xx, unicast, not zero)");
+pub fn parse_mac(s: &str) -> Result<[u8; 6], OptionError> {
+    let bad = || OptionError::BadMac(s.into());
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
         return Err(bad());

@@ -80,6 +80,7 @@ mod ports {
     use super::Shared;
     use crate::console::{event, rx_queue, Console, ConsoleOptions, PortSocket, F_MULTIPORT};
     use crate::testing::{Driver, DATA};
+    use crate::OptionError;
 
     const CTRL_RX: usize = 2;
     const CTRL_TX: usize = 3;
@@ -211,7 +212,8 @@ mod ports {
         std::fs::write(&path, b"").unwrap();
         let e = PortSocket::create("p", &path).unwrap_err();
         assert!(
-            e.contains("exists; bhyve creates the port's socket there"),
+            e.to_string()
+                .contains("exists; bhyve creates the port's socket there"),
             "{e}"
         );
         std::fs::remove_file(&path).unwrap();
@@ -227,11 +229,24 @@ mod ports {
         assert_eq!(o.ports.len(), 2);
         assert_eq!(ConsoleOptions::parse(None).unwrap().ports.len(), 0);
         let many: Vec<String> = (0..16).map(|i| format!("p{i}=/tmp/{i}")).collect();
-        assert!(ConsoleOptions::parse(Some(&many.join(",")))
-            .unwrap_err()
-            .contains("at most 15"));
-        assert!(ConsoleOptions::parse(Some("p="))
-            .unwrap_err()
-            .contains("no socket path"));
+        let e = ConsoleOptions::parse(Some(&many.join(","))).unwrap_err();
+        assert_eq!(e, OptionError::TooManyPorts(15));
+        assert_eq!(e.to_string(), "virtio-console: at most 15 named ports");
+        assert_eq!(
+            ConsoleOptions::parse(Some("p=")).unwrap_err(),
+            OptionError::NoSocketPath("p".into())
+        );
+        assert_eq!(
+            ConsoleOptions::parse(Some("p=/a,p=/b")).unwrap_err(),
+            OptionError::PortNamedTwice("p".into())
+        );
+        assert_eq!(
+            ConsoleOptions::parse(Some("p q=/a")).unwrap_err(),
+            OptionError::BadPortName("p q".into())
+        );
+        assert_eq!(
+            ConsoleOptions::parse(Some("/a")).unwrap_err(),
+            OptionError::NotNamePath("/a".into())
+        );
     }
 }
