@@ -90,6 +90,9 @@ pub struct El1Regs {
     pub tpidr_el0: u64,
     pub tpidrro_el0: u64,
     pub tpidr_el1: u64,
+    /// Not switched: guests run with HCR_EL2.TACR (their ACTLR_EL1 accesses are
+    /// answered read-as-zero), so the CPU keeps the host's implementation-defined
+    /// controls. The field keeps the layout the EL2 code's offsets were computed for.
     pub actlr_el1: u64,
     pub csselr_el1: u64,
     pub mdscr_el1: u64,

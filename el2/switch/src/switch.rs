@@ -62,7 +62,6 @@ fn save_el1(r: &mut El1Regs) {
     r.tpidr_el0 = mrs!("tpidr_el0");
     r.tpidrro_el0 = mrs!("tpidrro_el0");
     r.tpidr_el1 = mrs!("tpidr_el1");
-    r.actlr_el1 = mrs!("actlr_el1");
     r.csselr_el1 = mrs!("csselr_el1");
     r.mdscr_el1 = mrs!("mdscr_el1");
     r.cntkctl_el1 = mrs!("cntkctl_el1");
@@ -88,7 +87,6 @@ fn load_el1(r: &El1Regs) {
     msr!("tpidr_el0", r.tpidr_el0);
     msr!("tpidrro_el0", r.tpidrro_el0);
     msr!("tpidr_el1", r.tpidr_el1);
-    msr!("actlr_el1", r.actlr_el1);
     msr!("csselr_el1", r.csselr_el1);
     msr!("mdscr_el1", r.mdscr_el1);
     msr!("cntkctl_el1", r.cntkctl_el1);

@@ -30,6 +30,7 @@ pub mod ec {
     /// MSR, MRS or system instruction trapped (AArch64).
     pub const SYS64: u8 = 0x18;
     pub const SVE: u8 = 0x19;
+    pub const SME: u8 = 0x1d;
     pub const IABT_LOW: u8 = 0x20;
     pub const IABT_CUR: u8 = 0x21;
     pub const PC_ALIGN: u8 = 0x22;

@@ -50,9 +50,17 @@ pub mod hcr {
     pub const TRVM: u64 = 1 << 30;
     pub const RW: u64 = 1 << 31;
     pub const E2H: u64 = 1 << 34;
+    /// Traps the LORegion registers (FEAT_LOR).
+    pub const TLOR: u64 = 1 << 35;
+    /// Traps the RAS error-record registers (FEAT_RAS).
+    pub const TERR: u64 = 1 << 36;
+    /// Routes synchronous external aborts from EL0/EL1 to EL2 (FEAT_RAS).
+    pub const TEA: u64 = 1 << 37;
     pub const APK: u64 = 1 << 40;
     pub const API: u64 = 1 << 41;
     pub const ATA: u64 = 1 << 56;
+    /// Traps GMID_EL1 (FEAT_MTE2).
+    pub const TID5: u64 = 1 << 58;
 }
 
 /// SCTLR_EL2 (non-VHE layout).
@@ -83,9 +91,14 @@ pub mod sctlr_el2 {
 pub mod cptr {
     /// RES1 bits 0..7, 9, 12, 13.
     pub const RES1: u64 = 0x32ff;
+    /// Traps SVE instructions and ZCR_EL1 (RES1 without FEAT_SVE).
     pub const TZ: u64 = 1 << 8;
     pub const TFP: u64 = 1 << 10;
+    /// Traps SME instructions and registers (RES1 without FEAT_SME, so part of `RES1`).
+    pub const TSM: u64 = 1 << 12;
     pub const TTA: u64 = 1 << 20;
+    /// Traps the activity monitors (FEAT_AMUv1).
+    pub const TAM: u64 = 1 << 30;
     pub const TCPAC: u64 = 1 << 31;
 }
 

@@ -72,6 +72,10 @@ pub enum Decoded {
     InstAbort(Abort),
     /// BRK #imm (with the BRK-exit capability, MDCR_EL2.TDE).
     Brk,
+    /// An instruction of a feature the guest is not shown, trapped so that it cannot
+    /// reach the host's state: SVE (CPTR_EL2.TZ), SME (TSM), pointer authentication
+    /// (HCR_EL2.API/APK clear). The guest gets the UNDEF its ID registers promise.
+    HiddenFeature,
     /// Anything else: reported to userspace as a HYP exit.
     Other,
 }
@@ -125,6 +129,7 @@ pub fn decode(kind: u32, info: &ExitInfo) -> Decoded {
         ec::DABT_LOW => Decoded::DataAbort(abort(info, iss, true)),
         ec::IABT_LOW => Decoded::InstAbort(abort(info, iss, false)),
         ec::BRK64 => Decoded::Brk,
+        ec::SVE | ec::SME | ec::PAC => Decoded::HiddenFeature,
         _ => Decoded::Other,
     }
 }

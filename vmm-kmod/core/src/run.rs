@@ -381,6 +381,10 @@ impl<H: Host> Vmm<H> {
                 e.exitcode = ExitCode::Brk as i32;
                 Ok(Next::User(e))
             }
+            Decoded::HiddenFeature => {
+                inject(vcpu, stats, esr::ESR_UNDEFINED, 0);
+                Ok(Next::Reenter)
+            }
             Decoded::DataAbort(a) => self.abort(vm, vcpu, stats, a, true, ram_fault),
             Decoded::InstAbort(a) => self.abort(vm, vcpu, stats, a, false, ram_fault),
         }

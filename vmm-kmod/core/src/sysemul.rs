@@ -47,8 +47,8 @@ impl GuestIdRegs {
     /// * DFR0: debug architecture v8.0 (6) and nothing else: no PMU, trace, SPE.
     /// * ISAR0 as the host; ISAR1 without pointer authentication (keys are not switched);
     ///   ISAR2 zero.
-    /// * MMFR0 with PARange no larger than the IPA space; MMFR1 without VHE; MMFR2
-    ///   without nested virtualisation.
+    /// * MMFR0 with PARange no larger than the IPA space; MMFR1 without VHE and
+    ///   LORegions; MMFR2 without nested virtualisation.
     pub fn new(host: &IdRegs, ipa_bits: u32) -> GuestIdRegs {
         const KEEP_PFR0: u64 = (0xf << 16) // FP
             | (0xf << 20) // AdvSIMD
@@ -75,7 +75,7 @@ impl GuestIdRegs {
             isar0: host.isar0,
             isar1,
             mmfr0: field(host.mmfr0, 0, guest_pa),
-            mmfr1: field(host.mmfr1, 8, 0),
+            mmfr1: field(field(host.mmfr1, 8, 0), 16, 0),
             mmfr2: field(host.mmfr2, 24, 0),
         }
     }
@@ -100,6 +100,31 @@ impl GuestIdRegs {
 /// OSLSR_EL1 value: OS lock implemented (OSLM = 0b10), unlocked.
 pub const OSLSR_VALUE: u64 = 0x8;
 
+/// The answer for a register of a feature the guest is not shown, trapped by the
+/// host's traps (`vcpu::HostTraps`), or `None` for any other register:
+/// * read as zero, writes ignored: ACTLR_EL1 (implementation defined; TACR), the RAS
+///   error records ERRIDR/ERRSELR/ERX* (CRn 5, CRm 3..=5; TERR), as KVM does;
+/// * UNDEFINED, as on a CPU without the feature: the LORegion registers (CRn 10, CRm 4,
+///   op2 0..=3 and 7; TLOR), the pointer-authentication keys (CRn 2, CRm 1..=3; APK
+///   clear), the MTE registers RGSR/GCR/TFSR/TFSRE0/GMID_EL1 (ATA clear, TID5), the
+///   activity monitors (op1 3, CRn 13, CRm 2..=15; TAM).
+pub fn hidden_feature(r: SysReg) -> Option<SysRegAnswer> {
+    let raz_wi = Some(SysRegAnswer::Read(0));
+    let undef = Some(SysRegAnswer::Undefined);
+    if r.op0() != 3 {
+        return None;
+    }
+    match (r.op1(), r.crn(), r.crm(), r.op2()) {
+        (0, 1, 0, 1) => raz_wi,
+        (0, 5, 3..=5, _) => raz_wi,
+        (0, 10, 4, 0..=3 | 7) => undef,
+        (0, 2, 1..=3, _) => undef,
+        (0, 1, 0, 5 | 6) | (0, 5, 6, 0 | 1) | (1, 0, 0, 4) => undef,
+        (3, 13, 2..=15, _) => undef,
+        _ => None,
+    }
+}
+
 /// Decides how the kernel answers `a`. `midr`/`mpidr` are the vCPU's VPIDR/VMPIDR, for
 /// the CRm 0 ID registers should they trap.
 pub fn answer(a: &SysRegAccess, ids: &GuestIdRegs, midr: u64, mpidr: u64) -> SysRegAnswer {
@@ -114,6 +139,12 @@ pub fn answer(a: &SysRegAccess, ids: &GuestIdRegs, midr: u64, mpidr: u64) -> Sys
             })
         } else {
             SysRegAnswer::Ignored
+        };
+    }
+    if let Some(ans) = hidden_feature(r) {
+        return match ans {
+            SysRegAnswer::Read(_) if !a.read => SysRegAnswer::Ignored,
+            ans => ans,
         };
     }
     if r.is_id_reg() {

@@ -1,6 +1,7 @@
 //! A vCPU: its world-switch context (in a host page EL2 can reach), reset state,
 //! register access by ABI number, queued exception injection, capabilities and counters.
 
+use crate::el2::IdRegs;
 use crate::errno::{Errno, KResult};
 use crate::host::{Host, PhysMem, PAGE_SIZE};
 use vmm_sys::arm64::regs::{cnthctl, cptr, hcr, mdcr, pstate};
@@ -51,8 +52,48 @@ pub const GUEST_MDCR: u64 =
     mdcr::TDA | mdcr::TDOSA | mdcr::TDRA | mdcr::TPM | mdcr::TPMCR | mdcr::TPMS | mdcr::TTRF;
 
 /// CPTR_EL2: FP/SIMD not trapped (the world switch saves it on every exit), trace
-/// registers trapped (TTA; answered read-as-zero).
-pub const GUEST_CPTR: u64 = cptr::RES1 | cptr::TTA;
+/// registers trapped (TTA; answered read-as-zero), SVE trapped (TZ: the switch keeps
+/// no Z/P/FFR registers or ZCR_EL1, so a guest running SVE would use and see the host's;
+/// the guest is shown no SVE and gets an UNDEF). SME is trapped by TSM, which is part of
+/// RES1 (it is RES1 where SME is absent).
+pub const GUEST_CPTR: u64 = cptr::RES1 | cptr::TTA | cptr::TZ;
+
+/// The traps of the features a host CPU may have that the guest is not shown. Each bit
+/// is set only where the host implements its feature (elsewhere it is RES0), so the
+/// values depend on the host's ID registers. docs/isolation.md has the whole policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostTraps {
+    /// [`GUEST_HCR`] plus TACR (ACTLR_EL1, implementation defined: read as zero),
+    /// TERR and TEA with FEAT_RAS (error records read as zero; external aborts reach
+    /// the host), TLOR with FEAT_LOR (UNDEF), TID5 with FEAT_MTE2 (GMID_EL1 UNDEF).
+    /// HCR_EL2.ATA stays clear: MTE tag accesses are refused, its registers trap.
+    /// API and APK stay clear: pointer-authentication instructions and key registers
+    /// trap (UNDEF), so no guest runs with the host's keys.
+    pub hcr: u64,
+    /// [`GUEST_CPTR`] plus TAM with FEAT_AMUv1 (the activity monitors trap: UNDEF).
+    pub cptr: u64,
+}
+
+impl HostTraps {
+    pub fn new(host: &IdRegs) -> HostTraps {
+        let field = |v: u64, shift: u32| (v >> shift) & 0xf;
+        let mut hcr = GUEST_HCR | hcr::TACR;
+        if field(host.pfr0, 28) != 0 {
+            hcr |= hcr::TERR | hcr::TEA;
+        }
+        if field(host.mmfr1, 16) != 0 {
+            hcr |= hcr::TLOR;
+        }
+        if field(host.pfr1, 8) >= 2 {
+            hcr |= hcr::TID5;
+        }
+        let mut cptr = GUEST_CPTR;
+        if field(host.pfr0, 44) != 0 {
+            cptr |= cptr::TAM;
+        }
+        HostTraps { hcr, cptr }
+    }
+}
 
 /// CNTHCTL_EL2: the physical counter is readable, the physical timer traps (EL1PCEN
 /// clear; the guest uses its virtual timer, as Linux and FreeBSD do at EL1).
@@ -68,6 +109,7 @@ pub struct VcpuInit {
     /// The guest sees FEAT_PAN (ID_AA64MMFR1_EL1.PAN != 0): exception entry may set
     /// PSTATE.PAN.
     pub has_pan: bool,
+    pub traps: HostTraps,
 }
 
 pub struct Vcpu {
@@ -156,9 +198,9 @@ impl Vcpu {
         *c = VcpuContext::default();
         c.pstate = pstate::GUEST_RESET;
         c.el1.sctlr_el1 = SCTLR_EL1_RESET;
-        c.el2.hcr_el2 = GUEST_HCR;
+        c.el2.hcr_el2 = init.traps.hcr;
         c.el2.mdcr_el2 = GUEST_MDCR | if brk { mdcr::TDE } else { 0 };
-        c.el2.cptr_el2 = GUEST_CPTR;
+        c.el2.cptr_el2 = init.traps.cptr;
         c.el2.cnthctl_el2 = GUEST_CNTHCTL;
         c.el2.vpidr_el2 = init.midr;
         c.el2.vmpidr_el2 = vmm_platform::vcpu_mpidr(init.id);

@@ -14,7 +14,7 @@ use crate::mem::VmMem;
 use crate::stage2::Stage2;
 use crate::stats::Stats;
 use crate::sync::Mutex;
-use crate::vcpu::{Vcpu, VcpuInit};
+use crate::vcpu::{HostTraps, Vcpu, VcpuInit};
 use crate::vgic::{Kicks, Vgic};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
@@ -75,6 +75,7 @@ pub struct Vm<H: Host> {
     pub cntvoff: u64,
     pub midr: u64,
     pub has_pan: bool,
+    pub traps: HostTraps,
     pub mem: Mutex<H::Mutex, VmMem>,
     pub cfg: Mutex<H::Mutex, VmCfg>,
     /// The virtual GICv3 once VM_ATTACH_VGIC made it. Lock order: a vCPU, then this;
@@ -105,6 +106,7 @@ impl<H: Host> Vm<H> {
         geom: S2Geometry,
         midr: u64,
         has_pan: bool,
+        traps: HostTraps,
     ) -> KResult<Vm<H>> {
         let mut n = Vec::new();
         n.try_reserve_exact(name.len()).map_err(|_| Errno::ENOMEM)?;
@@ -128,6 +130,7 @@ impl<H: Host> Vm<H> {
             cntvoff: host.counter(),
             midr,
             has_pan,
+            traps,
             mem: Mutex::new(VmMem::new(s2)),
             cfg: Mutex::new(VmCfg {
                 topology: VmCpuTopology {
@@ -186,6 +189,7 @@ impl<H: Host> Vm<H> {
                 cntvoff: self.cntvoff,
                 midr: self.midr,
                 has_pan: self.has_pan,
+                traps: self.traps,
             };
             *g = Some(Vcpu::new(host, init)?);
         }

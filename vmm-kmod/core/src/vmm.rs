@@ -6,6 +6,7 @@ use crate::errno::{Errno, KResult};
 use crate::host::{Host, PhysMem, PAGE_SIZE};
 use crate::sync::Mutex;
 use crate::sysemul::GuestIdRegs;
+use crate::vcpu::HostTraps;
 use crate::vm::Vm;
 use crate::vmid::VmidAlloc;
 use alloc::sync::Arc;
@@ -224,6 +225,7 @@ impl<H: Host> Vmm<H> {
             self.cfg.s2,
             self.params.id_regs.midr,
             has_pan,
+            HostTraps::new(&self.params.id_regs),
         ) {
             Ok(vm) => {
                 reg.vms.push(Arc::new(vm));

@@ -79,11 +79,12 @@ impl TestVm {
         c.pstate = pstate::GUEST_RESET;
         c.el1.sctlr_el1 = GUEST_SCTLR;
         c.el1.cpacr_el1 = 3 << 20;
-        // The EL2 controls vmm-core gives its vCPUs.
-        c.el2.hcr_el2 = vcpu::GUEST_HCR;
+        // The EL2 controls vmm-core gives its vCPUs on this CPU.
+        let traps = vcpu::HostTraps::new(&vmm_arm64::IdRegs::read());
+        c.el2.hcr_el2 = traps.hcr;
         c.el2.vpidr_el2 = midr;
         c.el2.vmpidr_el2 = 0x8000_0000;
-        c.el2.cptr_el2 = vcpu::GUEST_CPTR;
+        c.el2.cptr_el2 = traps.cptr;
         c.el2.mdcr_el2 = vcpu::GUEST_MDCR;
         c.el2.cnthctl_el2 = vcpu::GUEST_CNTHCTL;
         c.el2.vttbr_el2 = vttbr;

@@ -10,6 +10,7 @@
 
 mod decode;
 mod dispatch;
+mod isolation;
 mod run;
 mod stage2;
 mod vgic;

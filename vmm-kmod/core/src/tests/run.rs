@@ -86,7 +86,10 @@ fn hvc_is_an_smccc_exit_and_resumes_after_it() {
     // The first entry had the guest's reset state and our controls.
     let c = &en[0];
     assert_eq!(c.pstate, 0x3c5);
-    assert_eq!(c.el2.hcr_el2, crate::vcpu::GUEST_HCR);
+    assert_eq!(
+        c.el2.hcr_el2,
+        crate::vcpu::HostTraps::new(&crate::fake::params().id_regs).hcr
+    );
     assert_eq!(c.el2.vmpidr_el2, 0x8000_0000);
     assert_eq!(c.el2.vpidr_el2, crate::fake::params().id_regs.midr);
     assert_ne!(c.el2.vttbr_el2 >> 48, 0, "a guest VMID");

@@ -1,0 +1,205 @@
+//! Features a host CPU may have that the guest is not shown: the traps the vCPU runs
+//! with, the answers to the trapped instructions and registers, and the ID values the
+//! guest reads, on an Armv8.0 host and on one with every feature (docs/isolation.md).
+
+use super::*;
+use crate::fake::{FakeHost, Scripted};
+use crate::sysemul::{answer, hidden_feature, GuestIdRegs, SysRegAnswer};
+use crate::vcpu::{HostTraps, GUEST_CPTR, GUEST_HCR};
+use vmm_sys::arm64::esr::{self, decode_sys64, ec, esr as mk};
+use vmm_sys::arm64::regs::{cptr, hcr};
+use vmm_sys::arm64::sysreg::SysReg;
+use vmm_sys::hyp::VcpuContext;
+use vmm_sys::reg;
+
+/// A host with SVE, RAS, AMU (PFR0), MTE2 and SME (PFR1), LOR (MMFR1) and pointer
+/// authentication (ISAR1, ISAR2), as QEMU's `-cpu max` has.
+fn modern_host() -> crate::IdRegs {
+    let base = crate::fake::params().id_regs;
+    crate::IdRegs {
+        pfr0: base.pfr0 | (1 << 28) | (1 << 32) | (1 << 44),
+        pfr1: (2 << 8) | (1 << 24),
+        isar1: base.isar1 | (1 << 4) | (1 << 8),
+        isar2: 1 << 12,
+        mmfr1: base.mmfr1 | (1 << 16),
+        ..base
+    }
+}
+
+fn sys_iss(r: SysReg, rt: u8, read: bool) -> u32 {
+    r.0 | (u32::from(rt) << 5) | u32::from(read)
+}
+
+#[test]
+fn traps_follow_the_host_features() {
+    let old = HostTraps::new(&crate::fake::params().id_regs);
+    assert_eq!(old.hcr, GUEST_HCR | hcr::TACR, "Armv8.0: only TACR added");
+    assert_eq!(old.cptr, GUEST_CPTR);
+    assert_ne!(old.cptr & cptr::TZ, 0, "SVE traps (RES1 where absent)");
+    assert_ne!(old.cptr & cptr::TSM, 0, "SME traps (RES1 where absent)");
+    let new = HostTraps::new(&modern_host());
+    for (bit, name) in [
+        (hcr::TACR, "TACR"),
+        (hcr::TERR, "TERR"),
+        (hcr::TEA, "TEA"),
+        (hcr::TLOR, "TLOR"),
+        (hcr::TID5, "TID5"),
+    ] {
+        assert_ne!(new.hcr & bit, 0, "{name}");
+    }
+    for (bit, name) in [(hcr::API, "API"), (hcr::APK, "APK"), (hcr::ATA, "ATA")] {
+        assert_eq!(new.hcr & bit, 0, "{name} clear: the feature traps");
+    }
+    assert_ne!(new.cptr & cptr::TAM, 0, "AMU traps");
+    assert_eq!(new.cptr & cptr::TFP, 0, "FP is switched, not trapped");
+}
+
+/// The traps are what the vCPU is entered with.
+#[test]
+fn the_guest_runs_with_the_traps() {
+    let mut params = crate::fake::params();
+    params.id_regs = modern_host();
+    let v = Vmm::new(FakeHost::new(64, 2), params).ok().unwrap();
+    setup(&v, "g", 4);
+    set_reg(&v, "g", 0, reg::VM_REG_GUEST_PC, RAM).unwrap();
+    v.host()
+        .push(Scripted::sync(mk(ec::HVC64, true, 0)).with(|c| c.pc += 4));
+    run(&v, "g", 0).unwrap();
+    let c: VcpuContext = v.host().entries.lock().unwrap()[0];
+    let want = HostTraps::new(&modern_host());
+    assert_eq!((c.el2.hcr_el2, c.el2.cptr_el2), (want.hcr, want.cptr));
+}
+
+/// SVE, SME and pointer-authentication instructions trap; each gets an UNDEF at its
+/// own address, and the run goes on in the guest.
+#[test]
+fn hidden_instructions_are_undefined() {
+    let v = vmm();
+    setup(&v, "g", 4);
+    set_reg(&v, "g", 0, reg::VM_REG_GUEST_PC, RAM).unwrap();
+    for (n, class) in [ec::SVE, ec::SME, ec::PAC].into_iter().enumerate() {
+        let pc = RAM + 0x100 * (n as u64 + 1);
+        v.host()
+            .push(Scripted::sync(mk(class, true, 0)).with(move |c| {
+                c.pc = pc;
+                c.el1.vbar_el1 = RAM + 0x800;
+            }));
+    }
+    v.host()
+        .push(Scripted::sync(mk(ec::HVC64, true, 0)).with(|c| c.pc += 4));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(
+        exitcode(&e),
+        vmm_sys::exit::ExitCode::Smccc,
+        "no exit to userspace"
+    );
+    let en = v.host().entries.lock().unwrap().clone();
+    for n in 0..3u64 {
+        let c = en[n as usize + 1];
+        assert_eq!(
+            (c.el1.esr_el1, c.el1.elr_el1, c.pc),
+            (esr::ESR_UNDEFINED, RAM + 0x100 * (n + 1), RAM + 0xa00),
+            "exit {n}: UNDEF at the instruction, taken at VBAR + 0x200"
+        );
+    }
+}
+
+#[test]
+fn hidden_registers_read_as_zero_or_are_undefined() {
+    let ids = GuestIdRegs::new(&modern_host(), 39);
+    let a = |r: SysReg, read: bool| answer(&decode_sys64(sys_iss(r, 2, read)), &ids, 0, 0);
+    let raz_wi = [
+        ("ACTLR_EL1", SysReg::new(3, 0, 1, 0, 1)),
+        ("ERRIDR_EL1", SysReg::new(3, 0, 5, 3, 0)),
+        ("ERRSELR_EL1", SysReg::new(3, 0, 5, 3, 1)),
+        ("ERXSTATUS_EL1", SysReg::new(3, 0, 5, 4, 2)),
+        ("ERXMISC3_EL1", SysReg::new(3, 0, 5, 5, 3)),
+    ];
+    for (name, r) in raz_wi {
+        assert_eq!(a(r, true), SysRegAnswer::Read(0), "{name}");
+        assert_eq!(a(r, false), SysRegAnswer::Ignored, "{name}");
+    }
+    let undefined = [
+        ("LORSA_EL1", SysReg::new(3, 0, 10, 4, 0)),
+        ("LORC_EL1", SysReg::new(3, 0, 10, 4, 3)),
+        ("LORID_EL1", SysReg::new(3, 0, 10, 4, 7)),
+        ("APIAKeyLo_EL1", SysReg::new(3, 0, 2, 1, 0)),
+        ("APGAKeyHi_EL1", SysReg::new(3, 0, 2, 3, 1)),
+        ("RGSR_EL1", SysReg::new(3, 0, 1, 0, 5)),
+        ("GCR_EL1", SysReg::new(3, 0, 1, 0, 6)),
+        ("TFSR_EL1", SysReg::new(3, 0, 5, 6, 0)),
+        ("TFSRE0_EL1", SysReg::new(3, 0, 5, 6, 1)),
+        ("GMID_EL1", SysReg::new(3, 1, 0, 0, 4)),
+        ("AMCR_EL0", SysReg::new(3, 3, 13, 2, 0)),
+        ("AMEVCNTR00_EL0", SysReg::new(3, 3, 13, 4, 0)),
+        ("AMEVTYPER115_EL0", SysReg::new(3, 3, 13, 15, 7)),
+    ];
+    for (name, r) in undefined {
+        assert_eq!(a(r, true), SysRegAnswer::Undefined, "{name} read");
+        assert_eq!(a(r, false), SysRegAnswer::Undefined, "{name} write");
+    }
+    // Neighbours that are not hidden features are not caught.
+    for (name, r) in [
+        ("SCTLR_EL1", SysReg::new(3, 0, 1, 0, 0)),
+        ("CPACR_EL1", SysReg::new(3, 0, 1, 0, 2)),
+        ("ESR_EL1", SysReg::new(3, 0, 5, 2, 0)),
+        ("MPAMIDR_EL1", SysReg::new(3, 0, 10, 4, 4)),
+        ("TPIDR_EL0", SysReg::new(3, 3, 13, 0, 2)),
+        ("TTBR0_EL1", SysReg::new(3, 0, 2, 0, 0)),
+    ] {
+        assert_eq!(hidden_feature(r), None, "{name}");
+    }
+}
+
+#[test]
+fn a_modern_host_shows_the_guest_none_of_its_hidden_features() {
+    let ids = GuestIdRegs::new(&modern_host(), 39);
+    let f = |v: u64, shift: u32| (v >> shift) & 0xf;
+    assert_eq!(f(ids.pfr0, 28), 0, "RAS");
+    assert_eq!(f(ids.pfr0, 32), 0, "SVE");
+    assert_eq!(f(ids.pfr0, 44), 0, "AMU");
+    assert_eq!(ids.pfr1, 0, "MTE, SME, BTI, SSBS");
+    assert_eq!(ids.isar1 & ((0xff << 4) | (0xff << 24)), 0, "PAC");
+    assert_eq!(
+        ids.read(SysReg::new(3, 0, 0, 6, 2)),
+        0,
+        "PAC (QARMA3) and the rest of ISAR2"
+    );
+    assert_eq!(f(ids.mmfr1, 16), 0, "LOR");
+    assert_eq!(ids.read(SysReg::new(3, 0, 0, 4, 4)), 0, "ID_AA64ZFR0_EL1");
+    assert_eq!(ids.read(SysReg::new(3, 0, 0, 4, 5)), 0, "ID_AA64SMFR0_EL1");
+    assert_eq!(ids.dfr0, 6, "debug v8.0, no PMU, SPE, TRBE, trace");
+}
+
+/// Debug, PMU, SPE, TRBE and trace registers trap: MDCR_EL2 as the vCPU gets it.
+#[test]
+fn debug_pmu_spe_and_trace_registers_trap() {
+    use crate::vcpu::GUEST_MDCR;
+    use vmm_sys::arm64::regs::mdcr;
+    for (bit, name) in [
+        (mdcr::TDA, "TDA"),
+        (mdcr::TDOSA, "TDOSA"),
+        (mdcr::TDRA, "TDRA"),
+        (mdcr::TPM, "TPM"),
+        (mdcr::TPMCR, "TPMCR"),
+        (mdcr::TPMS, "TPMS"),
+        (mdcr::TTRF, "TTRF"),
+    ] {
+        assert_ne!(GUEST_MDCR & bit, 0, "{name}");
+    }
+    assert_eq!(
+        (GUEST_MDCR >> 12) & 3,
+        0,
+        "E2PB 0: the profiling buffer is EL2's"
+    );
+    assert_eq!(
+        (GUEST_MDCR >> 24) & 3,
+        0,
+        "E2TB 0: the trace buffer is EL2's"
+    );
+    assert_eq!(
+        GUEST_MDCR & mdcr::HPMN_MASK,
+        0,
+        "no PMU counters for the guest"
+    );
+}
