@@ -34,15 +34,26 @@ pub fn check_x18() -> Result<(), String> {
     show(build::check_x18())
 }
 
+/// `run-testbed [--timeout SECS] [--cpu cortex-a57|max]`: the CPU (and so the host
+/// mode) defaults to $VMM_TESTBED_CPU, else cortex-a57.
 pub fn run_testbed(args: &[String]) -> Result<(), String> {
+    let (cpu, rest) = cpu_option(args)?;
     let timeout = crate::number_option(
         "run-testbed",
-        args,
+        &rest,
         ("--timeout", "a number of seconds"),
         120,
     )?;
     let kernel = build::build_testbed()?;
-    let out = qemu::run(&qemu::qemu_args(&kernel, 2), Duration::from_secs(timeout))?;
+    eprintln!(
+        "xtask: testbed on -cpu {} (mode: {})",
+        cpu.qemu_cpu(),
+        cpu.mode()
+    );
+    let out = qemu::run(
+        &qemu::qemu_args(&kernel, 2, cpu),
+        Duration::from_secs(timeout),
+    )?;
     print!("{}", out.log);
     let tests = qemu::parse_tests(&out.log);
     let failed = tests.iter().filter(|t| !t.pass).count();
@@ -65,7 +76,7 @@ pub fn run_testbed(args: &[String]) -> Result<(), String> {
 /// leaves the word "BNCH" below the kernel image. Numbers are printed, never asserted.
 pub fn bench_el2() -> Result<(), String> {
     let kernel = build::build_testbed()?;
-    let mut args = qemu::qemu_args(&kernel, 2);
+    let mut args = qemu::qemu_args(&kernel, 2, qemu::HostCpu::CortexA57);
     args.extend(
         [
             "-icount",
@@ -103,4 +114,21 @@ pub fn bench_el2() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Takes `--cpu NAME` out of `args`: the host CPU it names (else $VMM_TESTBED_CPU's,
+/// else cortex-a57) and the other arguments.
+fn cpu_option(args: &[String]) -> Result<(qemu::HostCpu, Vec<String>), String> {
+    let mut cpu = qemu::HostCpu::from_env()?;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--cpu" {
+            let name = it.next().ok_or("--cpu needs cortex-a57 or max")?;
+            cpu = qemu::HostCpu::parse(name)?;
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    Ok((cpu, rest))
 }

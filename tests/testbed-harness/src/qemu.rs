@@ -7,13 +7,61 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The CPU the testbed host runs on, which decides its host mode: the Armv8.0
+/// cortex-a57 has no VHE, so the testbed kernel runs at EL1 under the hyp stub (an
+/// nVHE host); QEMU's `max` has VHE, so the kernel stays at EL2 with E2H and TGE (a
+/// VHE host, as FreeBSD 15 on every Armv8.1+ CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostCpu {
+    CortexA57,
+    Max,
+}
+
+impl HostCpu {
+    /// `cortex-a57` or `max`.
+    pub fn parse(name: &str) -> Result<HostCpu, Error> {
+        match name {
+            "cortex-a57" => Ok(HostCpu::CortexA57),
+            "max" => Ok(HostCpu::Max),
+            _ => Err(Error::Check(format!(
+                "unknown testbed CPU '{name}' (known: cortex-a57, max)"
+            ))),
+        }
+    }
+
+    /// $VMM_TESTBED_CPU, or cortex-a57 when it is unset.
+    pub fn from_env() -> Result<HostCpu, Error> {
+        match std::env::var("VMM_TESTBED_CPU") {
+            Ok(v) => HostCpu::parse(&v),
+            Err(_) => Ok(HostCpu::CortexA57),
+        }
+    }
+
+    /// QEMU's `-cpu` value. `max` takes the implementation-defined pointer
+    /// authentication algorithm: QARMA5 under TCG is many times slower.
+    pub fn qemu_cpu(self) -> &'static str {
+        match self {
+            HostCpu::CortexA57 => "cortex-a57",
+            HostCpu::Max => "max,pauth-impdef=on",
+        }
+    }
+
+    /// The host mode the testbed kernel runs in on this CPU.
+    pub fn mode(self) -> &'static str {
+        match self {
+            HostCpu::CortexA57 => "nvhe",
+            HostCpu::Max => "vhe",
+        }
+    }
+}
+
 /// The board the testbed targets (DESIGN.md "The testbed").
-pub fn qemu_args(kernel: &Path, smp: u32) -> Vec<String> {
+pub fn qemu_args(kernel: &Path, smp: u32, cpu: HostCpu) -> Vec<String> {
     [
         "-M",
         "virt,virtualization=on,gic-version=3",
         "-cpu",
-        "cortex-a57",
+        cpu.qemu_cpu(),
         "-smp",
         &smp.to_string(),
         "-m",

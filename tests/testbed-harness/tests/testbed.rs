@@ -1,6 +1,6 @@
 //! Testbed tests: build the testbed kernel (EL2 blob and guest programs embedded), boot
-//! it once in QEMU (virt, virtualization=on, GICv3, cortex-a57, 2 CPUs) under a hard
-//! timeout, and check the `TEST <name> PASS|FAIL <detail>` lines of its serial log.
+//! it in QEMU (virt, virtualization=on, GICv3, 2 CPUs) under a hard timeout, once on a
+//! cortex-a57 (an nVHE host) and once on `-cpu max` (a VHE host), and check the `TEST <name> PASS|FAIL <detail>` lines of its serial log.
 //! Every test function checks its own lines; a missing line fails like a FAIL line,
 //! and every failure shows the whole serial log.
 //!
@@ -30,30 +30,43 @@ fn skip() -> bool {
 
 fn testbed_run() -> &'static Result<Run, String> {
     static RUN: OnceLock<Result<Run, String>> = OnceLock::new();
-    RUN.get_or_init(|| {
-        let kernel = build::build_testbed().map_err(|e| format!("building the testbed: {e}"))?;
-        let out = qemu::run(&qemu::qemu_args(&kernel, 2), QEMU_TIMEOUT)
-            .map_err(|e| format!("running QEMU: {e}"))?;
-        let tests = qemu::parse_tests(&out.log);
-        if out.timed_out {
-            return Err(format!(
-                "QEMU killed after {QEMU_TIMEOUT:?}; serial log:\n{}",
-                out.log
-            ));
-        }
-        Ok(Run {
-            log: out.log,
-            tests,
-        })
+    RUN.get_or_init(|| boot(qemu::HostCpu::CortexA57))
+}
+
+/// The run on a VHE host (`-cpu max`).
+fn vhe_run() -> &'static Result<Run, String> {
+    static RUN: OnceLock<Result<Run, String>> = OnceLock::new();
+    RUN.get_or_init(|| boot(qemu::HostCpu::Max))
+}
+
+fn boot(cpu: qemu::HostCpu) -> Result<Run, String> {
+    let kernel = build::build_testbed().map_err(|e| format!("building the testbed: {e}"))?;
+    let out = qemu::run(&qemu::qemu_args(&kernel, 2, cpu), QEMU_TIMEOUT)
+        .map_err(|e| format!("running QEMU: {e}"))?;
+    let tests = qemu::parse_tests(&out.log);
+    if out.timed_out {
+        return Err(format!(
+            "QEMU killed after {QEMU_TIMEOUT:?}; serial log:\n{}",
+            out.log
+        ));
+    }
+    Ok(Run {
+        log: out.log,
+        tests,
     })
 }
 
-/// Asserts that every named testbed test ran and passed.
+/// Asserts that every named testbed test ran and passed on the nVHE host.
 fn expect(names: &[&str]) {
+    expect_in(testbed_run(), names)
+}
+
+/// Asserts that every named testbed test ran and passed in `run`.
+fn expect_in(run: &Result<Run, String>, names: &[&str]) {
     if skip() {
         return;
     }
-    let run = match testbed_run() {
+    let run = match run {
         Ok(r) => r,
         Err(e) => panic!("{e}"),
     };
@@ -176,4 +189,24 @@ fn no_x18_outside_the_world_switch() {
         Ok(summary) => eprintln!("{summary}"),
         Err(e) => panic!("{e}"),
     }
+}
+
+/// A VHE host (`-cpu max`): the testbed kernel stays at EL2 with E2H and TGE on both
+/// CPUs and runs at high addresses in the EL2&0 regime, with its GIC, its timer (the
+/// EL2 physical timer, PPI 26) and IPIs.
+#[test]
+fn vhe_host_boots_at_el2_with_e2h_and_tge() {
+    expect_in(
+        vhe_run(),
+        &[
+            "cpu1_up",
+            "vhe_host_cpu0",
+            "vhe_host_cpu1",
+            "el2_high_va",
+            "gic_init",
+            "timer_irq",
+            "ipi",
+            "page_allocator",
+        ],
+    );
 }

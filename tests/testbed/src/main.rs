@@ -38,7 +38,9 @@ extern "C" fn kernel_entry(cpu: u64) -> ! {
 
 fn kmain() -> ! {
     kprintln!(
-        "testbed: booted, cpu 0 at EL1, kernel at {:#x}",
+        "testbed: booted, cpu 0 at EL{} ({} host), kernel at {:#x}",
+        if cpu::vhe_host() { 2 } else { 1 },
+        if cpu::vhe_host() { "VHE" } else { "nVHE" },
         kmain as *const () as usize
     );
     mm::init();

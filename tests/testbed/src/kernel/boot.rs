@@ -1,6 +1,9 @@
 //! Boot, in assembly because it runs before the MMU is on (physical addresses) and at
-//! EL2: leave FreeBSD's hyp-stub contract (DESIGN.md "The EL2 contract"), record what
-//! the EL2 registers read back, drop to EL1, turn the MMU on with the kernel at high
+//! EL2. On a CPU without VHE (cortex-a57): leave FreeBSD's hyp-stub contract
+//! (DESIGN.md "The EL2 contract"), record what the EL2 registers read back, drop to
+//! EL1. On a CPU with VHE (`-cpu max`): stay at EL2 with HCR_EL2.E2H and TGE set, as
+//! FreeBSD 15 does on such CPUs; the EL1 register names then reach the EL2 registers,
+//! so the rest is the same code. Then turn the MMU on with the kernel at high
 //! addresses (TTBR1) and jump there. CPU 0 enters at `_start` (QEMU's -kernel entry);
 //! the others at `secondary_entry` through PSCI CPU_ON with x0 = their index.
 //!
@@ -47,6 +50,9 @@ pub const STUB_CPTR_EL2: u64 = cptr::RES1;
 pub const STUB_CNTHCTL_EL2: u64 = cnthctl::EL1PCTEN | cnthctl::EL1PCEN;
 pub const STUB_MDCR_EL2: u64 = mdcr::E2PB_EL1_NO_TRAP;
 pub const STUB_SPSR_EL2: u64 = pstate::M_EL1H | pstate::DAIF;
+/// HCR_EL2 of a VHE host: the kernel at EL2 in the EL2&0 regime (E2H), its user space
+/// at EL0 under it (TGE); pointer authentication not trapped (API, APK).
+pub const VHE_HCR_EL2: u64 = hcr::E2H | hcr::TGE | hcr::RW | hcr::APK | hcr::API;
 /// ICC_SRE_EL2.SRE | ICC_SRE_EL2.Enable.
 pub const ICC_SRE_EL2_SRE_EN: u64 = 1 | 8;
 
@@ -159,8 +165,15 @@ boot_common:
     mrs x0, CurrentEL
     cmp x0, #8
     b.ne boot_hang
-    bl el2_leave_contract
-    /* EL1h now (SP_EL1), DAIF masked, MMU off: the stack, at its physical address. */
+    mrs x0, id_aa64mmfr1_el1
+    ubfx x0, x0, #8, #4
+    cbz x0, 6f
+    bl el2_enter_vhe
+    b 7f
+6:  bl el2_leave_contract
+    /* EL1h (SP_EL1) or, on a VHE host, EL2h (SP_EL2); DAIF masked, MMU off: the
+     * stack, at its physical address. */
+7:
     adrp x1, BOOT_STACKS
     add x1, x1, :lo12:BOOT_STACKS
     mov x2, #{STACK}
@@ -238,6 +251,44 @@ el2_leave_contract:
     str x0, [x1, #120]
     msr elr_el2, x30
     eret
+
+/* At EL2, MMU off, on a CPU with VHE: E2H and TGE on, staying at EL2 (FreeBSD 15's
+ * locore on such CPUs). From here the *_EL1 register names reach SCTLR/TCR/TTBRx/
+ * MAIR/VBAR/CPTR/ESR/ELR/SPSR_EL2, so the MMU code below serves both modes. */
+el2_enter_vhe:
+    ldr x0, ={SCTLR_STUB}
+    msr sctlr_el2, x0
+    isb
+    ldr x0, ={HCR_VHE}
+    msr hcr_el2, x0
+    isb
+    mrs x0, midr_el1
+    msr vpidr_el2, x0
+    mrs x0, mpidr_el1
+    msr vmpidr_el2, x0
+    msr mdcr_el2, xzr
+    msr hstr_el2, xzr
+    msr cnthctl_el2, xzr
+    msr cntvoff_el2, xzr
+    msr vttbr_el2, xzr
+    mrs x0, id_aa64pfr0_el1
+    ubfx x0, x0, #24, #4
+    cbz x0, 8f
+    mrs x0, icc_sre_el2
+    mov x2, #{SRE_EN}
+    orr x0, x0, x2
+    msr icc_sre_el2, x0
+    isb
+8:  adrp x1, CONTRACT_READBACK
+    add x1, x1, :lo12:CONTRACT_READBACK
+    mov x2, #128
+    madd x1, x19, x2, x1
+"#,
+    readback_asm!(),
+    r#"
+    mrs x0, spsr_el2
+    str x0, [x1, #120]
+    ret
 
 /* EL1, MMU off: 1 GiB blocks. TTBR1: PA 0..1G device, 1G..2G RAM, so VA = KBASE + PA.
  * TTBR0: RAM identity, only for the jump to high addresses. */
@@ -332,6 +383,7 @@ el2_probe:
     MDCR_STUB = const STUB_MDCR_EL2,
     SRE_EN = const ICC_SRE_EL2_SRE_EN,
     SPSR_STUB = const STUB_SPSR_EL2,
+    HCR_VHE = const VHE_HCR_EL2,
     BLOCK_DEVICE = const BLOCK_DEVICE,
     RAM_BLOCK = const RAM_BASE | BLOCK_NORMAL,
     MAIR = const MAIR,

@@ -11,6 +11,13 @@ pub fn id() -> usize {
     v as usize
 }
 
+/// True on a VHE host: the kernel runs at EL2 with HCR_EL2.E2H and TGE set (the boot
+/// code chose it because the CPU has VHE); false on an nVHE host, whose kernel runs at
+/// EL1 under the hyp stub.
+pub fn vhe_host() -> bool {
+    vmm_arm64::mrs!("CurrentEL") >> 2 == 2
+}
+
 pub fn mpidr() -> u64 {
     let v: u64;
     // SAFETY: reads this CPU's affinity.

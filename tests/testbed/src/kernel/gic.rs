@@ -1,5 +1,6 @@
 //! GICv3 for the testbed's own interrupts: distributor, this CPU's redistributor and
-//! the ICC system registers. SGIs are the IPIs; PPI 30 is the EL1 physical timer.
+//! the ICC system registers. SGIs are the IPIs; PPI 30 (26 on a VHE host) is the
+//! host's physical timer.
 
 use crate::kernel::cpu;
 use crate::kernel::mm::{pa_to_va, MAX_CPUS};
@@ -29,7 +30,15 @@ pub const SGI_WAKE: u32 = 0;
 pub const SGI_PING: u32 = 1;
 /// SGI that asks a CPU to run a `cpu::call_sync` function in its handler.
 pub const SGI_CALL: u32 = 2;
-pub const PPI_TIMER: u32 = 30;
+/// The host's timer PPI: the EL1 physical timer (30) on an nVHE host; on a VHE host
+/// the kernel's CNTP_* accesses reach the EL2 physical timer, PPI 26.
+pub fn ppi_timer() -> u32 {
+    if cpu::vhe_host() {
+        26
+    } else {
+        30
+    }
+}
 /// The vGIC maintenance interrupt: enabled so that it ends a guest's run (EOI of a
 /// level interrupt, list register underflow); the world switch drops it at exit.
 pub const PPI_MAINT: u32 = 25;
@@ -96,7 +105,7 @@ pub fn init_cpu() -> bool {
     }
     w32(
         sgi + GICR_ISENABLER0,
-        0xffff | (1 << PPI_TIMER) | (1 << PPI_MAINT) | (1 << PPI_VTIMER),
+        0xffff | (1 << ppi_timer()) | (1 << PPI_MAINT) | (1 << PPI_VTIMER),
     );
     if let Some(slot) = MY_RD.get(cpu::id()) {
         slot.store(rd, Ordering::Relaxed);
@@ -159,7 +168,7 @@ pub fn handle_irq() {
         if let Some(c) = IRQ_COUNT.get(cpu::id()).and_then(|c| c.get(intid as usize)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        if intid == PPI_TIMER {
+        if intid == ppi_timer() {
             crate::kernel::timer::on_irq();
         }
         if intid == SGI_CALL {
