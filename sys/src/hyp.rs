@@ -111,6 +111,10 @@ pub struct El2Controls {
     pub cnthctl_el2: u64,
     /// Stage-2 table base | VMID << 48.
     pub vttbr_el2: u64,
+    /// The stage-2 translation control (IPA size, start level, granule) this VM's
+    /// tables were built for. Loaded with VTTBR_EL2 on every entry, so that no EL2
+    /// regime needs it set per CPU beforehand.
+    pub vtcr_el2: u64,
 }
 
 /// The guest's virtual timer.

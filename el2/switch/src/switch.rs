@@ -100,6 +100,7 @@ fn save_el2(r: &mut El2Controls) {
     r.mdcr_el2 = mrs!("mdcr_el2");
     r.cnthctl_el2 = mrs!("cnthctl_el2");
     r.vttbr_el2 = mrs!("vttbr_el2");
+    r.vtcr_el2 = mrs!("vtcr_el2");
 }
 
 fn load_el2(r: &El2Controls) {
@@ -109,6 +110,7 @@ fn load_el2(r: &El2Controls) {
     msr!("cptr_el2", r.cptr_el2);
     msr!("mdcr_el2", r.mdcr_el2);
     msr!("cnthctl_el2", r.cnthctl_el2);
+    msr!("vtcr_el2", r.vtcr_el2);
     msr!("vttbr_el2", r.vttbr_el2);
     isb();
 }

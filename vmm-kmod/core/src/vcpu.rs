@@ -104,6 +104,8 @@ pub const GUEST_CNTHCTL: u64 = cnthctl::EL1PCTEN;
 pub struct VcpuInit {
     pub id: u32,
     pub vttbr: u64,
+    /// VTCR_EL2 for the tables behind `vttbr`.
+    pub vtcr: u64,
     pub cntvoff: u64,
     pub midr: u64,
     /// The guest sees FEAT_PAN (ID_AA64MMFR1_EL1.PAN != 0): exception entry may set
@@ -205,6 +207,7 @@ impl Vcpu {
         c.el2.vpidr_el2 = init.midr;
         c.el2.vmpidr_el2 = vmm_platform::vcpu_mpidr(init.id);
         c.el2.vttbr_el2 = init.vttbr;
+        c.el2.vtcr_el2 = init.vtcr;
         c.timer.cntvoff_el2 = init.cntvoff;
         self.pending_advance = 0;
         self.pending_load = None;

@@ -70,6 +70,7 @@ pub struct Vm<H: Host> {
     pub name: Vec<u8>,
     pub vmid: u16,
     pub vttbr: u64,
+    pub vtcr: u64,
     /// CNTVOFF_EL2 for every vCPU: the host counter at creation, so the guest's virtual
     /// count starts near zero (FreeBSD's vtimer_vminit).
     pub cntvoff: u64,
@@ -104,6 +105,7 @@ impl<H: Host> Vm<H> {
         name: &[u8],
         vmid: u16,
         geom: S2Geometry,
+        vtcr: u64,
         midr: u64,
         has_pan: bool,
         traps: HostTraps,
@@ -127,6 +129,7 @@ impl<H: Host> Vm<H> {
             name: n,
             vmid,
             vttbr,
+            vtcr,
             cntvoff: host.counter(),
             midr,
             has_pan,
@@ -186,6 +189,7 @@ impl<H: Host> Vm<H> {
             let init = VcpuInit {
                 id: u32::try_from(id).map_err(|_| Errno::EINVAL)?,
                 vttbr: self.vttbr,
+                vtcr: self.vtcr,
                 cntvoff: self.cntvoff,
                 midr: self.midr,
                 has_pan: self.has_pan,

@@ -223,6 +223,7 @@ impl<H: Host> Vmm<H> {
             name,
             vmid,
             self.cfg.s2,
+            self.cfg.vtcr_el2,
             self.params.id_regs.midr,
             has_pan,
             HostTraps::new(&self.params.id_regs),

@@ -88,6 +88,7 @@ impl TestVm {
         c.el2.mdcr_el2 = vcpu::GUEST_MDCR;
         c.el2.cnthctl_el2 = vcpu::GUEST_CNTHCTL;
         c.el2.vttbr_el2 = vttbr;
+        c.el2.vtcr_el2 = crate::kernel::hyp::el2_config()?.vtcr_el2;
         c.vgic.ich_hcr_el2 = 1;
         // Start from a clean stage-2 TLB for this VMID (it may have been used before).
         hyp_call(HYP_S2_TLBI_ALL, vttbr, 0, 0);

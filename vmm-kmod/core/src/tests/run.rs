@@ -93,6 +93,10 @@ fn hvc_is_an_smccc_exit_and_resumes_after_it() {
     assert_eq!(c.el2.vmpidr_el2, 0x8000_0000);
     assert_eq!(c.el2.vpidr_el2, crate::fake::params().id_regs.midr);
     assert_ne!(c.el2.vttbr_el2 >> 48, 0, "a guest VMID");
+    assert_eq!(
+        c.el2.vtcr_el2, v.cfg.vtcr_el2,
+        "the stage-2 control with the tables"
+    );
     assert_ne!(c.timer.cntvoff_el2, 0);
     assert_eq!(stat(&v, "g", Stat::Smccc), 2);
     assert_eq!(stat(&v, "g", Stat::VmRun), 2);
