@@ -11,6 +11,10 @@
 //!
 //! On unload: `HYP_CLEANUP` with x1 = physical address of the stub's vectors; the blob
 //! puts them back and turns the EL2 MMU off, leaving EL2 as locore left it.
+//!
+//! On a VHE host the kernel itself runs at EL2: there is no stub and no blob, nothing
+//! to bring up or take down; the host runs the world switch and the EL2 maintenance in
+//! place (`Host::enter_guest`, `Host::hyp_call`).
 
 use crate::errno::{Errno, KResult};
 use vmm_sys::arm64::regs::{parange_bits, vtcr};
@@ -18,17 +22,31 @@ use vmm_sys::arm64::regs::{parange_bits, vtcr};
 /// The host's ID registers, read by `vmm_arm64` where the host runs.
 pub use vmm_arm64::IdRegs;
 
+/// Where the host kernel runs, and so how the core reaches EL2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum El2Regime {
+    /// The kernel runs at EL1 under FreeBSD's hyp stub: the core brings its EL2 blob up
+    /// on every CPU through the stub, and takes it down again.
+    Nvhe {
+        /// Physical address of the EL2 blob's init vector table (2 KiB aligned), already
+        /// mapped for EL2 together with the rest of the blob.
+        hyp_init_vectors_pa: u64,
+        /// Physical address of the hyp stub's vectors, restored by `HYP_CLEANUP`.
+        hyp_stub_vectors_pa: u64,
+        /// TTBR0_EL2: the host's identity-mapped EL2 translation tables
+        /// ([`crate::Host::map_el2`] adds to them).
+        el2_ttbr0: u64,
+    },
+    /// The kernel runs at EL2 with HCR_EL2.E2H (VHE): nothing to bring up; the host's
+    /// `hyp_call` answers the core's EL2 requests (register reads, stage-2 TLB
+    /// maintenance) in place and its `enter_guest` calls the world switch directly.
+    Vhe,
+}
+
 /// What the host glue hands to [`crate::Vmm::new`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InitParams {
-    /// Physical address of the EL2 blob's init vector table (2 KiB aligned), already
-    /// mapped for EL2 together with the rest of the blob.
-    pub hyp_init_vectors_pa: u64,
-    /// Physical address of the hyp stub's vectors, restored by `HYP_CLEANUP`.
-    pub hyp_stub_vectors_pa: u64,
-    /// TTBR0_EL2: the host's identity-mapped EL2 translation tables ([`crate::Host::map_el2`]
-    /// adds to them).
-    pub el2_ttbr0: u64,
+    pub regime: El2Regime,
     pub id_regs: IdRegs,
 }
 

@@ -196,6 +196,8 @@ pub struct Tlbi {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuEl2 {
+    /// A VHE host's CPU: the kernel itself at EL2; no stub, nothing to install.
+    Vhe,
     Stub,
     InitVectors,
     Up {
@@ -313,6 +315,14 @@ const PHYS_ALIGN: usize = 2 << 20;
 
 impl FakeHost {
     /// A host with `mib` MiB of fake physical memory and `ncpu` CPUs.
+    /// A fake VHE host: its CPUs run the kernel at EL2, so the core must make no stub
+    /// or blob call (each one fails the test).
+    pub fn new_vhe(mib: usize, ncpu: usize) -> FakeHost {
+        let h = FakeHost::new(mib, ncpu);
+        *h.cpus.lock().unwrap() = vec![CpuEl2::Vhe; ncpu];
+        h
+    }
+
     pub fn new(mib: usize, ncpu: usize) -> FakeHost {
         let size = mib << 20;
         // A small alignment, so a large block comes zeroed from calloc (fresh pages,
@@ -918,18 +928,27 @@ impl Host for FakeHost {
             }
             hyp::HYP_READ_REGISTER if args[0] == hyp::HYP_REG_ICH_VTR => {
                 assert!(
-                    matches!(self.cpus.lock().unwrap()[cpu], CpuEl2::Up { .. }),
+                    matches!(
+                        self.cpus.lock().unwrap()[cpu],
+                        CpuEl2::Up { .. } | CpuEl2::Vhe
+                    ),
                     "register read before the EL2 code is up"
                 );
                 self.ich_vtr.load(Ordering::SeqCst)
             }
             hyp::HYP_CLEANUP => {
                 assert_eq!(args[0], STUB_VECTORS);
+                assert_ne!(
+                    self.cpus.lock().unwrap()[cpu],
+                    CpuEl2::Vhe,
+                    "no stub on VHE"
+                );
                 self.cpus.lock().unwrap()[cpu] = CpuEl2::Stub;
                 0
             }
             INIT_VECTORS => {
                 let mut c = self.cpus.lock().unwrap();
+                assert_ne!(c[cpu], CpuEl2::Vhe, "no stub on VHE");
                 assert_eq!(c[cpu], CpuEl2::Stub, "init vectors installed twice");
                 c[cpu] = CpuEl2::InitVectors;
                 0
@@ -967,9 +986,11 @@ pub const FAKE_ICH_VTR: u64 = 0x9000_0003;
 /// Init parameters matching the fake, for a host with a 44-bit PA range (cortex-a57).
 pub fn params() -> crate::InitParams {
     crate::InitParams {
-        hyp_init_vectors_pa: INIT_VECTORS,
-        hyp_stub_vectors_pa: STUB_VECTORS,
-        el2_ttbr0: EL2_TTBR0,
+        regime: crate::El2Regime::Nvhe {
+            hyp_init_vectors_pa: INIT_VECTORS,
+            hyp_stub_vectors_pa: STUB_VECTORS,
+            el2_ttbr0: EL2_TTBR0,
+        },
         id_regs: crate::IdRegs {
             midr: 0x411f_d070,
             pfr0: 0x0000_0000_0100_2222, // GIC 1, AdvSIMD/FP 0, EL3..EL0 AArch64+32

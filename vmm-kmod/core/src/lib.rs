@@ -47,7 +47,7 @@ mod inspect;
 #[cfg(test)]
 mod tests;
 
-pub use el2::{IdRegs, InitParams};
+pub use el2::{El2Regime, IdRegs, InitParams};
 pub use errno::{Errno, KResult};
 pub use host::{Host, PhysMem, RawMutex, SleepResult, PAGE_SIZE};
 pub use vmm::{DeviceRef, Vmm};

@@ -99,19 +99,27 @@ impl HostTraps {
 /// clear; the guest uses its virtual timer, as Linux and FreeBSD do at EL1).
 pub const GUEST_CNTHCTL: u64 = cnthctl::EL1PCTEN;
 
-/// Per-vCPU values fixed by the VM.
+/// What every vCPU on this host starts from, computed once at load from the host's
+/// ID registers and EL2 configuration.
 #[derive(Debug, Clone, Copy)]
-pub struct VcpuInit {
-    pub id: u32,
-    pub vttbr: u64,
-    /// VTCR_EL2 for the tables behind `vttbr`.
+pub struct HostVcpu {
+    /// VTCR_EL2 for the stage-2 tables the core builds.
     pub vtcr: u64,
-    pub cntvoff: u64,
+    /// The MIDR_EL1 guests read (VPIDR_EL2).
     pub midr: u64,
     /// The guest sees FEAT_PAN (ID_AA64MMFR1_EL1.PAN != 0): exception entry may set
     /// PSTATE.PAN.
     pub has_pan: bool,
     pub traps: HostTraps,
+}
+
+/// Per-vCPU values fixed by the VM.
+#[derive(Debug, Clone, Copy)]
+pub struct VcpuInit {
+    pub id: u32,
+    pub vttbr: u64,
+    pub cntvoff: u64,
+    pub host: HostVcpu,
 }
 
 pub struct Vcpu {
@@ -200,14 +208,14 @@ impl Vcpu {
         *c = VcpuContext::default();
         c.pstate = pstate::GUEST_RESET;
         c.el1.sctlr_el1 = SCTLR_EL1_RESET;
-        c.el2.hcr_el2 = init.traps.hcr;
+        c.el2.hcr_el2 = init.host.traps.hcr;
         c.el2.mdcr_el2 = GUEST_MDCR | if brk { mdcr::TDE } else { 0 };
-        c.el2.cptr_el2 = init.traps.cptr;
+        c.el2.cptr_el2 = init.host.traps.cptr;
         c.el2.cnthctl_el2 = GUEST_CNTHCTL;
-        c.el2.vpidr_el2 = init.midr;
+        c.el2.vpidr_el2 = init.host.midr;
         c.el2.vmpidr_el2 = vmm_platform::vcpu_mpidr(init.id);
         c.el2.vttbr_el2 = init.vttbr;
-        c.el2.vtcr_el2 = init.vtcr;
+        c.el2.vtcr_el2 = init.host.vtcr;
         c.timer.cntvoff_el2 = init.cntvoff;
         self.pending_advance = 0;
         self.pending_load = None;
@@ -326,7 +334,7 @@ impl Vcpu {
         let load = self.pending_load.take();
         if let Some((esr, far)) = self.pending_exception.take() {
             self.pending_advance = 0;
-            let pan = self.init.has_pan;
+            let pan = self.init.host.has_pan;
             deliver_exception(self.ctx(), esr, far, pan);
         } else if self.pending_advance != 0 {
             if let Some(da) = load {

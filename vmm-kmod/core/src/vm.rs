@@ -14,7 +14,7 @@ use crate::mem::VmMem;
 use crate::stage2::Stage2;
 use crate::stats::Stats;
 use crate::sync::Mutex;
-use crate::vcpu::{HostTraps, Vcpu, VcpuInit};
+use crate::vcpu::{HostVcpu, Vcpu, VcpuInit};
 use crate::vgic::{Kicks, Vgic};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
@@ -70,13 +70,10 @@ pub struct Vm<H: Host> {
     pub name: Vec<u8>,
     pub vmid: u16,
     pub vttbr: u64,
-    pub vtcr: u64,
     /// CNTVOFF_EL2 for every vCPU: the host counter at creation, so the guest's virtual
     /// count starts near zero (FreeBSD's vtimer_vminit).
     pub cntvoff: u64,
-    pub midr: u64,
-    pub has_pan: bool,
-    pub traps: HostTraps,
+    pub vcpu_host: HostVcpu,
     pub mem: Mutex<H::Mutex, VmMem>,
     pub cfg: Mutex<H::Mutex, VmCfg>,
     /// The virtual GICv3 once VM_ATTACH_VGIC made it. Lock order: a vCPU, then this;
@@ -105,10 +102,7 @@ impl<H: Host> Vm<H> {
         name: &[u8],
         vmid: u16,
         geom: S2Geometry,
-        vtcr: u64,
-        midr: u64,
-        has_pan: bool,
-        traps: HostTraps,
+        vcpu_host: HostVcpu,
     ) -> KResult<Vm<H>> {
         let mut n = Vec::new();
         n.try_reserve_exact(name.len()).map_err(|_| Errno::ENOMEM)?;
@@ -129,11 +123,8 @@ impl<H: Host> Vm<H> {
             name: n,
             vmid,
             vttbr,
-            vtcr,
             cntvoff: host.counter(),
-            midr,
-            has_pan,
-            traps,
+            vcpu_host,
             mem: Mutex::new(VmMem::new(s2)),
             cfg: Mutex::new(VmCfg {
                 topology: VmCpuTopology {
@@ -189,11 +180,8 @@ impl<H: Host> Vm<H> {
             let init = VcpuInit {
                 id: u32::try_from(id).map_err(|_| Errno::EINVAL)?,
                 vttbr: self.vttbr,
-                vtcr: self.vtcr,
                 cntvoff: self.cntvoff,
-                midr: self.midr,
-                has_pan: self.has_pan,
-                traps: self.traps,
+                host: self.vcpu_host,
             };
             *g = Some(Vcpu::new(host, init)?);
         }

@@ -1,12 +1,12 @@
 //! The core's top object: EL2 bring-up and take-down, the VM registry, and the entry
 //! points the host glue calls.
 
-use crate::el2::{El2Config, InitParams, EL2_STACK_SIZE};
+use crate::el2::{El2Config, El2Regime, InitParams, EL2_STACK_SIZE};
 use crate::errno::{Errno, KResult};
 use crate::host::{Host, PhysMem, PAGE_SIZE};
 use crate::sync::Mutex;
 use crate::sysemul::GuestIdRegs;
-use crate::vcpu::HostTraps;
+use crate::vcpu::{HostTraps, HostVcpu};
 use crate::vm::Vm;
 use crate::vmid::VmidAlloc;
 use alloc::sync::Arc;
@@ -60,69 +60,15 @@ impl<H: Host> Vmm<H> {
         };
         let ids = GuestIdRegs::new(&params.id_regs, cfg.s2.ipa_bits);
         let ncpu = host.cpu_count();
-        let mut stacks: Vec<PhysMem> = Vec::new();
-        if stacks.try_reserve_exact(ncpu).is_err() {
-            return Err((host, Errno::ENOMEM));
-        }
-        let free_stacks = |host: &H, stacks: &mut Vec<PhysMem>| {
-            for s in stacks.drain(..) {
-                host.unmap_el2(s.pa, s.len);
-                host.free_contig(s);
-            }
+        let (stacks, mut failed, inited, ich_vtr) = match bring_up_el2(&host, &params, &cfg, ncpu) {
+            Ok(r) => r,
+            Err(e) => return Err((host, e)),
         };
-        for _ in 0..ncpu {
-            let s = match host.alloc_contig(EL2_STACK_SIZE, PAGE_SIZE) {
-                Ok(s) => s,
-                Err(e) => {
-                    free_stacks(&host, &mut stacks);
-                    return Err((host, e));
-                }
-            };
-            if let Err(e) = host.map_el2(s.pa, s.len) {
-                host.free_contig(s);
-                free_stacks(&host, &mut stacks);
-                return Err((host, e));
-            }
-            stacks.push(s);
-        }
-        let failed = AtomicUsize::new(0);
-        let inited = AtomicUsize::new(0);
-        // ICH_VTR_EL2.ListRegs of the CPU with the fewest list registers (they are
-        // normally all alike): a flush must not fill registers some CPU lacks.
-        let ich_vtr = AtomicU64::new(u64::MAX);
-        host.run_on_all_cpus(&|cpu| {
-            let Some(top) = stacks.get(cpu).and_then(|s| s.pa.checked_add(s.len as u64)) else {
-                failed.fetch_add(1, Ordering::SeqCst);
-                return;
-            };
-            // SAFETY: the stub's one service: VBAR_EL2 = the blob's init vectors, which the
-            // glue mapped for EL2 with the rest of the blob.
-            unsafe { host.hyp_call(params.hyp_init_vectors_pa, &[0; 7]) };
-            let args = [top, cfg.tcr_el2, cfg.sctlr_el2, cfg.vtcr_el2, 0, 0, 0];
-            // SAFETY: the init handler takes the host's EL2 tables, this CPU's stack (mapped
-            // for EL2 above) and register values computed by El2Config.
-            let r = unsafe { host.hyp_call(params.el2_ttbr0, &args) };
-            if r != 0 {
-                failed.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-            let args = [hyp::HYP_REG_ICH_VTR, 0, 0, 0, 0, 0, 0];
-            // SAFETY: a register read at EL2; no memory is passed.
-            let vtr = unsafe { host.hyp_call(hyp::HYP_READ_REGISTER, &args) };
-            if vtr == hyp::HYP_RET_UNKNOWN {
-                failed.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-            inited.fetch_add(1, Ordering::SeqCst);
-            let _ = ich_vtr.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
-                (old == u64::MAX || vtr & 0x1f < old & 0x1f).then_some(vtr)
-            });
-        });
         let mut vtimer_held = Vec::new();
         if vtimer_held.try_reserve_exact(ncpu).is_ok() {
             vtimer_held.resize_with(ncpu, || AtomicBool::new(false));
         } else {
-            failed.fetch_add(1, Ordering::SeqCst);
+            failed = failed.saturating_add(1);
         }
         let vmm = Vmm {
             host,
@@ -136,10 +82,10 @@ impl<H: Host> Vmm<H> {
                 dying: 0,
             }),
             up: AtomicBool::new(true),
-            ich_vtr: ich_vtr.load(Ordering::SeqCst),
+            ich_vtr,
             vtimer_held,
         };
-        if failed.load(Ordering::SeqCst) != 0 || inited.load(Ordering::SeqCst) != ncpu {
+        if failed != 0 || inited != ncpu {
             vmm.host
                 .log(format_args!("vmm: EL2 initialisation failed on some CPU"));
             vmm.take_down_el2();
@@ -149,7 +95,13 @@ impl<H: Host> Vmm<H> {
     }
 
     fn take_down_el2(&self) {
-        let stub = self.params.hyp_stub_vectors_pa;
+        let El2Regime::Nvhe {
+            hyp_stub_vectors_pa: stub,
+            ..
+        } = self.params.regime
+        else {
+            return;
+        };
         self.host.run_on_all_cpus(&|_| {
             // SAFETY: HYP_CLEANUP puts the stub's vectors (whose address the glue gave us)
             // back and turns the EL2 MMU off; it touches no memory of ours.
@@ -217,17 +169,13 @@ impl<H: Host> Vmm<H> {
         }
         reg.vms.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
         let vmid = reg.vmids.alloc().ok_or(Errno::ENOSPC)?;
-        let has_pan = (self.ids.mmfr1 >> 20) & 0xf != 0;
-        match Vm::new(
-            &self.host,
-            name,
-            vmid,
-            self.cfg.s2,
-            self.cfg.vtcr_el2,
-            self.params.id_regs.midr,
-            has_pan,
-            HostTraps::new(&self.params.id_regs),
-        ) {
+        let vcpu_host = HostVcpu {
+            vtcr: self.cfg.vtcr_el2,
+            midr: self.params.id_regs.midr,
+            has_pan: (self.ids.mmfr1 >> 20) & 0xf != 0,
+            traps: HostTraps::new(&self.params.id_regs),
+        };
+        match Vm::new(&self.host, name, vmid, self.cfg.s2, vcpu_host) {
             Ok(vm) => {
                 reg.vms.push(Arc::new(vm));
                 Ok(())
@@ -345,4 +293,91 @@ impl<H: Host> Vmm<H> {
         }
         Ok(())
     }
+}
+
+/// Per CPU on an nVHE host: an EL2 stack, the blob's vectors through the stub, the
+/// blob's init with the EL2 tables and `cfg`'s register values. Then, on either host,
+/// ICH_VTR_EL2 from every CPU. Returns the stacks, how many CPUs failed and came up,
+/// and the ICH_VTR_EL2 with the fewest list registers. An allocation failure frees the
+/// stacks made so far.
+fn bring_up_el2<H: Host>(
+    host: &H,
+    params: &InitParams,
+    cfg: &El2Config,
+    ncpu: usize,
+) -> KResult<(Vec<PhysMem>, usize, usize, u64)> {
+    let mut stacks: Vec<PhysMem> = Vec::new();
+    let free_stacks = |stacks: &mut Vec<PhysMem>| {
+        for s in stacks.drain(..) {
+            host.unmap_el2(s.pa, s.len);
+            host.free_contig(s);
+        }
+    };
+    let nvhe = match params.regime {
+        El2Regime::Nvhe {
+            hyp_init_vectors_pa,
+            el2_ttbr0,
+            ..
+        } => Some((hyp_init_vectors_pa, el2_ttbr0)),
+        El2Regime::Vhe => None,
+    };
+    if nvhe.is_some() {
+        stacks.try_reserve_exact(ncpu).map_err(|_| Errno::ENOMEM)?;
+        for _ in 0..ncpu {
+            let s = match host.alloc_contig(EL2_STACK_SIZE, PAGE_SIZE) {
+                Ok(s) => s,
+                Err(e) => {
+                    free_stacks(&mut stacks);
+                    return Err(e);
+                }
+            };
+            if let Err(e) = host.map_el2(s.pa, s.len) {
+                host.free_contig(s);
+                free_stacks(&mut stacks);
+                return Err(e);
+            }
+            stacks.push(s);
+        }
+    }
+    let failed = AtomicUsize::new(0);
+    let inited = AtomicUsize::new(0);
+    // ICH_VTR_EL2.ListRegs of the CPU with the fewest list registers (they are
+    // normally all alike): a flush must not fill registers some CPU lacks.
+    let ich_vtr = AtomicU64::new(u64::MAX);
+    host.run_on_all_cpus(&|cpu| {
+        if let Some((init_vectors, ttbr0)) = nvhe {
+            let Some(top) = stacks.get(cpu).and_then(|s| s.pa.checked_add(s.len as u64)) else {
+                failed.fetch_add(1, Ordering::SeqCst);
+                return;
+            };
+            // SAFETY: the stub's one service: VBAR_EL2 = the blob's init vectors, which
+            // the glue mapped for EL2 with the rest of the blob.
+            unsafe { host.hyp_call(init_vectors, &[0; 7]) };
+            let args = [top, cfg.tcr_el2, cfg.sctlr_el2, cfg.vtcr_el2, 0, 0, 0];
+            // SAFETY: the init handler takes the host's EL2 tables, this CPU's stack
+            // (mapped for EL2 above) and register values computed by El2Config.
+            let r = unsafe { host.hyp_call(ttbr0, &args) };
+            if r != 0 {
+                failed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+        let args = [hyp::HYP_REG_ICH_VTR, 0, 0, 0, 0, 0, 0];
+        // SAFETY: a register read at EL2; no memory is passed.
+        let vtr = unsafe { host.hyp_call(hyp::HYP_READ_REGISTER, &args) };
+        if vtr == hyp::HYP_RET_UNKNOWN {
+            failed.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        inited.fetch_add(1, Ordering::SeqCst);
+        let _ = ich_vtr.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+            (old == u64::MAX || vtr & 0x1f < old & 0x1f).then_some(vtr)
+        });
+    });
+    Ok((
+        stacks,
+        failed.load(Ordering::SeqCst),
+        inited.load(Ordering::SeqCst),
+        ich_vtr.load(Ordering::SeqCst),
+    ))
 }

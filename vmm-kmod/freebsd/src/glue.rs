@@ -43,7 +43,7 @@ use vmm_core::errno::{Errno, KResult};
 use vmm_core::host::{Host, PhysMem, PAGE_SIZE};
 use vmm_core::req::{self, CtlOp};
 use vmm_core::sync::Mutex;
-use vmm_core::{DeviceRef, InitParams, Vmm};
+use vmm_core::{DeviceRef, El2Regime, InitParams, Vmm};
 use vmm_sys::ioctl::iocparm_len;
 use vmm_sys::VM_MAX_NAMELEN;
 
@@ -561,9 +561,11 @@ fn load_core(blob: &'static [u8], cpuid_offset: usize) -> KResult<()> {
         return fail(host, Errno::ENXIO);
     }
     let params = InitParams {
-        hyp_init_vectors_pa: code.pa,
-        hyp_stub_vectors_pa: stub_pa,
-        el2_ttbr0: host.el2_ttbr0(),
+        regime: El2Regime::Nvhe {
+            hyp_init_vectors_pa: code.pa,
+            hyp_stub_vectors_pa: stub_pa,
+            el2_ttbr0: host.el2_ttbr0(),
+        },
         id_regs: IdRegs::read(),
     };
     let vmm = match Vmm::new(host, params) {

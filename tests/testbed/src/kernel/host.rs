@@ -20,7 +20,7 @@ use vmm_arm64::cache;
 use vmm_core::el2pt::{attrs_code, attrs_data, El2Tables};
 use vmm_core::sync::SpinLock;
 use vmm_core::sync::SpinMutex;
-use vmm_core::{Errno, Host, IdRegs, InitParams, KResult, PhysMem, SleepResult};
+use vmm_core::{El2Regime, Errno, Host, IdRegs, InitParams, KResult, PhysMem, SleepResult};
 use vmm_sys::hyp::{HYP_EL2_TLBI, HYP_EL2_TLBI_VA};
 
 /// The blob and EL2 tables the core runs on.
@@ -70,9 +70,11 @@ pub fn prepare() -> Option<InitParams> {
         live: true,
     });
     Some(InitParams {
-        hyp_init_vectors_pa: blob_pa,
-        hyp_stub_vectors_pa: stub_vectors_pa(),
-        el2_ttbr0: root,
+        regime: El2Regime::Nvhe {
+            hyp_init_vectors_pa: blob_pa,
+            hyp_stub_vectors_pa: stub_vectors_pa(),
+            el2_ttbr0: root,
+        },
         id_regs: IdRegs::read(),
     })
 }

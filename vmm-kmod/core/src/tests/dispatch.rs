@@ -72,7 +72,9 @@ fn failed_init_undoes_everything() {
     assert!(h.el2_mapped.lock().unwrap().is_empty());
     // An init handler that does not answer (the blob's vectors never took).
     let mut p = crate::fake::params();
-    p.el2_ttbr0 = EL2_TTBR0 + 1;
+    if let crate::El2Regime::Nvhe { el2_ttbr0, .. } = &mut p.regime {
+        *el2_ttbr0 = EL2_TTBR0 + 1;
+    }
     h.init_result.store(0, Ordering::SeqCst);
     let Err((h, e)) = Vmm::new(h, p) else {
         panic!()

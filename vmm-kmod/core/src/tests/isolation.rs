@@ -203,3 +203,29 @@ fn debug_pmu_spe_and_trace_registers_trap() {
         "no PMU counters for the guest"
     );
 }
+
+/// A VHE host: nothing to bring up or take down (the fake fails on any stub or blob
+/// call), no EL2 stacks, and a guest still runs with the same EL2 controls.
+#[test]
+fn a_vhe_host_needs_no_stub_and_runs_guests() {
+    let host = FakeHost::new_vhe(64, 2);
+    let params = crate::InitParams {
+        regime: crate::El2Regime::Vhe,
+        id_regs: modern_host(),
+    };
+    let v = Vmm::new(host, params).ok().unwrap();
+    assert_eq!(v.host().pages_in_use(), 0, "no EL2 stacks");
+    setup(&v, "g", 4);
+    set_reg(&v, "g", 0, reg::VM_REG_GUEST_PC, RAM).unwrap();
+    v.host()
+        .push(Scripted::sync(mk(ec::HVC64, true, 0)).with(|c| c.pc += 4));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), vmm_sys::exit::ExitCode::Smccc);
+    let c: VcpuContext = v.host().entries.lock().unwrap()[0];
+    assert_eq!(c.el2.vtcr_el2, v.el2_config().vtcr_el2);
+    assert_eq!(c.el2.hcr_el2, HostTraps::new(&modern_host()).hcr);
+    destroy(&v, "g").unwrap();
+    v.shutdown().unwrap();
+    let h = v.into_host().ok().unwrap();
+    assert_eq!(h.pages_in_use(), 0);
+}
