@@ -1,58 +1,10 @@
 //! Host hypercall dispatch: `hvc #0` from EL1 with VTTBR_EL2 == 0, x0 = function.
 //! HYP_CLEANUP never gets here (the vector handles it without a stack frame).
 
-use vmm_arm64::barrier::isb;
 use vmm_arm64::mrs;
 
-/// Writes a system register for a hypercall.
-macro_rules! msr {
-    ($reg:literal, $val:expr) => {
-        // SAFETY: hypercalls only write VTTBR_EL2, to name the VMID a TLB invalidation
-        // applies to and back to 0 (the host) before returning; no guest runs meanwhile.
-        unsafe { vmm_arm64::msr!($reg, $val) }
-    };
-}
+use vmm_el2_switch::tlb;
 use vmm_sys::hyp::*;
-
-/// Above this many pages a range invalidation flushes the whole VMID instead.
-const S2_TLBI_MAX_PAGES: u64 = 512;
-
-fn s2_tlbi_all(vttbr: u64) {
-    msr!("vttbr_el2", vttbr);
-    isb();
-    // SAFETY: TLB maintenance for the VMID just loaded; no memory operand.
-    unsafe { core::arch::asm!("tlbi vmalls12e1is", "dsb ish", "isb", options(nostack)) };
-    msr!("vttbr_el2", 0);
-    isb();
-}
-
-fn s2_tlbi_range(vttbr: u64, start: u64, end: u64) {
-    let pages = end.saturating_sub(start) >> 12;
-    if pages > S2_TLBI_MAX_PAGES {
-        return s2_tlbi_all(vttbr);
-    }
-    msr!("vttbr_el2", vttbr);
-    isb();
-    let mut ipa = start & !0xfff;
-    while ipa < end {
-        // SAFETY: invalidates stage-2 entries of the loaded VMID by IPA.
-        unsafe { core::arch::asm!("tlbi ipas2e1is, {0}", in(reg) ipa >> 12, options(nostack)) };
-        ipa = ipa.saturating_add(0x1000);
-    }
-    // Stage-1 entries cached from the old stage-2 translation go too.
-    // SAFETY: barriers and a VMID-wide stage-1 invalidation.
-    unsafe {
-        core::arch::asm!(
-            "dsb ish",
-            "tlbi vmalle1is",
-            "dsb ish",
-            "isb",
-            options(nostack)
-        )
-    };
-    msr!("vttbr_el2", 0);
-    isb();
-}
 
 /// Entered from the runtime vector with the host's x0..x5.
 #[no_mangle]
@@ -72,8 +24,7 @@ extern "C" fn el2_hypercall(func: u64, a1: u64, a2: u64, a3: u64, _a4: u64, _a5:
             _ => HYP_RET_UNKNOWN,
         },
         HYP_CLEAN_S2_TLBI => {
-            // SAFETY: invalidates all EL1&0 entries, every VMID.
-            unsafe { core::arch::asm!("tlbi alle1is", "dsb ish", "isb", options(nostack)) };
+            tlb::all_guests::<false>();
             0
         }
         HYP_DC_CIVAC => {
@@ -104,11 +55,11 @@ extern "C" fn el2_hypercall(func: u64, a1: u64, a2: u64, a3: u64, _a4: u64, _a5:
             _ => HYP_RET_UNKNOWN,
         },
         HYP_S2_TLBI_RANGE => {
-            s2_tlbi_range(a1, a2, a3);
+            tlb::s2_tlbi_range::<false>(a1, a2, a3);
             0
         }
         HYP_S2_TLBI_ALL => {
-            s2_tlbi_all(a1);
+            tlb::s2_tlbi_all::<false>(a1);
             0
         }
         _ => HYP_RET_UNKNOWN,

@@ -32,67 +32,91 @@ macro_rules! msr {
     };
 }
 
-/// What the host had before the guest ran; lives on the EL2 stack for one entry.
-#[derive(Default)]
-struct HostState {
-    el1: El1Regs,
-    sp_el0: u64,
-    sp_el1: u64,
-    el2: El2Controls,
-    timer: VtimerRegs,
+/// Reads an EL1 (or EL0 timer) register that HCR_EL2.E2H redirects to its EL2
+/// counterpart: by its own name on an nVHE host, by its *_EL12/*_EL02 encoding on a
+/// VHE host. `VHE` is a const generic, so each body has one instruction.
+macro_rules! rd1 {
+    ($vhe:expr, $el1:literal, $el12:literal) => {
+        if $vhe {
+            mrs!($el12)
+        } else {
+            mrs!($el1)
+        }
+    };
 }
 
-fn save_el1(r: &mut El1Regs) {
-    r.elr_el1 = mrs!("elr_el1");
-    r.spsr_el1 = mrs!("spsr_el1");
-    r.sctlr_el1 = mrs!("sctlr_el1");
-    r.ttbr0_el1 = mrs!("ttbr0_el1");
-    r.ttbr1_el1 = mrs!("ttbr1_el1");
-    r.tcr_el1 = mrs!("tcr_el1");
-    r.mair_el1 = mrs!("mair_el1");
-    r.amair_el1 = mrs!("amair_el1");
-    r.vbar_el1 = mrs!("vbar_el1");
-    r.contextidr_el1 = mrs!("contextidr_el1");
-    r.cpacr_el1 = mrs!("cpacr_el1");
-    r.esr_el1 = mrs!("esr_el1");
-    r.far_el1 = mrs!("far_el1");
-    r.afsr0_el1 = mrs!("afsr0_el1");
-    r.afsr1_el1 = mrs!("afsr1_el1");
+/// Writes such a register (see `rd1!`).
+macro_rules! wr1 {
+    ($vhe:expr, $el1:literal, $el12:literal, $v:expr) => {
+        if $vhe {
+            msr!($el12, $v)
+        } else {
+            msr!($el1, $v)
+        }
+    };
+}
+
+/// What the host had before the guest ran; lives on the EL2 stack for one entry.
+#[derive(Default)]
+pub(crate) struct HostState {
+    pub(crate) el1: El1Regs,
+    pub(crate) sp_el0: u64,
+    pub(crate) sp_el1: u64,
+    pub(crate) el2: El2Controls,
+    pub(crate) timer: VtimerRegs,
+}
+
+pub(crate) fn save_el1<const VHE: bool>(r: &mut El1Regs) {
+    r.elr_el1 = rd1!(VHE, "elr_el1", "S3_5_C4_C0_1");
+    r.spsr_el1 = rd1!(VHE, "spsr_el1", "S3_5_C4_C0_0");
+    r.sctlr_el1 = rd1!(VHE, "sctlr_el1", "S3_5_C1_C0_0");
+    r.ttbr0_el1 = rd1!(VHE, "ttbr0_el1", "S3_5_C2_C0_0");
+    r.ttbr1_el1 = rd1!(VHE, "ttbr1_el1", "S3_5_C2_C0_1");
+    r.tcr_el1 = rd1!(VHE, "tcr_el1", "S3_5_C2_C0_2");
+    r.mair_el1 = rd1!(VHE, "mair_el1", "S3_5_C10_C2_0");
+    r.amair_el1 = rd1!(VHE, "amair_el1", "S3_5_C10_C3_0");
+    r.vbar_el1 = rd1!(VHE, "vbar_el1", "S3_5_C12_C0_0");
+    r.contextidr_el1 = rd1!(VHE, "contextidr_el1", "S3_5_C13_C0_1");
+    r.cpacr_el1 = rd1!(VHE, "cpacr_el1", "S3_5_C1_C0_2");
+    r.esr_el1 = rd1!(VHE, "esr_el1", "S3_5_C5_C2_0");
+    r.far_el1 = rd1!(VHE, "far_el1", "S3_5_C6_C0_0");
+    r.afsr0_el1 = rd1!(VHE, "afsr0_el1", "S3_5_C5_C1_0");
+    r.afsr1_el1 = rd1!(VHE, "afsr1_el1", "S3_5_C5_C1_1");
     r.par_el1 = mrs!("par_el1");
     r.tpidr_el0 = mrs!("tpidr_el0");
     r.tpidrro_el0 = mrs!("tpidrro_el0");
     r.tpidr_el1 = mrs!("tpidr_el1");
     r.csselr_el1 = mrs!("csselr_el1");
     r.mdscr_el1 = mrs!("mdscr_el1");
-    r.cntkctl_el1 = mrs!("cntkctl_el1");
+    r.cntkctl_el1 = rd1!(VHE, "cntkctl_el1", "S3_5_C14_C1_0");
 }
 
-fn load_el1(r: &El1Regs) {
-    msr!("elr_el1", r.elr_el1);
-    msr!("spsr_el1", r.spsr_el1);
-    msr!("sctlr_el1", r.sctlr_el1);
-    msr!("ttbr0_el1", r.ttbr0_el1);
-    msr!("ttbr1_el1", r.ttbr1_el1);
-    msr!("tcr_el1", r.tcr_el1);
-    msr!("mair_el1", r.mair_el1);
-    msr!("amair_el1", r.amair_el1);
-    msr!("vbar_el1", r.vbar_el1);
-    msr!("contextidr_el1", r.contextidr_el1);
-    msr!("cpacr_el1", r.cpacr_el1);
-    msr!("esr_el1", r.esr_el1);
-    msr!("far_el1", r.far_el1);
-    msr!("afsr0_el1", r.afsr0_el1);
-    msr!("afsr1_el1", r.afsr1_el1);
+pub(crate) fn load_el1<const VHE: bool>(r: &El1Regs) {
+    wr1!(VHE, "elr_el1", "S3_5_C4_C0_1", r.elr_el1);
+    wr1!(VHE, "spsr_el1", "S3_5_C4_C0_0", r.spsr_el1);
+    wr1!(VHE, "sctlr_el1", "S3_5_C1_C0_0", r.sctlr_el1);
+    wr1!(VHE, "ttbr0_el1", "S3_5_C2_C0_0", r.ttbr0_el1);
+    wr1!(VHE, "ttbr1_el1", "S3_5_C2_C0_1", r.ttbr1_el1);
+    wr1!(VHE, "tcr_el1", "S3_5_C2_C0_2", r.tcr_el1);
+    wr1!(VHE, "mair_el1", "S3_5_C10_C2_0", r.mair_el1);
+    wr1!(VHE, "amair_el1", "S3_5_C10_C3_0", r.amair_el1);
+    wr1!(VHE, "vbar_el1", "S3_5_C12_C0_0", r.vbar_el1);
+    wr1!(VHE, "contextidr_el1", "S3_5_C13_C0_1", r.contextidr_el1);
+    wr1!(VHE, "cpacr_el1", "S3_5_C1_C0_2", r.cpacr_el1);
+    wr1!(VHE, "esr_el1", "S3_5_C5_C2_0", r.esr_el1);
+    wr1!(VHE, "far_el1", "S3_5_C6_C0_0", r.far_el1);
+    wr1!(VHE, "afsr0_el1", "S3_5_C5_C1_0", r.afsr0_el1);
+    wr1!(VHE, "afsr1_el1", "S3_5_C5_C1_1", r.afsr1_el1);
     msr!("par_el1", r.par_el1);
     msr!("tpidr_el0", r.tpidr_el0);
     msr!("tpidrro_el0", r.tpidrro_el0);
     msr!("tpidr_el1", r.tpidr_el1);
     msr!("csselr_el1", r.csselr_el1);
     msr!("mdscr_el1", r.mdscr_el1);
-    msr!("cntkctl_el1", r.cntkctl_el1);
+    wr1!(VHE, "cntkctl_el1", "S3_5_C14_C1_0", r.cntkctl_el1);
 }
 
-fn save_el2(r: &mut El2Controls) {
+pub(crate) fn save_el2(r: &mut El2Controls) {
     r.hcr_el2 = mrs!("hcr_el2");
     r.vmpidr_el2 = mrs!("vmpidr_el2");
     r.vpidr_el2 = mrs!("vpidr_el2");
@@ -103,7 +127,7 @@ fn save_el2(r: &mut El2Controls) {
     r.vtcr_el2 = mrs!("vtcr_el2");
 }
 
-fn load_el2(r: &El2Controls) {
+pub(crate) fn load_el2(r: &El2Controls) {
     msr!("hcr_el2", r.hcr_el2);
     msr!("vmpidr_el2", r.vmpidr_el2);
     msr!("vpidr_el2", r.vpidr_el2);
@@ -115,20 +139,20 @@ fn load_el2(r: &El2Controls) {
     isb();
 }
 
-fn save_timer(t: &mut VtimerRegs) {
-    t.cntv_ctl_el0 = mrs!("cntv_ctl_el0");
-    t.cntv_cval_el0 = mrs!("cntv_cval_el0");
+pub(crate) fn save_timer<const VHE: bool>(t: &mut VtimerRegs) {
+    t.cntv_ctl_el0 = rd1!(VHE, "cntv_ctl_el0", "S3_5_C14_C3_1");
+    t.cntv_cval_el0 = rd1!(VHE, "cntv_cval_el0", "S3_5_C14_C3_2");
     t.cntvoff_el2 = mrs!("cntvoff_el2");
 }
 
-fn load_timer(t: &VtimerRegs) {
+pub(crate) fn load_timer<const VHE: bool>(t: &VtimerRegs) {
     msr!("cntvoff_el2", t.cntvoff_el2);
-    msr!("cntv_cval_el0", t.cntv_cval_el0);
-    msr!("cntv_ctl_el0", t.cntv_ctl_el0);
+    wr1!(VHE, "cntv_cval_el0", "S3_5_C14_C3_2", t.cntv_cval_el0);
+    wr1!(VHE, "cntv_ctl_el0", "S3_5_C14_C3_1", t.cntv_ctl_el0);
 }
 
 /// How many list registers and active-priority registers this CPU has (ICH_VTR_EL2).
-fn vgic_shape() -> (usize, usize) {
+pub(crate) fn vgic_shape() -> (usize, usize) {
     let vtr = mrs!("ich_vtr_el2");
     // ListRegs is 5 bits: at most 31 + 1.
     let lrs = ((vtr & 0x1f) as usize).saturating_add(1);
@@ -202,7 +226,7 @@ fn read_apr(n: usize) -> (u64, u64) {
     }
 }
 
-fn vgic_load(g: &VgicCpuRegs, lrs: usize, aprs: usize) {
+pub(crate) fn vgic_load(g: &VgicCpuRegs, lrs: usize, aprs: usize) {
     for (n, lr) in g.ich_lr_el2.iter().enumerate().take(lrs) {
         write_lr(n, *lr);
     }
@@ -219,7 +243,7 @@ fn vgic_load(g: &VgicCpuRegs, lrs: usize, aprs: usize) {
     msr!("ich_hcr_el2", g.ich_hcr_el2);
 }
 
-fn vgic_save(g: &mut VgicCpuRegs, lrs: usize, aprs: usize) {
+pub(crate) fn vgic_save(g: &mut VgicCpuRegs, lrs: usize, aprs: usize) {
     g.ich_vmcr_el2 = mrs!("ich_vmcr_el2");
     g.ich_misr_el2 = mrs!("ich_misr_el2");
     g.ich_eisr_el2 = mrs!("ich_eisr_el2");
@@ -243,9 +267,16 @@ fn vgic_save(g: &mut VgicCpuRegs, lrs: usize, aprs: usize) {
     msr!("ich_hcr_el2", 0);
 }
 
+/// The guest's timer after an exit: its control and compare value; CNTVOFF_EL2 is the
+/// core's to set and stays as it was.
+pub(crate) fn save_guest_timer<const VHE: bool>(t: &mut VtimerRegs) {
+    t.cntv_ctl_el0 = rd1!(VHE, "cntv_ctl_el0", "S3_5_C14_C3_1");
+    t.cntv_cval_el0 = rd1!(VHE, "cntv_cval_el0", "S3_5_C14_C3_2");
+}
+
 /// A guest may only be entered at EL0 or EL1, AArch64 (M[4] = 0). Anything else in the
 /// context would let the guest's registers run at EL2, so it is forced to EL1h.
-fn guest_pstate(p: u64) -> u64 {
+pub(crate) fn guest_pstate(p: u64) -> u64 {
     match p & 0x1f {
         pstate::M_EL0T | pstate::M_EL1T | pstate::M_EL1H => p,
         _ => (p & !0x1f) | pstate::M_EL1H,
@@ -264,16 +295,16 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     let mut host = HostState::default();
     let (lrs, aprs) = vgic_shape();
 
-    save_el1(&mut host.el1);
+    save_el1::<false>(&mut host.el1);
     host.sp_el0 = mrs!("sp_el0");
     host.sp_el1 = mrs!("sp_el1");
     save_el2(&mut host.el2);
-    save_timer(&mut host.timer);
+    save_timer::<false>(&mut host.timer);
     // Written by el2_fp_trap only if the guest uses FP (then fp_state says so).
     let mut host_fp = MaybeUninit::<FpRegs>::uninit();
 
-    load_el1(&c.el1);
-    load_timer(&c.timer);
+    load_el1::<false>(&c.el1);
+    load_timer::<false>(&c.timer);
     vgic_load(&c.vgic, lrs, aprs);
     c.pstate = guest_pstate(c.pstate);
     let mut el2 = c.el2;
@@ -291,9 +322,8 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
 
     load_el2(&host.el2);
     vgic_save(&mut c.vgic, lrs, aprs);
-    c.timer.cntv_ctl_el0 = mrs!("cntv_ctl_el0");
-    c.timer.cntv_cval_el0 = mrs!("cntv_cval_el0");
-    save_el1(&mut c.el1);
+    save_guest_timer::<false>(&mut c.timer);
+    save_el1::<false>(&mut c.el1);
     if r.fp_state == FP_GUEST_LOADED {
         // SAFETY: the trap handler filled host_fp before loading the guest's registers;
         // the host's CPTR_EL2 is back, so these FP accesses do not trap.
@@ -302,8 +332,8 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
             el2_fp_load(host_fp.as_ptr());
         }
     }
-    load_timer(&host.timer);
-    load_el1(&host.el1);
+    load_timer::<false>(&host.timer);
+    load_el1::<false>(&host.el1);
     msr!("sp_el0", host.sp_el0);
     msr!("sp_el1", host.sp_el1);
     r.kind

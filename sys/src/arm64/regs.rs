@@ -100,12 +100,52 @@ pub mod cptr {
     /// Traps the activity monitors (FEAT_AMUv1).
     pub const TAM: u64 = 1 << 30;
     pub const TCPAC: u64 = 1 << 31;
+
+    /// With HCR_EL2.E2H = 1 CPTR_EL2 has CPACR_EL1's layout: a 2-bit enable per
+    /// feature (0b11: no trap, 0b00: trap EL0, EL1 and EL2 accesses) and TTA at bit 28.
+    pub mod e2h {
+        pub const ZEN_SHIFT: u32 = 16;
+        pub const FPEN_SHIFT: u32 = 20;
+        pub const SMEN_SHIFT: u32 = 24;
+        pub const TTA: u64 = 1 << 28;
+        pub const TAM: u64 = 1 << 30;
+        pub const TCPAC: u64 = 1 << 31;
+    }
+
+    /// The same traps as the non-VHE value `v`, in the E2H layout.
+    pub const fn to_e2h(v: u64) -> u64 {
+        const fn enable(trap: bool, shift: u32) -> u64 {
+            if trap {
+                0
+            } else {
+                0b11 << shift
+            }
+        }
+        enable(v & TFP != 0, e2h::FPEN_SHIFT)
+            | enable(v & TZ != 0, e2h::ZEN_SHIFT)
+            | enable(v & TSM != 0, e2h::SMEN_SHIFT)
+            | if v & TTA != 0 { e2h::TTA } else { 0 }
+            | (v & (TAM | TCPAC))
+    }
 }
 
 /// CNTHCTL_EL2 (non-VHE).
 pub mod cnthctl {
     pub const EL1PCTEN: u64 = 1 << 0;
     pub const EL1PCEN: u64 = 1 << 1;
+
+    /// With HCR_EL2.E2H = 1 the EL1 controls move up (bits 0 and 1 then control EL0
+    /// of the host's EL2&0 regime).
+    pub mod e2h {
+        pub const EL1PCTEN: u64 = 1 << 10;
+        pub const EL1PCEN: u64 = 1 << 11;
+    }
+
+    /// The same guest controls as the non-VHE value `v`, in the E2H layout.
+    pub const fn to_e2h(v: u64) -> u64 {
+        (if v & EL1PCTEN != 0 { e2h::EL1PCTEN } else { 0 })
+            | if v & EL1PCEN != 0 { e2h::EL1PCEN } else { 0 }
+    }
 }
 
 /// MDCR_EL2.

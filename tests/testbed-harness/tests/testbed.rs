@@ -210,3 +210,28 @@ fn vhe_host_boots_at_el2_with_e2h_and_tge() {
         ],
     );
 }
+
+/// vmm-core on a VHE host: the kernel calls the world switch directly (no stub, no
+/// blob), with the guest's EL1 state through the *_EL12 encodings: the same core tests
+/// as on the nVHE host, both CPUs.
+#[test]
+fn vhe_host_runs_the_core() {
+    expect_in(
+        vhe_run(),
+        &[
+            "core_load",
+            "core_hvc_via_dispatch",
+            "core_mmio",
+            "core_wfi_in_kernel",
+            "core_vgic_timer_and_spi",
+            "core_vgic_spi_to_running_vcpu",
+            "core_isolation_two_cpus",
+            "core_fp_gpr_two_cpus",
+            "core_sysreg_in_kernel",
+            "core_destroy_kicks_running_vcpu",
+            "core_1000_vms",
+            "core_unload",
+            "core_reload",
+        ],
+    );
+}

@@ -34,9 +34,16 @@ struct CoreEl2 {
 
 static CORE_EL2: SpinLock<Option<CoreEl2>> = SpinLock::new_spin(None);
 
-/// Copies the blob into fresh contiguous pages and builds EL2 tables mapping it; returns
-/// the parameters for `Vmm::new`.
+/// The parameters for `Vmm::new`. On an nVHE host: copies the blob into fresh
+/// contiguous pages and builds EL2 tables mapping it. On a VHE host there is nothing
+/// to prepare: the kernel is at EL2 and runs the switch itself.
 pub fn prepare() -> Option<InitParams> {
+    if cpu::vhe_host() {
+        return Some(InitParams {
+            regime: El2Regime::Vhe,
+            id_regs: IdRegs::read(),
+        });
+    }
     let blob_pages = EL2_BLOB.len().div_ceil(PAGE as usize);
     let blob_pa = mm::alloc_pages(blob_pages)?;
     // SAFETY: the fresh pages are ours and large enough.
@@ -230,6 +237,10 @@ impl Host for TestbedHost {
     }
 
     fn map_el2(&self, pa: u64, len: usize) -> KResult<()> {
+        if cpu::vhe_host() {
+            // The kernel's own EL2&0 regime maps all RAM (the direct map).
+            return Ok(());
+        }
         let mut g = CORE_EL2.lock();
         let c = g.as_mut().ok_or(Errno::ENXIO)?;
         c.tables
@@ -410,7 +421,23 @@ impl Host for TestbedHost {
         kprintln!("{}", args);
     }
 
+    unsafe fn enter_guest(&self, ctx: &PhysMem) -> u64 {
+        if cpu::vhe_host() {
+            // SAFETY: at EL2 on a VHE host with interrupts masked (the core's contract),
+            // the context through its kernel address.
+            unsafe { vmm_el2_switch::vhe::enter_guest(ctx.va.as_ptr().cast()) }
+        } else {
+            let args = [ctx.pa, 0, 0, 0, 0, 0, 0];
+            // SAFETY: the core's guarantees are the ones HYP_ENTER_GUEST needs.
+            unsafe { self.hyp_call(vmm_sys::hyp::HYP_ENTER_GUEST, &args) }
+        }
+    }
+
     unsafe fn hyp_call(&self, func: u64, args: &[u64; 7]) -> u64 {
+        if cpu::vhe_host() {
+            // SAFETY: at EL2 on a VHE host; the core passes what each request needs.
+            return unsafe { vmm_el2_switch::vhe::hyp_call(func, args) };
+        }
         if func == vmm_sys::hyp::HYP_CLEANUP {
             // From now on the stub answers hvc: no more EL2 TLB calls from unmap_el2.
             mark_down();

@@ -1,0 +1,201 @@
+//! The VHE regime: the host kernel itself runs at EL2 with HCR_EL2.E2H and TGE set, so
+//! there is no hyp stub and no blob. The kernel enters a guest by calling
+//! [`enter_guest`], which runs the same switch body as the nVHE blob with the guest's
+//! EL1 state reached through the *_EL12/*_EL02 encodings, the E2H layouts of CPTR_EL2
+//! and CNTHCTL_EL2, HCR_EL2.TGE cleared, and this module's vectors in VBAR_EL2 while
+//! the guest runs; [`hyp_call`] answers the core's other EL2 requests in place.
+//!
+//! FP/SIMD is switched eagerly here: the E2H layout of CPTR_EL2 has no TFP bit for the
+//! lazy trap path to clear.
+
+use crate::entry::{el2_guest_enter, FP_EAGER_TRAP};
+use crate::fp::{el2_fp_load, el2_fp_save};
+use crate::switch::{
+    guest_pstate, load_el1, load_el2, load_timer, save_el1, save_el2, save_guest_timer, save_timer,
+    vgic_load, vgic_save, vgic_shape, HostState,
+};
+use crate::tlb;
+use core::arch::global_asm;
+use core::mem::MaybeUninit;
+use vmm_arm64::barrier::isb;
+use vmm_arm64::mrs;
+use vmm_sys::arm64::regs::{cnthctl, cptr, hcr};
+use vmm_sys::hyp::*;
+
+/// Writes a system register as part of the world switch.
+macro_rules! msr {
+    ($reg:literal, $val:expr) => {
+        // SAFETY: the switch writes the guest's or the host's own EL1 and EL2 state,
+        // with interrupts masked (the caller's contract), and VBAR_EL2 only to swap in
+        // this module's vectors for the guest's run and the host's back after it.
+        unsafe { vmm_arm64::msr!($reg, $val) }
+    };
+}
+
+/// ESR_EL2.EC of a trapped FP/SIMD access.
+const EC_FP: u64 = 0x07;
+
+global_asm!(
+    r#"
+    .section .text.el2_vhe_vectors, "ax"
+    .balign 2048
+    .global el2_vhe_vectors
+el2_vhe_vectors:
+    /* From EL2 itself (SP0, SPx): the switch runs with interrupts masked and takes no
+     * exception; one here is a bug in it: stop this CPU. */
+    .rept 8
+    .balign 0x80
+    b el2_vhe_hang
+    .endr
+    /* From the guest, AArch64: sync, IRQ, FIQ, SError. */
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    mrs x0, esr_el2
+    lsr x0, x0, #26
+    cmp x0, #{EC_FP}
+    b.eq el2_fp_trap
+    mov x1, #{EL1_SYNC}
+    b el2_guest_exit
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    mov x1, #{EL1_IRQ}
+    b el2_guest_exit
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    mov x1, #{EL1_FIQ}
+    b el2_guest_exit
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    mov x1, #{EL1_ERROR}
+    b el2_guest_exit
+    /* AArch32 guests do not exist here. */
+    .rept 4
+    .balign 0x80
+    b el2_vhe_hang
+    .endr
+el2_vhe_hang:
+    wfe
+    b el2_vhe_hang
+"#,
+    EC_FP = const EC_FP,
+    EL1_SYNC = const excp::EL1_SYNC,
+    EL1_IRQ = const excp::EL1_IRQ,
+    EL1_FIQ = const excp::EL1_FIQ,
+    EL1_ERROR = const excp::EL1_ERROR,
+);
+
+/// The address of `el2_vhe_vectors` (in the kernel's EL2&0 address space).
+fn vectors() -> u64 {
+    let v: u64;
+    // SAFETY: computes an address; touches no memory.
+    unsafe {
+        core::arch::asm!(
+            "adrp {0}, el2_vhe_vectors",
+            "add {0}, {0}, :lo12:el2_vhe_vectors",
+            out(reg) v,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    v
+}
+
+/// Runs the guest in `ctx` until it exits; returns the exit kind (also stored in
+/// `ctx.exit.kind`).
+///
+/// # Safety
+/// Called at EL2 on a VHE host (HCR_EL2.E2H and TGE set) with interrupts masked;
+/// `ctx` is the kernel address of a `VcpuContext` nobody else touches meanwhile.
+pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
+    // SAFETY: guaranteed by the caller.
+    let c = unsafe { &mut *ctx };
+    let mut host = HostState::default();
+    let (lrs, aprs) = vgic_shape();
+
+    save_el1::<true>(&mut host.el1);
+    host.sp_el0 = mrs!("sp_el0");
+    host.sp_el1 = mrs!("sp_el1");
+    save_el2(&mut host.el2);
+    save_timer::<true>(&mut host.timer);
+    let host_vbar = mrs!("vbar_el2");
+    let mut host_fp = MaybeUninit::<FpRegs>::uninit();
+    // SAFETY: the host's CPTR_EL2 lets EL2 use FP; host_fp is a 16-byte aligned
+    // FpRegs-sized area on this stack, c.fp the guest's registers.
+    unsafe {
+        el2_fp_save(host_fp.as_mut_ptr());
+        el2_fp_load(&c.fp);
+    }
+
+    load_el1::<true>(&c.el1);
+    load_timer::<true>(&c.timer);
+    vgic_load(&c.vgic, lrs, aprs);
+    c.pstate = guest_pstate(c.pstate);
+    let mut el2 = c.el2;
+    el2.hcr_el2 = (el2.hcr_el2 | hcr::E2H) & !hcr::TGE;
+    el2.cptr_el2 = cptr::to_e2h(el2.cptr_el2);
+    el2.cnthctl_el2 = cnthctl::to_e2h(el2.cnthctl_el2);
+    load_el2(&el2);
+    msr!("vbar_el2", vectors());
+    isb();
+
+    // SAFETY: every register the guest sees is loaded; ctx stays valid (caller); with
+    // FP_EAGER_TRAP the trampoline never writes host_fp.
+    let r = unsafe { el2_guest_enter(ctx, host_fp.as_mut_ptr(), FP_EAGER_TRAP) };
+
+    msr!("vbar_el2", host_vbar);
+    load_el2(&host.el2);
+    vgic_save(&mut c.vgic, lrs, aprs);
+    save_guest_timer::<true>(&mut c.timer);
+    save_el1::<true>(&mut c.el1);
+    // SAFETY: the host's CPTR_EL2 is back, so these FP accesses do not trap; host_fp
+    // was filled above.
+    unsafe {
+        el2_fp_save(&mut c.fp);
+        el2_fp_load(host_fp.as_ptr());
+    }
+    load_timer::<true>(&host.timer);
+    load_el1::<true>(&host.el1);
+    msr!("sp_el0", host.sp_el0);
+    msr!("sp_el1", host.sp_el1);
+    r.kind
+}
+
+/// The core's EL2 requests (`vmm_sys::hyp`), answered in place on a VHE host.
+///
+/// # Safety
+/// Called at EL2 on a VHE host. `HYP_ENTER_GUEST` takes the kernel address of a
+/// context, as [`enter_guest`] requires; `HYP_DC_CIVAC` a mapped range.
+pub unsafe fn hyp_call(func: u64, args: &[u64; 7]) -> u64 {
+    let [a1, a2, a3, ..] = *args;
+    match func {
+        HYP_ENTER_GUEST => {
+            if a1 == 0 || !a1.is_multiple_of(16) {
+                return HYP_RET_UNKNOWN;
+            }
+            // SAFETY: the caller's guarantee.
+            unsafe { enter_guest(a1 as *mut VcpuContext) }
+        }
+        HYP_READ_REGISTER => match a1 {
+            HYP_REG_ICH_VTR => mrs!("ich_vtr_el2"),
+            HYP_REG_CNTHCTL => mrs!("cnthctl_el2"),
+            _ => HYP_RET_UNKNOWN,
+        },
+        HYP_S2_TLBI_RANGE => {
+            tlb::s2_tlbi_range::<true>(a1, a2, a3);
+            0
+        }
+        HYP_S2_TLBI_ALL => {
+            tlb::s2_tlbi_all::<true>(a1);
+            0
+        }
+        HYP_CLEAN_S2_TLBI => {
+            tlb::all_guests::<true>();
+            0
+        }
+        HYP_DC_CIVAC => {
+            // SAFETY: the caller names a mapped range.
+            unsafe { vmm_arm64::cache::clean_inval_dcache_poc(a1 as usize, a2 as usize) };
+            0
+        }
+        _ => HYP_RET_UNKNOWN,
+    }
+}
