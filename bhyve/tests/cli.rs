@@ -26,12 +26,22 @@ fn bhyve_as(args: &[&str], uid: Option<(u32, &std::path::Path)>) -> (i32, String
         }
         None => Command::new(built),
     };
-    let out = cmd
-        .args(args)
+    cmd.args(args)
         // Never reach a real vmm from a test.
-        .env("VMM_TESTBED", "/nonexistent/bhyve-test.sock")
-        .output()
-        .unwrap();
+        .env("VMM_TESTBED", "/nonexistent/bhyve-test.sock");
+    // The copy was just written: a child another test thread forked meanwhile holds the
+    // write descriptor until its own exec, and exec of the copy fails with ETXTBSY
+    // until then. That is the test's race, not bhyve's: try again briefly.
+    let mut tries = 0;
+    let out = loop {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => break r.unwrap(),
+        }
+    };
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use vmm_e2e::guest::{self, Init, BOOTARGS, MARKER};
 use vmm_e2e::proc::{self, tool_on as tool};
 use vmm_e2e::stats::Stats;
-use vmm_testbed_broker::launch::{Layout, Served};
+use vmm_testbed_broker::launch::{HostCpu, Layout, Served};
 use vmm_testbed_harness::build;
 
 const VM: &str = "benchvm";
@@ -187,6 +187,7 @@ pub(crate) fn serve(
         testbed,
         &proc::tool("vmm-testbed-broker"),
         Layout::new(dir),
+        HostCpu::CortexA57,
         &extra,
         None,
     )

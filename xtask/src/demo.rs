@@ -207,6 +207,7 @@ pub fn demo(args: &[String]) -> Result<(), String> {
             &proc::tool("vmm-testbed-broker"),
             &layout,
             Duration::from_secs(120),
+            launch::HostCpu::from_env()?,
         )
         .map_err(|e| e.to_string())?;
         up.0 = Some(layout.clone());

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         Some("demo") => demo::demo(&args[1..]),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench-el2 | bench-boot [--runs N] | bench-devices [--runs N] | testbed up|down|status | demo [--disk]"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench-el2 | bench-boot [--runs N] | bench-devices [--runs N] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk]"
                 .into(),
         ),
     };

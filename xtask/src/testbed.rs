@@ -22,14 +22,32 @@ fn build_broker() -> Result<PathBuf, String> {
     Ok(cmd::bin_dir().join("vmm-testbed-broker"))
 }
 
+/// `--cpu NAME` after `up`: the host CPU (and so the mode), else $VMM_TESTBED_CPU's,
+/// else cortex-a57.
+fn up_cpu(args: &[String]) -> Result<launch::HostCpu, String> {
+    match args {
+        [] => Ok(launch::HostCpu::from_env()?),
+        [opt, name] if opt == "--cpu" => Ok(launch::HostCpu::parse(name)?),
+        _ => Err("usage: cargo xtask testbed up [--cpu cortex-a57|max]".into()),
+    }
+}
+
 pub fn testbed(args: &[String]) -> Result<(), String> {
     let l = layout();
     match args.first().map(String::as_str) {
         Some("up") => {
-            // Idempotent: a testbed that is up stays as it is.
+            let cpu = up_cpu(&args[1..])?;
+            // Idempotent: a testbed that is up in this mode stays as it is.
             let st = launch::status(&l);
             if !st.is_empty() && st.iter().all(|s| s.2) && l.socket().exists() {
-                eprintln!("xtask: the testbed is already up");
+                let mode = launch::mode(&l).unwrap_or_else(|| "unknown".into());
+                if mode != cpu.mode() {
+                    return Err(format!(
+                        "the testbed is up in mode {mode}, not {} (cargo xtask testbed down first)",
+                        cpu.mode()
+                    ));
+                }
+                eprintln!("xtask: the testbed is already up (mode: {mode})");
                 println!("export VMM_TESTBED={}", l.socket().display());
                 return Ok(());
             }
@@ -37,10 +55,12 @@ pub fn testbed(args: &[String]) -> Result<(), String> {
             launch::down(&l);
             let kernel = build::build_testbed()?;
             let broker = build_broker()?;
-            let sock = launch::up(&kernel, &broker, &l, Duration::from_secs(120))
+            let sock = launch::up(&kernel, &broker, &l, Duration::from_secs(120), cpu)
                 .map_err(|e| e.to_string())?;
             eprintln!(
-                "xtask: testbed up (logs in {}; stop with cargo xtask testbed down)",
+                "xtask: testbed up on -cpu {} (mode: {}; logs in {}; stop with cargo xtask testbed down)",
+                cpu.qemu_cpu(),
+                cpu.mode(),
                 l.dir.display()
             );
             println!("export VMM_TESTBED={}", sock.display());
@@ -70,9 +90,13 @@ pub fn testbed(args: &[String]) -> Result<(), String> {
             for (what, pid, _) in st {
                 println!("{what}: pid {pid} running");
             }
+            println!(
+                "mode: {}",
+                launch::mode(&l).unwrap_or_else(|| "unknown".into())
+            );
             println!("export VMM_TESTBED={}", l.socket().display());
             Ok(())
         }
-        _ => Err("usage: cargo xtask testbed up|down|status".into()),
+        _ => Err("usage: cargo xtask testbed up [--cpu cortex-a57|max] | down | status".into()),
     }
 }

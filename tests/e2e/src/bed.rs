@@ -8,7 +8,7 @@ use libvmmapi::{Backend, Request, Target};
 use std::path::Path;
 use std::time::Duration;
 use vmm_sys::wire;
-use vmm_testbed_broker::launch::{Layout, Served};
+use vmm_testbed_broker::launch::{HostCpu, Layout, Served};
 use vmm_testbed_harness::build;
 
 /// A [`Served`] testbed with a watchdog, and what the e2e tests ask of it.
@@ -26,10 +26,12 @@ impl Bed {
     /// previous run left there) and arms a watchdog that stops them after `limit`.
     pub fn start(dir: &Path, limit: Duration) -> Result<Bed, Error> {
         let kernel = build::build_testbed().map_err(|e| Error::Testbed(e.to_string()))?;
+        let cpu = HostCpu::from_env().map_err(|e| Error::Testbed(e.to_string()))?;
         Served::start(
             &kernel,
             &crate::proc::tool("vmm-testbed-broker"),
             Layout::new(dir),
+            cpu,
             &[],
             Some(limit),
         )

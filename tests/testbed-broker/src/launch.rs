@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use vmm_testbed_harness::qemu::HostCpu;
 
 /// What goes where inside the testbed's directory.
 #[derive(Debug, Clone)]
@@ -38,6 +39,10 @@ impl Layout {
     pub fn broker_log(&self) -> PathBuf {
         self.dir.join("broker.log")
     }
+    /// The host mode the testbed in this directory was started in (`nvhe`, `vhe`).
+    pub fn mode_file(&self) -> PathBuf {
+        self.dir.join("mode")
+    }
     fn pid_file(&self, what: &str) -> PathBuf {
         self.dir.join(format!("{what}.pid"))
     }
@@ -58,13 +63,13 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
     move |e| LaunchError::Io(w, e)
 }
 
-/// QEMU's command line for a served testbed (DESIGN.md, "The testbed").
-pub fn qemu_args(kernel: &Path, l: &Layout) -> Vec<String> {
+/// QEMU's command line for a served testbed on `cpu` (DESIGN.md, "The testbed").
+pub fn qemu_args(kernel: &Path, l: &Layout, cpu: HostCpu) -> Vec<String> {
     let mut a: Vec<String> = [
         "-M",
         "virt,virtualization=on,gic-version=3,memory-backend=ram",
         "-cpu",
-        "cortex-a57",
+        cpu.qemu_cpu(),
         "-smp",
         "2",
         "-m",
@@ -115,15 +120,21 @@ pub fn status(l: &Layout) -> Vec<(&'static str, i32, bool)> {
         .collect()
 }
 
-/// Starts QEMU and the broker in the background; returns the broker's socket once the
-/// testbed has answered a request.
+/// The host mode of the testbed last started in `l`'s directory.
+pub fn mode(l: &Layout) -> Option<String> {
+    Some(fs::read_to_string(l.mode_file()).ok()?.trim().to_string())
+}
+
+/// Starts QEMU on `cpu` and the broker in the background; returns the broker's socket
+/// once the testbed has answered a request.
 pub fn up(
     kernel: &Path,
     broker: &Path,
     l: &Layout,
     timeout: Duration,
+    cpu: HostCpu,
 ) -> Result<PathBuf, LaunchError> {
-    up_with_qemu_args(kernel, broker, l, timeout, &[])
+    up_with_qemu_args(kernel, broker, l, timeout, cpu, &[])
 }
 
 /// As [`up`], with `extra` appended to QEMU's command line (`cargo xtask bench-boot`
@@ -133,6 +144,7 @@ pub fn up_with_qemu_args(
     broker: &Path,
     l: &Layout,
     timeout: Duration,
+    cpu: HostCpu,
     extra: &[String],
 ) -> Result<PathBuf, LaunchError> {
     if status(l).iter().any(|s| s.2) {
@@ -142,9 +154,10 @@ pub fn up_with_qemu_args(
     for p in [l.socket(), l.qemu_socket(), l.ram()] {
         let _ = fs::remove_file(p);
     }
+    fs::write(l.mode_file(), cpu.mode()).map_err(io("mode"))?;
     let qlog = fs::File::create(l.qemu_log()).map_err(io("qemu.log"))?;
     let qemu = Command::new("qemu-system-aarch64")
-        .args(qemu_args(kernel, l))
+        .args(qemu_args(kernel, l, cpu))
         .args(extra)
         .stdin(Stdio::null())
         .stdout(qlog.try_clone().map_err(io("qemu.log"))?)
@@ -257,12 +270,13 @@ pub struct Served {
 }
 
 impl Served {
-    /// Starts the testbed `kernel` with `broker` in `layout`'s directory, `qemu_extra`
-    /// appended to QEMU's command line.
+    /// Starts the testbed `kernel` on `cpu` with `broker` in `layout`'s directory,
+    /// `qemu_extra` appended to QEMU's command line.
     pub fn start(
         kernel: &Path,
         broker: &Path,
         layout: Layout,
+        cpu: HostCpu,
         qemu_extra: &[String],
         limit: Option<Duration>,
     ) -> Result<Served, LaunchError> {
@@ -272,6 +286,7 @@ impl Served {
             broker,
             &layout,
             Duration::from_secs(120),
+            cpu,
             qemu_extra,
         )?;
         let done = Arc::new(AtomicBool::new(false));

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_testbed_broker::launch::{Layout, Served};
+use vmm_testbed_broker::launch::{HostCpu, Layout, Served};
 use vmm_testbed_harness::{build, cmd, repo_root};
 
 const RAM: u64 = 0x8000_0000;
@@ -53,10 +53,12 @@ impl Bed {
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("target/tmp"))
             .join(format!("testbed-{name}"));
+        let cpu = HostCpu::from_env().unwrap_or_else(|e| panic!("{e}"));
         let served = Served::start(
             &kernel,
             PathBuf::from(env!("CARGO_BIN_EXE_vmm-testbed-broker")).as_path(),
             Layout::new(dir),
+            cpu,
             &[],
             Some(TEST_TIMEOUT),
         )
