@@ -177,6 +177,10 @@ impl Host for ServerHost {
     fn log(&self, args: fmt::Arguments<'_>) {
         self.0.log(args)
     }
+    unsafe fn enter_guest(&self, ctx: &PhysMem) -> u64 {
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { self.0.enter_guest(ctx) }
+    }
     unsafe fn hyp_call(&self, func: u64, args: &[u64; 7]) -> u64 {
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { self.0.hyp_call(func, args) }
