@@ -87,9 +87,24 @@ fn test() -> Result<(), String> {
             "warnings",
         ]),
     )?;
+    // Every test on the nVHE host (the testbed harness boots the VHE host as well),
+    // then the served testbed's tests again on the VHE host: the broker's and the
+    // end-to-end boots.
     run(
-        "host and testbed tests",
-        cargo().args(["test", "--workspace"]),
+        "host and testbed tests (nVHE host: cortex-a57)",
+        cargo()
+            .env("VMM_TESTBED_CPU", "cortex-a57")
+            .args(["test", "--workspace"]),
+    )?;
+    run(
+        "served testbed tests (VHE host: -cpu max)",
+        cargo().env("VMM_TESTBED_CPU", "max").args([
+            "test",
+            "-p",
+            "vmm-testbed-broker",
+            "-p",
+            "vmm-e2e",
+        ]),
     )?;
     kernel::lint_kernel()?;
     kernel::check_x18()?;
