@@ -185,6 +185,12 @@ pub trait Host: Send + Sync + Sized {
     /// address); a host whose kernel itself runs at EL2 (VHE) calls the switch body
     /// directly instead, and the fake host runs its scripted guest.
     ///
+    /// The world switch keeps the host's general-purpose registers, its EL1 and EL2
+    /// state and V0-V31/FPSR/FPCR. Anything beyond that the host itself keeps around
+    /// the call: on a CPU with SVE, the Z registers above 128 bits, P0-P15 and FFR of a
+    /// thread that uses SVE (a V register write clears a Z register's upper bits), as
+    /// FreeBSD's `vfp_save_state` does before its vmm runs a guest.
+    ///
     /// # Safety
     /// Interrupts are disabled; the page is mapped for EL2 ([`Host::map_el2`]) and holds
     /// a `VcpuContext` the core filled (VTTBR with this VM's tables and VMID); nothing

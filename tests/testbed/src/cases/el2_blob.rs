@@ -26,6 +26,7 @@ static HVC_LOOP: &[u8] = guest!("hvc_loop");
 static FP_GPR: &[u8] = guest!("fp_gpr");
 static MMIO: &[u8] = guest!("mmio");
 static SYSREG: &[u8] = guest!("sysreg");
+static HIDDEN: &[u8] = guest!("hidden");
 static WFI: &[u8] = guest!("wfi");
 static ISOLATION: &[u8] = guest!("isolation");
 static WFI_TIMER: &[u8] = guest!("wfi_timer");
@@ -893,6 +894,10 @@ fn run_core(n: usize) {
     report(
         "core_sysreg_in_kernel",
         crate::cases::vmm::sysreg_in_kernel(&vmm, SYSREG),
+    );
+    report(
+        "core_hidden_features",
+        crate::cases::vmm::hidden_features(&vmm, HIDDEN),
     );
     report(
         "core_destroy_kicks_running_vcpu",

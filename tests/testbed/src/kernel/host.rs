@@ -13,6 +13,7 @@ use crate::kernel::mm::{self, pa_to_va, va_to_pa, KBASE, MAX_CPUS, PAGE, RAM_END
 use crate::kernel::mm::{TablePages, MAIR_WB};
 use crate::{kernel::cpu, kernel::gic, kernel::timer, kprintln};
 use alloc::sync::Arc;
+use core::arch::global_asm;
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -92,6 +93,150 @@ pub fn release() {
         mm::free_pages_at(c.blob_pa, c.blob_pages);
         c.tables.free(&TablePages);
     }
+}
+
+// The host's SVE state beyond what the world switch keeps (V0-V31: the low 128 bits of
+// Z0-Z31): whole Z registers, P0-P15, FFR. x0 = a buffer of 32 vectors, 17 predicates.
+global_asm!(
+    r#"
+    .arch_extension sve
+    .text
+    .balign 4
+    .global testbed_sve_save
+testbed_sve_save:
+    str z0, [x0, #0, mul vl]
+    str z1, [x0, #1, mul vl]
+    str z2, [x0, #2, mul vl]
+    str z3, [x0, #3, mul vl]
+    str z4, [x0, #4, mul vl]
+    str z5, [x0, #5, mul vl]
+    str z6, [x0, #6, mul vl]
+    str z7, [x0, #7, mul vl]
+    str z8, [x0, #8, mul vl]
+    str z9, [x0, #9, mul vl]
+    str z10, [x0, #10, mul vl]
+    str z11, [x0, #11, mul vl]
+    str z12, [x0, #12, mul vl]
+    str z13, [x0, #13, mul vl]
+    str z14, [x0, #14, mul vl]
+    str z15, [x0, #15, mul vl]
+    str z16, [x0, #16, mul vl]
+    str z17, [x0, #17, mul vl]
+    str z18, [x0, #18, mul vl]
+    str z19, [x0, #19, mul vl]
+    str z20, [x0, #20, mul vl]
+    str z21, [x0, #21, mul vl]
+    str z22, [x0, #22, mul vl]
+    str z23, [x0, #23, mul vl]
+    str z24, [x0, #24, mul vl]
+    str z25, [x0, #25, mul vl]
+    str z26, [x0, #26, mul vl]
+    str z27, [x0, #27, mul vl]
+    str z28, [x0, #28, mul vl]
+    str z29, [x0, #29, mul vl]
+    str z30, [x0, #30, mul vl]
+    str z31, [x0, #31, mul vl]
+    addvl x1, x0, #31
+    addvl x1, x1, #1
+    str p0, [x1, #0, mul vl]
+    str p1, [x1, #1, mul vl]
+    str p2, [x1, #2, mul vl]
+    str p3, [x1, #3, mul vl]
+    str p4, [x1, #4, mul vl]
+    str p5, [x1, #5, mul vl]
+    str p6, [x1, #6, mul vl]
+    str p7, [x1, #7, mul vl]
+    str p8, [x1, #8, mul vl]
+    str p9, [x1, #9, mul vl]
+    str p10, [x1, #10, mul vl]
+    str p11, [x1, #11, mul vl]
+    str p12, [x1, #12, mul vl]
+    str p13, [x1, #13, mul vl]
+    str p14, [x1, #14, mul vl]
+    str p15, [x1, #15, mul vl]
+    rdffr p0.b
+    str p0, [x1, #16, mul vl]
+    ldr p0, [x1, #0, mul vl]
+    ret
+
+    .global testbed_sve_load
+testbed_sve_load:
+    addvl x1, x0, #31
+    addvl x1, x1, #1
+    ldr p0, [x1, #16, mul vl]
+    wrffr p0.b
+    ldr p0, [x1, #0, mul vl]
+    ldr p1, [x1, #1, mul vl]
+    ldr p2, [x1, #2, mul vl]
+    ldr p3, [x1, #3, mul vl]
+    ldr p4, [x1, #4, mul vl]
+    ldr p5, [x1, #5, mul vl]
+    ldr p6, [x1, #6, mul vl]
+    ldr p7, [x1, #7, mul vl]
+    ldr p8, [x1, #8, mul vl]
+    ldr p9, [x1, #9, mul vl]
+    ldr p10, [x1, #10, mul vl]
+    ldr p11, [x1, #11, mul vl]
+    ldr p12, [x1, #12, mul vl]
+    ldr p13, [x1, #13, mul vl]
+    ldr p14, [x1, #14, mul vl]
+    ldr p15, [x1, #15, mul vl]
+    ldr z0, [x0, #0, mul vl]
+    ldr z1, [x0, #1, mul vl]
+    ldr z2, [x0, #2, mul vl]
+    ldr z3, [x0, #3, mul vl]
+    ldr z4, [x0, #4, mul vl]
+    ldr z5, [x0, #5, mul vl]
+    ldr z6, [x0, #6, mul vl]
+    ldr z7, [x0, #7, mul vl]
+    ldr z8, [x0, #8, mul vl]
+    ldr z9, [x0, #9, mul vl]
+    ldr z10, [x0, #10, mul vl]
+    ldr z11, [x0, #11, mul vl]
+    ldr z12, [x0, #12, mul vl]
+    ldr z13, [x0, #13, mul vl]
+    ldr z14, [x0, #14, mul vl]
+    ldr z15, [x0, #15, mul vl]
+    ldr z16, [x0, #16, mul vl]
+    ldr z17, [x0, #17, mul vl]
+    ldr z18, [x0, #18, mul vl]
+    ldr z19, [x0, #19, mul vl]
+    ldr z20, [x0, #20, mul vl]
+    ldr z21, [x0, #21, mul vl]
+    ldr z22, [x0, #22, mul vl]
+    ldr z23, [x0, #23, mul vl]
+    ldr z24, [x0, #24, mul vl]
+    ldr z25, [x0, #25, mul vl]
+    ldr z26, [x0, #26, mul vl]
+    ldr z27, [x0, #27, mul vl]
+    ldr z28, [x0, #28, mul vl]
+    ldr z29, [x0, #29, mul vl]
+    ldr z30, [x0, #30, mul vl]
+    ldr z31, [x0, #31, mul vl]
+    ret
+"#
+);
+
+extern "C" {
+    fn testbed_sve_save(buf: *mut u8);
+    fn testbed_sve_load(buf: *const u8);
+}
+
+/// Room for the largest SVE state: 32 vectors and 17 predicates of a 2048-bit VL.
+const SVE_STATE: usize = 32 * 256 + 17 * 32;
+
+#[repr(C, align(16))]
+struct SveState([u8; SVE_STATE]);
+
+/// One save area per CPU: used with interrupts masked, around one guest entry.
+static SVE_SAVE: [SpinLock<SveState>; MAX_CPUS] =
+    [const { SpinLock::new_spin(SveState([0; SVE_STATE])) }; MAX_CPUS];
+
+/// True when SVE is enabled at EL2 on this VHE host (CPTR_EL2.ZEN, E2H layout, 0b11):
+/// then the host may hold SVE state the world switch does not keep.
+fn host_sve_live() -> bool {
+    (vmm_arm64::IdRegs::read().pfr0 >> 32) & 0xf != 0
+        && (vmm_arm64::mrs!("cpacr_el1") >> 16) & 3 == 3
 }
 
 /// A one-shot timer: a slot the timer interrupt scans (see `timer_tick`).
@@ -423,9 +568,26 @@ impl Host for TestbedHost {
 
     unsafe fn enter_guest(&self, ctx: &PhysMem) -> u64 {
         if cpu::vhe_host() {
+            // The switch keeps V0-V31 only; a live SVE state (Z beyond 128 bits, P, FFR)
+            // is the host's to keep, as FreeBSD's vfp_save_state does for its threads.
+            let sve = host_sve_live();
+            let mut save = SVE_SAVE.get(cpu::id()).map(|s| s.lock());
+            if sve {
+                if let Some(buf) = save.as_mut() {
+                    // SAFETY: SVE is enabled at EL2; the buffer holds the largest state.
+                    unsafe { testbed_sve_save(buf.0.as_mut_ptr()) };
+                }
+            }
             // SAFETY: at EL2 on a VHE host with interrupts masked (the core's contract),
             // the context through its kernel address.
-            unsafe { vmm_el2_switch::vhe::enter_guest(ctx.va.as_ptr().cast()) }
+            let kind = unsafe { vmm_el2_switch::vhe::enter_guest(ctx.va.as_ptr().cast()) };
+            if sve {
+                if let Some(buf) = save.as_ref() {
+                    // SAFETY: as above; the buffer holds what was saved with this VL.
+                    unsafe { testbed_sve_load(buf.0.as_ptr()) };
+                }
+            }
+            kind
         } else {
             let args = [ctx.pa, 0, 0, 0, 0, 0, 0];
             // SAFETY: the core's guarantees are the ones HYP_ENTER_GUEST needs.

@@ -472,6 +472,203 @@ pub fn sysreg_in_kernel(vmm: &Core, image: &[u8]) -> Result<String, String> {
     })
 }
 
+/// The host's own SVE and pointer-authentication state around a guest's run, on a
+/// VHE host with those features (the testbed kernel at EL2): set to known values before,
+/// compared bit for bit after. SVE: the vector length (ZCR_EL2.LEN 3: 512 bits), Z0
+/// and Z31 filled with patterns across the whole vector, P15 all true, FFR all false.
+/// Pointer authentication: the APIA and APDB keys.
+struct HostFeatureState {
+    sve: bool,
+    pac: bool,
+}
+
+const HOST_APIA: (u64, u64) = (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
+const HOST_APDB: (u64, u64) = (0x1111_2222_3333_4444, 0x5555_6666_7777_8888);
+/// SVE vectors are at most 2048 bits.
+const ZMAX: usize = 256;
+
+impl HostFeatureState {
+    fn set() -> HostFeatureState {
+        let ids = vmm_arm64::IdRegs::read();
+        let vhe = crate::kernel::cpu::vhe_host();
+        let sve = vhe && (ids.pfr0 >> 32) & 0xf != 0;
+        let pac = vhe && ((ids.isar1 >> 4) & 0xff != 0 || (ids.isar2 >> 12) & 0xf != 0);
+        if pac {
+            // SAFETY: the host's own data keys at EL2; nothing in the testbed uses
+            // pointer authentication, and they are checked and cleared afterwards.
+            unsafe {
+                core::arch::asm!(
+                    "msr S3_0_C2_C1_0, {a}", "msr S3_0_C2_C1_1, {b}",
+                    "msr S3_0_C2_C2_2, {c}", "msr S3_0_C2_C2_3, {d}", "isb",
+                    a = in(reg) HOST_APIA.0, b = in(reg) HOST_APIA.1,
+                    c = in(reg) HOST_APDB.0, d = in(reg) HOST_APDB.1,
+                )
+            };
+        }
+        if sve {
+            // SAFETY: enables SVE at EL2 for this CPU (CPTR_EL2.ZEN in the E2H layout,
+            // reached as CPACR_EL1), sets a 512-bit vector length (ZCR_EL2, reached as
+            // ZCR_EL1) and fills registers the testbed's code never uses.
+            unsafe {
+                core::arch::asm!(
+                    ".arch_extension sve",
+                    "mrs {t}, cpacr_el1",
+                    "orr {t}, {t}, #(3 << 16)",
+                    "msr cpacr_el1, {t}",
+                    "isb",
+                    "mov {t}, #3",
+                    "msr S3_0_C1_C2_0, {t}",
+                    "isb",
+                    "index z0.b, #1, #3",
+                    "index z31.b, #-7, #5",
+                    "ptrue p15.b",
+                    "setffr",
+                    "pfalse p14.b",
+                    "wrffr p14.b",
+                    t = out(reg) _,
+                )
+            };
+        }
+        HostFeatureState { sve, pac }
+    }
+
+    fn what(&self) -> &'static str {
+        match (self.sve, self.pac) {
+            (true, true) => "SVE (512-bit Z0/Z31, P15, FFR, ZCR) and PAC keys intact",
+            (true, false) => "SVE (512-bit Z0/Z31, P15, FFR, ZCR) intact",
+            (false, true) => "PAC keys intact",
+            (false, false) => "has neither SVE nor PAC",
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.pac {
+            let (a0, a1, b0, b1): (u64, u64, u64, u64);
+            // SAFETY: reads the host's keys, then clears them.
+            unsafe {
+                core::arch::asm!(
+                    "mrs {a}, S3_0_C2_C1_0", "mrs {b}, S3_0_C2_C1_1",
+                    "mrs {c}, S3_0_C2_C2_2", "mrs {d}, S3_0_C2_C2_3",
+                    "msr S3_0_C2_C1_0, xzr", "msr S3_0_C2_C1_1, xzr",
+                    "msr S3_0_C2_C2_2, xzr", "msr S3_0_C2_C2_3, xzr", "isb",
+                    a = out(reg) a0, b = out(reg) a1, c = out(reg) b0, d = out(reg) b1,
+                )
+            };
+            if (a0, a1) != HOST_APIA || (b0, b1) != HOST_APDB {
+                return Err(format!(
+                    "host PAC keys changed: APIA {a0:#x}/{a1:#x}, APDB {b0:#x}/{b1:#x}"
+                ));
+            }
+        }
+        if self.sve {
+            let mut z0 = [0u8; ZMAX];
+            let mut z31 = [0u8; ZMAX];
+            let (zcr, vl, p15_count, ffr_count): (u64, u64, u64, u64);
+            // SAFETY: reads this CPU's SVE state into buffers of the largest vector
+            // size, then turns SVE at EL2 off again.
+            unsafe {
+                core::arch::asm!(
+                    ".arch_extension sve",
+                    "mrs {zcr}, S3_0_C1_C2_0",
+                    "rdvl {vl}, #1",
+                    "str z0, [{z0}]",
+                    "str z31, [{z31}]",
+                    "cntp {p}, p15, p15.b",
+                    "rdffr p13.b",
+                    "ptrue p12.b",
+                    "cntp {f}, p12, p13.b",
+                    "mrs {t}, cpacr_el1",
+                    "bic {t}, {t}, #(3 << 16)",
+                    "msr cpacr_el1, {t}",
+                    "isb",
+                    zcr = out(reg) zcr, vl = out(reg) vl, p = out(reg) p15_count,
+                    f = out(reg) ffr_count, t = out(reg) _,
+                    z0 = in(reg) z0.as_mut_ptr(), z31 = in(reg) z31.as_mut_ptr(),
+                )
+            };
+            if zcr & 0xf != 3 || vl != 64 {
+                return Err(format!(
+                    "host ZCR_EL2 {zcr:#x}, vector length {vl} bytes: want LEN 3, 64 bytes"
+                ));
+            }
+            for i in 0..64usize {
+                let want0 = (1 + 3 * i) as u8;
+                let want31 = (-7i32 + 5 * i as i32) as u8;
+                if z0[i] != want0 || z31[i] != want31 {
+                    return Err(format!(
+                        "host Z registers changed at byte {i}: Z0 {:#04x} (want {want0:#04x}), Z31 {:#04x} (want {want31:#04x})",
+                        z0[i], z31[i]
+                    ));
+                }
+            }
+            if p15_count != 64 || ffr_count != 0 {
+                return Err(format!(
+                    "host predicates changed: P15 has {p15_count} of 64 true, FFR {ffr_count} (want 0)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The guest of tests/guests/hidden.S uses every feature it is not shown: SVE, SME,
+/// pointer authentication (instruction and key register), LORegions must be UNDEFINED
+/// (bits 0..=6; bit 7, a plain UDF, proves the detection); ERRIDR_EL1 reads as zero
+/// where the host has RAS (UNDEFINED where it has none); ACTLR_EL1 reads as zero
+/// (TACR); no other exception. The host's own SVE and PAC state is compared around it
+/// (`HostFeatureState`).
+pub fn hidden_features(vmm: &Core, image: &[u8]) -> Result<String, String> {
+    let name = b"tb-hidden";
+    start(vmm, name, image, 0)?;
+    with_vm(vmm, name, || {
+        let host = HostFeatureState::set();
+        let e = run(vmm, name);
+        let host_after = host.check();
+        let e = e?;
+        host_after?;
+        if hvc_of(&e) != Some(2) {
+            return Err(format!(
+                "exit code {} pc {:#x} reached the caller",
+                e.exitcode, e.pc
+            ));
+        }
+        let undef = get_reg(vmm, name, VM_REG_GUEST_X0)?;
+        let read = get_reg(vmm, name, VM_REG_GUEST_X0 + 1)?;
+        let other = get_reg(vmm, name, VM_REG_GUEST_X0 + 2)?;
+        if other != 0 {
+            return Err(format!("an exception other than UNDEF: ESR {other:#x}"));
+        }
+        if undef & 0xff != 0xff {
+            return Err(format!(
+                "probes {:#04x} of 0xff were not UNDEFINED (bit 0 SVE, 1 ZCR_EL1, 2 SME, 3 SMCR_EL1, 4 PACIA, 5 APIAKeyLo_EL1, 6 LORID_EL1, 7 UDF)",
+                undef & 0xff
+            ));
+        }
+        // ERRIDR_EL1 (bit 8) reads as zero where the host has RAS and is UNDEFINED where
+        // it has none. ERRSELR_EL1 (bits 9 and 11) may be UNDEFINED even with RAS: QEMU's
+        // minimal RAS has no error records to select; either answer reaches no host state.
+        let host_ras = (vmm_arm64::IdRegs::read().pfr0 >> 28) & 0xf != 0;
+        let erridr_undef = undef & (1 << 8) != 0;
+        if host_ras == erridr_undef {
+            return Err(format!(
+                "ERRIDR_EL1 {} on a host {} RAS",
+                if erridr_undef { "UNDEFINED" } else { "read" },
+                if host_ras { "with" } else { "without" }
+            ));
+        }
+        if undef & (1 << 10) != 0 || read != 0 {
+            return Err(format!(
+                "ACTLR_EL1 or the error records did not read as zero (UNDEF {undef:#x}, read {read:#x})"
+            ));
+        }
+        Ok(format!(
+            "SVE, ZCR_EL1, SME, SMCR_EL1, PACIA, APIAKeyLo_EL1, LORID_EL1 UNDEFINED; error records {}; ACTLR_EL1 read as zero; host {}",
+            if host_ras { "read as zero (host has RAS)" } else { "UNDEFINED (no RAS)" },
+            host.what()
+        ))
+    })
+}
+
 static KICK_RESULT: AtomicI32 = AtomicI32::new(i32::MIN);
 /// The `how` of the SUSPENDED exit that ended `kick_runner`'s VM_RUN.
 static KICK_HOW: AtomicI32 = AtomicI32::new(i32::MIN);
