@@ -74,9 +74,18 @@ pub fn run_testbed(args: &[String]) -> Result<(), String> {
 /// Exit costs under `-icount shift=0` (one emulated instruction = 1 ns of virtual
 /// time); the testbed runs its benchmark instead of its tests when QEMU's generic loader
 /// leaves the word "BNCH" below the kernel image. Numbers are printed, never asserted.
-pub fn bench_el2() -> Result<(), String> {
+pub fn bench_el2(args: &[String]) -> Result<(), String> {
+    let (cpu, rest) = cpu_option(args)?;
+    if let Some(a) = rest.first() {
+        return Err(format!("bench-el2: unknown argument {a}"));
+    }
     let kernel = build::build_testbed()?;
-    let mut args = qemu::qemu_args(&kernel, 2, qemu::HostCpu::CortexA57);
+    eprintln!(
+        "xtask: bench-el2 on -cpu {} (mode: {})",
+        cpu.qemu_cpu(),
+        cpu.mode()
+    );
+    let mut args = qemu::qemu_args(&kernel, 2, cpu);
     args.extend(
         [
             "-icount",

@@ -125,14 +125,14 @@ fn main() -> ExitCode {
         Some("build-kmod") => kmod::build_kmod().map(|_| ()),
         Some("check-kmod") => kmod::check_kmod(),
         Some("run-testbed") => kernel::run_testbed(&args[1..]),
-        Some("bench-el2") => kernel::bench_el2(),
+        Some("bench-el2") => kernel::bench_el2(&args[1..]),
         Some("bench-boot") => bench::bench_boot(&args[1..]),
         Some("bench-devices") => bench_devices::bench_devices(&args[1..]),
         Some("testbed") => testbed::testbed(&args[1..]),
         Some("demo") => demo::demo(&args[1..]),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench-el2 | bench-boot [--runs N] | bench-devices [--runs N] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk]"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench-el2 [--cpu cortex-a57|max] | bench-boot [--runs N] | bench-devices [--runs N] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk]"
                 .into(),
         ),
     };

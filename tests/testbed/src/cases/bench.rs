@@ -197,15 +197,26 @@ fn report_vgic(n: u64, ticks: [u64; 3], sgis: u64, exits: u64) {
 }
 
 pub fn run() {
-    kprintln!("BENCH start N={N} CNTFRQ={}", timer::freq());
-    match hyp::load(1) {
-        Ok(_) => match direct() {
-            Ok(t) => report("world_switch", N, t),
+    kprintln!(
+        "BENCH start N={N} CNTFRQ={} host={}",
+        timer::freq(),
+        if crate::kernel::cpu::vhe_host() {
+            "vhe"
+        } else {
+            "nvhe"
+        }
+    );
+    // The bare world switch through the blob needs the stub: nVHE hosts only.
+    if !crate::kernel::cpu::vhe_host() {
+        match hyp::load(1) {
+            Ok(_) => match direct() {
+                Ok(t) => report("world_switch", N, t),
+                Err(e) => kprintln!("BENCH error {e}"),
+            },
             Err(e) => kprintln!("BENCH error {e}"),
-        },
-        Err(e) => kprintln!("BENCH error {e}"),
+        }
+        hyp::unload(1);
     }
-    hyp::unload(1);
     match vmm::load() {
         Ok(vmm) => {
             match through_core(&vmm) {
