@@ -63,7 +63,8 @@ struct VmDev {
 struct Glue {
     vmm: Vmm<FreeBsdHost>,
     /// The EL2 blob's contiguous copy.
-    blob: PhysMem,
+    /// The EL2 blob's copy (nVHE hosts; none on VHE).
+    blob: Option<PhysMem>,
     /// The per-VM nodes. Creation and destruction of VMs happen under this lock, so the
     /// list and the core's registry agree, and unload can refuse atomically.
     devs: Mutex<SxMutex, Vec<VmDev>>,
@@ -470,16 +471,19 @@ pub unsafe fn modevent(what: c_int, blob: &'static [u8]) -> c_int {
     }
 }
 
-/// Refuses hosts vmm.ko cannot run on, with one line each on the console.
-fn check_host() -> KResult<usize> {
-    if current_el(mrs!("CurrentEL")) == 2 {
+/// Refuses hosts vmm.ko cannot run on, with one line each on the console. Returns
+/// the offset of `pc_cpuid` and whether the kernel runs at EL2 with HCR_EL2.E2H (a
+/// VHE host, as FreeBSD 15 on every CPU with VHE; FreeBSD's `in_vhe()`).
+fn check_host() -> KResult<(usize, bool)> {
+    let vhe = current_el(mrs!("CurrentEL")) == 2;
+    if vhe && mrs!("hcr_el2") & vmm_sys::arm64::regs::hcr::E2H == 0 {
         host::log(format_args!(
-            "vmm: the kernel runs at EL2 (VHE); this vmm.ko supports non-VHE hosts only"
+            "vmm: the kernel runs at EL2 without HCR_EL2.E2H; not supported"
         ));
         return Err(Errno::ENXIO);
     }
     // SAFETY: a query of boot state, no arguments.
-    if !unsafe { machdep::has_hyp() } {
+    if !vhe && !unsafe { machdep::has_hyp() } {
         host::log(format_args!(
             "vmm: the kernel was not entered at EL2: no hypervisor mode to use"
         ));
@@ -491,12 +495,13 @@ fn check_host() -> KResult<usize> {
         ));
         return Err(Errno::ENXIO);
     }
-    smp::discover_cpuid_offset().ok_or_else(|| {
+    let cpuid_offset = smp::discover_cpuid_offset().ok_or_else(|| {
         host::log(format_args!(
             "vmm: cannot locate pc_cpuid in this kernel's struct pcpu"
         ));
         Errno::ENXIO
-    })
+    })?;
+    Ok((cpuid_offset, vhe))
 }
 
 /// `blob` rounded up to whole pages.
@@ -512,14 +517,18 @@ fn load(blob: &'static [u8]) -> KResult<()> {
     if glue().is_some() {
         return Err(Errno::EEXIST);
     }
-    let cpuid_offset = check_host()?;
+    let (cpuid_offset, vhe) = check_host()?;
     // SAFETY: M_DEVBUF is a live kernel type; M_VMM is not registered yet.
     unsafe {
         M_VMM.version_from(core::ptr::addr_of!(malloc::M_DEVBUF));
         malloc::malloc_init(M_VMM.as_ptr().cast());
         SLEEP_MTX.init(c"vmm sleep");
     }
-    let r = load_core(blob, cpuid_offset);
+    let r = if vhe {
+        load_core_vhe(cpuid_offset)
+    } else {
+        load_core(blob, cpuid_offset)
+    };
     if r.is_err() {
         // SAFETY: nothing allocated with M_VMM or using the lock is left (load_core
         // freed all of it on failure).
@@ -531,8 +540,26 @@ fn load(blob: &'static [u8]) -> KResult<()> {
     r
 }
 
+/// On a VHE kernel: nothing to copy or map; the core calls the switch directly.
+fn load_core_vhe(cpuid_offset: usize) -> KResult<()> {
+    let host = FreeBsdHost::new(cpuid_offset, true)?;
+    let params = InitParams {
+        regime: El2Regime::Vhe,
+        id_regs: IdRegs::read(),
+    };
+    let vmm = match Vmm::new(host, params) {
+        Ok(v) => v,
+        Err((host, e)) => {
+            host::log(format_args!("vmm: bring-up on the VHE kernel failed ({e})"));
+            host.free_el2_tables();
+            return Err(e);
+        }
+    };
+    publish(vmm, None)
+}
+
 fn load_core(blob: &'static [u8], cpuid_offset: usize) -> KResult<()> {
-    let host = FreeBsdHost::new(cpuid_offset)?;
+    let host = FreeBsdHost::new(cpuid_offset, false)?;
     let len = blob_len(blob)?;
     let code = match host.alloc_contig(len, PAGE_SIZE) {
         Ok(m) => m,
@@ -576,13 +603,19 @@ fn load_core(blob: &'static [u8], cpuid_offset: usize) -> KResult<()> {
         }
     };
     vmm.host().set_el2_live(true);
+    publish(vmm, Some(code))
+}
+
+/// Makes the loaded core reachable: the virtual-timer interrupt hook, the Glue, the
+/// device nodes and sysctls. On failure everything is taken down again.
+fn publish(vmm: Vmm<FreeBsdHost>, blob: Option<PhysMem>) -> KResult<()> {
     // A guest's virtual timer must exit it when it fires (docs/vgic.md); failure
     // only delays guests' timers to the next host tick (logged).
     let vtimer_ppi = vmm.host().enable_vtimer_ppi();
     let g = Box::new(Glue {
         vtimer_ppi,
         vmm,
-        blob: code,
+        blob,
         devs: Mutex::new(Vec::new()),
         unloading: AtomicBool::new(false),
         ctl: AtomicPtr::new(core::ptr::null_mut()),
@@ -749,7 +782,9 @@ fn unload_entry_points_and_core() -> KResult<()> {
             return Err(Errno::EBUSY);
         }
     };
-    host.free_contig(blob);
+    if let Some(blob) = blob {
+        host.free_contig(blob);
+    }
     host.free_el2_tables();
     Ok(())
 }

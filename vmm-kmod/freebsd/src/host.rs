@@ -311,12 +311,15 @@ pub struct FreeBsdHost {
     /// The GICv3 driver's device (for `gic_r_write_4` on this CPU's redistributor),
     /// or null when none was found: then the virtual-timer PPI cannot be held.
     gic: usize,
+    /// The kernel runs at EL2 with HCR_EL2.E2H (VHE): the switch is called directly,
+    /// there are no EL2 tables to keep and no blob to call.
+    vhe: bool,
 }
 
 impl FreeBsdHost {
     /// A host for a kernel whose `pc_cpuid` is at `cpuid_offset` and whose CPU ids go
-    /// up to `mp_maxid`, with empty EL2 tables.
-    pub fn new(cpuid_offset: usize) -> KResult<FreeBsdHost> {
+    /// up to `mp_maxid`, with empty EL2 tables; `vhe` when the kernel runs at EL2.
+    pub fn new(cpuid_offset: usize, vhe: bool) -> KResult<FreeBsdHost> {
         // SAFETY: set before any module loads; never changes.
         let maxid = unsafe { core::ptr::addr_of!(smp::mp_maxid).read() };
         // SAFETY: as above.
@@ -341,6 +344,7 @@ impl FreeBsdHost {
             ));
         }
         Ok(FreeBsdHost {
+            vhe,
             gic: gic as usize,
             cpuid_offset,
             ncpu,
@@ -538,10 +542,17 @@ impl Host for FreeBsdHost {
     }
 
     fn map_el2(&self, pa: u64, len: usize) -> KResult<()> {
+        if self.vhe {
+            // The kernel's own EL2&0 regime maps what the core hands the switch.
+            return Ok(());
+        }
         self.map_el2_attrs(pa, len, attrs_data(EL2_MAIR_WB))
     }
 
     fn unmap_el2(&self, pa: u64, len: usize) {
+        if self.vhe {
+            return;
+        }
         let mut g = self.el2.lock();
         g.tables.unmap_identity(&KmemTables, pa, len);
         if g.live {
@@ -762,7 +773,22 @@ impl Host for FreeBsdHost {
         log(args);
     }
 
+    unsafe fn enter_guest(&self, ctx: &PhysMem) -> u64 {
+        if self.vhe {
+            // SAFETY: at EL2 on a VHE kernel with interrupts disabled (the core's
+            // contract); the context through its kernel address.
+            return unsafe { vmm_el2_switch::vhe::enter_guest(ctx.va.as_ptr().cast()) };
+        }
+        let args = [ctx.pa, 0, 0, 0, 0, 0, 0];
+        // SAFETY: the core's guarantees are the ones HYP_ENTER_GUEST needs.
+        unsafe { self.hyp_call(vmm_sys::hyp::HYP_ENTER_GUEST, &args) }
+    }
+
     unsafe fn hyp_call(&self, func: u64, args: &[u64; 7]) -> u64 {
+        if self.vhe {
+            // SAFETY: at EL2 on a VHE kernel; the core passes what each request needs.
+            return unsafe { vmm_el2_switch::vhe::hyp_call(func, args) };
+        }
         let [a1, a2, a3, a4, a5, a6, a7] = *args;
         // SAFETY: the caller (the core) guarantees the EL2 side accepts the call.
         unsafe { hyp::vmm_call_hyp([func, a1, a2, a3, a4, a5, a6, a7]) }
