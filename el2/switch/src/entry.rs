@@ -5,9 +5,9 @@
 //! * `el2_guest_exit`: any exit. On entry guest x0/x1 are pushed at `[sp]` (16 bytes),
 //!   the host frame of `el2_guest_enter` lies above them, and x1 = the exception kind
 //!   (`hyp::excp`).
-//! * `el2_fp_trap`: a guest FP/SIMD access trapped by CPTR_EL2.TFP (ESR_EL2.EC 0x07),
-//!   same stack and registers (x1 not yet set): switches FP lazily and returns to the
-//!   guest, or exits.
+//! * `el2_fp_trap`: a guest FP/SIMD access trapped by CPTR_EL2 (TFP, or FPEN in the E2H
+//!   layout; ESR_EL2.EC 0x07), same stack and registers (x1 not yet set): switches FP
+//!   lazily and returns to the guest, or exits.
 //!
 //! Guest entry keeps a frame on the EL2 stack (host x18..x30, the context address, the
 //! host FP save area and the lazy-FP state); because exceptions from a lower EL land on
@@ -48,9 +48,15 @@ el2_fp_trap:
     ldr x0, [sp, #(48 + {FRAME_FPSTATE})]
     cmp x0, #{FP_LAZY_ARMED}
     b.ne 1f
+    /* Stop trapping FP: TFP in the nVHE layout of CPTR_EL2, FPEN in the E2H one. */
+    mrs x0, hcr_el2
+    tbnz x0, #{E2H_BIT}, 2f
     mrs x0, cptr_el2
     bic x0, x0, #{TFP}
-    msr cptr_el2, x0
+    b 3f
+2:  mrs x0, cptr_el2
+    orr x0, x0, #{FPEN_ON}
+3:  msr cptr_el2, x0
     isb
     ldr x0, [sp, #(48 + {FRAME_HOSTFP})]
     bl el2_fp_save
@@ -162,6 +168,8 @@ el2_guest_exit:
     FP_LAZY_ARMED = const FP_LAZY_ARMED,
     FP_GUEST_LOADED = const FP_GUEST_LOADED,
     TFP = const vmm_sys::arm64::regs::cptr::TFP,
+    E2H_BIT = const 34,
+    FPEN_ON = const 3u64 << vmm_sys::arm64::regs::cptr::e2h::FPEN_SHIFT,
     FP = const ctx_off::FP,
     SP_EL0 = const ctx_off::SP_EL0,
     PC = const ctx_off::PC,

@@ -5,10 +5,16 @@
 //! and CNTHCTL_EL2, HCR_EL2.TGE cleared, and this module's vectors in VBAR_EL2 while
 //! the guest runs; [`hyp_call`] answers the core's other EL2 requests in place.
 //!
-//! FP/SIMD is switched eagerly here: the E2H layout of CPTR_EL2 has no TFP bit for the
-//! lazy trap path to clear.
+//! FP/SIMD is switched lazily, as on nVHE: the guest runs with CPTR_EL2.FPEN clear (the
+//! E2H layout) until its first FP access, which the trap path switches.
+//!
+//! Of the host's EL1 state only what a VHE kernel and its user space use is kept: the
+//! EL0 thread registers, TPIDR_EL1, PAR_EL1, CSSELR_EL1, MDSCR_EL1 and SP_EL0. The
+//! registers E2H redirects (SCTLR, TTBRx, TCR, VBAR, ...) are the host's only in their
+//! EL2 forms; their EL1 copies belong to whichever guest ran last and are loaded whole
+//! before the next guest runs.
 
-use crate::entry::{el2_guest_enter, FP_EAGER_TRAP};
+use crate::entry::{el2_guest_enter, FP_EAGER_TRAP, FP_GUEST_LOADED, FP_LAZY_ARMED};
 use crate::fp::{el2_fp_load, el2_fp_save};
 use crate::switch::{
     guest_pstate, load_el1, load_el2, load_timer, save_el1, save_el2, save_guest_timer, save_timer,
@@ -111,19 +117,13 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     let mut host = HostState::default();
     let (lrs, aprs) = vgic_shape();
 
-    save_el1::<true>(&mut host.el1);
+    save_host_el1(&mut host.el1);
     host.sp_el0 = mrs!("sp_el0");
-    host.sp_el1 = mrs!("sp_el1");
     save_el2(&mut host.el2);
     save_timer::<true>(&mut host.timer);
     let host_vbar = mrs!("vbar_el2");
+    // Written by el2_fp_trap only if the guest uses FP (then fp_state says so).
     let mut host_fp = MaybeUninit::<FpRegs>::uninit();
-    // SAFETY: the host's CPTR_EL2 lets EL2 use FP; host_fp is a 16-byte aligned
-    // FpRegs-sized area on this stack, c.fp the guest's registers.
-    unsafe {
-        el2_fp_save(host_fp.as_mut_ptr());
-        el2_fp_load(&c.fp);
-    }
 
     load_el1::<true>(&c.el1);
     load_timer::<true>(&c.timer);
@@ -131,32 +131,58 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     c.pstate = guest_pstate(c.pstate);
     let mut el2 = c.el2;
     el2.hcr_el2 = (el2.hcr_el2 | hcr::E2H) & !hcr::TGE;
+    let fp_state = if el2.cptr_el2 & cptr::TFP == 0 {
+        el2.cptr_el2 |= cptr::TFP;
+        FP_LAZY_ARMED
+    } else {
+        FP_EAGER_TRAP
+    };
     el2.cptr_el2 = cptr::to_e2h(el2.cptr_el2);
     el2.cnthctl_el2 = cnthctl::to_e2h(el2.cnthctl_el2);
     load_el2(&el2);
     msr!("vbar_el2", vectors());
     isb();
 
-    // SAFETY: every register the guest sees is loaded; ctx stays valid (caller); with
-    // FP_EAGER_TRAP the trampoline never writes host_fp.
-    let r = unsafe { el2_guest_enter(ctx, host_fp.as_mut_ptr(), FP_EAGER_TRAP) };
+    // SAFETY: every register the guest sees is loaded; ctx stays valid (caller);
+    // host_fp is a 16-byte aligned FpRegs-sized area on this stack.
+    let r = unsafe { el2_guest_enter(ctx, host_fp.as_mut_ptr(), fp_state) };
 
     msr!("vbar_el2", host_vbar);
     load_el2(&host.el2);
     vgic_save(&mut c.vgic, lrs, aprs);
     save_guest_timer::<true>(&mut c.timer);
     save_el1::<true>(&mut c.el1);
-    // SAFETY: the host's CPTR_EL2 is back, so these FP accesses do not trap; host_fp
-    // was filled above.
-    unsafe {
-        el2_fp_save(&mut c.fp);
-        el2_fp_load(host_fp.as_ptr());
+    if r.fp_state == FP_GUEST_LOADED {
+        // SAFETY: the trap path filled host_fp before loading the guest's registers;
+        // the host's CPTR_EL2 is back, so these FP accesses do not trap.
+        unsafe {
+            el2_fp_save(&mut c.fp);
+            el2_fp_load(host_fp.as_ptr());
+        }
     }
     load_timer::<true>(&host.timer);
-    load_el1::<true>(&host.el1);
+    load_host_el1(&host.el1);
     msr!("sp_el0", host.sp_el0);
-    msr!("sp_el1", host.sp_el1);
     r.kind
+}
+
+/// The EL1 registers a VHE host uses (see the module documentation).
+fn save_host_el1(r: &mut El1Regs) {
+    r.par_el1 = mrs!("par_el1");
+    r.tpidr_el0 = mrs!("tpidr_el0");
+    r.tpidrro_el0 = mrs!("tpidrro_el0");
+    r.tpidr_el1 = mrs!("tpidr_el1");
+    r.csselr_el1 = mrs!("csselr_el1");
+    r.mdscr_el1 = mrs!("mdscr_el1");
+}
+
+fn load_host_el1(r: &El1Regs) {
+    msr!("par_el1", r.par_el1);
+    msr!("tpidr_el0", r.tpidr_el0);
+    msr!("tpidrro_el0", r.tpidrro_el0);
+    msr!("tpidr_el1", r.tpidr_el1);
+    msr!("csselr_el1", r.csselr_el1);
+    msr!("mdscr_el1", r.mdscr_el1);
 }
 
 /// The core's EL2 requests (`vmm_sys::hyp`), answered in place on a VHE host.
