@@ -124,7 +124,15 @@ pub(crate) fn save_el2(r: &mut El2Controls) {
     r.mdcr_el2 = mrs!("mdcr_el2");
     r.cnthctl_el2 = mrs!("cnthctl_el2");
     r.vttbr_el2 = mrs!("vttbr_el2");
-    r.vtcr_el2 = mrs!("vtcr_el2");
+}
+
+/// Sets VTCR_EL2 for the guest about to run, only when it differs from what the CPU
+/// has: the host does not use it (stage 2 is off while the host runs), and writing it
+/// can cost a TLB flush. Before `load_el2`, whose `isb` covers it.
+pub(crate) fn set_vtcr(vtcr: u64) {
+    if mrs!("vtcr_el2") != vtcr {
+        msr!("vtcr_el2", vtcr);
+    }
 }
 
 pub(crate) fn load_el2(r: &El2Controls) {
@@ -134,7 +142,6 @@ pub(crate) fn load_el2(r: &El2Controls) {
     msr!("cptr_el2", r.cptr_el2);
     msr!("mdcr_el2", r.mdcr_el2);
     msr!("cnthctl_el2", r.cnthctl_el2);
-    msr!("vtcr_el2", r.vtcr_el2);
     msr!("vttbr_el2", r.vttbr_el2);
     isb();
 }
@@ -314,6 +321,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     } else {
         FP_EAGER_TRAP
     };
+    set_vtcr(el2.vtcr_el2);
     load_el2(&el2);
 
     // SAFETY: every register the guest sees is loaded; ctx stays valid (caller);

@@ -18,7 +18,7 @@ use crate::entry::{el2_guest_enter, FP_EAGER_TRAP, FP_GUEST_LOADED, FP_LAZY_ARME
 use crate::fp::{el2_fp_load, el2_fp_save};
 use crate::switch::{
     guest_pstate, load_el1, load_el2, load_timer, save_el1, save_el2, save_guest_timer, save_timer,
-    vgic_load, vgic_save, vgic_shape, HostState,
+    set_vtcr, vgic_load, vgic_save, vgic_shape, HostState,
 };
 use crate::tlb;
 use core::arch::global_asm;
@@ -139,6 +139,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     };
     el2.cptr_el2 = cptr::to_e2h(el2.cptr_el2);
     el2.cnthctl_el2 = cnthctl::to_e2h(el2.cnthctl_el2);
+    set_vtcr(el2.vtcr_el2);
     load_el2(&el2);
     msr!("vbar_el2", vectors());
     isb();
