@@ -141,12 +141,6 @@ pub fn answer(a: &SysRegAccess, ids: &GuestIdRegs, midr: u64, mpidr: u64) -> Sys
             SysRegAnswer::Ignored
         };
     }
-    if let Some(ans) = hidden_feature(r) {
-        return match ans {
-            SysRegAnswer::Read(_) if !a.read => SysRegAnswer::Ignored,
-            ans => ans,
-        };
-    }
     if r.is_id_reg() {
         if !a.read {
             return SysRegAnswer::Undefined;
@@ -157,6 +151,12 @@ pub fn answer(a: &SysRegAccess, ids: &GuestIdRegs, midr: u64, mpidr: u64) -> Sys
             (0, _) => 0,
             _ => ids.read(r),
         });
+    }
+    if let Some(ans) = hidden_feature(r) {
+        return match ans {
+            SysRegAnswer::Read(_) if !a.read => SysRegAnswer::Ignored,
+            ans => ans,
+        };
     }
     SysRegAnswer::ToUser
 }
