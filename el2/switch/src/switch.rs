@@ -290,6 +290,54 @@ pub(crate) fn guest_pstate(p: u64) -> u64 {
     }
 }
 
+/// Loads the guest's EL1 state, virtual timer and GIC virtual CPU interface, forces its
+/// PSTATE to EL0/EL1, and returns its EL2 controls with CPTR_EL2.TFP added for lazy
+/// FP switching (in the non-VHE layout), with the lazy-FP state to start from.
+pub(crate) fn load_guest<const VHE: bool>(
+    c: &mut VcpuContext,
+    lrs: usize,
+    aprs: usize,
+) -> (El2Controls, u64) {
+    load_el1::<VHE>(&c.el1);
+    load_timer::<VHE>(&c.timer);
+    vgic_load(&c.vgic, lrs, aprs);
+    c.pstate = guest_pstate(c.pstate);
+    let mut el2 = c.el2;
+    let fp_state = if el2.cptr_el2 & cptr::TFP == 0 {
+        el2.cptr_el2 |= cptr::TFP;
+        FP_LAZY_ARMED
+    } else {
+        FP_EAGER_TRAP
+    };
+    (el2, fp_state)
+}
+
+/// After an exit, with the host's EL2 controls back (so FP does not trap at EL2): saves
+/// the guest's GIC virtual CPU interface, timer, EL1 state and, if the trap path
+/// switched them in, its FP registers, then puts the host's FP registers and timer
+/// back. The host's EL1 state is the caller's to restore.
+pub(crate) fn save_guest<const VHE: bool>(
+    c: &mut VcpuContext,
+    host: &HostState,
+    host_fp: &MaybeUninit<FpRegs>,
+    fp_state: u64,
+    lrs: usize,
+    aprs: usize,
+) {
+    vgic_save(&mut c.vgic, lrs, aprs);
+    save_guest_timer::<VHE>(&mut c.timer);
+    save_el1::<VHE>(&mut c.el1);
+    if fp_state == FP_GUEST_LOADED {
+        // SAFETY: the trap path filled host_fp before loading the guest's registers;
+        // the host's CPTR_EL2 is back, so these FP accesses do not trap.
+        unsafe {
+            el2_fp_save(&mut c.fp);
+            el2_fp_load(host_fp.as_ptr());
+        }
+    }
+    load_timer::<VHE>(&host.timer);
+}
+
 /// HYP_ENTER_GUEST: runs the guest in `ctx` until it exits; returns the exit kind
 /// (also stored in `ctx.exit.kind`).
 ///
@@ -310,17 +358,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     // Written by el2_fp_trap only if the guest uses FP (then fp_state says so).
     let mut host_fp = MaybeUninit::<FpRegs>::uninit();
 
-    load_el1::<false>(&c.el1);
-    load_timer::<false>(&c.timer);
-    vgic_load(&c.vgic, lrs, aprs);
-    c.pstate = guest_pstate(c.pstate);
-    let mut el2 = c.el2;
-    let fp_state = if el2.cptr_el2 & cptr::TFP == 0 {
-        el2.cptr_el2 |= cptr::TFP;
-        FP_LAZY_ARMED
-    } else {
-        FP_EAGER_TRAP
-    };
+    let (el2, fp_state) = load_guest::<false>(c, lrs, aprs);
     set_vtcr(el2.vtcr_el2);
     load_el2(&el2);
 
@@ -329,18 +367,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     let r = unsafe { el2_guest_enter(ctx, host_fp.as_mut_ptr(), fp_state) };
 
     load_el2(&host.el2);
-    vgic_save(&mut c.vgic, lrs, aprs);
-    save_guest_timer::<false>(&mut c.timer);
-    save_el1::<false>(&mut c.el1);
-    if r.fp_state == FP_GUEST_LOADED {
-        // SAFETY: the trap handler filled host_fp before loading the guest's registers;
-        // the host's CPTR_EL2 is back, so these FP accesses do not trap.
-        unsafe {
-            el2_fp_save(&mut c.fp);
-            el2_fp_load(host_fp.as_ptr());
-        }
-    }
-    load_timer::<false>(&host.timer);
+    save_guest::<false>(c, &host, &host_fp, r.fp_state, lrs, aprs);
     load_el1::<false>(&host.el1);
     msr!("sp_el0", host.sp_el0);
     msr!("sp_el1", host.sp_el1);

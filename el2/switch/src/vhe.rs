@@ -14,11 +14,9 @@
 //! EL2 forms; their EL1 copies belong to whichever guest ran last and are loaded whole
 //! before the next guest runs.
 
-use crate::entry::{el2_guest_enter, FP_EAGER_TRAP, FP_GUEST_LOADED, FP_LAZY_ARMED};
-use crate::fp::{el2_fp_load, el2_fp_save};
+use crate::entry::el2_guest_enter;
 use crate::switch::{
-    guest_pstate, load_el1, load_el2, load_timer, save_el1, save_el2, save_guest_timer, save_timer,
-    set_vtcr, vgic_load, vgic_save, vgic_shape, HostState,
+    load_el2, load_guest, save_el2, save_guest, save_timer, set_vtcr, vgic_shape, HostState,
 };
 use crate::tlb;
 use core::arch::global_asm;
@@ -125,18 +123,8 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     // Written by el2_fp_trap only if the guest uses FP (then fp_state says so).
     let mut host_fp = MaybeUninit::<FpRegs>::uninit();
 
-    load_el1::<true>(&c.el1);
-    load_timer::<true>(&c.timer);
-    vgic_load(&c.vgic, lrs, aprs);
-    c.pstate = guest_pstate(c.pstate);
-    let mut el2 = c.el2;
+    let (mut el2, fp_state) = load_guest::<true>(c, lrs, aprs);
     el2.hcr_el2 = (el2.hcr_el2 | hcr::E2H) & !hcr::TGE;
-    let fp_state = if el2.cptr_el2 & cptr::TFP == 0 {
-        el2.cptr_el2 |= cptr::TFP;
-        FP_LAZY_ARMED
-    } else {
-        FP_EAGER_TRAP
-    };
     el2.cptr_el2 = cptr::to_e2h(el2.cptr_el2);
     el2.cnthctl_el2 = cnthctl::to_e2h(el2.cnthctl_el2);
     set_vtcr(el2.vtcr_el2);
@@ -150,18 +138,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
 
     msr!("vbar_el2", host_vbar);
     load_el2(&host.el2);
-    vgic_save(&mut c.vgic, lrs, aprs);
-    save_guest_timer::<true>(&mut c.timer);
-    save_el1::<true>(&mut c.el1);
-    if r.fp_state == FP_GUEST_LOADED {
-        // SAFETY: the trap path filled host_fp before loading the guest's registers;
-        // the host's CPTR_EL2 is back, so these FP accesses do not trap.
-        unsafe {
-            el2_fp_save(&mut c.fp);
-            el2_fp_load(host_fp.as_ptr());
-        }
-    }
-    load_timer::<true>(&host.timer);
+    save_guest::<true>(c, &host, &host_fp, r.fp_state, lrs, aprs);
     load_host_el1(&host.el1);
     msr!("sp_el0", host.sp_el0);
     r.kind
