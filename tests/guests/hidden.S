@@ -1,8 +1,9 @@
 // Features the guest is not shown (docs/isolation.md): each probe runs one instruction
 // of such a feature; the guest's own vector table sets the probe's bit in x20 when the
-// instruction was UNDEFINED (ESR_EL1.EC 0), records any other exception's ESR in x23,
+// instruction was refused (ESR_EL1.EC 0, or 0x18), records any other exception's ESR in x23,
 // and skips the instruction. The read-as-zero probes OR what they read into x21.
-// Probe 7 is a plain UDF: it proves the detection works. At the end, hvc #2 with
+// Probe 7 is a plain UDF: it proves the detection works. Probes 12 and 13 are MTE's
+// registers (run with `-M virt,mte=on` to have them trap rather than not exist). At the end, hvc #2 with
 // x0 = the UNDEF bits, x1 = the OR of the values read, x2 = an unexpected ESR (0: none).
     .text
     .global _start
@@ -41,6 +42,10 @@ _start:
     mrs x0, S3_0_C10_C4_7           // LORID_EL1
     mov x22, #(1 << 7)
     udf #0
+    mov x22, #(1 << 12)
+    mrs x0, S3_1_C0_C0_4            // GMID_EL1 (MTE2; HCR_EL2.TID5)
+    mov x22, #(1 << 13)
+    mrs x0, S3_0_C1_C0_6            // GCR_EL1 (MTE; HCR_EL2.ATA clear)
 
     // Read as zero (or UNDEFINED where the CPU has no RAS at all).
     mov x0, #0
@@ -71,8 +76,12 @@ vectors:
     // Current EL with SP_ELx, synchronous.
     mrs x24, esr_el1
     lsr x25, x24, #26
-    cbnz x25, 1f
-    orr x20, x20, x22
+    cbz x25, 0f
+    // EC 0x18 taken at this EL1: the CPU refused a system register it has only in
+    // part (QEMU's `max` without tag memory for MTE's registers). Refused, not read.
+    cmp x25, #0x18
+    b.ne 1f
+0:  orr x20, x20, x22
     b 2f
 1:  mov x23, x24
 2:  mrs x24, elr_el1

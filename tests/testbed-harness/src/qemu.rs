@@ -57,9 +57,24 @@ impl HostCpu {
 
 /// The board the testbed targets (DESIGN.md "The testbed").
 pub fn qemu_args(kernel: &Path, smp: u32, cpu: HostCpu) -> Vec<String> {
+    board_args(kernel, smp, cpu, "virt,virtualization=on,gic-version=3")
+}
+
+/// The same board with the Memory Tagging Extension (`max` implements MTE only with
+/// tag memory on the board).
+pub fn qemu_args_mte(kernel: &Path, smp: u32) -> Vec<String> {
+    board_args(
+        kernel,
+        smp,
+        HostCpu::Max,
+        "virt,virtualization=on,gic-version=3,mte=on",
+    )
+}
+
+fn board_args(kernel: &Path, smp: u32, cpu: HostCpu, machine: &str) -> Vec<String> {
     [
         "-M",
-        "virt,virtualization=on,gic-version=3",
+        machine,
         "-cpu",
         cpu.qemu_cpu(),
         "-smp",

@@ -638,10 +638,11 @@ pub fn hidden_features(vmm: &Core, image: &[u8]) -> Result<String, String> {
         if other != 0 {
             return Err(format!("an exception other than UNDEF: ESR {other:#x}"));
         }
-        if undef & 0xff != 0xff {
+        const MUST_UNDEF: u64 = 0xff | (0b11 << 12);
+        if undef & MUST_UNDEF != MUST_UNDEF {
             return Err(format!(
-                "probes {:#04x} of 0xff were not UNDEFINED (bit 0 SVE, 1 ZCR_EL1, 2 SME, 3 SMCR_EL1, 4 PACIA, 5 APIAKeyLo_EL1, 6 LORID_EL1, 7 UDF)",
-                undef & 0xff
+                "probes {:#06x} of {MUST_UNDEF:#06x} were not UNDEFINED (bit 0 SVE, 1 ZCR_EL1, 2 SME, 3 SMCR_EL1, 4 PACIA, 5 APIAKeyLo_EL1, 6 LORID_EL1, 7 UDF, 12 GMID_EL1, 13 GCR_EL1)",
+                undef & MUST_UNDEF
             ));
         }
         // ERRIDR_EL1 (bit 8) reads as zero where the host has RAS and is UNDEFINED where
@@ -661,8 +662,9 @@ pub fn hidden_features(vmm: &Core, image: &[u8]) -> Result<String, String> {
                 "ACTLR_EL1 or the error records did not read as zero (UNDEF {undef:#x}, read {read:#x})"
             ));
         }
+        let mte = (vmm_arm64::IdRegs::read().pfr1 >> 8) & 0xf;
         Ok(format!(
-            "SVE, ZCR_EL1, SME, SMCR_EL1, PACIA, APIAKeyLo_EL1, LORID_EL1 UNDEFINED; error records {}; ACTLR_EL1 read as zero; host {}",
+            "SVE, ZCR_EL1, SME, SMCR_EL1, PACIA, APIAKeyLo_EL1, LORID_EL1, GMID_EL1, GCR_EL1 UNDEFINED (host MTE level {mte}); error records {}; ACTLR_EL1 read as zero; host {}",
             if host_ras { "read as zero (host has RAS)" } else { "UNDEFINED (no RAS)" },
             host.what()
         ))
