@@ -235,7 +235,7 @@ static SVE_SAVE: [SpinLock<SveState>; MAX_CPUS] =
 /// True when SVE is enabled at EL2 on this VHE host (CPTR_EL2.ZEN, E2H layout, 0b11):
 /// then the host may hold SVE state the world switch does not keep.
 fn host_sve_live() -> bool {
-    (vmm_arm64::IdRegs::read().pfr0 >> 32) & 0xf != 0
+    (vmm_arm64::mrs!("id_aa64pfr0_el1") >> 32) & 0xf != 0
         && (vmm_arm64::mrs!("cpacr_el1") >> 16) & 3 == 3
 }
 
