@@ -174,12 +174,8 @@ impl Vcpu {
         self.id
     }
 
-    /// The EL2 (physical) address of the context.
-    pub fn ctx_pa(&self) -> u64 {
-        self.page.pa
-    }
-
-    /// The page holding the context, as [`crate::Host::enter_guest`] takes it.
+    /// The page holding the context (its physical address is its EL2 address on an
+    /// nVHE host), as [`crate::Host::enter_guest`] takes it.
     pub fn ctx_page(&self) -> &PhysMem {
         &self.page
     }
