@@ -14,6 +14,10 @@ pub const HYP_REG_CNTHCTL: u64 = 0x2;
 pub const HYP_CLEAN_S2_TLBI: u64 = 0x4;
 pub const HYP_DC_CIVAC: u64 = 0x5;
 pub const HYP_EL2_TLBI: u64 = 0x6;
+/// Empties every list register and active-priority register of this CPU's GIC virtual
+/// CPU interface (ours; FreeBSD has no such call). Done once per CPU at load: from then
+/// on the world switch keeps the list registers past [`VgicCpuRegs::lr_used`] empty.
+pub const HYP_VGIC_CLEAR: u64 = 0x7;
 /// HYP_EL2_TLBI x1: flush every EL2 entry, or x2..x2+x3 by VA (FreeBSD's values).
 pub const HYP_EL2_TLBI_ALL: u64 = 0x1;
 pub const HYP_EL2_TLBI_VA: u64 = 0x2;
@@ -132,10 +136,10 @@ pub struct VtimerRegs {
 pub struct VgicCpuRegs {
     pub ich_hcr_el2: u64,
     pub ich_vmcr_el2: u64,
-    /// Read back on exit (which list registers are empty, which raised maintenance).
-    pub ich_elrsr_el2: u64,
-    pub ich_misr_el2: u64,
-    pub ich_eisr_el2: u64,
+    /// How many list registers, from LR0, hold what the core put there. The switch loads
+    /// and saves only those; the CPU's others are empty (cleared at load, and emptied
+    /// by every save), so an exit with no interrupt in flight touches none.
+    pub lr_used: u64,
     pub ich_lr_el2: [u64; ICH_LR_MAX],
     pub ich_ap0r_el2: [u64; ICH_APR_MAX],
     pub ich_ap1r_el2: [u64; ICH_APR_MAX],

@@ -62,6 +62,10 @@ extern "C" fn el2_hypercall(func: u64, a1: u64, a2: u64, a3: u64, _a4: u64, _a5:
             tlb::s2_tlbi_all::<false>(a1);
             0
         }
+        HYP_VGIC_CLEAR => {
+            vmm_el2_switch::vgic_clear();
+            0
+        }
         _ => HYP_RET_UNKNOWN,
     }
 }

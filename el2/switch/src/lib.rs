@@ -23,4 +23,4 @@ mod switch;
 pub mod tlb;
 pub mod vhe;
 
-pub use switch::enter_guest;
+pub use switch::{enter_guest, vgic_clear};

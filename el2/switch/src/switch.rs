@@ -233,8 +233,13 @@ fn read_apr(n: usize) -> (u64, u64) {
     }
 }
 
+/// The list registers the core filled, at most the CPU's `lrs`.
+fn lrs_in_use(g: &VgicCpuRegs, lrs: usize) -> usize {
+    usize::try_from(g.lr_used).map_or(lrs, |n| n.min(lrs))
+}
+
 pub(crate) fn vgic_load(g: &VgicCpuRegs, lrs: usize, aprs: usize) {
-    for (n, lr) in g.ich_lr_el2.iter().enumerate().take(lrs) {
+    for (n, lr) in g.ich_lr_el2.iter().enumerate().take(lrs_in_use(g, lrs)) {
         write_lr(n, *lr);
     }
     for (n, (ap0, ap1)) in g
@@ -252,12 +257,10 @@ pub(crate) fn vgic_load(g: &VgicCpuRegs, lrs: usize, aprs: usize) {
 
 pub(crate) fn vgic_save(g: &mut VgicCpuRegs, lrs: usize, aprs: usize) {
     g.ich_vmcr_el2 = mrs!("ich_vmcr_el2");
-    g.ich_misr_el2 = mrs!("ich_misr_el2");
-    g.ich_eisr_el2 = mrs!("ich_eisr_el2");
-    g.ich_elrsr_el2 = mrs!("ich_elrsr_el2");
-    for (n, lr) in g.ich_lr_el2.iter_mut().enumerate().take(lrs) {
+    let used = lrs_in_use(g, lrs);
+    for (n, lr) in g.ich_lr_el2.iter_mut().enumerate().take(used) {
         *lr = read_lr(n);
-        // Leave the host no stale virtual interrupt.
+        // Leave the host, and the next guest, no stale virtual interrupt.
         write_lr(n, 0);
     }
     for (n, (ap0, ap1)) in g
@@ -272,6 +275,18 @@ pub(crate) fn vgic_save(g: &mut VgicCpuRegs, lrs: usize, aprs: usize) {
     }
     // The host uses the physical CPU interface only.
     msr!("ich_hcr_el2", 0);
+}
+
+/// HYP_VGIC_CLEAR: every list and active-priority register of this CPU empty, the
+/// state [`vgic_load`] relies on for the list registers a guest does not use.
+pub fn vgic_clear() {
+    let (lrs, aprs) = vgic_shape();
+    for n in 0..lrs {
+        write_lr(n, 0);
+    }
+    for n in 0..aprs {
+        write_apr(n, 0, 0);
+    }
 }
 
 /// The guest's timer after an exit: its control and compare value; CNTVOFF_EL2 is the

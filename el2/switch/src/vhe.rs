@@ -16,7 +16,8 @@
 
 use crate::entry::el2_guest_enter;
 use crate::switch::{
-    load_el2, load_guest, save_el2, save_guest, save_timer, set_vtcr, vgic_shape, HostState,
+    load_el2, load_guest, save_el2, save_guest, save_timer, set_vtcr, vgic_clear, vgic_shape,
+    HostState,
 };
 use crate::tlb;
 use core::arch::global_asm;
@@ -189,6 +190,10 @@ pub unsafe fn hyp_call(func: u64, args: &[u64; 7]) -> u64 {
         }
         HYP_S2_TLBI_ALL => {
             tlb::s2_tlbi_all::<true>(a1);
+            0
+        }
+        HYP_VGIC_CLEAR => {
+            vgic_clear();
             0
         }
         HYP_CLEAN_S2_TLBI => {

@@ -279,6 +279,9 @@ pub struct FakeHost {
     pub vtimer_holds: Mutex<Vec<bool>>,
     /// What HYP_READ_REGISTER(HYP_REG_ICH_VTR) answers.
     pub ich_vtr: AtomicU64,
+    /// Per CPU: whether HYP_VGIC_CLEAR emptied its list registers (a guest entered on a
+    /// CPU that was not fails the test).
+    pub vgic_cleared: Mutex<Vec<bool>>,
     guests: Mutex<Guests>,
     guests_cv: Condvar,
     sleepq: Mutex<HashMap<usize, u64>>,
@@ -365,6 +368,7 @@ impl FakeHost {
             timers: Mutex::new(Vec::new()),
             timer_arms: Mutex::new(Vec::new()),
             ich_vtr: AtomicU64::new(FAKE_ICH_VTR),
+            vgic_cleared: Mutex::new(vec![false; ncpu]),
             guests: Mutex::new(Guests::default()),
             guests_cv: Condvar::new(),
             sleepq: Mutex::new(HashMap::new()),
@@ -534,6 +538,10 @@ impl FakeHost {
         assert!(
             self.el2_mapped.lock().unwrap().contains(&(ctx_pa & !0xfff)),
             "context not mapped for EL2"
+        );
+        assert!(
+            self.vgic_cleared.lock().unwrap()[self.current_cpu()],
+            "guest entered on a CPU whose list registers were never emptied"
         );
         // SAFETY: the core passed the PA of its context page, inside the fake memory and
         // page aligned; it does not touch the context during the call.
@@ -935,6 +943,17 @@ impl Host for FakeHost {
                     "register read before the EL2 code is up"
                 );
                 self.ich_vtr.load(Ordering::SeqCst)
+            }
+            hyp::HYP_VGIC_CLEAR => {
+                assert!(
+                    matches!(
+                        self.cpus.lock().unwrap()[cpu],
+                        CpuEl2::Up { .. } | CpuEl2::Vhe
+                    ),
+                    "list registers cleared before the EL2 code is up"
+                );
+                self.vgic_cleared.lock().unwrap()[cpu] = true;
+                0
             }
             hyp::HYP_CLEANUP => {
                 assert_eq!(args[0], STUB_VECTORS);

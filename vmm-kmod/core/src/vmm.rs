@@ -297,7 +297,7 @@ impl<H: Host> Vmm<H> {
 
 /// Per CPU on an nVHE host: an EL2 stack, the blob's vectors through the stub, the
 /// blob's init with the EL2 tables and `cfg`'s register values. Then, on either host,
-/// ICH_VTR_EL2 from every CPU. Returns the stacks, how many CPUs failed and came up,
+/// ICH_VTR_EL2 from every CPU, and its list registers emptied (HYP_VGIC_CLEAR). Returns the stacks, how many CPUs failed and came up,
 /// and the ICH_VTR_EL2 with the fewest list registers. An allocation failure frees the
 /// stacks made so far.
 fn bring_up_el2<H: Host>(
@@ -366,6 +366,11 @@ fn bring_up_el2<H: Host>(
         // SAFETY: a register read at EL2; no memory is passed.
         let vtr = unsafe { host.hyp_call(hyp::HYP_READ_REGISTER, &args) };
         if vtr == hyp::HYP_RET_UNKNOWN {
+            failed.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        // SAFETY: empties this CPU's virtual CPU interface; no memory is passed.
+        if unsafe { host.hyp_call(hyp::HYP_VGIC_CLEAR, &[0; 7]) } != 0 {
             failed.fetch_add(1, Ordering::SeqCst);
             return;
         }

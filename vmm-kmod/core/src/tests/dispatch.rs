@@ -33,6 +33,11 @@ fn load_brings_every_cpu_up_and_unload_restores_the_stub() {
         tops.push(stack_top);
     }
     assert_ne!(tops[0], tops[1], "one EL2 stack per CPU");
+    assert_eq!(
+        *v.host().vgic_cleared.lock().unwrap(),
+        [true, true],
+        "every CPU's list registers emptied at load"
+    );
     create(&v, "busy").unwrap();
     assert_eq!(v.shutdown(), Err(Errno::EBUSY));
     destroy(&v, "busy").unwrap();

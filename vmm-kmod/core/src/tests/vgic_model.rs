@@ -792,6 +792,10 @@ fn flush_orders_by_priority_and_overflows() {
         regs.ich_lr_el2[4..].iter().all(|&l| l == 0),
         "beyond ListRegs: empty"
     );
+    assert_eq!(
+        regs.lr_used, 4,
+        "the switch loads and saves the four filled"
+    );
     assert_eq!(regs.ich_hcr_el2, HCR_EN | HCR_UIE | HCR_NPIE);
 
     // The guest takes two, EOIs them; the maintenance exit refills.
@@ -1413,13 +1417,16 @@ fn idle_flush_skips_until_something_changes() {
     g.set_ppi_level(0, 27, false).unwrap();
     g.deassert_spi(40).unwrap();
     assert_eq!(g.epoch, e);
+    r.lr_used = 3; // whatever the last entry left
     g.flush(0, &mut r);
     assert_eq!(r.ich_lr_el2, [0; 16]);
+    assert_eq!(r.lr_used, 0, "the switch touches no list register");
     // An assertion does, and the next flush sees it.
     enable_spi(&mut g, 40);
     g.assert_spi(40).unwrap();
     assert_ne!(g.epoch, e);
     g.flush(0, &mut r);
     assert_eq!(lr_intid(r.ich_lr_el2[0]), 40);
+    assert_eq!(r.lr_used, 1);
     assert_eq!(g.cpus[0].idle_epoch, None);
 }

@@ -81,6 +81,7 @@ impl Vgic {
             for lr in regs.ich_lr_el2.iter_mut() {
                 *lr = 0;
             }
+            regs.lr_used = 0;
             regs.ich_hcr_el2 = HCR_EN;
             return;
         }
@@ -176,6 +177,7 @@ impl Vgic {
             }
         }
         regs.ich_hcr_el2 = hcr;
+        regs.lr_used = len as u64;
         if let Some(c) = self.cpus.get_mut(vcpu) {
             c.lr_intid = lr_intid;
             c.lr_used = len;
