@@ -63,6 +63,12 @@ pub fn run_testbed(args: &[String]) -> Result<(), String> {
     if failed > 0 || tests.is_empty() {
         return Err(format!("{failed} of {} testbed tests failed", tests.len()));
     }
+    if !qemu::testbed_finished(&out.log) {
+        return Err(format!(
+            "the testbed stopped after {} tests without finishing (see its log above)",
+            tests.len()
+        ));
+    }
     eprintln!(
         "xtask: {} testbed tests passed in {:.1?}",
         tests.len(),

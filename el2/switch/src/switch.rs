@@ -327,29 +327,34 @@ pub(crate) fn load_guest<const VHE: bool>(
     (el2, fp_state)
 }
 
-/// After an exit, with the host's EL2 controls back (so FP does not trap at EL2): saves
-/// the guest's GIC virtual CPU interface, timer, EL1 state and, if the trap path
-/// switched them in, its FP registers, then puts the host's FP registers and timer
-/// back. The host's EL1 state is the caller's to restore.
+/// Right after an exit, before the host's EL2 controls are back: if the trap path
+/// switched them in, saves the guest's FP registers and puts the host's back. The
+/// guest's CPTR_EL2 is still in force then, and the trap path left FP enabled at EL2 in
+/// it; the host's may not be: a VHE kernel whose thread has no live FP runs with
+/// CPTR_EL2.FPEN trapping EL2 itself (FreeBSD's `vfp_disable`).
+pub(crate) fn fp_back_to_host(c: &mut VcpuContext, host_fp: &MaybeUninit<FpRegs>, fp_state: u64) {
+    if fp_state == FP_GUEST_LOADED {
+        // SAFETY: the trap path filled host_fp before loading the guest's registers and
+        // enabled FP at EL2 in the CPTR_EL2 still loaded.
+        unsafe {
+            el2_fp_save(&mut c.fp);
+            el2_fp_load(host_fp.as_ptr());
+        }
+    }
+}
+
+/// After an exit, with the host's EL2 controls back: saves the guest's GIC virtual CPU
+/// interface, timer and EL1 state, then puts the host's timer back. The host's EL1
+/// state is the caller's to restore.
 pub(crate) fn save_guest<const VHE: bool>(
     c: &mut VcpuContext,
     host: &HostState,
-    host_fp: &MaybeUninit<FpRegs>,
-    fp_state: u64,
     lrs: usize,
     aprs: usize,
 ) {
     vgic_save(&mut c.vgic, lrs, aprs);
     save_guest_timer::<VHE>(&mut c.timer);
     save_el1::<VHE>(&mut c.el1);
-    if fp_state == FP_GUEST_LOADED {
-        // SAFETY: the trap path filled host_fp before loading the guest's registers;
-        // the host's CPTR_EL2 is back, so these FP accesses do not trap.
-        unsafe {
-            el2_fp_save(&mut c.fp);
-            el2_fp_load(host_fp.as_ptr());
-        }
-    }
     load_timer::<VHE>(&host.timer);
 }
 
@@ -381,8 +386,9 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     // host_fp is a 16-byte aligned FpRegs-sized area on this stack.
     let r = unsafe { el2_guest_enter(ctx, host_fp.as_mut_ptr(), fp_state) };
 
+    fp_back_to_host(c, &host_fp, r.fp_state);
     load_el2(&host.el2);
-    save_guest::<false>(c, &host, &host_fp, r.fp_state, lrs, aprs);
+    save_guest::<false>(c, &host, lrs, aprs);
     load_el1::<false>(&host.el1);
     msr!("sp_el0", host.sp_el0);
     msr!("sp_el1", host.sp_el1);

@@ -16,8 +16,8 @@
 
 use crate::entry::el2_guest_enter;
 use crate::switch::{
-    load_el2, load_guest, save_el2, save_guest, save_timer, set_vtcr, vgic_clear, vgic_shape,
-    HostState,
+    fp_back_to_host, load_el2, load_guest, save_el2, save_guest, save_timer, set_vtcr, vgic_clear,
+    vgic_shape, HostState,
 };
 use crate::tlb;
 use core::arch::global_asm;
@@ -137,9 +137,10 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     // host_fp is a 16-byte aligned FpRegs-sized area on this stack.
     let r = unsafe { el2_guest_enter(ctx, host_fp.as_mut_ptr(), fp_state) };
 
+    fp_back_to_host(c, &host_fp, r.fp_state);
     msr!("vbar_el2", host_vbar);
     load_el2(&host.el2);
-    save_guest::<true>(c, &host, &host_fp, r.fp_state, lrs, aprs);
+    save_guest::<true>(c, &host, lrs, aprs);
     load_host_el1(&host.el1);
     msr!("sp_el0", host.sp_el0);
     r.kind

@@ -167,6 +167,12 @@ pub struct TestLine {
     pub detail: String,
 }
 
+/// Whether the testbed ran to its end: it prints `TESTBED DONE` after its last test (a
+/// panic on the way stops it before any later `TEST` line is printed).
+pub fn testbed_finished(log: &str) -> bool {
+    log.lines().any(|l| l.trim().starts_with("TESTBED DONE"))
+}
+
 pub fn parse_tests(log: &str) -> Vec<TestLine> {
     log.lines()
         .filter_map(|l| {

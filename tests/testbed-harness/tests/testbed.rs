@@ -183,7 +183,7 @@ fn every_testbed_test_passed() {
         Err(e) => panic!("{e}"),
     };
     assert!(
-        run.log.contains("TESTBED DONE"),
+        qemu::testbed_finished(&run.log),
         "the testbed did not finish\n--- testbed serial log ---\n{}",
         run.log
     );

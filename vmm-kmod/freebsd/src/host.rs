@@ -774,6 +774,8 @@ impl Host for FreeBsdHost {
     }
 
     unsafe fn enter_guest(&self, ctx: &PhysMem) -> u64 {
+        // The switch keeps V0-V31 only: the thread's SVE state goes to its PCB first.
+        crate::vfp::flush_thread_fp();
         if self.vhe {
             // SAFETY: at EL2 on a VHE kernel with interrupts disabled (the core's
             // contract); the context through its kernel address.

@@ -33,6 +33,7 @@
 //! * [`hyp`] - `vmm_call_hyp`, the `hvc #0` into EL2.
 //! * [`intr`] - the generic-timer interrupt hook vmm uses for the virtual timer.
 //! * [`machdep`] - `has_hyp()`, the hyp stub's vectors, CurrentEL / GIC decoding.
+//! * [`vfp`] - `vfp_save_state`: the thread's FP/SVE state flushed before a guest runs.
 //!
 //! The glue built on them (with the portable parts it uses from the core:
 //! `vmm_core::el2pt`, `vmm_core::alignalloc`, `vmm_core::req`):
@@ -61,6 +62,7 @@ pub mod smp;
 pub mod sysctl;
 pub mod timer;
 pub mod types;
+pub mod vfp;
 pub mod vm;
 
 // The parts that call the kernel: only in the aarch64 kernel build (vmm.ko).

@@ -939,7 +939,7 @@ fn core_isolation(vmm: &crate::cases::vmm::Core, n: usize) -> Result<String, Str
 }
 
 /// The FP/GPR guest through VM_RUN on both CPUs at once, the host's own FP registers
-/// loaded around every VM_RUN.
+/// loaded around every VM_RUN, and every other VM_RUN with the host's FP trapping.
 fn core_fp(vmm: &crate::cases::vmm::Core, n: usize) -> Result<String, String> {
     crate::cases::vmm::set_fp_image(FP_GPR);
     let p = vmm as *const _ as u64;
@@ -950,7 +950,7 @@ fn core_fp(vmm: &crate::cases::vmm::Core, n: usize) -> Result<String, String> {
     let r1 = if n >= 2 { cpu::wait(1) } else { 0 };
     if r0 == 0 && r1 == 0 {
         Ok(format!(
-            "1000 VM_RUNs on each of {} cpus: guest and host registers intact",
+            "1000 VM_RUNs on each of {} cpus, half with the host's FP off: guest and host registers intact",
             n.min(2)
         ))
     } else {

@@ -1,5 +1,5 @@
 //! Host unit tests of the FreeBSD glue that need no kernel: the module declaration
-//! macro and the list of kernel symbols vmm.ko imports.
+//! macro, the list of kernel symbols vmm.ko imports and the per-CPU offsets it reads.
 // Test code: a panic here is a test failure.
 #![allow(
     clippy::indexing_slicing,
@@ -9,4 +9,5 @@
 )]
 
 mod module_macro;
+mod pcpu;
 mod symbols;

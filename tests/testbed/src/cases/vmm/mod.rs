@@ -398,6 +398,17 @@ fn fp_store(b: &mut crate::cases::el2_blob::FpBuf) {
     };
 }
 
+/// CPACR_EL1.FPEN (bits 21:20; CPTR_EL2's in the E2H layout when the kernel runs at
+/// EL2): FP at the kernel's level and EL0 traps (`false`) or does not.
+fn set_host_fp(on: bool) {
+    let cpacr = vmm_arm64::mrs!("cpacr_el1") & !(3 << 20);
+    let v = if on { cpacr | (3 << 20) } else { cpacr };
+    // SAFETY: only FP's enable changes; the testbed kernel (softfloat) uses no FP
+    // between here and the switch back.
+    unsafe { vmm_arm64::msr!("cpacr_el1", v) };
+    vmm_arm64::barrier::isb();
+}
+
 static FP_IMAGE: vmm_core::sync::SpinLock<&'static [u8]> = vmm_core::sync::SpinLock::new_spin(&[]);
 
 /// The FP/GPR guest through VM_RUN on this CPU, VM `tb-fp<cpu>`; `vmm` is a `&Core`
@@ -421,7 +432,17 @@ pub fn fp_on_this_cpu(vmm: u64) -> u64 {
         }
         pin.0[64] = (rounds % 3 + 1) << 22;
         fp_load(&pin);
+        // Every other VM_RUN with the host's FP off (CPACR_EL1.FPEN: on a VHE host
+        // CPTR_EL2's, trapping EL2 itself), as a kernel whose thread's FP is not live
+        // runs: the switch must not touch FP under the host's controls then.
+        let host_fp_off = rounds % 2 == 1;
+        if host_fp_off {
+            set_host_fp(false);
+        }
         let e = run(vmm, name.as_bytes());
+        if host_fp_off {
+            set_host_fp(true);
+        }
         fp_store(&mut pout);
         let Ok(e) = e else { break 5 };
         if pin.0[..65] != pout.0[..65] {
