@@ -14,6 +14,8 @@ pub struct IdRegs {
     pub mmfr0: u64,
     pub mmfr1: u64,
     pub mmfr2: u64,
+    /// MPAMIDR_EL1 where the CPU has FEAT_MPAM (else 0: the register is UNDEFINED).
+    pub mpamidr: u64,
 }
 
 impl IdRegs {
@@ -32,6 +34,20 @@ impl IdRegs {
             mmfr0: crate::mrs!("id_aa64mmfr0_el1"),
             mmfr1: crate::mrs!("id_aa64mmfr1_el1"),
             mmfr2: crate::mrs!("id_aa64mmfr2_el1"),
+            mpamidr: if IdRegs::has_mpam(
+                crate::mrs!("id_aa64pfr0_el1"),
+                crate::mrs!("id_aa64pfr1_el1"),
+            ) {
+                crate::mrs!("S3_0_C10_C4_4")
+            } else {
+                0
+            },
         }
+    }
+
+    /// FEAT_MPAM: ID_AA64PFR0_EL1.MPAM (bits 43:40) or ID_AA64PFR1_EL1.MPAM_frac
+    /// (bits 19:16) non-zero.
+    pub const fn has_mpam(pfr0: u64, pfr1: u64) -> bool {
+        (pfr0 >> 40) & 0xf != 0 || (pfr1 >> 16) & 0xf != 0
     }
 }

@@ -69,6 +69,24 @@ pub struct VcpuContext {
     pub fp: FpRegs,
     /// Filled by the EL2 code on every exit.
     pub exit: ExitInfo,
+    pub optional: OptionalTraps,
+}
+
+/// The trap registers of optional EL2 features (`arm64::regs::el2_optional`): loaded
+/// for the guest only for the features in `present`, which the core sets where the host
+/// CPU has them; the switch then saves the host's values and restores them after the
+/// guest's run. With `present` 0 the switch touches none of them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OptionalTraps {
+    pub present: u64,
+    pub hfgrtr_el2: u64,
+    pub hfgwtr_el2: u64,
+    pub hfgitr_el2: u64,
+    pub hdfgrtr_el2: u64,
+    pub hdfgwtr_el2: u64,
+    pub mpam2_el2: u64,
+    pub mpamhcr_el2: u64,
 }
 
 /// The guest's EL1/EL0 system registers.

@@ -16,10 +16,11 @@ use crate::fp::{el2_fp_load, el2_fp_save};
 use core::mem::MaybeUninit;
 use vmm_arm64::barrier::isb;
 use vmm_arm64::mrs;
-use vmm_sys::arm64::regs::cptr;
 use vmm_sys::arm64::regs::pstate;
+use vmm_sys::arm64::regs::{cptr, el2_optional};
 use vmm_sys::hyp::{
-    El1Regs, El2Controls, FpRegs, VcpuContext, VgicCpuRegs, VtimerRegs, ICH_APR_MAX, ICH_LR_MAX,
+    El1Regs, El2Controls, FpRegs, OptionalTraps, VcpuContext, VgicCpuRegs, VtimerRegs, ICH_APR_MAX,
+    ICH_LR_MAX,
 };
 
 /// Writes a system register as part of the world switch.
@@ -63,6 +64,7 @@ pub(crate) struct HostState {
     pub(crate) sp_el0: u64,
     pub(crate) sp_el1: u64,
     pub(crate) el2: El2Controls,
+    pub(crate) optional: OptionalTraps,
     pub(crate) timer: VtimerRegs,
 }
 
@@ -124,6 +126,50 @@ pub(crate) fn save_el2(r: &mut El2Controls) {
     r.mdcr_el2 = mrs!("mdcr_el2");
     r.cnthctl_el2 = mrs!("cnthctl_el2");
     r.vttbr_el2 = mrs!("vttbr_el2");
+}
+
+/// The host's values of the optional trap registers the guest's `present` names (none
+/// on a CPU without those features: the registers would be UNDEFINED there).
+pub(crate) fn save_optional(host: &mut OptionalTraps, present: u64) {
+    host.present = present;
+    if present == 0 {
+        return;
+    }
+    if present & el2_optional::FGT != 0 {
+        host.hfgrtr_el2 = mrs!("S3_4_C1_C1_4");
+        host.hfgwtr_el2 = mrs!("S3_4_C1_C1_5");
+        host.hfgitr_el2 = mrs!("S3_4_C1_C1_6");
+        host.hdfgrtr_el2 = mrs!("S3_4_C3_C1_4");
+        host.hdfgwtr_el2 = mrs!("S3_4_C3_C1_5");
+    }
+    if present & el2_optional::MPAM != 0 {
+        host.mpam2_el2 = mrs!("S3_4_C10_C5_0");
+    }
+    if present & el2_optional::MPAM_HCR != 0 {
+        host.mpamhcr_el2 = mrs!("S3_4_C10_C4_0");
+    }
+}
+
+/// Loads the optional trap registers `r.present` names; before `load_el2`, whose `isb`
+/// covers them.
+pub(crate) fn load_optional(r: &OptionalTraps) {
+    let present = r.present;
+    if present == 0 {
+        return;
+    }
+    if present & el2_optional::FGT != 0 {
+        msr!("S3_4_C1_C1_4", r.hfgrtr_el2);
+        msr!("S3_4_C1_C1_5", r.hfgwtr_el2);
+        msr!("S3_4_C1_C1_6", r.hfgitr_el2);
+        msr!("S3_4_C3_C1_4", r.hdfgrtr_el2);
+        msr!("S3_4_C3_C1_5", r.hdfgwtr_el2);
+    }
+    if present & el2_optional::MPAM != 0 {
+        msr!("S3_4_C10_C5_0", r.mpam2_el2);
+    }
+    if present & el2_optional::MPAM_HCR != 0 {
+        msr!("S3_4_C10_C4_0", r.mpamhcr_el2);
+    }
 }
 
 /// Sets VTCR_EL2 for the guest about to run, only when it differs from what the CPU
@@ -374,12 +420,14 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     host.sp_el0 = mrs!("sp_el0");
     host.sp_el1 = mrs!("sp_el1");
     save_el2(&mut host.el2);
+    save_optional(&mut host.optional, c.optional.present);
     save_timer::<false>(&mut host.timer);
     // Written by el2_fp_trap only if the guest uses FP (then fp_state says so).
     let mut host_fp = MaybeUninit::<FpRegs>::uninit();
 
     let (el2, fp_state) = load_guest::<false>(c, lrs, aprs);
     set_vtcr(el2.vtcr_el2);
+    load_optional(&c.optional);
     load_el2(&el2);
 
     // SAFETY: every register the guest sees is loaded; ctx stays valid (caller);
@@ -387,6 +435,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     let r = unsafe { el2_guest_enter(ctx, host_fp.as_mut_ptr(), fp_state) };
 
     fp_back_to_host(c, &host_fp, r.fp_state);
+    load_optional(&host.optional);
     load_el2(&host.el2);
     save_guest::<false>(c, &host, lrs, aprs);
     load_el1::<false>(&host.el1);

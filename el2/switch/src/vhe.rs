@@ -16,8 +16,8 @@
 
 use crate::entry::el2_guest_enter;
 use crate::switch::{
-    fp_back_to_host, load_el2, load_guest, save_el2, save_guest, save_timer, set_vtcr, vgic_clear,
-    vgic_shape, HostState,
+    fp_back_to_host, load_el2, load_guest, load_optional, save_el2, save_guest, save_optional,
+    save_timer, set_vtcr, vgic_clear, vgic_shape, HostState,
 };
 use crate::tlb;
 use core::arch::global_asm;
@@ -119,6 +119,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     save_host_el1(&mut host.el1);
     host.sp_el0 = mrs!("sp_el0");
     save_el2(&mut host.el2);
+    save_optional(&mut host.optional, c.optional.present);
     save_timer::<true>(&mut host.timer);
     let host_vbar = mrs!("vbar_el2");
     // Written by el2_fp_trap only if the guest uses FP (then fp_state says so).
@@ -129,6 +130,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     el2.cptr_el2 = cptr::to_e2h(el2.cptr_el2);
     el2.cnthctl_el2 = cnthctl::to_e2h(el2.cnthctl_el2);
     set_vtcr(el2.vtcr_el2);
+    load_optional(&c.optional);
     load_el2(&el2);
     msr!("vbar_el2", vectors());
     isb();
@@ -139,6 +141,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
 
     fp_back_to_host(c, &host_fp, r.fp_state);
     msr!("vbar_el2", host_vbar);
+    load_optional(&host.optional);
     load_el2(&host.el2);
     save_guest::<true>(c, &host, lrs, aprs);
     load_host_el1(&host.el1);

@@ -148,6 +148,40 @@ pub mod cnthctl {
     }
 }
 
+/// The EL2 trap registers of optional features, loaded for a guest only where the host
+/// CPU has them (`hyp::OptionalTraps::present`).
+pub mod el2_optional {
+    /// FEAT_FGT (ID_AA64MMFR0_EL1.FGT, bits 59:56): HFGRTR_EL2, HFGWTR_EL2,
+    /// HFGITR_EL2, HDFGRTR_EL2, HDFGWTR_EL2.
+    pub const FGT: u64 = 1 << 0;
+    /// FEAT_MPAM (ID_AA64PFR0_EL1.MPAM, bits 43:40, or ID_AA64PFR1_EL1.MPAM_frac,
+    /// bits 19:16): MPAM2_EL2.
+    pub const MPAM: u64 = 1 << 1;
+    /// MPAMIDR_EL1.HAS_HCR: MPAMHCR_EL2 as well.
+    pub const MPAM_HCR: u64 = 1 << 2;
+}
+
+/// MPAM2_EL2.
+pub mod mpam2 {
+    /// Traps EL1 accesses to MPAM1_EL1.
+    pub const TRAPMPAM1EL1: u64 = 1 << 48;
+    /// Traps EL1 accesses to MPAM0_EL1.
+    pub const TRAPMPAM0EL1: u64 = 1 << 49;
+    /// Traps EL1 reads of MPAMIDR_EL1 (MPAM v1.1, MPAMIDR_EL1.HAS_TIDR).
+    pub const TIDR: u64 = 1 << 58;
+}
+
+/// MPAMHCR_EL2.
+pub mod mpamhcr {
+    pub const TRAP_MPAMIDR_EL1: u64 = 1 << 31;
+}
+
+/// MPAMIDR_EL1.
+pub mod mpamidr {
+    pub const HAS_HCR: u64 = 1 << 17;
+    pub const HAS_TIDR: u64 = 1 << 58;
+}
+
 /// MDCR_EL2.
 pub mod mdcr {
     pub const HPMN_MASK: u64 = 0x1f;

@@ -1021,6 +1021,7 @@ pub fn params() -> crate::InitParams {
             mmfr0: 0x0000_0000_0000_1124, // PARange 4 = 44 bits
             mmfr1: 0x0000_0000_0000_0100, // VH = 1
             mmfr2: 0x0000_0000_0100_0000, // NV = 1
+            mpamidr: 0,
         },
     }
 }

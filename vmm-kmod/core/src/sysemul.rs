@@ -107,7 +107,10 @@ pub const OSLSR_VALUE: u64 = 0x8;
 /// * UNDEFINED, as on a CPU without the feature: the LORegion registers (CRn 10, CRm 4,
 ///   op2 0..=3 and 7; TLOR), the pointer-authentication keys (CRn 2, CRm 1..=3; APK
 ///   clear), the MTE registers RGSR/GCR/TFSR/TFSRE0/GMID_EL1 (ATA clear, TID5), the
-///   activity monitors (op1 3, CRn 13, CRm 2..=15; TAM).
+///   activity monitors (op1 3, CRn 13, CRm 2..=15; TAM), MPAM's MPAMIDR/MPAM1/MPAM0/
+///   MPAMSM_EL1 (MPAM2_EL2 and MPAMHCR_EL2 traps), and what the fine-grained traps'
+///   negative-polarity controls trap: SME's SMPRI_EL1 and TPIDR2_EL0, LS64's
+///   ACCDATA_EL1, S1PIE's PIRE0/PIR_EL1, S1POE's POR_EL0/POR_EL1.
 pub fn hidden_feature(r: SysReg) -> Option<SysRegAnswer> {
     let raz_wi = Some(SysRegAnswer::Read(0));
     let undef = Some(SysRegAnswer::Undefined);
@@ -121,6 +124,9 @@ pub fn hidden_feature(r: SysReg) -> Option<SysRegAnswer> {
         (0, 2, 1..=3, _) => undef,
         (0, 1, 0, 5 | 6) | (0, 5, 6, 0 | 1) | (1, 0, 0, 4) => undef,
         (3, 13, 2..=15, _) => undef,
+        (0, 10, 4, 4) | (0, 10, 5, 0 | 1 | 3) => undef,
+        (0, 1, 2, 4) | (3, 13, 0, 5) | (0, 13, 0, 5) => undef,
+        (0, 10, 2, 2..=4) | (3, 10, 2, 4) => undef,
         _ => None,
     }
 }

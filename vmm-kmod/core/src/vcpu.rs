@@ -4,8 +4,10 @@
 use crate::el2::IdRegs;
 use crate::errno::{Errno, KResult};
 use crate::host::{Host, PhysMem, PAGE_SIZE};
-use vmm_sys::arm64::regs::{cnthctl, cptr, hcr, mdcr, pstate};
-use vmm_sys::hyp::VcpuContext;
+use vmm_sys::arm64::regs::{
+    cnthctl, cptr, el2_optional, hcr, mdcr, mpam2, mpamhcr, mpamidr, pstate,
+};
+use vmm_sys::hyp::{OptionalTraps, VcpuContext};
 use vmm_sys::reg::{self, Reg};
 
 // The context must fit the page it lives in.
@@ -72,6 +74,18 @@ pub struct HostTraps {
     pub hcr: u64,
     /// [`GUEST_CPTR`] plus TAM with FEAT_AMUv1 (the activity monitors trap: UNDEF).
     pub cptr: u64,
+    /// The trap registers of optional features, where the host has them:
+    /// * FEAT_FGT: the five fine-grained trap registers all zero: no register the
+    ///   coarse traps leave alone traps, and every negative-polarity (nXXX) control
+    ///   traps, which are all registers of features the guest is not shown (SME's
+    ///   SMPRI_EL1 and TPIDR2_EL0, LS64's ACCDATA_EL1, S1PIE/S1POE, BRBE, SPE's
+    ///   PMSNEVFR_EL1): UNDEF. The host's own values, whatever they are, come back
+    ///   after the guest's run.
+    /// * FEAT_MPAM: MPAM2_EL2 traps MPAM0_EL1 and MPAM1_EL1 (UNDEF), and MPAMIDR_EL1
+    ///   through MPAMHCR_EL2 where MPAMIDR_EL1.HAS_HCR says it exists, else through
+    ///   MPAM2_EL2.TIDR where HAS_TIDR does (as KVM); the guest's memory traffic keeps
+    ///   the host's partition.
+    pub optional: OptionalTraps,
 }
 
 impl HostTraps {
@@ -91,7 +105,25 @@ impl HostTraps {
         if field(host.pfr0, 44) != 0 {
             cptr |= cptr::TAM;
         }
-        HostTraps { hcr, cptr }
+        let mut optional = OptionalTraps::default();
+        if field(host.mmfr0, 56) != 0 {
+            optional.present |= el2_optional::FGT;
+        }
+        if IdRegs::has_mpam(host.pfr0, host.pfr1) {
+            optional.present |= el2_optional::MPAM;
+            optional.mpam2_el2 = mpam2::TRAPMPAM0EL1 | mpam2::TRAPMPAM1EL1;
+            if host.mpamidr & mpamidr::HAS_HCR != 0 {
+                optional.present |= el2_optional::MPAM_HCR;
+                optional.mpamhcr_el2 = mpamhcr::TRAP_MPAMIDR_EL1;
+            } else if host.mpamidr & mpamidr::HAS_TIDR != 0 {
+                optional.mpam2_el2 |= mpam2::TIDR;
+            }
+        }
+        HostTraps {
+            hcr,
+            cptr,
+            optional,
+        }
     }
 }
 
@@ -212,6 +244,7 @@ impl Vcpu {
         c.el2.vmpidr_el2 = vmm_platform::vcpu_mpidr(init.id);
         c.el2.vttbr_el2 = init.vttbr;
         c.el2.vtcr_el2 = init.host.vtcr;
+        c.optional = init.host.traps.optional;
         c.timer.cntvoff_el2 = init.cntvoff;
         self.pending_advance = 0;
         self.pending_load = None;

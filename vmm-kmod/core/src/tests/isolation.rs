@@ -68,6 +68,74 @@ fn the_guest_runs_with_the_traps() {
     let c: VcpuContext = v.host().entries.lock().unwrap()[0];
     let want = HostTraps::new(&modern_host());
     assert_eq!((c.el2.hcr_el2, c.el2.cptr_el2), (want.hcr, want.cptr));
+    assert_eq!(c.optional, want.optional);
+}
+
+/// Fine-grained traps and MPAM (QEMU 7.2 has neither: unit tests only, docs/isolation.md).
+#[test]
+fn optional_trap_registers_where_the_host_has_them() {
+    use vmm_sys::arm64::regs::{el2_optional, mpam2, mpamhcr, mpamidr};
+    let none = HostTraps::new(&modern_host()).optional;
+    assert_eq!(none.present, 0, "QEMU's -cpu max: no FGT, no MPAM");
+    assert_eq!(none, Default::default());
+
+    let fgt = HostTraps::new(&crate::IdRegs {
+        mmfr0: modern_host().mmfr0 | (1 << 56),
+        ..modern_host()
+    })
+    .optional;
+    assert_eq!(fgt.present, el2_optional::FGT);
+    assert_eq!(
+        [
+            fgt.hfgrtr_el2,
+            fgt.hfgwtr_el2,
+            fgt.hfgitr_el2,
+            fgt.hdfgrtr_el2,
+            fgt.hdfgwtr_el2
+        ],
+        [0; 5],
+        "no positive trap, every nXXX control trapping"
+    );
+
+    let mpam_hcr = HostTraps::new(&crate::IdRegs {
+        pfr0: modern_host().pfr0 | (1 << 40),
+        mpamidr: mpamidr::HAS_HCR | mpamidr::HAS_TIDR | 0x3f,
+        ..modern_host()
+    })
+    .optional;
+    assert_eq!(
+        mpam_hcr.present,
+        el2_optional::MPAM | el2_optional::MPAM_HCR
+    );
+    assert_eq!(
+        mpam_hcr.mpam2_el2,
+        mpam2::TRAPMPAM0EL1 | mpam2::TRAPMPAM1EL1
+    );
+    assert_eq!(mpam_hcr.mpamhcr_el2, mpamhcr::TRAP_MPAMIDR_EL1);
+
+    // MPAM v0.1 (PFR1.MPAM_frac only), with TIDR and no HCR.
+    let mpam_tidr = HostTraps::new(&crate::IdRegs {
+        pfr1: modern_host().pfr1 | (1 << 16),
+        mpamidr: mpamidr::HAS_TIDR,
+        ..modern_host()
+    })
+    .optional;
+    assert_eq!(mpam_tidr.present, el2_optional::MPAM);
+    assert_eq!(
+        mpam_tidr.mpam2_el2,
+        mpam2::TRAPMPAM0EL1 | mpam2::TRAPMPAM1EL1 | mpam2::TIDR
+    );
+    assert_eq!(mpam_tidr.mpamhcr_el2, 0);
+    // The guest is shown no MPAM either way.
+    let ids = GuestIdRegs::new(
+        &crate::IdRegs {
+            pfr0: modern_host().pfr0 | (1 << 40),
+            pfr1: modern_host().pfr1 | (1 << 16),
+            ..modern_host()
+        },
+        39,
+    );
+    assert_eq!(((ids.pfr0 >> 40) & 0xf, (ids.pfr1 >> 16) & 0xf), (0, 0));
 }
 
 /// SVE, SME and pointer-authentication instructions trap; each gets an UNDEF at its
@@ -133,6 +201,17 @@ fn hidden_registers_read_as_zero_or_are_undefined() {
         ("AMCR_EL0", SysReg::new(3, 3, 13, 2, 0)),
         ("AMEVCNTR00_EL0", SysReg::new(3, 3, 13, 4, 0)),
         ("AMEVTYPER115_EL0", SysReg::new(3, 3, 13, 15, 7)),
+        ("MPAMIDR_EL1", SysReg::new(3, 0, 10, 4, 4)),
+        ("MPAM1_EL1", SysReg::new(3, 0, 10, 5, 0)),
+        ("MPAM0_EL1", SysReg::new(3, 0, 10, 5, 1)),
+        ("MPAMSM_EL1", SysReg::new(3, 0, 10, 5, 3)),
+        ("SMPRI_EL1", SysReg::new(3, 0, 1, 2, 4)),
+        ("TPIDR2_EL0", SysReg::new(3, 3, 13, 0, 5)),
+        ("ACCDATA_EL1", SysReg::new(3, 0, 13, 0, 5)),
+        ("PIRE0_EL1", SysReg::new(3, 0, 10, 2, 2)),
+        ("PIR_EL1", SysReg::new(3, 0, 10, 2, 3)),
+        ("POR_EL1", SysReg::new(3, 0, 10, 2, 4)),
+        ("POR_EL0", SysReg::new(3, 3, 10, 2, 4)),
     ];
     for (name, r) in undefined {
         assert_eq!(a(r, true), SysRegAnswer::Undefined, "{name} read");
@@ -143,8 +222,10 @@ fn hidden_registers_read_as_zero_or_are_undefined() {
         ("SCTLR_EL1", SysReg::new(3, 0, 1, 0, 0)),
         ("CPACR_EL1", SysReg::new(3, 0, 1, 0, 2)),
         ("ESR_EL1", SysReg::new(3, 0, 5, 2, 0)),
-        ("MPAMIDR_EL1", SysReg::new(3, 0, 10, 4, 4)),
+        ("MAIR_EL1", SysReg::new(3, 0, 10, 2, 0)),
+        ("AMAIR_EL1", SysReg::new(3, 0, 10, 3, 0)),
         ("TPIDR_EL0", SysReg::new(3, 3, 13, 0, 2)),
+        ("CONTEXTIDR_EL1", SysReg::new(3, 0, 13, 0, 1)),
         ("TTBR0_EL1", SysReg::new(3, 0, 2, 0, 0)),
     ] {
         assert_eq!(hidden_feature(r), None, "{name}");
