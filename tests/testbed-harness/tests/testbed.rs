@@ -239,8 +239,10 @@ fn vhe_host_runs_the_core() {
 
 /// A VHE host with MTE (`-M virt,mte=on`): the guest, shown no MTE, finds GMID_EL1
 /// (HCR_EL2.TID5) and GCR_EL1 (HCR_EL2.ATA clear) UNDEFINED like the other hidden
-/// features, and every core test passes on such a host too.
+/// features, its tag stores and loads reach no tag storage (`core_mte_tags`, only on
+/// a host with tag storage), and every core test passes on such a host too.
 #[test]
 fn mte_host_hides_mte() {
     expect_in(mte_run(), CORE_TESTS);
+    expect_in(mte_run(), &["core_mte_tags"]);
 }

@@ -27,6 +27,7 @@ static FP_GPR: &[u8] = guest!("fp_gpr");
 static MMIO: &[u8] = guest!("mmio");
 static SYSREG: &[u8] = guest!("sysreg");
 static HIDDEN: &[u8] = guest!("hidden");
+static MTE_TAGS: &[u8] = guest!("mte_tags");
 static WFI: &[u8] = guest!("wfi");
 static ISOLATION: &[u8] = guest!("isolation");
 static WFI_TIMER: &[u8] = guest!("wfi_timer");
@@ -885,6 +886,9 @@ fn run_core(n: usize) {
         "core_hidden_features",
         crate::cases::vmm::hidden_features(&vmm, HIDDEN),
     );
+    if let Some(r) = crate::cases::vmm::mte_tags(&vmm, MTE_TAGS) {
+        report("core_mte_tags", r);
+    }
     report(
         "core_destroy_kicks_running_vcpu",
         crate::cases::vmm::destroy_kicks_running_vcpu(&vmm, n),

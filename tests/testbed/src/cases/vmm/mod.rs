@@ -692,6 +692,43 @@ pub fn hidden_features(vmm: &Core, image: &[u8]) -> Result<String, String> {
     })
 }
 
+/// The guest of tests/guests/mte_tags.S on a host with MTE tag storage (MTE level 2 or
+/// more): with its MMU on, its RAM Normal Tagged and SCTLR_EL1.ATA set, its STG of tag 5
+/// and LDG back read tag 0, and IRG (tag 0 excluded) gives tag 0: HCR_EL2.ATA clear keeps
+/// every EL1 tag access away from tag storage. `None` on a host without tag storage.
+pub fn mte_tags(vmm: &Core, image: &[u8]) -> Option<Result<String, String>> {
+    let level = (vmm_arm64::IdRegs::read().pfr1 >> 8) & 0xf;
+    if level < 2 {
+        return None;
+    }
+    let name = b"tb-mte";
+    Some(start(vmm, name, image, 0).and_then(|()| {
+        with_vm(vmm, name, || {
+            let e = run(vmm, name)?;
+            if hvc_of(&e) != Some(2) {
+                return Err(format!(
+                    "exit code {} pc {:#x} reached the caller",
+                    e.exitcode, e.pc
+                ));
+            }
+            let ldg = get_reg(vmm, name, VM_REG_GUEST_X0)?;
+            let irg = get_reg(vmm, name, VM_REG_GUEST_X0 + 1)?;
+            let other = get_reg(vmm, name, VM_REG_GUEST_X0 + 2)?;
+            if other != 0 {
+                return Err(format!("the guest took an exception: ESR {other:#x}"));
+            }
+            if (ldg, irg) != (0, 0) {
+                return Err(format!(
+                    "the guest reached tag storage: LDG read tag {ldg} after STG of 5 (want 0), IRG gave {irg} (want 0)"
+                ));
+            }
+            Ok(format!(
+                "host MTE level {level}: the guest's STG of tag 5 then LDG read tag 0, IRG gave tag 0, no exception"
+            ))
+        })
+    }))
+}
+
 static KICK_RESULT: AtomicI32 = AtomicI32::new(i32::MIN);
 /// The `how` of the SUSPENDED exit that ended `kick_runner`'s VM_RUN.
 static KICK_HOW: AtomicI32 = AtomicI32::new(i32::MIN);
