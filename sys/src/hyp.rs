@@ -70,12 +70,24 @@ pub struct VcpuContext {
     /// Filled by the EL2 code on every exit.
     pub exit: ExitInfo,
     pub optional: OptionalTraps,
+    /// The guest's pointer-authentication keys, switched when `optional.present` has
+    /// `el2_optional::PAUTH`.
+    pub pac: PacKeys,
+}
+
+/// The five pointer-authentication keys (APIAKey, APIBKey, APDAKey, APDBKey, APGAKey;
+/// each Lo then Hi).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacKeys {
+    pub keys: [u64; 10],
 }
 
 /// The trap registers of optional EL2 features (`arm64::regs::el2_optional`): loaded
 /// for the guest only for the features in `present`, which the core sets where the host
 /// CPU has them; the switch then saves the host's values and restores them after the
-/// guest's run. With `present` 0 the switch touches none of them.
+/// guest's run. `present` also says whether the guest's [`PacKeys`] are switched. With
+/// `present` 0 the switch touches none of them.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OptionalTraps {

@@ -191,10 +191,13 @@ pub fn check_kmod() -> Result<(), String> {
     let symbols = read(&repo_root().join("vmm-kmod/freebsd/SYMBOLS"))?;
     let symbols = String::from_utf8_lossy(&symbols).into_owned();
     let x18 = build::x18_uses(&ko)?;
-    let report = check::check_ko(&data, &blob, &symbols, &x18);
+    let mut report = check::check_ko(&data, &blob, &symbols, &x18);
+    let pac_writers = build::pac_key_writers(&ko)?;
+    check::check_pac_keys(&pac_writers, &mut report);
     // The checks must be able to fail: each known defect, planted in a copy of the
     // module (or of the inputs), must make its check fail.
     check::self_test(&data, &blob, &symbols, &x18)?;
+    check::self_test_pac_keys(&pac_writers)?;
     for ok in &report.passed {
         eprintln!("xtask: check-kmod: ok: {ok}");
     }

@@ -19,8 +19,8 @@ use vmm_arm64::mrs;
 use vmm_sys::arm64::regs::pstate;
 use vmm_sys::arm64::regs::{cptr, el2_optional};
 use vmm_sys::hyp::{
-    El1Regs, El2Controls, FpRegs, OptionalTraps, VcpuContext, VgicCpuRegs, VtimerRegs, ICH_APR_MAX,
-    ICH_LR_MAX,
+    El1Regs, El2Controls, FpRegs, OptionalTraps, PacKeys, VcpuContext, VgicCpuRegs, VtimerRegs,
+    ICH_APR_MAX, ICH_LR_MAX,
 };
 
 /// Writes a system register as part of the world switch.
@@ -65,6 +65,7 @@ pub(crate) struct HostState {
     pub(crate) sp_el1: u64,
     pub(crate) el2: El2Controls,
     pub(crate) optional: OptionalTraps,
+    pub(crate) pac: PacKeys,
     pub(crate) timer: VtimerRegs,
 }
 
@@ -128,13 +129,30 @@ pub(crate) fn save_el2(r: &mut El2Controls) {
     r.vttbr_el2 = mrs!("vttbr_el2");
 }
 
-/// The host's values of the optional trap registers the guest's `present` names (none
-/// on a CPU without those features: the registers would be UNDEFINED there).
-pub(crate) fn save_optional(host: &mut OptionalTraps, present: u64) {
-    host.present = present;
+/// Entry, after the host's EL2 controls are saved: for what the guest's
+/// `optional.present` names, saves the host's trap registers and loads the guest's.
+/// Nothing on a CPU without those features (the registers would be UNDEFINED there).
+/// `load_el2`'s `isb` follows. The PAC keys are the caller's to switch
+/// ([`switch_keys`]).
+pub(crate) fn optional_to_guest(c: &VcpuContext, host: &mut HostState) {
+    let present = c.optional.present;
+    host.optional.present = present;
     if present == 0 {
         return;
     }
+    save_traps(&mut host.optional, present);
+    load_traps(&c.optional);
+}
+
+/// Exit, before the host's EL2 controls are back (their `isb` follows): the host's
+/// trap registers again.
+pub(crate) fn optional_to_host(host: &HostState) {
+    if host.optional.present != 0 {
+        load_traps(&host.optional);
+    }
+}
+
+fn save_traps(host: &mut OptionalTraps, present: u64) {
     if present & el2_optional::FGT != 0 {
         host.hfgrtr_el2 = mrs!("S3_4_C1_C1_4");
         host.hfgwtr_el2 = mrs!("S3_4_C1_C1_5");
@@ -150,13 +168,8 @@ pub(crate) fn save_optional(host: &mut OptionalTraps, present: u64) {
     }
 }
 
-/// Loads the optional trap registers `r.present` names; before `load_el2`, whose `isb`
-/// covers them.
-pub(crate) fn load_optional(r: &OptionalTraps) {
+fn load_traps(r: &OptionalTraps) {
     let present = r.present;
-    if present == 0 {
-        return;
-    }
     if present & el2_optional::FGT != 0 {
         msr!("S3_4_C1_C1_4", r.hfgrtr_el2);
         msr!("S3_4_C1_C1_5", r.hfgwtr_el2);
@@ -170,6 +183,41 @@ pub(crate) fn load_optional(r: &OptionalTraps) {
     if present & el2_optional::MPAM_HCR != 0 {
         msr!("S3_4_C10_C4_0", r.mpamhcr_el2);
     }
+}
+
+/// Stores the CPU's pointer-authentication keys in `out` and loads `new`'s. The keys
+/// are EL1 registers on either host (a VHE kernel's EL2&0 regime uses them too, and
+/// they have no *_EL12 form).
+///
+/// Called only from the body of an `enter_guest`, whose own frame spans both switches
+/// (host keys when it signs its return address, host keys again when it checks it):
+/// vmm.ko is built with `-Zbranch-protection=pac-ret`, and a function that signed its
+/// return address with one key and checked it with the other would fail. This function
+/// is a leaf (no return address signed) and calls nothing; the `isb` of `load_el2` or
+/// the `eret` into the guest makes the new keys take effect.
+pub(crate) fn switch_keys(out: &mut PacKeys, new: &PacKeys) {
+    let [o0, o1, o2, o3, o4, o5, o6, o7, o8, o9] = &mut out.keys;
+    *o0 = mrs!("S3_0_C2_C1_0"); // APIAKeyLo_EL1
+    *o1 = mrs!("S3_0_C2_C1_1");
+    *o2 = mrs!("S3_0_C2_C1_2"); // APIBKeyLo_EL1
+    *o3 = mrs!("S3_0_C2_C1_3");
+    *o4 = mrs!("S3_0_C2_C2_0"); // APDAKeyLo_EL1
+    *o5 = mrs!("S3_0_C2_C2_1");
+    *o6 = mrs!("S3_0_C2_C2_2"); // APDBKeyLo_EL1
+    *o7 = mrs!("S3_0_C2_C2_3");
+    *o8 = mrs!("S3_0_C2_C3_0"); // APGAKeyLo_EL1
+    *o9 = mrs!("S3_0_C2_C3_1");
+    let [n0, n1, n2, n3, n4, n5, n6, n7, n8, n9] = new.keys;
+    msr!("S3_0_C2_C1_0", n0);
+    msr!("S3_0_C2_C1_1", n1);
+    msr!("S3_0_C2_C1_2", n2);
+    msr!("S3_0_C2_C1_3", n3);
+    msr!("S3_0_C2_C2_0", n4);
+    msr!("S3_0_C2_C2_1", n5);
+    msr!("S3_0_C2_C2_2", n6);
+    msr!("S3_0_C2_C2_3", n7);
+    msr!("S3_0_C2_C3_0", n8);
+    msr!("S3_0_C2_C3_1", n9);
 }
 
 /// Sets VTCR_EL2 for the guest about to run, only when it differs from what the CPU
@@ -420,14 +468,16 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     host.sp_el0 = mrs!("sp_el0");
     host.sp_el1 = mrs!("sp_el1");
     save_el2(&mut host.el2);
-    save_optional(&mut host.optional, c.optional.present);
+    optional_to_guest(c, &mut host);
+    if c.optional.present & el2_optional::PAUTH != 0 {
+        switch_keys(&mut host.pac, &c.pac);
+    }
     save_timer::<false>(&mut host.timer);
     // Written by el2_fp_trap only if the guest uses FP (then fp_state says so).
     let mut host_fp = MaybeUninit::<FpRegs>::uninit();
 
     let (el2, fp_state) = load_guest::<false>(c, lrs, aprs);
     set_vtcr(el2.vtcr_el2);
-    load_optional(&c.optional);
     load_el2(&el2);
 
     // SAFETY: every register the guest sees is loaded; ctx stays valid (caller);
@@ -435,7 +485,10 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     let r = unsafe { el2_guest_enter(ctx, host_fp.as_mut_ptr(), fp_state) };
 
     fp_back_to_host(c, &host_fp, r.fp_state);
-    load_optional(&host.optional);
+    if host.optional.present & el2_optional::PAUTH != 0 {
+        switch_keys(&mut c.pac, &host.pac);
+    }
+    optional_to_host(&host);
     load_el2(&host.el2);
     save_guest::<false>(c, &host, lrs, aprs);
     load_el1::<false>(&host.el1);

@@ -16,15 +16,15 @@
 
 use crate::entry::el2_guest_enter;
 use crate::switch::{
-    fp_back_to_host, load_el2, load_guest, load_optional, save_el2, save_guest, save_optional,
-    save_timer, set_vtcr, vgic_clear, vgic_shape, HostState,
+    fp_back_to_host, load_el2, load_guest, optional_to_guest, optional_to_host, save_el2,
+    save_guest, save_timer, set_vtcr, switch_keys, vgic_clear, vgic_shape, HostState,
 };
 use crate::tlb;
 use core::arch::global_asm;
 use core::mem::MaybeUninit;
 use vmm_arm64::barrier::isb;
 use vmm_arm64::mrs;
-use vmm_sys::arm64::regs::{cnthctl, cptr, hcr};
+use vmm_sys::arm64::regs::{cnthctl, cptr, el2_optional, hcr};
 use vmm_sys::hyp::*;
 
 /// Writes a system register as part of the world switch.
@@ -119,7 +119,10 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     save_host_el1(&mut host.el1);
     host.sp_el0 = mrs!("sp_el0");
     save_el2(&mut host.el2);
-    save_optional(&mut host.optional, c.optional.present);
+    optional_to_guest(c, &mut host);
+    if c.optional.present & el2_optional::PAUTH != 0 {
+        switch_keys(&mut host.pac, &c.pac);
+    }
     save_timer::<true>(&mut host.timer);
     let host_vbar = mrs!("vbar_el2");
     // Written by el2_fp_trap only if the guest uses FP (then fp_state says so).
@@ -130,7 +133,6 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     el2.cptr_el2 = cptr::to_e2h(el2.cptr_el2);
     el2.cnthctl_el2 = cnthctl::to_e2h(el2.cnthctl_el2);
     set_vtcr(el2.vtcr_el2);
-    load_optional(&c.optional);
     load_el2(&el2);
     msr!("vbar_el2", vectors());
     isb();
@@ -141,7 +143,10 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
 
     fp_back_to_host(c, &host_fp, r.fp_state);
     msr!("vbar_el2", host_vbar);
-    load_optional(&host.optional);
+    if host.optional.present & el2_optional::PAUTH != 0 {
+        switch_keys(&mut c.pac, &host.pac);
+    }
+    optional_to_host(&host);
     load_el2(&host.el2);
     save_guest::<true>(c, &host, lrs, aprs);
     load_host_el1(&host.el1);

@@ -159,6 +159,9 @@ pub mod el2_optional {
     pub const MPAM: u64 = 1 << 1;
     /// MPAMIDR_EL1.HAS_HCR: MPAMHCR_EL2 as well.
     pub const MPAM_HCR: u64 = 1 << 2;
+    /// Pointer authentication shown to the guest: its five keys (`hyp::PacKeys`) are
+    /// switched with the host's.
+    pub const PAUTH: u64 = 1 << 3;
 }
 
 /// MPAM2_EL2.

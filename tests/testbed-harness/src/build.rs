@@ -288,6 +288,51 @@ pub fn x18_uses(elf: &Path) -> Result<Vec<(String, String)>, Error> {
     Ok(uses)
 }
 
+/// The functions of `elf` that write a pointer-authentication key register, each with
+/// whether it signs its own return address (PACIASP/PACIBSP): a function that does and
+/// changes the keys between signing and checking fails its own check.
+pub fn pac_key_writers(elf: &Path) -> Result<Vec<(String, bool)>, Error> {
+    let text = output(
+        "disassemble",
+        Command::new("aarch64-linux-gnu-objdump")
+            .arg("-d")
+            .arg("--no-show-raw-insn")
+            .arg(elf),
+    )?;
+    let mut out: Vec<(String, bool)> = Vec::new();
+    let (mut func, mut signs, mut writes) = (String::new(), false, false);
+    let mut flush = |func: &str, signs: bool, writes: bool| {
+        if writes {
+            out.push((func.to_string(), signs));
+        }
+    };
+    for line in text.lines() {
+        if let Some(name) = line.strip_suffix(">:") {
+            flush(&func, signs, writes);
+            func = name.rsplit('<').next().unwrap_or("").to_string();
+            (signs, writes) = (false, false);
+            continue;
+        }
+        let Some((_, insn)) = line.split_once(":\t") else {
+            continue;
+        };
+        let insn = insn.trim();
+        if insn.starts_with("paciasp") || insn.starts_with("pacibsp") {
+            signs = true;
+        }
+        if let Some(ops) = insn.strip_prefix("msr") {
+            let reg = ops.trim().split(',').next().unwrap_or("");
+            let key = (reg.starts_with("ap") && reg.contains("key"))
+                || ["s3_0_c2_c1_", "s3_0_c2_c2_", "s3_0_c2_c3_"]
+                    .iter()
+                    .any(|p| reg.starts_with(p));
+            writes |= key;
+        }
+    }
+    flush(&func, signs, writes);
+    Ok(out)
+}
+
 /// Fails on any use of x18 in the kernel-side artifacts outside the EL2 blob's guest
 /// entry/exit. Returns a one-line summary.
 pub fn check_x18() -> Result<String, Error> {

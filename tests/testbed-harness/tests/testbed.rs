@@ -237,6 +237,13 @@ fn vhe_host_runs_the_core() {
     expect_in(vhe_run(), CORE_TESTS);
 }
 
+/// `-cpu max` has pointer authentication, which the guest is shown: a guest's own keys
+/// survive a thousand exits on each CPU and the host's come back after every run.
+#[test]
+fn vhe_host_switches_pac_keys() {
+    expect_in(vhe_run(), &["core_pac_keys_two_cpus"]);
+}
+
 /// A VHE host with MTE (`-M virt,mte=on`): the guest, shown no MTE, finds GMID_EL1
 /// (HCR_EL2.TID5) and GCR_EL1 (HCR_EL2.ATA clear) UNDEFINED like the other hidden
 /// features, its tag stores and loads reach no tag storage (`core_mte_tags`, only on

@@ -1016,7 +1016,7 @@ pub fn params() -> crate::InitParams {
             pfr1: 0,
             dfr0: 0x1030_5106,
             isar0: 0x0001_1120,
-            isar1: 0x0000_0000_1100_0110, // pretend PAC fields set, to see them cleared
+            isar1: 0, // no pointer authentication (Armv8.0)
             isar2: 0,
             mmfr0: 0x0000_0000_0000_1124, // PARange 4 = 44 bits
             mmfr1: 0x0000_0000_0000_0100, // VH = 1

@@ -33,6 +33,7 @@ pub struct GuestIdRegs {
     pub dfr0: u64,
     pub isar0: u64,
     pub isar1: u64,
+    pub isar2: u64,
     pub mmfr0: u64,
     pub mmfr1: u64,
     pub mmfr2: u64,
@@ -45,8 +46,8 @@ impl GuestIdRegs {
     ///   FP, AdvSIMD, GIC system registers, DIT, CSV2/CSV3 as the host.
     /// * PFR1: zero (no BTI, SSBS, MTE, SME).
     /// * DFR0: debug architecture v8.0 (6) and nothing else: no PMU, trace, SPE.
-    /// * ISAR0 as the host; ISAR1 without pointer authentication (keys are not switched);
-    ///   ISAR2 zero.
+    /// * ISAR0 and ISAR1 as the host (pointer authentication included: the guest's keys
+    ///   are switched); of ISAR2 only the QARMA3 pointer-authentication fields.
     /// * MMFR0 with PARange no larger than the IPA space; MMFR1 without VHE and
     ///   LORegions; MMFR2 without nested virtualisation.
     pub fn new(host: &IdRegs, ipa_bits: u32) -> GuestIdRegs {
@@ -57,8 +58,6 @@ impl GuestIdRegs {
             | (0xf << 56) // CSV2
             | (0xf << 60); // CSV3
         let pfr0 = field(field(host.pfr0 & KEEP_PFR0, 0, 1), 4, 1);
-        // Pointer authentication: APA [7:4], API [11:8], GPA [27:24], GPI [31:28].
-        let isar1 = host.isar1 & !((0xff << 4) | (0xff << 24));
         let host_pa = host.mmfr0 & 0xf;
         // The largest PARange encoding whose width fits the IPA space.
         let guest_pa = [(0u64, 32u32), (1, 36), (2, 40), (3, 42), (4, 44), (5, 48)]
@@ -73,7 +72,8 @@ impl GuestIdRegs {
             pfr1: 0,
             dfr0: 6,
             isar0: host.isar0,
-            isar1,
+            isar1: host.isar1,
+            isar2: host.isar2 & crate::vcpu::PAUTH_ISAR2,
             mmfr0: field(host.mmfr0, 0, guest_pa),
             mmfr1: field(field(host.mmfr1, 8, 0), 16, 0),
             mmfr2: field(host.mmfr2, 24, 0),
@@ -89,6 +89,7 @@ impl GuestIdRegs {
             (5, 0) => self.dfr0,
             (6, 0) => self.isar0,
             (6, 1) => self.isar1,
+            (6, 2) => self.isar2,
             (7, 0) => self.mmfr0,
             (7, 1) => self.mmfr1,
             (7, 2) => self.mmfr2,

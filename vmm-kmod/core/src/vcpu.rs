@@ -69,8 +69,8 @@ pub struct HostTraps {
     /// TERR and TEA with FEAT_RAS (error records read as zero; external aborts reach
     /// the host), TLOR with FEAT_LOR (UNDEF), TID5 with FEAT_MTE2 (GMID_EL1 UNDEF).
     /// HCR_EL2.ATA stays clear: MTE tag accesses are refused, its registers trap.
-    /// API and APK stay clear: pointer-authentication instructions and key registers
-    /// trap (UNDEF), so no guest runs with the host's keys.
+    /// API and APK with pointer authentication: the guest is shown it and runs with its
+    /// own keys (switched, `el2_optional::PAUTH`); without it they stay clear (RES0).
     pub hcr: u64,
     /// [`GUEST_CPTR`] plus TAM with FEAT_AMUv1 (the activity monitors trap: UNDEF).
     pub cptr: u64,
@@ -106,6 +106,10 @@ impl HostTraps {
             cptr |= cptr::TAM;
         }
         let mut optional = OptionalTraps::default();
+        if host_has_pauth(host) {
+            hcr |= hcr::API | hcr::APK;
+            optional.present |= el2_optional::PAUTH;
+        }
         if field(host.mmfr0, 56) != 0 {
             optional.present |= el2_optional::FGT;
         }
@@ -126,6 +130,17 @@ impl HostTraps {
         }
     }
 }
+
+/// FEAT_PAuth: an address (ISAR1.APA, API; ISAR2.APA3) or generic (ISAR1.GPA, GPI;
+/// ISAR2.GPA3) authentication algorithm.
+pub fn host_has_pauth(host: &IdRegs) -> bool {
+    host.isar1 & PAUTH_ISAR1 != 0 || host.isar2 & PAUTH_ISAR2 != 0
+}
+
+/// ID_AA64ISAR1_EL1.APA [7:4], API [11:8], GPA [27:24], GPI [31:28].
+pub const PAUTH_ISAR1: u64 = (0xff << 4) | (0xff << 24);
+/// ID_AA64ISAR2_EL1.GPA3 [11:8], APA3 [15:12].
+pub const PAUTH_ISAR2: u64 = 0xff << 8;
 
 /// CNTHCTL_EL2: the physical counter is readable, the physical timer traps (EL1PCEN
 /// clear; the guest uses its virtual timer, as Linux and FreeBSD do at EL1).

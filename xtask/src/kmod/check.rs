@@ -159,6 +159,53 @@ pub fn check_ko(data: &[u8], blob: &[u8], symbols: &str, x18: &[(String, String)
     r
 }
 
+/// A world-switch guest entry (`vmm_el2_switch::enter_guest`, `::vhe::enter_guest`):
+/// the one kind of function whose frame spans both PAC key switches of a guest's run.
+fn is_switch_entry(f: &str) -> bool {
+    f.contains("vmm_el2_switch") && f.ends_with("enter_guest")
+}
+
+/// vmm.ko is built with pac-ret: a function that signs its return address with the
+/// host's keys and checks it after switching to the guest's (or back) fails the check.
+/// So a function that writes a key register either signs nothing (a leaf) or is a
+/// switch entry, which signs and checks with the host's keys around the whole run.
+/// `writers`: each function writing a key register, and whether it signs.
+pub fn check_pac_keys(writers: &[(String, bool)], r: &mut Report) {
+    let bad: Vec<&str> = writers
+        .iter()
+        .filter(|(f, signs)| *signs && !is_switch_entry(f))
+        .map(|(f, _)| f.as_str())
+        .collect();
+    r.check(
+        bad.is_empty(),
+        "PAC keys written only where no signed frame sees them change",
+        "key registers written in leaf functions or a switch entry",
+        format!("signing functions {}", bad.join(", ")),
+    );
+    r.check(
+        writers.iter().any(|(f, _)| is_switch_entry(f)),
+        "guest PAC key switch linked in",
+        "a key register written in a switch entry",
+        "none (the scan may be broken)",
+    );
+}
+
+/// `check_pac_keys` must fail on a signing function that is not a switch entry.
+pub(super) fn self_test_pac_keys(writers: &[(String, bool)]) -> Result<(), String> {
+    let mut planted = writers.to_vec();
+    planted.push(("vmm_el2_switch_optional_to_guest".into(), true));
+    let mut r = Report::default();
+    check_pac_keys(&planted, &mut r);
+    if r.failed.iter().any(|f| f.contains("PAC keys written only")) {
+        Ok(())
+    } else {
+        Err(
+            "check-kmod self-test: a signing key writer outside the switch entries was not caught"
+                .into(),
+        )
+    }
+}
+
 fn check_x18(x18: &[(String, String)], r: &mut Report) {
     let bad: Vec<String> = x18
         .iter()

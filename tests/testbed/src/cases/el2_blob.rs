@@ -28,6 +28,7 @@ static MMIO: &[u8] = guest!("mmio");
 static SYSREG: &[u8] = guest!("sysreg");
 static HIDDEN: &[u8] = guest!("hidden");
 static MTE_TAGS: &[u8] = guest!("mte_tags");
+static PAC_KEYS: &[u8] = guest!("pac_keys");
 static WFI: &[u8] = guest!("wfi");
 static ISOLATION: &[u8] = guest!("isolation");
 static WFI_TIMER: &[u8] = guest!("wfi_timer");
@@ -878,6 +879,9 @@ fn run_core(n: usize) {
     );
     report("core_isolation_two_cpus", core_isolation(&vmm, n));
     report("core_fp_gpr_two_cpus", core_fp(&vmm, n));
+    if vmm_core::vcpu::host_has_pauth(&vmm_arm64::IdRegs::read()) {
+        report("core_pac_keys_two_cpus", core_pac(&vmm, n));
+    }
     report(
         "core_sysreg_in_kernel",
         crate::cases::vmm::sysreg_in_kernel(&vmm, SYSREG),
@@ -960,6 +964,28 @@ fn core_fp(vmm: &crate::cases::vmm::Core, n: usize) -> Result<String, String> {
     } else {
         Err(format!(
             "cpu0 code {r0}, cpu1 code {r1} (2 = host FP changed, 1000+n = guest register n)"
+        ))
+    }
+}
+
+/// The PAC-keys guest through VM_RUN on both CPUs at once (a host with pointer
+/// authentication, which the guest is shown).
+fn core_pac(vmm: &crate::cases::vmm::Core, n: usize) -> Result<String, String> {
+    crate::cases::vmm::set_pac_image(PAC_KEYS);
+    let p = vmm as *const _ as u64;
+    if n >= 2 {
+        cpu::post(1, crate::cases::vmm::pac_on_this_cpu, p);
+    }
+    let r0 = crate::cases::vmm::pac_on_this_cpu(p);
+    let r1 = if n >= 2 { cpu::wait(1) } else { 0 };
+    if r0 == 0 && r1 == 0 {
+        Ok(format!(
+            "1000 exits on each of {} cpus: the guest's five keys and its signatures unchanged, the host's own keys back after every VM_RUN",
+            n.min(2)
+        ))
+    } else {
+        Err(format!(
+            "cpu0 code {r0}, cpu1 code {r1} (2 = host keys changed, 1001..=1010 = guest key register, 1011..=1015 = signature, 1020 = nothing signed)"
         ))
     }
 }

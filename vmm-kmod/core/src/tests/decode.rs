@@ -217,7 +217,11 @@ fn debug_and_id_registers() {
     let SysRegAnswer::Read(isar1) = a(sysreg::ID_AA64ISAR1_EL1, true) else {
         panic!()
     };
-    assert_eq!(isar1 & ((0xff << 4) | (0xff << 24)), 0, "no pointer auth");
+    assert_eq!(
+        isar1 & ((0xff << 4) | (0xff << 24)),
+        0,
+        "no pointer auth on an Armv8.0 host"
+    );
     assert_eq!(isar1 & 0xf, 0, "DPB as the host");
     let SysRegAnswer::Read(mmfr0) = a(sysreg::ID_AA64MMFR0_EL1, true) else {
         panic!()

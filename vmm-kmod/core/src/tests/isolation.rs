@@ -7,7 +7,7 @@ use crate::fake::{FakeHost, Scripted};
 use crate::sysemul::{answer, hidden_feature, GuestIdRegs, SysRegAnswer};
 use crate::vcpu::{HostTraps, GUEST_CPTR, GUEST_HCR};
 use vmm_sys::arm64::esr::{self, decode_sys64, ec, esr as mk};
-use vmm_sys::arm64::regs::{cptr, hcr};
+use vmm_sys::arm64::regs::{cptr, el2_optional, hcr};
 use vmm_sys::arm64::sysreg::SysReg;
 use vmm_sys::hyp::VcpuContext;
 use vmm_sys::reg;
@@ -47,9 +47,23 @@ fn traps_follow_the_host_features() {
     ] {
         assert_ne!(new.hcr & bit, 0, "{name}");
     }
-    for (bit, name) in [(hcr::API, "API"), (hcr::APK, "APK"), (hcr::ATA, "ATA")] {
-        assert_eq!(new.hcr & bit, 0, "{name} clear: the feature traps");
-    }
+    assert_eq!(
+        new.hcr & hcr::ATA,
+        0,
+        "ATA clear: MTE's tag accesses are refused"
+    );
+    assert_eq!(
+        new.hcr & (hcr::API | hcr::APK),
+        hcr::API | hcr::APK,
+        "pointer authentication shown: its instructions and keys do not trap"
+    );
+    assert_eq!(
+        new.optional.present & el2_optional::PAUTH,
+        el2_optional::PAUTH,
+        "and the keys are switched"
+    );
+    assert_eq!(old.hcr & (hcr::API | hcr::APK), 0, "RES0 without PAC");
+    assert_eq!(old.optional.present, 0);
     assert_ne!(new.cptr & cptr::TAM, 0, "AMU traps");
     assert_eq!(new.cptr & cptr::TFP, 0, "FP is switched, not trapped");
 }
@@ -74,17 +88,24 @@ fn the_guest_runs_with_the_traps() {
 /// Fine-grained traps and MPAM (QEMU 7.2 has neither: unit tests only, docs/isolation.md).
 #[test]
 fn optional_trap_registers_where_the_host_has_them() {
-    use vmm_sys::arm64::regs::{el2_optional, mpam2, mpamhcr, mpamidr};
+    use vmm_sys::arm64::regs::{mpam2, mpamhcr, mpamidr};
+    const PAUTH: u64 = el2_optional::PAUTH;
     let none = HostTraps::new(&modern_host()).optional;
-    assert_eq!(none.present, 0, "QEMU's -cpu max: no FGT, no MPAM");
-    assert_eq!(none, Default::default());
+    assert_eq!(none.present, PAUTH, "QEMU's -cpu max: no FGT, no MPAM");
+    assert_eq!(
+        none,
+        vmm_sys::hyp::OptionalTraps {
+            present: PAUTH,
+            ..Default::default()
+        }
+    );
 
     let fgt = HostTraps::new(&crate::IdRegs {
         mmfr0: modern_host().mmfr0 | (1 << 56),
         ..modern_host()
     })
     .optional;
-    assert_eq!(fgt.present, el2_optional::FGT);
+    assert_eq!(fgt.present, el2_optional::FGT | PAUTH);
     assert_eq!(
         [
             fgt.hfgrtr_el2,
@@ -105,7 +126,7 @@ fn optional_trap_registers_where_the_host_has_them() {
     .optional;
     assert_eq!(
         mpam_hcr.present,
-        el2_optional::MPAM | el2_optional::MPAM_HCR
+        el2_optional::MPAM | el2_optional::MPAM_HCR | PAUTH
     );
     assert_eq!(
         mpam_hcr.mpam2_el2,
@@ -120,7 +141,7 @@ fn optional_trap_registers_where_the_host_has_them() {
         ..modern_host()
     })
     .optional;
-    assert_eq!(mpam_tidr.present, el2_optional::MPAM);
+    assert_eq!(mpam_tidr.present, el2_optional::MPAM | PAUTH);
     assert_eq!(
         mpam_tidr.mpam2_el2,
         mpam2::TRAPMPAM0EL1 | mpam2::TRAPMPAM1EL1 | mpam2::TIDR
@@ -240,12 +261,25 @@ fn a_modern_host_shows_the_guest_none_of_its_hidden_features() {
     assert_eq!(f(ids.pfr0, 32), 0, "SVE");
     assert_eq!(f(ids.pfr0, 44), 0, "AMU");
     assert_eq!(ids.pfr1, 0, "MTE, SME, BTI, SSBS");
-    assert_eq!(ids.isar1 & ((0xff << 4) | (0xff << 24)), 0, "PAC");
+    // Pointer authentication is shown (the keys are switched), the rest of ISAR2 not.
+    assert_eq!(
+        ids.isar1 & ((0xff << 4) | (0xff << 24)),
+        modern_host().isar1 & ((0xff << 4) | (0xff << 24)),
+        "PAC as the host"
+    );
     assert_eq!(
         ids.read(SysReg::new(3, 0, 0, 6, 2)),
-        0,
-        "PAC (QARMA3) and the rest of ISAR2"
+        1 << 12,
+        "QARMA3 PAC as the host"
     );
+    let more = GuestIdRegs::new(
+        &crate::IdRegs {
+            isar2: modern_host().isar2 | 0xff | (0xf << 16),
+            ..modern_host()
+        },
+        39,
+    );
+    assert_eq!(more.isar2, 1 << 12, "only ISAR2's PAC fields");
     assert_eq!(f(ids.mmfr1, 16), 0, "LOR");
     assert_eq!(ids.read(SysReg::new(3, 0, 0, 4, 4)), 0, "ID_AA64ZFR0_EL1");
     assert_eq!(ids.read(SysReg::new(3, 0, 0, 4, 5)), 0, "ID_AA64SMFR0_EL1");

@@ -459,6 +459,95 @@ pub fn fp_on_this_cpu(vmm: u64) -> u64 {
     r
 }
 
+/// This CPU's ten pointer-authentication key registers (APIA, APIB, APDA, APDB, APGA;
+/// Lo then Hi).
+fn read_pac_keys() -> [u64; 10] {
+    [
+        vmm_arm64::mrs!("S3_0_C2_C1_0"),
+        vmm_arm64::mrs!("S3_0_C2_C1_1"),
+        vmm_arm64::mrs!("S3_0_C2_C1_2"),
+        vmm_arm64::mrs!("S3_0_C2_C1_3"),
+        vmm_arm64::mrs!("S3_0_C2_C2_0"),
+        vmm_arm64::mrs!("S3_0_C2_C2_1"),
+        vmm_arm64::mrs!("S3_0_C2_C2_2"),
+        vmm_arm64::mrs!("S3_0_C2_C2_3"),
+        vmm_arm64::mrs!("S3_0_C2_C3_0"),
+        vmm_arm64::mrs!("S3_0_C2_C3_1"),
+    ]
+}
+
+fn write_pac_keys(k: &[u64; 10]) {
+    // SAFETY: the testbed kernel is not built with pointer authentication, so no code
+    // of it signs or authenticates with these keys.
+    unsafe {
+        vmm_arm64::msr!("S3_0_C2_C1_0", k[0]);
+        vmm_arm64::msr!("S3_0_C2_C1_1", k[1]);
+        vmm_arm64::msr!("S3_0_C2_C1_2", k[2]);
+        vmm_arm64::msr!("S3_0_C2_C1_3", k[3]);
+        vmm_arm64::msr!("S3_0_C2_C2_0", k[4]);
+        vmm_arm64::msr!("S3_0_C2_C2_1", k[5]);
+        vmm_arm64::msr!("S3_0_C2_C2_2", k[6]);
+        vmm_arm64::msr!("S3_0_C2_C2_3", k[7]);
+        vmm_arm64::msr!("S3_0_C2_C3_0", k[8]);
+        vmm_arm64::msr!("S3_0_C2_C3_1", k[9]);
+    }
+    vmm_arm64::barrier::isb();
+}
+
+static PAC_IMAGE: vmm_core::sync::SpinLock<&'static [u8]> = vmm_core::sync::SpinLock::new_spin(&[]);
+
+/// The guest of tests/guests/pac_keys.S through VM_RUN on this CPU (VM `tb-pac<cpu>`,
+/// `vmm` a `&Core` as an integer, for `cpu::post`): its keys, seeded per CPU, survive
+/// 1000 exits, and the host's own keys, set to other values around every VM_RUN, come
+/// back intact. Returns 0, 1000 + what the guest found changed, 2 (host keys changed)
+/// or another failure code.
+pub fn pac_on_this_cpu(vmm: u64) -> u64 {
+    // SAFETY: the caller passes a &Core that outlives the call (it waits for us).
+    let vmm: &Core = unsafe { &*(vmm as *const Core) };
+    let me = crate::kernel::cpu::id() as u64;
+    let name = format!("tb-pac{me}");
+    let image = *PAC_IMAGE.lock();
+    let exits = 1000u64;
+    if start(
+        vmm,
+        name.as_bytes(),
+        image,
+        0x5eed_0000_0000_0001 + (me << 40),
+    )
+    .is_err()
+    {
+        return 1;
+    }
+    if set_reg(vmm, name.as_bytes(), VM_REG_GUEST_X0 + 1, exits).is_err() {
+        return 1;
+    }
+    let mut rounds = 0u64;
+    let r = loop {
+        let host: [u64; 10] =
+            core::array::from_fn(|i| 0xa5a5_0000_0000_0000 ^ (me << 32) ^ (rounds << 8) ^ i as u64);
+        write_pac_keys(&host);
+        let e = run(vmm, name.as_bytes());
+        let after = read_pac_keys();
+        write_pac_keys(&[0; 10]);
+        let Ok(e) = e else { break 5 };
+        if after != host {
+            break 2;
+        }
+        match hvc_of(&e) {
+            Some(1) => rounds += 1,
+            Some(2) if rounds == exits => break 0,
+            Some(3) => break 1000 + get_reg(vmm, name.as_bytes(), VM_REG_GUEST_X0).unwrap_or(999),
+            _ => break 4,
+        }
+    };
+    let _ = destroy(vmm, name.as_bytes());
+    r
+}
+
+pub fn set_pac_image(image: &'static [u8]) {
+    *PAC_IMAGE.lock() = image;
+}
+
 pub fn set_fp_image(image: &'static [u8]) {
     *FP_IMAGE.lock() = image;
 }
@@ -497,14 +586,24 @@ pub fn sysreg_in_kernel(vmm: &Core, image: &[u8]) -> Result<String, String> {
 /// VHE host with those features (the testbed kernel at EL2): set to known values before,
 /// compared bit for bit after. SVE: the vector length (ZCR_EL2.LEN 3: 512 bits), Z0
 /// and Z31 filled with patterns across the whole vector, P15 all true, FFR all false.
-/// Pointer authentication: the APIA and APDB keys.
+/// Pointer authentication: all five keys.
 struct HostFeatureState {
     sve: bool,
     pac: bool,
 }
 
-const HOST_APIA: (u64, u64) = (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
-const HOST_APDB: (u64, u64) = (0x1111_2222_3333_4444, 0x5555_6666_7777_8888);
+const HOST_PAC_KEYS: [u64; 10] = [
+    0x0123_4567_89ab_cdef,
+    0xfedc_ba98_7654_3210,
+    0x1111_2222_3333_4444,
+    0x5555_6666_7777_8888,
+    0x9999_aaaa_bbbb_cccc,
+    0xdddd_eeee_ffff_0000,
+    0x0f0f_0f0f_f0f0_f0f0,
+    0x3c3c_3c3c_c3c3_c3c3,
+    0x6969_9696_6969_9696,
+    0x7e7e_e7e7_7e7e_e7e7,
+];
 /// SVE vectors are at most 2048 bits.
 const ZMAX: usize = 256;
 
@@ -513,18 +612,9 @@ impl HostFeatureState {
         let ids = vmm_arm64::IdRegs::read();
         let vhe = crate::kernel::cpu::vhe_host();
         let sve = vhe && (ids.pfr0 >> 32) & 0xf != 0;
-        let pac = vhe && ((ids.isar1 >> 4) & 0xff != 0 || (ids.isar2 >> 12) & 0xf != 0);
+        let pac = vhe && vmm_core::vcpu::host_has_pauth(&ids);
         if pac {
-            // SAFETY: the host's own data keys at EL2; nothing in the testbed uses
-            // pointer authentication, and they are checked and cleared afterwards.
-            unsafe {
-                core::arch::asm!(
-                    "msr S3_0_C2_C1_0, {a}", "msr S3_0_C2_C1_1, {b}",
-                    "msr S3_0_C2_C2_2, {c}", "msr S3_0_C2_C2_3, {d}", "isb",
-                    a = in(reg) HOST_APIA.0, b = in(reg) HOST_APIA.1,
-                    c = in(reg) HOST_APDB.0, d = in(reg) HOST_APDB.1,
-                )
-            };
+            write_pac_keys(&HOST_PAC_KEYS);
         }
         if sve {
             // SAFETY: enables SVE at EL2 for this CPU (CPTR_EL2.ZEN in the E2H layout,
@@ -564,21 +654,10 @@ impl HostFeatureState {
 
     fn check(&self) -> Result<(), String> {
         if self.pac {
-            let (a0, a1, b0, b1): (u64, u64, u64, u64);
-            // SAFETY: reads the host's keys, then clears them.
-            unsafe {
-                core::arch::asm!(
-                    "mrs {a}, S3_0_C2_C1_0", "mrs {b}, S3_0_C2_C1_1",
-                    "mrs {c}, S3_0_C2_C2_2", "mrs {d}, S3_0_C2_C2_3",
-                    "msr S3_0_C2_C1_0, xzr", "msr S3_0_C2_C1_1, xzr",
-                    "msr S3_0_C2_C2_2, xzr", "msr S3_0_C2_C2_3, xzr", "isb",
-                    a = out(reg) a0, b = out(reg) a1, c = out(reg) b0, d = out(reg) b1,
-                )
-            };
-            if (a0, a1) != HOST_APIA || (b0, b1) != HOST_APDB {
-                return Err(format!(
-                    "host PAC keys changed: APIA {a0:#x}/{a1:#x}, APDB {b0:#x}/{b1:#x}"
-                ));
+            let keys = read_pac_keys();
+            write_pac_keys(&[0; 10]);
+            if keys != HOST_PAC_KEYS {
+                return Err(format!("host PAC keys changed: {keys:#x?}"));
             }
         }
         if self.sve {
@@ -659,11 +738,21 @@ pub fn hidden_features(vmm: &Core, image: &[u8]) -> Result<String, String> {
         if other != 0 {
             return Err(format!("an exception other than UNDEF: ESR {other:#x}"));
         }
-        const MUST_UNDEF: u64 = 0xff | (0b11 << 12);
-        if undef & MUST_UNDEF != MUST_UNDEF {
+        // Pointer authentication (bits 4, 5) is shown where the host has it (the guest
+        // runs with its own keys) and UNDEFINED where it has none.
+        const PAC_PROBES: u64 = 0b11 << 4;
+        let pauth = vmm_core::vcpu::host_has_pauth(&vmm_arm64::IdRegs::read());
+        let must_undef: u64 = (0xff | (0b11 << 12)) & if pauth { !PAC_PROBES } else { !0 };
+        if undef & must_undef != must_undef {
             return Err(format!(
-                "probes {:#06x} of {MUST_UNDEF:#06x} were not UNDEFINED (bit 0 SVE, 1 ZCR_EL1, 2 SME, 3 SMCR_EL1, 4 PACIA, 5 APIAKeyLo_EL1, 6 LORID_EL1, 7 UDF, 12 GMID_EL1, 13 GCR_EL1)",
-                undef & MUST_UNDEF
+                "probes {:#06x} of {must_undef:#06x} were not UNDEFINED (bit 0 SVE, 1 ZCR_EL1, 2 SME, 3 SMCR_EL1, 4 PACIA, 5 APIAKeyLo_EL1, 6 LORID_EL1, 7 UDF, 12 GMID_EL1, 13 GCR_EL1)",
+                undef & must_undef
+            ));
+        }
+        if pauth && undef & PAC_PROBES != 0 {
+            return Err(format!(
+                "PACIA or APIAKeyLo_EL1 refused ({:#x}) on a host whose PAC the guest is shown",
+                undef & PAC_PROBES
             ));
         }
         // ERRIDR_EL1 (bit 8) reads as zero where the host has RAS and is UNDEFINED where
@@ -685,7 +774,8 @@ pub fn hidden_features(vmm: &Core, image: &[u8]) -> Result<String, String> {
         }
         let mte = (vmm_arm64::IdRegs::read().pfr1 >> 8) & 0xf;
         Ok(format!(
-            "SVE, ZCR_EL1, SME, SMCR_EL1, PACIA, APIAKeyLo_EL1, LORID_EL1, GMID_EL1, GCR_EL1 UNDEFINED (host MTE level {mte}); error records {}; ACTLR_EL1 read as zero; host {}",
+            "SVE, ZCR_EL1, SME, SMCR_EL1, LORID_EL1, GMID_EL1, GCR_EL1 UNDEFINED (host MTE level {mte}); PACIA and APIAKeyLo_EL1 {}; error records {}; ACTLR_EL1 read as zero; host {}",
+            if pauth { "run (PAC shown, the guest's own keys)" } else { "UNDEFINED (no PAC)" },
             if host_ras { "read as zero (host has RAS)" } else { "UNDEFINED (no RAS)" },
             host.what()
         ))
