@@ -259,15 +259,20 @@ pub fn build_testbed() -> Result<PathBuf, Error> {
     Ok(testbed_elf())
 }
 
-/// Lines of `objdump -d` output naming x18/w18, with the function they are in.
-pub fn x18_uses(elf: &Path) -> Result<Vec<(String, String)>, Error> {
-    let text = output(
+/// `objdump -d` of `elf`, without the raw instruction bytes.
+fn disassemble(elf: &Path) -> Result<String, Error> {
+    output(
         "disassemble",
         Command::new("aarch64-linux-gnu-objdump")
             .arg("-d")
             .arg("--no-show-raw-insn")
             .arg(elf),
-    )?;
+    )
+}
+
+/// Lines of `objdump -d` output naming x18/w18, with the function they are in.
+pub fn x18_uses(elf: &Path) -> Result<Vec<(String, String)>, Error> {
+    let text = disassemble(elf)?;
     let mut func = String::new();
     let mut uses = Vec::new();
     for line in text.lines() {
@@ -292,13 +297,7 @@ pub fn x18_uses(elf: &Path) -> Result<Vec<(String, String)>, Error> {
 /// whether it signs its own return address (PACIASP/PACIBSP): a function that does and
 /// changes the keys between signing and checking fails its own check.
 pub fn pac_key_writers(elf: &Path) -> Result<Vec<(String, bool)>, Error> {
-    let text = output(
-        "disassemble",
-        Command::new("aarch64-linux-gnu-objdump")
-            .arg("-d")
-            .arg("--no-show-raw-insn")
-            .arg(elf),
-    )?;
+    let text = disassemble(elf)?;
     let mut out: Vec<(String, bool)> = Vec::new();
     let (mut func, mut signs, mut writes) = (String::new(), false, false);
     let mut flush = |func: &str, signs: bool, writes: bool| {

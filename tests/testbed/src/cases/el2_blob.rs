@@ -946,25 +946,29 @@ fn core_isolation(vmm: &crate::cases::vmm::Core, n: usize) -> Result<String, Str
     Ok("reads of host RAM, past guest RAM and top of IPA exit as INST_EMUL; two VMs at once see only their own RAM".into())
 }
 
+/// Runs `f(&vmm)` on cpu 1 (when there are two) and on this CPU at once; their codes.
+fn on_both_cpus(vmm: &crate::cases::vmm::Core, n: usize, f: fn(u64) -> u64) -> (u64, u64) {
+    let p = vmm as *const _ as u64;
+    if n >= 2 {
+        cpu::post(1, f, p);
+    }
+    let r0 = f(p);
+    let r1 = if n >= 2 { cpu::wait(1) } else { 0 };
+    (r0, r1)
+}
+
 /// The FP/GPR guest through VM_RUN on both CPUs at once, the host's own FP registers
 /// loaded around every VM_RUN, and every other VM_RUN with the host's FP trapping.
 fn core_fp(vmm: &crate::cases::vmm::Core, n: usize) -> Result<String, String> {
     crate::cases::vmm::set_fp_image(FP_GPR);
-    let p = vmm as *const _ as u64;
-    if n >= 2 {
-        cpu::post(1, crate::cases::vmm::fp_on_this_cpu, p);
-    }
-    let r0 = crate::cases::vmm::fp_on_this_cpu(p);
-    let r1 = if n >= 2 { cpu::wait(1) } else { 0 };
-    if r0 == 0 && r1 == 0 {
-        Ok(format!(
+    match on_both_cpus(vmm, n, crate::cases::vmm::fp_on_this_cpu) {
+        (0, 0) => Ok(format!(
             "1000 VM_RUNs on each of {} cpus, half with the host's FP off: guest and host registers intact",
             n.min(2)
-        ))
-    } else {
-        Err(format!(
+        )),
+        (r0, r1) => Err(format!(
             "cpu0 code {r0}, cpu1 code {r1} (2 = host FP changed, 1000+n = guest register n)"
-        ))
+        )),
     }
 }
 
@@ -972,21 +976,14 @@ fn core_fp(vmm: &crate::cases::vmm::Core, n: usize) -> Result<String, String> {
 /// authentication, which the guest is shown).
 fn core_pac(vmm: &crate::cases::vmm::Core, n: usize) -> Result<String, String> {
     crate::cases::vmm::set_pac_image(PAC_KEYS);
-    let p = vmm as *const _ as u64;
-    if n >= 2 {
-        cpu::post(1, crate::cases::vmm::pac_on_this_cpu, p);
-    }
-    let r0 = crate::cases::vmm::pac_on_this_cpu(p);
-    let r1 = if n >= 2 { cpu::wait(1) } else { 0 };
-    if r0 == 0 && r1 == 0 {
-        Ok(format!(
+    match on_both_cpus(vmm, n, crate::cases::vmm::pac_on_this_cpu) {
+        (0, 0) => Ok(format!(
             "1000 exits on each of {} cpus: the guest's five keys and its signatures unchanged, the host's own keys back after every VM_RUN",
             n.min(2)
-        ))
-    } else {
-        Err(format!(
+        )),
+        (r0, r1) => Err(format!(
             "cpu0 code {r0}, cpu1 code {r1} (2 = host keys changed, 1001..=1010 = guest key register, 1011..=1015 = signature, 1020 = nothing signed)"
-        ))
+        )),
     }
 }
 

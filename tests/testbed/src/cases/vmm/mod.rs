@@ -417,45 +417,82 @@ pub fn fp_on_this_cpu(vmm: u64) -> u64 {
     // SAFETY: the caller passes a &Core that outlives the call (it waits for us).
     let vmm: &Core = unsafe { &*(vmm as *const Core) };
     let me = crate::kernel::cpu::id() as u64;
-    let name = format!("tb-fp{me}");
     let image = *FP_IMAGE.lock();
-    let iterations = 1000u64;
-    if start(vmm, name.as_bytes(), image, iterations).is_err() {
-        return 1;
-    }
     let mut pin = crate::cases::el2_blob::FpBuf([0; 66]);
     let mut pout = crate::cases::el2_blob::FpBuf([0; 66]);
+    hvc_rounds(
+        vmm,
+        &format!("tb-fp{me}"),
+        image,
+        (1000, None),
+        |round, run| {
+            for (i, w) in pin.0.iter_mut().enumerate().take(64) {
+                *w = (me << 60) ^ (round << 24) ^ (i as u64 * 0x0003_0005_0007_0009);
+            }
+            pin.0[64] = (round % 3 + 1) << 22;
+            fp_load(&pin);
+            // Every other VM_RUN with the host's FP off (CPACR_EL1.FPEN: on a VHE host
+            // CPTR_EL2's, trapping EL2 itself), as a kernel whose thread's FP is not
+            // live runs: the switch must not touch FP under the host's controls then.
+            let host_fp_off = round % 2 == 1;
+            if host_fp_off {
+                set_host_fp(false);
+            }
+            let e = run();
+            if host_fp_off {
+                set_host_fp(true);
+            }
+            fp_store(&mut pout);
+            (e, pin.0[..65] == pout.0[..65])
+        },
+    )
+}
+
+/// Starts VM `name` with `image` (x0 = `args.0`, x1 = `args.1` if given) and runs it on
+/// this CPU until the guest's final `hvc #2`, which must come after exactly `args.0`
+/// `hvc #1` exits. `around(round, run)` does the host's part around each VM_RUN (`run`)
+/// and says whether the host's state came through it. Returns 0, 1 (no VM), 2 (the host's
+/// state changed), 4 (another exit), 5 (VM_RUN failed) or 1000 + the guest's x0 after
+/// its `hvc #3` (what it found wrong). The VM is destroyed at the end.
+fn hvc_rounds(
+    vmm: &Core,
+    name: &str,
+    image: &[u8],
+    args: (u64, Option<u64>),
+    mut around: impl FnMut(
+        u64,
+        &mut dyn FnMut() -> Result<VmExit, String>,
+    ) -> (Result<VmExit, String>, bool),
+) -> u64 {
+    let name = name.as_bytes();
+    let (rounds_wanted, x1) = args;
+    let x0 = if x1.is_some() { 0 } else { rounds_wanted };
+    if start(vmm, name, image, x0).is_err() {
+        return 1;
+    }
+    if let Some(x1) = x1 {
+        if set_reg(vmm, name, VM_REG_GUEST_X0, x1).is_err()
+            || set_reg(vmm, name, VM_REG_GUEST_X0 + 1, rounds_wanted).is_err()
+        {
+            let _ = destroy(vmm, name);
+            return 1;
+        }
+    }
     let mut rounds = 0u64;
     let r = loop {
-        for (i, w) in pin.0.iter_mut().enumerate().take(64) {
-            *w = (me << 60) ^ (rounds << 24) ^ (i as u64 * 0x0003_0005_0007_0009);
-        }
-        pin.0[64] = (rounds % 3 + 1) << 22;
-        fp_load(&pin);
-        // Every other VM_RUN with the host's FP off (CPACR_EL1.FPEN: on a VHE host
-        // CPTR_EL2's, trapping EL2 itself), as a kernel whose thread's FP is not live
-        // runs: the switch must not touch FP under the host's controls then.
-        let host_fp_off = rounds % 2 == 1;
-        if host_fp_off {
-            set_host_fp(false);
-        }
-        let e = run(vmm, name.as_bytes());
-        if host_fp_off {
-            set_host_fp(true);
-        }
-        fp_store(&mut pout);
+        let (e, host_intact) = around(rounds, &mut || run(vmm, name));
         let Ok(e) = e else { break 5 };
-        if pin.0[..65] != pout.0[..65] {
+        if !host_intact {
             break 2;
         }
         match hvc_of(&e) {
             Some(1) => rounds += 1,
-            Some(2) if rounds == iterations => break 0,
-            Some(3) => break 1000 + get_reg(vmm, name.as_bytes(), VM_REG_GUEST_X0).unwrap_or(999),
+            Some(2) if rounds == rounds_wanted => break 0,
+            Some(3) => break 1000 + get_reg(vmm, name, VM_REG_GUEST_X0).unwrap_or(999),
             _ => break 4,
         }
     };
-    let _ = destroy(vmm, name.as_bytes());
+    let _ = destroy(vmm, name);
     r
 }
 
@@ -505,43 +542,24 @@ pub fn pac_on_this_cpu(vmm: u64) -> u64 {
     // SAFETY: the caller passes a &Core that outlives the call (it waits for us).
     let vmm: &Core = unsafe { &*(vmm as *const Core) };
     let me = crate::kernel::cpu::id() as u64;
-    let name = format!("tb-pac{me}");
     let image = *PAC_IMAGE.lock();
-    let exits = 1000u64;
-    if start(
+    let seed = 0x5eed_0000_0000_0001 + (me << 40);
+    hvc_rounds(
         vmm,
-        name.as_bytes(),
+        &format!("tb-pac{me}"),
         image,
-        0x5eed_0000_0000_0001 + (me << 40),
+        (1000, Some(seed)),
+        |round, run| {
+            let host: [u64; 10] = core::array::from_fn(|i| {
+                0xa5a5_0000_0000_0000 ^ (me << 32) ^ (round << 8) ^ i as u64
+            });
+            write_pac_keys(&host);
+            let e = run();
+            let after = read_pac_keys();
+            write_pac_keys(&[0; 10]);
+            (e, after == host)
+        },
     )
-    .is_err()
-    {
-        return 1;
-    }
-    if set_reg(vmm, name.as_bytes(), VM_REG_GUEST_X0 + 1, exits).is_err() {
-        return 1;
-    }
-    let mut rounds = 0u64;
-    let r = loop {
-        let host: [u64; 10] =
-            core::array::from_fn(|i| 0xa5a5_0000_0000_0000 ^ (me << 32) ^ (rounds << 8) ^ i as u64);
-        write_pac_keys(&host);
-        let e = run(vmm, name.as_bytes());
-        let after = read_pac_keys();
-        write_pac_keys(&[0; 10]);
-        let Ok(e) = e else { break 5 };
-        if after != host {
-            break 2;
-        }
-        match hvc_of(&e) {
-            Some(1) => rounds += 1,
-            Some(2) if rounds == exits => break 0,
-            Some(3) => break 1000 + get_reg(vmm, name.as_bytes(), VM_REG_GUEST_X0).unwrap_or(999),
-            _ => break 4,
-        }
-    };
-    let _ = destroy(vmm, name.as_bytes());
-    r
 }
 
 pub fn set_pac_image(image: &'static [u8]) {
