@@ -128,9 +128,53 @@ pub const VMMCTL_VM_DESTROY: u64 = iowr::<VmmctlVmDestroy>(VMMCTL_GROUP, 1);
 /// Our extension: `_IOWR('V', 64, struct vmmctl_vm_list)`.
 pub const VMMCTL_VM_LIST: u64 = iowr::<VmmctlVmList>(VMMCTL_GROUP, nr::VMMCTL_VM_LIST);
 
+/// Every request /dev/vmm/NAME answers.
+pub const VM_REQUESTS: [u64; 29] = [
+    VM_RUN,
+    VM_SET_CAPABILITY,
+    VM_GET_CAPABILITY,
+    VM_SUSPEND,
+    VM_REINIT,
+    VM_GLA2GPA_NOFAULT,
+    VM_ALLOC_MEMSEG,
+    VM_GET_MEMSEG,
+    VM_MMAP_MEMSEG,
+    VM_MMAP_GETNEXT,
+    VM_MUNMAP_MEMSEG,
+    VM_SET_REGISTER,
+    VM_GET_REGISTER,
+    VM_SET_REGISTER_SET,
+    VM_GET_REGISTER_SET,
+    VM_STATS,
+    VM_STAT_DESC,
+    VM_SET_TOPOLOGY,
+    VM_GET_TOPOLOGY,
+    VM_ASSERT_IRQ,
+    VM_DEASSERT_IRQ,
+    VM_RAISE_MSI,
+    VM_INJECT_EXCEPTION,
+    VM_ACTIVATE_CPU,
+    VM_GET_CPUS,
+    VM_SUSPEND_CPU,
+    VM_RESUME_CPU,
+    VM_GET_VGIC_VERSION,
+    VM_ATTACH_VGIC,
+];
+
+/// Every request /dev/vmmctl answers.
+pub const VMMCTL_REQUESTS: [u64; 3] = [VMMCTL_VM_CREATE, VMMCTL_VM_DESTROY, VMMCTL_VM_LIST];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_lists_are_distinct() {
+        let mut all = VM_REQUESTS.to_vec();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), VM_REQUESTS.len());
+    }
 
     #[test]
     fn request_words_match_freebsd() {

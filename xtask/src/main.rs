@@ -14,10 +14,13 @@
 //! * `bench-devices`: virtio-blk and virtio-net throughput against plain QEMU's.
 //! * `demo [--disk]`: boots Debian's arm64 Linux with the tools on the testbed; with
 //!   `--disk`, a Debian system with systemd from a virtio-blk disk (docs/e2e.md).
+//! * `fuzz list | run TARGET [--secs N] | ci [--secs N]`: the fuzz targets in fuzz/
+//!   (docs/fuzzing.md); `test` runs each for a few seconds.
 
 mod bench;
 mod bench_devices;
 mod demo;
+mod fuzz;
 mod kernel;
 mod kmod;
 mod testbed;
@@ -109,8 +112,13 @@ fn test() -> Result<(), String> {
     kernel::lint_kernel()?;
     kernel::check_x18()?;
     kmod::check_kmod()?;
-    check_freebsd()
+    check_freebsd()?;
+    // Every fuzz target briefly, on its committed seeds and regressions.
+    fuzz::ci(FUZZ_CI_SECS)
 }
+
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_CI_SECS: u64 = 10;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -130,9 +138,10 @@ fn main() -> ExitCode {
         Some("bench-devices") => bench_devices::bench_devices(&args[1..]),
         Some("testbed") => testbed::testbed(&args[1..]),
         Some("demo") => demo::demo(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench-el2 [--cpu cortex-a57|max] | bench-boot [--runs N] | bench-devices [--runs N] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk]"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench-el2 [--cpu cortex-a57|max] | bench-boot [--runs N] | bench-devices [--runs N] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk] | fuzz list|run TARGET [--secs N]|ci [--secs N]"
                 .into(),
         ),
     };

@@ -1,0 +1,91 @@
+//! What the fuzz targets share: vmm-core's dispatcher over its fake host, driven the way
+//! /dev/vmm's callers drive it. Every target asserts invariants, not only "no panic"
+//! (docs/fuzzing.md lists them per target).
+
+use vmm_core::fake::{params, FakeHost};
+use vmm_core::{DeviceRef, KResult, Vmm};
+use vmm_sys::abi::*;
+use vmm_sys::ioctl;
+
+pub type Core = Vmm<FakeHost>;
+
+/// Guest RAM's base (the platform's).
+pub const RAM: u64 = vmm_platform::RAM_BASE_DEFAULT;
+
+/// A loaded core over a fake host with 32 MiB of physical memory and two CPUs.
+pub fn core() -> Core {
+    match Vmm::new(FakeHost::new(32, 2), params()) {
+        Ok(v) => v,
+        Err((_, e)) => panic!("the core does not load on the fake host: {e:?}"),
+    }
+}
+
+/// Sends `req` to /dev/vmm/NAME (or /dev/vmmctl for `None`) and reads it back.
+pub fn request<T: Pod>(v: &Core, name: Option<&str>, cmd: u64, req: &mut T) -> KResult<()> {
+    let mut b = req.as_bytes().to_vec();
+    let dev = match name {
+        Some(n) => DeviceRef::Vm(n.as_bytes()),
+        None => DeviceRef::Ctl,
+    };
+    let r = v.dispatch(dev, cmd, &mut b);
+    if let Some(back) = T::from_bytes(&b) {
+        *req = back;
+    }
+    r
+}
+
+pub fn create(v: &Core, name: &str) -> KResult<()> {
+    let mut req = VmmctlVmCreate::new(name.as_bytes()).ok_or(vmm_core::Errno::EINVAL)?;
+    request(v, None, ioctl::VMMCTL_VM_CREATE, &mut req)
+}
+
+pub fn destroy(v: &Core, name: &str) -> KResult<()> {
+    let mut req = VmmctlVmCreate::new(name.as_bytes()).ok_or(vmm_core::Errno::EINVAL)?;
+    request(v, None, ioctl::VMMCTL_VM_DESTROY, &mut req)
+}
+
+/// VM `name` with `mib` MiB of RAM at [`RAM`] and vCPU 0 active, PC at RAM.
+pub fn setup(v: &Core, name: &str, mib: u64) -> KResult<()> {
+    create(v, name)?;
+    let mut seg = VmMemseg {
+        segid: 0,
+        len: mib << 20,
+        ..Default::default()
+    };
+    request(v, Some(name), ioctl::VM_ALLOC_MEMSEG, &mut seg)?;
+    let mut map = VmMemmap {
+        gpa: RAM,
+        segid: 0,
+        segoff: 0,
+        len: mib << 20,
+        prot: 7,
+        flags: 0,
+        ..Default::default()
+    };
+    request(v, Some(name), ioctl::VM_MMAP_MEMSEG, &mut map)?;
+    let mut act = VmActivateCpu { vcpuid: 0 };
+    request(v, Some(name), ioctl::VM_ACTIVATE_CPU, &mut act)?;
+    let mut pc = VmRegister {
+        cpuid: 0,
+        regnum: vmm_sys::reg::VM_REG_GUEST_PC as i32,
+        regval: RAM,
+    };
+    request(v, Some(name), ioctl::VM_SET_REGISTER, &mut pc)
+}
+
+/// One VM_RUN of vCPU `cpu`, its exit written to a user buffer of the fake process.
+pub fn run(v: &Core, name: &str, cpu: i32) -> KResult<()> {
+    let exit = v.host().user_alloc(256);
+    let set = v.host().user_alloc(16);
+    let mut req = VmRun {
+        cpuid: cpu,
+        cpuset: set,
+        cpusetsize: 16,
+        vm_exit: exit,
+        ..Default::default()
+    };
+    let r = request(v, Some(name), ioctl::VM_RUN, &mut req);
+    v.host().user_free(exit);
+    v.host().user_free(set);
+    r
+}
