@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vmm_testbed_harness::repo_root;
 use vmm_testbed_harness::cmd::{cargo, run};
+use vmm_testbed_harness::repo_root;
 
 /// The flags cargo-fuzz passes for libFuzzer's coverage feedback (stable rustc flags).
 const SANCOV: &str = "-Cpasses=sancov-module \
@@ -63,7 +63,12 @@ fn build() -> Result<PathBuf, String> {
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v

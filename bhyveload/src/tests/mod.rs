@@ -91,7 +91,7 @@ pub fn elf(entry: u64, segs: &[Seg]) -> Vec<u8> {
 }
 
 /// A devicetree as a map from node path to its properties, read back through
-/// userdtb::parse (fdt-rs underneath).
+/// userdtb::parse.
 pub fn dump(dtb: &[u8]) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
     let tree = crate::userdtb::parse(dtb).expect("devicetree parses");
     let mut out = BTreeMap::new();

@@ -176,3 +176,50 @@ fn bad_trees_are_refused() {
     b[nameoff..nameoff + 4].copy_from_slice(&0xffffu32.to_be_bytes());
     assert!(matches!(parse(&b), Err(DtbError::Malformed(_))));
 }
+
+/// Structure blocks cut inside a token, or whose lengths point past the block, are
+/// refused as malformed, never a panic (the fuzz target found that fdt-rs asserted on
+/// such a file).
+#[test]
+fn truncated_or_overlong_structure_is_refused() {
+    let b = user_tree(true);
+    let off_struct = header_u32(&b, 8) as usize;
+    let size_struct = header_u32(&b, 36) as usize;
+    // Every shorter structure-block size: the walk ends inside a token or before FDT_END.
+    for cut in 4..size_struct {
+        let mut t = b.clone();
+        t[36..40].copy_from_slice(&(cut as u32).to_be_bytes());
+        assert!(
+            matches!(parse(&t), Err(DtbError::Malformed(_))),
+            "size_struct {cut} of {size_struct}"
+        );
+    }
+    // A property whose length runs past the block (the first FDT_PROP after the root).
+    let mut t = b.clone();
+    let prop = (off_struct..off_struct + size_struct)
+        .step_by(4)
+        .find(|&o| header_u32(&b, o) == 3)
+        .unwrap();
+    t[prop + 4..prop + 8].copy_from_slice(&0x7fff_fff0u32.to_be_bytes());
+    assert!(matches!(parse(&t), Err(DtbError::Malformed(_))));
+    // An unknown token.
+    let mut t = b.clone();
+    t[prop..prop + 4].copy_from_slice(&7u32.to_be_bytes());
+    assert!(matches!(parse(&t), Err(DtbError::Malformed(_))));
+}
+
+/// A 31-byte node name (the specification's longest; fdt-rs refused anything above 30).
+#[test]
+fn long_node_names_parse() {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    let n = w.begin_node("node-name-of-31-bytes@123456789").unwrap();
+    w.property_u32("x", 1).unwrap();
+    w.end_node(n).unwrap();
+    w.end_node(root).unwrap();
+    let b = w.finish().unwrap();
+    let t = parse(&b).unwrap();
+    assert!(t
+        .tokens
+        .contains(&Token::Begin("node-name-of-31-bytes@123456789".into())));
+}
