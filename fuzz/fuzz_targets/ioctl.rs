@@ -9,21 +9,36 @@ use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use vmm_core::fake::Scripted;
 use vmm_core::DeviceRef;
-use vmm_fuzz::{core, create, destroy, RAM};
+use vmm_fuzz::{core, create, destroy, destroy_all, RAM};
 use vmm_sys::ioctl::{self, iocparm_len};
 
 const NAMES: [&str; 3] = ["fa", "fb", "fc"];
 /// The user buffer pointer members may name.
 const UBUF_LEN: usize = 4096;
 
+/// `IOCTL_TRACE=1` prints every request (to read a crash input).
+fn trace() -> bool {
+    static T: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *T.get_or_init(|| std::env::var_os("IOCTL_TRACE").is_some())
+}
+
 fn one(u: &mut Unstructured<'_>, v: &vmm_fuzz::Core, ubuf: u64) -> Result<()> {
     let name = *u.choose(&NAMES)?;
     match u.int_in_range(0u8..=9)? {
         0 => {
-            let _ = create(v, name);
+            let r = create(v, name);
+            if trace() {
+                eprintln!("create {name} -> {r:?} (pages {})", v.host().pages_in_use());
+            }
         }
         1 => {
-            let _ = destroy(v, name);
+            let r = destroy(v, name);
+            if trace() {
+                eprintln!(
+                    "destroy {name} -> {r:?} (pages {})",
+                    v.host().pages_in_use()
+                );
+            }
         }
         _ => {
             let ctl = u.ratio(1u8, 8)?;
@@ -58,7 +73,16 @@ fn one(u: &mut Unstructured<'_>, v: &vmm_fuzz::Core, ubuf: u64) -> Result<()> {
             } else {
                 DeviceRef::Vm(name.as_bytes())
             };
-            let _ = v.dispatch(dev, cmd, &mut arg);
+            let arg_in = arg.clone();
+            let r = v.dispatch(dev, cmd, &mut arg);
+            if trace() {
+                eprintln!(
+                    "{} nr {} {arg_in:02x?} -> {r:?} (pages {})",
+                    if ctl { "ctl" } else { name },
+                    ioctl::ioc_num(cmd),
+                    v.host().pages_in_use()
+                );
+            }
         }
     }
     Ok(())
@@ -77,9 +101,7 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
     }
-    for n in NAMES {
-        let _ = destroy(&v, n);
-    }
+    destroy_all(&v);
     assert_eq!(
         v.host().pages_in_use(),
         base,

@@ -89,3 +89,25 @@ pub fn run(v: &Core, name: &str, cpu: i32) -> KResult<()> {
     v.host().user_free(set);
     r
 }
+
+/// Destroys every VM the core has, found with VMMCTL_VM_LIST as `bhyvectl --list` finds
+/// them (a fuzzed VMMCTL_VM_CREATE may have made VMs of any name).
+pub fn destroy_all(v: &Core) {
+    let buf = v.host().user_alloc(64 << 10);
+    let mut req = VmmctlVmList {
+        buf,
+        buflen: 64 << 10,
+        ..Default::default()
+    };
+    let listed = request(v, None, ioctl::VMMCTL_VM_LIST, &mut req);
+    let names = v.host().user_read(buf, req.needed.min(64 << 10) as usize);
+    v.host().user_free(buf);
+    assert!(listed.is_ok(), "VMMCTL_VM_LIST failed: {listed:?}");
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = std::str::from_utf8(name).expect("a listed name is UTF-8");
+        assert!(
+            destroy(v, name).is_ok(),
+            "cannot destroy listed VM {name:?}"
+        );
+    }
+}
