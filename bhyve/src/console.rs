@@ -33,6 +33,38 @@ pub fn warn(msg: &str) {
     let _ = write!(io::stderr().lock(), "bhyve: {msg}{end}");
 }
 
+/// Warnings a guest can cause at will (exits nobody handles, unknown registers): each
+/// kind is printed at most once a second; the rest are counted, and the count is
+/// printed when the VM stops. A guest looping on one cannot fill stderr.
+#[derive(Default)]
+pub struct GuestNoise {
+    last: std::sync::Mutex<std::collections::HashMap<&'static str, std::time::Instant>>,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl GuestNoise {
+    /// Prints `msg()` unless a warning of `kind` was printed less than a second ago.
+    pub fn warn(&self, kind: &'static str, msg: impl FnOnce() -> String) {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get(kind) {
+            Some(t) if now.duration_since(*t) < std::time::Duration::from_secs(1) => {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                last.insert(kind, now);
+                drop(last);
+                warn(&msg());
+            }
+        }
+    }
+
+    /// Warnings not printed so far.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed.load(Ordering::Relaxed)
+    }
+}
+
 /// Puts stdin's terminal in raw mode, if stdin is a terminal. Returns whether it did.
 pub fn enter_raw_mode() -> nix::Result<bool> {
     let stdin = io::stdin();
@@ -296,5 +328,23 @@ mod tests {
         out.flush().unwrap();
         assert_eq!(*buf.lock().unwrap(), b"abc");
         assert_eq!(Output::Discard.write(b"xyz").unwrap(), 3);
+    }
+
+    #[test]
+    fn guest_noise_prints_one_of_a_kind_a_second() {
+        let n = GuestNoise::default();
+        let mut made = 0;
+        for _ in 0..100 {
+            n.warn("exception", || {
+                made += 1;
+                "one".into()
+            });
+        }
+        n.warn("system register", || {
+            made += 1;
+            "two".into()
+        });
+        assert_eq!(made, 2, "each kind's message made once");
+        assert_eq!(n.suppressed(), 99);
     }
 }

@@ -13,7 +13,6 @@
 //! counts a vCPU as suspended when it leaves VM_RUN with SUSPENDED, and VM_REINIT (the
 //! next bhyveload, as in a reboot loop) is refused until every active vCPU is counted.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use vmm_sys::arm64::regs::pstate;
 use vmm_sys::exit::SuspendHow;
 use vmm_sys::reg::Reg;
 
-use crate::console::warn;
+use crate::console::{warn, GuestNoise};
 use crate::mmio::{Access, Bus, IrqError};
 use crate::psci::{self, Action};
 
@@ -149,8 +148,8 @@ struct Shared {
     bus: Arc<Bus>,
     state: Mutex<State>,
     changed: Condvar,
-    /// REG_EMUL syndromes already reported, so each unknown register is logged once.
-    logged_regs: Mutex<HashSet<u32>>,
+    /// Warnings the guest causes, rate-limited.
+    noise: GuestNoise,
 }
 
 /// How long the coordinator waits for vCPU threads to return after suspending the VM.
@@ -217,7 +216,7 @@ pub fn run(vm: Vm, ncpus: u32, bus: Arc<Bus>) -> Stop {
             live: 0,
         }),
         changed: Condvar::new(),
-        logged_regs: Mutex::new(HashSet::new()),
+        noise: GuestNoise::default(),
     });
     {
         let mut st = shared.lock();
@@ -236,6 +235,12 @@ pub fn run(vm: Vm, ncpus: u32, bus: Arc<Bus>) -> Stop {
     }
     let why = st.stop.clone().unwrap_or(Stop::Halt);
     drop(st);
+    let quiet = shared.noise.suppressed();
+    if quiet > 0 {
+        warn(&format!(
+            "{quiet} more warning(s) caused by the guest were not shown (at most one of a kind a second)"
+        ));
+    }
 
     // Make every running vCPU return from VM_RUN. A VM already suspended (by the guest's
     // own SYSTEM_OFF exit, or being destroyed) refuses a second suspend: that is fine.
@@ -447,22 +452,17 @@ fn handle_exit(s: &Arc<Shared>, vcpu: &Vcpu, exit: &Exit) -> Result<Next, VcpuEr
             write,
             ..
         } => {
-            let first = s
-                .logged_regs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(inst_syndrome & esr::sys64::REG_MASK);
-            if first {
+            s.noise.warn("system register", || {
                 let a = esr::decode_sys64(inst_syndrome);
-                warn(&format!(
+                format!(
                     "vcpu {}: {} of unknown system register {} at pc 0x{:x}: \
                      injecting UNDEFINED",
                     vcpu.id(),
                     if write { "write" } else { "read" },
                     a.reg,
                     exit.pc
-                ));
-            }
+                )
+            });
             undefined(vcpu, exit.pc, 0)?;
             Ok(Next::Run)
         }
@@ -472,19 +472,29 @@ fn handle_exit(s: &Arc<Shared>, vcpu: &Vcpu, exit: &Exit) -> Result<Next, VcpuEr
             far,
             ..
         } => {
-            warn(&format!(
-                "vcpu {}: unhandled exception {exception_nr} (ESR 0x{esr:x}, FAR 0x{far:x}) \
-                 at pc 0x{:x}: injecting UNDEFINED",
-                vcpu.id(),
+            s.noise.warn("exception", || {
+                format!(
+                    "vcpu {}: unhandled exception {exception_nr} (ESR 0x{esr:x}, FAR 0x{far:x}) \
+                     at pc 0x{:x}: injecting UNDEFINED",
+                    vcpu.id(),
+                    exit.pc
+                )
+            });
+            // A trapped HVC reports the PC past it; every other exception the PC of the
+            // instruction itself, where the UNDEF must be taken.
+            let at = if (esr >> 26) & 0x3f == u64::from(esr::ec::HVC64) {
+                exit.pc.wrapping_sub(4)
+            } else {
                 exit.pc
-            ));
-            undefined(vcpu, exit.pc, far)?;
+            };
+            undefined(vcpu, at, far)?;
             Ok(Next::Run)
         }
         ExitReason::Hvc => {
             // FreeBSD's vmm turns every HVC into an SMCCC exit; a bare HVC exit is a
-            // hypercall nobody implements, which the guest sees as UNDEFINED.
-            undefined(vcpu, exit.pc, 0)?;
+            // hypercall nobody implements, which the guest sees as UNDEFINED at the HVC
+            // (the exit's PC is past it).
+            undefined(vcpu, exit.pc.wrapping_sub(4), 0)?;
             Ok(Next::Run)
         }
         ExitReason::Smccc { func_id, args } => smccc(s, vcpu, func_id, &args),

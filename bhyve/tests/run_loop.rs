@@ -768,3 +768,35 @@ fn cpu_on_outside_ram_is_invalid_address() {
     assert_eq!(r.x0_writes(0), [invalid, invalid, 0]);
     assert!(!r.fake.is_active("badentry", 1));
 }
+
+/// `hvc #1` (a hypercall nobody implements) gets an UNDEF at the HVC itself: the exit
+/// reports the PC past it. A guest looping on such exits gets one warning a second,
+/// not one per exit.
+#[test]
+fn unhandled_hvc_is_undefined_at_the_hvc_and_warned_once() {
+    let r = rig("hvc1", 1, ConsoleDevice::Pl011);
+    let hvc1 = || {
+        Scripted::sync(vmm_sys::arm64::esr::esr(
+            vmm_sys::arm64::esr::ec::HVC64,
+            true,
+            1,
+        ))
+        .with(|c| c.pc = 0x8000_5004)
+    };
+    let mut script: Vec<Scripted> = (0..50).map(|_| hvc1()).collect();
+    script.push(call(psci::SYSTEM_OFF, &[]));
+    r.fake.script_all("hvc1", 0, script);
+    assert_eq!(r.run(1), Stop::Poweroff);
+    assert_eq!(r.fake.exceptions("hvc1", 0).len(), 50);
+    let pcs: Vec<u64> = r
+        .fake
+        .take_reg_writes("hvc1", 0)
+        .into_iter()
+        .filter(|(reg, _)| *reg == Reg::Pc)
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        pcs.iter().all(|&pc| pc == 0x8000_5000),
+        "UNDEF taken at the HVC: {pcs:x?}"
+    );
+}

@@ -15,7 +15,7 @@ use crate::stats::{Stat, Stats};
 use crate::sysemul::{self, SysRegAnswer};
 use crate::vcpu::{from_el0, Vcpu};
 use crate::vgic::Kicks;
-use crate::vm::{bit, VcpuShared, VcpuSlot, Vm, NOT_RUNNING};
+use crate::vm::{bit, GuestNoise, VcpuShared, VcpuSlot, Vm, NOT_RUNNING};
 use crate::vmm::Vmm;
 use crate::vtimer;
 use core::sync::atomic::Ordering;
@@ -32,7 +32,7 @@ use vmm_sys::reg::VM_REG_LAST;
 const INSN_SIZE: u64 = 4;
 /// Consecutive stage-2 faults on the same guest RAM page after which VM_RUN gives up
 /// with EFAULT instead of spinning (a mapping that cannot be made to stick).
-const MAX_RAM_FAULT_REPEAT: u32 = 64;
+pub(crate) const MAX_RAM_FAULT_REPEAT: u32 = 64;
 
 /// What one handled exit leads to.
 enum Next {
@@ -460,9 +460,14 @@ impl<H: Host> Vmm<H> {
                 if ram_fault.0 == page {
                     ram_fault.1 = ram_fault.1.saturating_add(1);
                     if ram_fault.1 > MAX_RAM_FAULT_REPEAT {
-                        self.host.log(format_args!(
-                            "vmm: guest faults repeatedly on its RAM at IPA {page:#x}"
-                        ));
+                        let (now, freq) = (self.host.counter(), self.host.counter_freq());
+                        if vm.noise.allow(GuestNoise::RamFaultLoop, now, freq) {
+                            self.host.log(format_args!(
+                                "vmm: guest faults repeatedly on its RAM at IPA {page:#x}"
+                            ));
+                        } else {
+                            stats.inc(Stat::LogSuppressed);
+                        }
                         return Err(Errno::EFAULT);
                     }
                 } else {

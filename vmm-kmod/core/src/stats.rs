@@ -22,9 +22,10 @@ pub enum Stat {
     VmRun,
     VgicMmio,
     TimerKernel,
+    LogSuppressed,
 }
 
-pub const NSTATS: usize = 16;
+pub const NSTATS: usize = 17;
 
 /// Descriptions, as `bhyvectl --get-stats` prints them.
 pub const DESC: [&str; NSTATS] = [
@@ -44,6 +45,7 @@ pub const DESC: [&str; NSTATS] = [
     "VM_RUN calls",
     "interrupt controller (vGIC) mmio accesses emulated in kernel",
     "physical timer (CNTP_*) accesses emulated in kernel",
+    "guest-triggered kernel messages not logged (at most one per kind a second)",
 ];
 
 /// The counters of one vCPU. Atomic so VM_STATS reads them while the vCPU runs (as

@@ -17,7 +17,7 @@ use crate::sync::Mutex;
 use crate::vcpu::{HostVcpu, Vcpu, VcpuInit};
 use crate::vgic::{Kicks, Vgic};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use vmm_sys::abi::VmCpuTopology;
 use vmm_sys::VM_MAXCPU;
 
@@ -90,6 +90,44 @@ pub struct Vm<H: Host> {
     pub debug: AtomicU32,
     /// Guest memory must be made coherent (caches cleaned) before the next entry.
     pub needs_cache_sync: AtomicBool,
+    /// When each kind of guest-triggered kernel message was last logged.
+    pub noise: NoiseLimit,
+}
+
+/// Kernel messages a guest can trigger at will ([`GuestNoise`]): each kind is logged
+/// at most once a second per VM; the rest count in the vCPU's `LogSuppressed` stat, so
+/// a guest looping on one cannot fill the kernel log.
+#[derive(Debug, Default)]
+pub struct NoiseLimit {
+    /// Host counter value of the last message of each kind, 0 for never.
+    last: [AtomicU64; GuestNoise::COUNT],
+}
+
+/// The kinds of guest-triggered kernel messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestNoise {
+    /// A guest that faults on the same page of its RAM without end.
+    RamFaultLoop = 0,
+}
+
+impl GuestNoise {
+    const COUNT: usize = 1;
+}
+
+impl NoiseLimit {
+    /// Whether a message of `kind` may be logged now (`now`, `freq`: the host counter
+    /// and its frequency); if so, it counts as logged.
+    pub fn allow(&self, kind: GuestNoise, now: u64, freq: u64) -> bool {
+        let Some(last) = self.last.get(kind as usize) else {
+            return false;
+        };
+        let prev = last.load(Ordering::Relaxed);
+        if prev != 0 && now.saturating_sub(prev) < freq {
+            return false;
+        }
+        last.compare_exchange(prev, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
 }
 
 pub fn bit(id: u32) -> u32 {
@@ -141,6 +179,7 @@ impl<H: Host> Vm<H> {
             suspended: AtomicU32::new(0),
             debug: AtomicU32::new(0),
             needs_cache_sync: AtomicBool::new(true),
+            noise: NoiseLimit::default(),
         })
     }
 

@@ -840,3 +840,35 @@ fn stats_are_readable_while_the_vcpu_runs() {
         .unwrap();
     assert_eq!(stat(&v, "g", Stat::Exits), 0);
 }
+
+/// A guest that faults on the same page of its RAM without end ends its VM_RUN with
+/// EFAULT each time; the kernel logs that once a second at most and counts the rest.
+#[test]
+fn a_guest_fault_loop_is_logged_once_a_second() {
+    let v = guest();
+    let lines = |v: &Vmm<FakeHost>| {
+        v.host()
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("faults repeatedly"))
+            .count()
+    };
+    for round in 0..3 {
+        for _ in 0..=super::super::run::MAX_RAM_FAULT_REPEAT + 1 {
+            v.host().push(Scripted::abort(
+                mk(ec::DABT_LOW, true, dabt::ISV | 0x07),
+                RAM + 0x2345,
+            ));
+        }
+        assert_eq!(
+            run(&v, "g", 0).map(|_| ()),
+            Err(Errno::EFAULT),
+            "round {round}"
+        );
+        v.host().script.lock().unwrap().clear();
+    }
+    assert_eq!(lines(&v), 1, "one line for three loops within a second");
+    assert_eq!(stat(&v, "g", Stat::LogSuppressed), 2);
+}
