@@ -1,8 +1,8 @@
 //! The /dev/vmm dispatcher over the core's fake host: sequences of requests (command,
 //! argument bytes, pointer members naming a user buffer whose contents come from the
 //! input too) across three VM names and both devices. Invariants: nothing panics; after
-//! every VM is destroyed the fake host has every page back, and after the core unloads,
-//! every allocation.
+//! every VM is destroyed the fake host has every page back and no guest memory is counted
+//! against the limit, and after the core unloads, every allocation.
 #![no_main]
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
@@ -102,6 +102,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     destroy_all(&v);
+    assert_eq!(
+        v.guest_mem().0,
+        0,
+        "guest memory still counted with no VM left"
+    );
     assert_eq!(
         v.host().pages_in_use(),
         base,

@@ -12,9 +12,13 @@ pub type Core = Vmm<FakeHost>;
 /// Guest RAM's base (the platform's).
 pub const RAM: u64 = vmm_platform::RAM_BASE_DEFAULT;
 
-/// A loaded core over a fake host with 32 MiB of physical memory and two CPUs.
+/// A loaded core over a fake host with 32 MiB of physical memory and two CPUs, with a
+/// 16 MiB limit on guest memory (so that both the limit and the host's own shortage are
+/// reached).
 pub fn core() -> Core {
-    match Vmm::new(FakeHost::new(32, 2), params()) {
+    let mut p = params();
+    p.max_guest_mem = 16 << 20;
+    match Vmm::new(FakeHost::new(32, 2), p) {
         Ok(v) => v,
         Err((_, e)) => panic!("the core does not load on the fake host: {e:?}"),
     }

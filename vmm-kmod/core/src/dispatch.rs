@@ -160,7 +160,21 @@ impl<H: Host> Vmm<H> {
                     return Err(Errno::EINVAL);
                 }
                 let len = req.len;
-                vm.mem.lock().alloc_segment(host, req.segid, len, req.name)
+                // Counted against the limit once valid, before anything is allocated.
+                let reserved = core::cell::Cell::new(false);
+                let reserve = |n: u64| {
+                    self.reserve_guest_mem(n)?;
+                    reserved.set(true);
+                    Ok(())
+                };
+                let r = vm
+                    .mem
+                    .lock()
+                    .alloc_segment(host, req.segid, len, req.name, &reserve);
+                if r.is_err() && reserved.get() {
+                    self.release_guest_mem(len);
+                }
+                r
             }
             ioctl::VM_GET_MEMSEG => {
                 let mut req: VmMemseg = get(arg)?;

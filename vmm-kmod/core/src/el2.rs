@@ -48,6 +48,11 @@ pub enum El2Regime {
 pub struct InitParams {
     pub regime: El2Regime,
     pub id_regs: IdRegs,
+    /// The most guest memory (bytes, over all VMs) the core allocates: a segment that
+    /// would go past it is refused with `ENOMEM` before anything is allocated. The
+    /// host sets it from its own memory size (FreeBSD: physical memory less a reserve,
+    /// `hw.vmm.maxmem`); [`crate::Vmm::set_max_guest_mem`] changes it.
+    pub max_guest_mem: u64,
 }
 
 /// EL2 stack per CPU: 4 pages, as FreeBSD's `VMM_STACK_PAGES`.

@@ -1023,5 +1023,7 @@ pub fn params() -> crate::InitParams {
             mmfr2: 0x0000_0000_0100_0000, // NV = 1
             mpamidr: 0,
         },
+        // No limit of its own: the fake's memory is the limit (tests set one).
+        max_guest_mem: u64::MAX,
     }
 }

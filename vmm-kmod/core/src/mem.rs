@@ -195,6 +195,7 @@ impl VmMem {
         segid: i32,
         len: u64,
         name: [u8; VM_MAX_SUFFIXLEN + 1],
+        reserve: &dyn Fn(u64) -> KResult<()>,
     ) -> KResult<()> {
         let i = seg_index(segid)?;
         if len == 0 || !len.is_multiple_of(PAGE) || len > self.s2.geometry().ipa_limit() {
@@ -209,6 +210,8 @@ impl VmMem {
                 Errno::EINVAL
             });
         }
+        // The request is valid: count it against the host's limit, then allocate.
+        reserve(len)?;
         *slot = Some(Segment::alloc(host, len, name)?);
         Ok(())
     }
@@ -341,6 +344,14 @@ impl VmMem {
     }
 
     /// Frees everything: unmaps, returns the segments and the tables to the host.
+    /// Bytes of every allocated segment.
+    pub fn segments_len(&self) -> u64 {
+        self.segs
+            .iter()
+            .flatten()
+            .fold(0u64, |n, s| n.saturating_add(s.len))
+    }
+
     pub fn destroy<H: Host>(mut self, host: &H) {
         self.s2.tlbi_all(host);
         for s in self.segs.iter_mut().flatten() {

@@ -45,6 +45,10 @@ pub struct Vmm<H: Host> {
     /// Per host CPU: the host's virtual-timer PPI is held there (`Host::hold_vtimer_irq`),
     /// so the run loop calls the host only when the state changes.
     pub(crate) vtimer_held: Vec<AtomicBool>,
+    /// Bytes of guest memory segments allocated, over all VMs.
+    guest_mem: AtomicU64,
+    /// The limit on `guest_mem` (`InitParams::max_guest_mem`).
+    max_guest_mem: AtomicU64,
 }
 
 impl<H: Host> Vmm<H> {
@@ -70,6 +74,7 @@ impl<H: Host> Vmm<H> {
         } else {
             failed = failed.saturating_add(1);
         }
+        let max_guest_mem = params.max_guest_mem;
         let vmm = Vmm {
             host,
             cfg,
@@ -84,6 +89,8 @@ impl<H: Host> Vmm<H> {
             up: AtomicBool::new(true),
             ich_vtr,
             vtimer_held,
+            guest_mem: AtomicU64::new(0),
+            max_guest_mem: AtomicU64::new(max_guest_mem),
         };
         if failed != 0 || inited != ncpu {
             vmm.host
@@ -222,11 +229,46 @@ impl<H: Host> Vmm<H> {
             }
         };
         let vmid = vm.vmid;
+        let mem_len = vm.mem.lock().segments_len();
         vm.destroy(&self.host);
+        self.release_guest_mem(mem_len);
         let mut reg = self.reg.lock();
         reg.vmids.free(vmid);
         reg.dying = reg.dying.saturating_sub(1);
         Ok(())
+    }
+
+    /// Sets the limit on guest memory over all VMs (bytes). Memory already allocated
+    /// stays; new segments must fit under the new limit.
+    pub fn set_max_guest_mem(&self, bytes: u64) {
+        self.max_guest_mem.store(bytes, Ordering::SeqCst);
+    }
+
+    /// (bytes of guest memory allocated, the limit).
+    pub fn guest_mem(&self) -> (u64, u64) {
+        (
+            self.guest_mem.load(Ordering::SeqCst),
+            self.max_guest_mem.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Counts `len` more bytes of guest memory, or `ENOMEM` if that would pass the limit.
+    pub(crate) fn reserve_guest_mem(&self, len: u64) -> KResult<()> {
+        let max = self.max_guest_mem.load(Ordering::SeqCst);
+        self.guest_mem
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(len).filter(|&n| n <= max)
+            })
+            .map(|_| ())
+            .map_err(|_| Errno::ENOMEM)
+    }
+
+    pub(crate) fn release_guest_mem(&self, len: u64) {
+        let _ = self
+            .guest_mem
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                Some(used.saturating_sub(len))
+            });
     }
 
     /// The VM called `name`.

@@ -30,7 +30,7 @@ use super::module::{MOD_LOAD, MOD_QUIESCE, MOD_SHUTDOWN, MOD_UNLOAD};
 use super::sysctl::{self, SysctlCtxList, SysctlOid, SysctlReq};
 use super::types::{Intmax, VmOoffset, VmSize};
 use super::vm::VmObject;
-use super::{malloc, priv_, smp, vm as kvm};
+use super::{kern, malloc, priv_, smp, vm as kvm};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
@@ -546,6 +546,7 @@ fn load_core_vhe(cpuid_offset: usize) -> KResult<()> {
     let params = InitParams {
         regime: El2Regime::Vhe,
         id_regs: IdRegs::read(),
+        max_guest_mem: default_max_guest_mem(),
     };
     let vmm = match Vmm::new(host, params) {
         Ok(v) => v,
@@ -594,6 +595,7 @@ fn load_core(blob: &'static [u8], cpuid_offset: usize) -> KResult<()> {
             el2_ttbr0: host.el2_ttbr0(),
         },
         id_regs: IdRegs::read(),
+        max_guest_mem: default_max_guest_mem(),
     };
     let vmm = match Vmm::new(host, params) {
         Ok(v) => v,
@@ -638,6 +640,13 @@ fn publish(vmm: Vmm<FreeBsdHost>, blob: Option<PhysMem>) -> KResult<()> {
         gr.vmm.host().cpu_count()
     ));
     Ok(())
+}
+
+/// `hw.vmm.maxmem`'s value at load, from the kernel's `physmem`.
+fn default_max_guest_mem() -> u64 {
+    // SAFETY: `physmem` is set once at boot, long before a module loads.
+    let pages = unsafe { kern::physmem };
+    kern::default_max_guest_mem(u64::try_from(pages).unwrap_or(0))
 }
 
 fn add_entry_points(g: &Glue) -> KResult<()> {
@@ -695,10 +704,52 @@ fn add_entry_points(g: &Glue) -> KResult<()> {
                 return Err(Errno::ENOMEM);
             }
         }
+        let maxmem = sysctl::sysctl_add_oid(
+            ctx,
+            sysctl::children(node),
+            sysctl::OID_AUTO,
+            c"maxmem".as_ptr(),
+            (sysctl::CTLTYPE_U64 | sysctl::CTLFLAG_RW | sysctl::CTLFLAG_MPSAFE) as c_int,
+            core::ptr::null_mut(),
+            0,
+            Some(sysctl_maxmem),
+            c"QU".as_ptr(),
+            c"Most guest memory over all VMs, in bytes".as_ptr(),
+            core::ptr::null(),
+        );
+        if maxmem.is_null() {
+            return Err(Errno::ENOMEM);
+        }
     }
     let ctl = make_dev(&CTL_SW, c"%s", b"vmmctl", core::ptr::null_mut())?;
     g.ctl.store(ctl, Ordering::Release);
     Ok(())
+}
+
+/// `hw.vmm.maxmem`: reads the limit on guest memory; a privileged write changes it.
+unsafe extern "C" fn sysctl_maxmem(
+    oidp: *mut SysctlOid,
+    _arg1: *mut c_void,
+    _arg2: Intmax,
+    req: *mut SysctlReq,
+) -> c_int {
+    let Some(g) = glue() else {
+        return Errno::ENXIO.0;
+    };
+    let mut v: u64 = g.vmm.guest_mem().1;
+    // SAFETY: `v` is ours for the call; the kernel's request is forwarded.
+    let e = unsafe { sysctl::sysctl_handle_64(oidp, (&mut v as *mut u64).cast(), 0, req) };
+    // SAFETY: `req` is the kernel's request for this call.
+    if e != 0 || unsafe { (*req).newptr.is_null() } {
+        return e;
+    }
+    // SAFETY: as above; `td` is the requesting thread.
+    let p = unsafe { priv_::priv_check((*req).td, priv_::PRIV_DRIVER) };
+    if p != 0 {
+        return p;
+    }
+    g.vmm.set_max_guest_mem(v);
+    0
 }
 
 fn unload() -> KResult<()> {

@@ -62,10 +62,20 @@ extern "C" {
     pub fn wakeup(chan: *const c_void);
     /// `void wakeup_one(const void *chan)`: wakes the highest-priority sleeper.
     pub fn wakeup_one(chan: *const c_void);
+    /// `long physmem` (sys/sys/systm.h): physical memory, in pages.
+    pub static physmem: core::ffi::c_long;
     /// `int should_yield(void)` (kern_synch.c): the thread has run a full slice.
     pub fn should_yield() -> c_int;
     /// `void maybe_yield(void)` (kern_synch.c): yields the CPU if `should_yield()`.
     pub fn maybe_yield();
+}
+
+/// The default of `hw.vmm.maxmem` for `pages` pages of physical memory: all of it less
+/// a reserve of an eighth, at least 512 MiB (in the spirit of `vm.max_user_wired`: a
+/// guest's memory is wired, and the host must keep enough to run).
+pub fn default_max_guest_mem(pages: u64) -> u64 {
+    let bytes = pages.saturating_mul(4096);
+    bytes.saturating_sub((bytes / 8).max(512 << 20))
 }
 
 #[cfg(test)]

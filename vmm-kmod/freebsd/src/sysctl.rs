@@ -1,5 +1,5 @@
 //! Dynamic sysctl nodes (FreeBSD 15.0 `sys/sys/sysctl.h`), for the legacy
-//! `hw.vmm.create` and `hw.vmm.destroy` string sysctls.
+//! `hw.vmm.create` and `hw.vmm.destroy` string sysctls and `hw.vmm.maxmem`.
 //!
 //! FreeBSD's own vmm declares them statically (`SYSCTL_NODE(_hw, OID_AUTO, vmm, ...)` and
 //! two `SYSCTL_PROC`s in the `set_sysctl_set` linker set). We add them at `MOD_LOAD`
@@ -19,6 +19,8 @@ use core::ffi::{c_char, c_int, c_uint, c_void};
 /// `CTLTYPE_NODE` / `CTLTYPE_STRING` (`sys/sys/sysctl.h`).
 pub const CTLTYPE_NODE: c_uint = 1;
 pub const CTLTYPE_STRING: c_uint = 3;
+/// `CTLTYPE_U64`.
+pub const CTLTYPE_U64: c_uint = 9;
 /// `CTLFLAG_RD` / `CTLFLAG_WR` / `CTLFLAG_RW`.
 pub const CTLFLAG_RD: c_uint = 0x8000_0000;
 pub const CTLFLAG_WR: c_uint = 0x4000_0000;
@@ -114,6 +116,14 @@ extern "C" {
         descr: *const c_char,
         label: *const c_char,
     ) -> *mut SysctlOid;
+    /// `int sysctl_handle_64(SYSCTL_HANDLER_ARGS)`: copies the `uint64_t` at `arg1` out
+    /// and, on a write, the new value into it.
+    pub fn sysctl_handle_64(
+        oidp: *mut SysctlOid,
+        arg1: *mut c_void,
+        arg2: Intmax,
+        req: *mut SysctlReq,
+    ) -> c_int;
     /// `int sysctl_handle_string(SYSCTL_HANDLER_ARGS)`: copies the current string out
     /// and, on a write, the new one into `arg1` (at most `arg2` bytes, NUL-terminated).
     pub fn sysctl_handle_string(

@@ -43,6 +43,7 @@ pub fn prepare() -> Option<InitParams> {
         return Some(InitParams {
             regime: El2Regime::Vhe,
             id_regs: IdRegs::read(),
+            max_guest_mem: max_guest_mem(),
         });
     }
     let blob_pages = EL2_BLOB.len().div_ceil(PAGE as usize);
@@ -84,7 +85,16 @@ pub fn prepare() -> Option<InitParams> {
             el2_ttbr0: root,
         },
         id_regs: IdRegs::read(),
+        max_guest_mem: max_guest_mem(),
     })
+}
+
+/// The testbed's limit on guest memory: what its page allocator has free at load less
+/// an eighth (at least 16 MiB) for its own page tables, contexts and buffers, as
+/// FreeBSD's default keeps a reserve of physical memory.
+fn max_guest_mem() -> u64 {
+    let free = mm::free_pages() as u64 * PAGE;
+    free.saturating_sub((free / 8).max(16 << 20))
 }
 
 /// After `Vmm::shutdown`: frees the blob and the EL2 tables.

@@ -710,3 +710,37 @@ fn cpus_topology_caps_stats() {
         Err(Errno::EINVAL)
     );
 }
+
+/// Guest memory over all VMs is limited: a segment past the limit is refused with
+/// ENOMEM before any page is allocated, destroying a VM gives its memory back to the
+/// limit, and the limit can change at run time.
+#[test]
+fn guest_memory_is_limited_before_anything_is_allocated() {
+    let mut params = crate::fake::params();
+    params.max_guest_mem = 8 << 20;
+    let v = Vmm::new(FakeHost::new(64, 2), params).ok().unwrap();
+    create(&v, "a").unwrap();
+    create(&v, "b").unwrap();
+    alloc_seg(&v, "a", 0, 6 << 20).unwrap();
+    assert_eq!(v.guest_mem(), (6 << 20, 8 << 20));
+    let pages = v.host().pages_in_use();
+    assert_eq!(alloc_seg(&v, "b", 0, 4 << 20), Err(Errno::ENOMEM));
+    assert_eq!(
+        v.host().pages_in_use(),
+        pages,
+        "nothing allocated for the refusal"
+    );
+    assert_eq!(v.guest_mem().0, 6 << 20);
+    alloc_seg(&v, "b", 0, 2 << 20).unwrap();
+    // A failed allocation (the segment exists already) gives its reservation back.
+    assert_eq!(alloc_seg(&v, "b", 0, 2 << 20), Err(Errno::EEXIST));
+    assert_eq!(v.guest_mem().0, 8 << 20);
+    destroy(&v, "a").unwrap();
+    assert_eq!(v.guest_mem().0, 2 << 20, "a's memory back under the limit");
+    v.set_max_guest_mem(4 << 20);
+    assert_eq!(alloc_seg(&v, "b", 1, 4 << 20), Err(Errno::ENOMEM));
+    alloc_seg(&v, "b", 1, 2 << 20).unwrap();
+    destroy(&v, "b").unwrap();
+    assert_eq!(v.guest_mem(), (0, 4 << 20));
+    v.shutdown().unwrap();
+}

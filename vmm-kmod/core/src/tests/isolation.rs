@@ -327,6 +327,7 @@ fn a_vhe_host_needs_no_stub_and_runs_guests() {
     let params = crate::InitParams {
         regime: crate::El2Regime::Vhe,
         id_regs: modern_host(),
+        max_guest_mem: u64::MAX,
     };
     let v = Vmm::new(host, params).ok().unwrap();
     assert_eq!(v.host().pages_in_use(), 0, "no EL2 stacks");
