@@ -16,6 +16,8 @@
 //!   `--disk`, a Debian system with systemd from a virtio-blk disk (docs/e2e.md).
 //! * `fuzz list | run TARGET [--secs N] | ci [--secs N]`: the fuzz targets in fuzz/
 //!   (docs/fuzzing.md); `test` runs each for a few seconds.
+//! * `soak [--secs N] [--workers N]`: a racing soak of the served testbed through the
+//!   tools (kill -9 mid-run, REINIT, stats, destroy); `test` runs a short one.
 
 mod bench;
 mod bench_devices;
@@ -23,6 +25,7 @@ mod demo;
 mod fuzz;
 mod kernel;
 mod kmod;
+mod soak;
 mod testbed;
 
 use std::process::ExitCode;
@@ -113,9 +116,16 @@ fn test() -> Result<(), String> {
     kernel::check_x18()?;
     kmod::check_kmod()?;
     check_freebsd()?;
+    // A short racing soak of the served testbed (kill -9 mid-run, REINIT, stats).
+    if std::env::var_os("VMM_SKIP_QEMU").is_none() {
+        soak::soak(&["--secs".into(), SOAK_CI_SECS.to_string()])?;
+    }
     // Every fuzz target briefly, on its committed seeds and regressions.
     fuzz::ci(FUZZ_CI_SECS)
 }
+
+/// Seconds of soak in `cargo xtask test`.
+const SOAK_CI_SECS: u64 = 30;
 
 /// Seconds per fuzz target in `cargo xtask test`.
 const FUZZ_CI_SECS: u64 = 10;
@@ -139,9 +149,10 @@ fn main() -> ExitCode {
         Some("testbed") => testbed::testbed(&args[1..]),
         Some("demo") => demo::demo(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("soak") => soak::soak(&args[1..]),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench-el2 [--cpu cortex-a57|max] | bench-boot [--runs N] | bench-devices [--runs N] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk] | fuzz list|run TARGET [--secs N]|ci [--secs N]"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench-el2 [--cpu cortex-a57|max] | bench-boot [--runs N] | bench-devices [--runs N] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk] | fuzz list|run TARGET [--secs N]|ci [--secs N] | soak [--secs N] [--workers N]"
                 .into(),
         ),
     };
