@@ -1,8 +1,9 @@
 //! `cargo xtask soak [--secs N] [--workers N]`: a racing soak of the served testbed
 //! through the real tools. Each worker, until the time is up, at random: loads a VM
-//! with bhyveload (sometimes twice: VM_REINIT), runs it with bhyve while other workers
-//! read its statistics, kills bhyve with SIGKILL or SIGTERM at a random moment, and
-//! destroys the VM with bhyvectl. Every tool call has a time limit (a hang fails the
+//! with bhyveload (sometimes twice: VM_REINIT), runs it with bhyve while it reads its
+//! statistics, kills bhyve with SIGKILL or SIGTERM at a random moment, and destroys the
+//! VM with bhyvectl; one more thread raises and lowers interrupt lines of whichever
+//! VMs exist. Every tool call has a time limit (a hang fails the
 //! soak). At the end no VM is left (every worker destroyed its own, so a killed bhyve
 //! always left one `bhyvectl --destroy` removes) and the testbed has its free pages
 //! back.
@@ -45,6 +46,8 @@ struct Counts {
     destroys: AtomicU64,
     /// Exits to userspace seen in the statistics read during runs: the guests ran.
     user_exits: AtomicU64,
+    /// Interrupt lines raised and lowered on whatever VMs existed at the moment.
+    irqs: AtomicU64,
 }
 
 fn tool(socket: &Path, name: &str, args: &[&str]) -> Result<proc::Output, String> {
@@ -132,6 +135,34 @@ fn worker(
     Ok(())
 }
 
+/// Raises and lowers SPIs of whichever VMs exist (VM_ASSERT_IRQ/DEASSERT_IRQ racing
+/// their loads, runs and destroys) through libvmmapi over the testbed, until
+/// `deadline`. A VM destroyed under it is fine; any other error is not.
+fn irq_worker(socket: PathBuf, deadline: Instant, counts: Arc<Counts>) -> Result<(), String> {
+    use libvmmapi::testbed::Testbed;
+    use libvmmapi::{Backend, Vm};
+    let backend: Arc<dyn Backend> =
+        Arc::new(Testbed::connect(&socket).map_err(|e| format!("testbed: {e}"))?);
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    while Instant::now() < deadline {
+        let names = Vm::list_with(backend.as_ref()).map_err(|e| format!("VM list: {e}"))?;
+        for name in names {
+            let Ok(vm) = Vm::open_with(backend.clone(), &name) else {
+                continue; // destroyed since the list
+            };
+            let spi = 32 + rng.below(32) as u32;
+            // Refused when the VM is being destroyed or has no vGIC yet: both are races
+            // the soak means to have.
+            if vm.assert_irq(spi).is_ok() {
+                let _ = vm.deassert_irq(spi);
+                counts.irqs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(20)));
+    }
+    Ok(())
+}
+
 pub fn soak(args: &[String]) -> Result<(), String> {
     let mut secs = 60u64;
     let mut workers = 3u64;
@@ -157,12 +188,18 @@ pub fn soak(args: &[String]) -> Result<(), String> {
     let counts = Arc::new(Counts::default());
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
-    let handles: Vec<_> = (0..workers)
+    let mut handles: Vec<_> = (0..workers)
         .map(|id| {
             let (socket, guest, counts) = (socket.clone(), guest.clone(), counts.clone());
             std::thread::spawn(move || worker(socket, guest, id, deadline, counts))
         })
         .collect();
+    {
+        let (socket, counts) = (socket.clone(), counts.clone());
+        handles.push(std::thread::spawn(move || {
+            irq_worker(socket, deadline, counts)
+        }));
+    }
     let mut failures = Vec::new();
     for h in handles {
         match h.join() {
@@ -175,13 +212,14 @@ pub fn soak(args: &[String]) -> Result<(), String> {
     let after = bed.free_pages().map_err(|e| e.to_string())?;
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
     eprintln!(
-        "xtask: soak: {:.0?}, {workers} workers: {} loads ({} reinitialised), {} bhyve runs killed, {} stats read during runs ({} guest exits to userspace counted there), {} destroys; free pages {before} before, {after} after",
+        "xtask: soak: {:.0?}, {workers} workers: {} loads ({} reinitialised), {} bhyve runs killed, {} stats read during runs ({} guest exits to userspace counted there), {} interrupts raised and lowered, {} destroys; free pages {before} before, {after} after",
         start.elapsed(),
         c(&counts.loads),
         c(&counts.reinits),
         c(&counts.kills),
         c(&counts.stats),
         c(&counts.user_exits),
+        c(&counts.irqs),
         c(&counts.destroys),
     );
     if !failures.is_empty() {
