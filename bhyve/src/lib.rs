@@ -8,6 +8,7 @@
 //! * [`slots`]: the `-s` virtio devices (models in the vmm-virtio crate).
 //! * [`psci`]: PSCI 1.0 / SMCCC 1.1 calls.
 //! * [`console`]: the terminal, raw mode and its restoration, console input.
+//! * [`sandbox`]: capability mode (Capsicum) on FreeBSD once everything is open.
 //!
 //! `main` is [`prepare`] (everything that can fail before the guest runs), then the
 //! terminal, then [`Prepared::run`]; tests take the same path with libvmmapi's fake.
@@ -18,6 +19,7 @@ pub mod devices;
 pub mod machine;
 pub mod mmio;
 pub mod psci;
+pub mod sandbox;
 pub mod slots;
 pub mod vcpu;
 
@@ -66,6 +68,7 @@ impl Prepared {
     /// with `input`, reads from it on a thread of its own) and runs the VM to its end.
     pub fn run(self, args: &Args, out: Output, input: Option<Box<dyn Read + Send>>) -> Stop {
         let sink = Arc::new(machine::VmIrq(self.vm.clone()));
+        let host_fds: Vec<_> = self.slots.iter().flat_map(|s| s.host_fds()).collect();
         let mut virtio = Vec::new();
         let mut virtio_console = None;
         if !self.slots.is_empty() {
@@ -93,6 +96,11 @@ impl Prepared {
             if let Err(e) = started {
                 return Stop::Error(RunError::InputThread(e.to_string()));
             }
+        }
+        // Everything the VM needs is open: no new files, sockets or paths from here.
+        let dirs = vmm_virtio::console::socket_dirs();
+        if let Err(e) = sandbox::enter(self.vm.descriptor(), &host_fds, &dirs) {
+            return Stop::Error(RunError::Sandbox(e.to_string()));
         }
         vcpu::run(self.vm, self.shape.ncpus, bus)
     }

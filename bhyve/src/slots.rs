@@ -178,6 +178,18 @@ pub struct Started {
 }
 
 impl OpenSlot {
+    /// The host descriptors the slot's backend keeps (for the sandbox).
+    pub fn host_fds(&self) -> Vec<vmm_virtio::transport::HostFd> {
+        match &self.device {
+            Opened::Device(d) => d.host_fds(),
+            Opened::Console(ports) => ports
+                .iter()
+                .flat_map(|p| p.descriptors())
+                .map(vmm_virtio::transport::HostFd::Socket)
+                .collect(),
+        }
+    }
+
     /// Puts the device on its virtio-mmio slot of `vm` and starts its worker; a virtio
     /// console writes to `out`.
     pub fn start(

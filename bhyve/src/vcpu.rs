@@ -62,6 +62,8 @@ pub enum RunError {
     StartDevice { slot: u32, cause: String },
     #[error("cannot start the console input thread: {0}")]
     InputThread(String),
+    #[error("{0}")]
+    Sandbox(String),
 }
 
 /// Why one vCPU cannot go on.

@@ -35,6 +35,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn device_wrote(&self, _vm: &str, _ranges: &[(u64, u64)]) -> Result<(), BackendError> {
         Ok(())
     }
+
+    /// The descriptor through which this process reaches VM `vm` (FreeBSD: its open
+    /// /dev/vmm/NAME), for bhyve to limit before it enters capability mode; `None` for
+    /// a backend without one.
+    fn descriptor(&self, _vm: &str) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// The environment variable that selects the testbed (DESIGN.md "The testbed").

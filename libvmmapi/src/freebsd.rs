@@ -332,6 +332,11 @@ impl Backend for FreeBsd {
         }
     }
 
+    fn descriptor(&self, vm: &str) -> Option<std::os::fd::RawFd> {
+        // The node stays open in `nodes` for the process's life.
+        self.node(vm, false).ok().map(|f| f.as_raw_fd())
+    }
+
     fn map_memory(&self, vm: &str, gpa: u64, len: usize) -> Result<Mapping, BackendError> {
         let node = self.node(vm, false)?;
         let owner = MmapOwner::map(node.as_raw_fd(), gpa, len, 0)

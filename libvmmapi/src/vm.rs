@@ -227,6 +227,12 @@ impl Vm {
         &self.name
     }
 
+    /// The descriptor this process reaches the VM through, if the backend has one
+    /// ([`Backend::descriptor`]).
+    pub fn descriptor(&self) -> Option<std::os::fd::RawFd> {
+        self.backend.descriptor(&self.name)
+    }
+
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }

@@ -16,7 +16,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use crate::disk::{Disk, SECTOR_SIZE};
 use crate::options::OptionError;
 use crate::queue::{pieces, Chain, Desc, DeviceShared};
-use crate::transport::{Device, DeviceInfo};
+use crate::transport::{Device, DeviceInfo, HostFd};
 
 /// Descriptors in the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -334,6 +334,10 @@ impl Device for Block {
             queue_sizes: vec![QUEUE_SIZE],
             config: self.config(),
         }
+    }
+
+    fn host_fds(&self) -> Vec<HostFd> {
+        vec![self.disk.host_fd()]
     }
 
     fn run(self: Box<Self>, dev: Arc<DeviceShared>) {

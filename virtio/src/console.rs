@@ -19,7 +19,8 @@
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,7 +30,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use crate::doorbell::RESET_BIT;
 use crate::options::OptionError;
 use crate::queue::{pieces, DeviceShared, Popped};
-use crate::transport::{Device, DeviceInfo};
+use crate::transport::{Device, DeviceInfo, HostFd};
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 128;
@@ -65,16 +66,46 @@ pub fn rx_queue(id: u32) -> usize {
     }
 }
 
+/// A socket file to remove when bhyve ends: its directory, opened when the socket was
+/// made, and its name there, so that the removal (`unlinkat`) needs no path lookup and
+/// works in capability mode too (bhyve on FreeBSD enters it before the guest runs).
+struct SocketFile {
+    path: PathBuf,
+    dir: OwnedFd,
+    name: std::ffi::OsString,
+}
+
+impl SocketFile {
+    fn remove(&self) {
+        let _ = nix::unistd::unlinkat(
+            Some(self.dir.as_raw_fd()),
+            self.name.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+}
+
 /// Sockets to remove when bhyve ends.
-static SOCKETS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static SOCKETS: Mutex<Vec<SocketFile>> = Mutex::new(Vec::new());
 
 /// Removes every socket the named ports created (call on every way out of bhyve:
 /// `process::exit` runs no destructors).
 pub fn remove_sockets() {
     let mut all = SOCKETS.lock().unwrap_or_else(|p| p.into_inner());
-    for p in all.drain(..) {
-        let _ = std::fs::remove_file(p);
+    for f in all.drain(..) {
+        f.remove();
     }
+}
+
+/// The directories of the sockets still to remove (bhyve limits them to unlinkat
+/// before it enters capability mode).
+pub fn socket_dirs() -> Vec<RawFd> {
+    SOCKETS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|f| f.dir.as_raw_fd())
+        .collect()
 }
 
 /// `-s N,virtio-console[,NAME=PATH...]`.
@@ -139,12 +170,32 @@ impl PortSocket {
         if path.symlink_metadata().is_ok() {
             return Err(PortSocketError::Exists(path.into()));
         }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let file = path
+            .file_name()
+            .ok_or_else(|| {
+                PortSocketError::Bind(path.into(), std::io::Error::from_raw_os_error(libc::EINVAL))
+            })?
+            .to_os_string();
+        let dir: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(parent)
+            .map_err(|e| PortSocketError::Bind(path.into(), e))?
+            .into();
         let listener =
             UnixListener::bind(path).map_err(|e| PortSocketError::Bind(path.into(), e))?;
         SOCKETS
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(path.to_path_buf());
+            .push(SocketFile {
+                path: path.to_path_buf(),
+                dir,
+                name: file,
+            });
         listener
             .set_nonblocking(true)
             .map_err(|e| PortSocketError::Setup(path.into(), e))?;
@@ -157,13 +208,26 @@ impl PortSocket {
     }
 }
 
+impl PortSocket {
+    /// The descriptors this port keeps: its listening socket and its client, if any.
+    pub fn descriptors(&self) -> Vec<RawFd> {
+        let mut v = vec![self.listener.as_raw_fd()];
+        v.extend(self.client.as_ref().map(|c| c.as_raw_fd()));
+        v
+    }
+}
+
 impl Drop for PortSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        SOCKETS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|p| p != &self.path);
+        let mut all = SOCKETS.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|f| {
+            if f.path == self.path {
+                f.remove();
+                false
+            } else {
+                true
+            }
+        });
     }
 }
 
@@ -457,6 +521,14 @@ impl Device for Console {
             // struct virtio_console_config: cols, rows, max_nr_ports, emerg_wr.
             config,
         }
+    }
+
+    fn host_fds(&self) -> Vec<HostFd> {
+        self.ports
+            .iter()
+            .flat_map(|p| p.sock.descriptors())
+            .map(HostFd::Socket)
+            .collect()
     }
 
     fn run(mut self: Box<Self>, dev: Arc<DeviceShared>) {

@@ -51,6 +51,14 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// The image's descriptor and what the device does with it.
+    pub fn host_fd(&self) -> crate::transport::HostFd {
+        crate::transport::HostFd::Disk {
+            fd: self.file.as_raw_fd(),
+            writable: !self.read_only,
+        }
+    }
+
     /// Opens `path` (read-only with `read_only`), locks it and reads its size.
     pub fn open(path: &Path, read_only: bool) -> Result<Disk, DiskError> {
         let p = || path.to_path_buf();

@@ -22,7 +22,7 @@ use virtio_bindings::virtio_net::{
 use crate::doorbell::RESET_BIT;
 use crate::options::OptionError;
 use crate::queue::{pieces, DeviceShared, Popped};
-use crate::transport::{Device, DeviceInfo};
+use crate::transport::{Device, DeviceInfo, HostFd};
 
 pub const RX: usize = 0;
 pub const TX: usize = 1;
@@ -245,6 +245,10 @@ impl Device for Net {
             queue_sizes: vec![QUEUE_SIZE, QUEUE_SIZE],
             config,
         }
+    }
+
+    fn host_fds(&self) -> Vec<HostFd> {
+        vec![HostFd::Tap(self.fd.as_raw_fd())]
     }
 
     fn run(mut self: Box<Self>, dev: Arc<DeviceShared>) {

@@ -5,6 +5,7 @@
 //! Everything here runs on the vCPU thread that made the access and never blocks on
 //! device I/O: QueueNotify only rings the worker's doorbell.
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -47,12 +48,29 @@ pub struct DeviceInfo {
     pub config: Vec<u8>,
 }
 
+/// A host descriptor a device's backend keeps, and what the device does with it: what
+/// bhyve limits it to before it enters capability mode (FreeBSD's Capsicum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostFd {
+    /// A disk image or device: positioned reads, `fsync`, `fstat`; writes (and
+    /// deallocation) unless read-only.
+    Disk { fd: RawFd, writable: bool },
+    /// A tap: reads, writes, polling.
+    Tap(RawFd),
+    /// A stream socket or a listening one: accept, reads, writes, polling.
+    Socket(RawFd),
+}
+
 /// A device model: describes itself, then serves its queues on a worker thread of its
 /// own until the doorbell says stop.
 pub trait Device: Send + 'static {
     fn info(&self) -> DeviceInfo;
     /// The worker: waits on `dev.bell`, serves the queues, returns on stop.
     fn run(self: Box<Self>, dev: Arc<DeviceShared>);
+    /// The host descriptors the device keeps (none by default).
+    fn host_fds(&self) -> Vec<HostFd> {
+        Vec::new()
+    }
 }
 
 /// One virtio-mmio slot with its device.
