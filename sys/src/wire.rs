@@ -39,6 +39,10 @@ pub const SYNC_LIST_MAX: usize = MAX_BUFFER / 16;
 /// testbed's page allocator has free, so tests can tell that destroying a VM gave its
 /// guest memory and tables back (no FreeBSD counterpart; vmm(4) does not expose it).
 pub const TESTBED_FREE_PAGES: u64 = ioc(IOC_OUT, b't', 3, 8);
+/// Testbed extension: `{ u64 max; u64 set }` on /dev/vmmctl: with `set` 1 the limit on
+/// guest memory over all VMs becomes `max` (FreeBSD's sysctl `hw.vmm.maxmem`); the
+/// answer is the limit in `max` and the bytes allocated now in `set`.
+pub const TESTBED_MAXMEM: u64 = ioc(IOC_INOUT, b't', 5, 16);
 /// The response errno for a per-VM request naming a VM that does not exist (on
 /// FreeBSD the open of /dev/vmm/NAME fails; libvmmapi's `BackendError::NoSuchVm`).
 pub const ERR_NO_SUCH_VM: i32 = -1;

@@ -434,6 +434,41 @@ fn bhyveload_bhyve_bhyvectl_end_to_end() {
     bed.check(|| {
         let bin = guest_binary("hello");
         let tool = |name: &str, args: &[&str]| bed.tool(name, args);
+        // Under a 32 MiB limit on guest memory, a 64M VM is refused before anything is
+        // allocated, with a clear error and no VM left behind.
+        let limit = |max: u64, set: bool| {
+            let tb = Testbed::connect(&bed.socket).unwrap();
+            let mut arg = max.to_le_bytes().to_vec();
+            arg.extend_from_slice(&u64::from(set).to_le_bytes());
+            let mut req = libvmmapi::Request {
+                target: libvmmapi::Target::Ctl,
+                cmd: vmm_sys::wire::TESTBED_MAXMEM,
+                arg,
+                buffers: Vec::new(),
+            };
+            tb.execute(&mut req).unwrap();
+            u64::from_le_bytes(req.arg[..8].try_into().unwrap())
+        };
+        let old = limit(0, false);
+        assert_eq!(limit(32 << 20, true), 32 << 20);
+        let (code, _, err) = tool(
+            "bhyveload",
+            &[
+                "-k",
+                bin.to_str().unwrap(),
+                "-l",
+                "0x80000000",
+                "-m",
+                "64M",
+                "big",
+            ],
+        );
+        assert_ne!(code, Some(0), "a 64M VM under a 32M limit: {err}");
+        assert!(err.contains("memory"), "the error says what: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        let (_, out, _) = tool("bhyvectl", &["--list"]);
+        assert_eq!(out, "", "no half-made VM");
+        assert_eq!(limit(old, true), old);
         let (code, _, err) = tool(
             "bhyveload",
             &[

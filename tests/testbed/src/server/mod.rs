@@ -264,6 +264,16 @@ fn run_one(
                 .copy_from_slice(&free.to_le_bytes());
             return Ok(());
         }
+        (wire::TESTBED_MAXMEM, None) => {
+            if u64_at(arg, 8) == 1 {
+                core.set_max_guest_mem(u64_at(arg, 0));
+            }
+            let (used, max) = core.guest_mem();
+            let out = arg.get_mut(..16).ok_or(Errno::EINVAL)?;
+            out[..8].copy_from_slice(&max.to_le_bytes());
+            out[8..].copy_from_slice(&used.to_le_bytes());
+            return Ok(());
+        }
         (wire::TESTBED_SYNC, Some(name)) => {
             let gpa = u64_at(arg, 0);
             return sync_range(core, name, gpa, u64_at(arg, 8));
