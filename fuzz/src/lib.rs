@@ -107,11 +107,10 @@ pub fn destroy_all(v: &Core) {
     let names = v.host().user_read(buf, req.needed.min(64 << 10) as usize);
     v.host().user_free(buf);
     assert!(listed.is_ok(), "VMMCTL_VM_LIST failed: {listed:?}");
+    // Names are bytes (any but NUL, '/' and controls: not necessarily UTF-8).
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let name = std::str::from_utf8(name).expect("a listed name is UTF-8");
-        assert!(
-            destroy(v, name).is_ok(),
-            "cannot destroy listed VM {name:?}"
-        );
+        let mut req = VmmctlVmCreate::new(name).expect("a listed name fits");
+        let r = request(v, None, ioctl::VMMCTL_VM_DESTROY, &mut req);
+        assert!(r.is_ok(), "cannot destroy listed VM {name:x?}: {r:?}");
     }
 }
