@@ -279,6 +279,9 @@ pub struct FakeHost {
     pub vtimer_holds: Mutex<Vec<bool>>,
     /// What HYP_READ_REGISTER(HYP_REG_ICH_VTR) answers.
     pub ich_vtr: AtomicU64,
+    /// Interrupts the next guest-memory allocation once it asked this many times
+    /// (1: at its first check; 0: never).
+    pub interrupt_alloc_after: AtomicUsize,
     /// Per CPU: whether HYP_VGIC_CLEAR emptied its list registers (a guest entered on a
     /// CPU that was not fails the test).
     pub vgic_cleared: Mutex<Vec<bool>>,
@@ -369,6 +372,7 @@ impl FakeHost {
             timer_arms: Mutex::new(Vec::new()),
             ich_vtr: AtomicU64::new(FAKE_ICH_VTR),
             vgic_cleared: Mutex::new(vec![false; ncpu]),
+            interrupt_alloc_after: AtomicUsize::new(0),
             guests: Mutex::new(Guests::default()),
             guests_cv: Condvar::new(),
             sleepq: Mutex::new(HashMap::new()),
@@ -827,6 +831,18 @@ impl Host for FakeHost {
     }
     fn should_yield(&self) -> bool {
         self.signal.load(Ordering::SeqCst) || SIGNAL_ONCE.replace(false)
+    }
+    fn alloc_interrupted(&self) -> bool {
+        // After `interrupt_alloc_after` more chunks (0: never).
+        let left = self.interrupt_alloc_after.load(Ordering::SeqCst);
+        match left {
+            0 => false,
+            1 => true,
+            n => {
+                self.interrupt_alloc_after.store(n - 1, Ordering::SeqCst);
+                false
+            }
+        }
     }
     fn hold_vtimer_irq(&self, held: bool) {
         assert!(

@@ -133,6 +133,13 @@ pub trait Host: Send + Sync + Sized {
     /// True when the current thread should return to userspace soon: a signal or an AST
     /// is pending (FreeBSD: `td_ast`/`TDF_NEEDRESCHED`). Checked before each guest entry.
     fn should_yield(&self) -> bool;
+    /// True when the thread making a long allocation (a guest memory segment, chunk by
+    /// chunk) should give it up: a signal is pending for it (FreeBSD: `sig_intr()`), or
+    /// its client went away. The allocation then frees what it took and fails with
+    /// `EINTR`. Never true by default.
+    fn alloc_interrupted(&self) -> bool {
+        false
+    }
 
     // --- Sleep, wakeup, time -------------------------------------------------------
 

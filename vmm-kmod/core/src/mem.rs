@@ -48,6 +48,11 @@ impl Segment {
         };
         let mut off = 0u64;
         while off < len {
+            // A large segment takes many chunks: its caller may give up between them.
+            if off != 0 && host.alloc_interrupted() {
+                seg.free(host);
+                return Err(Errno::EINTR);
+            }
             // off < len in the loop.
             #[allow(clippy::arithmetic_side_effects)]
             let left = len - off;

@@ -642,6 +642,11 @@ impl Host for FreeBsdHost {
         };
     }
 
+    fn alloc_interrupted(&self) -> bool {
+        // SAFETY: no arguments; looks at the current thread's signals.
+        unsafe { kern::sig_intr() != 0 }
+    }
+
     fn should_yield(&self) -> bool {
         // The thread has used its slice: return to userspace, where pending signals
         // and ASTs are handled (the td_ast layout is not bound; see the doc).

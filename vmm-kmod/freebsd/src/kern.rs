@@ -64,6 +64,10 @@ extern "C" {
     pub fn wakeup_one(chan: *const c_void);
     /// `long physmem` (sys/sys/systm.h): physical memory, in pages.
     pub static physmem: core::ffi::c_long;
+    /// `int sig_intr(void)` (sys/signalvar.h, kern_sig.c, FreeBSD 13 and later): 0, or
+    /// EINTR/ERESTART when a signal pending for the current thread would interrupt a
+    /// sleep now.
+    pub fn sig_intr() -> c_int;
     /// `int should_yield(void)` (kern_synch.c): the thread has run a full slice.
     pub fn should_yield() -> c_int;
     /// `void maybe_yield(void)` (kern_synch.c): yields the CPU if `should_yield()`.

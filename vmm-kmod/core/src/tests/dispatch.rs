@@ -744,3 +744,20 @@ fn guest_memory_is_limited_before_anything_is_allocated() {
     assert_eq!(v.guest_mem(), (0, 4 << 20));
     v.shutdown().unwrap();
 }
+
+/// A large segment's allocation gives up between chunks when the caller is interrupted
+/// (a signal; the testbed's client gone): EINTR, every page it took back, the limit's
+/// reservation released, and the VM usable for a new try.
+#[test]
+fn an_interrupted_allocation_gives_everything_back() {
+    let v = vmm();
+    create(&v, "big").unwrap();
+    let pages = v.host().pages_in_use();
+    v.host().interrupt_alloc_after.store(3, Ordering::SeqCst);
+    assert_eq!(alloc_seg(&v, "big", 0, 16 << 20), Err(Errno::EINTR));
+    assert_eq!(v.host().pages_in_use(), pages, "the chunks taken are freed");
+    assert_eq!(v.guest_mem().0, 0, "nothing counted against the limit");
+    v.host().interrupt_alloc_after.store(0, Ordering::SeqCst);
+    alloc_seg(&v, "big", 0, 16 << 20).unwrap();
+    destroy(&v, "big").unwrap();
+}
