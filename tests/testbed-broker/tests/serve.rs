@@ -252,6 +252,84 @@ fn client_disconnecting_mid_call_leaves_the_testbed_healthy() {
     });
 }
 
+/// A client that asks for a large guest memory segment and disconnects: the testbed
+/// sees the broker's "client gone" between chunks, gives the allocation up and keeps
+/// nothing (the segment stays unallocated, the pages come back), and serves the next
+/// client at once.
+#[test]
+fn client_gone_mid_allocation_gives_the_memory_back() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("gone-alloc") else {
+        return;
+    };
+    bed.check(|| {
+        let c = bed.client();
+        let free = || {
+            let mut req = libvmmapi::Request {
+                target: libvmmapi::Target::Ctl,
+                cmd: vmm_sys::wire::TESTBED_FREE_PAGES,
+                arg: vec![0; 8],
+                buffers: Vec::new(),
+            };
+            c.execute(&mut req).unwrap();
+            u64::from_le_bytes(req.arg[..8].try_into().unwrap())
+        };
+        let vm = Vm::create_with(c.clone(), "big").unwrap();
+        let before = free();
+        // Most of what the testbed may give guests (the limit is 7/8 of its free memory).
+        let len = (before * 4096 / 4 * 3) & !((2 << 20) - 1);
+        {
+            let mut s = UnixStream::connect(&bed.socket).unwrap();
+            let mut hello = [0u8; 18];
+            s.read_exact(&mut hello).unwrap();
+            let mut path = vec![0; usize::from(u16::from_le_bytes([hello[16], hello[17]]))];
+            s.read_exact(&mut path).unwrap();
+            let seg = vmm_sys::abi::VmMemseg {
+                segid: 0,
+                len,
+                ..Default::default()
+            };
+            // The allocation, then (behind it on the same connection, so served after
+            // it) the creation of VM "marker", then gone.
+            let alloc =
+                libvmmapi::request::simple("big", vmm_sys::ioctl::VM_ALLOC_MEMSEG, &seg).encode();
+            let marker = libvmmapi::request::vm_create("marker").unwrap().encode();
+            let mut bytes = Vec::new();
+            for (seq, msg) in [(1u32, &alloc), (2, &marker)] {
+                let h = vmm_sys::wire::Frame {
+                    client: 0,
+                    seq,
+                    len: msg.len() as u32,
+                }
+                .encode();
+                bytes.extend_from_slice(&h);
+                bytes.extend_from_slice(msg);
+            }
+            s.write_all(&bytes).unwrap();
+        }
+        // Gone at once. Once "marker" exists the allocation has been served, whatever
+        // became of it.
+        let t = Instant::now();
+        while !Vm::list_with(&*c).unwrap().iter().any(|n| n == "marker") {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the requests were never served"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let seg = vm.get_memseg(0).unwrap();
+        assert!(seg.is_none(), "the abandoned allocation completed: {seg:?}");
+        let after = free();
+        assert!(
+            after + 64 >= before,
+            "pages kept: {before} free before, {after} after"
+        );
+        vm.alloc_memseg(0, 64 << 20, None).unwrap();
+        vm.destroy().unwrap();
+        Vm::destroy_by_name_with(c.clone(), "marker").unwrap();
+    });
+}
+
 /// One process, two threads, one backend: a vCPU thread blocked in VM_RUN (a guest in
 /// `b .`) while another thread asserts and deasserts an interrupt and reads stats;
 /// a destroy ends the run with SUSPENDED(destroy).

@@ -27,7 +27,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use virtio_console::VirtioConsole;
 use vmm_core::sync::SpinLock;
 use vmm_core::sync::SpinMutex;
@@ -112,6 +112,20 @@ impl Host for ServerHost {
     }
     fn hold_vtimer_irq(&self, held: bool) {
         self.0.hold_vtimer_irq(held)
+    }
+    /// A long allocation on the serving CPU gives up when its client's "gone" frame
+    /// (the broker's word that the client disconnected) has arrived meanwhile.
+    fn alloc_interrupted(&self) -> bool {
+        let client = SERVING.load(Ordering::Acquire);
+        if client == NOBODY || cpu::id() == RUN_CPU {
+            return false;
+        }
+        let mut ch = CHANNEL.lock();
+        let Some((con, stream)) = ch.as_mut() else {
+            return false;
+        };
+        con.receive(stream);
+        client_gone(stream, client)
     }
     fn should_yield(&self) -> bool {
         let start = RUN_START.load(Ordering::Acquire);
@@ -434,7 +448,7 @@ pub fn run() -> ! {
             crate::kernel::psci::system_off()
         }
     };
-    let mut con = match VirtioConsole::probe() {
+    let con = match VirtioConsole::probe() {
         Ok(c) => c,
         Err(e) => {
             kprintln!("SERVE error: {e}");
@@ -447,39 +461,77 @@ pub fn run() -> ! {
         ncpu,
         crate::kernel::mm::free_pages()
     );
-    serve(core, &mut con)
+    *CHANNEL.lock() = Some((con, Vec::new()));
+    serve(core)
 }
 
-fn serve(core: &'static Core, con: &mut VirtioConsole) -> ! {
-    let mut stream: Vec<u8> = Vec::new();
+/// The console and the bytes read from it not yet taken as frames: shared by `serve`
+/// and [`ServerHost::alloc_interrupted`], which looks there for its client's "gone"
+/// frame while a long allocation runs on the serving CPU.
+static CHANNEL: SpinLock<Option<(VirtioConsole, Vec<u8>)>> = SpinLock::new_spin(None);
+/// The client whose request the serving CPU is executing ([`NOBODY`]: none).
+static SERVING: AtomicU32 = AtomicU32::new(NOBODY);
+const NOBODY: u32 = u32::MAX;
+
+/// Takes the next whole frame off `stream` (resynchronising past a bad header).
+fn next_frame(stream: &mut Vec<u8>) -> Option<(Frame, Vec<u8>)> {
+    loop {
+        let h: [u8; FRAME_HEADER] = stream.get(..FRAME_HEADER)?.try_into().ok()?;
+        let f = match Frame::decode(&h) {
+            Ok(f) => f,
+            Err(e) => {
+                // Out of step: drop one byte at a time until a header parses.
+                kprintln!("serve: bad frame header ({e}); resynchronising");
+                stream.remove(0);
+                continue;
+            }
+        };
+        let total = FRAME_HEADER + f.len as usize;
+        if stream.len() < total {
+            return None;
+        }
+        let msg = stream[FRAME_HEADER..total].to_vec();
+        stream.drain(..total);
+        return Some((f, msg));
+    }
+}
+
+/// Whether `stream` already holds client `client`'s "gone" frame (an empty one).
+fn client_gone(stream: &[u8], client: u32) -> bool {
+    let mut at = 0usize;
+    while let Some(h) = stream.get(at..at + FRAME_HEADER) {
+        let Ok(h) = <[u8; FRAME_HEADER]>::try_from(h) else {
+            return false;
+        };
+        let Ok(f) = Frame::decode(&h) else {
+            return false;
+        };
+        if f.len == 0 && f.client == client {
+            return true;
+        }
+        at += FRAME_HEADER + f.len as usize;
+    }
+    false
+}
+
+fn serve(core: &'static Core) -> ! {
     let mut queue: VecDeque<Box<Job>> = VecDeque::new();
     let mut running: Option<*mut Job> = None;
     let mut last_kick = 0u64;
     loop {
-        con.ack();
-        let mut progress = con.receive(&mut stream);
+        let mut progress = match CHANNEL.lock().as_mut() {
+            Some((con, stream)) => {
+                con.ack();
+                con.receive(stream)
+            }
+            None => false,
+        };
         // Whole frames: execute (or queue a VM_RUN), answer.
         loop {
-            if stream.len() < FRAME_HEADER {
+            let frame = CHANNEL.lock().as_mut().and_then(|(_, s)| next_frame(s));
+            let Some((f, msg)) = frame else {
                 break;
-            }
-            let mut h = [0u8; FRAME_HEADER];
-            h.copy_from_slice(&stream[..FRAME_HEADER]);
-            let f = match Frame::decode(&h) {
-                Ok(f) => f,
-                Err(e) => {
-                    // Out of step: drop one byte at a time until a header parses.
-                    kprintln!("serve: bad frame header ({e}); resynchronising");
-                    stream.remove(0);
-                    continue;
-                }
             };
-            let total = FRAME_HEADER + f.len as usize;
-            if stream.len() < total {
-                break;
-            }
-            let msg: Vec<u8> = stream[FRAME_HEADER..total].to_vec();
-            stream.drain(..total);
             progress = true;
             if msg.is_empty() {
                 // The broker's "client gone": its waiting runs are dropped, its running
@@ -513,8 +565,10 @@ fn serve(core: &'static Core, con: &mut VirtioConsole) -> ! {
                     gic::send_sgi(RUN_CPU, gic::SGI_WAKE);
                 }
             } else {
+                SERVING.store(f.client, Ordering::Release);
                 let reply = execute(core, &msg);
-                send(con, f.client, f.seq, &reply);
+                SERVING.store(NOBODY, Ordering::Release);
+                send(f.client, f.seq, &reply);
             }
         }
         // A finished run: answer it.
@@ -524,7 +578,7 @@ fn serve(core: &'static Core, con: &mut VirtioConsole) -> ! {
                 cpu::wait(RUN_CPU);
                 // SAFETY: the run CPU is done with the job (done, mailbox empty).
                 let job = unsafe { Box::from_raw(p) };
-                send(con, job.client, job.seq, &job.reply);
+                send(job.client, job.seq, &job.reply);
                 running = None;
                 progress = true;
             }
@@ -559,7 +613,8 @@ fn serve(core: &'static Core, con: &mut VirtioConsole) -> ! {
                 // SAFETY: as above; the job is alive while `running` holds it.
                 let run_done = job.is_some_and(|p| unsafe { &*p }.done.load(Ordering::Acquire));
                 let slice_over = slice_end.is_some_and(|e| timer::now() >= e);
-                !run_done && !con.pending() && !slice_over
+                let pending = CHANNEL.lock().as_ref().is_some_and(|(c, _)| c.pending());
+                !run_done && !pending && !slice_over
             });
         }
     }
@@ -582,12 +637,14 @@ fn is_run(msg: &[u8]) -> bool {
     wire::parse_request(msg).is_ok_and(|r| r.cmd == ioctl::VM_RUN)
 }
 
-fn send(con: &mut VirtioConsole, client: u32, seq: u32, reply: &[u8]) {
+fn send(client: u32, seq: u32, reply: &[u8]) {
     let h = Frame {
         client,
         seq,
         len: reply.len() as u32,
     }
     .encode();
-    con.send(&[&h, reply]);
+    if let Some((con, _)) = CHANNEL.lock().as_mut() {
+        con.send(&[&h, reply]);
+    }
 }
