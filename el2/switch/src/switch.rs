@@ -85,12 +85,7 @@ pub(crate) fn save_el1<const VHE: bool>(r: &mut El1Regs) {
     r.far_el1 = rd1!(VHE, "far_el1", "S3_5_C6_C0_0");
     r.afsr0_el1 = rd1!(VHE, "afsr0_el1", "S3_5_C5_C1_0");
     r.afsr1_el1 = rd1!(VHE, "afsr1_el1", "S3_5_C5_C1_1");
-    r.par_el1 = mrs!("par_el1");
-    r.tpidr_el0 = mrs!("tpidr_el0");
-    r.tpidrro_el0 = mrs!("tpidrro_el0");
-    r.tpidr_el1 = mrs!("tpidr_el1");
-    r.csselr_el1 = mrs!("csselr_el1");
-    r.mdscr_el1 = mrs!("mdscr_el1");
+    save_unredirected_el1(r);
     r.cntkctl_el1 = rd1!(VHE, "cntkctl_el1", "S3_5_C14_C1_0");
 }
 
@@ -110,13 +105,28 @@ pub(crate) fn load_el1<const VHE: bool>(r: &El1Regs) {
     wr1!(VHE, "far_el1", "S3_5_C6_C0_0", r.far_el1);
     wr1!(VHE, "afsr0_el1", "S3_5_C5_C1_0", r.afsr0_el1);
     wr1!(VHE, "afsr1_el1", "S3_5_C5_C1_1", r.afsr1_el1);
+    load_unredirected_el1(r);
+    wr1!(VHE, "cntkctl_el1", "S3_5_C14_C1_0", r.cntkctl_el1);
+}
+
+/// The EL1 registers HCR_EL2.E2H does not redirect (the same encodings in both
+/// regimes): all a VHE host keeps of its EL1 state across a guest's run.
+pub(crate) fn save_unredirected_el1(r: &mut El1Regs) {
+    r.par_el1 = mrs!("par_el1");
+    r.tpidr_el0 = mrs!("tpidr_el0");
+    r.tpidrro_el0 = mrs!("tpidrro_el0");
+    r.tpidr_el1 = mrs!("tpidr_el1");
+    r.csselr_el1 = mrs!("csselr_el1");
+    r.mdscr_el1 = mrs!("mdscr_el1");
+}
+
+pub(crate) fn load_unredirected_el1(r: &El1Regs) {
     msr!("par_el1", r.par_el1);
     msr!("tpidr_el0", r.tpidr_el0);
     msr!("tpidrro_el0", r.tpidrro_el0);
     msr!("tpidr_el1", r.tpidr_el1);
     msr!("csselr_el1", r.csselr_el1);
     msr!("mdscr_el1", r.mdscr_el1);
-    wr1!(VHE, "cntkctl_el1", "S3_5_C14_C1_0", r.cntkctl_el1);
 }
 
 pub(crate) fn save_el2(r: &mut El2Controls) {

@@ -16,8 +16,9 @@
 
 use crate::entry::el2_guest_enter;
 use crate::switch::{
-    fp_back_to_host, load_el2, load_guest, optional_to_guest, optional_to_host, save_el2,
-    save_guest, save_timer, set_vtcr, switch_keys, vgic_clear, vgic_shape, HostState,
+    fp_back_to_host, load_el2, load_guest, load_unredirected_el1, optional_to_guest,
+    optional_to_host, save_el2, save_guest, save_timer, save_unredirected_el1, set_vtcr,
+    switch_keys, vgic_clear, vgic_shape, HostState,
 };
 use crate::tlb;
 use core::arch::global_asm;
@@ -116,7 +117,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     let mut host = HostState::default();
     let (lrs, aprs) = vgic_shape();
 
-    save_host_el1(&mut host.el1);
+    save_unredirected_el1(&mut host.el1);
     host.sp_el0 = mrs!("sp_el0");
     save_el2(&mut host.el2);
     optional_to_guest(c, &mut host);
@@ -149,28 +150,9 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     optional_to_host(&host);
     load_el2(&host.el2);
     save_guest::<true>(c, &host, lrs, aprs);
-    load_host_el1(&host.el1);
+    load_unredirected_el1(&host.el1);
     msr!("sp_el0", host.sp_el0);
     r.kind
-}
-
-/// The EL1 registers a VHE host uses (see the module documentation).
-fn save_host_el1(r: &mut El1Regs) {
-    r.par_el1 = mrs!("par_el1");
-    r.tpidr_el0 = mrs!("tpidr_el0");
-    r.tpidrro_el0 = mrs!("tpidrro_el0");
-    r.tpidr_el1 = mrs!("tpidr_el1");
-    r.csselr_el1 = mrs!("csselr_el1");
-    r.mdscr_el1 = mrs!("mdscr_el1");
-}
-
-fn load_host_el1(r: &El1Regs) {
-    msr!("par_el1", r.par_el1);
-    msr!("tpidr_el0", r.tpidr_el0);
-    msr!("tpidrro_el0", r.tpidrro_el0);
-    msr!("tpidr_el1", r.tpidr_el1);
-    msr!("csselr_el1", r.csselr_el1);
-    msr!("mdscr_el1", r.mdscr_el1);
 }
 
 /// The core's EL2 requests (`vmm_sys::hyp`), answered in place on a VHE host.
