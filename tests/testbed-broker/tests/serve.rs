@@ -32,6 +32,28 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// so every blocked client call fails instead of hanging.
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 
+/// A raw connection to the broker, past its hello (for tests that write frames
+/// themselves and hang up mid-call).
+fn raw_client(bed: &Bed) -> UnixStream {
+    let mut s = UnixStream::connect(&bed.socket).unwrap();
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).unwrap();
+    let mut path = vec![0; usize::from(u16::from_le_bytes([hello[16], hello[17]]))];
+    s.read_exact(&mut path).unwrap();
+    s
+}
+
+/// `msg` framed as the broker expects from a client.
+fn frame(seq: u32, msg: &[u8]) -> Vec<u8> {
+    let h = vmm_sys::wire::Frame {
+        client: 0,
+        seq,
+        len: msg.len() as u32,
+    }
+    .encode();
+    [&h[..], msg].concat()
+}
+
 /// A served testbed of this test's own, with its watchdog.
 struct Bed(Served);
 
@@ -193,19 +215,9 @@ fn client_disconnecting_mid_call_leaves_the_testbed_healthy() {
         let c = bed.client();
         let _spin = guest(c.clone(), "spin", &[B_SELF]);
         {
-            let mut s = UnixStream::connect(&bed.socket).unwrap();
-            let mut hello = [0u8; 18];
-            s.read_exact(&mut hello).unwrap();
-            let mut path = vec![0; usize::from(u16::from_le_bytes([hello[16], hello[17]]))];
-            s.read_exact(&mut path).unwrap();
+            let mut s = raw_client(&bed);
             let msg = libvmmapi::request::run("spin", 0).encode();
-            let h = vmm_sys::wire::Frame {
-                client: 0,
-                seq: 1,
-                len: msg.len() as u32,
-            }
-            .encode();
-            s.write_all(&[&h[..], &msg].concat()).unwrap();
+            s.write_all(&frame(1, &msg)).unwrap();
             std::thread::sleep(Duration::from_millis(300));
         } // gone mid-call
         {
@@ -279,11 +291,7 @@ fn client_gone_mid_allocation_gives_the_memory_back() {
         // Most of what the testbed may give guests (the limit is 7/8 of its free memory).
         let len = (before * 4096 / 4 * 3) & !((2 << 20) - 1);
         {
-            let mut s = UnixStream::connect(&bed.socket).unwrap();
-            let mut hello = [0u8; 18];
-            s.read_exact(&mut hello).unwrap();
-            let mut path = vec![0; usize::from(u16::from_le_bytes([hello[16], hello[17]]))];
-            s.read_exact(&mut path).unwrap();
+            let mut s = raw_client(&bed);
             let seg = vmm_sys::abi::VmMemseg {
                 segid: 0,
                 len,
@@ -294,17 +302,7 @@ fn client_gone_mid_allocation_gives_the_memory_back() {
             let alloc =
                 libvmmapi::request::simple("big", vmm_sys::ioctl::VM_ALLOC_MEMSEG, &seg).encode();
             let marker = libvmmapi::request::vm_create("marker").unwrap().encode();
-            let mut bytes = Vec::new();
-            for (seq, msg) in [(1u32, &alloc), (2, &marker)] {
-                let h = vmm_sys::wire::Frame {
-                    client: 0,
-                    seq,
-                    len: msg.len() as u32,
-                }
-                .encode();
-                bytes.extend_from_slice(&h);
-                bytes.extend_from_slice(msg);
-            }
+            let bytes = [frame(1, &alloc), frame(2, &marker)].concat();
             s.write_all(&bytes).unwrap();
         }
         // Gone at once. Once "marker" exists the allocation has been served, whatever
