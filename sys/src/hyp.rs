@@ -73,6 +73,78 @@ pub struct VcpuContext {
     /// The guest's pointer-authentication keys, switched when `optional.present` has
     /// `el2_optional::PAUTH`.
     pub pac: PacKeys,
+    /// System registers the EL2 code answers without leaving the guest's world.
+    pub el2_answers: El2Answers,
+}
+
+/// Rows of [`El2Answers::id`]: the ID registers HCR_EL2.TID3 traps, op0 3, op1 0, CRn 0,
+/// CRm 1..=7, op2 0..=7, at `(CRm - 1) * 8 + op2`.
+pub const EL2_ID_ROWS: usize = 56;
+
+/// The trapped system-register accesses the EL2 code answers in place, returning to the
+/// guest without the world switch: reads of the TID3 ID registers (values the core
+/// computed) and every debug/OS-lock/trace access (op0 2: reads give zero, or
+/// `oslsr` for OSLSR_EL1; writes are ignored). The core fills the table with exactly
+/// what its own run loop would answer; `enabled` 0 sends every access to the core.
+/// The EL2 code counts what it answered in `answered`, which the core takes after each
+/// entry.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct El2Answers {
+    pub enabled: u64,
+    pub answered: u64,
+    pub oslsr: u64,
+    pub id: [u64; EL2_ID_ROWS],
+}
+
+impl Default for El2Answers {
+    fn default() -> Self {
+        El2Answers {
+            enabled: 0,
+            answered: 0,
+            oslsr: 0,
+            id: [0; EL2_ID_ROWS],
+        }
+    }
+}
+
+/// What the EL2 code does with a trapped access ([`El2Answers::answer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum El2Answer {
+    /// Put `value` in Xt (`rt` 31 is XZR: nothing) and step past the instruction.
+    Read { rt: u8, value: u64 },
+    /// Step past the instruction.
+    Ignored,
+}
+
+impl El2Answers {
+    /// The answer to the MSR/MRS trap with syndrome `esr` (EC 0x18), or `None` when the
+    /// core must see it.
+    #[inline]
+    pub fn answer(&self, esr: u64) -> Option<El2Answer> {
+        use crate::arm64::esr::decode_sys64;
+        if self.enabled == 0 || crate::arm64::esr::esr_ec(esr) != crate::arm64::esr::ec::SYS64 {
+            return None;
+        }
+        let a = decode_sys64(crate::arm64::esr::esr_iss(esr));
+        let r = a.reg;
+        let value = if r.op0() == 2 {
+            if !a.read {
+                return Some(El2Answer::Ignored);
+            }
+            if r == crate::arm64::sysreg::OSLSR_EL1 {
+                self.oslsr
+            } else {
+                0
+            }
+        } else if r.is_id_reg() && r.crm() != 0 && a.read {
+            let row = usize::from(r.crm() - 1) * 8 + usize::from(r.op2());
+            *self.id.get(row)?
+        } else {
+            return None;
+        };
+        Some(El2Answer::Read { rt: a.rt, value })
+    }
 }
 
 /// The five pointer-authentication keys (APIAKey, APIBKey, APDAKey, APDBKey, APGAKey;

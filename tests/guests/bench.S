@@ -1,6 +1,7 @@
 // Exit-cost benchmark: x0 = N. Times N `hvc #1` round trips, N trapped ID register
-// reads (HCR_EL2.TID3) and N iterations of an empty loop (the loop's own cost) with
-// the virtual counter, then `hvc #2` with x1/x2/x3 = the three tick counts. Under QEMU
+// reads (HCR_EL2.TID3), N iterations of an empty loop (the loop's own cost) and N
+// physical-timer reads (CNTP_CTL_EL0, trapped when CNTHCTL_EL2.EL1PCEN is clear) with
+// the virtual counter, then `hvc #2` with x1..x4 = the four tick counts. Under QEMU
 // -icount shift=0 one instruction is 1 ns of virtual time, so ticks * 1e9 / CNTFRQ
 // are emulated instructions.
     .text
@@ -26,9 +27,16 @@ _start:
     b.ne 3b
     isb
     mrs x24, cntvct_el0
+    mov x19, x20
+4:  mrs x0, cntp_ctl_el0
+    subs x19, x19, #1
+    b.ne 4b
+    isb
+    mrs x25, cntvct_el0
     sub x1, x22, x21
     sub x2, x23, x22
     sub x3, x24, x23
+    sub x4, x25, x24
     mov x0, x20
     hvc #2
     b .

@@ -91,6 +91,8 @@ el2_runtime_vectors:
     lsr x0, x0, #26
     cmp x0, #{EC_FP}
     b.eq el2_fp_trap
+    cmp x0, #{EC_SYS64}
+    b.eq el2_sysreg_trap
     mov x1, #{EL1_SYNC}
     b el2_guest_exit
     .balign 0x80
@@ -186,4 +188,5 @@ el2_cleanup:
     HYP_CLEANUP = const HYP_CLEANUP,
     SCTLR_STUB = const crate::STUB_SCTLR_EL2,
     EC_FP = const EC_FP,
+    EC_SYS64 = const vmm_sys::arm64::esr::ec::SYS64,
 );

@@ -5,6 +5,9 @@
 //! * `el2_guest_exit`: any exit. On entry guest x0/x1 are pushed at `[sp]` (16 bytes),
 //!   the host frame of `el2_guest_enter` lies above them, and x1 = the exception kind
 //!   (`hyp::excp`).
+//! * `el2_sysreg_trap`: a guest MSR/MRS trap (ESR_EL2.EC 0x18), same stack and
+//!   registers (x1 not yet set): answers it in place from the context's `El2Answers`
+//!   and returns to the guest, or exits.
 //! * `el2_fp_trap`: a guest FP/SIMD access trapped by CPTR_EL2 (TFP, or FPEN in the E2H
 //!   layout; ESR_EL2.EC 0x07), same stack and registers (x1 not yet set): switches FP
 //!   lazily and returns to the guest, or exits.
@@ -112,10 +115,9 @@ el2_guest_enter:
     ldp x0, x1, [x0, #0]
     eret
 
-/* Guest exit: guest x0/x1 are at [sp], the host frame above them, x1 = kind. */
-    .global el2_guest_exit
-el2_guest_exit:
-    ldr x0, [sp, #(16 + {FRAME_CTX})]
+/* Stores the guest's x0..x30 in the context: x0 = the context, guest x0/x1 at [sp]
+ * (left there). */
+.macro save_guest_gprs
     stp x2, x3, [x0, #16]
     stp x4, x5, [x0, #32]
     stp x6, x7, [x0, #48]
@@ -131,8 +133,52 @@ el2_guest_exit:
     stp x26, x27, [x0, #208]
     stp x28, x29, [x0, #224]
     str x30, [x0, #240]
-    ldp x2, x3, [sp], #16
+    ldp x2, x3, [sp]
     stp x2, x3, [x0, #0]
+.endm
+
+/* A guest MSR/MRS trap (ESR_EL2.EC 0x18), guest x0/x1 at [sp]: answered here, back to
+ * the guest without the world switch, when the context's El2Answers covers it
+ * (el2_answer_sysreg decides and writes the result into the saved registers);
+ * otherwise an exit like any other. */
+    .global el2_sysreg_trap
+el2_sysreg_trap:
+    ldr x0, [sp, #(16 + {FRAME_CTX})]
+    save_guest_gprs
+    mov x19, x0
+    bl el2_answer_sysreg
+    mov x1, x0
+    mov x0, x19
+    cbz x1, 1f
+    add sp, sp, #16
+    ldp x2, x3, [x0, #16]
+    ldp x4, x5, [x0, #32]
+    ldp x6, x7, [x0, #48]
+    ldp x8, x9, [x0, #64]
+    ldp x10, x11, [x0, #80]
+    ldp x12, x13, [x0, #96]
+    ldp x14, x15, [x0, #112]
+    ldp x16, x17, [x0, #128]
+    ldp x18, x19, [x0, #144]
+    ldp x20, x21, [x0, #160]
+    ldp x22, x23, [x0, #176]
+    ldp x24, x25, [x0, #192]
+    ldp x26, x27, [x0, #208]
+    ldp x28, x29, [x0, #224]
+    ldr x30, [x0, #240]
+    ldp x0, x1, [x0, #0]
+    eret
+1:  mov x1, #{EL1_SYNC}
+    b el2_guest_exit_saved
+
+/* Guest exit: guest x0/x1 are at [sp], the host frame above them, x1 = kind. */
+    .global el2_guest_exit
+el2_guest_exit:
+    ldr x0, [sp, #(16 + {FRAME_CTX})]
+    save_guest_gprs
+/* The same with the guest's x0..x30 already in the context (x0). */
+el2_guest_exit_saved:
+    add sp, sp, #16
     mrs x2, sp_el0
     mrs x3, sp_el1
     stp x2, x3, [x0, #{SP_EL0}]

@@ -19,8 +19,8 @@ use vmm_arm64::mrs;
 use vmm_sys::arm64::regs::pstate;
 use vmm_sys::arm64::regs::{cptr, el2_optional};
 use vmm_sys::hyp::{
-    El1Regs, El2Controls, FpRegs, OptionalTraps, PacKeys, VcpuContext, VgicCpuRegs, VtimerRegs,
-    ICH_APR_MAX, ICH_LR_MAX,
+    El1Regs, El2Answer, El2Controls, FpRegs, OptionalTraps, PacKeys, VcpuContext, VgicCpuRegs,
+    VtimerRegs, ICH_APR_MAX, ICH_LR_MAX,
 };
 
 /// Writes a system register as part of the world switch.
@@ -505,4 +505,31 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     msr!("sp_el0", host.sp_el0);
     msr!("sp_el1", host.sp_el1);
     r.kind
+}
+
+/// Called by `el2_sysreg_trap` (entry.rs) with the guest's x0..x30 saved in `ctx`:
+/// answers the trapped access from `ctx.el2_answers` (the core's own answers, computed
+/// ahead), stepping the guest past the instruction, and returns 1; or returns 0 for a
+/// full exit. Runs in the guest's world (its EL1 state, PAC keys and EL2 controls
+/// loaded): it touches only the context, ESR_EL2 and ELR_EL2.
+///
+/// # Safety
+/// `ctx` is the context of the guest that trapped, which `el2_guest_enter`'s caller
+/// owns for the whole run.
+#[no_mangle]
+pub unsafe extern "C" fn el2_answer_sysreg(ctx: *mut VcpuContext) -> u64 {
+    // SAFETY: guaranteed by the caller (the trampoline passes its frame's context).
+    let c = unsafe { &mut *ctx };
+    let Some(answer) = c.el2_answers.answer(mrs!("esr_el2")) else {
+        return 0;
+    };
+    if let El2Answer::Read { rt, value } = answer {
+        // Rt 31 is XZR: the read is discarded (x has 31 entries).
+        if let Some(x) = c.x.get_mut(usize::from(rt)) {
+            *x = value;
+        }
+    }
+    msr!("elr_el2", mrs!("elr_el2").wrapping_add(4));
+    c.el2_answers.answered = c.el2_answers.answered.wrapping_add(1);
+    1
 }

@@ -60,6 +60,8 @@ el2_vhe_vectors:
     lsr x0, x0, #26
     cmp x0, #{EC_FP}
     b.eq el2_fp_trap
+    cmp x0, #{EC_SYS64}
+    b.eq el2_sysreg_trap
     mov x1, #{EL1_SYNC}
     b el2_guest_exit
     .balign 0x80
@@ -84,6 +86,7 @@ el2_vhe_hang:
     b el2_vhe_hang
 "#,
     EC_FP = const EC_FP,
+    EC_SYS64 = const vmm_sys::arm64::esr::ec::SYS64,
     EL1_SYNC = const excp::EL1_SYNC,
     EL1_IRQ = const excp::EL1_IRQ,
     EL1_FIQ = const excp::EL1_FIQ,

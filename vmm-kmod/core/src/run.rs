@@ -242,6 +242,11 @@ impl<H: Host> Vmm<H> {
             slot.shared.running_on.store(NOT_RUNNING, Ordering::SeqCst);
             self.host.intr_restore(tok);
             stats.inc(Stat::Exits);
+            let answered = core::mem::take(&mut vcpu.ctx().el2_answers.answered);
+            if answered != 0 {
+                stats.add(Stat::Exits, answered);
+                stats.add(Stat::SysRegEl2, answered);
+            }
             let Ok(kind) = u32::try_from(kind) else {
                 self.host
                     .log(format_args!("vmm: guest entry failed: {kind:#x}"));

@@ -23,9 +23,10 @@ pub enum Stat {
     VgicMmio,
     TimerKernel,
     LogSuppressed,
+    SysRegEl2,
 }
 
-pub const NSTATS: usize = 17;
+pub const NSTATS: usize = 18;
 
 /// Descriptions, as `bhyvectl --get-stats` prints them.
 pub const DESC: [&str; NSTATS] = [
@@ -46,6 +47,7 @@ pub const DESC: [&str; NSTATS] = [
     "interrupt controller (vGIC) mmio accesses emulated in kernel",
     "physical timer (CNTP_*) accesses emulated in kernel",
     "guest-triggered kernel messages not logged (at most one per kind a second)",
+    "system register accesses answered at EL2 without a world switch (in the total)",
 ];
 
 /// The counters of one vCPU. Atomic so VM_STATS reads them while the vCPU runs (as
@@ -68,6 +70,11 @@ impl Stats {
     pub fn inc(&self, s: Stat) {
         if let Some(c) = self.v.get(s as usize) {
             c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    pub fn add(&self, s: Stat, n: u64) {
+        if let Some(c) = self.v.get(s as usize) {
+            c.fetch_add(n, Ordering::Relaxed);
         }
     }
     pub fn get(&self, s: Stat) -> u64 {

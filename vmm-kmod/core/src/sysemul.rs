@@ -6,6 +6,7 @@
 use crate::el2::IdRegs;
 use vmm_sys::arm64::esr::SysRegAccess;
 use vmm_sys::arm64::sysreg::{self, SysReg};
+use vmm_sys::hyp::{El2Answers, EL2_ID_ROWS};
 
 /// How the kernel answers a trapped access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,24 @@ impl GuestIdRegs {
 
 /// OSLSR_EL1 value: OS lock implemented (OSLM = 0b10), unlocked.
 pub const OSLSR_VALUE: u64 = 0x8;
+
+/// The table the EL2 code answers the commonest traps from without the world switch
+/// (`El2Answers`): the same values [`answer`] gives for the TID3 ID registers and
+/// OSLSR_EL1. Unit tests check the two agree on every encoding.
+pub fn el2_answers(ids: &GuestIdRegs) -> El2Answers {
+    let id: [u64; EL2_ID_ROWS] = core::array::from_fn(|row| {
+        // row < 56: CRm 1..=7, op2 0..=7.
+        let crm = (row / 8) as u8 + 1;
+        let op2 = (row % 8) as u8;
+        ids.read(SysReg::new(3, 0, 0, crm, op2))
+    });
+    El2Answers {
+        enabled: 1,
+        answered: 0,
+        oslsr: OSLSR_VALUE,
+        id,
+    }
+}
 
 /// The answer for a register of a feature the guest is not shown, trapped by the
 /// host's traps (`vcpu::HostTraps`), or `None` for any other register:

@@ -158,6 +158,9 @@ pub struct HostVcpu {
     /// PSTATE.PAN.
     pub has_pan: bool,
     pub traps: HostTraps,
+    /// The ID registers guests read; the EL2 code answers their traps from a copy
+    /// (`sysemul::el2_answers`).
+    pub ids: crate::sysemul::GuestIdRegs,
 }
 
 /// Per-vCPU values fixed by the VM.
@@ -260,6 +263,7 @@ impl Vcpu {
         c.el2.vttbr_el2 = init.vttbr;
         c.el2.vtcr_el2 = init.host.vtcr;
         c.optional = init.host.traps.optional;
+        c.el2_answers = crate::sysemul::el2_answers(&init.host.ids);
         c.timer.cntvoff_el2 = init.cntvoff;
         self.pending_advance = 0;
         self.pending_load = None;

@@ -181,6 +181,7 @@ impl<H: Host> Vmm<H> {
             midr: self.params.id_regs.midr,
             has_pan: (self.ids.mmfr1 >> 20) & 0xf != 0,
             traps: HostTraps::new(&self.params.id_regs),
+            ids: self.ids,
         };
         match Vm::new(&self.host, name, vmid, self.cfg.s2, vcpu_host) {
             Ok(vm) => {

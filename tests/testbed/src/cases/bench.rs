@@ -1,9 +1,10 @@
 //! The exit-cost benchmark (`cargo xtask bench-el2`, QEMU with `-icount shift=0`): the
-//! bench guest times N hvc round trips, N trapped ID-register reads and an empty loop
-//! with the virtual counter. Run twice: straight on the world switch (the testbed
-//! answers each exit right after HYP_ENTER_GUEST returns: the bare EL2 cost), and
-//! through vmm-core's VM_RUN (hvc: back to the ioctl caller and VM_RUN again; ID
-//! register: answered inside the kernel's run loop). Then the vGIC's in-kernel exits
+//! bench guest times N hvc round trips, N trapped ID-register reads, an empty loop and
+//! N physical-timer register reads with the virtual counter. Run twice: straight on the
+//! world switch (the testbed answers each exit right after HYP_ENTER_GUEST returns: the
+//! bare EL2 cost), and through vmm-core's VM_RUN (hvc: back to the ioctl caller and
+//! VM_RUN again; ID register: answered by the EL2 code in the guest's world; timer
+//! register: answered in the kernel's run loop, after the full world switch). Then the vGIC's in-kernel exits
 //! through VM_RUN (`bench_vgic` guest, vGIC attached): a distributor register read
 //! (GICD_TYPER) and a self-IPI (ICC_SGI1R_EL1 trapped, SGI 1 injected through a list
 //! register, acknowledged and EOIed by the guest). Prints `BENCH <path> <what>
@@ -31,17 +32,23 @@ const N: u64 = 20_000;
 pub const MODE_PA: u64 = 0x401f_f000;
 pub const MODE_BENCH: u32 = u32::from_le_bytes(*b"BNCH");
 
-fn report(path: &str, n: u64, ticks: [u64; 3]) {
+/// `ticks`: the hvc loop, the ID-register loop, the empty loop and the timer-register
+/// loop. The timer row is printed for the core only: the bare world switch's guest
+/// may not trap it.
+fn report(path: &str, n: u64, ticks: [u64; 4], timer_row: bool) {
     let f = timer::freq();
     let ns = |t: u64| t * 1_000_000_000 / f;
     let loop_ns = ns(ticks[2]);
     let per = |t: u64| ns(t).saturating_sub(loop_ns) / n;
     kprintln!("BENCH {path} hvc_round_trip {}", per(ticks[0]));
     kprintln!("BENCH {path} sysreg_trap {}", per(ticks[1]));
+    if timer_row {
+        kprintln!("BENCH {path} timer_sysreg {}", per(ticks[3]));
+    }
     kprintln!("BENCH {path} empty_loop_total {loop_ns}");
 }
 
-fn direct() -> Result<[u64; 3], String> {
+fn direct() -> Result<[u64; 4], String> {
     let mut vm = TestVm::new(BENCH, 4).ok_or("cannot create VM")?;
     vm.ctx().x[0] = N;
     loop {
@@ -49,7 +56,7 @@ fn direct() -> Result<[u64; 3], String> {
         let c = vm.ctx();
         match esr_ec(c.exit.esr_el2) {
             ec::HVC64 if esr_iss(c.exit.esr_el2) & 0xffff == 1 => {}
-            ec::HVC64 => return Ok([c.x[1], c.x[2], c.x[3]]),
+            ec::HVC64 => return Ok([c.x[1], c.x[2], c.x[3], c.x[4]]),
             ec::SYS64 => {
                 let rt = ((esr_iss(c.exit.esr_el2) >> 5) & 0x1f) as usize;
                 if let Some(r) = c.x.get_mut(rt) {
@@ -81,7 +88,7 @@ fn get_reg(vmm: &Core, reg: u32) -> Result<u64, String> {
     Ok(r.regval)
 }
 
-fn through_core(vmm: &Core) -> Result<[u64; 3], String> {
+fn through_core(vmm: &Core) -> Result<[u64; 4], String> {
     vmm::create(vmm, b"bench", BENCH, 0x10000)?;
     let mut r = VmRegister {
         cpuid: 0,
@@ -114,6 +121,7 @@ fn through_core(vmm: &Core) -> Result<[u64; 3], String> {
                 get_reg(vmm, VM_REG_GUEST_X0 + 1)?,
                 get_reg(vmm, VM_REG_GUEST_X0 + 2)?,
                 get_reg(vmm, VM_REG_GUEST_X0 + 3)?,
+                get_reg(vmm, VM_REG_GUEST_X0 + 4)?,
             ]);
         }
     };
@@ -210,7 +218,7 @@ pub fn run() {
     if !crate::kernel::cpu::vhe_host() {
         match hyp::load(1) {
             Ok(_) => match direct() {
-                Ok(t) => report("world_switch", N, t),
+                Ok(t) => report("world_switch", N, t, false),
                 Err(e) => kprintln!("BENCH error {e}"),
             },
             Err(e) => kprintln!("BENCH error {e}"),
@@ -220,7 +228,7 @@ pub fn run() {
     match vmm::load() {
         Ok(vmm) => {
             match through_core(&vmm) {
-                Ok(t) => report("vmm_core_vm_run", N, t),
+                Ok(t) => report("vmm_core_vm_run", N, t, true),
                 Err(e) => kprintln!("BENCH error {e}"),
             }
             match vgic_through_core(&vmm) {

@@ -872,3 +872,25 @@ fn a_guest_fault_loop_is_logged_once_a_second() {
     assert_eq!(lines(&v), 1, "one line for three loops within a second");
     assert_eq!(stat(&v, "g", Stat::LogSuppressed), 2);
 }
+
+/// Accesses the EL2 code answered in the guest's world (`El2Answers::answered`, which
+/// the fake's guest sets here as the EL2 code would) count as exits and as
+/// "answered at EL2", and the counter starts again from zero at the next entry.
+#[test]
+fn accesses_answered_at_el2_are_counted() {
+    let v = guest();
+    let en0 = stat(&v, "g", Stat::Exits);
+    v.host().push(hvc().with(|c| {
+        c.el2_answers.answered = 5;
+        c.pc += 4
+    }));
+    v.host().push(hvc());
+    assert_eq!(exitcode(&run(&v, "g", 0).unwrap().0), ExitCode::Smccc);
+    assert_eq!(exitcode(&run(&v, "g", 0).unwrap().0), ExitCode::Smccc);
+    assert_eq!(stat(&v, "g", Stat::SysRegEl2), 5);
+    assert_eq!(stat(&v, "g", Stat::Exits) - en0, 2 + 5);
+    let en = entries(&v);
+    assert_eq!(en[1].el2_answers.answered, 0, "taken after the exit");
+    assert_eq!(en[1].el2_answers.enabled, 1, "the core fills the table");
+    assert_eq!(en[1].el2_answers.oslsr, crate::sysemul::OSLSR_VALUE);
+}

@@ -600,6 +600,77 @@ pub fn sysreg_in_kernel(vmm: &Core, image: &[u8]) -> Result<String, String> {
     })
 }
 
+/// Counter `s` of vCPU 0 of VM `name` (VM_STATS).
+pub(super) fn stat(vmm: &Core, name: &[u8], s: vmm_core::stats::Stat) -> Result<u64, String> {
+    let mut st = VmStats {
+        cpuid: 0,
+        ..Default::default()
+    };
+    vm_ioctl(vmm, name, VM_STATS, &mut st)?;
+    st.statbuf
+        .get(s as usize)
+        .copied()
+        .ok_or_else(|| format!("no counter {}", s as usize))
+}
+
+/// The el2_answers guest through VM_RUN: its seven ID, debug and OS-lock register
+/// accesses are answered by the EL2 code in the guest's world (counted as such, none
+/// by the core), into the right registers (x30 and XZR included), and every other
+/// register comes back as the guest left it.
+pub fn sysreg_at_el2(vmm: &Core, image: &[u8]) -> Result<String, String> {
+    use vmm_core::stats::Stat;
+    let name = b"tb-el2-answers";
+    start(vmm, name, image, 0)?;
+    with_vm(vmm, name, || {
+        let e = run(vmm, name)?;
+        if hvc_of(&e) != Some(2) {
+            return Err(format!(
+                "exit code {} pc {:#x} reached the caller",
+                e.exitcode, e.pc
+            ));
+        }
+        let x: alloc::vec::Vec<u64> = (0..31)
+            .map(|n| get_reg(vmm, name, VM_REG_GUEST_X0 + n))
+            .collect::<Result<_, _>>()?;
+        let host = vmm_arm64::IdRegs::read();
+        let (isar0, mmfr0, oslsr, pfr0) = (x[9], x[30], x[17], x[18]);
+        if isar0 != host.isar0 {
+            return Err(format!(
+                "ID_AA64ISAR0 {isar0:#x}, want the host's {:#x}",
+                host.isar0
+            ));
+        }
+        if pfr0 & 0xffff != 0x0011 || mmfr0 & 0xf > 2 {
+            return Err(format!(
+                "PFR0 {pfr0:#x} MMFR0 {mmfr0:#x}: not the guest's view"
+            ));
+        }
+        if oslsr != vmm_core::sysemul::OSLSR_VALUE {
+            return Err(format!("OSLSR_EL1 {oslsr:#x}"));
+        }
+        for (n, v) in x.iter().enumerate() {
+            if ![9, 17, 18, 30].contains(&n) && *v != 0x700 + n as u64 {
+                return Err(format!(
+                    "x{n} = {v:#x} after the answers, want {:#x}",
+                    0x700 + n
+                ));
+            }
+        }
+        let (at_el2, in_core) = (
+            stat(vmm, name, Stat::SysRegEl2)?,
+            stat(vmm, name, Stat::SysRegKernel)?,
+        );
+        if (at_el2, in_core) != (7, 0) {
+            return Err(format!(
+                "{at_el2} accesses answered at EL2 and {in_core} by the core, want 7 and 0"
+            ));
+        }
+        Ok(format!(
+            "7 accesses answered at EL2 (ISAR0 {isar0:#x}, MMFR0 {mmfr0:#x} into x30, PFR0 into xzr and x18, OSLSR {oslsr:#x}, two writes), the other registers intact"
+        ))
+    })
+}
+
 /// The host's own SVE and pointer-authentication state around a guest's run, on a
 /// VHE host with those features (the testbed kernel at EL2): set to known values before,
 /// compared bit for bit after. SVE: the vector length (ZCR_EL2.LEN 3: 512 bits), Z0

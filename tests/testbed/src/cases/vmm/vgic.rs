@@ -18,13 +18,7 @@ const GICD: u64 = 0x2f00_0000;
 const GICR: u64 = 0x2f10_0000;
 
 fn exits(vmm: &Core, name: &[u8]) -> Result<u64, String> {
-    let mut st = VmStats {
-        cpuid: 0,
-        ..Default::default()
-    };
-    vm_ioctl(vmm, name, VM_STATS, &mut st)?;
-    // Counter 0: total exits (vmm-core's stats.rs).
-    Ok(st.statbuf[0])
+    super::stat(vmm, name, vmm_core::stats::Stat::Exits)
 }
 
 fn expect_hvc(vmm: &Core, name: &[u8], e: &VmExit, want: u64) -> Result<(), String> {
