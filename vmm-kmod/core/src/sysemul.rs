@@ -108,7 +108,7 @@ pub const OSLSR_VALUE: u64 = 0x8;
 pub fn el2_answers(ids: &GuestIdRegs) -> El2Answers {
     let id: [u64; EL2_ID_ROWS] = core::array::from_fn(|row| {
         // row < 56: CRm 1..=7, op2 0..=7.
-        let crm = (row / 8) as u8 + 1;
+        let crm = ((row / 8) as u8).wrapping_add(1);
         let op2 = (row % 8) as u8;
         ids.read(SysReg::new(3, 0, 0, crm, op2))
     });
