@@ -169,7 +169,7 @@ el2_sysreg_trap:
     ldp x0, x1, [x0, #0]
     eret
 1:  mov x1, #{EL1_SYNC}
-    b el2_guest_exit_saved
+    b .Lguest_exit_saved
 
 /* Guest exit: guest x0/x1 are at [sp], the host frame above them, x1 = kind. */
     .global el2_guest_exit
@@ -177,7 +177,7 @@ el2_guest_exit:
     ldr x0, [sp, #(16 + {FRAME_CTX})]
     save_guest_gprs
 /* The same with the guest's x0..x30 already in the context (x0). */
-el2_guest_exit_saved:
+.Lguest_exit_saved:
     add sp, sp, #16
     mrs x2, sp_el0
     mrs x3, sp_el1

@@ -21,10 +21,8 @@ const MDT_VERSION: i32 = 3;
 const MDT_STRUCT_VERSION: i32 = 1;
 /// The only function allowed to read x18 (the per-CPU pointer).
 const X18_ALLOWED: &str = "vmm_freebsd_pcpu";
-/// The world switch's guest entry and exit (linked in for VHE kernels): they save the
-/// host's x18 with the other callee-saved registers, load the guest's, and put the
-/// host's back.
-const X18_SWITCH: [&str; 2] = ["el2_guest_enter", "el2_guest_exit"];
+/// The world switch's functions that touch x18 (linked in for VHE kernels).
+const X18_SWITCH: &[&str] = vmm_testbed_harness::build::X18_ALLOWED;
 /// Relocation types arm64's `elf_reloc_internal` applies to modules.
 const RELOCS_OK: &[(u32, &str)] = &[
     (elf::R_AARCH64_NONE, "NONE"),
