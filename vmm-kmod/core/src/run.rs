@@ -259,9 +259,12 @@ impl<H: Host> Vmm<H> {
             if !matches!(decoded, Decoded::DataAbort(_) | Decoded::InstAbort(_)) {
                 last_ram_fault = (u64::MAX, 0);
             }
-            match self.handle(vm, slot, vcpu, kind, decoded, &mut last_ram_fault)? {
-                Next::Reenter => continue,
-                Next::User(e) => return Ok(e),
+            // Matched whole, not with `?`: moving the `Next` out of the result first
+            // copies the exit on every reentry too.
+            match self.handle(vm, slot, vcpu, kind, &decoded, &mut last_ram_fault) {
+                Ok(Next::Reenter) => continue,
+                Ok(Next::User(e)) => return Ok(e),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -306,7 +309,7 @@ impl<H: Host> Vmm<H> {
         slot: &VcpuSlot<H>,
         vcpu: &mut Vcpu,
         kind: u32,
-        d: Decoded,
+        d: &Decoded,
         ram_fault: &mut (u64, u32),
     ) -> KResult<Next> {
         let stats = &slot.shared.stats;
@@ -326,12 +329,11 @@ impl<H: Host> Vmm<H> {
                 Ok(Next::User(hyp_exit(kind, vcpu.ctx_ref())))
             }
             Decoded::SysReg { access, iss } => {
-                if let Some(next) = self.kernel_sysreg(vm, vcpu, stats, &access)? {
+                if let Some(next) = self.kernel_sysreg(vm, vcpu, stats, access)? {
                     return Ok(next);
                 }
                 let ctx = vcpu.ctx_ref();
-                let ans =
-                    sysemul::answer(&access, &self.ids, ctx.el2.vpidr_el2, ctx.el2.vmpidr_el2);
+                let ans = sysemul::answer(access, &self.ids, ctx.el2.vpidr_el2, ctx.el2.vmpidr_el2);
                 match ans {
                     SysRegAnswer::Read(v) => {
                         vcpu.set_x(access.rt, v);
@@ -354,7 +356,7 @@ impl<H: Host> Vmm<H> {
                         let mut e = exit_base(ExitCode::RegEmul, pc, INSN_SIZE as i32);
                         e.u.reg_emul = ExitRegEmul {
                             vre: Vre {
-                                inst_syndrome: iss,
+                                inst_syndrome: *iss,
                                 dir: if access.read {
                                     VM_DIR_READ
                                 } else {
@@ -427,7 +429,7 @@ impl<H: Host> Vmm<H> {
         vm: &Vm<H>,
         vcpu: &mut Vcpu,
         stats: &Stats,
-        a: Abort,
+        a: &Abort,
         data: bool,
         ram_fault: &mut (u64, u32),
     ) -> KResult<Next> {

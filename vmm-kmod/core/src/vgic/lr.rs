@@ -77,8 +77,10 @@ impl Vgic {
             .get(vcpu)
             .is_some_and(|c| c.idle_epoch == Some(epoch))
         {
-            // Nothing changed since a flush that found nothing: same answer.
-            for lr in regs.ich_lr_el2.iter_mut() {
+            // Nothing changed since a flush that found nothing: same answer. Only the
+            // list registers a previous flush used can hold anything.
+            let used = usize::try_from(regs.lr_used).unwrap_or(ICH_LR_MAX);
+            for lr in regs.ich_lr_el2.iter_mut().take(used) {
                 *lr = 0;
             }
             regs.lr_used = 0;
@@ -200,10 +202,11 @@ impl Vgic {
         };
         c.vmcr = regs.ich_vmcr_el2;
         let used = core::mem::take(&mut c.lr_used);
-        let intids = c.lr_intid;
-        if used != 0 {
-            self.touch();
+        if used == 0 {
+            return k;
         }
+        let intids = c.lr_intid;
+        self.touch();
         for (&intid, &lr) in intids.iter().zip(regs.ich_lr_el2.iter()).take(used) {
             let Some(i) = self.irq_mut(vcpu, intid) else {
                 continue;
