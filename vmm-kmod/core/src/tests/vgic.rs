@@ -727,3 +727,16 @@ fn physical_timer_fires_while_the_guest_runs() {
     // Due and delivered: the host timer is disarmed.
     assert_eq!(*v.host().timer_arms.lock().unwrap().last().unwrap(), None);
 }
+
+#[test]
+fn kicks_iterate_their_members_lowest_first() {
+    use crate::vgic::Kicks;
+    let mut k = Kicks::default();
+    assert_eq!(k.iter().count(), 0);
+    for v in [5, 0, 15, 3] {
+        k.add(v);
+    }
+    assert_eq!(k.iter().collect::<Vec<_>>(), [0, 3, 5, 15]);
+    // Bits past the largest vCPU id are never members.
+    assert_eq!(Kicks(u32::MAX).iter().count(), crate::vgic::MAX_CPUS);
+}
