@@ -452,6 +452,7 @@ impl<H: Host> Vmm<H> {
             }
         }
         let v = vgic::Vgic::attach(req, mpidrs, &ram, self.cfg.s2.ipa_limit(), self.ich_vtr)?;
+        vm.vgic_windows.set(v.dist_window(), v.redist_window());
         *g = Some(v);
         Ok(())
     }

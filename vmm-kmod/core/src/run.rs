@@ -444,7 +444,8 @@ impl<H: Host> Vmm<H> {
             inject(vcpu, stats, exit::address_size_esr(data, at_el0), a.far);
             return Ok(Next::Reenter);
         }
-        {
+        // The vGIC's windows are never RAM: no lookup for them.
+        if !vm.vgic_windows.contains(a.ipa) {
             let mut mem = vm.mem.lock();
             if let Some(m) = mem.map_at(a.ipa).copied() {
                 let p = m.perm();

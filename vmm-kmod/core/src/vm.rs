@@ -79,6 +79,10 @@ pub struct Vm<H: Host> {
     /// The virtual GICv3 once VM_ATTACH_VGIC made it. Lock order: a vCPU, then this;
     /// never held across a guest entry, a copyin/copyout or a sleep.
     pub vgic: Mutex<H::Mutex, Option<Vgic>>,
+    /// The vGIC's MMIO windows, set once at attach (a vGIC is never detached): lets a
+    /// stage-2 fault in them skip the guest RAM lookup, which can never match there
+    /// (RAM and the windows never overlap).
+    pub vgic_windows: VgicWindows,
     pub vcpus: Vec<VcpuSlot<H>>,
     /// `enum vm_suspend_how`, 0 when running.
     pub suspend: AtomicI32,
@@ -92,6 +96,36 @@ pub struct Vm<H: Host> {
     pub needs_cache_sync: AtomicBool,
     /// When each kind of guest-triggered kernel message was last logged.
     pub noise: NoiseLimit,
+}
+
+/// The distributor's and redistributors' IPA ranges, `[start, end)`, both empty until
+/// a vGIC is attached.
+#[derive(Debug, Default)]
+pub struct VgicWindows {
+    bounds: [AtomicU64; 4],
+}
+
+impl VgicWindows {
+    /// Records the windows `(base, size)` of a vGIC just attached.
+    pub fn set(&self, dist: (u64, u64), redist: (u64, u64)) {
+        for (pair, (base, size)) in self.bounds.chunks(2).zip([dist, redist]) {
+            if let [start, end] = pair {
+                start.store(base, Ordering::Relaxed);
+                end.store(base.saturating_add(size), Ordering::Release);
+            }
+        }
+    }
+
+    /// Whether `ipa` lies in one of the windows.
+    pub fn contains(&self, ipa: u64) -> bool {
+        self.bounds.chunks(2).any(|pair| match pair {
+            [start, end] => {
+                let end = end.load(Ordering::Acquire);
+                ipa < end && start.load(Ordering::Relaxed) <= ipa
+            }
+            _ => false,
+        })
+    }
 }
 
 /// Kernel messages a guest can trigger at will ([`GuestNoise`]): each kind is logged
@@ -180,6 +214,7 @@ impl<H: Host> Vm<H> {
             debug: AtomicU32::new(0),
             needs_cache_sync: AtomicBool::new(true),
             noise: NoiseLimit::default(),
+            vgic_windows: VgicWindows::default(),
         })
     }
 

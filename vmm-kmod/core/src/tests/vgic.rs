@@ -740,3 +740,22 @@ fn kicks_iterate_their_members_lowest_first() {
     // Bits past the largest vCPU id are never members.
     assert_eq!(Kicks(u32::MAX).iter().count(), crate::vgic::MAX_CPUS);
 }
+
+#[test]
+fn vgic_windows_hold_exactly_the_attached_ranges() {
+    let w = crate::vm::VgicWindows::default();
+    assert!(!w.contains(0) && !w.contains(0x2f00_0000));
+    w.set((0x2f00_0000, 0x1_0000), (0x2f10_0000, 0x4_0000));
+    for (ipa, inside) in [
+        (0x2eff_ffff, false),
+        (0x2f00_0000, true),
+        (0x2f00_ffff, true),
+        (0x2f01_0000, false),
+        (0x2f10_0000, true),
+        (0x2f13_ffff, true),
+        (0x2f14_0000, false),
+        (u64::MAX, false),
+    ] {
+        assert_eq!(w.contains(ipa), inside, "{ipa:#x}");
+    }
+}

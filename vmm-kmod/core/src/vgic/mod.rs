@@ -408,10 +408,12 @@ impl Vgic {
         let irq = self.irq_mut(vcpu, intid).ok_or(Errno::EINVAL)?;
         let before = *irq;
         irq.set_level(level);
-        // The timers drive their PPIs after every exit: only a change costs a scan.
-        if *irq != before {
-            self.touch();
+        // The timers drive their PPIs after every exit: only a change costs a scan,
+        // and only a change can give anyone new work.
+        if *irq == before {
+            return Ok(Kicks::default());
         }
+        self.touch();
         let mut k = Kicks::default();
         self.note(&mut k, vcpu, intid);
         Ok(k)
