@@ -69,9 +69,22 @@ pub(crate) struct HostState {
     pub(crate) timer: VtimerRegs,
 }
 
+/// A guest's whole EL1 state: [`save_el1_kept`] and the exception registers.
 pub(crate) fn save_el1<const VHE: bool>(r: &mut El1Regs) {
     r.elr_el1 = rd1!(VHE, "elr_el1", "S3_5_C4_C0_1");
     r.spsr_el1 = rd1!(VHE, "spsr_el1", "S3_5_C4_C0_0");
+    r.esr_el1 = rd1!(VHE, "esr_el1", "S3_5_C5_C2_0");
+    r.far_el1 = rd1!(VHE, "far_el1", "S3_5_C6_C0_0");
+    r.afsr0_el1 = rd1!(VHE, "afsr0_el1", "S3_5_C5_C1_0");
+    r.afsr1_el1 = rd1!(VHE, "afsr1_el1", "S3_5_C5_C1_1");
+    save_el1_kept::<VHE>(r);
+}
+
+/// The EL1 registers an nVHE host kernel relies on across its hypercall: all but the
+/// exception registers (ELR, SPSR, ESR, FAR, AFSR0/1_EL1), which every exception entry
+/// writes afresh and a kernel reads only right after one; the hypercall is not inside
+/// such a window (its own entry state is in the kernel's trap frame).
+pub(crate) fn save_el1_kept<const VHE: bool>(r: &mut El1Regs) {
     r.sctlr_el1 = rd1!(VHE, "sctlr_el1", "S3_5_C1_C0_0");
     r.ttbr0_el1 = rd1!(VHE, "ttbr0_el1", "S3_5_C2_C0_0");
     r.ttbr1_el1 = rd1!(VHE, "ttbr1_el1", "S3_5_C2_C0_1");
@@ -81,17 +94,23 @@ pub(crate) fn save_el1<const VHE: bool>(r: &mut El1Regs) {
     r.vbar_el1 = rd1!(VHE, "vbar_el1", "S3_5_C12_C0_0");
     r.contextidr_el1 = rd1!(VHE, "contextidr_el1", "S3_5_C13_C0_1");
     r.cpacr_el1 = rd1!(VHE, "cpacr_el1", "S3_5_C1_C0_2");
-    r.esr_el1 = rd1!(VHE, "esr_el1", "S3_5_C5_C2_0");
-    r.far_el1 = rd1!(VHE, "far_el1", "S3_5_C6_C0_0");
-    r.afsr0_el1 = rd1!(VHE, "afsr0_el1", "S3_5_C5_C1_0");
-    r.afsr1_el1 = rd1!(VHE, "afsr1_el1", "S3_5_C5_C1_1");
     save_unredirected_el1(r);
     r.cntkctl_el1 = rd1!(VHE, "cntkctl_el1", "S3_5_C14_C1_0");
 }
 
+/// A guest's whole EL1 state: [`load_el1_kept`] and the exception registers.
 pub(crate) fn load_el1<const VHE: bool>(r: &El1Regs) {
     wr1!(VHE, "elr_el1", "S3_5_C4_C0_1", r.elr_el1);
     wr1!(VHE, "spsr_el1", "S3_5_C4_C0_0", r.spsr_el1);
+    wr1!(VHE, "esr_el1", "S3_5_C5_C2_0", r.esr_el1);
+    wr1!(VHE, "far_el1", "S3_5_C6_C0_0", r.far_el1);
+    wr1!(VHE, "afsr0_el1", "S3_5_C5_C1_0", r.afsr0_el1);
+    wr1!(VHE, "afsr1_el1", "S3_5_C5_C1_1", r.afsr1_el1);
+    load_el1_kept::<VHE>(r);
+}
+
+/// What [`save_el1_kept`] saved.
+pub(crate) fn load_el1_kept<const VHE: bool>(r: &El1Regs) {
     wr1!(VHE, "sctlr_el1", "S3_5_C1_C0_0", r.sctlr_el1);
     wr1!(VHE, "ttbr0_el1", "S3_5_C2_C0_0", r.ttbr0_el1);
     wr1!(VHE, "ttbr1_el1", "S3_5_C2_C0_1", r.ttbr1_el1);
@@ -101,10 +120,6 @@ pub(crate) fn load_el1<const VHE: bool>(r: &El1Regs) {
     wr1!(VHE, "vbar_el1", "S3_5_C12_C0_0", r.vbar_el1);
     wr1!(VHE, "contextidr_el1", "S3_5_C13_C0_1", r.contextidr_el1);
     wr1!(VHE, "cpacr_el1", "S3_5_C1_C0_2", r.cpacr_el1);
-    wr1!(VHE, "esr_el1", "S3_5_C5_C2_0", r.esr_el1);
-    wr1!(VHE, "far_el1", "S3_5_C6_C0_0", r.far_el1);
-    wr1!(VHE, "afsr0_el1", "S3_5_C5_C1_0", r.afsr0_el1);
-    wr1!(VHE, "afsr1_el1", "S3_5_C5_C1_1", r.afsr1_el1);
     load_unredirected_el1(r);
     wr1!(VHE, "cntkctl_el1", "S3_5_C14_C1_0", r.cntkctl_el1);
 }
@@ -474,7 +489,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     let mut host = HostState::default();
     let (lrs, aprs) = vgic_shape();
 
-    save_el1::<false>(&mut host.el1);
+    save_el1_kept::<false>(&mut host.el1);
     host.sp_el0 = mrs!("sp_el0");
     host.sp_el1 = mrs!("sp_el1");
     save_el2(&mut host.el2);
@@ -501,7 +516,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     optional_to_host(&host);
     load_el2(&host.el2);
     save_guest::<false>(c, &host, lrs, aprs);
-    load_el1::<false>(&host.el1);
+    load_el1_kept::<false>(&host.el1);
     msr!("sp_el0", host.sp_el0);
     msr!("sp_el1", host.sp_el1);
     r.kind
