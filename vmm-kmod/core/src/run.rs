@@ -253,7 +253,7 @@ impl<H: Host> Vmm<H> {
                 return Err(Errno::ENXIO);
             };
             vcpu.ctx().exit.kind = kind;
-            self.vgic_after_exit(vm, vcpu, id)?;
+            self.vgic_after_exit(vm, vcpu, id);
             let info = vcpu.ctx_ref().exit;
             let decoded = exit::decode(kind, &info);
             if !matches!(decoded, Decoded::DataAbort(_) | Decoded::InstAbort(_)) {
@@ -618,20 +618,19 @@ impl<H: Host> Vmm<H> {
         Ok(Some(eval.virt_level))
     }
 
-    /// After an exit: folds the list registers back, evaluates both timers and drives
-    /// their PPIs, then notifies the vCPUs that must look (an SPI the guest finished may
-    /// now go elsewhere).
-    fn vgic_after_exit(&self, vm: &Vm<H>, vcpu: &mut Vcpu, id: u32) -> KResult<()> {
-        let now = self.host.counter();
+    /// After an exit: folds the list registers back, then notifies the vCPUs that must
+    /// look (an SPI the guest finished may now go elsewhere). The timers' PPIs are
+    /// driven where they are looked at: before the next entry (`vgic_flush`) and in a
+    /// WFI's wait; they are this vCPU's alone, so nobody else needs them sooner.
+    fn vgic_after_exit(&self, vm: &Vm<H>, vcpu: &mut Vcpu, id: u32) {
         let kicks = {
             let mut g = vm.vgic.lock();
             let Some(v) = g.as_mut() else {
-                return Ok(());
+                return;
             };
-            vtimer::after_exit(v, id as usize, vcpu.ctx_ref(), &vcpu.phys_timer, now)?.0
+            v.sync(id as usize, &vcpu.ctx_ref().vgic)
         };
         vm.kick_irq(&self.host, kicks, Some(id as usize));
-        Ok(())
     }
 
     /// Arms the host timer at the emulated physical timer's deadline (the virtual

@@ -22,7 +22,7 @@
 use crate::errno::KResult;
 use crate::vgic::{Kicks, Vgic};
 use vmm_sys::arm64::sysreg::{self, SysReg};
-use vmm_sys::hyp::{VcpuContext, VtimerRegs};
+use vmm_sys::hyp::VtimerRegs;
 
 /// CNTx_CTL_EL0 bits.
 pub const CTL_ENABLE: u64 = 1 << 0;
@@ -191,28 +191,11 @@ pub fn update_vgic(vgic: &mut Vgic, vcpu: usize, e: &TimerEval) -> KResult<Kicks
     Ok(k)
 }
 
-/// Everything the vGIC and the timers need after vCPU `vcpu` exits, in one call: the
-/// list registers folded back ([`Vgic::sync`]), both timers evaluated at host count
-/// `now` and their PPIs driven. Returns the vCPUs to notify (possibly `vcpu` itself)
-/// and the timers' state (for the WFI sleep deadline and the physical timer's host
-/// timer). `EINVAL` for a vCPU the vGIC does not have.
-pub fn after_exit(
-    vgic: &mut Vgic,
-    vcpu: usize,
-    ctx: &VcpuContext,
-    phys: &PhysTimer,
-    now: u64,
-) -> KResult<(Kicks, TimerEval)> {
-    let mut k = vgic.sync(vcpu, &ctx.vgic);
-    let e = evaluate(&ctx.timer, phys, now);
-    k.merge(update_vgic(vgic, vcpu, &e)?);
-    Ok((k, e))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use vmm_sys::hyp::VcpuContext;
 
     fn vt(ctl: u64, cval: u64, off: u64) -> VtimerRegs {
         VtimerRegs {
@@ -430,8 +413,23 @@ mod tests {
         assert!(!g.has_pending(0));
     }
 
+    /// What the run loop does around an exit: the list registers folded back after it
+    /// ([`Vgic::sync`]), both timers driven before the next entry.
+    fn sync_and_drive(
+        g: &mut Vgic,
+        vcpu: usize,
+        ctx: &VcpuContext,
+        phys: &PhysTimer,
+        now: u64,
+    ) -> KResult<(Kicks, TimerEval)> {
+        let mut k = g.sync(vcpu, &ctx.vgic);
+        let e = evaluate(&ctx.timer, phys, now);
+        k.merge(update_vgic(g, vcpu, &e)?);
+        Ok((k, e))
+    }
+
     #[test]
-    fn after_exit_syncs_and_drives_the_ppis() {
+    fn sync_and_drive_the_ppis() {
         use crate::vgic::lr::{LR_ACTIVE, LR_PENDING};
         let mut g = Vgic::new(&[0x8000_0000, 0x8000_0001], 0x2f00_0000, 0x2f10_0000, 3).unwrap();
         let mut v = 0xffff_ffffu64;
@@ -447,17 +445,17 @@ mod tests {
         phys.write_cval(50);
         phys.write_ctl(CTL_ENABLE);
         // Before either is due: nothing, the virtual deadline first.
-        let (k, e) = after_exit(&mut g, 1, &ctx, &phys, 10).unwrap();
+        let (k, e) = sync_and_drive(&mut g, 1, &ctx, &phys, 10).unwrap();
         assert!(k.is_empty());
         assert_eq!((e.deadline, e.phys_deadline), (Some(50), Some(50)));
-        let (k, e) = after_exit(&mut g, 1, &ctx, &phys, 60).unwrap();
+        let (k, e) = sync_and_drive(&mut g, 1, &ctx, &phys, 60).unwrap();
         assert_eq!(k.0, 1 << 1, "PPI 30 for vCPU 1");
         assert_eq!(e.deadline, Some(100));
         g.flush(1, &mut ctx.vgic);
         assert_eq!(ctx.vgic.ich_lr_el2[0] & 0xffff_ffff, 30);
         // The guest acknowledges it; the virtual timer fires too.
         ctx.vgic.ich_lr_el2[0] = (ctx.vgic.ich_lr_el2[0] & !LR_PENDING) | LR_ACTIVE;
-        let (k, _) = after_exit(&mut g, 1, &ctx, &phys, 200).unwrap();
+        let (k, _) = sync_and_drive(&mut g, 1, &ctx, &phys, 200).unwrap();
         assert_eq!(k.0, 1 << 1);
         g.flush(1, &mut ctx.vgic);
         let ids: Vec<u64> = ctx.vgic.ich_lr_el2[..2]
@@ -465,6 +463,6 @@ mod tests {
             .map(|l| l & 0xffff_ffff)
             .collect();
         assert_eq!(ids, [30, 27], "the active one first");
-        assert!(after_exit(&mut g, 2, &ctx, &phys, 0).is_err());
+        assert!(sync_and_drive(&mut g, 2, &ctx, &phys, 0).is_err());
     }
 }
