@@ -759,3 +759,30 @@ fn vgic_windows_hold_exactly_the_attached_ranges() {
         assert_eq!(w.contains(ipa), inside, "{ipa:#x}");
     }
 }
+
+/// The flush looks only at SPIs something touched since it last found them idle:
+/// an SPI raised and enabled is delivered, and once it is idle again its mark is gone.
+#[test]
+fn flush_scans_only_touched_spis() {
+    use crate::vgic::Vgic;
+    let mut g = Vgic::new(&[0x8000_0000], GICD, GICR, FAKE_ICH_VTR).unwrap();
+    assert_eq!(g.spi_maybe_live, 0, "nothing touched after reset");
+    let mut regs = vmm_sys::hyp::VgicCpuRegs::default();
+    // GICD_CTLR: both groups on; SPI 40 group 1, enabled, its line raised.
+    let mut v = 3u64;
+    g.mmio_access(0, GICD, 4, true, &mut v).unwrap();
+    v = 1 << 8;
+    g.mmio_access(0, GICD + 0x84, 4, true, &mut v).unwrap();
+    g.mmio_access(0, GICD + 0x104, 4, true, &mut v).unwrap();
+    g.assert_spi(40).unwrap();
+    assert_ne!(g.spi_maybe_live & (1 << 8), 0);
+    g.flush(0, &mut regs);
+    assert_eq!(regs.ich_lr_el2[0] & 0xffff_ffff, 40, "delivered");
+    // The guest takes and finishes it; the line drops.
+    regs.ich_lr_el2[0] = 0;
+    g.sync(0, &regs);
+    g.deassert_spi(40).unwrap();
+    g.flush(0, &mut regs);
+    assert_eq!(regs.lr_used, 0);
+    assert_eq!(g.spi_maybe_live, 0, "idle again: unmarked");
+}

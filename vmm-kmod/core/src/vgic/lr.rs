@@ -57,6 +57,12 @@ fn lr_value(intid: u32, i: &Irq, pending: bool, eoi: bool) -> u64 {
     lr
 }
 
+/// A cheap superset of what `flush` puts in a list register: active, or enabled with
+/// its latch or line set (whether it is also deliverable is checked after).
+fn maybe_wanted(i: &Irq) -> bool {
+    i.active | (i.enabled & (i.latch | i.level))
+}
+
 impl Vgic {
     /// Before entering vCPU `vcpu`: fills `regs`' list registers with its active
     /// interrupts, then its deliverable pending ones by priority (lower value first,
@@ -122,14 +128,30 @@ impl Vgic {
             }
             len = len.saturating_add(1).min(nr);
         };
+        // Most interrupts are idle: `maybe_wanted` rejects those first.
         if let Some(c) = self.cpus.get(vcpu) {
             for (n, i) in (0u32..).zip(c.private.iter()) {
+                if !maybe_wanted(i) {
+                    continue;
+                }
                 if let Some(cand) = wanted(n, i) {
                     offer(cand);
                 }
             }
         }
-        for (n, s) in (SPI_BASE..).zip(self.spis.iter()) {
+        // Only the SPIs marked as possibly live; those found idle lose their mark.
+        let mut marked = self.spi_maybe_live;
+        while marked != 0 {
+            let bit = marked.trailing_zeros();
+            marked &= marked.wrapping_sub(1);
+            let Some(s) = usize::try_from(bit).ok().and_then(|b| self.spis.get(b)) else {
+                continue;
+            };
+            if !maybe_wanted(&s.irq) {
+                self.spi_maybe_live &= !(1u128 << bit);
+                continue;
+            }
+            let n = SPI_BASE.wrapping_add(bit);
             let mine = if s.irq.owner == NO_OWNER {
                 s.target == v
             } else {

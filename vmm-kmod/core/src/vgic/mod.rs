@@ -32,6 +32,8 @@ pub const VGIC_VERSION: u32 = 3;
 /// (PL011 32, PL031 33, NS16550 34, virtio-mmio 48..55); the rest are free for MSIs
 /// through GICD_SETSPI_NSR. A multiple of 32 (GICD_TYPER.ITLinesNumber counts blocks).
 pub const NR_SPIS: u32 = 96;
+// `Vgic::spi_maybe_live` has a bit per SPI.
+const _: () = assert!(NR_SPIS <= 128);
 /// One past the highest INTID.
 pub const NR_IRQS: u32 = 32 + NR_SPIS;
 /// Most vCPUs a vGIC serves (the platform's redistributor window, [`Kicks`] width).
@@ -152,6 +154,11 @@ pub struct Vgic {
     /// GICD_CTLR.EnableGrp0 (bit 0) and EnableGrp1 (bit 1).
     ctlr: u32,
     pub(crate) spis: Vec<Spi>,
+    /// Bit n: SPI `SPI_BASE + n` may be active or pending, so `flush` must look at it.
+    /// A superset: every mutable access to an SPI ([`Vgic::spi_mut`]) sets its bit,
+    /// and only `flush` clears the bits of SPIs it finds idle. The flush's scan then
+    /// skips the SPIs nothing touched, most of them on most entries.
+    pub(crate) spi_maybe_live: u128,
     pub(crate) cpus: Vec<Cpu>,
     /// Bumped by every change that could give some vCPU something to see (register
     /// writes, injections, folded list registers): `flush` skips its scan for a vCPU
@@ -250,6 +257,7 @@ impl Vgic {
             nr_lrs,
             ctlr: 0,
             spis: Vec::new(),
+            spi_maybe_live: 0,
             cpus: mpidrs.iter().map(|&m| Cpu::new(m)).collect(),
             epoch: 0,
         };
@@ -286,6 +294,8 @@ impl Vgic {
             target: NO_TARGET,
         };
         self.spis.resize(NR_SPIS as usize, spi);
+        // Every SPI is idle now.
+        self.spi_maybe_live = 0;
         for c in self.cpus.iter_mut() {
             *c = Cpu::new(c.mpidr);
         }
@@ -549,8 +559,11 @@ impl Vgic {
         }
     }
 
+    /// SPI `intid` to change: marked as possibly live for `flush`.
     fn spi_mut(&mut self, intid: u32) -> Option<&mut Spi> {
-        self.spis.get_mut(Self::spi_index(intid)?)
+        let n = Self::spi_index(intid)?;
+        self.spi_maybe_live |= 1u128.checked_shl(u32::try_from(n).ok()?).unwrap_or(0);
+        self.spis.get_mut(n)
     }
 
     /// The input line of SPI `intid` (for `Vmm::spi_line`).
