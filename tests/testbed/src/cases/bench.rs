@@ -17,6 +17,7 @@ use crate::cases::vmm::{self, Core};
 use crate::{kernel::hyp, kernel::timer, kprintln};
 use alloc::format;
 use alloc::string::String;
+use core::sync::atomic::{AtomicU64, Ordering};
 use vmm_core::DeviceRef;
 use vmm_sys::abi::*;
 use vmm_sys::arm64::esr::{ec, esr_ec, esr_iss};
@@ -26,7 +27,10 @@ use vmm_sys::reg::{VM_REG_GUEST_PC, VM_REG_GUEST_X0};
 
 static BENCH: &[u8] = include_bytes!(concat!(env!("VMM_GUEST_DIR"), "/bench.bin"));
 static BENCH_VGIC: &[u8] = include_bytes!(concat!(env!("VMM_GUEST_DIR"), "/bench_vgic.bin"));
+static BENCH_IPI: &[u8] = include_bytes!(concat!(env!("VMM_GUEST_DIR"), "/bench_ipi.bin"));
 const N: u64 = 20_000;
+/// Round trips of the cross-vCPU IPI benchmark (each wakes the other CPU).
+const IPI_N: u64 = 5_000;
 
 /// PA where `-device loader` leaves the mode word ("BNCH" = run the benchmark).
 pub const MODE_PA: u64 = 0x401f_f000;
@@ -194,6 +198,143 @@ fn ioctl_vm<T: Pod>(vmm: &Core, name: &[u8], cmd: u64, v: &mut T) -> Result<(), 
         .map_err(|e| format!("ioctl {cmd:#x}: {e:?}"))
 }
 
+fn set_vcpu_reg(vmm: &Core, name: &[u8], cpu: i32, reg: u32, val: u64) -> Result<(), String> {
+    let mut r = VmRegister {
+        cpuid: cpu,
+        regnum: reg as i32,
+        regval: val,
+    };
+    ioctl_vm(vmm, name, VM_SET_REGISTER, &mut r)
+}
+
+fn run_vcpu(vmm: &Core, name: &[u8], cpu: i32) -> Result<VmExit, String> {
+    let mut exit = VmExit::default();
+    let mut r = VmRun {
+        cpuid: cpu,
+        vm_exit: &mut exit as *mut VmExit as u64,
+        ..Default::default()
+    };
+    ioctl_vm(vmm, name, VM_RUN, &mut r)?;
+    Ok(exit)
+}
+
+const IPI_VM: &[u8] = b"bench-ipi";
+/// How the receiver's VM_RUN loop on CPU 1 ended, when it was not the VM's destroy
+/// (`u64::MAX` while none): the exit code, or `1 << 32` for a failed VM_RUN.
+static IPI_RECEIVER_END: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// CPU 1: runs vCPU 1 (the receiver) until the VM is destroyed (SUSPENDED).
+fn ipi_receiver(vmm: u64) -> u64 {
+    // SAFETY: cross_vcpu_ipi passes a &Core it keeps alive until cpu::wait(1).
+    let vmm: &Core = unsafe { &*(vmm as *const Core) };
+    loop {
+        match run_vcpu(vmm, IPI_VM, 1) {
+            Ok(e) if e.exitcode == ExitCode::Bogus as i32 => {}
+            Ok(e) if e.exitcode == ExitCode::Suspended as i32 => return 0,
+            Ok(e) => {
+                IPI_RECEIVER_END.store(e.exitcode as u32 as u64, Ordering::SeqCst);
+                return 1;
+            }
+            Err(_) => {
+                IPI_RECEIVER_END.store(1 << 32, Ordering::SeqCst);
+                return 1;
+            }
+        }
+    }
+}
+
+/// The `bench_ipi` guest: vCPU 0 on this CPU sends IPI_N SGIs to vCPU 1, which CPU 1
+/// runs and which waits for each in WFI. Returns the sender's ticks for all of them,
+/// the SGIs the receiver counted and the exits of each vCPU.
+fn cross_vcpu_ipi(vmm: &Core) -> Result<(u64, u64, u64, u64), String> {
+    vmm::start(vmm, IPI_VM, BENCH_IPI, IPI_N)?;
+    IPI_RECEIVER_END.store(u64::MAX, Ordering::SeqCst);
+    let mut posted = false;
+    let res = (|| {
+        set_vcpu_reg(vmm, IPI_VM, 0, VM_REG_GUEST_X0 + 1, 0)?;
+        set_vcpu_reg(vmm, IPI_VM, 1, VM_REG_GUEST_PC, 0x8000_0000)?;
+        set_vcpu_reg(vmm, IPI_VM, 1, VM_REG_GUEST_X0, IPI_N)?;
+        set_vcpu_reg(vmm, IPI_VM, 1, VM_REG_GUEST_X0 + 1, 1)?;
+        ioctl_vm(
+            vmm,
+            IPI_VM,
+            VM_ACTIVATE_CPU,
+            &mut VmActivateCpu { vcpuid: 1 },
+        )?;
+        let mut d = VmVgicDescr {
+            ver: VmVgicVersion {
+                version: 3,
+                flags: 0,
+            },
+            v3_regs: VgicV3Regs {
+                dist_start: GICD,
+                dist_size: 0x1_0000,
+                redist_start: GICR,
+                redist_size: 0x4_0000,
+            },
+        };
+        ioctl_vm(vmm, IPI_VM, VM_ATTACH_VGIC, &mut d)?;
+        crate::kernel::cpu::post(1, ipi_receiver, vmm as *const Core as u64);
+        posted = true;
+        loop {
+            let e = run_vcpu(vmm, IPI_VM, 0)?;
+            if e.exitcode == ExitCode::Bogus as i32 {
+                continue;
+            }
+            let end = IPI_RECEIVER_END.load(Ordering::SeqCst);
+            if end != u64::MAX {
+                return Err(format!("receiver's VM_RUN ended: {end:#x}"));
+            }
+            if e.exitcode != ExitCode::Hyp as i32 {
+                return Err(format!("exit code {} at pc {:#x}", e.exitcode, e.pc));
+            }
+            // SAFETY: a HYP exit fills the hyp member.
+            let esr = unsafe { e.u.hyp.esr_el2 };
+            let reg = |r: u32| vmm::get_reg(vmm, IPI_VM, VM_REG_GUEST_X0 + r);
+            match (esr >> 26, esr & 0xffff) {
+                (0x16, 2) => {
+                    let exits = |cpu: i32| -> Result<u64, String> {
+                        let mut st = VmStats {
+                            cpuid: cpu,
+                            ..Default::default()
+                        };
+                        ioctl_vm(vmm, IPI_VM, VM_STATS, &mut st)?;
+                        // Counter 0: total exits (vmm-core's stats.rs).
+                        Ok(st.statbuf[0])
+                    };
+                    return Ok((reg(1)?, reg(2)?, exits(0)?, exits(1)?));
+                }
+                (0x16, 3) => {
+                    return Err(format!(
+                        "bench_ipi sender failed: x0 = {:#x}, x1 = {:#x}",
+                        reg(0)?,
+                        reg(1)?
+                    ))
+                }
+                _ => return Err(format!("HYP exit with ESR {esr:#x} at pc {:#x}", e.pc)),
+            }
+        }
+    })();
+    // The destroy ends vCPU 1's VM_RUN (SUSPENDED), then CPU 1's call returns.
+    let destroyed = vmm::destroy(vmm, IPI_VM);
+    if posted {
+        crate::kernel::cpu::wait(1);
+    }
+    destroyed?;
+    res
+}
+
+fn report_ipi(ticks: u64, count: u64, exits: (u64, u64)) {
+    let f = timer::freq();
+    let ns = ticks * 1_000_000_000 / f;
+    kprintln!("BENCH vmm_core_vgic cross_vcpu_ipi {}", ns / IPI_N);
+    kprintln!(
+        "BENCH info cross-vCPU: {count} of {IPI_N} SGIs taken on vCPU 1; exits: vCPU 0 {}, vCPU 1 {}",
+        exits.0,
+        exits.1
+    );
+}
+
 fn report_vgic(n: u64, ticks: [u64; 3], sgis: u64, exits: u64) {
     let f = timer::freq();
     let ns = |t: u64| t * 1_000_000_000 / f;
@@ -214,6 +355,9 @@ pub fn run() {
             "nvhe"
         }
     );
+    // The cross-vCPU IPI runs its receiver on CPU 1, which must be up before the core
+    // loads (it takes EL2 on every CPU online); idle, it executes nothing meanwhile.
+    let second_cpu = crate::kernel::cpu::start_secondary(1);
     // The bare world switch through the blob needs the stub: nVHE hosts only.
     if !crate::kernel::cpu::vhe_host() {
         match hyp::load(1) {
@@ -233,6 +377,13 @@ pub fn run() {
             }
             match vgic_through_core(&vmm) {
                 Ok((t, sgis, exits)) => report_vgic(N, t, sgis, exits),
+                Err(e) => kprintln!("BENCH error {e}"),
+            }
+            match second_cpu.map_err(|e| format!("cpu 1 did not start: PSCI {e}")) {
+                Ok(()) => match cross_vcpu_ipi(&vmm) {
+                    Ok((t, count, e0, e1)) => report_ipi(t, count, (e0, e1)),
+                    Err(e) => kprintln!("BENCH error {e}"),
+                },
                 Err(e) => kprintln!("BENCH error {e}"),
             }
             if let Err(e) = vmm::unload(vmm) {
