@@ -760,10 +760,11 @@ fn vgic_windows_hold_exactly_the_attached_ranges() {
     }
 }
 
-/// The flush looks only at SPIs something touched since it last found them idle:
-/// an SPI raised and enabled is delivered, and once it is idle again its mark is gone.
+/// The flush looks only at interrupts something touched since it last found them
+/// idle: an SPI or SGI made pending and enabled is delivered, and once it is idle
+/// again its mark is gone.
 #[test]
-fn flush_scans_only_touched_spis() {
+fn flush_scans_only_touched_interrupts() {
     use crate::vgic::Vgic;
     let mut g = Vgic::new(&[0x8000_0000], GICD, GICR, FAKE_ICH_VTR).unwrap();
     assert_eq!(g.spi_maybe_live, 0, "nothing touched after reset");
@@ -785,4 +786,19 @@ fn flush_scans_only_touched_spis() {
     g.flush(0, &mut regs);
     assert_eq!(regs.lr_used, 0);
     assert_eq!(g.spi_maybe_live, 0, "idle again: unmarked");
+    // The same for a private interrupt: an SGI sent to itself (group 1, enabled).
+    v = 1 << 3;
+    g.mmio_access(0, GICR + SGI_FRAME + 0x80, 4, true, &mut v).unwrap();
+    g.mmio_access(0, GICR + SGI_FRAME + 0x100, 4, true, &mut v).unwrap();
+    let sgi3_to_aff0_0 = (3 << 24) | 1;
+    g.sysreg_write(0, sysreg::ICC_SGI1R_EL1, sgi3_to_aff0_0);
+    assert_ne!(g.cpus[0].private_maybe_live & (1 << 3), 0);
+    g.flush(0, &mut regs);
+    assert_eq!(regs.ich_lr_el2[0] & 0xffff_ffff, 3, "delivered");
+    regs.ich_lr_el2[0] = 0;
+    g.sync(0, &regs);
+    g.flush(0, &mut regs);
+    assert_eq!(regs.lr_used, 0);
+    assert_eq!(g.cpus[0].private_maybe_live, 0, "idle again: unmarked");
+    assert!(!g.has_pending(0));
 }

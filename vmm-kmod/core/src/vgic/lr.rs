@@ -128,30 +128,28 @@ impl Vgic {
             }
             len = len.saturating_add(1).min(nr);
         };
-        // Most interrupts are idle: `maybe_wanted` rejects those first.
-        if let Some(c) = self.cpus.get(vcpu) {
-            for (n, i) in (0u32..).zip(c.private.iter()) {
+        // Only the private interrupts marked as possibly live (most are idle, and
+        // unmarked); those found idle lose their mark.
+        if let Some(c) = self.cpus.get_mut(vcpu) {
+            let mut idle = 0u32;
+            for (n, i) in c.marked_private() {
                 if !maybe_wanted(i) {
+                    idle |= 1u32.checked_shl(n).unwrap_or(0);
                     continue;
                 }
                 if let Some(cand) = wanted(n, i) {
                     offer(cand);
                 }
             }
+            c.private_maybe_live &= !idle;
         }
         // Only the SPIs marked as possibly live; those found idle lose their mark.
-        let mut marked = self.spi_maybe_live;
-        while marked != 0 {
-            let bit = marked.trailing_zeros();
-            marked &= marked.wrapping_sub(1);
-            let Some(s) = usize::try_from(bit).ok().and_then(|b| self.spis.get(b)) else {
-                continue;
-            };
+        let mut idle = 0u128;
+        for (n, s) in self.marked_spis() {
             if !maybe_wanted(&s.irq) {
-                self.spi_maybe_live &= !(1u128 << bit);
+                idle |= 1u128.checked_shl(n.wrapping_sub(SPI_BASE)).unwrap_or(0);
                 continue;
             }
-            let n = SPI_BASE.wrapping_add(bit);
             let mine = if s.irq.owner == NO_OWNER {
                 s.target == v
             } else {
@@ -163,6 +161,7 @@ impl Vgic {
                 }
             }
         }
+        self.spi_maybe_live &= !idle;
         let overflow = total > len;
         let mut any_pending = false;
         let mut lr_intid = [0u32; ICH_LR_MAX];

@@ -80,19 +80,11 @@ impl Kicks {
     /// often empty, and this runs after every exit).
     pub fn iter(self) -> impl Iterator<Item = usize> {
         // Only vCPU ids below MAX_CPUS exist.
-        let mut left = self.0
+        let ids = self.0
             & 1u32
                 .checked_shl(MAX_CPUS as u32)
                 .map_or(u32::MAX, |b| b.wrapping_sub(1));
-        core::iter::from_fn(move || {
-            if left == 0 {
-                return None;
-            }
-            let n = left.trailing_zeros();
-            // Clears the lowest set bit.
-            left &= left.wrapping_sub(1);
-            usize::try_from(n).ok()
-        })
+        marked(u128::from(ids)).filter_map(|n| usize::try_from(n).ok())
     }
 }
 
@@ -110,8 +102,11 @@ pub(crate) struct Spi {
 #[derive(Debug, Clone)]
 pub(crate) struct Cpu {
     mpidr: u64,
-    /// SGIs 0..16 and PPIs 16..32.
+    /// SGIs 0..16 and PPIs 16..32. Changed only through [`Cpu::private_mut`].
     pub(crate) private: [Irq; 32],
+    /// Bit n: private interrupt n may be active or pending (as `Vgic::spi_maybe_live`
+    /// for the SPIs: set by every change, cleared by `flush` when it finds it idle).
+    pub(crate) private_maybe_live: u32,
     /// GICR_WAKER.ProcessorSleep (ChildrenAsleep mirrors it at once).
     asleep: bool,
     /// The INTID in each list register `flush` filled, for `sync`.
@@ -135,6 +130,7 @@ impl Cpu {
         Cpu {
             mpidr,
             private,
+            private_maybe_live: 0,
             asleep: true,
             lr_intid: [0; ICH_LR_MAX],
             lr_used: 0,
@@ -142,6 +138,31 @@ impl Cpu {
             idle_epoch: None,
         }
     }
+
+    /// Private interrupt `n` to change: marked as possibly live for `flush`.
+    fn private_mut(&mut self, n: usize) -> Option<&mut Irq> {
+        self.private_maybe_live |= 1u32.checked_shl(u32::try_from(n).ok()?).unwrap_or(0);
+        self.private.get_mut(n)
+    }
+
+    /// The private interrupts marked as possibly live: (INTID, state), lowest first.
+    pub(crate) fn marked_private(&self) -> impl Iterator<Item = (u32, &Irq)> {
+        marked(u128::from(self.private_maybe_live))
+            .filter_map(|n| Some((n, self.private.get(usize::try_from(n).ok()?)?)))
+    }
+}
+
+/// The set bits of `bits`, lowest first: one step per member.
+pub(crate) fn marked(mut bits: u128) -> impl Iterator<Item = u32> {
+    core::iter::from_fn(move || {
+        if bits == 0 {
+            return None;
+        }
+        let n = bits.trailing_zeros();
+        // Clears the lowest set bit.
+        bits &= bits.wrapping_sub(1);
+        Some(n)
+    })
 }
 
 /// The virtual GICv3 of one VM.
@@ -505,7 +526,7 @@ impl Vgic {
             if !hit {
                 continue;
             }
-            let Some(irq) = c.private.get_mut(intid as usize) else {
+            let Some(irq) = c.private_mut(intid as usize) else {
                 continue;
             };
             if irq.group1 && !group1 {
@@ -532,8 +553,9 @@ impl Vgic {
         let grp1_on = self.ctlr & 2 != 0 && c.vmcr & 2 != 0;
         let wants = |i: &Irq| i.deliverable(grp0_on, grp1_on) && i.priority < pmr;
         let v = u8::try_from(vcpu).unwrap_or(NO_OWNER);
-        c.private.iter().any(wants)
-            || self.spis.iter().any(|s| {
+        // Unmarked interrupts are idle: only the marked ones can be pending.
+        c.marked_private().any(|(_, i)| wants(i))
+            || self.marked_spis().any(|(_, s)| {
                 let mine = if s.irq.owner == NO_OWNER {
                     s.target == v
                 } else {
@@ -557,6 +579,14 @@ impl Vgic {
         } else {
             None
         }
+    }
+
+    /// The SPIs marked as possibly live: (INTID, SPI), lowest first.
+    pub(crate) fn marked_spis(&self) -> impl Iterator<Item = (u32, &Spi)> {
+        marked(self.spi_maybe_live).filter_map(|n| {
+            let s = self.spis.get(usize::try_from(n).ok()?)?;
+            Some((SPI_BASE.wrapping_add(n), s))
+        })
     }
 
     /// SPI `intid` to change: marked as possibly live for `flush`.
@@ -587,7 +617,7 @@ impl Vgic {
 
     fn irq_mut(&mut self, vcpu: usize, intid: u32) -> Option<&mut Irq> {
         if intid < SPI_BASE {
-            self.cpus.get_mut(vcpu)?.private.get_mut(intid as usize)
+            self.cpus.get_mut(vcpu)?.private_mut(intid as usize)
         } else {
             self.spi_mut(intid).map(|s| &mut s.irq)
         }
