@@ -788,8 +788,10 @@ fn flush_scans_only_touched_interrupts() {
     assert_eq!(g.spi_maybe_live, 0, "idle again: unmarked");
     // The same for a private interrupt: an SGI sent to itself (group 1, enabled).
     v = 1 << 3;
-    g.mmio_access(0, GICR + SGI_FRAME + 0x80, 4, true, &mut v).unwrap();
-    g.mmio_access(0, GICR + SGI_FRAME + 0x100, 4, true, &mut v).unwrap();
+    g.mmio_access(0, GICR + SGI_FRAME + 0x80, 4, true, &mut v)
+        .unwrap();
+    g.mmio_access(0, GICR + SGI_FRAME + 0x100, 4, true, &mut v)
+        .unwrap();
     let sgi3_to_aff0_0 = (3 << 24) | 1;
     g.sysreg_write(0, sysreg::ICC_SGI1R_EL1, sgi3_to_aff0_0);
     assert_ne!(g.cpus[0].private_maybe_live & (1 << 3), 0);

@@ -165,7 +165,9 @@ impl Vgic {
         let overflow = total > len;
         let mut any_pending = false;
         let mut lr_intid = [0u32; ICH_LR_MAX];
-        for (slot, lr) in regs.ich_lr_el2.iter_mut().enumerate() {
+        // The slots past `len` need emptying only where the last flush put something.
+        let stale = usize::try_from(regs.lr_used).unwrap_or(ICH_LR_MAX);
+        for (slot, lr) in regs.ich_lr_el2.iter_mut().enumerate().take(len.max(stale)) {
             let Some(c) = best.get(slot).filter(|_| slot < len) else {
                 *lr = 0;
                 continue;
