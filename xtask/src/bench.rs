@@ -69,10 +69,17 @@ fn check_console(what: &str, out: &proc::Output) -> Result<(), String> {
     Ok(())
 }
 
-/// The kernel and initramfs booted by QEMU itself (its PL011 is at 0x9000000).
-fn direct(kernel: &Path, initrd: &Path, quiet: bool, icount: bool) -> Result<Boot, String> {
+/// The kernel and initramfs booted by QEMU itself (its PL011 is at 0x9000000), on the
+/// CPU model the testbed host of the comparison has.
+fn direct(
+    kernel: &Path,
+    initrd: &Path,
+    quiet: bool,
+    icount: bool,
+    cpu: HostCpu,
+) -> Result<Boot, String> {
     let mut cmd = Command::new("qemu-system-aarch64");
-    cmd.args(["-M", "virt", "-cpu", "cortex-a57", "-m", "256M"])
+    cmd.args(["-M", "virt", "-cpu", cpu.qemu_cpu(), "-m", "256M"])
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(kernel)
         .arg("-initrd")
@@ -172,11 +179,13 @@ fn stack(socket: &Path, kernel: &Path, initrd: &Path, quiet: bool) -> Result<Boo
     })
 }
 
-/// A served testbed of our own in `dir` (stopped when dropped) and its socket.
+/// A served testbed of our own in `dir` on host CPU `cpu` (stopped when dropped) and
+/// its socket.
 pub(crate) fn serve(
     testbed: &Path,
     dir: PathBuf,
     icount: bool,
+    cpu: HostCpu,
 ) -> Result<(Served, PathBuf), String> {
     let extra: Vec<String> = if icount {
         vec!["-icount".into(), "shift=0".into()]
@@ -187,7 +196,7 @@ pub(crate) fn serve(
         testbed,
         &proc::tool("vmm-testbed-broker"),
         Layout::new(dir),
-        HostCpu::CortexA57,
+        cpu,
         &extra,
         None,
     )
@@ -205,14 +214,26 @@ pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// Medians of one configuration, both ways.
-struct Row {
-    icount: bool,
-    quiet: bool,
+pub(crate) struct Row {
+    pub(crate) icount: bool,
+    pub(crate) quiet: bool,
     direct: Vec<Boot>,
     stack: Vec<Boot>,
 }
 
 impl Row {
+    /// Our stack's wall time over plain QEMU's (medians).
+    pub(crate) fn wall_ratio(&self) -> Option<f64> {
+        Some(Row::wall(&self.stack)? / Row::wall(&self.direct)?)
+    }
+    /// Our stack's guest time over plain QEMU's (medians).
+    pub(crate) fn guest_ratio(&self) -> Option<f64> {
+        Some(Row::guest(&self.stack)? / Row::guest(&self.direct)?)
+    }
+    /// bhyveload's median time, seconds.
+    pub(crate) fn bhyveload(&self) -> Option<f64> {
+        Row::load(&self.stack)
+    }
     fn wall(b: &[Boot]) -> Option<f64> {
         median(b.iter().map(|x| x.wall.as_secs_f64()).collect())
     }
@@ -252,8 +273,18 @@ pub(crate) fn parse_runs(what: &str, args: &[String], default: usize) -> Result<
     }
 }
 
+/// `bench-boot [--runs N] [--cpu cortex-a57|max]`: prints the boot table.
 pub fn bench_boot(args: &[String]) -> Result<(), String> {
-    let runs = parse_runs("bench-boot", args, 3)?;
+    let (cpu, rest) = crate::kernel::cpu_option(args)?;
+    let runs = parse_runs("bench-boot", &rest, 3)?;
+    let rows = run_bench_boot(runs, cpu)?;
+    print_report(&rows, runs);
+    Ok(())
+}
+
+/// Boots `runs` times per configuration (full console or `quiet`, plain or under
+/// `-icount shift=0`) both ways, alternating, with the testbed on host CPU `cpu`.
+pub(crate) fn run_bench_boot(runs: usize, cpu: HostCpu) -> Result<Vec<Row>, String> {
     proc::build_tools().map_err(|e| e.to_string())?;
     let testbed = build::build_testbed()?;
     let kernel = guest::kernel().map_err(|e| e.to_string())?;
@@ -266,11 +297,12 @@ pub fn bench_boot(args: &[String]) -> Result<(), String> {
     let mut rows = Vec::new();
     for icount in [false, true] {
         eprintln!(
-            "xtask: testbed up{} (logs in {})",
+            "xtask: testbed up on -cpu {}{} (logs in {})",
+            cpu.qemu_cpu(),
             if icount { " under -icount shift=0" } else { "" },
             dir.display()
         );
-        let (bed, socket) = serve(&testbed, dir.clone(), icount)?;
+        let (bed, socket) = serve(&testbed, dir.clone(), icount, cpu)?;
         for quiet in [false, true] {
             let mut row = Row {
                 icount,
@@ -279,7 +311,7 @@ pub fn bench_boot(args: &[String]) -> Result<(), String> {
                 stack: Vec::new(),
             };
             for i in 0..runs {
-                let d = direct(&kernel, &initrd, quiet, icount)?;
+                let d = direct(&kernel, &initrd, quiet, icount, cpu)?;
                 let s = stack(&socket, &kernel, &initrd, quiet).map_err(|e| {
                     format!("{e}\n[broker log]\n{}", read(&bed.layout.broker_log()))
                 })?;
@@ -300,8 +332,7 @@ pub fn bench_boot(args: &[String]) -> Result<(), String> {
         }
         drop(bed);
     }
-    print_report(&rows, runs);
-    Ok(())
+    Ok(rows)
 }
 
 fn read(p: &Path) -> String {

@@ -23,6 +23,7 @@ use vmm_e2e::guest;
 use vmm_e2e::netns::{self, Netns, HOST_IP, TAP};
 use vmm_e2e::proc;
 use vmm_e2e::stats::Stats;
+use vmm_testbed_broker::launch::HostCpu;
 use vmm_testbed_harness::{build, cmd};
 
 use crate::bench::{load, median, parse_runs, serve, stats_and_destroy};
@@ -295,7 +296,7 @@ pub fn bench_devices(args: &[String]) -> Result<(), String> {
         None
     };
     eprintln!("xtask: testbed up (logs in {})", dir.display());
-    let (bed, socket) = serve(&testbed, dir.join("testbed"), false)?;
+    let (bed, socket) = serve(&testbed, dir.join("testbed"), false, HostCpu::CortexA57)?;
     let (mut d, mut s, mut n) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         d.push(direct(&f, ns.as_ref())?);

@@ -77,14 +77,27 @@ pub fn run_testbed(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Exit costs under `-icount shift=0` (one emulated instruction = 1 ns of virtual
-/// time); the testbed runs its benchmark instead of its tests when QEMU's generic loader
-/// leaves the word "BNCH" below the kernel image. Numbers are printed, never asserted.
-pub fn bench_el2(args: &[String]) -> Result<(), String> {
-    let (cpu, rest) = cpu_option(args)?;
-    if let Some(a) = rest.first() {
-        return Err(format!("bench-el2: unknown argument {a}"));
+/// What the exit-cost benchmark printed: `(path, exit, instructions per exit)` rows
+/// and its info lines.
+pub(crate) struct El2Costs {
+    pub rows: Vec<(String, String, u64)>,
+    pub info: Vec<String>,
+}
+
+impl El2Costs {
+    /// Instructions per exit of `what` on `path`.
+    pub fn get(&self, path: &str, what: &str) -> Option<u64> {
+        self.rows
+            .iter()
+            .find(|(p, w, _)| p == path && w == what)
+            .map(|r| r.2)
     }
+}
+
+/// Runs the exit-cost benchmark under `-icount shift=0` (one emulated instruction = 1
+/// ns of virtual time) on host CPU `cpu`: the testbed runs its benchmark instead of its
+/// tests when QEMU's generic loader leaves the word "BNCH" below the kernel image.
+pub(crate) fn run_bench_el2(cpu: qemu::HostCpu) -> Result<El2Costs, String> {
     let kernel = build::build_testbed()?;
     eprintln!(
         "xtask: bench-el2 on -cpu {} (mode: {})",
@@ -113,27 +126,50 @@ pub fn bench_el2(args: &[String]) -> Result<(), String> {
     if let Some(e) = lines.iter().find(|l| l.starts_with("BENCH error")) {
         return Err(format!("benchmark failed: {e}"));
     }
+    let mut costs = El2Costs {
+        rows: Vec::new(),
+        info: Vec::new(),
+    };
+    for l in &lines {
+        if let Some(info) = l.strip_prefix("BENCH info ") {
+            costs.info.push(info.to_string());
+            continue;
+        }
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if let [_, path, what, n] = f[..] {
+            if what != "empty_loop_total" && path != "start" {
+                if let Ok(n) = n.parse() {
+                    costs.rows.push((path.to_string(), what.to_string(), n));
+                }
+            }
+        }
+    }
+    Ok(costs)
+}
+
+/// `bench-el2 [--cpu cortex-a57|max]`: prints the exit costs; nothing is asserted.
+pub fn bench_el2(args: &[String]) -> Result<(), String> {
+    let (cpu, rest) = cpu_option(args)?;
+    if let Some(a) = rest.first() {
+        return Err(format!("bench-el2: unknown argument {a}"));
+    }
+    let costs = run_bench_el2(cpu)?;
     println!(
         "{:<18} {:<16} {:>22}",
         "path", "exit", "instructions per exit"
     );
-    for l in &lines {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if let [_, path, what, n] = f[..] {
-            if what != "empty_loop_total" && path != "start" {
-                println!("{path:<18} {what:<16} {n:>22}");
-            }
-        }
-        if let Some(info) = l.strip_prefix("BENCH info ") {
-            println!("({info})");
-        }
+    for (path, what, n) in &costs.rows {
+        println!("{path:<18} {what:<16} {n:>22}");
+    }
+    for info in &costs.info {
+        println!("({info})");
     }
     Ok(())
 }
 
 /// Takes `--cpu NAME` out of `args`: the host CPU it names (else $VMM_TESTBED_CPU's,
 /// else cortex-a57) and the other arguments.
-fn cpu_option(args: &[String]) -> Result<(qemu::HostCpu, Vec<String>), String> {
+pub(crate) fn cpu_option(args: &[String]) -> Result<(qemu::HostCpu, Vec<String>), String> {
     let mut cpu = qemu::HostCpu::from_env()?;
     let mut rest = Vec::new();
     let mut it = args.iter();

@@ -9,6 +9,7 @@
 //! * `build-kmod`: vmm.ko, the FreeBSD 15 arm64 kernel module (target/kmod/vmm.ko).
 //! * `check-kmod`: builds vmm.ko and checks it against what FreeBSD's kldload expects.
 //! * `run-testbed`: boots the testbed in QEMU (hard timeout) and shows its console.
+//! * `bench`: bench-el2 and bench-boot on both host modes and one summary table.
 //! * `bench-el2`: the exit-cost benchmark under `-icount shift=0`.
 //! * `bench-boot`: a Linux boot under our stack against plain QEMU (docs/PERFORMANCE.md).
 //! * `bench-devices`: virtio-blk and virtio-net throughput against plain QEMU's.
@@ -20,6 +21,7 @@
 //!   tools (kill -9 mid-run, REINIT, stats, destroy); `test` runs a short one.
 
 mod bench;
+mod bench_all;
 mod bench_devices;
 mod demo;
 mod fuzz;
@@ -146,6 +148,7 @@ fn main() -> ExitCode {
         Some("build-kmod") => kmod::build_kmod().map(|_| ()),
         Some("check-kmod") => kmod::check_kmod(),
         Some("run-testbed") => kernel::run_testbed(&args[1..]),
+        Some("bench") => bench_all::bench(&args[1..]),
         Some("bench-el2") => kernel::bench_el2(&args[1..]),
         Some("bench-boot") => bench::bench_boot(&args[1..]),
         Some("bench-devices") => bench_devices::bench_devices(&args[1..]),
@@ -155,7 +158,7 @@ fn main() -> ExitCode {
         Some("soak") => soak::soak(&args[1..]),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench-el2 [--cpu cortex-a57|max] | bench-boot [--runs N] | bench-devices [--runs N] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk] | fuzz list|run TARGET [--secs N]|ci [--secs N] | soak [--secs N] [--workers N]"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench [--cpu cortex-a57|max]... [--runs N] | bench-el2 [--cpu cortex-a57|max] | bench-boot [--runs N] [--cpu cortex-a57|max] | bench-devices [--runs N] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk] | fuzz list|run TARGET [--secs N]|ci [--secs N] | soak [--secs N] [--workers N]"
                 .into(),
         ),
     };
