@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use vmm_testbed_harness::qemu::HostCpu;
 
+/// The shared-memory (tmpfs) file system, where the RAM file goes when it exists.
+const SHM: &str = "/dev/shm";
+
 /// What goes where inside the testbed's directory.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -30,8 +33,23 @@ impl Layout {
     pub fn qemu_socket(&self) -> PathBuf {
         self.dir.join("qemu-chardev.sock")
     }
+    /// The testbed's RAM file (QEMU's memory backend, which the broker names to its
+    /// clients): in the shared-memory file system when there is one, so guest memory
+    /// costs no disk writeback, named after this directory; else in the directory.
     pub fn ram(&self) -> PathBuf {
-        self.dir.join("ram")
+        let shm = Path::new(SHM);
+        if !shm.is_dir() {
+            return self.dir.join("ram");
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(
+            &fs::canonicalize(&self.dir).unwrap_or(self.dir.clone()),
+            &mut h,
+        );
+        shm.join(format!(
+            "vmm-testbed-{:016x}.ram",
+            std::hash::Hasher::finish(&h)
+        ))
     }
     pub fn qemu_log(&self) -> PathBuf {
         self.dir.join("qemu.log")
