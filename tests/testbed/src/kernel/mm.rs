@@ -62,6 +62,45 @@ pub fn alloc_pages(n: usize) -> Option<u64> {
 }
 
 /// `n` contiguous zeroed pages whose physical address is a multiple of `align`.
+/// Zeroes `n` pages at `va` with 16-byte stores, 256 bytes per iteration: under TCG a
+/// store is a few host instructions where DC ZVA is a helper call per 64 bytes, and a
+/// VM's memory is all allocated (and zeroed) when it is created: 256 MiB took about
+/// 150 ms with DC ZVA or `write_bytes`, 60 ms this way.
+///
+/// # Safety
+/// The pages are mapped (the direct map) and nobody else uses them.
+unsafe fn zero_pages(va: u64, n: usize) {
+    const STEP: usize = 256;
+    let start = va as usize;
+    let len = n * PAGE as usize;
+    for a in (start..start + len).step_by(STEP) {
+        // SAFETY: `a..a + 256` lies inside the caller's pages (their length is a
+        // multiple of 256), which nobody else uses.
+        unsafe {
+            core::arch::asm!(
+                "stp xzr, xzr, [{0}]",
+                "stp xzr, xzr, [{0}, #16]",
+                "stp xzr, xzr, [{0}, #32]",
+                "stp xzr, xzr, [{0}, #48]",
+                "stp xzr, xzr, [{0}, #64]",
+                "stp xzr, xzr, [{0}, #80]",
+                "stp xzr, xzr, [{0}, #96]",
+                "stp xzr, xzr, [{0}, #112]",
+                "stp xzr, xzr, [{0}, #128]",
+                "stp xzr, xzr, [{0}, #144]",
+                "stp xzr, xzr, [{0}, #160]",
+                "stp xzr, xzr, [{0}, #176]",
+                "stp xzr, xzr, [{0}, #192]",
+                "stp xzr, xzr, [{0}, #208]",
+                "stp xzr, xzr, [{0}, #224]",
+                "stp xzr, xzr, [{0}, #240]",
+                in(reg) a,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+}
+
 pub fn alloc_pages_aligned(n: usize, align: u64) -> Option<u64> {
     if n == 0 || !align.is_power_of_two() || align < PAGE {
         return None;
@@ -92,9 +131,7 @@ pub fn alloc_pages_aligned(n: usize, align: u64) -> Option<u64> {
                     let pa = RAM_START + first as u64 * PAGE;
                     // SAFETY: the pages were free, so nobody else uses them; they are
                     // mapped through the direct map.
-                    unsafe {
-                        core::ptr::write_bytes(pa_to_va(pa) as *mut u8, 0, n * PAGE as usize)
-                    };
+                    unsafe { zero_pages(pa_to_va(pa), n) };
                     return Some(pa);
                 }
             } else {
