@@ -6,20 +6,28 @@
 //! blocked in VM_RUN never hold up another thread's request. Guest memory is the
 //! testbed's RAM file mapped at the testbed physical address of each piece of the
 //! range, which the testbed tells through its `TESTBED_GPA_TO_PA` extension.
+//!
+//! A vCPU's own requests (VM_RUN, its registers) take its lane instead when the testbed
+//! has lanes (docs/testbed.md, "Lanes"): shared memory in the RAM file the testbed's run
+//! CPU serves. The request is written there and the answer spun for, briefly: a guest
+//! exit that userspace answers at once then costs no trip through the broker. After
+//! [`LANE_SPIN`] the client waits for the answer through the broker instead.
 
 use crate::backend::Backend;
 use crate::error::BackendError;
 use crate::memory::{Mapping, MmapOwner};
 use crate::request::{Request, Target};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use vmm_sys::wire::{self, Frame, FRAME_HEADER};
+use std::time::{Duration, Instant};
+use vmm_sys::wire::{self, lane, Frame, FRAME_HEADER};
 
 const HELLO_MAGIC: &[u8; 4] = b"VMTB";
 const HELLO_VERSION: u32 = 1;
@@ -34,6 +42,36 @@ pub struct Testbed {
     seq: AtomicU32,
     /// [`NO_SYNC_ENV`] was set: device writes are not synced (benchmarks only).
     no_sync: bool,
+    /// The lanes opened, by (VM, vCPU); `None` where the testbed had none to give.
+    lanes: Mutex<Lanes>,
+    /// Names this client's lanes to the testbed (each process has its own).
+    token: u64,
+    /// The testbed has no lanes (an older one) or [`NO_LANES_ENV`] is set.
+    no_lanes: AtomicBool,
+}
+
+/// Set to 1, requests never take a lane (to measure what lanes save).
+pub const NO_LANES_ENV: &str = "VMM_TESTBED_NO_LANES";
+/// How long a client spins for its lane's answer before it waits through the broker.
+pub const LANE_SPIN: Duration = Duration::from_micros(300);
+
+type Lanes = HashMap<(String, i32), Option<Arc<Mutex<Lane>>>>;
+
+/// One vCPU's lane, mapped from the RAM file.
+#[derive(Debug)]
+struct Lane {
+    map: crate::memory::MmapOwner,
+    /// The last request's sequence number.
+    seq: u32,
+}
+
+impl Lane {
+    fn word(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: `off` is one of the lane layout's word offsets (4-byte aligned, below
+        // lane::SIZE, the mapping's length); the testbed writes these words too, so
+        // they are only ever accessed atomically.
+        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU32) }
+    }
 }
 
 /// Set to 1, device writes are not made visible to the testbed's CPU
@@ -65,6 +103,14 @@ impl Testbed {
             idle: Mutex::new(vec![stream]),
             seq: AtomicU32::new(1),
             no_sync: std::env::var_os(NO_SYNC_ENV).is_some_and(|v| v == "1"),
+            lanes: Mutex::new(HashMap::new()),
+            token: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u32(std::process::id());
+                h.finish()
+            },
+            no_lanes: AtomicBool::new(std::env::var_os(NO_LANES_ENV).is_some_and(|v| v == "1")),
         })
     }
 
@@ -123,6 +169,148 @@ impl Testbed {
         s.read_exact(&mut body).map_err(io)?;
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
         Ok(body)
+    }
+
+    /// A request to the testbed about this client's lane of vCPU `vcpu` of `vm`:
+    /// `{ u64 vcpu }` (KICK), `{ u64 vcpu; u64 token }` (OPEN; the lane's PA comes back
+    /// in the second word), `{ u64 vcpu; u64 token; u64 seq }` (WAIT).
+    fn lane_request(&self, vm: &str, cmd: u64, vcpu: i32, seq: u32) -> Result<u64, BackendError> {
+        let words: &[u64] = match cmd {
+            wire::TESTBED_LANE_KICK => &[u64::from(vcpu as u32)],
+            wire::TESTBED_LANE_OPEN => &[u64::from(vcpu as u32), self.token],
+            _ => &[u64::from(vcpu as u32), self.token, u64::from(seq)],
+        };
+        let mut req = Request {
+            target: Target::Vm(vm.to_string()),
+            cmd,
+            arg: words.iter().flat_map(|w| w.to_le_bytes()).collect(),
+            buffers: Vec::new(),
+        };
+        self.execute_slow(&mut req)?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(req.arg.get(8..16).unwrap_or(&[0; 8]));
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// This client's lane of vCPU `vcpu` of `vm`; opened and mapped on first use when
+    /// `open` (a VM_RUN: a process that never runs the vCPU takes no lane). `None` when
+    /// there is none (lanes are then off for this vCPU, or for the client if the
+    /// testbed has none at all).
+    fn lane(&self, vm: &str, vcpu: i32, open: bool) -> Option<Arc<Mutex<Lane>>> {
+        if self.no_lanes.load(Ordering::Relaxed) {
+            return None;
+        }
+        let key = (vm.to_string(), vcpu);
+        if let Some(l) = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return l.clone();
+        }
+        if !open {
+            return None;
+        }
+        let lane = match self.lane_request(vm, wire::TESTBED_LANE_OPEN, vcpu, 0) {
+            Ok(pa) => pa.checked_sub(self.ram_base).and_then(|off| {
+                let map =
+                    crate::memory::MmapOwner::map(self.ram.as_raw_fd(), off, lane::SIZE, 0).ok()?;
+                Some(Arc::new(Mutex::new(Lane { map, seq: 0 })))
+            }),
+            Err(BackendError::Errno(e)) if e == libc::ENOTTY || e == libc::EINVAL => {
+                self.no_lanes.store(true, Ordering::Relaxed);
+                return None;
+            }
+            Err(_) => None,
+        };
+        self.lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, lane.clone());
+        lane
+    }
+
+    /// One request through lane `l` of vCPU `vcpu`: posted, kicked if the testbed is
+    /// not serving lanes, then the answer spun for up to [`LANE_SPIN`] and waited for
+    /// through the broker after that.
+    fn lane_call(
+        &self,
+        l: &mut Lane,
+        vm: &str,
+        vcpu: i32,
+        msg: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        l.seq = l.seq.wrapping_add(1);
+        let seq = l.seq;
+        // SAFETY: the request area lies inside the mapping and msg fits it (the caller
+        // checked lane::REQ_MAX); only this client writes it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(msg.as_ptr(), l.map.as_ptr().add(lane::REQ), msg.len())
+        };
+        l.word(lane::REQ_LEN)
+            .store(msg.len() as u32, Ordering::Release);
+        l.word(lane::REQ_SEQ).store(seq, Ordering::SeqCst);
+        if l.word(lane::SERVING).load(Ordering::SeqCst) == 0 {
+            self.lane_request(vm, wire::TESTBED_LANE_KICK, vcpu, seq)?;
+        }
+        let done = |l: &Lane| l.word(lane::RESP_SEQ).load(Ordering::Acquire) == seq;
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while !done(l) && start.elapsed() < LANE_SPIN {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) {
+                // Let QEMU's threads have the core now and then.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        if !done(l) {
+            l.word(lane::CLIENT_WAITING).store(1, Ordering::SeqCst);
+            let r = if done(l) {
+                Ok(0)
+            } else {
+                self.lane_request(vm, wire::TESTBED_LANE_WAIT, vcpu, seq)
+            };
+            l.word(lane::CLIENT_WAITING).store(0, Ordering::SeqCst);
+            r?;
+        }
+        let len = (l.word(lane::RESP_LEN).load(Ordering::Acquire) as usize).min(lane::RESP_MAX);
+        let mut answer = vec![0u8; len];
+        // SAFETY: the response area lies inside the mapping; len is bounded by it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(l.map.as_ptr().add(lane::RESP), answer.as_mut_ptr(), len)
+        };
+        Ok(answer)
+    }
+
+    /// The (VM, vCPU) whose lane `req` may take: a vCPU's own request on a VM.
+    fn lane_target(req: &Request) -> Option<(&str, i32)> {
+        let Target::Vm(vm) = &req.target else {
+            return None;
+        };
+        if !lane::CMDS.contains(&req.cmd) {
+            return None;
+        }
+        // Every lane request's argument starts with `int cpuid`.
+        let b: [u8; 4] = req.arg.get(..4)?.try_into().ok()?;
+        Some((vm.as_str(), i32::from_le_bytes(b)))
+    }
+
+    /// A request through the broker.
+    fn execute_slow(&self, req: &mut Request) -> Result<(), BackendError> {
+        let answer = self.call(&req.encode())?;
+        self.finish(req, &answer)
+    }
+
+    fn finish(&self, req: &mut Request, answer: &[u8]) -> Result<(), BackendError> {
+        match req.apply_response(answer) {
+            Ok(0) => Ok(()),
+            Ok(wire::ERR_NO_SUCH_VM) => Err(BackendError::NoSuchVm),
+            Ok(e) => Err(BackendError::Errno(e)),
+            Err(e) => Err(unavailable(&self.socket, format!("bad answer: {e}"))),
+        }
     }
 
     /// Rewrites guest memory `[gpa, gpa + len)` of `vm` through the testbed's CPU, so
@@ -185,13 +373,36 @@ impl Backend for Testbed {
 
     fn execute(&self, req: &mut Request) -> Result<(), BackendError> {
         req.check().map_err(|_| BackendError::Errno(libc::EINVAL))?;
-        let answer = self.call(&req.encode())?;
-        match req.apply_response(&answer) {
-            Ok(0) => Ok(()),
-            Ok(wire::ERR_NO_SUCH_VM) => Err(BackendError::NoSuchVm),
-            Ok(e) => Err(BackendError::Errno(e)),
-            Err(e) => Err(unavailable(&self.socket, format!("bad answer: {e}"))),
+        if let Some((vm, vcpu)) = Self::lane_target(req) {
+            let msg = req.encode();
+            if msg.len() <= lane::REQ_MAX {
+                let open = req.cmd == vmm_sys::ioctl::VM_RUN;
+                if let Some(l) = self.lane(vm, vcpu, open) {
+                    // Busy (another thread's request on this vCPU): the broker's way.
+                    if let Ok(mut g) = l.try_lock() {
+                        let vm = vm.to_string();
+                        let answer = self.lane_call(&mut g, &vm, vcpu, &msg)?;
+                        drop(g);
+                        return self.finish(req, &answer);
+                    }
+                }
+            }
         }
+        self.execute_slow(req)?;
+        if req.cmd == vmm_sys::ioctl::VMMCTL_VM_DESTROY {
+            // Its lanes went back to the testbed's pool: forget them.
+            if let Some(d) =
+                <vmm_sys::abi::VmmctlVmDestroy as vmm_sys::abi::Pod>::from_bytes(&req.arg)
+            {
+                let len = d.name.iter().position(|&b| b == 0).unwrap_or(d.name.len());
+                let name = String::from_utf8_lossy(&d.name[..len]).into_owned();
+                self.lanes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|(vm, _), _| *vm != name);
+            }
+        }
+        Ok(())
     }
 
     fn device_wrote(&self, vm: &str, ranges: &[(u64, u64)]) -> Result<(), BackendError> {

@@ -43,6 +43,63 @@ pub const TESTBED_FREE_PAGES: u64 = ioc(IOC_OUT, b't', 3, 8);
 /// guest memory over all VMs becomes `max` (FreeBSD's sysctl `hw.vmm.maxmem`); the
 /// answer is the limit in `max` and the bytes allocated now in `set`.
 pub const TESTBED_MAXMEM: u64 = ioc(IOC_INOUT, b't', 5, 16);
+/// Testbed extension: `{ u64 vcpu; u64 token (in), pa (out) }` on /dev/vmm/NAME: the
+/// testbed physical address of the lane ([`lane`]) of vCPU `vcpu` for the client that
+/// names itself `token` (a random number: each client process has lanes of its own),
+/// made on first use and freed with the VM. The client maps [`lane::SIZE`] bytes of the
+/// RAM file at `pa - RAM_BASE`.
+pub const TESTBED_LANE_OPEN: u64 = ioc(IOC_INOUT, b't', 6, 16);
+/// Testbed extension: `{ u64 vcpu }` on /dev/vmm/NAME: the client posted a request in
+/// the lane while the testbed was not serving lanes ([`lane::SERVING`] 0): serve them.
+pub const TESTBED_LANE_KICK: u64 = ioc(IOC_IN, b't', 7, 8);
+/// Testbed extension: `{ u64 vcpu; u64 token; u64 seq }` on /dev/vmm/NAME: answered
+/// once the lane's [`lane::RESP_SEQ`] is `seq`: how a client that stopped spinning waits.
+pub const TESTBED_LANE_WAIT: u64 = ioc(IOC_IN, b't', 8, 24);
+
+/// A lane: the shared-memory fast path of one vCPU's requests between a client and the
+/// testbed (docs/testbed.md, "Lanes"), [`SIZE`] bytes of testbed RAM the client maps
+/// through the RAM file. The client writes a request message (this module's encoding)
+/// at [`REQ`], its length at [`REQ_LEN`], then a new sequence number at [`REQ_SEQ`]; the
+/// testbed copies the message out before it parses it, executes it and writes the
+/// response message at [`RESP`], its length at [`RESP_LEN`], then that sequence number
+/// at [`RESP_SEQ`]. The words are little-endian u32s, each written whole (atomics on
+/// both sides). Either side may write anything into the page: the testbed bounds every
+/// length it reads, and the client treats a bad response as a broken testbed.
+pub mod lane {
+    /// Bytes of one lane (four pages).
+    pub const SIZE: usize = 16384;
+    /// Sequence number of the request in the request area (client).
+    pub const REQ_SEQ: usize = 0;
+    /// Sequence number of the request whose response is in the response area (testbed).
+    pub const RESP_SEQ: usize = 4;
+    /// 1 while the testbed polls its lanes (it takes new requests without a kick); 0
+    /// when a client must send [`super::TESTBED_LANE_KICK`] after posting (testbed).
+    pub const SERVING: usize = 8;
+    /// 1 while the client waits in [`super::TESTBED_LANE_WAIT`]: the testbed then
+    /// makes the serving CPU answer it when the response is written (client).
+    pub const CLIENT_WAITING: usize = 12;
+    /// Length of the request message (client).
+    pub const REQ_LEN: usize = 16;
+    /// Length of the response message (testbed).
+    pub const RESP_LEN: usize = 20;
+    /// The request message.
+    pub const REQ: usize = 64;
+    pub const REQ_MAX: usize = SIZE / 2 - REQ;
+    /// The response message.
+    pub const RESP: usize = SIZE / 2;
+    pub const RESP_MAX: usize = SIZE / 2;
+    /// The requests a lane carries: a vCPU's own (on the lane's VM; the testbed answers
+    /// anything else EINVAL).
+    pub const CMDS: [u64; 6] = [
+        crate::ioctl::VM_RUN,
+        crate::ioctl::VM_GET_REGISTER,
+        crate::ioctl::VM_SET_REGISTER,
+        crate::ioctl::VM_GET_REGISTER_SET,
+        crate::ioctl::VM_SET_REGISTER_SET,
+        crate::ioctl::VM_INJECT_EXCEPTION,
+    ];
+}
+
 /// The response errno for a per-VM request naming a VM that does not exist (on
 /// FreeBSD the open of /dev/vmm/NAME fails; libvmmapi's `BackendError::NoSuchVm`).
 pub const ERR_NO_SUCH_VM: i32 = -1;

@@ -18,6 +18,7 @@
 
 use crate::kernel::host::{self, Timer};
 use crate::kernel::mm::{MAX_CPUS, PAGE};
+mod lanes;
 mod virtio_console;
 
 use crate::{kernel::cpu, kernel::gic, kernel::timer, kprintln};
@@ -46,8 +47,13 @@ const RUN_CPU: usize = 1;
 /// Buffers the request executing on each CPU may have copied in or out: (addr, len).
 static WINDOWS: [SpinLock<[(u64, u64); MAX_BUFFERS]>; MAX_CPUS] =
     [const { SpinLock::new_spin([(0, 0); MAX_BUFFERS]) }; MAX_CPUS];
-/// VM_RUN requests waiting for the run CPU.
+/// VM_RUN requests (and lane jobs) waiting for the run CPU.
 static RUNS_WAITING: AtomicUsize = AtomicUsize::new(0);
+/// Whether another run waits for the run CPU: a queued job, or a client waiting on a
+/// lane other than the one executing.
+fn others_wait() -> bool {
+    RUNS_WAITING.load(Ordering::Acquire) > 0 || lanes::OTHER_WAITS.load(Ordering::Acquire) > 0
+}
 /// When the current run started (counter ticks), 0 when none.
 static RUN_START: AtomicU64 = AtomicU64::new(0);
 
@@ -130,7 +136,7 @@ impl Host for ServerHost {
     fn should_yield(&self) -> bool {
         let start = RUN_START.load(Ordering::Acquire);
         cpu::id() == RUN_CPU
-            && RUNS_WAITING.load(Ordering::Acquire) > 0
+            && others_wait()
             && start != 0
             && timer::now().saturating_sub(start) > slice_ticks()
     }
@@ -146,7 +152,7 @@ impl Host for ServerHost {
         // No slice to wait out: a vCPU going to sleep has no use for the CPU, while a
         // queued run (another vCPU printing a console byte per exit) would wait a whole
         // slice per exit.
-        let waiting = || cpu::id() == RUN_CPU && RUNS_WAITING.load(Ordering::Acquire) > 0;
+        let waiting = || cpu::id() == RUN_CPU && others_wait();
         if still_sleep() && waiting() {
             return SleepResult::Interrupted;
         }
@@ -288,6 +294,17 @@ fn run_one(
             out[8..].copy_from_slice(&used.to_le_bytes());
             return Ok(());
         }
+        (wire::TESTBED_LANE_OPEN, Some(name)) => {
+            if !vm_exists(core, name) {
+                return Err(Errno::ENOENT);
+            }
+            let serving = LANE_JOB.load(Ordering::Acquire);
+            let pa = lanes::open(name, u64_at(arg, 0), u64_at(arg, 8), serving)?;
+            arg.get_mut(8..16)
+                .ok_or(Errno::EINVAL)?
+                .copy_from_slice(&pa.to_le_bytes());
+            return Ok(());
+        }
         (wire::TESTBED_SYNC, Some(name)) => {
             let gpa = u64_at(arg, 0);
             return sync_range(core, name, gpa, u64_at(arg, 8));
@@ -334,6 +351,12 @@ fn run_one(
     if r.is_ok() && req.cmd == ioctl::VM_REINIT {
         if let Some(n) = req.vm {
             REINIT.lock().push(n.to_vec());
+        }
+    }
+    if r.is_ok() && req.cmd == ioctl::VMMCTL_VM_DESTROY {
+        if let Some(d) = vmm_sys::abi::VmmctlVmDestroy::from_bytes(arg) {
+            let len = d.name.iter().position(|&b| b == 0).unwrap_or(d.name.len());
+            lanes::destroyed(&d.name[..len]);
         }
     }
     r
@@ -407,25 +430,42 @@ fn sync_all(core: &Core, name: &[u8]) -> KResult<()> {
     }
 }
 
-/// A VM_RUN handed to the run CPU.
+/// A VM_RUN handed to the run CPU, or (`lane`) the job serving the lanes.
 struct Job {
     core: &'static Core,
     client: u32,
     seq: u32,
     msg: Vec<u8>,
     reply: Vec<u8>,
+    lane: bool,
     done: AtomicBool,
 }
+
+/// Whether the lane job is queued or running (CPU 0 decides both).
+static LANE_JOB: AtomicBool = AtomicBool::new(false);
 
 fn run_job(arg: u64) -> u64 {
     // SAFETY: `serve` passed a leaked `Box<Job>` it reclaims only once `done` is set.
     let job = unsafe { &mut *(arg as *mut Job) };
-    RUN_START.store(timer::now().max(1), Ordering::Release);
-    job.reply = execute(job.core, &job.msg);
-    RUN_START.store(0, Ordering::Release);
+    if job.lane {
+        lanes::serve(job.core);
+    } else {
+        RUN_START.store(timer::now().max(1), Ordering::Release);
+        job.reply = execute(job.core, &job.msg);
+        RUN_START.store(0, Ordering::Release);
+    }
     job.done.store(true, Ordering::Release);
     gic::send_sgi(0, gic::SGI_WAKE);
     0
+}
+
+/// A client's wait for its lane's answer (`TESTBED_LANE_WAIT`), answered by CPU 0
+/// when the answer is there.
+struct LaneWait {
+    client: u32,
+    seq: u32,
+    lane_pa: u64,
+    lane_seq: u32,
 }
 
 /// Brings the core up and serves requests forever.
@@ -448,6 +488,10 @@ pub fn run() -> ! {
             crate::kernel::psci::system_off()
         }
     };
+    if !lanes::init() {
+        kprintln!("SERVE error: no memory for the lanes");
+        crate::kernel::psci::system_off()
+    }
     let con = match VirtioConsole::probe() {
         Ok(c) => c,
         Err(e) => {
@@ -514,9 +558,95 @@ fn client_gone(stream: &[u8], client: u32) -> bool {
     false
 }
 
+fn new_job(core: &'static Core, client: u32, seq: u32, msg: Vec<u8>, lane: bool) -> Box<Job> {
+    Box::new(Job {
+        core,
+        client,
+        seq,
+        msg,
+        reply: Vec::new(),
+        lane,
+        done: AtomicBool::new(false),
+    })
+}
+
+/// Queues the lane job unless it is queued or running already.
+fn queue_lane_job(core: &'static Core, queue: &mut VecDeque<Box<Job>>) {
+    if !LANE_JOB.swap(true, Ordering::AcqRel) {
+        RUNS_WAITING.fetch_add(1, Ordering::AcqRel);
+        queue.push_back(new_job(core, 0, 0, Vec::new(), true));
+    }
+}
+
+/// The lane requests CPU 0 answers itself: `TESTBED_LANE_KICK` (start serving) and
+/// `TESTBED_LANE_WAIT` (answered now, or queued in `waits`). `false`: not one of them.
+fn lane_control(
+    core: &'static Core,
+    f: &Frame,
+    msg: &[u8],
+    queue: &mut VecDeque<Box<Job>>,
+    waits: &mut Vec<LaneWait>,
+) -> bool {
+    let Ok(req) = wire::parse_request(msg) else {
+        return false;
+    };
+    let (Some(name), true) = (req.vm, req.arg.len() >= 8) else {
+        return false;
+    };
+    match req.cmd {
+        wire::TESTBED_LANE_KICK => {
+            queue_lane_job(core, queue);
+            send(f.client, f.seq, &response(req.cmd, 0, req.arg, &[]));
+        }
+        wire::TESTBED_LANE_WAIT if req.arg.len() >= 24 => {
+            let (vcpu, token) = (u64_at(req.arg, 0), u64_at(req.arg, 8));
+            let lane_seq = u64_at(req.arg, 16) as u32;
+            match lanes::wait_done(name, vcpu, token, lane_seq) {
+                Ok(errno) => send(f.client, f.seq, &response(req.cmd, errno, req.arg, &[])),
+                Err(lane_pa) => {
+                    waits.push(LaneWait {
+                        client: f.client,
+                        seq: f.seq,
+                        lane_pa,
+                        lane_seq,
+                    });
+                    // Nobody serving (a kick lost in a job's last moments): serve.
+                    if !LANE_JOB.load(Ordering::Acquire) {
+                        queue_lane_job(core, queue);
+                    }
+                }
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// Answers the waits whose lane has its answer now (or is gone) and counts the others
+/// that are not for the lane executing.
+fn answer_waits(waits: &mut Vec<LaneWait>) {
+    waits.retain(|w| match lanes::wait_over(w.lane_pa, w.lane_seq) {
+        Some(errno) => {
+            let mut arg = [0u8; 24];
+            arg[16..].copy_from_slice(&u64::from(w.lane_seq).to_le_bytes());
+            send(
+                w.client,
+                w.seq,
+                &response(wire::TESTBED_LANE_WAIT, errno, &arg, &[]),
+            );
+            false
+        }
+        None => true,
+    });
+    let executing = lanes::EXECUTING.load(Ordering::Acquire) as u64;
+    let others = waits.iter().filter(|w| w.lane_pa != executing).count();
+    lanes::OTHER_WAITS.store(others, Ordering::Release);
+}
+
 fn serve(core: &'static Core) -> ! {
     let mut queue: VecDeque<Box<Job>> = VecDeque::new();
     let mut running: Option<*mut Job> = None;
+    let mut waits: Vec<LaneWait> = Vec::new();
     let mut last_kick = 0u64;
     loop {
         let mut progress = match CHANNEL.lock().as_mut() {
@@ -537,7 +667,8 @@ fn serve(core: &'static Core) -> ! {
                 // The broker's "client gone": its waiting runs are dropped, its running
                 // one is kicked back out of the guest (the answer goes nowhere).
                 let before = queue.len();
-                queue.retain(|j| j.client != f.client);
+                queue.retain(|j| j.lane || j.client != f.client);
+                waits.retain(|w| w.client != f.client);
                 RUNS_WAITING.fetch_sub(before - queue.len(), Ordering::AcqRel);
                 if let Some(p) = running {
                     // SAFETY: the job stays alive while `running` holds it; only its
@@ -549,16 +680,13 @@ fn serve(core: &'static Core) -> ! {
                 }
                 continue;
             }
-            if is_run(&msg) {
+            if lane_control(core, &f, &msg, &mut queue, &mut waits) {
+                if running.is_some() {
+                    gic::send_sgi(RUN_CPU, gic::SGI_WAKE);
+                }
+            } else if is_run(&msg) {
                 RUNS_WAITING.fetch_add(1, Ordering::AcqRel);
-                queue.push_back(Box::new(Job {
-                    core,
-                    client: f.client,
-                    seq: f.seq,
-                    msg,
-                    reply: Vec::new(),
-                    done: AtomicBool::new(false),
-                }));
+                queue.push_back(new_job(core, f.client, f.seq, msg, false));
                 if running.is_some() {
                     // A run asleep in WFI gives the CPU up at once (ServerHost::sleep)
                     // once it looks; a running one costs one host-interrupt exit.
@@ -578,7 +706,16 @@ fn serve(core: &'static Core) -> ! {
                 cpu::wait(RUN_CPU);
                 // SAFETY: the run CPU is done with the job (done, mailbox empty).
                 let job = unsafe { Box::from_raw(p) };
-                send(job.client, job.seq, &job.reply);
+                if job.lane {
+                    LANE_JOB.store(false, Ordering::Release);
+                    // A request posted while the job was ending (its client saw it
+                    // serving, or its kick came before the end): serve again.
+                    if lanes::any_pending() {
+                        queue_lane_job(core, &mut queue);
+                    }
+                } else {
+                    send(job.client, job.seq, &job.reply);
+                }
                 running = None;
                 progress = true;
             }
@@ -593,9 +730,12 @@ fn serve(core: &'static Core) -> ! {
                 progress = true;
             }
         }
+        answer_waits(&mut waits);
         // Others wait: the running one gets a slice, then an SGI so it looks again.
         let mut slice_end = None;
-        if running.is_some() && !queue.is_empty() {
+        if running.is_some()
+            && (!queue.is_empty() || lanes::OTHER_WAITS.load(Ordering::Acquire) > 0)
+        {
             let now = timer::now();
             if now.saturating_sub(last_kick) > slice_ticks() {
                 gic::send_sgi(RUN_CPU, gic::SGI_WAKE);
@@ -614,7 +754,10 @@ fn serve(core: &'static Core) -> ! {
                 let run_done = job.is_some_and(|p| unsafe { &*p }.done.load(Ordering::Acquire));
                 let slice_over = slice_end.is_some_and(|e| timer::now() >= e);
                 let pending = CHANNEL.lock().as_ref().is_some_and(|(c, _)| c.pending());
-                !run_done && !pending && !slice_over
+                let answerable = waits
+                    .iter()
+                    .any(|w| lanes::wait_over(w.lane_pa, w.lane_seq).is_some());
+                !run_done && !pending && !slice_over && !answerable
             });
         }
     }

@@ -1,0 +1,275 @@
+//! Lanes (docs/testbed.md, "Lanes"): the shared-memory fast path of a vCPU's requests.
+//! A lane is a few pages of testbed RAM ([`wire::lane`]) a client maps through the RAM
+//! file; it posts a request there and the run CPU, while it serves lanes, takes it
+//! without the virtio console, the broker or CPU 0, executes it and writes the answer
+//! back, which the client is spinning for. So a vCPU's exit to userspace and its next
+//! VM_RUN cost two writes to shared memory instead of two trips through the channel.
+//!
+//! Serving is a job on the run CPU like a VM_RUN ([`serve`]): started by a client's
+//! `TESTBED_LANE_KICK` when nobody served (CPU 0 queues it), it executes whatever the
+//! lanes hold, round-robin, and between requests waits in short WFIs (a tick timer), not
+//! spinning, so an idle lane costs the host next to nothing; it ends after
+//! [`POLL_WINDOW_US`] without a request, or at once when a queued run waits for the CPU.
+//! A client whose answer is slow to come stops spinning and sends `TESTBED_LANE_WAIT`,
+//! which CPU 0 answers when the response is in the lane (the run CPU sends it an SGI).
+//!
+//! Only a vCPU's own requests travel in its lane ([`lane::CMDS`], on the lane's VM); the
+//! message is copied out of shared memory before it is parsed, every length bounded.
+
+use super::{execute, response, Core, RUNS_WAITING, RUN_START};
+use crate::kernel::mm::{self, PAGE};
+use crate::kernel::{gic, timer};
+use alloc::vec::Vec;
+use core::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
+use vmm_core::{Errno, Host, KResult};
+use vmm_sys::wire::{self, lane};
+
+/// How long the serving job waits for a next request before it ends.
+const POLL_WINDOW_US: u64 = 2000;
+/// How often the waiting job looks at the lanes.
+const TICK_US: u64 = 10;
+/// Lanes over all VMs (the pool; 16 vCPUs each for a few VMs, more than the testbed
+/// runs at once).
+const MAX_LANES: usize = 64;
+const LANE_PAGES: usize = lane::SIZE / PAGE as usize;
+
+/// A slot of the lane pool. The pool's pages are taken at start and never given back:
+/// a client may still write to a lane after its VM is gone (another process destroyed
+/// it), and that must land in lane memory, never in another VM's; and the page
+/// allocator's free count, which tests compare for leaks, does not move with lanes.
+struct Lane {
+    pa: u64,
+    va: u64,
+    /// (VM, vCPU, client token) while the slot is in use.
+    owner: Option<(Vec<u8>, u64, u64)>,
+}
+
+impl Lane {
+    fn live(&self) -> bool {
+        self.owner.is_some()
+    }
+}
+
+static LANES: vmm_core::sync::SpinLock<Vec<Lane>> = vmm_core::sync::SpinLock::new_spin(Vec::new());
+
+/// Takes the pool's pages (at server start). `false` if memory ran out.
+pub fn init() -> bool {
+    let mut l = LANES.lock();
+    for _ in 0..MAX_LANES {
+        let Some(pa) = mm::alloc_pages(LANE_PAGES) else {
+            return false;
+        };
+        l.push(Lane {
+            pa,
+            va: mm::pa_to_va(pa),
+            owner: None,
+        });
+    }
+    true
+}
+/// The testbed PA of the lane whose request the run CPU is executing, 0 if none.
+pub static EXECUTING: AtomicUsize = AtomicUsize::new(0);
+/// Waits (`TESTBED_LANE_WAIT`) for lanes other than the one executing: like queued
+/// runs, they make a long VM_RUN give the run CPU up at its slice's end.
+pub static OTHER_WAITS: AtomicUsize = AtomicUsize::new(0);
+
+/// Word `off` of the lane at `va` (a direct-map address of lane memory, which stays
+/// allocated while anyone can reach it: see `destroyed`).
+fn word(va: u64, off: usize) -> &'static AtomicU32 {
+    // SAFETY: `va + off` is a 4-byte aligned word inside a live lane's pages (the
+    // offsets are the layout's, all below lane::SIZE); the client writes it through the
+    // RAM file, so it is only ever accessed atomically.
+    unsafe { &*((va + off as u64) as *const AtomicU32) }
+}
+
+/// `TESTBED_LANE_OPEN`: client `token`'s lane of vCPU `vcpu` of VM `name`, taken from
+/// the pool on first use, its words reset (`serving`: whether the lane job runs).
+pub fn open(name: &[u8], vcpu: u64, token: u64, serving: bool) -> KResult<u64> {
+    if vcpu >= vmm_core::vgic::MAX_CPUS as u64 {
+        return Err(Errno::EINVAL);
+    }
+    let mut l = LANES.lock();
+    let mine = |x: &&mut Lane| x.owner.as_ref() == Some(&(name.to_vec(), vcpu, token));
+    if let Some(x) = l.iter_mut().find(mine) {
+        return Ok(x.pa);
+    }
+    let x = l.iter_mut().find(|x| !x.live()).ok_or(Errno::ENOSPC)?;
+    for off in [
+        lane::REQ_SEQ,
+        lane::RESP_SEQ,
+        lane::CLIENT_WAITING,
+        lane::REQ_LEN,
+        lane::RESP_LEN,
+    ] {
+        word(x.va, off).store(0, Ordering::SeqCst);
+    }
+    word(x.va, lane::SERVING).store(u32::from(serving), Ordering::SeqCst);
+    x.owner = Some((name.to_vec(), vcpu, token));
+    Ok(x.pa)
+}
+
+/// VM `name` was destroyed: its lanes go back to the pool.
+pub fn destroyed(name: &[u8]) {
+    for x in LANES.lock().iter_mut() {
+        if x.owner.as_ref().is_some_and(|(v, _, _)| v == name) {
+            x.owner = None;
+        }
+    }
+}
+
+/// Whether lane `va` holds a request not yet answered.
+fn pending(va: u64) -> bool {
+    word(va, lane::REQ_SEQ).load(Ordering::Acquire)
+        != word(va, lane::RESP_SEQ).load(Ordering::Acquire)
+}
+
+/// The lanes in use: (pa, va).
+fn live() -> Vec<(u64, u64)> {
+    LANES
+        .lock()
+        .iter()
+        .filter(|x| x.live())
+        .map(|x| (x.pa, x.va))
+        .collect()
+}
+
+/// Whether any live lane holds an unanswered request.
+pub fn any_pending() -> bool {
+    live().iter().any(|&(_, va)| pending(va))
+}
+
+fn set_serving(on: bool) {
+    for (_, va) in live() {
+        word(va, lane::SERVING).store(u32::from(on), Ordering::SeqCst);
+    }
+}
+
+/// The run CPU's lane job: serves the lanes until none has had a request for
+/// [`POLL_WINDOW_US`] or a queued run waits.
+pub fn serve(core: &'static Core) {
+    set_serving(true);
+    let window = timer::freq() / 1_000_000 * POLL_WINDOW_US;
+    let tick = (timer::freq() / 1_000_000 * TICK_US).max(1);
+    let mut last = timer::now();
+    let mut next = 0usize;
+    loop {
+        let lanes = live();
+        // Round-robin from the lane after the last one served.
+        let found = (0..lanes.len())
+            .map(|i| (next + i) % lanes.len())
+            .find(|&i| pending(lanes[i].1));
+        if let Some(i) = found {
+            execute_lane(core, lanes[i]);
+            next = i + 1;
+            last = timer::now();
+            continue;
+        }
+        let idle = timer::now().saturating_sub(last) > window;
+        if idle || RUNS_WAITING.load(Ordering::Acquire) > 0 {
+            // Clients that post from now on kick; one that posted before sees SERVING
+            // still set, so look once more after clearing it.
+            set_serving(false);
+            fence(Ordering::SeqCst);
+            if any_pending() {
+                set_serving(true);
+                continue;
+            }
+            return;
+        }
+        // The plain testbed sleep: the server's would end at once while clients wait
+        // for these very lanes.
+        let until = timer::now().saturating_add(tick);
+        let _ = core.host().0.sleep(0, Some(until), &|| {
+            !any_pending() && RUNS_WAITING.load(Ordering::Acquire) == 0
+        });
+    }
+}
+
+/// Executes lane `(pa, va)`'s request and writes the answer there.
+fn execute_lane(core: &'static Core, (pa, va): (u64, u64)) {
+    let seq = word(va, lane::REQ_SEQ).load(Ordering::Acquire);
+    let len = (word(va, lane::REQ_LEN).load(Ordering::Acquire) as usize).min(lane::REQ_MAX);
+    let mut msg = alloc::vec![0u8; len];
+    // SAFETY: the request area lies inside the lane's pages; the copy is what is parsed,
+    // whatever the client writes there meanwhile.
+    unsafe {
+        core::ptr::copy_nonoverlapping((va + lane::REQ as u64) as *const u8, msg.as_mut_ptr(), len)
+    };
+    let reply = match lane_request_ok(pa, &msg) {
+        Ok(()) => {
+            EXECUTING.store(pa as usize, Ordering::Release);
+            RUN_START.store(timer::now().max(1), Ordering::Release);
+            let r = execute(core, &msg);
+            RUN_START.store(0, Ordering::Release);
+            EXECUTING.store(0, Ordering::Release);
+            r
+        }
+        Err(cmd) => response(cmd, Errno::EINVAL.0, &[], &[]),
+    };
+    let reply = if reply.len() > lane::RESP_MAX {
+        response(0, Errno::EINVAL.0, &[], &[])
+    } else {
+        reply
+    };
+    // SAFETY: the response area lies inside the lane's pages and `reply` fits it.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            reply.as_ptr(),
+            (va + lane::RESP as u64) as *mut u8,
+            reply.len(),
+        )
+    };
+    word(va, lane::RESP_LEN).store(reply.len() as u32, Ordering::Release);
+    word(va, lane::RESP_SEQ).store(seq, Ordering::SeqCst);
+    if word(va, lane::CLIENT_WAITING).load(Ordering::SeqCst) != 0 {
+        gic::send_sgi(0, gic::SGI_WAKE);
+    }
+}
+
+/// A lane request must be one of [`lane::CMDS`] on the lane's own VM; `Err` carries the
+/// command to answer EINVAL for.
+fn lane_request_ok(pa: u64, msg: &[u8]) -> Result<(), u64> {
+    let req = wire::parse_request(msg).map_err(|_| 0u64)?;
+    let l = LANES.lock();
+    let lane_vm = l
+        .iter()
+        .find(|x| x.pa == pa)
+        .and_then(|x| x.owner.as_ref())
+        .map(|(v, _, _)| v.as_slice());
+    if lane::CMDS.contains(&req.cmd) && req.vm.is_some() && req.vm == lane_vm {
+        Ok(())
+    } else {
+        Err(req.cmd)
+    }
+}
+
+/// `TESTBED_LANE_WAIT` (CPU 0): whether the wait for `seq` on client `token`'s lane of
+/// vCPU `vcpu` of VM `name` can be answered now (`Ok(errno)`); `Err`: not yet (the
+/// lane's PA, for the waiting list).
+pub fn wait_done(name: &[u8], vcpu: u64, token: u64, seq: u32) -> Result<i32, u64> {
+    let l = LANES.lock();
+    let owner = (name.to_vec(), vcpu, token);
+    let Some(x) = l.iter().find(|x| x.owner.as_ref() == Some(&owner)) else {
+        return Ok(Errno::ENOENT.0);
+    };
+    if word(x.va, lane::RESP_SEQ).load(Ordering::SeqCst) == seq {
+        return Ok(0);
+    }
+    Err(x.pa)
+}
+
+/// For CPU 0's list of waits: whether the wait for `seq` on the lane at `pa` is over
+/// (`Some(errno)`: answered, or the lane is gone without the answer).
+/// The answer counts even when the VM has gone since (a destroy ends the run with
+/// SUSPENDED, written there before the lane went back to the pool).
+pub fn wait_over(pa: u64, seq: u32) -> Option<i32> {
+    let l = LANES.lock();
+    let x = l.iter().find(|x| x.pa == pa)?;
+    if word(x.va, lane::RESP_SEQ).load(Ordering::SeqCst) == seq {
+        Some(0)
+    } else if !x.live() {
+        Some(Errno::ENOENT.0)
+    } else {
+        None
+    }
+}
