@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use vmm_sys::wire::{self, lane, Frame, FRAME_HEADER};
 
 const HELLO_MAGIC: &[u8; 4] = b"VMTB";
-const HELLO_VERSION: u32 = 2;
+const HELLO_VERSION: u32 = 1;
 
 /// A client of the testbed broker.
 #[derive(Debug)]
@@ -38,8 +38,6 @@ pub struct Testbed {
     socket: PathBuf,
     ram: File,
     ram_base: u64,
-    /// The lane doorbell's FIFO (written to wake the testbed's run CPU), if any.
-    bell: Option<File>,
     idle: Mutex<Vec<UnixStream>>,
     seq: AtomicU32,
     /// [`NO_SYNC_ENV`] was set: device writes are not synced (benchmarks only).
@@ -50,13 +48,6 @@ pub struct Testbed {
     token: u64,
     /// The testbed has no lanes (an older one) or [`NO_LANES_ENV`] is set.
     no_lanes: AtomicBool,
-}
-
-/// What the broker's hello says.
-struct Hello {
-    ram: PathBuf,
-    ram_base: u64,
-    bell: Option<PathBuf>,
 }
 
 /// Set to 1, requests never take a lane (to measure what lanes save).
@@ -99,30 +90,16 @@ impl Testbed {
     /// Connects to the broker at `socket` and opens the testbed's RAM file it names.
     pub fn connect(socket: impl Into<PathBuf>) -> Result<Testbed, BackendError> {
         let socket = socket.into();
-        let (stream, hello) = Self::open(&socket)?;
+        let (stream, ram_path, ram_base) = Self::open(&socket)?;
         let ram = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(&hello.ram)
-            .map_err(|e| unavailable(&socket, format!("RAM file {}: {e}", hello.ram.display())))?;
-        // Without a doorbell there are no lanes.
-        let bell = hello.bell.and_then(|b| {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(b)
-                .ok()
-        });
-        let ram_base = hello.ram_base;
+            .open(&ram_path)
+            .map_err(|e| unavailable(&socket, format!("RAM file {}: {e}", ram_path.display())))?;
         Ok(Testbed {
             socket,
             ram,
             ram_base,
-            no_lanes: AtomicBool::new(
-                bell.is_none() || std::env::var_os(NO_LANES_ENV).is_some_and(|v| v == "1"),
-            ),
-            bell,
             idle: Mutex::new(vec![stream]),
             seq: AtomicU32::new(1),
             no_sync: std::env::var_os(NO_SYNC_ENV).is_some_and(|v| v == "1"),
@@ -133,11 +110,12 @@ impl Testbed {
                 h.write_u32(std::process::id());
                 h.finish()
             },
+            no_lanes: AtomicBool::new(std::env::var_os(NO_LANES_ENV).is_some_and(|v| v == "1")),
         })
     }
 
-    /// A new connection: reads the broker's hello (RAM file path and base, doorbell).
-    fn open(socket: &Path) -> Result<(UnixStream, Hello), BackendError> {
+    /// A new connection: reads the broker's hello (RAM file path and base).
+    fn open(socket: &Path) -> Result<(UnixStream, PathBuf, u64), BackendError> {
         let mut s = UnixStream::connect(socket).map_err(|e| {
             unavailable(
                 socket,
@@ -153,29 +131,12 @@ impl Testbed {
         }
         let mut b = [0u8; 8];
         b.copy_from_slice(&h[8..16]);
-        let ram_base = u64::from_le_bytes(b);
-        let path = |s: &mut UnixStream, len: u16| -> Result<PathBuf, BackendError> {
-            let mut p = vec![0u8; usize::from(len)];
-            s.read_exact(&mut p)
-                .map_err(|e| unavailable(socket, format!("hello: {e}")))?;
-            Ok(PathBuf::from(String::from_utf8_lossy(&p).into_owned()))
-        };
-        let ram = path(&mut s, u16::from_le_bytes([h[16], h[17]]))?;
-        let mut len = [0u8; 2];
-        s.read_exact(&mut len)
+        let base = u64::from_le_bytes(b);
+        let mut path = vec![0u8; usize::from(u16::from_le_bytes([h[16], h[17]]))];
+        s.read_exact(&mut path)
             .map_err(|e| unavailable(socket, format!("hello: {e}")))?;
-        let bell = match u16::from_le_bytes(len) {
-            0 => None,
-            n => Some(path(&mut s, n)?),
-        };
-        Ok((
-            s,
-            Hello {
-                ram,
-                ram_base,
-                bell,
-            },
-        ))
+        let path = PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+        Ok((s, path, base))
     }
 
     fn conn(&self) -> Result<UnixStream, BackendError> {
@@ -292,12 +253,6 @@ impl Testbed {
         l.word(lane::REQ_SEQ).store(seq, Ordering::SeqCst);
         if l.word(lane::SERVING).load(Ordering::SeqCst) == 0 {
             self.lane_request(vm, wire::TESTBED_LANE_KICK, vcpu, seq)?;
-        } else if l.word(lane::SLEEPING).load(Ordering::SeqCst) != 0 {
-            // The run CPU waits in WFI for the doorbell: ring it. A full FIFO (EAGAIN)
-            // means rings are pending already.
-            if let Some(mut b) = self.bell.as_ref() {
-                let _ = b.write(&[0]);
-            }
         }
         let done = |l: &Lane| l.word(lane::RESP_SEQ).load(Ordering::Acquire) == seq;
         let start = Instant::now();
@@ -557,8 +512,6 @@ mod tests {
                     hello.extend_from_slice(&wire::RAM_BASE.to_le_bytes());
                     hello.extend_from_slice(&(path.len() as u16).to_le_bytes());
                     hello.extend_from_slice(&path);
-                    // No doorbell: no lanes.
-                    hello.extend_from_slice(&0u16.to_le_bytes());
                     c.write_all(&hello).unwrap();
                     let mut h = [0u8; FRAME_HEADER];
                     while c.read_exact(&mut h).is_ok() {

@@ -82,9 +82,6 @@ pub mod lane {
     pub const REQ_LEN: usize = 16;
     /// Length of the response message (testbed).
     pub const RESP_LEN: usize = 20;
-    /// 1 while the serving run CPU waits in WFI: a client that posts a request then
-    /// writes a byte to the doorbell FIFO the broker's hello names (testbed).
-    pub const SLEEPING: usize = 24;
     /// The request message.
     pub const REQ: usize = 64;
     pub const REQ_MAX: usize = SIZE / 2 - REQ;

@@ -37,28 +37,9 @@ impl Layout {
     /// clients): in the shared-memory file system when there is one, so guest memory
     /// costs no disk writeback, named after this directory; else in the directory.
     pub fn ram(&self) -> PathBuf {
-        self.shared("ram")
-    }
-    /// The lane doorbell: QEMU's `-chardev pipe` path; clients write to its `.in` FIFO
-    /// (docs/testbed.md, "Lanes"). Beside the RAM file.
-    pub fn bell(&self) -> PathBuf {
-        self.shared("bell")
-    }
-    /// The bell's two FIFOs (QEMU reads `.in`, writes `.out`).
-    pub fn bell_fifos(&self) -> [PathBuf; 2] {
-        let b = self.bell().into_os_string();
-        [".in", ".out"].map(|ext| {
-            let mut p = b.clone();
-            p.push(ext);
-            PathBuf::from(p)
-        })
-    }
-    /// `what` in the shared-memory file system when there is one (named after this
-    /// directory), else in the directory.
-    fn shared(&self, what: &str) -> PathBuf {
         let shm = Path::new(SHM);
         if !shm.is_dir() {
-            return self.dir.join(what);
+            return self.dir.join("ram");
         }
         let mut h = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(
@@ -66,7 +47,7 @@ impl Layout {
             &mut h,
         );
         shm.join(format!(
-            "vmm-testbed-{:016x}.{what}",
+            "vmm-testbed-{:016x}.ram",
             std::hash::Hasher::finish(&h)
         ))
     }
@@ -115,15 +96,10 @@ pub fn qemu_args(kernel: &Path, l: &Layout, cpu: HostCpu) -> Vec<String> {
         "-no-reboot",
         "-global",
         "virtio-mmio.force-legacy=false",
-        // The channel first (the highest virtio-mmio slot), then the lane doorbell.
         "-device",
-        "virtio-serial-device,id=vmmser",
+        "virtio-serial-device",
         "-device",
-        "virtconsole,chardev=vmmch,bus=vmmser.0",
-        "-device",
-        "virtio-serial-device,id=vmmbell",
-        "-device",
-        "virtconsole,chardev=bell,bus=vmmbell.0",
+        "virtconsole,chardev=vmmch",
         // The loader word "SERV" below the kernel selects server mode.
         "-device",
         "loader,addr=0x401ff000,data=0x56524553,data-len=4",
@@ -140,32 +116,9 @@ pub fn qemu_args(kernel: &Path, l: &Layout, cpu: HostCpu) -> Vec<String> {
         "socket,id=vmmch,path={},server=on,wait=off",
         l.qemu_socket().display()
     ));
-    a.push("-chardev".into());
-    a.push(format!("pipe,id=bell,path={}", l.bell().display()));
     a.push("-kernel".into());
     a.push(kernel.display().to_string());
     a
-}
-
-/// Makes the bell's FIFOs afresh.
-fn make_bell(l: &Layout) -> Result<(), LaunchError> {
-    for p in l.bell_fifos() {
-        let _ = fs::remove_file(&p);
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| {
-            LaunchError::Io(
-                p.display().to_string(),
-                std::io::ErrorKind::InvalidInput.into(),
-            )
-        })?;
-        // SAFETY: mkfifo on a NUL-terminated path we own.
-        if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-            return Err(LaunchError::Io(
-                p.display().to_string(),
-                std::io::Error::last_os_error(),
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -219,7 +172,6 @@ pub fn up_with_qemu_args(
     for p in [l.socket(), l.qemu_socket(), l.ram()] {
         let _ = fs::remove_file(p);
     }
-    make_bell(l)?;
     fs::write(l.mode_file(), cpu.mode()).map_err(io("mode"))?;
     let qlog = fs::File::create(l.qemu_log()).map_err(io("qemu.log"))?;
     let qemu = Command::new("qemu-system-aarch64")
@@ -240,8 +192,6 @@ pub fn up_with_qemu_args(
         .arg(l.socket())
         .arg("--ram")
         .arg(l.ram())
-        .arg("--bell")
-        .arg(&l.bell_fifos()[0])
         .arg("--timeout")
         .arg(timeout.as_secs().max(1).to_string())
         .stdin(Stdio::null())
@@ -314,8 +264,7 @@ pub fn down(l: &Layout) -> Vec<(&'static str, i32)> {
         }
         let _ = fs::remove_file(l.pid_file(what));
     }
-    let [bell_in, bell_out] = l.bell_fifos();
-    for p in [l.socket(), l.qemu_socket(), l.ram(), bell_in, bell_out] {
+    for p in [l.socket(), l.qemu_socket(), l.ram()] {
         let _ = fs::remove_file(p);
     }
     stopped

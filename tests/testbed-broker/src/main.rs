@@ -7,9 +7,8 @@
 //! VM_RUN it left behind returns (a kick) instead of holding the run CPU.
 //!
 //! Client protocol (libvmmapi's testbed backend): on connect the broker sends a hello
-//! (`"VMTB" u32 version=2 u64 ram_base u16 len path u16 len bell`: where the testbed's
-//! RAM file is, which testbed physical address its offset 0 is, and the FIFO that rings
-//! the testbed's lane doorbell, empty if none); then both ways frames of
+//! (`"VMTB" u32 version=1 u64 ram_base u16 len path`: where the testbed's RAM file is
+//! and which testbed physical address its offset 0 is); then both ways frames of
 //! vmm-sys `wire::Frame` (the `client` field is 0 on the client's side) carrying
 //! request / response messages.
 
@@ -36,10 +35,6 @@ struct Args {
     /// The testbed's RAM file (QEMU's memory-backend-file), announced to clients.
     #[arg(long)]
     ram: PathBuf,
-    /// The FIFO QEMU reads the lane doorbell from (`-chardev pipe`: its `.in`),
-    /// announced to clients.
-    #[arg(long)]
-    bell: Option<PathBuf>,
     /// Seconds to wait for QEMU's socket and the testbed's first answer.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -61,7 +56,7 @@ enum BrokerError {
 type Clients = Arc<Mutex<HashMap<u32, Arc<Mutex<UnixStream>>>>>;
 
 pub const HELLO_MAGIC: &[u8; 4] = b"VMTB";
-pub const HELLO_VERSION: u32 = 2;
+pub const HELLO_VERSION: u32 = 1;
 /// The broker's own probe uses client id 0; clients get ids from a per-broker start.
 const PROBE_CLIENT: u32 = 0;
 
@@ -183,8 +178,7 @@ fn run(args: &Args) -> Result<(), BrokerError> {
     {
         let clients = clients.clone();
         let qemu_w = qemu_w.clone();
-        let bell = args.bell.clone();
-        std::thread::spawn(move || accept_loop(listener, clients, qemu_w, ram, bell));
+        std::thread::spawn(move || accept_loop(listener, clients, qemu_w, ram));
     }
     // Route answers until the channel ends (QEMU gone: so are all VMs).
     loop {
@@ -212,16 +206,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn hello(ram: &Path, bell: Option<&Path>) -> Vec<u8> {
+fn hello(ram: &Path) -> Vec<u8> {
+    let path = ram.as_os_str().as_encoded_bytes();
     let mut h = Vec::new();
     h.extend_from_slice(HELLO_MAGIC);
     h.extend_from_slice(&HELLO_VERSION.to_le_bytes());
     h.extend_from_slice(&RAM_BASE.to_le_bytes());
-    for p in [Some(ram), bell] {
-        let path = p.map_or(&[][..], |p| p.as_os_str().as_encoded_bytes());
-        h.extend_from_slice(&(path.len() as u16).to_le_bytes());
-        h.extend_from_slice(path);
-    }
+    h.extend_from_slice(&(path.len() as u16).to_le_bytes());
+    h.extend_from_slice(path);
     h
 }
 
@@ -230,7 +222,6 @@ fn accept_loop(
     clients: Clients,
     qemu_w: Arc<Mutex<UnixStream>>,
     ram: PathBuf,
-    bell: Option<PathBuf>,
 ) {
     // Ids start somewhere new for each broker, so answers a previous broker left in
     // the channel (the testbed outlives a broker restart) match no client of ours.
@@ -248,7 +239,7 @@ fn accept_loop(
         let Ok(w) = conn.try_clone() else { continue };
         // A client that stops reading must not stall everyone's answers for long.
         let _ = w.set_write_timeout(Some(Duration::from_secs(10)));
-        if conn.write_all(&hello(&ram, bell.as_deref())).is_err() {
+        if conn.write_all(&hello(&ram)).is_err() {
             continue;
         }
         lock(&clients).insert(id, Arc::new(Mutex::new(w)));

@@ -38,13 +38,8 @@ fn raw_client(bed: &Bed) -> UnixStream {
     let mut s = UnixStream::connect(&bed.socket).unwrap();
     let mut hello = [0u8; 18];
     s.read_exact(&mut hello).unwrap();
-    // The RAM file's path, then the doorbell's (length first).
-    let mut ram = vec![0; usize::from(u16::from_le_bytes([hello[16], hello[17]]))];
-    s.read_exact(&mut ram).unwrap();
-    let mut len = [0u8; 2];
-    s.read_exact(&mut len).unwrap();
-    let mut bell = vec![0; usize::from(u16::from_le_bytes(len))];
-    s.read_exact(&mut bell).unwrap();
+    let mut path = vec![0; usize::from(u16::from_le_bytes([hello[16], hello[17]]))];
+    s.read_exact(&mut path).unwrap();
     s
 }
 

@@ -7,20 +7,16 @@
 //!
 //! Serving is a job on the run CPU like a VM_RUN ([`serve`]): started by a client's
 //! `TESTBED_LANE_KICK` when nobody served (CPU 0 queues it), it executes whatever the
-//! lanes hold, round-robin, and between requests waits in WFI for the doorbell: a
-//! second virtio console whose input is a FIFO any client can write (QEMU's `-chardev
-//! pipe`), its interrupt routed to the run CPU. A client that posts while the job sleeps
-//! ([`lane::SLEEPING`]) writes a byte there. So waiting costs no instructions and no
-//! timer; the job ends after [`IDLE_WINDOW_MS`] without a request, or at once when a
-//! queued run waits for the CPU.
+//! lanes hold, round-robin, and between requests waits in short WFIs (a tick timer), not
+//! spinning, so an idle lane costs the host next to nothing; it ends after
+//! [`POLL_WINDOW_US`] without a request, or at once when a queued run waits for the CPU.
 //! A client whose answer is slow to come stops spinning and sends `TESTBED_LANE_WAIT`,
 //! which CPU 0 answers when the response is in the lane (the run CPU sends it an SGI).
 //!
 //! Only a vCPU's own requests travel in its lane ([`lane::CMDS`], on the lane's VM); the
 //! message is copied out of shared memory before it is parsed, every length bounded.
 
-use super::virtio_console::VirtioConsole;
-use super::{execute, response, Core, RUNS_WAITING, RUN_CPU, RUN_START};
+use super::{execute, response, Core, RUNS_WAITING, RUN_START};
 use crate::kernel::mm::{self, PAGE};
 use crate::kernel::{gic, timer};
 use alloc::vec::Vec;
@@ -29,7 +25,9 @@ use vmm_core::{Errno, Host, KResult};
 use vmm_sys::wire::{self, lane};
 
 /// How long the serving job waits for a next request before it ends.
-const IDLE_WINDOW_MS: u64 = 250;
+const POLL_WINDOW_US: u64 = 2000;
+/// How often the waiting job looks at the lanes.
+const TICK_US: u64 = 10;
 /// Lanes over all VMs (the pool; 16 vCPUs each for a few VMs, more than the testbed
 /// runs at once).
 const MAX_LANES: usize = 64;
@@ -53,21 +51,13 @@ impl Lane {
 }
 
 static LANES: vmm_core::sync::SpinLock<Vec<Lane>> = vmm_core::sync::SpinLock::new_spin(Vec::new());
-/// The doorbell console; `None`: the testbed has no lanes (QEMU without the device).
-static BELL: vmm_core::sync::SpinLock<Option<VirtioConsole>> =
-    vmm_core::sync::SpinLock::new_spin(None);
 
-/// Finds the doorbell and takes the pool's pages (at server start). Without the
-/// doorbell there are no lanes (clients are told ENOTTY).
-pub fn init() -> Result<(), &'static str> {
-    let Ok(bell) = VirtioConsole::probe(1, RUN_CPU) else {
-        return Ok(());
-    };
-    *BELL.lock() = Some(bell);
+/// Takes the pool's pages (at server start). `false` if memory ran out.
+pub fn init() -> bool {
     let mut l = LANES.lock();
     for _ in 0..MAX_LANES {
         let Some(pa) = mm::alloc_pages(LANE_PAGES) else {
-            return Err("no memory for the lane pool");
+            return false;
         };
         l.push(Lane {
             pa,
@@ -75,7 +65,7 @@ pub fn init() -> Result<(), &'static str> {
             owner: None,
         });
     }
-    Ok(())
+    true
 }
 /// The testbed PA of the lane whose request the run CPU is executing, 0 if none.
 pub static EXECUTING: AtomicUsize = AtomicUsize::new(0);
@@ -99,9 +89,6 @@ pub fn open(name: &[u8], vcpu: u64, token: u64, serving: bool) -> KResult<u64> {
         return Err(Errno::EINVAL);
     }
     let mut l = LANES.lock();
-    if l.is_empty() {
-        return Err(Errno::ENOTTY);
-    }
     let mine = |x: &&mut Lane| x.owner.as_ref() == Some(&(name.to_vec(), vcpu, token));
     if let Some(x) = l.iter_mut().find(mine) {
         return Ok(x.pa);
@@ -113,7 +100,6 @@ pub fn open(name: &[u8], vcpu: u64, token: u64, serving: bool) -> KResult<u64> {
         lane::CLIENT_WAITING,
         lane::REQ_LEN,
         lane::RESP_LEN,
-        lane::SLEEPING,
     ] {
         word(x.va, off).store(0, Ordering::SeqCst);
     }
@@ -152,32 +138,18 @@ pub fn any_pending() -> bool {
     live().iter().any(|&(_, va)| pending(va))
 }
 
-/// Sets word `off` of every lane in use.
-fn set_all(off: usize, on: bool) {
+fn set_serving(on: bool) {
     for (_, va) in live() {
-        word(va, off).store(u32::from(on), Ordering::SeqCst);
-    }
-}
-
-/// Whether the doorbell rang since it was last drained.
-fn bell_rang() -> bool {
-    BELL.lock().as_ref().is_some_and(|b| b.pending())
-}
-
-/// Lowers the doorbell's interrupt and throws its bytes away (they only wake).
-fn drain_bell() {
-    let mut scratch = Vec::new();
-    if let Some(b) = BELL.lock().as_mut() {
-        b.ack();
-        b.receive(&mut scratch);
+        word(va, lane::SERVING).store(u32::from(on), Ordering::SeqCst);
     }
 }
 
 /// The run CPU's lane job: serves the lanes until none has had a request for
-/// [`IDLE_WINDOW_MS`] or a queued run waits.
+/// [`POLL_WINDOW_US`] or a queued run waits.
 pub fn serve(core: &'static Core) {
-    set_all(lane::SERVING, true);
-    let window = timer::freq() / 1000 * IDLE_WINDOW_MS;
+    set_serving(true);
+    let window = timer::freq() / 1_000_000 * POLL_WINDOW_US;
+    let tick = (timer::freq() / 1_000_000 * TICK_US).max(1);
     let mut last = timer::now();
     let mut next = 0usize;
     loop {
@@ -196,29 +168,20 @@ pub fn serve(core: &'static Core) {
         if idle || RUNS_WAITING.load(Ordering::Acquire) > 0 {
             // Clients that post from now on kick; one that posted before sees SERVING
             // still set, so look once more after clearing it.
-            set_all(lane::SERVING, false);
+            set_serving(false);
             fence(Ordering::SeqCst);
             if any_pending() {
-                set_all(lane::SERVING, true);
+                set_serving(true);
                 continue;
             }
             return;
         }
-        // Asleep: clients that post from now on ring; look once more first. The plain
-        // testbed sleep: the server's would end at once while clients wait for these
-        // very lanes.
-        set_all(lane::SLEEPING, true);
-        fence(Ordering::SeqCst);
-        if !any_pending() {
-            let _ = core
-                .host()
-                .0
-                .sleep(0, Some(last.saturating_add(window)), &|| {
-                    !any_pending() && !bell_rang() && RUNS_WAITING.load(Ordering::Acquire) == 0
-                });
-        }
-        set_all(lane::SLEEPING, false);
-        drain_bell();
+        // The plain testbed sleep: the server's would end at once while clients wait
+        // for these very lanes.
+        let until = timer::now().saturating_add(tick);
+        let _ = core.host().0.sleep(0, Some(until), &|| {
+            !any_pending() && RUNS_WAITING.load(Ordering::Acquire) == 0
+        });
     }
 }
 

@@ -488,11 +488,11 @@ pub fn run() -> ! {
             crate::kernel::psci::system_off()
         }
     };
-    if let Err(e) = lanes::init() {
-        kprintln!("SERVE error: lanes: {e}");
+    if !lanes::init() {
+        kprintln!("SERVE error: no memory for the lanes");
         crate::kernel::psci::system_off()
     }
-    let con = match VirtioConsole::probe(0, 0) {
+    let con = match VirtioConsole::probe() {
         Ok(c) => c,
         Err(e) => {
             kprintln!("SERVE error: {e}");

@@ -155,13 +155,10 @@ pub struct VirtioConsole {
 }
 
 impl VirtioConsole {
-    /// Finds console number `nth` (in QEMU's command-line order: QEMU fills the
-    /// virtio-mmio slots from the top) and brings it up, its interrupt routed to CPU
-    /// `cpu`.
-    pub fn probe(nth: usize, cpu: usize) -> Result<VirtioConsole, &'static str> {
+    /// Finds the console among the virtio-mmio slots and brings it up.
+    pub fn probe() -> Result<VirtioConsole, &'static str> {
         let mut legacy = false;
-        let mut seen = 0;
-        for slot in (0..MMIO_SLOTS).rev() {
+        for slot in 0..MMIO_SLOTS {
             let base = MMIO_BASE + slot * MMIO_STRIDE;
             if r32(base + MAGIC) != 0x7472_6976 || r32(base + DEVICE_ID) != DEVICE_CONSOLE {
                 continue;
@@ -170,11 +167,7 @@ impl VirtioConsole {
                 legacy = true;
                 continue;
             }
-            seen += 1;
-            if seen <= nth {
-                continue;
-            }
-            return Self::init(base, SPI_BASE_INTID + slot as u32, cpu);
+            return Self::init(base, SPI_BASE_INTID + slot as u32);
         }
         Err(if legacy {
             "virtio console is legacy (add -global virtio-mmio.force-legacy=false)"
@@ -183,7 +176,7 @@ impl VirtioConsole {
         })
     }
 
-    fn init(base: u64, intid: u32, cpu: usize) -> Result<VirtioConsole, &'static str> {
+    fn init(base: u64, intid: u32) -> Result<VirtioConsole, &'static str> {
         w32(base + STATUS, 0);
         w32(base + STATUS, ST_ACK);
         w32(base + STATUS, ST_ACK | ST_DRIVER);
@@ -237,13 +230,12 @@ impl VirtioConsole {
             ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK,
         );
         w32(base + QUEUE_NOTIFY, RXQ);
-        con.enable_irq(cpu);
+        con.enable_irq();
         Ok(con)
     }
 
-    /// Routes the slot's SPI to CPU `cpu` (Aff0 = CPU index on QEMU virt), group 1,
-    /// edge-triggered, and enables it.
-    fn enable_irq(&self, cpu: usize) {
+    /// Routes the slot's SPI to CPU 0, group 1, edge-triggered, and enables it.
+    fn enable_irq(&self) {
         let n = u64::from(self.intid);
         let bit = 1u32 << (n % 32);
         let grp = GICD + GICD_IGROUPR + 4 * (n / 32);
@@ -253,7 +245,7 @@ impl VirtioConsole {
         w32(pr, (r32(pr) & !(0xff << shift)) | (0x80 << shift));
         let cfg = GICD + GICD_ICFGR + 4 * (n / 16);
         w32(cfg, r32(cfg) | (2 << (2 * (n % 16))));
-        let aff = cpu as u64 & 0xff;
+        let aff = crate::kernel::cpu::mpidr() & 0xff_00ff_ffff;
         w32(GICD + GICD_IROUTER + 8 * n, aff as u32);
         w32(GICD + GICD_IROUTER + 8 * n + 4, (aff >> 32) as u32);
         w32(GICD + GICD_ISENABLER + 4 * (n / 32), bit);
