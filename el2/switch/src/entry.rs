@@ -41,6 +41,48 @@ global_asm!(
     r#"
     .text
     .balign 4
+/* Loads the guest's x0..x30 from the context at x0 (x0 last). */
+.macro load_guest_gprs
+    ldp x2, x3, [x0, #16]
+    ldp x4, x5, [x0, #32]
+    ldp x6, x7, [x0, #48]
+    ldp x8, x9, [x0, #64]
+    ldp x10, x11, [x0, #80]
+    ldp x12, x13, [x0, #96]
+    ldp x14, x15, [x0, #112]
+    ldp x16, x17, [x0, #128]
+    ldp x18, x19, [x0, #144]
+    ldp x20, x21, [x0, #160]
+    ldp x22, x23, [x0, #176]
+    ldp x24, x25, [x0, #192]
+    ldp x26, x27, [x0, #208]
+    ldp x28, x29, [x0, #224]
+    ldr x30, [x0, #240]
+    ldp x0, x1, [x0, #0]
+.endm
+
+/* Stores the guest's x0..x30 in the context: x0 = the context, guest x0/x1 at [sp]
+ * (left there). */
+.macro save_guest_gprs
+    stp x2, x3, [x0, #16]
+    stp x4, x5, [x0, #32]
+    stp x6, x7, [x0, #48]
+    stp x8, x9, [x0, #64]
+    stp x10, x11, [x0, #80]
+    stp x12, x13, [x0, #96]
+    stp x14, x15, [x0, #112]
+    stp x16, x17, [x0, #128]
+    stp x18, x19, [x0, #144]
+    stp x20, x21, [x0, #160]
+    stp x22, x23, [x0, #176]
+    stp x24, x25, [x0, #192]
+    stp x26, x27, [x0, #208]
+    stp x28, x29, [x0, #224]
+    str x30, [x0, #240]
+    ldp x2, x3, [sp]
+    stp x2, x3, [x0, #0]
+.endm
+
 /* A guest FP/SIMD access trapped by CPTR_EL2.TFP. If we set TFP for lazy switching
  * (state FP_LAZY_ARMED), switch FP here and return to the guest without a full exit;
  * otherwise it is a real exit for the host. Guest x0/x1 are at [sp]. */
@@ -97,45 +139,9 @@ el2_guest_enter:
     ldp x1, x2, [x0, #{PC}]
     msr elr_el2, x1
     msr spsr_el2, x2
-    ldp x2, x3, [x0, #16]
-    ldp x4, x5, [x0, #32]
-    ldp x6, x7, [x0, #48]
-    ldp x8, x9, [x0, #64]
-    ldp x10, x11, [x0, #80]
-    ldp x12, x13, [x0, #96]
-    ldp x14, x15, [x0, #112]
-    ldp x16, x17, [x0, #128]
-    ldp x18, x19, [x0, #144]
-    ldp x20, x21, [x0, #160]
-    ldp x22, x23, [x0, #176]
-    ldp x24, x25, [x0, #192]
-    ldp x26, x27, [x0, #208]
-    ldp x28, x29, [x0, #224]
-    ldr x30, [x0, #240]
-    ldp x0, x1, [x0, #0]
+    load_guest_gprs
     eret
 
-/* Stores the guest's x0..x30 in the context: x0 = the context, guest x0/x1 at [sp]
- * (left there). */
-.macro save_guest_gprs
-    stp x2, x3, [x0, #16]
-    stp x4, x5, [x0, #32]
-    stp x6, x7, [x0, #48]
-    stp x8, x9, [x0, #64]
-    stp x10, x11, [x0, #80]
-    stp x12, x13, [x0, #96]
-    stp x14, x15, [x0, #112]
-    stp x16, x17, [x0, #128]
-    stp x18, x19, [x0, #144]
-    stp x20, x21, [x0, #160]
-    stp x22, x23, [x0, #176]
-    stp x24, x25, [x0, #192]
-    stp x26, x27, [x0, #208]
-    stp x28, x29, [x0, #224]
-    str x30, [x0, #240]
-    ldp x2, x3, [sp]
-    stp x2, x3, [x0, #0]
-.endm
 
 /* A guest MSR/MRS trap (ESR_EL2.EC 0x18), guest x0/x1 at [sp]: answered here, back to
  * the guest without the world switch, when the context's El2Answers covers it
@@ -151,22 +157,7 @@ el2_sysreg_trap:
     mov x0, x19
     cbz x1, 1f
     add sp, sp, #16
-    ldp x2, x3, [x0, #16]
-    ldp x4, x5, [x0, #32]
-    ldp x6, x7, [x0, #48]
-    ldp x8, x9, [x0, #64]
-    ldp x10, x11, [x0, #80]
-    ldp x12, x13, [x0, #96]
-    ldp x14, x15, [x0, #112]
-    ldp x16, x17, [x0, #128]
-    ldp x18, x19, [x0, #144]
-    ldp x20, x21, [x0, #160]
-    ldp x22, x23, [x0, #176]
-    ldp x24, x25, [x0, #192]
-    ldp x26, x27, [x0, #208]
-    ldp x28, x29, [x0, #224]
-    ldr x30, [x0, #240]
-    ldp x0, x1, [x0, #0]
+    load_guest_gprs
     eret
 1:  mov x1, #{EL1_SYNC}
     b .Lguest_exit_saved

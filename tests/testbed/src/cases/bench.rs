@@ -133,29 +133,13 @@ fn through_core(vmm: &Core) -> Result<[u64; 4], String> {
     res
 }
 
-/// The platform's GIC windows (vmm_platform::GICD, the redistributors after it).
-const GICD: u64 = 0x2f00_0000;
-const GICR: u64 = 0x2f10_0000;
-
 /// The `bench_vgic` guest through VM_RUN with a vGICv3 attached: ticks of N GICD
 /// reads, N self-IPIs, the empty loop, then the SGIs the guest took and the VM's exits.
 fn vgic_through_core(vmm: &Core) -> Result<([u64; 3], u64, u64), String> {
     let name = b"bench-vgic";
     vmm::start(vmm, name, BENCH_VGIC, N)?;
     let res = (|| {
-        let mut d = VmVgicDescr {
-            ver: VmVgicVersion {
-                version: 3,
-                flags: 0,
-            },
-            v3_regs: VgicV3Regs {
-                dist_start: GICD,
-                dist_size: 0x1_0000,
-                redist_start: GICR,
-                redist_size: 0x2_0000,
-            },
-        };
-        ioctl_vm(vmm, name, VM_ATTACH_VGIC, &mut d)?;
+        ioctl_vm(vmm, name, VM_ATTACH_VGIC, &mut vmm::vgic::descr(1))?;
         loop {
             let e = vmm::run(vmm, name)?;
             if e.exitcode == ExitCode::Bogus as i32 {
@@ -261,19 +245,7 @@ fn cross_vcpu_ipi(vmm: &Core) -> Result<(u64, u64, u64, u64), String> {
             VM_ACTIVATE_CPU,
             &mut VmActivateCpu { vcpuid: 1 },
         )?;
-        let mut d = VmVgicDescr {
-            ver: VmVgicVersion {
-                version: 3,
-                flags: 0,
-            },
-            v3_regs: VgicV3Regs {
-                dist_start: GICD,
-                dist_size: 0x1_0000,
-                redist_start: GICR,
-                redist_size: 0x4_0000,
-            },
-        };
-        ioctl_vm(vmm, IPI_VM, VM_ATTACH_VGIC, &mut d)?;
+        ioctl_vm(vmm, IPI_VM, VM_ATTACH_VGIC, &mut vmm::vgic::descr(2))?;
         crate::kernel::cpu::post(1, ipi_receiver, vmm as *const Core as u64);
         posted = true;
         loop {

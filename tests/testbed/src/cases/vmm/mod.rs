@@ -213,6 +213,16 @@ fn hvc_of(e: &VmExit) -> Option<u64> {
     (e.exitcode == ExitCode::Hyp as i32 && esr >> 26 == 0x16).then_some(esr & 0xffff)
 }
 
+/// Runs vCPU 0 of VM `name` once; the exit must be its final `hvc #2` (`what` says
+/// which exit came out instead).
+fn run_to_done(vmm: &Core, name: &[u8], what: &str) -> Result<(), String> {
+    let e = run(vmm, name)?;
+    if hvc_of(&e) != Some(2) {
+        return Err(format!("exit code {} pc {:#x}: {what}", e.exitcode, e.pc));
+    }
+    Ok(())
+}
+
 fn with_vm(
     vmm: &Core,
     name: &[u8],
@@ -344,13 +354,7 @@ pub fn wfi(vmm: &Core, image: &[u8]) -> Result<String, String> {
     let name = b"tb-wfi";
     start(vmm, name, image, 0)?;
     with_vm(vmm, name, || {
-        let e = run(vmm, name)?;
-        if hvc_of(&e) != Some(2) {
-            return Err(format!(
-                "exit code {} pc {:#x}: WFI came out of the kernel",
-                e.exitcode, e.pc
-            ));
-        }
+        run_to_done(vmm, name, "WFI came out of the kernel")?;
         let waited = get_reg(vmm, name, VM_REG_GUEST_X0)?;
         let want = get_reg(vmm, name, VM_REG_GUEST_X0 + 1)?;
         if waited < want {
@@ -577,13 +581,7 @@ pub fn sysreg_in_kernel(vmm: &Core, image: &[u8]) -> Result<String, String> {
     let name = b"tb-sysreg";
     start(vmm, name, image, 0)?;
     with_vm(vmm, name, || {
-        let e = run(vmm, name)?;
-        if hvc_of(&e) != Some(2) {
-            return Err(format!(
-                "exit code {} pc {:#x} reached the caller",
-                e.exitcode, e.pc
-            ));
-        }
+        run_to_done(vmm, name, "reached the caller")?;
         let pfr0 = get_reg(vmm, name, VM_REG_GUEST_X0)?;
         let mmfr0 = get_reg(vmm, name, VM_REG_GUEST_X0 + 1)?;
         if pfr0 & 0xffff != 0x0011 {
@@ -622,13 +620,7 @@ pub fn sysreg_at_el2(vmm: &Core, image: &[u8]) -> Result<String, String> {
     let name = b"tb-el2-answers";
     start(vmm, name, image, 0)?;
     with_vm(vmm, name, || {
-        let e = run(vmm, name)?;
-        if hvc_of(&e) != Some(2) {
-            return Err(format!(
-                "exit code {} pc {:#x} reached the caller",
-                e.exitcode, e.pc
-            ));
-        }
+        run_to_done(vmm, name, "reached the caller")?;
         let x: alloc::vec::Vec<u64> = (0..31)
             .map(|n| get_reg(vmm, name, VM_REG_GUEST_X0 + n))
             .collect::<Result<_, _>>()?;

@@ -78,8 +78,9 @@ pub fn timer_and_spi(vmm: &Core, image: &[u8]) -> Result<String, String> {
     })
 }
 
-fn attach_one(vmm: &Core, name: &[u8]) -> Result<(), String> {
-    let mut d = VmVgicDescr {
+/// A vGICv3 at the platform's windows with `ncpus` redistributors.
+pub fn descr(ncpus: u64) -> VmVgicDescr {
+    VmVgicDescr {
         ver: VmVgicVersion {
             version: 3,
             flags: 0,
@@ -88,10 +89,13 @@ fn attach_one(vmm: &Core, name: &[u8]) -> Result<(), String> {
             dist_start: GICD,
             dist_size: 0x1_0000,
             redist_start: GICR,
-            redist_size: 0x2_0000,
+            redist_size: ncpus * 0x2_0000,
         },
-    };
-    vm_ioctl(vmm, name, VM_ATTACH_VGIC, &mut d)
+    }
+}
+
+fn attach_one(vmm: &Core, name: &[u8]) -> Result<(), String> {
+    vm_ioctl(vmm, name, VM_ATTACH_VGIC, &mut descr(1))
 }
 
 /// What VM_RUN of `tb-vgic-spin` on cpu 1 ended with: the hvc immediate, 100 + the
