@@ -375,12 +375,12 @@ impl Backend for Testbed {
     fn execute(&self, req: &mut Request) -> Result<(), BackendError> {
         req.check().map_err(|_| BackendError::Errno(libc::EINVAL))?;
         if let Some((vm, vcpu)) = Self::lane_target(req) {
-            let msg = req.encode();
-            if msg.len() <= lane::REQ_MAX {
-                let open = req.cmd == vmm_sys::ioctl::VM_RUN;
-                if let Some(l) = self.lane(vm, vcpu, open) {
-                    // Busy (another thread's request on this vCPU): the broker's way.
-                    if let Ok(mut g) = l.try_lock() {
+            let open = req.cmd == vmm_sys::ioctl::VM_RUN;
+            if let Some(l) = self.lane(vm, vcpu, open) {
+                // Busy (another thread's request on this vCPU): the broker's way.
+                if let Ok(mut g) = l.try_lock() {
+                    let msg = req.encode();
+                    if msg.len() <= lane::REQ_MAX {
                         let vm = vm.to_string();
                         let answer = self.lane_call(&mut g, &vm, vcpu, &msg)?;
                         drop(g);
@@ -395,8 +395,7 @@ impl Backend for Testbed {
             if let Some(d) =
                 <vmm_sys::abi::VmmctlVmDestroy as vmm_sys::abi::Pod>::from_bytes(&req.arg)
             {
-                let len = d.name.iter().position(|&b| b == 0).unwrap_or(d.name.len());
-                let name = String::from_utf8_lossy(&d.name[..len]).into_owned();
+                let name = String::from_utf8_lossy(d.name_bytes()).into_owned();
                 self.lanes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

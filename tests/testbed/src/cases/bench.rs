@@ -18,6 +18,7 @@ use crate::{kernel::hyp, kernel::timer, kprintln};
 use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicU64, Ordering};
+use vmm_core::stats::Stat;
 use vmm_core::DeviceRef;
 use vmm_sys::abi::*;
 use vmm_sys::arm64::esr::{ec, esr_ec, esr_iss};
@@ -156,13 +157,8 @@ fn vgic_through_core(vmm: &Core) -> Result<([u64; 3], u64, u64), String> {
             let reg = |r: u32| vmm::get_reg(vmm, name, VM_REG_GUEST_X0 + r);
             match esr & 0xffff {
                 2 => {
-                    let mut st = VmStats {
-                        cpuid: 0,
-                        ..Default::default()
-                    };
-                    ioctl_vm(vmm, name, VM_STATS, &mut st)?;
-                    // Counter 0: total exits (vmm-core's stats.rs).
-                    return Ok(([reg(1)?, reg(2)?, reg(3)?], reg(4)?, st.statbuf[0]));
+                    let exits = vmm::stat(vmm, name, 0, Stat::Exits)?;
+                    return Ok(([reg(1)?, reg(2)?, reg(3)?], reg(4)?, exits));
                 }
                 3 => return Err(format!("bench_vgic guest failed: x0 = {:#x}", reg(0)?)),
                 _ => {}
@@ -265,15 +261,7 @@ fn cross_vcpu_ipi(vmm: &Core) -> Result<(u64, u64, u64, u64), String> {
             let reg = |r: u32| vmm::get_reg(vmm, IPI_VM, VM_REG_GUEST_X0 + r);
             match (esr >> 26, esr & 0xffff) {
                 (0x16, 2) => {
-                    let exits = |cpu: i32| -> Result<u64, String> {
-                        let mut st = VmStats {
-                            cpuid: cpu,
-                            ..Default::default()
-                        };
-                        ioctl_vm(vmm, IPI_VM, VM_STATS, &mut st)?;
-                        // Counter 0: total exits (vmm-core's stats.rs).
-                        Ok(st.statbuf[0])
-                    };
+                    let exits = |cpu| vmm::stat(vmm, IPI_VM, cpu, Stat::Exits);
                     return Ok((reg(1)?, reg(2)?, exits(0)?, exits(1)?));
                 }
                 (0x16, 3) => {

@@ -355,8 +355,7 @@ fn run_one(
     }
     if r.is_ok() && req.cmd == ioctl::VMMCTL_VM_DESTROY {
         if let Some(d) = vmm_sys::abi::VmmctlVmDestroy::from_bytes(arg) {
-            let len = d.name.iter().position(|&b| b == 0).unwrap_or(d.name.len());
-            lanes::destroyed(&d.name[..len]);
+            lanes::destroyed(d.name_bytes());
         }
     }
     r

@@ -598,10 +598,10 @@ pub fn sysreg_in_kernel(vmm: &Core, image: &[u8]) -> Result<String, String> {
     })
 }
 
-/// Counter `s` of vCPU 0 of VM `name` (VM_STATS).
-pub(super) fn stat(vmm: &Core, name: &[u8], s: vmm_core::stats::Stat) -> Result<u64, String> {
+/// Counter `s` of vCPU `cpu` of VM `name` (VM_STATS).
+pub fn stat(vmm: &Core, name: &[u8], cpu: i32, s: vmm_core::stats::Stat) -> Result<u64, String> {
     let mut st = VmStats {
-        cpuid: 0,
+        cpuid: cpu,
         ..Default::default()
     };
     vm_ioctl(vmm, name, VM_STATS, &mut st)?;
@@ -649,8 +649,8 @@ pub fn sysreg_at_el2(vmm: &Core, image: &[u8]) -> Result<String, String> {
             }
         }
         let (at_el2, in_core) = (
-            stat(vmm, name, Stat::SysRegEl2)?,
-            stat(vmm, name, Stat::SysRegKernel)?,
+            stat(vmm, name, 0, Stat::SysRegEl2)?,
+            stat(vmm, name, 0, Stat::SysRegKernel)?,
         );
         if (at_el2, in_core) != (7, 0) {
             return Err(format!(

@@ -18,7 +18,7 @@ const GICD: u64 = 0x2f00_0000;
 const GICR: u64 = 0x2f10_0000;
 
 fn exits(vmm: &Core, name: &[u8]) -> Result<u64, String> {
-    super::stat(vmm, name, vmm_core::stats::Stat::Exits)
+    super::stat(vmm, name, 0, vmm_core::stats::Stat::Exits)
 }
 
 fn expect_hvc(vmm: &Core, name: &[u8], e: &VmExit, want: u64) -> Result<(), String> {
