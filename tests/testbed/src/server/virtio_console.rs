@@ -259,8 +259,15 @@ impl VirtioConsole {
         }
     }
 
-    /// Whether the device has returned receive buffers not yet looked at.
+    /// Whether there is something to look at before sleeping: receive buffers returned
+    /// and not yet taken, or an interrupt not yet acknowledged. The GIC takes this
+    /// device's line as edge-triggered, and the device keeps it high until the ack: with
+    /// the line already high (a transmit completed after the last ack, its interrupt
+    /// taken), bytes arriving now make no new edge, so a WFI would wait for them forever.
     pub fn pending(&self) -> bool {
+        if r32(self.base + INTERRUPT_STATUS) != 0 {
+            return true;
+        }
         fence(Ordering::SeqCst);
         // SAFETY: the used ring's idx field lies in the used page we own.
         let idx =
