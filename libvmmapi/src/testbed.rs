@@ -7,9 +7,9 @@
 //! testbed's RAM file mapped at the testbed physical address of each piece of the
 //! range, which the testbed tells through its `TESTBED_GPA_TO_PA` extension.
 //!
-//! With [`LANES_ENV`] set (experimental), a vCPU's own requests (VM_RUN, its registers)
-//! take its lane instead (docs/testbed.md, "Lanes"): shared memory in the RAM file the testbed's run
-//! CPU serves. The request is written there and the answer spun for, briefly: a guest
+//! A vCPU's own requests (VM_RUN, its registers) take its lane (docs/testbed.md,
+//! "Lanes"; [`LANES_ENV`]`=0` turns lanes off): shared memory in the RAM file the
+//! testbed's run CPU serves. The request is written there and the answer spun for, briefly: a guest
 //! exit that userspace answers at once then costs no trip through the broker. After
 //! [`LANE_SPIN`] the client waits for the answer through the broker instead.
 
@@ -46,12 +46,12 @@ pub struct Testbed {
     lanes: Mutex<Lanes>,
     /// Names this client's lanes to the testbed (each process has its own).
     token: u64,
-    /// Lanes are off: [`LANES_ENV`] is not set, or the testbed has none.
+    /// Lanes are off: [`LANES_ENV`] is `0`, or the testbed has none.
     no_lanes: AtomicBool,
 }
 
-/// Set to 1, a vCPU's requests take its lane. Off by default: lanes are experimental
-/// (docs/testbed.md, "Lanes": the broker's test suite has failed with them on).
+/// Set to 0, a vCPU's requests take the broker like every other request instead of its
+/// lane (to compare the two paths, or to rule lanes out).
 pub const LANES_ENV: &str = "VMM_TESTBED_LANES";
 /// How long a client spins for its lane's answer before it waits through the broker.
 pub const LANE_SPIN: Duration = Duration::from_micros(300);
@@ -111,7 +111,7 @@ impl Testbed {
                 h.write_u32(std::process::id());
                 h.finish()
             },
-            no_lanes: AtomicBool::new(std::env::var_os(LANES_ENV).is_none_or(|v| v != "1")),
+            no_lanes: AtomicBool::new(std::env::var_os(LANES_ENV).is_some_and(|v| v == "0")),
         })
     }
 

@@ -20,7 +20,7 @@ use super::{execute, response, Core, RUNS_WAITING, RUN_START};
 use crate::kernel::mm::{self, PAGE};
 use crate::kernel::{gic, timer};
 use alloc::vec::Vec;
-use core::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use vmm_core::{Errno, Host, KResult};
 use vmm_sys::wire::{self, lane};
 
@@ -51,14 +51,22 @@ impl Lane {
 }
 
 static LANES: vmm_core::sync::SpinLock<Vec<Lane>> = vmm_core::sync::SpinLock::new_spin(Vec::new());
+/// Bit `i`: slot `i` of the pool is in use. Kept beside the pool (changed under its
+/// lock) so that the serving job's idle checks, every tick, take no lock and allocate
+/// nothing: under `-icount` each instruction of a tick counts as guest time.
+static LIVE: AtomicU64 = AtomicU64::new(0);
+/// Slot `i`'s direct-map address, fixed at start.
+static SLOT_VA: [AtomicU64; MAX_LANES] = [const { AtomicU64::new(0) }; MAX_LANES];
+const _: () = assert!(MAX_LANES <= 64);
 
 /// Takes the pool's pages (at server start). `false` if memory ran out.
 pub fn init() -> bool {
     let mut l = LANES.lock();
-    for _ in 0..MAX_LANES {
+    for slot in &SLOT_VA {
         let Some(pa) = mm::alloc_pages(LANE_PAGES) else {
             return false;
         };
+        slot.store(mm::pa_to_va(pa), Ordering::Release);
         l.push(Lane {
             pa,
             va: mm::pa_to_va(pa),
@@ -93,7 +101,11 @@ pub fn open(name: &[u8], vcpu: u64, token: u64, serving: bool) -> KResult<u64> {
     if let Some(x) = l.iter_mut().find(mine) {
         return Ok(x.pa);
     }
-    let x = l.iter_mut().find(|x| !x.live()).ok_or(Errno::ENOSPC)?;
+    let (i, x) = l
+        .iter_mut()
+        .enumerate()
+        .find(|(_, x)| !x.live())
+        .ok_or(Errno::ENOSPC)?;
     for off in [
         lane::REQ_SEQ,
         lane::RESP_SEQ,
@@ -105,14 +117,16 @@ pub fn open(name: &[u8], vcpu: u64, token: u64, serving: bool) -> KResult<u64> {
     }
     word(x.va, lane::SERVING).store(u32::from(serving), Ordering::SeqCst);
     x.owner = Some((name.to_vec(), vcpu, token));
+    LIVE.fetch_or(1 << i, Ordering::SeqCst);
     Ok(x.pa)
 }
 
 /// VM `name` was destroyed: its lanes go back to the pool.
 pub fn destroyed(name: &[u8]) {
-    for x in LANES.lock().iter_mut() {
+    for (i, x) in LANES.lock().iter_mut().enumerate() {
         if x.owner.as_ref().is_some_and(|(v, _, _)| v == name) {
             x.owner = None;
+            LIVE.fetch_and(!(1 << i), Ordering::SeqCst);
         }
     }
 }
@@ -123,19 +137,17 @@ fn pending(va: u64) -> bool {
         != word(va, lane::RESP_SEQ).load(Ordering::Acquire)
 }
 
-/// The lanes in use: (pa, va).
-fn live() -> Vec<(u64, u64)> {
-    LANES
-        .lock()
-        .iter()
-        .filter(|x| x.live())
-        .map(|x| (x.pa, x.va))
-        .collect()
+/// The direct-map addresses of the lanes in use, by slot.
+fn live() -> impl Iterator<Item = (usize, u64)> {
+    let mask = LIVE.load(Ordering::SeqCst);
+    (0..MAX_LANES)
+        .filter(move |i| mask & (1 << i) != 0)
+        .map(|i| (i, SLOT_VA[i].load(Ordering::Relaxed)))
 }
 
 /// Whether any live lane holds an unanswered request.
 pub fn any_pending() -> bool {
-    live().iter().any(|&(_, va)| pending(va))
+    live().any(|(_, va)| pending(va))
 }
 
 fn set_serving(on: bool) {
@@ -153,14 +165,13 @@ pub fn serve(core: &'static Core) {
     let mut last = timer::now();
     let mut next = 0usize;
     loop {
-        let lanes = live();
-        // Round-robin from the lane after the last one served.
-        let found = (0..lanes.len())
-            .map(|i| (next + i) % lanes.len())
-            .find(|&i| pending(lanes[i].1));
-        if let Some(i) = found {
-            execute_lane(core, lanes[i]);
-            next = i + 1;
+        // Round-robin from the slot after the last one served.
+        let found = live()
+            .filter(|&(_, va)| pending(va))
+            .min_by_key(|&(i, _)| (i + MAX_LANES - next) % MAX_LANES);
+        if let Some((i, va)) = found {
+            execute_lane(core, (mm::va_to_pa(va), va));
+            next = (i + 1) % MAX_LANES;
             last = timer::now();
             continue;
         }
