@@ -265,6 +265,9 @@ pub struct FakeHost {
     pub kicks: AtomicUsize,
     pub synced_bytes: AtomicUsize,
     pub signal: AtomicBool,
+    /// What `traps_wfe` and `wfe_should_yield` answer.
+    pub trap_wfe: AtomicBool,
+    pub wfe_yield: AtomicBool,
     /// Calls to `sleep`, to tell sleeping from spinning.
     pub sleeps: AtomicUsize,
     /// Run once at the next `intr_disable` (the moment between the vGIC flush and the
@@ -365,6 +368,8 @@ impl FakeHost {
             kicks: AtomicUsize::new(0),
             synced_bytes: AtomicUsize::new(0),
             signal: AtomicBool::new(false),
+            trap_wfe: AtomicBool::new(false),
+            wfe_yield: AtomicBool::new(false),
             sleeps: AtomicUsize::new(0),
             on_intr_disable: Mutex::new(None),
             vtimer_holds: Mutex::new(Vec::new()),
@@ -831,6 +836,12 @@ impl Host for FakeHost {
     }
     fn should_yield(&self) -> bool {
         self.signal.load(Ordering::SeqCst) || SIGNAL_ONCE.replace(false)
+    }
+    fn traps_wfe(&self) -> bool {
+        self.trap_wfe.load(Ordering::SeqCst)
+    }
+    fn wfe_should_yield(&self) -> bool {
+        self.wfe_yield.load(Ordering::SeqCst)
     }
     fn alloc_interrupted(&self) -> bool {
         // After `interrupt_alloc_after` more chunks (0: never).

@@ -133,6 +133,20 @@ pub trait Host: Send + Sync + Sized {
     /// True when the current thread should return to userspace soon: a signal or an AST
     /// is pending (FreeBSD: `td_ast`/`TDF_NEEDRESCHED`). Checked before each guest entry.
     fn should_yield(&self) -> bool;
+    /// Whether guests' WFE traps on this host (HCR_EL2.TWE, set for every vCPU of the
+    /// VMs created from then on). Where vCPUs take turns on a CPU, one spinning in a
+    /// WFE loop (a secondary waiting to be started, a waiter on a contended lock) would
+    /// spin away the others' time: trapped, it asks [`Host::wfe_should_yield`]. KVM traps
+    /// WFE when a vCPU shares its CPU. Default: no, as FreeBSD's vmm (its scheduler
+    /// preempts a spinning vCPU thread like any other).
+    fn traps_wfe(&self) -> bool {
+        false
+    }
+    /// At a trapped WFE: true when others wait for this CPU; VM_RUN then returns to
+    /// userspace (a BOGUS exit, past the WFE) so they get it.
+    fn wfe_should_yield(&self) -> bool {
+        false
+    }
     /// True when the thread making a long allocation (a guest memory segment, chunk by
     /// chunk) should give it up: a signal is pending for it (FreeBSD: `sig_intr()`), or
     /// its client went away. The allocation then frees what it took and fails with

@@ -380,7 +380,13 @@ impl<H: Host> Vmm<H> {
                 self.wfi_wait(vm, slot, vcpu)
             }
             Decoded::Wfe => {
+                stats.inc(Stat::Wfe);
                 self.skip_insn(vcpu);
+                if self.host.wfe_should_yield() {
+                    stats.inc(Stat::WfeYield);
+                    let pc = vcpu.ctx_ref().pc;
+                    return Ok(Next::User(exit_base(ExitCode::Bogus, pc, 0)));
+                }
                 Ok(Next::Reenter)
             }
             Decoded::Brk => {

@@ -24,9 +24,13 @@ pub enum Stat {
     TimerKernel,
     LogSuppressed,
     SysRegEl2,
+    /// WFE trapped: only where the host asks (`Host::traps_wfe`).
+    Wfe,
+    /// A trapped WFE returned to userspace so other runs got the CPU.
+    WfeYield,
 }
 
-pub const NSTATS: usize = 18;
+pub const NSTATS: usize = 20;
 
 /// Descriptions, as `bhyvectl --get-stats` prints them.
 pub const DESC: [&str; NSTATS] = [
@@ -48,6 +52,8 @@ pub const DESC: [&str; NSTATS] = [
     "physical timer (CNTP_*) accesses emulated in kernel",
     "guest-triggered kernel messages not logged (at most one per kind a second)",
     "system register accesses answered at EL2 without a world switch (in the total)",
+    "wfe instructions trapped",
+    "trapped wfe that gave the cpu to others",
 ];
 
 /// The counters of one vCPU. Atomic so VM_STATS reads them while the vCPU runs (as

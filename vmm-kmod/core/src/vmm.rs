@@ -176,11 +176,15 @@ impl<H: Host> Vmm<H> {
         }
         reg.vms.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
         let vmid = reg.vmids.alloc().ok_or(Errno::ENOSPC)?;
+        let mut traps = HostTraps::new(&self.params.id_regs);
+        if self.host.traps_wfe() {
+            traps.hcr |= vmm_sys::arm64::regs::hcr::TWE;
+        }
         let vcpu_host = HostVcpu {
             vtcr: self.cfg.vtcr_el2,
             midr: self.params.id_regs.midr,
             has_pan: (self.ids.mmfr1 >> 20) & 0xf != 0,
-            traps: HostTraps::new(&self.params.id_regs),
+            traps,
             ids: self.ids,
         };
         match Vm::new(&self.host, name, vmid, self.cfg.s2, vcpu_host) {

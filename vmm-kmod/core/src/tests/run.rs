@@ -894,3 +894,47 @@ fn accesses_answered_at_el2_are_counted() {
     assert_eq!(en[1].el2_answers.enabled, 1, "the core fills the table");
     assert_eq!(en[1].el2_answers.oslsr, crate::sysemul::OSLSR_VALUE);
 }
+
+#[test]
+fn wfe_traps_only_where_the_host_asks_and_yields_when_others_wait() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use vmm_sys::arm64::regs::hcr;
+    let wfe = |pc: u64| Scripted::sync(mk(ec::WFX, true, 1)).with(move |c| c.pc = pc);
+    // By default WFE runs in the guest, as under FreeBSD's vmm.
+    let v = guest();
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(entries(&v)[0].el2.hcr_el2 & hcr::TWE, 0);
+    // A host whose vCPUs share CPUs traps it: past the WFE, back into the guest.
+    let v = vmm();
+    v.host().trap_wfe.store(true, SeqCst);
+    setup(&v, "g", 4);
+    set_reg(&v, "g", 0, reg::VM_REG_GUEST_PC, RAM).unwrap();
+    v.host().push(wfe(RAM + 0x10));
+    v.host().push(hvc());
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Smccc);
+    assert_ne!(entries(&v)[0].el2.hcr_el2 & hcr::TWE, 0);
+    assert_eq!(entries(&v)[1].pc, RAM + 0x14);
+    assert_eq!(
+        (stat(&v, "g", Stat::Wfe), stat(&v, "g", Stat::WfeYield)),
+        (1, 0)
+    );
+    // Others wait for the CPU: VM_RUN returns (BOGUS) past the WFE, and the next
+    // VM_RUN resumes there.
+    v.host().wfe_yield.store(true, SeqCst);
+    v.host().push(wfe(RAM + 0x20));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(
+        (exitcode(&e), e.pc, e.inst_length),
+        (ExitCode::Bogus, RAM + 0x24, 0)
+    );
+    v.host().wfe_yield.store(false, SeqCst);
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(entries(&v).last().unwrap().pc, RAM + 0x24);
+    assert_eq!(
+        (stat(&v, "g", Stat::Wfe), stat(&v, "g", Stat::WfeYield)),
+        (2, 1)
+    );
+}
