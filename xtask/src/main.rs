@@ -13,6 +13,7 @@
 //! * `bench-el2`: the exit-cost benchmark under `-icount shift=0`.
 //! * `bench-boot`: a Linux boot under our stack against plain QEMU (docs/PERFORMANCE.md).
 //! * `bench-devices`: virtio-blk and virtio-net throughput against plain QEMU's.
+//! * `bench-smp`: userspace exits per second of a 1- and a 2-vCPU guest on the testbed.
 //! * `demo [--disk]`: boots Debian's arm64 Linux with the tools on the testbed; with
 //!   `--disk`, a Debian system with systemd from a virtio-blk disk (docs/e2e.md).
 //! * `fuzz list | run TARGET [--secs N] | ci [--secs N]`: the fuzz targets in fuzz/
@@ -23,6 +24,7 @@
 mod bench;
 mod bench_all;
 mod bench_devices;
+mod bench_smp;
 mod demo;
 mod fuzz;
 mod kernel;
@@ -152,13 +154,14 @@ fn main() -> ExitCode {
         Some("bench-el2") => kernel::bench_el2(&args[1..]),
         Some("bench-boot") => bench::bench_boot(&args[1..]),
         Some("bench-devices") => bench_devices::bench_devices(&args[1..]),
+        Some("bench-smp") => bench_smp::bench_smp(&args[1..]),
         Some("testbed") => testbed::testbed(&args[1..]),
         Some("demo") => demo::demo(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench [--cpu cortex-a57|max]... [--runs N] | bench-el2 [--cpu cortex-a57|max] | bench-boot [--runs N] [--cpu cortex-a57|max] | bench-devices [--runs N] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk] | fuzz list|run TARGET [--secs N]|ci [--secs N] | soak [--secs N] [--workers N]"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench [--cpu cortex-a57|max]... [--runs N] | bench-el2 [--cpu cortex-a57|max] | bench-boot [--runs N] [--cpu cortex-a57|max] | bench-devices [--runs N] | bench-smp [--runs N] [--cpu cortex-a57|max] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk] | fuzz list|run TARGET [--secs N]|ci [--secs N] | soak [--secs N] [--workers N]"
                 .into(),
         ),
     };

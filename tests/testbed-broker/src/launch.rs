@@ -81,15 +81,20 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
     move |e| LaunchError::Io(w, e)
 }
 
+/// The served testbed's run CPUs: CPU 0 serves the channel, these run vCPUs, so a
+/// 2-vCPU guest runs in parallel.
+pub const RUN_CPUS: usize = 2;
+
 /// QEMU's command line for a served testbed on `cpu` (DESIGN.md, "The testbed").
 pub fn qemu_args(kernel: &Path, l: &Layout, cpu: HostCpu) -> Vec<String> {
+    let smp = (RUN_CPUS + 1).to_string();
     let mut a: Vec<String> = [
         "-M",
         "virt,virtualization=on,gic-version=3,memory-backend=ram",
         "-cpu",
         cpu.qemu_cpu(),
         "-smp",
-        "2",
+        &smp,
         "-m",
         "1G",
         "-nographic",

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_testbed_broker::launch::{HostCpu, Layout, Served};
+use vmm_testbed_broker::launch::{HostCpu, Layout, Served, RUN_CPUS};
 use vmm_testbed_harness::{build, cmd, repo_root};
 
 const RAM: u64 = 0x8000_0000;
@@ -377,8 +377,11 @@ fn runs_of_two_vms_are_time_sliced() {
     bed.check(|| {
         let c = bed.client();
         for first in [&[B_SELF][..], &[WFI, B_SELF][..]] {
-            let spin = guest(c.clone(), "spinner", first);
-            let runner = run_in_background(&spin);
+            // A spinner in VM_RUN on every run CPU: the third run waits for a slice.
+            let spinners: Vec<Vm> = (0..RUN_CPUS)
+                .map(|i| guest(c.clone(), &format!("spinner{i}"), first))
+                .collect();
+            let runners: Vec<_> = spinners.iter().map(run_in_background).collect();
             let other = guest(c.clone(), "other", &[HVC0]);
             let t = Instant::now();
             let exit = other.vcpu(0).unwrap().run().unwrap();
@@ -391,12 +394,18 @@ fn runs_of_two_vms_are_time_sliced() {
                 "took {:?}",
                 t.elapsed()
             );
-            let exit = runner.join().unwrap().unwrap();
+            // One spinner gave its CPU up (BOGUS); the other may still spin until its
+            // VM is destroyed (SUSPENDED).
+            for s in spinners {
+                s.destroy().unwrap();
+            }
+            let exits: Vec<_> = runners.into_iter().map(|r| r.join().unwrap()).collect();
             assert!(
-                matches!(exit.reason, ExitReason::Bogus),
-                "{first:x?}: {exit:?}"
+                exits.iter().any(|e| e
+                    .as_ref()
+                    .is_ok_and(|e| matches!(e.reason, ExitReason::Bogus))),
+                "{first:x?}: {exits:?}"
             );
-            spin.destroy().unwrap();
             other.destroy().unwrap();
         }
     });
@@ -571,6 +580,57 @@ fn bhyveload_bhyve_bhyvectl_end_to_end() {
     });
 }
 
+/// The counter `name` in `bhyvectl --get-stats` output.
+fn stat_value(stats: &str, name: &str) -> Option<u64> {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+}
+
+/// A 2-vCPU guest whose vCPU 1 idles in a WFE loop while vCPU 0 makes 1,000 exits to
+/// bhyve: each vCPU has a run CPU of its own, so vCPU 1 is never sliced out for vCPU 0
+/// (on one shared run CPU vCPU 0 waited out a 20 ms slice per exit, and vCPU 1 went
+/// back to userspace about twice per exit of vCPU 0).
+#[test]
+fn a_vcpu_idle_in_wfe_leaves_the_other_its_cpu() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("smp-wfe") else {
+        return;
+    };
+    bed.check(|| {
+        // Built with the testbed's guests (tests/guests), which the bench shares.
+        let bin = build::guest_dir().join("smp_wfe.bin");
+        let tool = |name: &str, args: &[&str]| bed.tool(name, args);
+        let load = [
+            "-k",
+            bin.to_str().unwrap(),
+            "-l",
+            "0x80000000",
+            "-m",
+            "64M",
+            "-c",
+            "2",
+            "smp",
+        ];
+        let (code, _, err) = tool("bhyveload", &load);
+        assert_eq!(code, Some(0), "bhyveload: {err}");
+        let (code, out, err) = tool("bhyve", &["-c", "2", "-b", "smp"]);
+        assert_eq!(code, Some(1), "bhyve (poweroff is 1): {out}{err}");
+        let dots = out.chars().filter(|&c| c == '.').count();
+        assert_eq!(dots, 1000, "guest console: {out:?} {err}");
+        let (code, stats, err) = tool("bhyvectl", &["--vm=smp", "--cpu=1", "--get-stats"]);
+        assert_eq!(code, Some(0), "{err}");
+        // Its first VM_RUN lasts until the poweroff, give or take a few host events.
+        let to_user = stat_value(&stats, "vm exits returned to userspace");
+        assert!(
+            to_user.is_some_and(|n| (1..=10).contains(&n)),
+            "vCPU 1 kept its own run CPU: {stats}"
+        );
+        let (code, _, err) = tool("bhyvectl", &["--vm=smp", "--destroy"]);
+        assert_eq!(code, Some(0), "{err}");
+    });
+}
+
 /// A vCPU busy in VM_RUN (bhyve running a guest that never exits) while bhyvectl
 /// works from other processes; `bhyvectl --destroy` stops it and bhyve exits 4, the
 /// status bhyve(8) gives a destroyed VM.
@@ -614,12 +674,7 @@ fn bhyvectl_while_bhyve_runs_and_destroy_stops_it() {
             let active = text.trim_end() == "active cpus:\t0";
             let (code, stats) = tool("bhyvectl", &["--vm=spin", "--get-stats"]);
             assert_eq!(code, Some(0), "{stats}");
-            let to_user = stats.lines().find_map(|l| {
-                l.strip_prefix("vm exits returned to userspace")?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            });
+            let to_user = stat_value(&stats, "vm exits returned to userspace");
             if active && to_user.is_some_and(|n| n >= "spinning\n".len() as u64) {
                 break;
             }

@@ -7,7 +7,9 @@ use vmm_core::sync::SpinLock;
 
 /// Start of the TTBR1 half with a 39-bit VA; PA p is mapped at KBASE + p.
 pub const KBASE: u64 = 0xffff_ff80_0000_0000;
-pub const MAX_CPUS: usize = 2;
+/// CPUs the testbed can use: the tests run on 2 (`-smp 2`), the served testbed on 3
+/// (CPU 0 serves the channel, one run CPU per vCPU of a 2-vCPU guest).
+pub const MAX_CPUS: usize = 3;
 pub const PAGE: u64 = 4096;
 /// QEMU virt RAM (-m 1G).
 pub const RAM_START: u64 = 0x4000_0000;

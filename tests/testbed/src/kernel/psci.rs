@@ -14,6 +14,9 @@ fn smc(func: u64, a1: u64, a2: u64, a3: u64) -> i64 {
 }
 
 /// Starts `mpidr` at physical address `entry` with x0 = `ctx`. Returns PSCI's status.
+/// CPU_ON's answer for an MPIDR that names no CPU of this machine.
+pub const INVALID_PARAMETERS: i64 = -2;
+
 pub fn cpu_on(mpidr: u64, entry: u64, ctx: u64) -> i64 {
     smc(CPU_ON, mpidr, entry, ctx)
 }

@@ -16,7 +16,7 @@
 //! Only a vCPU's own requests travel in its lane ([`lane::CMDS`], on the lane's VM); the
 //! message is copied out of shared memory before it is parsed, every length bounded.
 
-use super::{execute, response, Core, RUNS_WAITING, RUN_START};
+use super::{execute, response, run_started, Core, RUNS_WAITING};
 use crate::kernel::mm::{self, PAGE};
 use crate::kernel::{gic, timer};
 use alloc::vec::Vec;
@@ -75,10 +75,15 @@ pub fn init() -> bool {
     }
     true
 }
-/// The testbed PA of the lane whose request the run CPU is executing, 0 if none.
-pub static EXECUTING: AtomicUsize = AtomicUsize::new(0);
-/// Waits (`TESTBED_LANE_WAIT`) for lanes other than the one executing: like queued
-/// runs, they make a long VM_RUN give the run CPU up at its slice's end.
+/// Slots whose request a lane job is executing (bit `i`: slot `i`).
+static CLAIMED: AtomicU64 = AtomicU64::new(0);
+/// Lane jobs queued or free to take a request (polling); CPU 0 queues one only when
+/// there is none.
+static FREE_JOBS: AtomicUsize = AtomicUsize::new(0);
+/// What the lanes' `SERVING` words say: whether a lane job is free to take requests.
+static SERVING_NOW: vmm_core::sync::SpinLock<bool> = vmm_core::sync::SpinLock::new_spin(false);
+/// Waits (`TESTBED_LANE_WAIT`) for lanes no job is executing: like queued runs, they
+/// make a long VM_RUN give its run CPU up at its slice's end.
 pub static OTHER_WAITS: AtomicUsize = AtomicUsize::new(0);
 
 /// Word `off` of the lane at `va` (a direct-map address of lane memory, which stays
@@ -91,8 +96,8 @@ fn word(va: u64, off: usize) -> &'static AtomicU32 {
 }
 
 /// `TESTBED_LANE_OPEN`: client `token`'s lane of vCPU `vcpu` of VM `name`, taken from
-/// the pool on first use, its words reset (`serving`: whether the lane job runs).
-pub fn open(name: &[u8], vcpu: u64, token: u64, serving: bool) -> KResult<u64> {
+/// the pool on first use, its words reset.
+pub fn open(name: &[u8], vcpu: u64, token: u64) -> KResult<u64> {
     if vcpu >= vmm_core::vgic::MAX_CPUS as u64 {
         return Err(Errno::EINVAL);
     }
@@ -115,9 +120,12 @@ pub fn open(name: &[u8], vcpu: u64, token: u64, serving: bool) -> KResult<u64> {
     ] {
         word(x.va, off).store(0, Ordering::SeqCst);
     }
-    word(x.va, lane::SERVING).store(u32::from(serving), Ordering::SeqCst);
+    // Under the lock that publishes SERVING, so no change is missed.
+    let serving = SERVING_NOW.lock();
+    word(x.va, lane::SERVING).store(u32::from(*serving), Ordering::SeqCst);
     x.owner = Some((name.to_vec(), vcpu, token));
     LIVE.fetch_or(1 << i, Ordering::SeqCst);
+    drop(serving);
     Ok(x.pa)
 }
 
@@ -145,44 +153,88 @@ fn live() -> impl Iterator<Item = (usize, u64)> {
         .map(|i| (i, SLOT_VA[i].load(Ordering::Relaxed)))
 }
 
-/// Whether any live lane holds an unanswered request.
-pub fn any_pending() -> bool {
-    live().any(|(_, va)| pending(va))
+/// Whether a live lane holds a request no job has taken.
+fn waiting() -> bool {
+    let claimed = CLAIMED.load(Ordering::SeqCst);
+    live().any(|(i, va)| claimed & (1 << i) == 0 && pending(va))
 }
 
-fn set_serving(on: bool) {
+/// Whether a lane holds a request no job has taken and no job is free to take: its
+/// client waits for a run CPU.
+pub fn unserved() -> bool {
+    FREE_JOBS.load(Ordering::SeqCst) == 0 && waiting()
+}
+
+/// Whether a job is executing the request of the lane at `pa`.
+pub fn claimed(pa: u64) -> bool {
+    let claimed = CLAIMED.load(Ordering::SeqCst);
+    live().any(|(i, va)| claimed & (1 << i) != 0 && mm::va_to_pa(va) == pa)
+}
+
+/// CPU 0, about to queue a lane job: counts it as free, unless one is already.
+pub fn job_queued() -> bool {
+    FREE_JOBS
+        .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+}
+
+/// A lane job stops (`-1`) or starts (`+1`) being free to take requests; the lanes'
+/// `SERVING` words then say whether any is. Published under a lock, by whoever changed
+/// the count last, so the words end up saying what the count does.
+fn free_jobs_change(up: bool) {
+    if up {
+        FREE_JOBS.fetch_add(1, Ordering::SeqCst);
+    } else {
+        FREE_JOBS.fetch_sub(1, Ordering::SeqCst);
+    }
+    publish_serving();
+}
+
+/// Sets every lane's `SERVING` word to whether a lane job is free.
+fn publish_serving() {
+    let mut serving = SERVING_NOW.lock();
+    *serving = FREE_JOBS.load(Ordering::SeqCst) > 0;
     for (_, va) in live() {
-        word(va, lane::SERVING).store(u32::from(on), Ordering::SeqCst);
+        word(va, lane::SERVING).store(u32::from(*serving), Ordering::SeqCst);
     }
 }
 
-/// The run CPU's lane job: serves the lanes until none has had a request for
-/// [`POLL_WINDOW_US`] or a queued run waits.
+/// A lane job on a run CPU: serves the lanes until none has had a request for
+/// [`POLL_WINDOW_US`] or a queued run waits. CPU 0 counted it free when it queued it.
 pub fn serve(core: &'static Core) {
-    set_serving(true);
+    publish_serving();
     let window = timer::freq() / 1_000_000 * POLL_WINDOW_US;
     let tick = (timer::freq() / 1_000_000 * TICK_US).max(1);
     let mut last = timer::now();
     let mut next = 0usize;
     loop {
-        // Round-robin from the slot after the last one served.
+        // Round-robin from the slot after the last one served; a request another job
+        // took is skipped.
+        let claimed = CLAIMED.load(Ordering::SeqCst);
         let found = live()
-            .filter(|&(_, va)| pending(va))
+            .filter(|&(i, va)| claimed & (1 << i) == 0 && pending(va))
             .min_by_key(|&(i, _)| (i + MAX_LANES - next) % MAX_LANES);
         if let Some((i, va)) = found {
+            if CLAIMED.fetch_or(1 << i, Ordering::SeqCst) & (1 << i) != 0 {
+                continue;
+            }
+            // Busy in a request (maybe a long VM_RUN): another job serves the others.
+            free_jobs_change(false);
             execute_lane(core, (mm::va_to_pa(va), va));
+            CLAIMED.fetch_and(!(1 << i), Ordering::SeqCst);
+            free_jobs_change(true);
             next = (i + 1) % MAX_LANES;
             last = timer::now();
             continue;
         }
         let idle = timer::now().saturating_sub(last) > window;
         if idle || RUNS_WAITING.load(Ordering::Acquire) > 0 {
-            // Clients that post from now on kick; one that posted before sees SERVING
-            // still set, so look once more after clearing it.
-            set_serving(false);
+            // Clients that post from now on kick if no job is left free; one that
+            // posted before saw SERVING still set, so look once more after that.
+            free_jobs_change(false);
             fence(Ordering::SeqCst);
-            if any_pending() {
-                set_serving(true);
+            if FREE_JOBS.load(Ordering::SeqCst) == 0 && waiting() {
+                free_jobs_change(true);
                 continue;
             }
             return;
@@ -191,7 +243,7 @@ pub fn serve(core: &'static Core) {
         // for these very lanes.
         let until = timer::now().saturating_add(tick);
         let _ = core.host().0.sleep(0, Some(until), &|| {
-            !any_pending() && RUNS_WAITING.load(Ordering::Acquire) == 0
+            !waiting() && RUNS_WAITING.load(Ordering::Acquire) == 0
         });
     }
 }
@@ -208,11 +260,9 @@ fn execute_lane(core: &'static Core, (pa, va): (u64, u64)) {
     };
     let reply = match lane_request_ok(pa, &msg) {
         Ok(()) => {
-            EXECUTING.store(pa as usize, Ordering::Release);
-            RUN_START.store(timer::now().max(1), Ordering::Release);
+            run_started(true);
             let r = execute(core, &msg);
-            RUN_START.store(0, Ordering::Release);
-            EXECUTING.store(0, Ordering::Release);
+            run_started(false);
             r
         }
         Err(cmd) => response(cmd, Errno::EINVAL.0, &[], &[]),

@@ -4,12 +4,13 @@
 //! answers requests framed by the broker (vmm-sys `wire`) on the virtio console.
 //!
 //! CPU 0 owns the channel and executes every request itself, except VM_RUN, which it
-//! hands to CPU 1 (the only other CPU) through the mailbox and answers when the run
-//! returns; VM_RUNs arriving meanwhile wait in a queue. So assert-IRQ, bhyvectl and
-//! destroy are served while a vCPU runs (a destroy kicks CPU 1 through the core). One
-//! run executes at a time: when others wait, the running one is time-sliced (CPU 0
-//! sends CPU 1 an SGI after [`SLICE_MS`], the core asks `should_yield`, and VM_RUN
-//! returns a BOGUS exit, which libvmmapi's callers simply run again).
+//! hands to a free run CPU (every other CPU: QEMU's `-smp` gives the served testbed two,
+//! one per vCPU of a 2-vCPU guest) through the mailbox and answers when the run returns;
+//! VM_RUNs arriving while every run CPU is busy wait in a queue. So assert-IRQ, bhyvectl
+//! and destroy are served while vCPUs run (a destroy kicks the run CPUs through the
+//! core). When runs wait, the running ones are time-sliced (CPU 0 sends each an SGI
+//! after [`SLICE_MS`], the core asks `should_yield`, and VM_RUN returns a BOGUS exit,
+//! which libvmmapi's callers simply run again).
 //!
 //! Each request's pointer fields are pointed at testbed copies of the buffers the
 //! request carried; the core reaches them only through `copyin`/`copyout`, which
@@ -41,8 +42,12 @@ use vmm_sys::wire::{self, Frame, WireRequest, FRAME_HEADER, MAX_BUFFERS};
 pub const MODE_SERVE: u32 = u32::from_le_bytes(*b"SERV");
 /// How long a VM_RUN keeps the run CPU while another VM_RUN waits.
 pub const SLICE_MS: u64 = 20;
-/// The CPU that executes VM_RUN.
-const RUN_CPU: usize = 1;
+/// The CPU that serves the channel; every other CPU runs vCPUs.
+const CHANNEL_CPU: usize = 0;
+
+fn is_run_cpu(c: usize) -> bool {
+    c != CHANNEL_CPU && c < MAX_CPUS
+}
 
 /// Buffers the request executing on each CPU may have copied in or out: (addr, len).
 static WINDOWS: [SpinLock<[(u64, u64); MAX_BUFFERS]>; MAX_CPUS] =
@@ -54,8 +59,14 @@ static RUNS_WAITING: AtomicUsize = AtomicUsize::new(0);
 fn others_wait() -> bool {
     RUNS_WAITING.load(Ordering::Acquire) > 0 || lanes::OTHER_WAITS.load(Ordering::Acquire) > 0
 }
-/// When the current run started (counter ticks), 0 when none.
-static RUN_START: AtomicU64 = AtomicU64::new(0);
+/// When the current run on each CPU started (counter ticks), 0 when none.
+static RUN_START: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Marks the start (`true`) or end of a run on this CPU, for slicing.
+fn run_started(on: bool) {
+    let v = if on { timer::now().max(1) } else { 0 };
+    RUN_START[cpu::id()].store(v, Ordering::Release);
+}
 
 /// The testbed `Host` with copyin/copyout limited to the current request's buffers and
 /// `should_yield` answering "another VM_RUN is waiting and this one had its slice".
@@ -123,7 +134,7 @@ impl Host for ServerHost {
     /// (the broker's word that the client disconnected) has arrived meanwhile.
     fn alloc_interrupted(&self) -> bool {
         let client = SERVING.load(Ordering::Acquire);
-        if client == NOBODY || cpu::id() == RUN_CPU {
+        if client == NOBODY || cpu::id() != CHANNEL_CPU {
             return false;
         }
         let mut ch = CHANNEL.lock();
@@ -134,11 +145,23 @@ impl Host for ServerHost {
         client_gone(stream, client)
     }
     fn should_yield(&self) -> bool {
-        let start = RUN_START.load(Ordering::Acquire);
-        cpu::id() == RUN_CPU
+        let c = cpu::id();
+        let Some(start) = RUN_START.get(c).map(|s| s.load(Ordering::Acquire)) else {
+            return false;
+        };
+        is_run_cpu(c)
             && others_wait()
             && start != 0
             && timer::now().saturating_sub(start) > slice_ticks()
+    }
+    /// The run CPU is shared by every vCPU the testbed serves.
+    fn traps_wfe(&self) -> bool {
+        true
+    }
+    /// A vCPU in a WFE loop gives the run CPU up at once when another run or another
+    /// lane's request waits: it has nothing to do until someone else does something.
+    fn wfe_should_yield(&self) -> bool {
+        is_run_cpu(cpu::id()) && (others_wait() || lanes::unserved())
     }
     fn sleep(
         &self,
@@ -152,7 +175,7 @@ impl Host for ServerHost {
         // No slice to wait out: a vCPU going to sleep has no use for the CPU, while a
         // queued run (another vCPU printing a console byte per exit) would wait a whole
         // slice per exit.
-        let waiting = || cpu::id() == RUN_CPU && others_wait();
+        let waiting = || is_run_cpu(cpu::id()) && others_wait();
         if still_sleep() && waiting() {
             return SleepResult::Interrupted;
         }
@@ -298,8 +321,7 @@ fn run_one(
             if !vm_exists(core, name) {
                 return Err(Errno::ENOENT);
             }
-            let serving = LANE_JOB.load(Ordering::Acquire);
-            let pa = lanes::open(name, u64_at(arg, 0), u64_at(arg, 8), serving)?;
+            let pa = lanes::open(name, u64_at(arg, 0), u64_at(arg, 8))?;
             arg.get_mut(8..16)
                 .ok_or(Errno::EINVAL)?
                 .copy_from_slice(&pa.to_le_bytes());
@@ -440,18 +462,15 @@ struct Job {
     done: AtomicBool,
 }
 
-/// Whether the lane job is queued or running (CPU 0 decides both).
-static LANE_JOB: AtomicBool = AtomicBool::new(false);
-
 fn run_job(arg: u64) -> u64 {
     // SAFETY: `serve` passed a leaked `Box<Job>` it reclaims only once `done` is set.
     let job = unsafe { &mut *(arg as *mut Job) };
     if job.lane {
         lanes::serve(job.core);
     } else {
-        RUN_START.store(timer::now().max(1), Ordering::Release);
+        run_started(true);
         job.reply = execute(job.core, &job.msg);
-        RUN_START.store(0, Ordering::Release);
+        run_started(false);
     }
     job.done.store(true, Ordering::Release);
     gic::send_sgi(0, gic::SGI_WAKE);
@@ -469,11 +488,16 @@ struct LaneWait {
 
 /// Brings the core up and serves requests forever.
 pub fn run() -> ! {
-    let ncpu = MAX_CPUS;
-    for c in 1..ncpu {
-        if let Err(e) = cpu::start_secondary(c) {
-            kprintln!("SERVE error: cpu {c} did not start (PSCI {e})");
-            crate::kernel::psci::system_off();
+    let mut ncpu = 1;
+    for c in 1..MAX_CPUS {
+        match cpu::start_secondary(c) {
+            Ok(()) => ncpu += 1,
+            // QEMU has fewer CPUs than the kernel could use: the ones it has run.
+            Err(crate::kernel::psci::INVALID_PARAMETERS) if c > 1 => break,
+            Err(e) => {
+                kprintln!("SERVE error: cpu {c} did not start (PSCI {e})");
+                crate::kernel::psci::system_off();
+            }
         }
     }
     let Some(params) = host::prepare() else {
@@ -505,7 +529,7 @@ pub fn run() -> ! {
         crate::kernel::mm::free_pages()
     );
     *CHANNEL.lock() = Some((con, Vec::new()));
-    serve(core)
+    serve(core, ncpu)
 }
 
 /// The console and the bytes read from it not yet taken as frames: shared by `serve`
@@ -569,9 +593,11 @@ fn new_job(core: &'static Core, client: u32, seq: u32, msg: Vec<u8>, lane: bool)
     })
 }
 
-/// Queues the lane job unless it is queued or running already.
+/// Queues a lane job unless one is queued or free to take requests already (a busy
+/// one, executing a long VM_RUN, serves no other lane meanwhile: a second one takes
+/// another run CPU).
 fn queue_lane_job(core: &'static Core, queue: &mut VecDeque<Box<Job>>) {
-    if !LANE_JOB.swap(true, Ordering::AcqRel) {
+    if lanes::job_queued() {
         RUNS_WAITING.fetch_add(1, Ordering::AcqRel);
         queue.push_back(new_job(core, 0, 0, Vec::new(), true));
     }
@@ -609,8 +635,9 @@ fn lane_control(
                         lane_pa,
                         lane_seq,
                     });
-                    // Nobody serving (a kick lost in a job's last moments): serve.
-                    if !LANE_JOB.load(Ordering::Acquire) {
+                    // Posted, not taken, and nobody free to serve it (a kick lost in a
+                    // job's last moments, or every lane job busy in a run): serve.
+                    if !lanes::claimed(lane_pa) {
                         queue_lane_job(core, queue);
                     }
                 }
@@ -622,7 +649,7 @@ fn lane_control(
 }
 
 /// Answers the waits whose lane has its answer now (or is gone) and counts the others
-/// that are not for the lane executing.
+/// whose lane no job is executing.
 fn answer_waits(waits: &mut Vec<LaneWait>) {
     waits.retain(|w| match lanes::wait_over(w.lane_pa, w.lane_seq) {
         Some(errno) => {
@@ -637,14 +664,25 @@ fn answer_waits(waits: &mut Vec<LaneWait>) {
         }
         None => true,
     });
-    let executing = lanes::EXECUTING.load(Ordering::Acquire) as u64;
-    let others = waits.iter().filter(|w| w.lane_pa != executing).count();
+    let others = waits.iter().filter(|w| !lanes::claimed(w.lane_pa)).count();
     lanes::OTHER_WAITS.store(others, Ordering::Release);
 }
 
-fn serve(core: &'static Core) -> ! {
+/// Sends the wake SGI to every run CPU with a job (`running[c]` set): a vCPU asleep in
+/// WFI gives the CPU up at once when runs wait (ServerHost::sleep), a running one costs
+/// one host-interrupt exit and looks at its slice.
+fn kick_busy(running: &[Option<*mut Job>; MAX_CPUS]) {
+    for (c, r) in running.iter().enumerate() {
+        if r.is_some() {
+            gic::send_sgi(c, gic::SGI_WAKE);
+        }
+    }
+}
+
+fn serve(core: &'static Core, ncpu: usize) -> ! {
     let mut queue: VecDeque<Box<Job>> = VecDeque::new();
-    let mut running: Option<*mut Job> = None;
+    // The job each run CPU executes.
+    let mut running: [Option<*mut Job>; MAX_CPUS] = [None; MAX_CPUS];
     let mut waits: Vec<LaneWait> = Vec::new();
     let mut last_kick = 0u64;
     loop {
@@ -655,6 +693,8 @@ fn serve(core: &'static Core) -> ! {
             }
             None => false,
         };
+        // Runs (and lane waits) that came in this round: busy run CPUs are told.
+        let mut queued = 0usize;
         // Whole frames: execute (or queue a VM_RUN), answer.
         loop {
             let frame = CHANNEL.lock().as_mut().and_then(|(_, s)| next_frame(s));
@@ -664,33 +704,27 @@ fn serve(core: &'static Core) -> ! {
             progress = true;
             if msg.is_empty() {
                 // The broker's "client gone": its waiting runs are dropped, its running
-                // one is kicked back out of the guest (the answer goes nowhere).
+                // ones are kicked back out of the guest (the answers go nowhere).
                 let before = queue.len();
                 queue.retain(|j| j.lane || j.client != f.client);
                 waits.retain(|w| w.client != f.client);
                 RUNS_WAITING.fetch_sub(before - queue.len(), Ordering::AcqRel);
-                if let Some(p) = running {
+                for p in running.iter().flatten() {
                     // SAFETY: the job stays alive while `running` holds it; only its
                     // immutable request fields are read.
-                    let job = unsafe { &*p };
-                    if job.client == f.client {
+                    let job = unsafe { &**p };
+                    if !job.lane && job.client == f.client {
                         kick_run(core, &job.msg);
                     }
                 }
                 continue;
             }
             if lane_control(core, &f, &msg, &mut queue, &mut waits) {
-                if running.is_some() {
-                    gic::send_sgi(RUN_CPU, gic::SGI_WAKE);
-                }
+                queued += 1;
             } else if is_run(&msg) {
+                queued += 1;
                 RUNS_WAITING.fetch_add(1, Ordering::AcqRel);
                 queue.push_back(new_job(core, f.client, f.seq, msg, false));
-                if running.is_some() {
-                    // A run asleep in WFI gives the CPU up at once (ServerHost::sleep)
-                    // once it looks; a running one costs one host-interrupt exit.
-                    gic::send_sgi(RUN_CPU, gic::SGI_WAKE);
-                }
             } else {
                 SERVING.store(f.client, Ordering::Release);
                 let reply = execute(core, &msg);
@@ -698,46 +732,56 @@ fn serve(core: &'static Core) -> ! {
                 send(f.client, f.seq, &reply);
             }
         }
-        // A finished run: answer it.
-        if let Some(p) = running {
+        // Finished runs: answer them.
+        for (c, slot) in running.iter_mut().enumerate() {
+            let Some(p) = *slot else {
+                continue;
+            };
             // SAFETY: `p` came from Box::into_raw below and is still owned here.
-            if unsafe { &*p }.done.load(Ordering::Acquire) {
-                cpu::wait(RUN_CPU);
-                // SAFETY: the run CPU is done with the job (done, mailbox empty).
-                let job = unsafe { Box::from_raw(p) };
-                if job.lane {
-                    LANE_JOB.store(false, Ordering::Release);
-                    // A request posted while the job was ending (its client saw it
-                    // serving, or its kick came before the end): serve again.
-                    if lanes::any_pending() {
-                        queue_lane_job(core, &mut queue);
-                    }
-                } else {
-                    send(job.client, job.seq, &job.reply);
+            if !unsafe { &*p }.done.load(Ordering::Acquire) {
+                continue;
+            }
+            cpu::wait(c);
+            // SAFETY: the run CPU is done with the job (done, mailbox empty).
+            let job = unsafe { Box::from_raw(p) };
+            if job.lane {
+                // A request posted while the job was ending (its client saw it
+                // serving, or its kick came before the end): serve again.
+                if lanes::unserved() {
+                    queue_lane_job(core, &mut queue);
                 }
-                running = None;
-                progress = true;
+            } else {
+                send(job.client, job.seq, &job.reply);
             }
+            *slot = None;
+            progress = true;
         }
-        // The run CPU is free: start the next run.
-        if running.is_none() {
-            if let Some(job) = queue.pop_front() {
-                RUNS_WAITING.fetch_sub(1, Ordering::AcqRel);
-                let p = Box::into_raw(job);
-                running = Some(p);
-                cpu::post(RUN_CPU, run_job, p as u64);
-                progress = true;
+        // Free run CPUs: start the next runs.
+        for (c, slot) in running.iter_mut().enumerate().take(ncpu) {
+            if slot.is_some() || !is_run_cpu(c) {
+                continue;
             }
+            let Some(job) = queue.pop_front() else {
+                break;
+            };
+            RUNS_WAITING.fetch_sub(1, Ordering::AcqRel);
+            let p = Box::into_raw(job);
+            *slot = Some(p);
+            cpu::post(c, run_job, p as u64);
+            progress = true;
         }
         answer_waits(&mut waits);
-        // Others wait: the running one gets a slice, then an SGI so it looks again.
+        let others = !queue.is_empty() || lanes::OTHER_WAITS.load(Ordering::Acquire) > 0;
+        if others && queued > 0 {
+            // New runs wait for busy CPUs: make vCPUs asleep in WFI give theirs up now.
+            kick_busy(&running);
+        }
+        // Others wait: the running ones get a slice, then an SGI so they look again.
         let mut slice_end = None;
-        if running.is_some()
-            && (!queue.is_empty() || lanes::OTHER_WAITS.load(Ordering::Acquire) > 0)
-        {
+        if others && running.iter().any(Option::is_some) {
             let now = timer::now();
             if now.saturating_sub(last_kick) > slice_ticks() {
-                gic::send_sgi(RUN_CPU, gic::SGI_WAKE);
+                kick_busy(&running);
                 last_kick = now;
             }
             // The timer fires at or after `slice_end`. If its interrupt is taken (and
@@ -747,10 +791,13 @@ fn serve(core: &'static Core) -> ! {
             timer::arm(slice_ticks());
         }
         if !progress {
-            let job = running;
+            let jobs = running;
             cpu::wait_for_interrupt(|| {
-                // SAFETY: as above; the job is alive while `running` holds it.
-                let run_done = job.is_some_and(|p| unsafe { &*p }.done.load(Ordering::Acquire));
+                // SAFETY: as above; a job is alive while `running` holds it.
+                let run_done = jobs
+                    .iter()
+                    .flatten()
+                    .any(|p| unsafe { &**p }.done.load(Ordering::Acquire));
                 let slice_over = slice_end.is_some_and(|e| timer::now() >= e);
                 let pending = CHANNEL.lock().as_ref().is_some_and(|(c, _)| c.pending());
                 let answerable = waits
