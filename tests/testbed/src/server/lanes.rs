@@ -16,7 +16,7 @@
 //! Only a vCPU's own requests travel in its lane ([`lane::CMDS`], on the lane's VM); the
 //! message is copied out of shared memory before it is parsed, every length bounded.
 
-use super::{execute, response, run_started, Core, RUNS_WAITING};
+use super::{execute, other_runs, response, run_started, Core, RUNS_WAITING};
 use crate::kernel::mm::{self, PAGE};
 use crate::kernel::{gic, timer};
 use alloc::vec::Vec;
@@ -26,6 +26,8 @@ use vmm_sys::wire::{self, lane};
 
 /// How long the serving job waits for a next request before it ends.
 const POLL_WINDOW_US: u64 = 2000;
+/// How long after a request the waiting job spins for the next one before it sleeps.
+const SPIN_US: u64 = 200;
 /// How often the waiting job looks at the lanes.
 const TICK_US: u64 = 10;
 /// Lanes over all VMs (the pool; 16 vCPUs each for a few VMs, more than the testbed
@@ -205,6 +207,7 @@ pub fn serve(core: &'static Core) {
     publish_serving();
     let window = timer::freq() / 1_000_000 * POLL_WINDOW_US;
     let tick = (timer::freq() / 1_000_000 * TICK_US).max(1);
+    let spin = timer::freq() / 1_000_000 * SPIN_US;
     let mut last = timer::now();
     let mut next = 0usize;
     loop {
@@ -238,6 +241,11 @@ pub fn serve(core: &'static Core) {
                 continue;
             }
             return;
+        }
+        // Spinning takes a host core from QEMU: only while no other run CPU needs one.
+        if timer::now().saturating_sub(last) < spin && !other_runs() {
+            core::hint::spin_loop();
+            continue;
         }
         // The plain testbed sleep: the server's would end at once while clients wait
         // for these very lanes.

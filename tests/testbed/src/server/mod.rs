@@ -62,6 +62,15 @@ fn others_wait() -> bool {
 /// When the current run on each CPU started (counter ticks), 0 when none.
 static RUN_START: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
+/// Whether a run CPU other than this one is in a run.
+fn other_runs() -> bool {
+    let me = cpu::id();
+    RUN_START
+        .iter()
+        .enumerate()
+        .any(|(c, s)| c != me && s.load(Ordering::Acquire) != 0)
+}
+
 /// Marks the start (`true`) or end of a run on this CPU, for slicing.
 fn run_started(on: bool) {
     let v = if on { timer::now().max(1) } else { 0 };
