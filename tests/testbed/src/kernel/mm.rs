@@ -3,6 +3,7 @@
 //! allocator) on top of it.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use vmm_core::sync::SpinLock;
 
 /// Start of the TTBR1 half with a 39-bit VA; PA p is mapped at KBASE + p.
@@ -30,13 +31,40 @@ struct Frames {
     used: [u64; NPAGES / 64],
     free: usize,
     hint: usize,
+    /// Where [`scrub`] looks next.
+    scrub_hint: usize,
 }
 
 static FRAMES: SpinLock<Frames> = SpinLock::new_spin(Frames {
     used: [u64::MAX; NPAGES / 64],
     free: 0,
     hint: 0,
+    scrub_hint: 0,
 });
+
+/// One bit per RAM page, set = may hold old data: zeroed at allocation or, while the
+/// served testbed is idle, by [`scrub`]. A page's bit changes only while the page is
+/// free (set by its owner's free, cleared by `scrub` under the frames lock) or owned
+/// (cleared by the allocation that zeroes it), so atomics on the shared words suffice.
+static DIRTY: [AtomicU64; NPAGES / 64] = [const { AtomicU64::new(0) }; NPAGES / 64];
+/// Pages with their [`DIRTY`] bit set.
+static DIRTY_PAGES: AtomicUsize = AtomicUsize::new(0);
+
+fn is_dirty(i: usize) -> bool {
+    DIRTY[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) != 0
+}
+
+fn set_dirty(i: usize) {
+    if DIRTY[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel) & (1 << (i % 64)) == 0 {
+        DIRTY_PAGES.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+fn clear_dirty(i: usize) {
+    if DIRTY[i / 64].fetch_and(!(1 << (i % 64)), Ordering::AcqRel) & (1 << (i % 64)) != 0 {
+        DIRTY_PAGES.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 extern "C" {
     static __kernel_end: u8;
@@ -49,9 +77,45 @@ pub fn init() {
     let mut f = FRAMES.lock();
     for i in first..NPAGES {
         f.used[i / 64] &= !(1u64 << (i % 64));
+        // RAM may hold anything (a RAM file left by an earlier testbed).
+        set_dirty(i);
     }
     f.free = NPAGES - first;
     f.hint = first;
+    f.scrub_hint = first;
+}
+
+/// Zeroes up to `batch` free pages that may hold old data, holding the frames lock
+/// (a batch is short: 16 pages are ~16 µs under TCG), so the page counts never move.
+/// The served testbed calls it when CPU 0 has nothing else to do: a VM's memory, freed
+/// when it is destroyed, is zero by the time the next VM asks for it, and the first
+/// writes to pages where the old guest's code ran (which make QEMU drop its
+/// translations, slowly) are not paid by the next bhyveload. `false`: nothing to do.
+pub fn scrub(batch: usize) -> bool {
+    if DIRTY_PAGES.load(Ordering::Acquire) == 0 {
+        return false;
+    }
+    let mut f = FRAMES.lock();
+    let mut done = 0;
+    let mut i = f.scrub_hint;
+    for _ in 0..NPAGES {
+        if done == batch {
+            break;
+        }
+        if i >= NPAGES {
+            i = 0;
+        }
+        if f.used[i / 64] & (1 << (i % 64)) == 0 && is_dirty(i) {
+            // SAFETY: the page is free and the frames lock is held, so nobody else
+            // uses it; it is mapped through the direct map.
+            unsafe { zero_pages(pa_to_va(RAM_START + i as u64 * PAGE), 1) };
+            clear_dirty(i);
+            done += 1;
+        }
+        i += 1;
+    }
+    f.scrub_hint = i;
+    done > 0
 }
 
 pub fn free_pages() -> usize {
@@ -130,11 +194,8 @@ pub fn alloc_pages_aligned(n: usize, align: u64) -> Option<u64> {
                     f.free -= n;
                     f.hint = i + 1;
                     drop(f);
-                    let pa = RAM_START + first as u64 * PAGE;
-                    // SAFETY: the pages were free, so nobody else uses them; they are
-                    // mapped through the direct map.
-                    unsafe { zero_pages(pa_to_va(pa), n) };
-                    return Some(pa);
+                    zero_dirty(first, n);
+                    return Some(RAM_START + first as u64 * PAGE);
                 }
             } else {
                 run = 0;
@@ -147,8 +208,34 @@ pub fn alloc_pages_aligned(n: usize, align: u64) -> Option<u64> {
     None
 }
 
+/// Zeroes the pages of the just-allocated `first..first + n` that may hold old data,
+/// each stretch of them at once.
+fn zero_dirty(first: usize, n: usize) {
+    let mut j = first;
+    while j < first + n {
+        if !is_dirty(j) {
+            j += 1;
+            continue;
+        }
+        let start = j;
+        while j < first + n && is_dirty(j) {
+            j += 1;
+        }
+        // SAFETY: the pages were just allocated to the caller, so nobody else uses
+        // them; they are mapped through the direct map.
+        unsafe { zero_pages(pa_to_va(RAM_START + start as u64 * PAGE), j - start) };
+        for k in start..j {
+            clear_dirty(k);
+        }
+    }
+}
+
 pub fn free_pages_at(pa: u64, n: usize) {
     let first = ((pa - RAM_START) / PAGE) as usize;
+    // Dirty before free: whoever finds the page free finds it dirty too.
+    for j in first..first + n {
+        set_dirty(j);
+    }
     let mut f = FRAMES.lock();
     for j in first..first + n {
         assert!(

@@ -42,6 +42,9 @@ use vmm_sys::wire::{self, Frame, WireRequest, FRAME_HEADER, MAX_BUFFERS};
 pub const MODE_SERVE: u32 = u32::from_le_bytes(*b"SERV");
 /// How long a VM_RUN keeps the run CPU while another VM_RUN waits.
 pub const SLICE_MS: u64 = 20;
+/// Pages CPU 0 zeroes per idle round (`mm::scrub`).
+const SCRUB_BATCH: usize = 16;
+
 /// The CPU that serves the channel; every other CPU runs vCPUs.
 const CHANNEL_CPU: usize = 0;
 
@@ -798,6 +801,11 @@ fn serve(core: &'static Core, ncpu: usize) -> ! {
             // sees the slice over and skips the WFI, which nothing else might end.
             slice_end = Some(now.saturating_add(slice_ticks()));
             timer::arm(slice_ticks());
+        }
+        // Idle: zero a little of the memory destroyed VMs left (mm::scrub), then look
+        // at the channel again.
+        if !progress && crate::kernel::mm::scrub(SCRUB_BATCH) {
+            continue;
         }
         if !progress {
             let jobs = running;
