@@ -53,8 +53,24 @@ pub struct Testbed {
 /// Set to 0, a vCPU's requests take the broker like every other request instead of its
 /// lane (to compare the two paths, or to rule lanes out).
 pub const LANES_ENV: &str = "VMM_TESTBED_LANES";
-/// How long a client spins for its lane's answer before it waits through the broker.
-pub const LANE_SPIN: Duration = Duration::from_micros(300);
+/// How long a client spins for its lane's answer before it polls in short sleeps.
+pub const LANE_SPIN: Duration = Duration::from_micros(50);
+/// How long a client looks for its lane's answer before it waits through the broker.
+pub const LANE_POLL: Duration = Duration::from_micros(1000);
+
+/// A sleep of ~10 µs between looks at a lane: the thread's timer slack (Linux's
+/// default 50 µs) is set to 1 µs first, once per thread.
+fn lane_nap() {
+    thread_local!(static SLACK_SET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    #[cfg(target_os = "linux")]
+    if !SLACK_SET.get() {
+        // SAFETY: PR_SET_TIMERSLACK takes a number and changes only this thread's
+        // timer slack.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+        SLACK_SET.set(true);
+    }
+    std::thread::sleep(Duration::from_micros(10));
+}
 
 type Lanes = HashMap<(String, i32), Option<Arc<Mutex<Lane>>>>;
 
@@ -233,8 +249,8 @@ impl Testbed {
     }
 
     /// One request through lane `l` of vCPU `vcpu`: posted, kicked if the testbed is
-    /// not serving lanes, then the answer spun for up to [`LANE_SPIN`] and waited for
-    /// through the broker after that.
+    /// not serving lanes, then the answer spun for up to [`LANE_SPIN`], polled in short
+    /// sleeps up to [`LANE_POLL`], and waited for through the broker after that.
     fn lane_call(
         &self,
         l: &mut Lane,
@@ -257,11 +273,20 @@ impl Testbed {
         }
         let done = |l: &Lane| l.word(lane::RESP_SEQ).load(Ordering::Acquire) == seq;
         let start = Instant::now();
-        while !done(l) && start.elapsed() < LANE_SPIN {
-            // Every round gives the core to a QEMU thread that wants it: with a vCPU
-            // spinning in the guest (a QEMU thread busy) and two host cores, a client
-            // spinning without yielding took the core the answer was computed on.
-            std::thread::yield_now();
+        loop {
+            let waited = start.elapsed();
+            if done(l) || waited >= LANE_POLL {
+                break;
+            }
+            if waited < LANE_SPIN {
+                // Every round gives the core to a QEMU thread that wants it.
+                std::thread::yield_now();
+            } else {
+                // Then short sleeps, which leave the core to QEMU altogether: with a
+                // guest vCPU busy in one QEMU thread and two host cores, a client
+                // spinning took the core the answer was computed on.
+                lane_nap();
+            }
         }
         if !done(l) {
             l.word(lane::CLIENT_WAITING).store(1, Ordering::SeqCst);

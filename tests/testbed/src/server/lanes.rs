@@ -9,7 +9,8 @@
 //! `TESTBED_LANE_KICK` when nobody served (CPU 0 queues it), it executes whatever the
 //! lanes hold, round-robin, and between requests waits in short WFIs (a tick timer), not
 //! spinning, so an idle lane costs the host next to nothing; it ends after
-//! [`POLL_WINDOW_US`] without a request, or at once when a queued run waits for the CPU.
+//! [`POLL_WINDOW_US`] without a request ([`BUSY_WINDOW_US`] while another run CPU is in
+//! a run), or at once when a queued run waits for the CPU.
 //! A client whose answer is slow to come stops spinning and sends `TESTBED_LANE_WAIT`,
 //! which CPU 0 answers when the response is in the lane (the run CPU sends it an SGI).
 //!
@@ -26,6 +27,10 @@ use vmm_sys::wire::{self, lane};
 
 /// How long the serving job waits for a next request before it ends.
 const POLL_WINDOW_US: u64 = 2000;
+/// The same while another run CPU is in a run: QEMU's threads then outnumber the host's
+/// cores, each tick is a thread wakeup that waits for a core (10 µs ticks took ~60 µs),
+/// and a job that ends soon and is started again by the next kick costs less.
+const BUSY_WINDOW_US: u64 = 250;
 /// How long after a request the waiting job spins for the next one before it sleeps.
 const SPIN_US: u64 = 200;
 /// How often the waiting job looks at the lanes.
@@ -202,10 +207,12 @@ fn publish_serving() {
 }
 
 /// A lane job on a run CPU: serves the lanes until none has had a request for
-/// [`POLL_WINDOW_US`] or a queued run waits. CPU 0 counted it free when it queued it.
+/// [`POLL_WINDOW_US`] ([`BUSY_WINDOW_US`]) or a queued run waits. CPU 0 counted it free
+/// when it queued it.
 pub fn serve(core: &'static Core) {
     publish_serving();
     let window = timer::freq() / 1_000_000 * POLL_WINDOW_US;
+    let busy_window = timer::freq() / 1_000_000 * BUSY_WINDOW_US;
     let tick = (timer::freq() / 1_000_000 * TICK_US).max(1);
     let spin = timer::freq() / 1_000_000 * SPIN_US;
     let mut last = timer::now();
@@ -223,14 +230,18 @@ pub fn serve(core: &'static Core) {
             }
             // Busy in a request (maybe a long VM_RUN): another job serves the others.
             free_jobs_change(false);
-            execute_lane(core, (mm::va_to_pa(va), va));
+            // Free again before the answer is out: a client answered at once posts its
+            // next request and, finding SERVING still 0, would kick through the
+            // broker. The claim lasts until the answer is written (until then the
+            // request still looks pending).
+            execute_lane(core, (mm::va_to_pa(va), va), || free_jobs_change(true));
             CLAIMED.fetch_and(!(1 << i), Ordering::SeqCst);
-            free_jobs_change(true);
             next = (i + 1) % MAX_LANES;
             last = timer::now();
             continue;
         }
-        let idle = timer::now().saturating_sub(last) > window;
+        let waited = timer::now().saturating_sub(last);
+        let idle = waited > window || (waited > busy_window && other_runs());
         if idle || RUNS_WAITING.load(Ordering::Acquire) > 0 {
             // Clients that post from now on kick if no job is left free; one that
             // posted before saw SERVING still set, so look once more after that.
@@ -256,8 +267,8 @@ pub fn serve(core: &'static Core) {
     }
 }
 
-/// Executes lane `(pa, va)`'s request and writes the answer there.
-fn execute_lane(core: &'static Core, (pa, va): (u64, u64)) {
+/// Executes lane `(pa, va)`'s request, calls `before_answer`, and writes the answer.
+fn execute_lane(core: &'static Core, (pa, va): (u64, u64), before_answer: impl FnOnce()) {
     let seq = word(va, lane::REQ_SEQ).load(Ordering::Acquire);
     let len = (word(va, lane::REQ_LEN).load(Ordering::Acquire) as usize).min(lane::REQ_MAX);
     let mut msg = alloc::vec![0u8; len];
@@ -280,6 +291,7 @@ fn execute_lane(core: &'static Core, (pa, va): (u64, u64)) {
     } else {
         reply
     };
+    before_answer();
     // SAFETY: the response area lies inside the lane's pages and `reply` fits it.
     unsafe {
         core::ptr::copy_nonoverlapping(
