@@ -10,7 +10,7 @@ use libvmmapi::testbed::Testbed;
 use libvmmapi::{Backend, ExitReason, Reg, Vm};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -114,6 +114,16 @@ impl Bed {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// `bhyveload` of the raw image `bin` at 0x8000_0000 into a 64 MiB VM `vm`, with
+    /// `extra` options: its exit code, stdout and stderr.
+    fn load_raw(&self, bin: &Path, vm: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+        let bin = bin.to_str().unwrap();
+        let mut args = vec!["-k", bin, "-l", "0x80000000", "-m", "64M"];
+        args.extend_from_slice(extra);
+        args.push(vm);
+        self.tool("bhyveload", &args)
     }
 
     /// [`Bed::tool`] with stdout and stderr as one text.
@@ -536,36 +546,14 @@ fn bhyveload_bhyve_bhyvectl_end_to_end() {
         };
         let old = limit(0, false);
         assert_eq!(limit(32 << 20, true), 32 << 20);
-        let (code, _, err) = tool(
-            "bhyveload",
-            &[
-                "-k",
-                bin.to_str().unwrap(),
-                "-l",
-                "0x80000000",
-                "-m",
-                "64M",
-                "big",
-            ],
-        );
+        let (code, _, err) = bed.load_raw(&bin, "big", &[]);
         assert_ne!(code, Some(0), "a 64M VM under a 32M limit: {err}");
         assert!(err.contains("memory"), "the error says what: {err}");
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         let (_, out, _) = tool("bhyvectl", &["--list"]);
         assert_eq!(out, "", "no half-made VM");
         assert_eq!(limit(old, true), old);
-        let (code, _, err) = tool(
-            "bhyveload",
-            &[
-                "-k",
-                bin.to_str().unwrap(),
-                "-l",
-                "0x80000000",
-                "-m",
-                "64M",
-                "hello",
-            ],
-        );
+        let (code, _, err) = bed.load_raw(&bin, "hello", &[]);
         assert_eq!(code, Some(0), "bhyveload: {err}");
         let (code, out, err) = tool("bhyve", &["-b", "hello"]);
         assert_eq!(code, Some(1), "bhyve (poweroff is 1): {out}{err}");
@@ -601,18 +589,7 @@ fn a_vcpu_idle_in_wfe_leaves_the_other_its_cpu() {
         // Built with the testbed's guests (tests/guests), which the bench shares.
         let bin = build::guest_dir().join("smp_wfe.bin");
         let tool = |name: &str, args: &[&str]| bed.tool(name, args);
-        let load = [
-            "-k",
-            bin.to_str().unwrap(),
-            "-l",
-            "0x80000000",
-            "-m",
-            "64M",
-            "-c",
-            "2",
-            "smp",
-        ];
-        let (code, _, err) = tool("bhyveload", &load);
+        let (code, _, err) = bed.load_raw(&bin, "smp", &["-c", "2"]);
         assert_eq!(code, Some(0), "bhyveload: {err}");
         let (code, out, err) = tool("bhyve", &["-c", "2", "-b", "smp"]);
         assert_eq!(code, Some(1), "bhyve (poweroff is 1): {out}{err}");
@@ -643,19 +620,8 @@ fn bhyvectl_while_bhyve_runs_and_destroy_stops_it() {
     bed.check(|| {
         let bin = guest_binary("spin");
         let tool = |name: &str, args: &[&str]| bed.tool_text(name, args);
-        let (code, text) = tool(
-            "bhyveload",
-            &[
-                "-k",
-                bin.to_str().unwrap(),
-                "-l",
-                "0x80000000",
-                "-m",
-                "64M",
-                "spin",
-            ],
-        );
-        assert_eq!(code, Some(0), "bhyveload: {text}");
+        let (code, out, err) = bed.load_raw(&bin, "spin", &[]);
+        assert_eq!(code, Some(0), "bhyveload: {out}{err}");
         let mut bhyve = Command::new(build_tool("bhyve"))
             .args(["-b", "spin"])
             .env("VMM_TESTBED", &bed.socket)
@@ -738,19 +704,8 @@ fn reloaded_code_runs_after_reinit() {
         let tool = |name: &str, args: &[&str]| bed.tool_text(name, args);
         for (round, letter) in ["A", "B", "A"].iter().enumerate() {
             let bin = guest_binary(&format!("mark_{letter}"));
-            let (code, text) = tool(
-                "bhyveload",
-                &[
-                    "-k",
-                    bin.to_str().unwrap(),
-                    "-l",
-                    "0x80000000",
-                    "-m",
-                    "64M",
-                    "re",
-                ],
-            );
-            assert_eq!(code, Some(0), "round {round}: bhyveload: {text}");
+            let (code, out, err) = bed.load_raw(&bin, "re", &[]);
+            assert_eq!(code, Some(0), "round {round}: bhyveload: {out}{err}");
             let (code, text) = tool("bhyve", &["-b", "re"]);
             assert_eq!(code, Some(1), "round {round}: bhyve: {text}");
             assert_eq!(
