@@ -597,10 +597,12 @@ fn a_vcpu_idle_in_wfe_leaves_the_other_its_cpu() {
         assert_eq!(dots, 1000, "guest console: {out:?} {err}");
         let (code, stats, err) = tool("bhyvectl", &["--vm=smp", "--cpu=1", "--get-stats"]);
         assert_eq!(code, Some(0), "{err}");
-        // Its first VM_RUN lasts until the poweroff, give or take a few host events.
+        // Its VM_RUN lasts until the poweroff but for a few slices (a lane job queued
+        // for a moment while both run CPUs are busy): not one per exit of vCPU 0, as
+        // when both shared one run CPU (about 1,850 then).
         let to_user = stat_value(&stats, "vm exits returned to userspace");
         assert!(
-            to_user.is_some_and(|n| (1..=10).contains(&n)),
+            to_user.is_some_and(|n| (1..=100).contains(&n)),
             "vCPU 1 kept its own run CPU: {stats}"
         );
         let (code, _, err) = tool("bhyvectl", &["--vm=smp", "--destroy"]);

@@ -6,9 +6,11 @@
 //! VM_RUN cost two writes to shared memory instead of two trips through the channel.
 //!
 //! Serving is a job on the run CPU like a VM_RUN ([`serve`]): started by a client's
-//! `TESTBED_LANE_KICK` when nobody served (CPU 0 queues it), it executes whatever the
-//! lanes hold, round-robin, and between requests waits in short WFIs (a tick timer), not
-//! spinning, so an idle lane costs the host next to nothing; it ends after
+//! `TESTBED_LANE_KICK` when no job was free (CPU 0 queues it), it executes whatever the
+//! lanes hold, round-robin (a job claims a lane's request, so another job on the other
+//! run CPU serves the other lanes meanwhile), and between requests spins for
+//! [`SPIN_US`] while no other run CPU is in a run, then waits in short WFIs (a tick
+//! timer), so an idle lane costs the host next to nothing; it ends after
 //! [`POLL_WINDOW_US`] without a request ([`BUSY_WINDOW_US`] while another run CPU is in
 //! a run), or at once when a queued run waits for the CPU.
 //! A client whose answer is slow to come stops spinning and sends `TESTBED_LANE_WAIT`,
@@ -113,10 +115,13 @@ pub fn open(name: &[u8], vcpu: u64, token: u64) -> KResult<u64> {
     if let Some(x) = l.iter_mut().find(mine) {
         return Ok(x.pa);
     }
+    // Not a slot whose old request a job is still executing (its VM destroyed under
+    // it): that job's answer must not land in the new owner's lane.
+    let claimed = CLAIMED.load(Ordering::SeqCst);
     let (i, x) = l
         .iter_mut()
         .enumerate()
-        .find(|(_, x)| !x.live())
+        .find(|(i, x)| !x.live() && claimed & (1 << i) == 0)
         .ok_or(Errno::ENOSPC)?;
     for off in [
         lane::REQ_SEQ,
