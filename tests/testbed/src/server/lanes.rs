@@ -19,7 +19,7 @@
 //! Only a vCPU's own requests travel in its lane ([`lane::CMDS`], on the lane's VM); the
 //! message is copied out of shared memory before it is parsed, every length bounded.
 
-use super::{execute, other_runs, response, run_started, Core, RUNS_WAITING};
+use super::{execute_parsed, other_runs, response, run_started, Core, RUNS_WAITING};
 use crate::kernel::mm::{self, PAGE};
 use crate::kernel::{gic, timer};
 use alloc::vec::Vec;
@@ -157,12 +157,18 @@ fn pending(va: u64) -> bool {
         != word(va, lane::RESP_SEQ).load(Ordering::Acquire)
 }
 
-/// The direct-map addresses of the lanes in use, by slot.
+/// The direct-map addresses of the lanes in use, by slot (the mask's set bits, one
+/// step each: the waiting job looks at them every tick).
 fn live() -> impl Iterator<Item = (usize, u64)> {
-    let mask = LIVE.load(Ordering::SeqCst);
-    (0..MAX_LANES)
-        .filter(move |i| mask & (1 << i) != 0)
-        .map(|i| (i, SLOT_VA[i].load(Ordering::Relaxed)))
+    let mut mask = LIVE.load(Ordering::SeqCst);
+    core::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let i = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some((i, SLOT_VA.get(i)?.load(Ordering::Relaxed)))
+    })
 }
 
 /// Whether a live lane holds a request no job has taken.
@@ -282,14 +288,17 @@ fn execute_lane(core: &'static Core, (pa, va): (u64, u64), before_answer: impl F
     unsafe {
         core::ptr::copy_nonoverlapping((va + lane::REQ as u64) as *const u8, msg.as_mut_ptr(), len)
     };
-    let reply = match lane_request_ok(pa, &msg) {
-        Ok(()) => {
+    // Parsed here and checked in place: the parsed request is large enough that
+    // passing it back from a helper costs a copy of it.
+    let reply = match wire::parse_request(&msg) {
+        Ok(req) if lane_request_ok(pa, &req) => {
             run_started(true);
-            let r = execute(core, &msg);
+            let r = execute_parsed(core, &req);
             run_started(false);
             r
         }
-        Err(cmd) => response(cmd, Errno::EINVAL.0, &[], &[]),
+        Ok(req) => response(req.cmd, Errno::EINVAL.0, &[], &[]),
+        Err(_) => response(0, Errno::EINVAL.0, &[], &[]),
     };
     let reply = if reply.len() > lane::RESP_MAX {
         response(0, Errno::EINVAL.0, &[], &[])
@@ -312,21 +321,15 @@ fn execute_lane(core: &'static Core, (pa, va): (u64, u64), before_answer: impl F
     }
 }
 
-/// A lane request must be one of [`lane::CMDS`] on the lane's own VM; `Err` carries the
-/// command to answer EINVAL for.
-fn lane_request_ok(pa: u64, msg: &[u8]) -> Result<(), u64> {
-    let req = wire::parse_request(msg).map_err(|_| 0u64)?;
+/// Whether a lane's request is one of [`lane::CMDS`] on the lane's own VM.
+fn lane_request_ok(pa: u64, req: &wire::WireRequest<'_>) -> bool {
     let l = LANES.lock();
     let lane_vm = l
         .iter()
         .find(|x| x.pa == pa)
         .and_then(|x| x.owner.as_ref())
         .map(|(v, _, _)| v.as_slice());
-    if lane::CMDS.contains(&req.cmd) && req.vm.is_some() && req.vm == lane_vm {
-        Ok(())
-    } else {
-        Err(req.cmd)
-    }
+    lane::CMDS.contains(&req.cmd) && req.vm.is_some() && req.vm == lane_vm
 }
 
 /// `TESTBED_LANE_WAIT` (CPU 0): whether the wait for `seq` on client `token`'s lane of

@@ -255,15 +255,19 @@ static REINIT: SpinLock<Vec<Vec<u8>>> = SpinLock::new_spin(Vec::new());
 
 /// Executes one request message and returns the response message.
 fn execute(core: &Core, msg: &[u8]) -> Vec<u8> {
-    let req = match wire::parse_request(msg) {
-        Ok(r) => r,
+    match wire::parse_request(msg) {
+        Ok(req) => execute_parsed(core, &req),
         Err(e) => {
             kprintln!("serve: bad request: {e}");
-            return response(0, Errno::EINVAL.0, &[], &[]);
+            response(0, Errno::EINVAL.0, &[], &[])
         }
-    };
+    }
+}
+
+/// Executes one parsed request and returns the response message.
+fn execute_parsed(core: &Core, req: &WireRequest<'_>) -> Vec<u8> {
     let mut arg = req.arg.to_vec();
-    let mut bufs: Vec<(usize, wire::WireDir, Vec<u8>)> = Vec::new();
+    let mut bufs: Vec<(usize, wire::WireDir, Vec<u8>)> = Vec::with_capacity(MAX_BUFFERS);
     for b in req.buffers() {
         let data = match b.data {
             Some(d) => d.to_vec(),
@@ -271,7 +275,7 @@ fn execute(core: &Core, msg: &[u8]) -> Vec<u8> {
         };
         bufs.push((b.ptr_offset, b.dir, data));
     }
-    let errno = match run_one(core, &req, &mut arg, &mut bufs) {
+    let errno = match run_one(core, req, &mut arg, &mut bufs) {
         Ok(()) => 0,
         // The core answers ENOENT for an unknown name (among other things): tell the
         // client "no such VM" only when the VM is really absent.
@@ -293,7 +297,13 @@ fn vm_exists(core: &Core, name: &[u8]) -> bool {
 }
 
 fn response(cmd: u64, errno: i32, arg: &[u8], outs: &[&[u8]]) -> Vec<u8> {
-    let mut v = Vec::new();
+    // Measured first, so the bytes go into one allocation (growing the vector piece by
+    // piece cost a reallocation and a copy per piece, on every exit).
+    let mut len = 0;
+    wire::write_response(cmd, errno, arg, outs.iter().copied(), &mut |b| {
+        len += b.len()
+    });
+    let mut v = Vec::with_capacity(len);
     wire::write_response(cmd, errno, arg, outs.iter().copied(), &mut |b| {
         v.extend_from_slice(b)
     });
