@@ -9,9 +9,10 @@
 //!
 //! A vCPU's own requests (VM_RUN, its registers) take its lane (docs/testbed.md,
 //! "Lanes"; [`LANES_ENV`]`=0` turns lanes off): shared memory in the RAM file the
-//! testbed's run CPU serves. The request is written there and the answer spun for, briefly: a guest
-//! exit that userspace answers at once then costs no trip through the broker. After
-//! [`LANE_SPIN`] the client waits for the answer through the broker instead.
+//! testbed's run CPUs serve. The request is written there and the answer looked for,
+//! spinning for [`LANE_SPIN`], then in short sleeps: a guest exit that userspace
+//! answers at once then costs no trip through the broker. After [`LANE_POLL`] the
+//! client waits for the answer through the broker instead.
 
 use crate::backend::Backend;
 use crate::error::BackendError;
@@ -61,13 +62,15 @@ pub const LANE_POLL: Duration = Duration::from_micros(1000);
 /// A sleep of ~10 µs between looks at a lane: the thread's timer slack (Linux's
 /// default 50 µs) is set to 1 µs first, once per thread.
 fn lane_nap() {
-    thread_local!(static SLACK_SET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     #[cfg(target_os = "linux")]
-    if !SLACK_SET.get() {
-        // SAFETY: PR_SET_TIMERSLACK takes a number and changes only this thread's
-        // timer slack.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
-        SLACK_SET.set(true);
+    {
+        thread_local!(static SLACK_SET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        if !SLACK_SET.get() {
+            // SAFETY: PR_SET_TIMERSLACK takes a number and changes only this thread's
+            // timer slack.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+            SLACK_SET.set(true);
+        }
     }
     std::thread::sleep(Duration::from_micros(10));
 }

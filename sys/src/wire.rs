@@ -72,8 +72,8 @@ pub mod lane {
     pub const REQ_SEQ: usize = 0;
     /// Sequence number of the request whose response is in the response area (testbed).
     pub const RESP_SEQ: usize = 4;
-    /// 1 while the testbed polls its lanes (it takes new requests without a kick); 0
-    /// when a client must send [`super::TESTBED_LANE_KICK`] after posting (testbed).
+    /// 1 while a lane job of the testbed is free to take new requests without a kick;
+    /// 0 when a client must send [`super::TESTBED_LANE_KICK`] after posting (testbed).
     pub const SERVING: usize = 8;
     /// 1 while the client waits in [`super::TESTBED_LANE_WAIT`]: the testbed then
     /// makes the serving CPU answer it when the response is written (client).

@@ -1,11 +1,11 @@
 //! Lanes (docs/testbed.md, "Lanes"): the shared-memory fast path of a vCPU's requests.
 //! A lane is a few pages of testbed RAM ([`wire::lane`]) a client maps through the RAM
-//! file; it posts a request there and the run CPU, while it serves lanes, takes it
+//! file; it posts a request there and a run CPU, while it serves lanes, takes it
 //! without the virtio console, the broker or CPU 0, executes it and writes the answer
 //! back, which the client is spinning for. So a vCPU's exit to userspace and its next
 //! VM_RUN cost two writes to shared memory instead of two trips through the channel.
 //!
-//! Serving is a job on the run CPU like a VM_RUN ([`serve`]): started by a client's
+//! Serving is a job on a run CPU like a VM_RUN ([`serve`]): started by a client's
 //! `TESTBED_LANE_KICK` when no job was free (CPU 0 queues it), it executes whatever the
 //! lanes hold, round-robin (a job claims a lane's request, so another job on the other
 //! run CPU serves the other lanes meanwhile), and between requests spins for

@@ -40,7 +40,7 @@ use vmm_sys::wire::{self, Frame, WireRequest, FRAME_HEADER, MAX_BUFFERS};
 
 /// The loader word that selects serving (see bench.rs for the address).
 pub const MODE_SERVE: u32 = u32::from_le_bytes(*b"SERV");
-/// How long a VM_RUN keeps the run CPU while another VM_RUN waits.
+/// How long a VM_RUN keeps its run CPU while another VM_RUN waits for one.
 pub const SLICE_MS: u64 = 20;
 /// Pages CPU 0 zeroes per idle round (`mm::scrub`).
 const SCRUB_BATCH: usize = 16;
@@ -55,9 +55,9 @@ fn is_run_cpu(c: usize) -> bool {
 /// Buffers the request executing on each CPU may have copied in or out: (addr, len).
 static WINDOWS: [SpinLock<[(u64, u64); MAX_BUFFERS]>; MAX_CPUS] =
     [const { SpinLock::new_spin([(0, 0); MAX_BUFFERS]) }; MAX_CPUS];
-/// VM_RUN requests (and lane jobs) waiting for the run CPU.
+/// VM_RUN requests (and lane jobs) waiting for a run CPU.
 static RUNS_WAITING: AtomicUsize = AtomicUsize::new(0);
-/// Whether another run waits for the run CPU: a queued job, or a client waiting on a
+/// Whether another run waits for a run CPU: a queued job, or a client waiting on a
 /// lane other than the one executing.
 fn others_wait() -> bool {
     RUNS_WAITING.load(Ordering::Acquire) > 0 || lanes::OTHER_WAITS.load(Ordering::Acquire) > 0
@@ -473,7 +473,7 @@ fn sync_all(core: &Core, name: &[u8]) -> KResult<()> {
     }
 }
 
-/// A VM_RUN handed to the run CPU, or (`lane`) the job serving the lanes.
+/// A VM_RUN handed to a run CPU, or (`lane`) a job serving the lanes.
 struct Job {
     core: &'static Core,
     client: u32,
