@@ -114,7 +114,11 @@ pub(crate) fn load_el1_kept<const VHE: bool>(r: &El1Regs) {
     wr1!(VHE, "sctlr_el1", "S3_5_C1_C0_0", r.sctlr_el1);
     wr1!(VHE, "ttbr0_el1", "S3_5_C2_C0_0", r.ttbr0_el1);
     wr1!(VHE, "ttbr1_el1", "S3_5_C2_C0_1", r.ttbr1_el1);
-    wr1!(VHE, "tcr_el1", "S3_5_C2_C0_2", r.tcr_el1);
+    // Only when it changes: QEMU's TCG empties its whole TLB on every TCR_EL1 write,
+    // and on a VHE host the guest's value is still there from its last run.
+    if rd1!(VHE, "tcr_el1", "S3_5_C2_C0_2") != r.tcr_el1 {
+        wr1!(VHE, "tcr_el1", "S3_5_C2_C0_2", r.tcr_el1);
+    }
     wr1!(VHE, "mair_el1", "S3_5_C10_C2_0", r.mair_el1);
     wr1!(VHE, "amair_el1", "S3_5_C10_C3_0", r.amair_el1);
     wr1!(VHE, "vbar_el1", "S3_5_C12_C0_0", r.vbar_el1);

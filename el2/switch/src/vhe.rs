@@ -151,11 +151,30 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
         switch_keys(&mut c.pac, &host.pac);
     }
     optional_to_host(&host);
-    load_el2(&host.el2);
+    load_el2(&host_el2_after_run(&host.el2, &c.el2));
     save_guest::<true>(c, &host, lrs, aprs);
     load_unredirected_el1(&host.el1);
     msr!("sp_el0", host.sp_el0);
     r.kind
+}
+
+/// The EL2 controls the host gets back after a guest's run: its own, except that the
+/// guest's VTTBR_EL2 stays loaded and HCR_EL2.VM stays set while the host runs with
+/// E2H and TGE set. Neither has any effect then (with {E2H, TGE} = {1, 1} the
+/// architecture treats VM as 0 for everything but a direct read, and stage 2 applies
+/// only to the EL1&0 regime), and so the next entry of the same guest changes neither.
+/// That matters under QEMU's TCG, which empties its whole TLB when HCR_EL2.VM changes
+/// and the guest's part of it when the VMID in VTTBR_EL2 does: each exit and entry did
+/// both, and the guest refilled its TLB after every exit (docs/PERFORMANCE.md). The host
+/// reads its HCR_EL2 back with VM set; stage-2 TLB maintenance (`tlb.rs`) loads the
+/// VMID it needs and leaves VTTBR_EL2 0.
+fn host_el2_after_run(host: &El2Controls, guest: &El2Controls) -> El2Controls {
+    let mut back = *host;
+    if back.hcr_el2 & (hcr::E2H | hcr::TGE) == hcr::E2H | hcr::TGE {
+        back.hcr_el2 |= hcr::VM;
+        back.vttbr_el2 = guest.vttbr_el2;
+    }
+    back
 }
 
 /// The core's EL2 requests (`vmm_sys::hyp`), answered in place on a VHE host.
