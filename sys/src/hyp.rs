@@ -6,6 +6,8 @@
 //! Before our vectors are installed only FreeBSD's hyp stub answers, and its single
 //! service is `hvc #0` with x0 = the physical address of new EL2 vectors.
 
+use crate::arm64::timer::PhysTimer;
+
 pub const HYP_CLEANUP: u64 = 0x1;
 pub const HYP_ENTER_GUEST: u64 = 0x2;
 pub const HYP_READ_REGISTER: u64 = 0x3;
@@ -83,11 +85,12 @@ pub const EL2_ID_ROWS: usize = 56;
 
 /// The trapped system-register accesses the EL2 code answers in place, returning to the
 /// guest without the world switch: reads of the TID3 ID registers (values the core
-/// computed) and every debug/OS-lock/trace access (op0 2: reads give zero, or
-/// `oslsr` for OSLSR_EL1; writes are ignored). The core fills the table with exactly
-/// what its own run loop would answer; `enabled` 0 sends every access to the core.
-/// The EL2 code counts what it answered in `answered`, which the core takes after each
-/// entry.
+/// computed), every debug/OS-lock/trace access (op0 2: reads give zero, or `oslsr` for
+/// OSLSR_EL1; writes are ignored) and reads of the emulated EL1 physical timer
+/// (CNTP_CTL/CVAL/TVAL_EL0, from `ptimer` and the physical count). The core fills the
+/// table with exactly what its own run loop would answer; `enabled` 0 sends every
+/// access to the core. The EL2 code counts what it answered in `answered`, which the
+/// core takes after each entry.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct El2Answers {
@@ -95,6 +98,9 @@ pub struct El2Answers {
     pub answered: u64,
     pub oslsr: u64,
     pub id: [u64; EL2_ID_ROWS],
+    /// The vCPU's emulated physical timer itself (the core's only copy: it handles the
+    /// writes, which arm its host timer and drive PPI 30).
+    pub ptimer: PhysTimer,
 }
 
 impl Default for El2Answers {
@@ -104,6 +110,7 @@ impl Default for El2Answers {
             answered: 0,
             oslsr: 0,
             id: [0; EL2_ID_ROWS],
+            ptimer: PhysTimer::new(),
         }
     }
 }
@@ -119,9 +126,10 @@ pub enum El2Answer {
 
 impl El2Answers {
     /// The answer to the MSR/MRS trap with syndrome `esr` (EC 0x18), or `None` when the
-    /// core must see it.
+    /// core must see it. `count` reads the physical count (CNTPCT_EL0, the core's
+    /// `Host::counter`), asked only for a timer read.
     #[inline]
-    pub fn answer(&self, esr: u64) -> Option<El2Answer> {
+    pub fn answer(&self, esr: u64, count: impl FnOnce() -> u64) -> Option<El2Answer> {
         use crate::arm64::esr::decode_sys64;
         if self.enabled == 0 || crate::arm64::esr::esr_ec(esr) != crate::arm64::esr::ec::SYS64 {
             return None;
@@ -140,6 +148,8 @@ impl El2Answers {
         } else if r.is_id_reg() && r.crm() != 0 && a.read {
             let row = usize::from(r.crm() - 1) * 8 + usize::from(r.op2());
             *self.id.get(row)?
+        } else if a.read && r.crn() == 14 {
+            self.ptimer.read(r, count())?
         } else {
             return None;
         };

@@ -539,7 +539,7 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
 pub unsafe extern "C" fn el2_answer_sysreg(ctx: *mut VcpuContext) -> u64 {
     // SAFETY: guaranteed by the caller (the trampoline passes its frame's context).
     let c = unsafe { &mut *ctx };
-    let Some(answer) = c.el2_answers.answer(mrs!("esr_el2")) else {
+    let Some(answer) = c.el2_answers.answer(mrs!("esr_el2"), || mrs!("cntpct_el0")) else {
         return 0;
     };
     if let El2Answer::Read { rt, value } = answer {

@@ -4,3 +4,4 @@ pub mod esr;
 pub mod psci;
 pub mod regs;
 pub mod sysreg;
+pub mod timer;

@@ -1,6 +1,7 @@
 //! Host unit tests of the contract crate that need more than one file.
 
 mod regs;
+mod timer;
 
 use crate::*;
 

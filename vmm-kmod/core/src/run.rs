@@ -559,8 +559,11 @@ impl<H: Host> Vmm<H> {
             if notified() {
                 return Ok(Next::Reenter);
             }
-            let eval =
-                vtimer::evaluate(&vcpu.ctx_ref().timer, &vcpu.phys_timer, self.host.counter());
+            let eval = vtimer::evaluate(
+                &vcpu.ctx_ref().timer,
+                &vcpu.ctx_ref().el2_answers.ptimer,
+                self.host.counter(),
+            );
             let kicks = {
                 let mut g = vm.vgic.lock();
                 match g.as_mut() {
@@ -617,7 +620,11 @@ impl<H: Host> Vmm<H> {
             return Ok(None);
         };
         slot.shared.irq_pending.store(false, Ordering::SeqCst);
-        let eval = vtimer::evaluate(&vcpu.ctx_ref().timer, &vcpu.phys_timer, self.host.counter());
+        let eval = vtimer::evaluate(
+            &vcpu.ctx_ref().timer,
+            &vcpu.ctx_ref().el2_answers.ptimer,
+            self.host.counter(),
+        );
         // Only this vCPU's PPIs change: the flush below is its notification.
         vtimer::update_vgic(v, id as usize, &eval)?;
         v.flush(id as usize, &mut vcpu.ctx().vgic);
@@ -644,7 +651,11 @@ impl<H: Host> Vmm<H> {
     /// off or already due (then the flush has delivered it). Without a host timer (the
     /// host could not make one) the timer is seen at the guest's next exit.
     fn arm_ptimer(&self, pkick: &PtimerKick<'_, H>, p: &mut Ptimer<H>, vcpu: &Vcpu) {
-        let want = vcpu.phys_timer.deadline(self.host.counter());
+        let want = vcpu
+            .ctx_ref()
+            .el2_answers
+            .ptimer
+            .deadline(self.host.counter());
         if want == p.armed_at {
             return;
         }
@@ -744,7 +755,12 @@ impl<H: Host> Vmm<H> {
         }
         let now = self.host.counter();
         let value = vcpu.get_x(access.rt);
-        let Some(r) = vcpu.phys_timer.access(reg, access.read, value, now) else {
+        let Some(r) = vcpu
+            .ctx()
+            .el2_answers
+            .ptimer
+            .access(reg, access.read, value, now)
+        else {
             return Ok(None);
         };
         if access.read {
@@ -753,7 +769,11 @@ impl<H: Host> Vmm<H> {
         self.skip_insn(vcpu);
         stats.inc(Stat::TimerKernel);
         // The write may have raised or lowered PPI 30.
-        let eval = vtimer::evaluate(&vcpu.ctx_ref().timer, &vcpu.phys_timer, now);
+        let eval = vtimer::evaluate(
+            &vcpu.ctx_ref().timer,
+            &vcpu.ctx_ref().el2_answers.ptimer,
+            now,
+        );
         let kicks = {
             let mut g = vm.vgic.lock();
             match g.as_mut() {

@@ -189,8 +189,6 @@ pub struct Vcpu {
     pub pending_exception: Option<(u64, u64)>,
     pub halt_exit: bool,
     pub brk_exit: bool,
-    /// The emulated EL1 physical timer (CNTP_*, PPI 30).
-    pub phys_timer: crate::vtimer::PhysTimer,
 }
 
 impl Vcpu {
@@ -209,7 +207,6 @@ impl Vcpu {
             pending_exception: None,
             halt_exit: false,
             brk_exit: false,
-            phys_timer: crate::vtimer::PhysTimer::new(),
         };
         v.reset();
         Ok(v)
@@ -268,7 +265,6 @@ impl Vcpu {
         self.pending_advance = 0;
         self.pending_load = None;
         self.pending_exception = None;
-        self.phys_timer = crate::vtimer::PhysTimer::new();
     }
 
     /// Sets the BRK-exit capability: MDCR_EL2.TDE routes the guest's debug exceptions,

@@ -21,23 +21,14 @@
 
 use crate::errno::KResult;
 use crate::vgic::{Kicks, Vgic};
-use vmm_sys::arm64::sysreg::{self, SysReg};
 use vmm_sys::hyp::VtimerRegs;
 
-/// CNTx_CTL_EL0 bits.
-pub const CTL_ENABLE: u64 = 1 << 0;
-pub const CTL_IMASK: u64 = 1 << 1;
-pub const CTL_ISTATUS: u64 = 1 << 2;
+pub use vmm_sys::arm64::timer::{output, PhysTimer, CTL_ENABLE, CTL_IMASK, CTL_ISTATUS};
 
 /// The guest's virtual timer PPI (devicetree PPI 11).
 pub const VIRT_TIMER_INTID: u32 = 27;
 /// The guest's non-secure EL1 physical timer PPI (devicetree PPI 14).
 pub const PHYS_TIMER_INTID: u32 = 30;
-
-/// Whether a timer with `ctl`/`cval` asserts its interrupt at count `count`.
-pub const fn output(ctl: u64, cval: u64, count: u64) -> bool {
-    ctl & (CTL_ENABLE | CTL_IMASK) == CTL_ENABLE && count >= cval
-}
 
 /// The guest's virtual count when the host's physical count is `now`.
 pub const fn virtual_count(t: &VtimerRegs, now: u64) -> u64 {
@@ -58,95 +49,6 @@ pub fn virt_deadline(t: &VtimerRegs, now: u64) -> Option<u64> {
         return None;
     }
     t.cntv_cval_el0.checked_add(t.cntvoff_el2)
-}
-
-/// The emulated EL1 physical timer of one vCPU (CNTP_CTL_EL0, CNTP_CVAL_EL0).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PhysTimer {
-    /// ENABLE and IMASK as the guest wrote them (ISTATUS is computed).
-    ctl: u64,
-    cval: u64,
-}
-
-impl PhysTimer {
-    /// The reset state: disabled. (CVAL is UNKNOWN at reset; zero here.)
-    pub const fn new() -> PhysTimer {
-        PhysTimer { ctl: 0, cval: 0 }
-    }
-
-    /// CNTP_CTL_EL0 as read at count `now`: ENABLE, IMASK, and ISTATUS when enabled
-    /// and the condition is met.
-    pub fn read_ctl(&self, now: u64) -> u64 {
-        let mut v = self.ctl;
-        if self.ctl & CTL_ENABLE != 0 && now >= self.cval {
-            v |= CTL_ISTATUS;
-        }
-        v
-    }
-
-    /// A write to CNTP_CTL_EL0: ENABLE and IMASK are writable, ISTATUS is read-only,
-    /// the rest RES0.
-    pub fn write_ctl(&mut self, v: u64) {
-        self.ctl = v & (CTL_ENABLE | CTL_IMASK);
-    }
-
-    pub fn read_cval(&self) -> u64 {
-        self.cval
-    }
-
-    pub fn write_cval(&mut self, v: u64) {
-        self.cval = v;
-    }
-
-    /// CNTP_TVAL_EL0 at count `now`: the low 32 bits of CVAL - count (bits [63:32]
-    /// RES0).
-    pub fn read_tval(&self, now: u64) -> u64 {
-        self.cval.wrapping_sub(now) & 0xffff_ffff
-    }
-
-    /// A write to CNTP_TVAL_EL0 at count `now`: CVAL = count + TVAL[31:0] sign-extended.
-    pub fn write_tval(&mut self, v: u64, now: u64) {
-        let delta = i64::from(v as u32 as i32) as u64;
-        self.cval = now.wrapping_add(delta);
-    }
-
-    /// The output (PPI 30's line) at `now`.
-    pub fn level(&self, now: u64) -> bool {
-        output(self.ctl, self.cval, now)
-    }
-
-    /// The count at which the output will assert, if armed and not yet due.
-    pub fn deadline(&self, now: u64) -> Option<u64> {
-        if self.ctl & (CTL_ENABLE | CTL_IMASK) != CTL_ENABLE || self.level(now) {
-            return None;
-        }
-        Some(self.cval)
-    }
-
-    /// A trapped access to one of the CNTP registers at count `now`: for a read the
-    /// value for Rt, for a write `value` is taken and `Some(0)` returned. `None` if
-    /// `reg` is not a physical timer register (then it is not this module's).
-    pub fn access(&mut self, reg: SysReg, read: bool, value: u64, now: u64) -> Option<u64> {
-        if reg == sysreg::CNTP_CTL_EL0 {
-            if read {
-                return Some(self.read_ctl(now));
-            }
-            self.write_ctl(value);
-        } else if reg == sysreg::CNTP_CVAL_EL0 {
-            if read {
-                return Some(self.read_cval());
-            }
-            self.write_cval(value);
-        } else if reg == sysreg::CNTP_TVAL_EL0 {
-            if read {
-                return Some(self.read_tval(now));
-            }
-            self.write_tval(value, now);
-        } else {
-            return None;
-        }
-        Some(0)
-    }
 }
 
 /// Both timers of a vCPU evaluated at one instant.
@@ -239,64 +141,6 @@ mod tests {
         let t = vt(CTL_ENABLE, 10, 995);
         assert!(!virt_level(&t, 1000));
         assert_eq!(virt_deadline(&t, 1000), Some(1005));
-    }
-
-    #[test]
-    fn physical_timer_registers() {
-        let mut p = PhysTimer::new();
-        assert_eq!(p.read_ctl(0), 0);
-        assert!(!p.level(0));
-        // TVAL write: CVAL = now + 100.
-        p.write_tval(100, 1000);
-        assert_eq!(p.read_cval(), 1100);
-        assert_eq!(p.read_tval(1050), 50);
-        // Negative TVAL (sign-extended 32-bit): CVAL in the past.
-        p.write_tval(0xffff_ff9c, 1000); // -100
-        assert_eq!(p.read_cval(), 900);
-        assert_eq!(p.read_tval(1000), 0xffff_ff9c);
-        // Upper bits of a TVAL write are ignored.
-        p.write_tval(0xdead_0000_0000_0010, 0);
-        assert_eq!(p.read_cval(), 16);
-
-        p.write_cval(2000);
-        p.write_ctl(CTL_ENABLE | CTL_ISTATUS | 0xf0);
-        assert_eq!(
-            p.read_ctl(1999),
-            CTL_ENABLE,
-            "ISTATUS is not writable, RES0 ignored"
-        );
-        assert_eq!(p.read_ctl(2000), CTL_ENABLE | CTL_ISTATUS);
-        assert!(!p.level(1999));
-        assert!(p.level(2000));
-        assert_eq!(p.deadline(1500), Some(2000));
-        assert_eq!(p.deadline(2000), None);
-        p.write_ctl(CTL_ENABLE | CTL_IMASK);
-        assert!(!p.level(3000), "masked");
-        assert_eq!(
-            p.read_ctl(3000),
-            CTL_ENABLE | CTL_IMASK | CTL_ISTATUS,
-            "ISTATUS shows through IMASK"
-        );
-        assert_eq!(p.deadline(0), None);
-    }
-
-    #[test]
-    fn physical_timer_sysreg_access() {
-        let mut p = PhysTimer::new();
-        assert_eq!(p.access(sysreg::CNTP_CVAL_EL0, false, 500, 0), Some(0));
-        assert_eq!(
-            p.access(sysreg::CNTP_CTL_EL0, false, CTL_ENABLE, 0),
-            Some(0)
-        );
-        assert_eq!(
-            p.access(sysreg::CNTP_CTL_EL0, true, 0, 600),
-            Some(CTL_ENABLE | CTL_ISTATUS)
-        );
-        assert_eq!(p.access(sysreg::CNTP_TVAL_EL0, true, 0, 400), Some(100));
-        assert_eq!(p.access(sysreg::CNTP_TVAL_EL0, false, 10, 400), Some(0));
-        assert_eq!(p.access(sysreg::CNTP_CVAL_EL0, true, 0, 0), Some(410));
-        assert_eq!(p.access(sysreg::CNTPCT_EL0, true, 0, 0), None);
-        assert_eq!(p.access(sysreg::MIDR_EL1, true, 0, 0), None);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The exit-cost benchmark (`cargo xtask bench-el2`, QEMU with `-icount shift=0`): the
-//! bench guest times N hvc round trips, N trapped ID-register reads, an empty loop and
-//! N physical-timer register reads with the virtual counter. Run twice: straight on the
-//! world switch (the testbed answers each exit right after HYP_ENTER_GUEST returns: the
-//! bare EL2 cost), and through vmm-core's VM_RUN (hvc: back to the ioctl caller and
-//! VM_RUN again; ID register: answered by the EL2 code in the guest's world; timer
-//! register: answered in the kernel's run loop, after the full world switch). Then the vGIC's in-kernel exits
+//! bench guest times N hvc round trips, N trapped ID-register reads, an empty loop, N
+//! physical-timer register reads and N physical-timer compare writes with the virtual
+//! counter. Run twice: straight on the world switch (the testbed answers each exit
+//! right after HYP_ENTER_GUEST returns: the bare EL2 cost), and through vmm-core's
+//! VM_RUN (hvc: back to the ioctl caller and VM_RUN again; ID register and timer read:
+//! answered by the EL2 code in the guest's world; timer write: answered in the kernel's
+//! run loop, after the full world switch). Then the vGIC's in-kernel exits
 //! through VM_RUN (`bench_vgic` guest, vGIC attached): a distributor register read
 //! (GICD_TYPER) and a self-IPI (ICC_SGI1R_EL1 trapped, SGI 1 injected through a list
 //! register, acknowledged and EOIed by the guest). Prints `BENCH <path> <what>
@@ -37,10 +38,10 @@ const IPI_N: u64 = 5_000;
 pub const MODE_PA: u64 = 0x401f_f000;
 pub const MODE_BENCH: u32 = u32::from_le_bytes(*b"BNCH");
 
-/// `ticks`: the hvc loop, the ID-register loop, the empty loop and the timer-register
-/// loop. The timer row is printed for the core only: the bare world switch's guest
-/// may not trap it.
-fn report(path: &str, n: u64, ticks: [u64; 4], timer_row: bool) {
+/// `ticks`: the hvc loop, the ID-register loop, the empty loop, the timer-read loop and
+/// the timer-write loop. The timer rows are printed for the core only: the bare world
+/// switch's guest may not trap them.
+fn report(path: &str, n: u64, ticks: [u64; 5], timer_row: bool) {
     let f = timer::freq();
     let ns = |t: u64| t * 1_000_000_000 / f;
     let loop_ns = ns(ticks[2]);
@@ -49,11 +50,12 @@ fn report(path: &str, n: u64, ticks: [u64; 4], timer_row: bool) {
     kprintln!("BENCH {path} sysreg_trap {}", per(ticks[1]));
     if timer_row {
         kprintln!("BENCH {path} timer_sysreg {}", per(ticks[3]));
+        kprintln!("BENCH {path} timer_write {}", per(ticks[4]));
     }
     kprintln!("BENCH {path} empty_loop_total {loop_ns}");
 }
 
-fn direct() -> Result<[u64; 4], String> {
+fn direct() -> Result<[u64; 5], String> {
     let mut vm = TestVm::new(BENCH, 4).ok_or("cannot create VM")?;
     vm.ctx().x[0] = N;
     loop {
@@ -61,7 +63,7 @@ fn direct() -> Result<[u64; 4], String> {
         let c = vm.ctx();
         match esr_ec(c.exit.esr_el2) {
             ec::HVC64 if esr_iss(c.exit.esr_el2) & 0xffff == 1 => {}
-            ec::HVC64 => return Ok([c.x[1], c.x[2], c.x[3], c.x[4]]),
+            ec::HVC64 => return Ok([c.x[1], c.x[2], c.x[3], c.x[4], c.x[5]]),
             ec::SYS64 => {
                 let rt = ((esr_iss(c.exit.esr_el2) >> 5) & 0x1f) as usize;
                 if let Some(r) = c.x.get_mut(rt) {
@@ -93,7 +95,7 @@ fn get_reg(vmm: &Core, reg: u32) -> Result<u64, String> {
     Ok(r.regval)
 }
 
-fn through_core(vmm: &Core) -> Result<[u64; 4], String> {
+fn through_core(vmm: &Core) -> Result<[u64; 5], String> {
     vmm::create(vmm, b"bench", BENCH, 0x10000)?;
     let mut r = VmRegister {
         cpuid: 0,
@@ -127,6 +129,7 @@ fn through_core(vmm: &Core) -> Result<[u64; 4], String> {
                 get_reg(vmm, VM_REG_GUEST_X0 + 2)?,
                 get_reg(vmm, VM_REG_GUEST_X0 + 3)?,
                 get_reg(vmm, VM_REG_GUEST_X0 + 4)?,
+                get_reg(vmm, VM_REG_GUEST_X0 + 5)?,
             ]);
         }
     };

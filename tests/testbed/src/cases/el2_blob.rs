@@ -27,6 +27,7 @@ static FP_GPR: &[u8] = guest!("fp_gpr");
 static MMIO: &[u8] = guest!("mmio");
 static SYSREG: &[u8] = guest!("sysreg");
 static EL2_ANSWERS: &[u8] = guest!("el2_answers");
+static PTIMER: &[u8] = guest!("ptimer");
 static HIDDEN: &[u8] = guest!("hidden");
 static MTE_TAGS: &[u8] = guest!("mte_tags");
 static PAC_KEYS: &[u8] = guest!("pac_keys");
@@ -894,6 +895,10 @@ fn run_core(n: usize) {
     report(
         "core_sysreg_at_el2",
         crate::cases::vmm::sysreg_at_el2(&vmm, EL2_ANSWERS),
+    );
+    report(
+        "core_ptimer_reads_at_el2",
+        crate::cases::vmm::ptimer_reads_at_el2(&vmm, PTIMER),
     );
     report(
         "core_hidden_features",

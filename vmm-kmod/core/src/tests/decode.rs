@@ -346,12 +346,14 @@ fn guest_control_registers() {
 const GUEST_CHECK: u64 = crate::vcpu::GUEST_HCR;
 
 /// The EL2 code's table (`sysemul::el2_answers`) answers exactly as the run loop's
-/// `answer` does, for every MSR/MRS encoding in both directions, and covers every
-/// debug/OS-lock access and every read of a TID3 ID register; what it does not cover
+/// `answer` does (its physical timer's reads as the run loop's timer emulation), for
+/// every MSR/MRS encoding in both directions, and covers every debug/OS-lock access,
+/// every read of a TID3 ID register and the physical timer's reads; what it does not cover
 /// (everything else, and any exception class but 0x18) goes to the core.
 #[test]
 fn el2_answers_agree_with_the_run_loop() {
     use vmm_sys::hyp::{El2Answer, El2Answers};
+    const NOW: u64 = 5_000;
     let ids = GuestIdRegs::new(&params().id_regs, 40);
     let table = crate::sysemul::el2_answers(&ids);
     let (midr, mpidr) = (0x410f_d070, 0x8000_0001);
@@ -367,8 +369,11 @@ fn el2_answers_agree_with_the_run_loop() {
                             let rt = (op2 * 16 + crm + crn) % 32;
                             let iss = sys_iss(r, rt, read);
                             let core = answer(&decode_sys64(iss), &ids, midr, mpidr);
-                            let covered = op0 == 2 || (r.is_id_reg() && crm != 0 && read);
-                            match table.answer(mk(ec::SYS64, true, iss)) {
+                            let mut ptimer = table.ptimer;
+                            let timer_read = read && ptimer.access(r, true, 0, NOW).is_some();
+                            let covered =
+                                op0 == 2 || (r.is_id_reg() && crm != 0 && read) || timer_read;
+                            match table.answer(mk(ec::SYS64, true, iss), || NOW) {
                                 None => assert!(!covered, "{r} read {read}: not answered at EL2"),
                                 Some(El2Answer::Ignored) => {
                                     assert!(!read, "{r}");
@@ -378,7 +383,12 @@ fn el2_answers_agree_with_the_run_loop() {
                                 Some(El2Answer::Read { rt: t, value }) => {
                                     assert!(read && covered, "{r}");
                                     assert_eq!(t, rt, "{r}");
-                                    assert_eq!(core, SysRegAnswer::Read(value), "{r}");
+                                    if timer_read {
+                                        // What the run loop's timer emulation reads.
+                                        assert_eq!(ptimer.access(r, true, 0, NOW), Some(value));
+                                    } else {
+                                        assert_eq!(core, SysRegAnswer::Read(value), "{r}");
+                                    }
                                     answered += 1;
                                 }
                             }
@@ -388,11 +398,12 @@ fn el2_answers_agree_with_the_run_loop() {
             }
         }
     }
-    // op0 2: 8 * 16 * 16 * 8 encodings, both directions; TID3: 7 * 8 reads.
-    assert_eq!(answered, 8 * 16 * 16 * 8 * 2 + 56);
+    // op0 2: 8 * 16 * 16 * 8 encodings, both directions; TID3: 7 * 8 reads; the
+    // physical timer: 3 reads.
+    assert_eq!(answered, 8 * 16 * 16 * 8 * 2 + 56 + 3);
     let oslsr = sys_iss(sysreg::OSLSR_EL1, 3, true);
     assert_eq!(
-        table.answer(mk(ec::SYS64, true, oslsr)),
+        table.answer(mk(ec::SYS64, true, oslsr), || NOW),
         Some(El2Answer::Read {
             rt: 3,
             value: OSLSR_VALUE
@@ -400,8 +411,8 @@ fn el2_answers_agree_with_the_run_loop() {
     );
     // Off until the core fills it; other exception classes are never answered.
     assert_eq!(
-        El2Answers::default().answer(mk(ec::SYS64, true, oslsr)),
+        El2Answers::default().answer(mk(ec::SYS64, true, oslsr), || NOW),
         None
     );
-    assert_eq!(table.answer(mk(ec::DABT_LOW, true, oslsr)), None);
+    assert_eq!(table.answer(mk(ec::DABT_LOW, true, oslsr), || NOW), None);
 }

@@ -663,6 +663,63 @@ pub fn sysreg_at_el2(vmm: &Core, image: &[u8]) -> Result<String, String> {
     })
 }
 
+/// The ptimer guest through VM_RUN: its physical-timer writes are the core's, its reads
+/// the EL2 code's, which give what the core's emulation holds: ENABLE and IMASK as
+/// written, ISTATUS only once the count passed CVAL, the CVAL written, TVAL = CVAL -
+/// count. Counted as such (three by the core, five at EL2).
+pub fn ptimer_reads_at_el2(vmm: &Core, image: &[u8]) -> Result<String, String> {
+    use vmm_core::stats::Stat;
+    use vmm_core::vtimer::{CTL_ENABLE, CTL_IMASK, CTL_ISTATUS};
+    let name = b"tb-ptimer";
+    start(vmm, name, image, 0)?;
+    with_vm(vmm, name, || {
+        run_to_done(vmm, name, "reached the caller")?;
+        let x: alloc::vec::Vec<u64> = (0..8)
+            .map(|n| get_reg(vmm, name, VM_REG_GUEST_X0 + n))
+            .collect::<Result<_, _>>()?;
+        let (ctl, cval, tval, before, ctl_due, tval_due, armed) =
+            (x[1], x[2], x[3], x[4], x[5], x[6], x[7]);
+        if ctl != CTL_ENABLE | CTL_IMASK {
+            return Err(format!(
+                "CTL {ctl:#x} while armed in the future, want {:#x}",
+                CTL_ENABLE | CTL_IMASK
+            ));
+        }
+        if cval != armed {
+            return Err(format!("CVAL {cval:#x}, written {armed:#x}"));
+        }
+        // Low 32 bits of CVAL - count: 2^40 ahead gives (2^40 - elapsed) mod 2^32.
+        let want_tval = armed.wrapping_sub(before) & 0xffff_ffff;
+        let elapsed = want_tval.wrapping_sub(tval) & 0xffff_ffff;
+        if tval >> 32 != 0 || elapsed > timer::freq() {
+            return Err(format!(
+                "TVAL {tval:#x}, want about {want_tval:#x} (the count moved {elapsed} ticks?)"
+            ));
+        }
+        if ctl_due != CTL_ENABLE | CTL_IMASK | CTL_ISTATUS {
+            return Err(format!(
+                "CTL {ctl_due:#x} once due, want ISTATUS shown through IMASK"
+            ));
+        }
+        // CVAL 0: TVAL is minus the count, low 32 bits.
+        if tval_due >> 32 != 0 || tval_due == 0 {
+            return Err(format!("TVAL {tval_due:#x} once due"));
+        }
+        let (at_el2, in_core) = (
+            stat(vmm, name, 0, Stat::SysRegEl2)?,
+            stat(vmm, name, 0, Stat::TimerKernel)?,
+        );
+        if (at_el2, in_core) != (5, 3) {
+            return Err(format!(
+                "{at_el2} timer accesses answered at EL2 and {in_core} by the core, want 5 and 3"
+            ));
+        }
+        Ok(format!(
+            "5 reads answered at EL2 (CTL {ctl:#x}, then {ctl_due:#x} once due; CVAL and TVAL as the core holds them), 3 writes by the core"
+        ))
+    })
+}
+
 /// The host's own SVE and pointer-authentication state around a guest's run, on a
 /// VHE host with those features (the testbed kernel at EL2): set to known values before,
 /// compared bit for bit after. SVE: the vector length (ZCR_EL2.LEN 3: 512 bits), Z0
