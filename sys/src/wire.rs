@@ -300,6 +300,59 @@ pub fn write_response<'b>(
     }
 }
 
+/// Where a successful answer (errno 0) to `cmd` with an `arg_len`-byte argument puts
+/// the data of its out buffers of lengths `out_lens` (in request order), and its total
+/// length: the bytes [`write_response`] writes, laid out.
+pub fn response_layout(
+    cmd: u64,
+    arg_len: usize,
+    out_lens: &[usize],
+) -> ([usize; MAX_BUFFERS], usize) {
+    let arg_len = if cmd & IOC_OUT != 0 { arg_len } else { 0 };
+    // magic, errno, argument length, argument, buffer count.
+    let mut off = 4 + 4 + 4 + arg_len + 2;
+    let mut at = [0; MAX_BUFFERS];
+    for (a, len) in at.iter_mut().zip(out_lens) {
+        off += 4;
+        *a = off;
+        off += len;
+    }
+    (at, off)
+}
+
+/// Writes the answer [`write_response`] would, except the out buffers' data, which is
+/// already where [`response_layout`] puts it (an answer built in place, so that data
+/// is never copied): each piece through `put(offset, bytes)`. Returns the length.
+pub fn write_response_around_data(
+    cmd: u64,
+    errno: i32,
+    arg: &[u8],
+    out_lens: &[usize],
+    put: &mut impl FnMut(usize, &[u8]),
+) -> usize {
+    let mut off = 0;
+    let mut emit = |off: &mut usize, b: &[u8]| {
+        put(*off, b);
+        *off += b.len();
+    };
+    emit(&mut off, &RSP_MAGIC.to_le_bytes());
+    emit(&mut off, &errno.to_le_bytes());
+    let arg: &[u8] = if errno == 0 && cmd & IOC_OUT != 0 {
+        arg
+    } else {
+        &[]
+    };
+    emit(&mut off, &(arg.len() as u32).to_le_bytes());
+    emit(&mut off, arg);
+    let lens: &[usize] = if errno == 0 { out_lens } else { &[] };
+    emit(&mut off, &(lens.len() as u16).to_le_bytes());
+    for len in lens {
+        emit(&mut off, &(*len as u32).to_le_bytes());
+        off += len;
+    }
+    off
+}
+
 /// The framing on the broker-testbed channel (a byte stream): `u32 magic "VMFR"`,
 /// `u32 client`, `u32 seq`, `u32 len`, then `len` bytes of request or response. The
 /// broker tags each client's request with (client, seq) and routes the answer back.
@@ -390,6 +443,47 @@ mod tests {
         }
         for n in 0..m.len() {
             assert!(parse_request(&m[..n]).is_err());
+        }
+    }
+
+    /// An answer built in place (out data first, where `response_layout` says, then
+    /// `write_response_around_data`) is byte for byte `write_response`'s.
+    #[test]
+    fn answer_in_place_matches_write_response() {
+        let outs: [&[u8]; 3] = [b"first", b"", b"third buffer"];
+        for cmd in [
+            ioc(IOC_INOUT, b'v', 1, 4),
+            ioc(IOC_IN, b'v', 2, 4),
+            ioc(IOC_OUT, b'v', 3, 4),
+        ] {
+            for errno in [0, 22] {
+                for n in 0..=outs.len() {
+                    let arg = [9, 8, 7, 6];
+                    let mut want = Vec::new();
+                    write_response(cmd, errno, &arg, outs[..n].iter().copied(), &mut |b| {
+                        want.extend_from_slice(b)
+                    });
+                    let lens: Vec<usize> = outs[..n].iter().map(|o| o.len()).collect();
+                    let (at, total) = response_layout(cmd, arg.len(), &lens);
+                    let mut got = vec![0xeeu8; total];
+                    if errno == 0 {
+                        for (o, a) in outs[..n].iter().zip(at) {
+                            got[a..a + o.len()].copy_from_slice(o);
+                        }
+                    }
+                    let len = write_response_around_data(cmd, errno, &arg, &lens, &mut |off, b| {
+                        got[off..off + b.len()].copy_from_slice(b)
+                    });
+                    if errno == 0 {
+                        assert_eq!(len, total);
+                    }
+                    assert_eq!(
+                        &got[..len],
+                        &want[..],
+                        "cmd {cmd:#x} errno {errno} {n} buffers"
+                    );
+                }
+            }
         }
     }
 

@@ -19,13 +19,14 @@
 //! Only a vCPU's own requests travel in its lane ([`lane::CMDS`], on the lane's VM); the
 //! message is copied out of shared memory before it is parsed, every length bounded.
 
-use super::{execute_parsed, other_runs, response, run_started, Core, RUNS_WAITING};
-use crate::kernel::mm::{self, PAGE};
-use crate::kernel::{gic, timer};
+use super::{errno_of, other_runs, run_one, run_started, Core, Window, RUNS_WAITING};
+use crate::kernel::mm::{self, MAX_CPUS, PAGE};
+use crate::kernel::{cpu, gic, timer};
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use vmm_core::sync::SpinLock;
 use vmm_core::{Errno, Host, KResult};
-use vmm_sys::wire::{self, lane};
+use vmm_sys::wire::{self, lane, WireRequest, MAX_BUFFERS};
 
 /// How long the serving job waits for a next request before it ends.
 const POLL_WINDOW_US: u64 = 2000;
@@ -245,7 +246,7 @@ pub fn serve(core: &'static Core) {
             // next request and, finding SERVING still 0, would kick through the
             // broker. The claim lasts until the answer is written (until then the
             // request still looks pending).
-            execute_lane(core, (mm::va_to_pa(va), va), || free_jobs_change(true));
+            execute_lane(core, i, va, || free_jobs_change(true));
             CLAIMED.fetch_and(!(1 << i), Ordering::SeqCst);
             next = (i + 1) % MAX_LANES;
             last = timer::now();
@@ -278,55 +279,119 @@ pub fn serve(core: &'static Core) {
     }
 }
 
-/// Executes lane `(pa, va)`'s request, calls `before_answer`, and writes the answer.
-fn execute_lane(core: &'static Core, (pa, va): (u64, u64), before_answer: impl FnOnce()) {
+/// Room for the argument of a lane request (the largest of [`lane::CMDS`]'s).
+const LANE_ARG_MAX: usize = 64;
+const _: () = {
+    let mut i = 0;
+    while i < lane::CMDS.len() {
+        assert!(vmm_sys::ioctl::iocparm_len(lane::CMDS[i]) <= LANE_ARG_MAX);
+        i += 1;
+    }
+};
+
+/// Each run CPU's private copy of the request it executes (one lane job per CPU at a
+/// time; a static buffer, so that a request costs no allocation).
+static REQUEST_COPY: [SpinLock<[u8; lane::REQ_MAX]>; MAX_CPUS] =
+    [const { SpinLock::new_spin([0; lane::REQ_MAX]) }; MAX_CPUS];
+
+/// Executes the request in lane slot `slot` (at `va`), calls `before_answer`, and
+/// publishes the answer, which is built in the lane's response area: the core's
+/// copyout writes the out buffers straight to where the answer carries them.
+fn execute_lane(core: &'static Core, slot: usize, va: u64, before_answer: impl FnOnce()) {
     let seq = word(va, lane::REQ_SEQ).load(Ordering::Acquire);
     let len = (word(va, lane::REQ_LEN).load(Ordering::Acquire) as usize).min(lane::REQ_MAX);
-    let mut msg = alloc::vec![0u8; len];
+    let resp = va + lane::RESP as u64;
+    let mut copy = REQUEST_COPY[cpu::id() % MAX_CPUS].lock();
+    let msg = &mut copy[..len];
     // SAFETY: the request area lies inside the lane's pages; the copy is what is parsed,
     // whatever the client writes there meanwhile.
     unsafe {
         core::ptr::copy_nonoverlapping((va + lane::REQ as u64) as *const u8, msg.as_mut_ptr(), len)
     };
-    // Parsed here and checked in place: the parsed request is large enough that
-    // passing it back from a helper costs a copy of it.
-    let reply = match wire::parse_request(&msg) {
-        Ok(req) if lane_request_ok(pa, &req) => {
+    let answer_len = match wire::parse_request(msg) {
+        Ok(req) if lane_request_ok(slot, &req) => {
             run_started(true);
-            let r = execute_parsed(core, &req);
+            let n = answer_in_lane(core, &req, resp);
             run_started(false);
-            r
+            n
         }
-        Ok(req) => response(req.cmd, Errno::EINVAL.0, &[], &[]),
-        Err(_) => response(0, Errno::EINVAL.0, &[], &[]),
+        Ok(req) => error_in_lane(req.cmd, resp),
+        Err(_) => error_in_lane(0, resp),
     };
-    let reply = if reply.len() > lane::RESP_MAX {
-        response(0, Errno::EINVAL.0, &[], &[])
-    } else {
-        reply
-    };
+    drop(copy);
     before_answer();
-    // SAFETY: the response area lies inside the lane's pages and `reply` fits it.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            reply.as_ptr(),
-            (va + lane::RESP as u64) as *mut u8,
-            reply.len(),
-        )
-    };
-    word(va, lane::RESP_LEN).store(reply.len() as u32, Ordering::Release);
+    word(va, lane::RESP_LEN).store(answer_len as u32, Ordering::Release);
     word(va, lane::RESP_SEQ).store(seq, Ordering::SeqCst);
     if word(va, lane::CLIENT_WAITING).load(Ordering::SeqCst) != 0 {
         gic::send_sgi(0, gic::SGI_WAKE);
     }
 }
 
-/// Whether a lane's request is one of [`lane::CMDS`] on the lane's own VM.
-fn lane_request_ok(pa: u64, req: &wire::WireRequest<'_>) -> bool {
+/// Writes `bytes` at `off` of the response area at `resp`.
+fn put(resp: u64, off: usize, bytes: &[u8]) {
+    // SAFETY: callers stay within lane::RESP_MAX of the response area, inside the lane's
+    // pages (`answer_in_lane` checks the answer's whole layout first).
+    unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), (resp + off as u64) as *mut u8, bytes.len())
+    };
+}
+
+/// An EINVAL answer to `cmd` at `resp`; its length.
+fn error_in_lane(cmd: u64, resp: u64) -> usize {
+    wire::write_response_around_data(cmd, Errno::EINVAL.0, &[], &[], &mut |o, b| put(resp, o, b))
+}
+
+/// Executes `req` with its out buffers placed where its answer carries them in the
+/// response area at `resp` (zeroed first, as the broker's path hands the core zeroed
+/// buffers), its in buffers read from the request's private copy, and writes the rest
+/// of the answer around them; returns the answer's length.
+fn answer_in_lane(core: &Core, req: &WireRequest<'_>, resp: u64) -> usize {
+    let mut lens = [0usize; MAX_BUFFERS];
+    let mut nout = 0;
+    for b in req.buffers().filter(|b| b.dir.is_out()) {
+        lens[nout] = b.len;
+        nout += 1;
+    }
+    let lens = &lens[..nout];
+    let (at, total) = wire::response_layout(req.cmd, req.arg.len(), lens);
+    if total > lane::RESP_MAX || req.arg.len() > LANE_ARG_MAX {
+        return error_in_lane(req.cmd, resp);
+    }
+    let mut arg_buf = [0u8; LANE_ARG_MAX];
+    let arg = &mut arg_buf[..req.arg.len()];
+    arg.copy_from_slice(req.arg);
+    let mut windows = [Window::NONE; MAX_BUFFERS];
+    let mut nbuf = 0;
+    let mut out = at.iter();
+    for (b, w) in req.buffers().zip(windows.iter_mut()) {
+        let addr = if b.dir.is_out() {
+            let a = resp + *out.next().unwrap_or(&0) as u64;
+            // SAFETY: inside the response area: the layout's total was checked above.
+            unsafe { core::ptr::write_bytes(a as *mut u8, 0, b.len) };
+            if let Some(d) = b.data {
+                put(resp, a as usize - resp as usize, d);
+            }
+            a
+        } else {
+            b.data.map_or(0, |d| d.as_ptr() as u64)
+        };
+        *w = Window {
+            ptr_offset: b.ptr_offset,
+            addr,
+            len: b.len as u64,
+        };
+        nbuf += 1;
+    }
+    let r = run_one(core, req, arg, &windows[..nbuf]);
+    let errno = errno_of(core, req, r);
+    wire::write_response_around_data(req.cmd, errno, arg, lens, &mut |o, b| put(resp, o, b))
+}
+
+/// Whether a lane's request is one of [`lane::CMDS`] on the VM of lane slot `slot`.
+fn lane_request_ok(slot: usize, req: &WireRequest<'_>) -> bool {
     let l = LANES.lock();
     let lane_vm = l
-        .iter()
-        .find(|x| x.pa == pa)
+        .get(slot)
         .and_then(|x| x.owner.as_ref())
         .map(|(v, _, _)| v.as_slice());
     lane::CMDS.contains(&req.cmd) && req.vm.is_some() && req.vm == lane_vm

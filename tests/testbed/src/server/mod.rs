@@ -267,27 +267,57 @@ fn execute(core: &Core, msg: &[u8]) -> Vec<u8> {
 /// Executes one parsed request and returns the response message.
 fn execute_parsed(core: &Core, req: &WireRequest<'_>) -> Vec<u8> {
     let mut arg = req.arg.to_vec();
-    let mut bufs: Vec<(usize, wire::WireDir, Vec<u8>)> = Vec::with_capacity(MAX_BUFFERS);
-    for b in req.buffers() {
-        let data = match b.data {
+    let mut bufs: Vec<(wire::WireDir, Vec<u8>)> = Vec::with_capacity(MAX_BUFFERS);
+    let mut windows = [Window::NONE; MAX_BUFFERS];
+    for (b, w) in req.buffers().zip(windows.iter_mut()) {
+        let mut data = match b.data {
             Some(d) => d.to_vec(),
             None => vec![0; b.len],
         };
-        bufs.push((b.ptr_offset, b.dir, data));
+        *w = Window {
+            ptr_offset: b.ptr_offset,
+            addr: data.as_mut_ptr() as u64,
+            len: data.len() as u64,
+        };
+        bufs.push((b.dir, data));
     }
-    let errno = match run_one(core, req, &mut arg, &mut bufs) {
-        Ok(()) => 0,
-        // The core answers ENOENT for an unknown name (among other things): tell the
-        // client "no such VM" only when the VM is really absent.
-        Err(Errno::ENOENT) if req.vm.is_some_and(|n| !vm_exists(core, n)) => wire::ERR_NO_SUCH_VM,
-        Err(e) => e.0,
-    };
+    let r = run_one(core, req, &mut arg, &windows[..bufs.len()]);
+    let errno = errno_of(core, req, r);
     let outs: Vec<&[u8]> = bufs
         .iter()
-        .filter(|b| b.1.is_out())
-        .map(|b| b.2.as_slice())
+        .filter(|b| b.0.is_out())
+        .map(|b| b.1.as_slice())
         .collect();
     response(req.cmd, errno, &arg, &outs)
+}
+
+/// The response's errno for `req`'s result `r`. The core answers ENOENT for an unknown
+/// name (among other things): the client is told "no such VM" only when the VM is
+/// really absent.
+fn errno_of(core: &Core, req: &WireRequest<'_>, r: KResult<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(Errno::ENOENT) if req.vm.is_some_and(|n| !vm_exists(core, n)) => wire::ERR_NO_SUCH_VM,
+        Err(e) => e.0,
+    }
+}
+
+/// Where one of a request's pointer fields points while it executes: `len` bytes at
+/// `addr`, memory the caller keeps for the whole call (the one place the core's
+/// copyin/copyout may reach, [`in_window`]).
+#[derive(Clone, Copy)]
+struct Window {
+    ptr_offset: usize,
+    addr: u64,
+    len: u64,
+}
+
+impl Window {
+    const NONE: Window = Window {
+        ptr_offset: 0,
+        addr: 0,
+        len: 0,
+    };
 }
 
 /// Whether VM `name` exists (kick_vcpu looks the name up before it checks the vCPU
@@ -310,12 +340,9 @@ fn response(cmd: u64, errno: i32, arg: &[u8], outs: &[&[u8]]) -> Vec<u8> {
     v
 }
 
-fn run_one(
-    core: &Core,
-    req: &WireRequest<'_>,
-    arg: &mut [u8],
-    bufs: &mut [(usize, wire::WireDir, Vec<u8>)],
-) -> KResult<()> {
+/// Executes `req` with its argument `arg` and its buffers at `bufs` (one window per
+/// buffer, in request order).
+fn run_one(core: &Core, req: &WireRequest<'_>, arg: &mut [u8], bufs: &[Window]) -> KResult<()> {
     let dev = match req.vm {
         None => DeviceRef::Ctl,
         Some(n) => DeviceRef::Vm(n),
@@ -355,7 +382,12 @@ fn run_one(
         }
         (wire::TESTBED_SYNC_LIST, Some(name)) => {
             let count = usize::try_from(u64_at(arg, 8)).map_err(|_| Errno::EINVAL)?;
-            let (_, _, ranges) = bufs.first().ok_or(Errno::EINVAL)?;
+            let w = bufs.first().ok_or(Errno::EINVAL)?;
+            // SAFETY: a window names memory its caller keeps for the call (`Window`),
+            // here the request's own copy of the buffer (the broker's path: lanes do
+            // not carry this request).
+            let ranges =
+                unsafe { core::slice::from_raw_parts(w.addr as *const u8, w.len as usize) };
             if count > wire::SYNC_LIST_MAX || ranges.len() != count * 16 {
                 return Err(Errno::EINVAL);
             }
@@ -377,20 +409,19 @@ fn run_one(
         }
         _ => {}
     }
-    // Point each pointer field at our copy and open exactly those windows.
+    // Point each pointer field at its window and open exactly those windows.
     {
         let mut w = WINDOWS[cpu::id()].lock();
         *w = [(0, 0); MAX_BUFFERS];
-        for (i, (off, _, data)) in bufs.iter().enumerate() {
-            let addr = data.as_ptr() as u64;
-            arg[*off..*off + 8].copy_from_slice(&addr.to_le_bytes());
-            w[i] = (addr, data.len() as u64);
+        for (slot, b) in w.iter_mut().zip(bufs) {
+            arg[b.ptr_offset..b.ptr_offset + 8].copy_from_slice(&b.addr.to_le_bytes());
+            *slot = (b.addr, b.len);
         }
     }
     let r = core.dispatch(dev, req.cmd, arg);
     *WINDOWS[cpu::id()].lock() = [(0, 0); MAX_BUFFERS];
-    for (off, _, _) in bufs.iter() {
-        arg[*off..*off + 8].fill(0);
+    for b in bufs {
+        arg[b.ptr_offset..b.ptr_offset + 8].fill(0);
     }
     if r.is_ok() && req.cmd == ioctl::VM_REINIT {
         if let Some(n) = req.vm {
