@@ -55,6 +55,14 @@ pub const TESTBED_LANE_KICK: u64 = ioc(IOC_IN, b't', 7, 8);
 /// Testbed extension: `{ u64 vcpu; u64 token; u64 seq }` on /dev/vmm/NAME: answered
 /// once the lane's [`lane::RESP_SEQ`] is `seq`: how a client that stopped spinning waits.
 pub const TESTBED_LANE_WAIT: u64 = ioc(IOC_IN, b't', 8, 24);
+/// Testbed extension: `{ u64 count; u64 ns }` (out) for each of [`lane::CMDS`], in
+/// that order, on /dev/vmmctl: how many lane requests of that command the testbed has
+/// answered since it started, and the nanoseconds of its counter (CNTPCT) they took from
+/// the lane job's first look at the request to its answer written (a lane's first
+/// VM_RUN, which carries a new VM's one-time cache maintenance, left out). Under `-icount
+/// shift=0` such a nanosecond is one emulated instruction: `cargo xtask bench-exit`
+/// reads the testbed side of a userspace exit from it.
+pub const TESTBED_LANE_STATS: u64 = ioc(IOC_OUT, b't', 9, 16 * lane::CMDS.len());
 
 /// A lane: the shared-memory fast path of one vCPU's requests between a client and the
 /// testbed (docs/testbed.md, "Lanes"), [`SIZE`] bytes of testbed RAM the client maps
@@ -150,23 +158,62 @@ pub struct WireBuffer<'a> {
     pub data: Option<&'a [u8]>,
 }
 
-/// A request, borrowed from its message. `vm` is `None` for /dev/vmmctl.
+/// A request, borrowed from its message. `vm` is `None` for /dev/vmmctl. Its buffers
+/// stay in the message, checked by the parser and decoded again by [`Self::buffers`]:
+/// a request is then small enough to be moved without a `memcpy` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WireRequest<'a> {
     pub vm: Option<&'a [u8]>,
     pub cmd: u64,
     pub arg: &'a [u8],
-    pub buffers: [Option<WireBuffer<'a>>; MAX_BUFFERS],
+    /// The buffer descriptors (with in/inout data), `nbuf` of them.
+    buffer_bytes: &'a [u8],
+    nbuf: u8,
 }
 
 impl<'a> WireRequest<'a> {
-    pub fn buffers(&self) -> impl Iterator<Item = &WireBuffer<'a>> {
-        self.buffers.iter().flatten()
+    /// The request's buffers, in message order.
+    pub fn buffers(&self) -> impl Iterator<Item = WireBuffer<'a>> {
+        let mut r = Reader(self.buffer_bytes);
+        let arg_len = self.arg.len();
+        // Checked by the parser, so decoding cannot fail; if it did, the iteration ends.
+        (0..self.nbuf).map_while(move |_| next_buffer(&mut r, arg_len).ok())
     }
+}
+
+/// Decodes and checks one buffer descriptor (and its data) at `r`: direction known,
+/// length bounded, pointer field inside an `arg_len`-byte argument and 8-byte aligned.
+fn next_buffer<'a>(r: &mut Reader<'a>, arg_len: usize) -> Result<WireBuffer<'a>, WireError> {
+    let ptr_offset = r.u32()? as usize;
+    let dir = match r.u8()? {
+        0 => WireDir::In,
+        1 => WireDir::Out,
+        2 => WireDir::InOut,
+        _ => return Err(WireError::BadField("buffer direction")),
+    };
+    let len = r.u32()? as usize;
+    if len > MAX_BUFFER {
+        return Err(WireError::BadField("buffer length"));
+    }
+    if !ptr_offset.is_multiple_of(8) || ptr_offset.checked_add(8).is_none_or(|e| e > arg_len) {
+        return Err(WireError::BadField("pointer offset outside the argument"));
+    }
+    let data = if dir.is_in() {
+        Some(r.take(len)?)
+    } else {
+        None
+    };
+    Ok(WireBuffer {
+        ptr_offset,
+        dir,
+        len,
+        data,
+    })
 }
 
 struct Reader<'a>(&'a [u8]);
 impl<'a> Reader<'a> {
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.0.len() < n {
             return Err(WireError::Truncated);
@@ -182,15 +229,19 @@ impl<'a> Reader<'a> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
+    // Byte by byte, not `copy_from_slice`: on the kernel targets (strict alignment) that
+    // is a `memcpy` call per field.
+    #[inline]
     fn u32(&mut self) -> Result<u32, WireError> {
-        let mut a = [0; 4];
-        a.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(a))
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
+    #[inline]
     fn u64(&mut self) -> Result<u64, WireError> {
-        let mut a = [0; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]))
     }
 }
 
@@ -199,6 +250,17 @@ impl<'a> Reader<'a> {
 /// the ioctl word says, every pointer field inside it, 8-byte aligned, once, and no
 /// trailing bytes.
 pub fn parse_request(bytes: &[u8]) -> Result<WireRequest<'_>, WireError> {
+    parse(bytes, true)
+}
+
+/// [`parse_request`] for a request whose VM name the caller then compares with a name
+/// that was validated (a lane's, which belongs to one VM): the name's characters are
+/// not checked again, only its length.
+pub fn parse_request_for_known_vm(bytes: &[u8]) -> Result<WireRequest<'_>, WireError> {
+    parse(bytes, false)
+}
+
+fn parse(bytes: &[u8], validate_name: bool) -> Result<WireRequest<'_>, WireError> {
     let mut r = Reader(bytes);
     if r.u32()? != REQ_MAGIC {
         return Err(WireError::BadMagic);
@@ -208,6 +270,9 @@ pub fn parse_request(bytes: &[u8]) -> Result<WireRequest<'_>, WireError> {
     let name = r.take(name_len)?;
     let vm = match kind {
         0 if name_len == 0 => None,
+        1 if !validate_name && !name.is_empty() && name.len() <= crate::VM_MAX_NAMELEN => {
+            Some(name)
+        }
         1 => {
             crate::validate_vm_name(name).map_err(|_| WireError::BadField("name"))?;
             Some(name)
@@ -224,41 +289,14 @@ pub fn parse_request(bytes: &[u8]) -> Result<WireRequest<'_>, WireError> {
     if nbuf > MAX_BUFFERS {
         return Err(WireError::BadField("buffer count"));
     }
-    let mut buffers = [None; MAX_BUFFERS];
+    let buffer_bytes = r.0;
+    let mut pointers = [usize::MAX; MAX_BUFFERS];
     for i in 0..nbuf {
-        let ptr_offset = r.u32()? as usize;
-        let dir = match r.u8()? {
-            0 => WireDir::In,
-            1 => WireDir::Out,
-            2 => WireDir::InOut,
-            _ => return Err(WireError::BadField("buffer direction")),
-        };
-        let len = r.u32()? as usize;
-        if len > MAX_BUFFER {
-            return Err(WireError::BadField("buffer length"));
-        }
-        if !ptr_offset.is_multiple_of(8) || ptr_offset.checked_add(8).is_none_or(|e| e > arg.len())
-        {
-            return Err(WireError::BadField("pointer offset outside the argument"));
-        }
-        if buffers[..i]
-            .iter()
-            .flatten()
-            .any(|b: &WireBuffer<'_>| b.ptr_offset == ptr_offset)
-        {
+        let b = next_buffer(&mut r, arg.len())?;
+        if pointers[..i].contains(&b.ptr_offset) {
             return Err(WireError::BadField("two buffers for one pointer"));
         }
-        let data = if dir.is_in() {
-            Some(r.take(len)?)
-        } else {
-            None
-        };
-        buffers[i] = Some(WireBuffer {
-            ptr_offset,
-            dir,
-            len,
-            data,
-        });
+        pointers[i] = b.ptr_offset;
     }
     if !r.0.is_empty() {
         return Err(WireError::BadField("trailing bytes"));
@@ -267,7 +305,8 @@ pub fn parse_request(bytes: &[u8]) -> Result<WireRequest<'_>, WireError> {
         vm,
         cmd,
         arg,
-        buffers,
+        buffer_bytes,
+        nbuf: nbuf as u8,
     })
 }
 
@@ -443,6 +482,24 @@ mod tests {
         }
         for n in 0..m.len() {
             assert!(parse_request(&m[..n]).is_err());
+            assert!(parse_request_for_known_vm(&m[..n]).is_err());
+        }
+        // For a known VM the name's characters are left to the caller's comparison;
+        // everything else is checked the same.
+        let odd = request(b"a/b", cmd, &[0; 24], &[]);
+        assert_eq!(
+            parse_request_for_known_vm(&odd).unwrap().vm,
+            Some(&b"a/b"[..])
+        );
+        assert_eq!(parse_request_for_known_vm(&m), parse_request(&m));
+        let too_long = vec![b'v'; crate::VM_MAX_NAMELEN + 1];
+        for bad in [
+            request(b"", cmd, &[0; 24], &[]),
+            request(&too_long, cmd, &[0; 24], &[]),
+            request(b"vm", cmd, &[0; 24], &[(8, 0, b"x"), (8, 1, b"y")]),
+            request(b"vm", cmd, &[0; 16], &[]),
+        ] {
+            assert!(parse_request_for_known_vm(&bad).is_err());
         }
     }
 

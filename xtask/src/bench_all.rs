@@ -1,10 +1,12 @@
 //! `cargo xtask bench [--cpu cortex-a57|max] [--runs N]`: the exit-cost benchmark
-//! (bench-el2) and the Linux boot against plain QEMU (bench-boot) on each host mode
+//! (bench-el2), the testbed side of a userspace exit (bench-exit) and the Linux boot
+//! against plain QEMU (bench-boot) on each host mode
 //! (both by default: cortex-a57 is the nVHE host, max the VHE one), then one summary
 //! table with the KVM/arm64 reference figures and the goals of docs/PERFORMANCE.md, so
 //! any commit can be compared. Prints numbers; asserts nothing. CI does not run it.
 
 use crate::bench::{parse_runs, run_bench_boot, Row};
+use crate::bench_exit::{run_bench_exit, ExitCost};
 use crate::kernel::{run_bench_el2, El2Costs};
 use vmm_testbed_broker::launch::HostCpu;
 
@@ -26,6 +28,8 @@ enum Figure {
     Guest(bool, bool),
     /// bhyveload's time in the plain full-console boot.
     Bhyveload,
+    /// bench-exit: instructions of one of its figures.
+    UserExit(fn(&ExitCost) -> f64),
 }
 
 const METRICS: &[Metric] = &[
@@ -72,6 +76,18 @@ const METRICS: &[Metric] = &[
         goal: "-",
     },
     Metric {
+        name: "VM_RUN back from bhyve (testbed side)",
+        figure: Figure::UserExit(|c| c.vm_run),
+        kvm: "-",
+        goal: "< 2,500",
+    },
+    Metric {
+        name: "console exit, all its requests (testbed)",
+        figure: Figure::UserExit(|c| c.per_exit),
+        kvm: "-",
+        goal: "-",
+    },
+    Metric {
         name: "boot, full console: wall / plain QEMU",
         figure: Figure::Wall(false, false),
         kvm: "5.5x",
@@ -107,6 +123,7 @@ const METRICS: &[Metric] = &[
 struct Mode {
     cpu: HostCpu,
     el2: El2Costs,
+    exit: ExitCost,
     boot: Vec<Row>,
 }
 
@@ -129,6 +146,7 @@ impl Mode {
                 .row(false, false)
                 .and_then(Row::bhyveload)
                 .map_or("-".into(), |s| format!("{s:.2} s")),
+            Figure::UserExit(f) => thousands(f(&self.exit).round() as u64),
         }
     }
 }
@@ -165,8 +183,14 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let mut modes = Vec::new();
     for cpu in cpus {
         let el2 = run_bench_el2(cpu)?;
+        let exit = run_bench_exit(runs, cpu)?;
         let boot = run_bench_boot(runs, cpu)?;
-        modes.push(Mode { cpu, el2, boot });
+        modes.push(Mode {
+            cpu,
+            el2,
+            exit,
+            boot,
+        });
     }
     println!("\nsummary: instructions per exit under -icount shift=0 (exact), boot ratios against plain QEMU on the same CPU model in the same run (medians of {runs}; wall figures move with the machine's load)");
     print!("{:<42}", "");

@@ -14,6 +14,7 @@
 //! * `bench-boot`: a Linux boot under our stack against plain QEMU (docs/PERFORMANCE.md).
 //! * `bench-devices`: virtio-blk and virtio-net throughput against plain QEMU's.
 //! * `bench-smp`: userspace exits per second of a 1- and a 2-vCPU guest on the testbed.
+//! * `bench-exit`: emulated instructions on the testbed side of a userspace exit.
 //! * `demo [--disk]`: boots Debian's arm64 Linux with the tools on the testbed; with
 //!   `--disk`, a Debian system with systemd from a virtio-blk disk (docs/e2e.md).
 //! * `fuzz list | run TARGET [--secs N] | ci [--secs N]`: the fuzz targets in fuzz/
@@ -24,6 +25,7 @@
 mod bench;
 mod bench_all;
 mod bench_devices;
+mod bench_exit;
 mod bench_smp;
 mod demo;
 mod fuzz;
@@ -155,13 +157,14 @@ fn main() -> ExitCode {
         Some("bench-boot") => bench::bench_boot(&args[1..]),
         Some("bench-devices") => bench_devices::bench_devices(&args[1..]),
         Some("bench-smp") => bench_smp::bench_smp(&args[1..]),
+        Some("bench-exit") => bench_exit::bench_exit(&args[1..]),
         Some("testbed") => testbed::testbed(&args[1..]),
         Some("demo") => demo::demo(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         _ => Err(
             "usage: cargo xtask test | check-freebsd | build-el2 | build-guests | \
-                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench [--cpu cortex-a57|max]... [--runs N] | bench-el2 [--cpu cortex-a57|max] | bench-boot [--runs N] [--cpu cortex-a57|max] | bench-devices [--runs N] | bench-smp [--runs N] [--cpu cortex-a57|max] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk] | fuzz list|run TARGET [--secs N]|ci [--secs N] | soak [--secs N] [--workers N]"
+                  build-testbed | check-x18 | lint-kernel | build-kmod | check-kmod | run-testbed [--timeout SECS] [--cpu cortex-a57|max] | bench [--cpu cortex-a57|max]... [--runs N] | bench-el2 [--cpu cortex-a57|max] | bench-boot [--runs N] [--cpu cortex-a57|max] | bench-devices [--runs N] | bench-smp [--runs N] [--cpu cortex-a57|max] | bench-exit [--runs N] [--cpu cortex-a57|max] | testbed up [--cpu cortex-a57|max]|down|status | demo [--disk] | fuzz list|run TARGET [--secs N]|ci [--secs N] | soak [--secs N] [--workers N]"
                 .into(),
         ),
     };

@@ -26,6 +26,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use vmm_core::sync::SpinLock;
 use vmm_core::{Errno, Host, KResult};
+use vmm_sys::ioctl;
 use vmm_sys::wire::{self, lane, WireRequest, MAX_BUFFERS};
 
 /// How long the serving job waits for a next request before it ends.
@@ -137,6 +138,7 @@ pub fn open(name: &[u8], vcpu: u64, token: u64) -> KResult<u64> {
     let serving = SERVING_NOW.lock();
     word(x.va, lane::SERVING).store(u32::from(*serving), Ordering::SeqCst);
     x.owner = Some((name.to_vec(), vcpu, token));
+    RAN.fetch_and(!(1 << i), Ordering::SeqCst);
     LIVE.fetch_or(1 << i, Ordering::SeqCst);
     drop(serving);
     Ok(x.pa)
@@ -289,6 +291,29 @@ const _: () = {
     }
 };
 
+/// Lane requests answered, by command ([`lane::CMDS`] order), and the counter ticks they
+/// took from the job's first look to the answer written (`TESTBED_LANE_STATS`). A
+/// lane's first VM_RUN is left out: it carries the vCPU's one-time work (the cache
+/// maintenance of all of a new VM's memory, ~15 ms for 64 MiB), not an exit's.
+static ANSWERED: [AtomicU64; lane::CMDS.len()] = [const { AtomicU64::new(0) }; lane::CMDS.len()];
+static ANSWER_TICKS: [AtomicU64; lane::CMDS.len()] =
+    [const { AtomicU64::new(0) }; lane::CMDS.len()];
+/// Bit `i`: lane slot `i` has had its first VM_RUN since it was opened.
+static RAN: AtomicU64 = AtomicU64::new(0);
+
+/// `TESTBED_LANE_STATS`: `{ u64 count; u64 ns }` per command into `out`.
+pub fn stats(out: &mut [u8]) -> KResult<()> {
+    let out = out.get_mut(..16 * lane::CMDS.len()).ok_or(Errno::EINVAL)?;
+    let freq = u128::from(timer::freq().max(1));
+    for (i, pair) in out.chunks_exact_mut(16).enumerate() {
+        let ticks = u128::from(ANSWER_TICKS[i].load(Ordering::Relaxed));
+        let ns = u64::try_from(ticks * 1_000_000_000 / freq).unwrap_or(u64::MAX);
+        pair[..8].copy_from_slice(&ANSWERED[i].load(Ordering::Relaxed).to_le_bytes());
+        pair[8..].copy_from_slice(&ns.to_le_bytes());
+    }
+    Ok(())
+}
+
 /// Each run CPU's private copy of the request it executes (one lane job per CPU at a
 /// time; a static buffer, so that a request costs no allocation).
 static REQUEST_COPY: [SpinLock<[u8; lane::REQ_MAX]>; MAX_CPUS] =
@@ -298,6 +323,7 @@ static REQUEST_COPY: [SpinLock<[u8; lane::REQ_MAX]>; MAX_CPUS] =
 /// publishes the answer, which is built in the lane's response area: the core's
 /// copyout writes the out buffers straight to where the answer carries them.
 fn execute_lane(core: &'static Core, slot: usize, va: u64, before_answer: impl FnOnce()) {
+    let start = timer::now();
     let seq = word(va, lane::REQ_SEQ).load(Ordering::Acquire);
     let len = (word(va, lane::REQ_LEN).load(Ordering::Acquire) as usize).min(lane::REQ_MAX);
     let resp = va + lane::RESP as u64;
@@ -308,8 +334,15 @@ fn execute_lane(core: &'static Core, slot: usize, va: u64, before_answer: impl F
     unsafe {
         core::ptr::copy_nonoverlapping((va + lane::REQ as u64) as *const u8, msg.as_mut_ptr(), len)
     };
-    let answer_len = match wire::parse_request(msg) {
+    let mut answered = None;
+    // The name is compared with the lane's own (validated when the lane was opened).
+    let answer_len = match wire::parse_request_for_known_vm(msg) {
         Ok(req) if lane_request_ok(slot, &req) => {
+            let first_run = req.cmd == ioctl::VM_RUN
+                && RAN.fetch_or(1 << slot, Ordering::Relaxed) & (1 << slot) == 0;
+            if !first_run {
+                answered = lane::CMDS.iter().position(|&c| c == req.cmd);
+            }
             run_started(true);
             let n = answer_in_lane(core, &req, resp);
             run_started(false);
@@ -322,6 +355,10 @@ fn execute_lane(core: &'static Core, slot: usize, va: u64, before_answer: impl F
     before_answer();
     word(va, lane::RESP_LEN).store(answer_len as u32, Ordering::Release);
     word(va, lane::RESP_SEQ).store(seq, Ordering::SeqCst);
+    if let Some(i) = answered {
+        ANSWERED[i].fetch_add(1, Ordering::Relaxed);
+        ANSWER_TICKS[i].fetch_add(timer::now().saturating_sub(start), Ordering::Relaxed);
+    }
     if word(va, lane::CLIENT_WAITING).load(Ordering::SeqCst) != 0 {
         gic::send_sgi(0, gic::SGI_WAKE);
     }

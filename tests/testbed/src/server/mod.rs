@@ -356,6 +356,7 @@ fn run_one(core: &Core, req: &WireRequest<'_>, arg: &mut [u8], bufs: &[Window]) 
                 .copy_from_slice(&free.to_le_bytes());
             return Ok(());
         }
+        (wire::TESTBED_LANE_STATS, None) => return lanes::stats(arg),
         (wire::TESTBED_MAXMEM, None) => {
             if u64_at(arg, 8) == 1 {
                 core.set_max_guest_mem(u64_at(arg, 0));

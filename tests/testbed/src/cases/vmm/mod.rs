@@ -611,6 +611,27 @@ pub fn stat(vmm: &Core, name: &[u8], cpu: i32, s: vmm_core::stats::Stat) -> Resu
         .ok_or_else(|| format!("no counter {}", s as usize))
 }
 
+/// vCPU 0 of VM `name` had `want.0` accesses answered by the EL2 code and `want.1`
+/// by the core (its counter `in_core`).
+fn answered_where(
+    vmm: &Core,
+    name: &[u8],
+    in_core: vmm_core::stats::Stat,
+    want: (u64, u64),
+) -> Result<(), String> {
+    let got = (
+        stat(vmm, name, 0, vmm_core::stats::Stat::SysRegEl2)?,
+        stat(vmm, name, 0, in_core)?,
+    );
+    if got != want {
+        return Err(format!(
+            "{} accesses answered at EL2 and {} by the core, want {} and {}",
+            got.0, got.1, want.0, want.1
+        ));
+    }
+    Ok(())
+}
+
 /// The el2_answers guest through VM_RUN: its seven ID, debug and OS-lock register
 /// accesses are answered by the EL2 code in the guest's world (counted as such, none
 /// by the core), into the right registers (x30 and XZR included), and every other
@@ -648,15 +669,7 @@ pub fn sysreg_at_el2(vmm: &Core, image: &[u8]) -> Result<String, String> {
                 ));
             }
         }
-        let (at_el2, in_core) = (
-            stat(vmm, name, 0, Stat::SysRegEl2)?,
-            stat(vmm, name, 0, Stat::SysRegKernel)?,
-        );
-        if (at_el2, in_core) != (7, 0) {
-            return Err(format!(
-                "{at_el2} accesses answered at EL2 and {in_core} by the core, want 7 and 0"
-            ));
-        }
+        answered_where(vmm, name, Stat::SysRegKernel, (7, 0))?;
         Ok(format!(
             "7 accesses answered at EL2 (ISAR0 {isar0:#x}, MMFR0 {mmfr0:#x} into x30, PFR0 into xzr and x18, OSLSR {oslsr:#x}, two writes), the other registers intact"
         ))
@@ -705,15 +718,7 @@ pub fn ptimer_reads_at_el2(vmm: &Core, image: &[u8]) -> Result<String, String> {
         if tval_due >> 32 != 0 || tval_due == 0 {
             return Err(format!("TVAL {tval_due:#x} once due"));
         }
-        let (at_el2, in_core) = (
-            stat(vmm, name, 0, Stat::SysRegEl2)?,
-            stat(vmm, name, 0, Stat::TimerKernel)?,
-        );
-        if (at_el2, in_core) != (5, 3) {
-            return Err(format!(
-                "{at_el2} timer accesses answered at EL2 and {in_core} by the core, want 5 and 3"
-            ));
-        }
+        answered_where(vmm, name, Stat::TimerKernel, (5, 3))?;
         Ok(format!(
             "5 reads answered at EL2 (CTL {ctl:#x}, then {ctl_due:#x} once due; CVAL and TVAL as the core holds them), 3 writes by the core"
         ))
