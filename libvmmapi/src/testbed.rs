@@ -83,9 +83,36 @@ struct Lane {
     map: crate::memory::MmapOwner,
     /// The last request's sequence number.
     seq: u32,
+    /// The register hint the testbed gave with the last VM_RUN's answer, if any.
+    hint: Option<RegisterHint>,
+}
+
+/// A register's value as the testbed read it after a VM_RUN (the `lane::HINT_*` words),
+/// valid while the lane's register generation is still `gen`.
+#[derive(Debug, Clone, Copy)]
+struct RegisterHint {
+    reg: i32,
+    value: u64,
+    gen: u32,
 }
 
 impl Lane {
+    /// The hint given with the answer to request `seq`, if the testbed gave one.
+    fn hint_for(&self, seq: u32) -> Option<RegisterHint> {
+        (self.word(lane::HINT_SEQ).load(Ordering::Acquire) == seq).then(|| RegisterHint {
+            reg: self.word(lane::HINT_REG).load(Ordering::Relaxed) as i32,
+            value: u64::from(self.word(lane::HINT_VAL_LO).load(Ordering::Relaxed))
+                | u64::from(self.word(lane::HINT_VAL_HI).load(Ordering::Relaxed)) << 32,
+            gen: self.word(lane::HINT_GEN).load(Ordering::Relaxed),
+        })
+    }
+
+    /// Register `reg`'s value from the hint, while nothing may have changed it since.
+    fn hinted(&self, reg: i32) -> Option<u64> {
+        let h = self.hint.filter(|h| h.reg == reg)?;
+        (self.word(lane::REG_GEN).load(Ordering::SeqCst) == h.gen).then_some(h.value)
+    }
+
     fn word(&self, off: usize) -> &AtomicU32 {
         // SAFETY: `off` is one of the lane layout's word offsets (4-byte aligned, below
         // lane::SIZE, the mapping's length); the testbed writes these words too, so
@@ -236,7 +263,11 @@ impl Testbed {
             Ok(pa) => pa.checked_sub(self.ram_base).and_then(|off| {
                 let map =
                     crate::memory::MmapOwner::map(self.ram.as_raw_fd(), off, lane::SIZE, 0).ok()?;
-                Some(Arc::new(Mutex::new(Lane { map, seq: 0 })))
+                Some(Arc::new(Mutex::new(Lane {
+                    map,
+                    seq: 0,
+                    hint: None,
+                })))
             }),
             Err(BackendError::Errno(e)) if e == libc::ENOTTY || e == libc::EINVAL => {
                 self.no_lanes.store(true, Ordering::Relaxed);
@@ -371,6 +402,29 @@ impl Testbed {
         self.execute(&mut req)
     }
 
+    /// The lane requests the testbed has answered since it started and the nanoseconds
+    /// of its counter they took, as `(count, ns)` for each of [`lane::CMDS`] in order
+    /// (`TESTBED_LANE_STATS`; docs/testbed.md).
+    pub fn lane_stats(&self) -> Result<[(u64, u64); lane::CMDS.len()], BackendError> {
+        let mut req = Request {
+            target: Target::Ctl,
+            cmd: wire::TESTBED_LANE_STATS,
+            arg: vec![0; 16 * lane::CMDS.len()],
+            buffers: Vec::new(),
+        };
+        self.execute(&mut req)?;
+        let mut out = [(0, 0); lane::CMDS.len()];
+        for (o, pair) in out.iter_mut().zip(req.arg.chunks_exact(16)) {
+            let word = |b: &[u8]| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(b);
+                u64::from_le_bytes(w)
+            };
+            *o = (word(&pair[..8]), word(&pair[8..]));
+        }
+        Ok(out)
+    }
+
     /// The testbed physical address behind `gpa` and the contiguous bytes from there.
     fn gpa_to_pa(&self, vm: &str, gpa: u64) -> Result<(u64, u64), BackendError> {
         let mut arg = vec![0u8; 24];
@@ -403,10 +457,25 @@ impl Backend for Testbed {
             if let Some(l) = self.lane(vm, vcpu, open) {
                 // Busy (another thread's request on this vCPU): the broker's way.
                 if let Ok(mut g) = l.try_lock() {
+                    // A read of the register a store exit named: the testbed's hint
+                    // holds it, unless something may have changed it since.
+                    if req.cmd == vmm_sys::ioctl::VM_GET_REGISTER && req.arg.len() == 16 {
+                        let reg =
+                            i32::from_le_bytes([req.arg[4], req.arg[5], req.arg[6], req.arg[7]]);
+                        if let Some(v) = g.hinted(reg) {
+                            req.arg[8..16].copy_from_slice(&v.to_le_bytes());
+                            return Ok(());
+                        }
+                    }
                     let msg = req.encode();
                     if msg.len() <= lane::REQ_MAX {
                         let vm = vm.to_string();
+                        // Whatever else this request does, the old hint is gone.
+                        g.hint = None;
                         let answer = self.lane_call(&mut g, &vm, vcpu, &msg)?;
+                        if req.cmd == vmm_sys::ioctl::VM_RUN {
+                            g.hint = g.hint_for(g.seq);
+                        }
                         drop(g);
                         return self.finish(req, &answer);
                     }

@@ -90,6 +90,23 @@ pub mod lane {
     pub const REQ_LEN: usize = 16;
     /// Length of the response message (testbed).
     pub const RESP_LEN: usize = 20;
+    /// Bumped (wrapping) by the testbed, before it answers, for every request that may
+    /// have changed the registers of the lane's vCPU (anything on its VM but a register
+    /// read or another vCPU's run), and when the VM is destroyed; never reset, so a
+    /// hint from a lane's earlier owner cannot match again.
+    pub const REG_GEN: usize = 24;
+    /// The register hint (testbed): after a VM_RUN whose exit is a store to emulate
+    /// (INST_EMUL, a write), the testbed writes the stored register's number at
+    /// [`HINT_REG`], [`REG_GEN`] as it was before the register was read at
+    /// [`HINT_GEN`], its value at [`HINT_VAL_LO`]/[`HINT_VAL_HI`], then that VM_RUN's
+    /// sequence number at [`HINT_SEQ`], all before [`RESP_SEQ`]. While [`REG_GEN`]
+    /// still equals [`HINT_GEN`], the client may answer a VM_GET_REGISTER of that
+    /// register of the lane's vCPU from the hint: the value userspace reads next.
+    pub const HINT_SEQ: usize = 28;
+    pub const HINT_REG: usize = 32;
+    pub const HINT_GEN: usize = 36;
+    pub const HINT_VAL_LO: usize = 40;
+    pub const HINT_VAL_HI: usize = 44;
     /// The request message.
     pub const REQ: usize = 64;
     pub const REQ_MAX: usize = SIZE / 2 - REQ;

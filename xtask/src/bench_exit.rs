@@ -13,11 +13,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use libvmmapi::testbed::Testbed;
-use libvmmapi::{Backend, Request, Target};
 use vmm_e2e::proc::{self, tool_on as tool};
 use vmm_e2e::stats::Stats;
 use vmm_sys::ioctl::{VM_GET_REGISTER, VM_RUN, VM_SET_REGISTER};
-use vmm_sys::wire::{self, lane};
+use vmm_sys::wire::lane;
 use vmm_testbed_broker::launch::HostCpu;
 use vmm_testbed_harness::build;
 
@@ -29,27 +28,9 @@ const VM: &str = "benchexit";
 type LaneStats = [(u64, u64); lane::CMDS.len()];
 
 fn lane_stats(socket: &Path) -> Result<LaneStats, String> {
-    let tb = Testbed::connect(socket).map_err(|e| format!("testbed: {e}"))?;
-    let mut req = Request {
-        target: Target::Ctl,
-        cmd: wire::TESTBED_LANE_STATS,
-        arg: vec![0; 16 * lane::CMDS.len()],
-        buffers: Vec::new(),
-    };
-    tb.execute(&mut req)
-        .map_err(|e| format!("TESTBED_LANE_STATS: {e}"))?;
-    let word = |i: usize| {
-        req.arg
-            .get(i * 8..i * 8 + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-            .ok_or("TESTBED_LANE_STATS: short answer")
-    };
-    let mut out = [(0, 0); lane::CMDS.len()];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = (word(2 * i)?, word(2 * i + 1)?);
-    }
-    Ok(out)
+    Testbed::connect(socket)
+        .and_then(|tb| tb.lane_stats())
+        .map_err(|e| format!("TESTBED_LANE_STATS: {e}"))
 }
 
 /// One run's figures: instructions per VM_RUN, per register request, per exit.

@@ -212,6 +212,76 @@ fn vm_lifecycle_across_clients() {
     });
 }
 
+/// A store exit's register is read from the hint the testbed gave with the exit (no
+/// request), and only while nothing may have changed it: another client's write, this
+/// client's own, and a destroy each send the next read to the testbed.
+#[test]
+fn a_store_exits_register_comes_with_the_exit_until_anything_changes_it() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("hints") else {
+        return;
+    };
+    bed.check(|| {
+        let a = bed.client();
+        let b = bed.client();
+        let tb = Testbed::connect(&bed.socket).unwrap();
+        let get = vmm_sys::wire::lane::CMDS
+            .iter()
+            .position(|&c| c == vmm_sys::ioctl::VM_GET_REGISTER)
+            .unwrap();
+        let gets = || tb.lane_stats().unwrap()[get].0;
+        // str x3, [x1] three times (x1: no memory there, so each an MMIO exit), hvc #0.
+        const STR_X3_X1: u32 = 0xf900_0023;
+        let code = [STR_X3_X1, STR_X3_X1, STR_X3_X1, HVC0, B_SELF];
+        let vm = guest(a.clone(), "hints", &code);
+        let cpu = vm.vcpu(0).unwrap();
+        cpu.set_reg(Reg::X(1), 0x1_0000).unwrap();
+        cpu.set_reg(Reg::X(3), 0x1111).unwrap();
+        let store = |cpu: &libvmmapi::Vcpu| {
+            let exit = cpu.run().unwrap();
+            assert!(
+                matches!(
+                    exit.reason,
+                    ExitReason::InstEmul {
+                        gpa: 0x1_0000,
+                        write: true,
+                        reg: Some(Reg::X(3)),
+                        ..
+                    }
+                ),
+                "{exit:?}"
+            );
+        };
+        store(&cpu);
+        let n = gets();
+        assert_eq!(cpu.get_reg(Reg::X(3)).unwrap(), 0x1111);
+        assert_eq!(cpu.get_reg(Reg::X(3)).unwrap(), 0x1111);
+        assert_eq!(
+            gets(),
+            n,
+            "the stored register was asked for, not taken from the hint"
+        );
+        // Another client's write voids the hint.
+        let other = Vm::open_with(b.clone(), "hints").unwrap();
+        other.vcpu(0).unwrap().set_reg(Reg::X(3), 0x2222).unwrap();
+        assert_eq!(cpu.get_reg(Reg::X(3)).unwrap(), 0x2222);
+        assert_eq!(gets(), n + 1);
+        // The next store brings a new hint; this client's own write voids it.
+        store(&cpu);
+        assert_eq!(cpu.get_reg(Reg::X(3)).unwrap(), 0x2222);
+        assert_eq!(gets(), n + 1);
+        cpu.set_reg(Reg::X(3), 0x3333).unwrap();
+        assert_eq!(cpu.get_reg(Reg::X(3)).unwrap(), 0x3333);
+        // Another register is never taken from the hint.
+        assert_eq!(cpu.get_reg(Reg::X(1)).unwrap(), 0x1_0000);
+        // A destroy by another client voids it too: the next read fails.
+        store(&cpu);
+        Vm::destroy_by_name_with(b.clone(), "hints").unwrap();
+        let r = cpu.get_reg(Reg::X(3));
+        assert!(r.is_err(), "{r:?}");
+    });
+}
+
 /// A client that sends VM_RUN for a guest spinning forever and disconnects: the
 /// testbed keeps answering, a destroy stops the run, and the run CPU serves the next
 /// VM's runs.

@@ -23,10 +23,15 @@ use super::{errno_of, other_runs, run_one, run_started, Core, Window, RUNS_WAITI
 use crate::kernel::mm::{self, MAX_CPUS, PAGE};
 use crate::kernel::{cpu, gic, timer};
 use alloc::vec::Vec;
+use core::mem::{offset_of, size_of};
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use vmm_core::sync::SpinLock;
+use vmm_core::DeviceRef;
 use vmm_core::{Errno, Host, KResult};
+use vmm_sys::abi::{Pod, VmExit, VmRegister, VmRun};
+use vmm_sys::exit::ExitCode;
 use vmm_sys::ioctl;
+use vmm_sys::reg::VM_REG_LAST;
 use vmm_sys::wire::{self, lane, WireRequest, MAX_BUFFERS};
 
 /// How long the serving job waits for a next request before it ends.
@@ -68,6 +73,8 @@ static LANES: vmm_core::sync::SpinLock<Vec<Lane>> = vmm_core::sync::SpinLock::ne
 static LIVE: AtomicU64 = AtomicU64::new(0);
 /// Slot `i`'s direct-map address, fixed at start.
 static SLOT_VA: [AtomicU64; MAX_LANES] = [const { AtomicU64::new(0) }; MAX_LANES];
+/// The vCPU number of slot `i`'s owner (set before the slot is live).
+static SLOT_VCPU: [AtomicU64; MAX_LANES] = [const { AtomicU64::new(0) }; MAX_LANES];
 const _: () = assert!(MAX_LANES <= 64);
 
 /// Takes the pool's pages (at server start). `false` if memory ran out.
@@ -125,12 +132,14 @@ pub fn open(name: &[u8], vcpu: u64, token: u64) -> KResult<u64> {
         .enumerate()
         .find(|(i, x)| !x.live() && claimed & (1 << i) == 0)
         .ok_or(Errno::ENOSPC)?;
+    // REG_GEN is not reset: a hint its previous owner's client holds must not match.
     for off in [
         lane::REQ_SEQ,
         lane::RESP_SEQ,
         lane::CLIENT_WAITING,
         lane::REQ_LEN,
         lane::RESP_LEN,
+        lane::HINT_SEQ,
     ] {
         word(x.va, off).store(0, Ordering::SeqCst);
     }
@@ -138,16 +147,20 @@ pub fn open(name: &[u8], vcpu: u64, token: u64) -> KResult<u64> {
     let serving = SERVING_NOW.lock();
     word(x.va, lane::SERVING).store(u32::from(*serving), Ordering::SeqCst);
     x.owner = Some((name.to_vec(), vcpu, token));
+    if let Some(c) = SLOT_VCPU.get(i) {
+        c.store(vcpu, Ordering::SeqCst);
+    }
     RAN.fetch_and(!(1 << i), Ordering::SeqCst);
     LIVE.fetch_or(1 << i, Ordering::SeqCst);
     drop(serving);
     Ok(x.pa)
 }
 
-/// VM `name` was destroyed: its lanes go back to the pool.
+/// VM `name` was destroyed: its lanes go back to the pool, their register hints void.
 pub fn destroyed(name: &[u8]) {
     for (i, x) in LANES.lock().iter_mut().enumerate() {
         if x.owner.as_ref().is_some_and(|(v, _, _)| v == name) {
+            word(x.va, lane::REG_GEN).fetch_add(1, Ordering::SeqCst);
             x.owner = None;
             LIVE.fetch_and(!(1 << i), Ordering::SeqCst);
         }
@@ -344,7 +357,7 @@ fn execute_lane(core: &'static Core, slot: usize, va: u64, before_answer: impl F
                 answered = lane::CMDS.iter().position(|&c| c == req.cmd);
             }
             run_started(true);
-            let n = answer_in_lane(core, &req, resp);
+            let n = answer_in_lane(core, &req, (slot, va, seq));
             run_started(false);
             n
         }
@@ -382,7 +395,8 @@ fn error_in_lane(cmd: u64, resp: u64) -> usize {
 /// response area at `resp` (zeroed first, as the broker's path hands the core zeroed
 /// buffers), its in buffers read from the request's private copy, and writes the rest
 /// of the answer around them; returns the answer's length.
-fn answer_in_lane(core: &Core, req: &WireRequest<'_>, resp: u64) -> usize {
+fn answer_in_lane(core: &Core, req: &WireRequest<'_>, (slot, va, seq): (usize, u64, u32)) -> usize {
+    let resp = va + lane::RESP as u64;
     let mut lens = [0usize; MAX_BUFFERS];
     let mut nout = 0;
     for b in req.buffers().filter(|b| b.dir.is_out()) {
@@ -419,9 +433,97 @@ fn answer_in_lane(core: &Core, req: &WireRequest<'_>, resp: u64) -> usize {
         };
         nbuf += 1;
     }
-    let r = run_one(core, req, arg, &windows[..nbuf]);
+    let r = run_one(core, req, arg, &windows[..nbuf], Some(slot));
+    if r.is_ok() && req.cmd == ioctl::VM_RUN {
+        let exit_window = windows[..nbuf]
+            .iter()
+            .find(|w| w.ptr_offset == offset_of!(VmRun, vm_exit));
+        if let Some(w) = exit_window.filter(|w| w.len as usize == size_of::<VmExit>()) {
+            // SAFETY: the window is inside the response area (checked above), where the
+            // core's copyout just wrote the exit.
+            let bytes = unsafe { core::slice::from_raw_parts(w.addr as *const u8, w.len as usize) };
+            if let Some(exit) = VmExit::from_bytes(bytes) {
+                give_register_hint(core, req, va, seq, &exit);
+            }
+        }
+    }
     let errno = errno_of(core, req, r);
     wire::write_response_around_data(req.cmd, errno, arg, lens, &mut |o, b| put(resp, o, b))
+}
+
+/// A request `cmd` (argument `arg`) on a VM, before it is answered: bumps the register
+/// generation ([`lane::REG_GEN`]) of the lanes whose vCPU's registers it may change: a
+/// vCPU's own request (its number starts the argument of every one of [`lane::CMDS`])
+/// that vCPU's, except in the lane that carried its VM_RUN (`carrier`), whose hint is
+/// taken after the run; anything else but the testbed's own requests any of them.
+/// Register reads change nothing. Lanes of other VMs with the same vCPU number are
+/// bumped too: a hint lost, never a stale one kept, and no lock or name compared.
+pub fn registers_may_change(cmd: u64, arg: &[u8], carrier: Option<usize>) {
+    if matches!(cmd, ioctl::VM_GET_REGISTER | ioctl::VM_GET_REGISTER_SET)
+        || ioctl::ioc_group(cmd) == b't'
+    {
+        return;
+    }
+    let (vcpu, except) = match arg.get(..4) {
+        Some(&[a, b, c, d]) if lane::CMDS.contains(&cmd) => (
+            Some(i32::from_le_bytes([a, b, c, d])),
+            carrier.filter(|_| cmd == ioctl::VM_RUN),
+        ),
+        _ => (None, None),
+    };
+    for (i, va) in live() {
+        let c = SLOT_VCPU.get(i).map(|c| c.load(Ordering::SeqCst));
+        let same_vcpu = vcpu.is_none_or(|n| u64::try_from(n).ok() == c);
+        if Some(i) != except && same_vcpu {
+            word(va, lane::REG_GEN).fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// After lane `va`'s VM_RUN `req` (sequence number `seq`) answered `exit` in the lane: if
+/// the exit is a store for userspace to emulate, the stored register's value as the
+/// hint userspace may read it from ([`lane::HINT_SEQ`]), so that its VM_GET_REGISTER
+/// needs no request of its own.
+fn give_register_hint(core: &Core, req: &WireRequest<'_>, va: u64, seq: u32, exit: &VmExit) {
+    if exit.exitcode != ExitCode::InstEmul as i32 {
+        return;
+    }
+    // SAFETY: `inst_emul` is the member an INST_EMUL exit carries; every bit pattern
+    // of it is valid.
+    let vie = unsafe { exit.u.inst_emul.vie };
+    let (Some(name), Ok(reg), Some(&[a, b, c, d])) =
+        (req.vm, u32::try_from(vie.reg), req.arg.get(..4))
+    else {
+        return;
+    };
+    if !vie.is_write() || reg >= VM_REG_LAST {
+        return;
+    }
+    // The generation first: a change after it voids the hint, however it lands.
+    let gen = word(va, lane::REG_GEN).load(Ordering::SeqCst);
+    let mut bytes = [0u8; core::mem::size_of::<VmRegister>()];
+    bytes.copy_from_slice(
+        VmRegister {
+            cpuid: i32::from_le_bytes([a, b, c, d]),
+            regnum: vie.reg,
+            regval: 0,
+        }
+        .as_bytes(),
+    );
+    if core
+        .dispatch(DeviceRef::Vm(name), ioctl::VM_GET_REGISTER, &mut bytes)
+        .is_err()
+    {
+        return;
+    }
+    let Some(r) = VmRegister::from_bytes(&bytes) else {
+        return;
+    };
+    word(va, lane::HINT_REG).store(reg, Ordering::Relaxed);
+    word(va, lane::HINT_GEN).store(gen, Ordering::Relaxed);
+    word(va, lane::HINT_VAL_LO).store(r.regval as u32, Ordering::Relaxed);
+    word(va, lane::HINT_VAL_HI).store((r.regval >> 32) as u32, Ordering::Relaxed);
+    word(va, lane::HINT_SEQ).store(seq, Ordering::Release);
 }
 
 /// Whether a lane's request is one of [`lane::CMDS`] on the VM of lane slot `slot`.

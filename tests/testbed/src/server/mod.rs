@@ -281,7 +281,7 @@ fn execute_parsed(core: &Core, req: &WireRequest<'_>) -> Vec<u8> {
         };
         bufs.push((b.dir, data));
     }
-    let r = run_one(core, req, &mut arg, &windows[..bufs.len()]);
+    let r = run_one(core, req, &mut arg, &windows[..bufs.len()], None);
     let errno = errno_of(core, req, r);
     let outs: Vec<&[u8]> = bufs
         .iter()
@@ -341,8 +341,14 @@ fn response(cmd: u64, errno: i32, arg: &[u8], outs: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Executes `req` with its argument `arg` and its buffers at `bufs` (one window per
-/// buffer, in request order).
-fn run_one(core: &Core, req: &WireRequest<'_>, arg: &mut [u8], bufs: &[Window]) -> KResult<()> {
+/// buffer, in request order); `lane`: the lane slot that carried it.
+fn run_one(
+    core: &Core,
+    req: &WireRequest<'_>,
+    arg: &mut [u8],
+    bufs: &[Window],
+    lane: Option<usize>,
+) -> KResult<()> {
     let dev = match req.vm {
         None => DeviceRef::Ctl,
         Some(n) => DeviceRef::Vm(n),
@@ -419,7 +425,17 @@ fn run_one(core: &Core, req: &WireRequest<'_>, arg: &mut [u8], bufs: &[Window]) 
             *slot = (b.addr, b.len);
         }
     }
+    // Register hints the request may void: before a run (its vCPU's registers change
+    // while it lasts), after anything else (a hint read before the change landed
+    // would otherwise carry the new generation).
+    let vm_run = req.cmd == ioctl::VM_RUN;
+    if req.vm.is_some() && vm_run {
+        lanes::registers_may_change(req.cmd, arg, lane);
+    }
     let r = core.dispatch(dev, req.cmd, arg);
+    if req.vm.is_some() && !vm_run {
+        lanes::registers_may_change(req.cmd, arg, lane);
+    }
     *WINDOWS[cpu::id()].lock() = [(0, 0); MAX_BUFFERS];
     for b in bufs {
         arg[b.ptr_offset..b.ptr_offset + 8].fill(0);
