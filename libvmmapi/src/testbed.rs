@@ -28,6 +28,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vmm_sys::abi::{self, Pod};
+use vmm_sys::exit::ExitCode;
 use vmm_sys::wire::{self, lane, Frame, FRAME_HEADER};
 
 const HELLO_MAGIC: &[u8; 4] = b"VMTB";
@@ -282,9 +284,8 @@ impl Testbed {
         lane
     }
 
-    /// One request through lane `l` of vCPU `vcpu`: posted, kicked if the testbed is
-    /// not serving lanes, then the answer spun for up to [`LANE_SPIN`], polled in short
-    /// sleeps up to [`LANE_POLL`], and waited for through the broker after that.
+    /// One request message through lane `l` of vCPU `vcpu` ([`Self::lane_exchange`]):
+    /// the response message.
     fn lane_call(
         &self,
         l: &mut Lane,
@@ -292,15 +293,106 @@ impl Testbed {
         vcpu: i32,
         msg: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
+        self.lane_exchange(l, vm, vcpu, |l| {
+            // SAFETY: the request area lies inside the mapping and msg fits it (the
+            // caller checked lane::REQ_MAX); only this client writes it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    msg.as_ptr(),
+                    l.map.as_ptr().add(lane::REQ),
+                    msg.len(),
+                )
+            };
+            l.word(lane::REQ_LEN)
+                .store(msg.len() as u32, Ordering::Release);
+            l.word(lane::REQ_KIND)
+                .store(lane::KIND_MESSAGE, Ordering::Release);
+        })?;
+        let len = (l.word(lane::RESP_LEN).load(Ordering::Acquire) as usize).min(lane::RESP_MAX);
+        let mut answer = vec![0u8; len];
+        // SAFETY: the response area lies inside the mapping; len is bounded by it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(l.map.as_ptr().add(lane::RESP), answer.as_mut_ptr(), len)
+        };
+        Ok(answer)
+    }
+
+    /// A VM_RUN of the usual shape (libvmmapi's `request::run`) through lane `l` of vCPU
+    /// `vcpu` in its fixed places ([`lane::KIND_RUN`]): no message either way. `None`:
+    /// `req` has another shape (it then takes the message path).
+    fn lane_run(
+        &self,
+        l: &mut Lane,
+        vm: &str,
+        vcpu: i32,
+        req: &mut Request,
+    ) -> Option<Result<(), BackendError>> {
+        use crate::request::ptr;
+        let shaped = |at: usize, len: usize| {
+            req.buffer(at)
+                .is_some_and(|b| b.dir == crate::request::Dir::Out && b.data.len() == len)
+        };
+        let run = req.arg_as::<abi::VmRun>()?;
+        if run.cpuid != vcpu
+            || run.cpusetsize != abi::CPUSET_SIZE as u64
+            || req.buffers.len() != 2
+            || !shaped(ptr::RUN_CPUSET, abi::CPUSET_SIZE)
+            || !shaped(ptr::RUN_VM_EXIT, size_of::<abi::VmExit>())
+        {
+            return None;
+        }
+        let r = self.lane_exchange(l, vm, vcpu, |l| {
+            l.word(lane::RUN_CPUID)
+                .store(vcpu as u32, Ordering::Release);
+            l.word(lane::REQ_KIND)
+                .store(lane::KIND_RUN, Ordering::Release);
+        });
+        if let Err(e) = r {
+            return Some(Err(e));
+        }
+        let errno = l.word(lane::RUN_ERRNO).load(Ordering::Acquire) as i32;
+        if errno != 0 {
+            return Some(Err(if errno == wire::ERR_NO_SUCH_VM {
+                BackendError::NoSuchVm
+            } else {
+                BackendError::Errno(errno)
+            }));
+        }
+        let copy_out = |req: &mut Request, at: usize, from: usize| {
+            if let Some(b) = req.buffer_mut(at) {
+                // SAFETY: `from` is a place in the response area, inside the mapping,
+                // with room for the buffer (lane::RUN_EXIT, lane::RUN_CPUSET).
+                let src =
+                    unsafe { std::slice::from_raw_parts(l.map.as_ptr().add(from), b.data.len()) };
+                b.data.copy_from_slice(src);
+            }
+        };
+        copy_out(req, ptr::RUN_VM_EXIT, lane::RUN_EXIT);
+        let exitcode = req
+            .buffer(ptr::RUN_VM_EXIT)
+            .and_then(|b| abi::VmExit::from_bytes(&b.data))
+            .map(|e| e.exitcode);
+        if exitcode == Some(ExitCode::Suspended as i32) || exitcode == Some(ExitCode::Debug as i32)
+        {
+            copy_out(req, ptr::RUN_CPUSET, lane::RUN_CPUSET);
+        }
+        Some(Ok(()))
+    }
+
+    /// One request through lane `l` of vCPU `vcpu`: `post` writes it, then it is posted
+    /// (a new sequence number), kicked if the testbed is not serving lanes, and the
+    /// answer spun for up to [`LANE_SPIN`], polled in short sleeps up to
+    /// [`LANE_POLL`], and waited for through the broker after that.
+    fn lane_exchange(
+        &self,
+        l: &mut Lane,
+        vm: &str,
+        vcpu: i32,
+        post: impl FnOnce(&Lane),
+    ) -> Result<(), BackendError> {
         l.seq = l.seq.wrapping_add(1);
         let seq = l.seq;
-        // SAFETY: the request area lies inside the mapping and msg fits it (the caller
-        // checked lane::REQ_MAX); only this client writes it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(msg.as_ptr(), l.map.as_ptr().add(lane::REQ), msg.len())
-        };
-        l.word(lane::REQ_LEN)
-            .store(msg.len() as u32, Ordering::Release);
+        post(l);
         l.word(lane::REQ_SEQ).store(seq, Ordering::SeqCst);
         if l.word(lane::SERVING).load(Ordering::SeqCst) == 0 {
             self.lane_request(vm, wire::TESTBED_LANE_KICK, vcpu, seq)?;
@@ -332,13 +424,7 @@ impl Testbed {
             l.word(lane::CLIENT_WAITING).store(0, Ordering::SeqCst);
             r?;
         }
-        let len = (l.word(lane::RESP_LEN).load(Ordering::Acquire) as usize).min(lane::RESP_MAX);
-        let mut answer = vec![0u8; len];
-        // SAFETY: the response area lies inside the mapping; len is bounded by it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(l.map.as_ptr().add(lane::RESP), answer.as_mut_ptr(), len)
-        };
-        Ok(answer)
+        Ok(())
     }
 
     /// The (VM, vCPU) whose lane `req` may take: a vCPU's own request on a VM.
@@ -467,11 +553,19 @@ impl Backend for Testbed {
                             return Ok(());
                         }
                     }
+                    // Whatever else this request does, the old hint is gone.
+                    g.hint = None;
+                    let vm = vm.to_string();
+                    if req.cmd == vmm_sys::ioctl::VM_RUN {
+                        if let Some(r) = self.lane_run(&mut g, &vm, vcpu, req) {
+                            if r.is_ok() {
+                                g.hint = g.hint_for(g.seq);
+                            }
+                            return r;
+                        }
+                    }
                     let msg = req.encode();
                     if msg.len() <= lane::REQ_MAX {
-                        let vm = vm.to_string();
-                        // Whatever else this request does, the old hint is gone.
-                        g.hint = None;
                         let answer = self.lane_call(&mut g, &vm, vcpu, &msg)?;
                         if req.cmd == vmm_sys::ioctl::VM_RUN {
                             g.hint = g.hint_for(g.seq);

@@ -107,6 +107,24 @@ pub mod lane {
     pub const HINT_GEN: usize = 36;
     pub const HINT_VAL_LO: usize = 40;
     pub const HINT_VAL_HI: usize = 44;
+    /// What the request area holds (client): [`KIND_MESSAGE`], a request message of
+    /// [`REQ_LEN`] bytes at [`REQ`] answered by a response message at [`RESP`]; or
+    /// [`KIND_RUN`], a VM_RUN of vCPU [`RUN_CPUID`] of the lane's VM in fixed places,
+    /// no message either way: the testbed writes the errno at [`RUN_ERRNO`] (0, an
+    /// errno, or [`super::ERR_NO_SUCH_VM`]), and on success the `struct vm_exit` at
+    /// [`RUN_EXIT`] and, for a SUSPENDED or DEBUG exit, the vCPU set (`cpuset_t`,
+    /// [`crate::abi::CPUSET_SIZE`] bytes) at [`RUN_CPUSET`] (otherwise left as it was).
+    pub const REQ_KIND: usize = 48;
+    pub const KIND_MESSAGE: u32 = 0;
+    pub const KIND_RUN: u32 = 1;
+    /// The vCPU of a [`KIND_RUN`] request (client; an `int`).
+    pub const RUN_CPUID: usize = 52;
+    /// The errno of a [`KIND_RUN`] request's answer (testbed; an `int`).
+    pub const RUN_ERRNO: usize = 56;
+    /// Where a [`KIND_RUN`] answer's exit and vCPU set go (8-byte aligned, in the
+    /// response area).
+    pub const RUN_EXIT: usize = RESP;
+    pub const RUN_CPUSET: usize = RESP + 128;
     /// The request message.
     pub const REQ: usize = 64;
     pub const REQ_MAX: usize = SIZE / 2 - REQ;

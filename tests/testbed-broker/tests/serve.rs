@@ -279,6 +279,23 @@ fn a_store_exits_register_comes_with_the_exit_until_anything_changes_it() {
         Vm::destroy_by_name_with(b.clone(), "hints").unwrap();
         let r = cpu.get_reg(Reg::X(3));
         assert!(r.is_err(), "{r:?}");
+        // A run of a suspended VM (its exit and vCPU set in the lane's fixed places,
+        // as every usual VM_RUN through a lane): SUSPENDED, vCPU 0 in the set.
+        let vm = guest(a.clone(), "hints2", &[B_SELF]);
+        vm.suspend(libvmmapi::SuspendHow::Poweroff).unwrap();
+        let mut run = libvmmapi::request::run("hints2", 0);
+        a.execute(&mut run).unwrap();
+        let exit = run
+            .buffer(libvmmapi::request::ptr::RUN_VM_EXIT)
+            .and_then(|b| <vmm_sys::abi::VmExit as vmm_sys::abi::Pod>::from_bytes(&b.data))
+            .unwrap();
+        assert_eq!(exit.exitcode, vmm_sys::exit::ExitCode::Suspended as i32);
+        let set = &run
+            .buffer(libvmmapi::request::ptr::RUN_CPUSET)
+            .unwrap()
+            .data;
+        assert_eq!((set[0], set[1..].iter().any(|&b| b != 0)), (1, false));
+        vm.destroy().unwrap();
     });
 }
 

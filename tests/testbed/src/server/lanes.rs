@@ -28,7 +28,7 @@ use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use vmm_core::sync::SpinLock;
 use vmm_core::DeviceRef;
 use vmm_core::{Errno, Host, KResult};
-use vmm_sys::abi::{Pod, VmExit, VmRegister, VmRun};
+use vmm_sys::abi::{Pod, VmExit, VmRegister, VmRun, CPUSET_SIZE};
 use vmm_sys::exit::ExitCode;
 use vmm_sys::ioctl;
 use vmm_sys::reg::VM_REG_LAST;
@@ -75,6 +75,46 @@ static LIVE: AtomicU64 = AtomicU64::new(0);
 static SLOT_VA: [AtomicU64; MAX_LANES] = [const { AtomicU64::new(0) }; MAX_LANES];
 /// The vCPU number of slot `i`'s owner (set before the slot is live).
 static SLOT_VCPU: [AtomicU64; MAX_LANES] = [const { AtomicU64::new(0) }; MAX_LANES];
+/// Room for a VM name in whole words.
+const NAME_WORDS: usize = vmm_sys::VM_MAX_NAMELEN.div_ceil(8);
+/// Slot `i`'s owner's VM name (bytes in words, and its length), so that a job reads it
+/// without the pool's lock; written at open under a sequence count ([`SLOT_NAME_SEQ`],
+/// odd while it is written) that a reader checks around its read.
+static SLOT_NAME: [[AtomicU64; NAME_WORDS]; MAX_LANES] =
+    [const { [const { AtomicU64::new(0) }; NAME_WORDS] }; MAX_LANES];
+static SLOT_NAME_LEN: [AtomicUsize; MAX_LANES] = [const { AtomicUsize::new(0) }; MAX_LANES];
+static SLOT_NAME_SEQ: [AtomicU64; MAX_LANES] = [const { AtomicU64::new(0) }; MAX_LANES];
+
+fn set_slot_name(i: usize, name: &[u8]) {
+    let (Some(words), Some(len), Some(seq)) =
+        (SLOT_NAME.get(i), SLOT_NAME_LEN.get(i), SLOT_NAME_SEQ.get(i))
+    else {
+        return;
+    };
+    seq.fetch_add(1, Ordering::SeqCst);
+    for (w, chunk) in words.iter().zip(name.chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        w.store(u64::from_le_bytes(b), Ordering::SeqCst);
+    }
+    len.store(name.len().min(NAME_WORDS * 8), Ordering::SeqCst);
+    seq.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Slot `i`'s owner's VM name, read into `buf`; `None` if it was being written.
+fn slot_name(i: usize, buf: &mut [u8; NAME_WORDS * 8]) -> Option<&[u8]> {
+    let (words, len, seq) = (
+        SLOT_NAME.get(i)?,
+        SLOT_NAME_LEN.get(i)?,
+        SLOT_NAME_SEQ.get(i)?,
+    );
+    let before = seq.load(Ordering::SeqCst);
+    let n = len.load(Ordering::SeqCst).min(NAME_WORDS * 8);
+    for (w, chunk) in words.iter().zip(buf.chunks_mut(8)).take(n.div_ceil(8)) {
+        chunk.copy_from_slice(&w.load(Ordering::SeqCst).to_le_bytes());
+    }
+    (before % 2 == 0 && seq.load(Ordering::SeqCst) == before && n > 0).then(|| &buf[..n])
+}
 const _: () = assert!(MAX_LANES <= 64);
 
 /// Takes the pool's pages (at server start). `false` if memory ran out.
@@ -150,6 +190,7 @@ pub fn open(name: &[u8], vcpu: u64, token: u64) -> KResult<u64> {
     if let Some(c) = SLOT_VCPU.get(i) {
         c.store(vcpu, Ordering::SeqCst);
     }
+    set_slot_name(i, name);
     RAN.fetch_and(!(1 << i), Ordering::SeqCst);
     LIVE.fetch_or(1 << i, Ordering::SeqCst);
     drop(serving);
@@ -338,6 +379,94 @@ static REQUEST_COPY: [SpinLock<[u8; lane::REQ_MAX]>; MAX_CPUS] =
 fn execute_lane(core: &'static Core, slot: usize, va: u64, before_answer: impl FnOnce()) {
     let start = timer::now();
     let seq = word(va, lane::REQ_SEQ).load(Ordering::Acquire);
+    let mut name_buf = [0u8; NAME_WORDS * 8];
+    let lane_vm = slot_name(slot, &mut name_buf);
+    let (cmd, answer_len) = if word(va, lane::REQ_KIND).load(Ordering::Acquire) == lane::KIND_RUN {
+        run_in_lane(core, (slot, va, seq), lane_vm);
+        (Some(ioctl::VM_RUN), 0)
+    } else {
+        message_in_lane(core, (slot, va, seq), lane_vm)
+    };
+    before_answer();
+    word(va, lane::RESP_LEN).store(answer_len as u32, Ordering::Release);
+    word(va, lane::RESP_SEQ).store(seq, Ordering::SeqCst);
+    // A lane's first VM_RUN is left out of the statistics (see ANSWERED).
+    let first_run =
+        cmd == Some(ioctl::VM_RUN) && RAN.fetch_or(1 << slot, Ordering::Relaxed) & (1 << slot) == 0;
+    if let Some(i) = cmd
+        .filter(|_| !first_run)
+        .and_then(|c| lane::CMDS.iter().position(|&x| x == c))
+    {
+        ANSWERED[i].fetch_add(1, Ordering::Relaxed);
+        ANSWER_TICKS[i].fetch_add(timer::now().saturating_sub(start), Ordering::Relaxed);
+    }
+    if word(va, lane::CLIENT_WAITING).load(Ordering::SeqCst) != 0 {
+        gic::send_sgi(0, gic::SGI_WAKE);
+    }
+}
+
+/// A [`lane::KIND_RUN`] request of lane slot `slot` (at `va`, sequence number `seq`) on
+/// its VM `vm`: the core's copyout writes the exit and the vCPU set straight to their
+/// places in the lane; the errno goes to [`lane::RUN_ERRNO`].
+fn run_in_lane(core: &Core, (slot, va, seq): (usize, u64, u32), vm: Option<&[u8]>) {
+    let cpuid = word(va, lane::RUN_CPUID).load(Ordering::Acquire) as i32;
+    let errno = match vm {
+        Some(vm) => {
+            let call = super::Call {
+                vm: Some(vm),
+                cmd: ioctl::VM_RUN,
+            };
+            let (exit_at, cpuset_at) = (va + lane::RUN_EXIT as u64, va + lane::RUN_CPUSET as u64);
+            let windows = [
+                Window {
+                    ptr_offset: offset_of!(VmRun, cpuset),
+                    addr: cpuset_at,
+                    len: CPUSET_SIZE as u64,
+                },
+                Window {
+                    ptr_offset: offset_of!(VmRun, vm_exit),
+                    addr: exit_at,
+                    len: size_of::<VmExit>() as u64,
+                },
+            ];
+            let mut arg = [0u8; size_of::<VmRun>()];
+            arg.copy_from_slice(
+                VmRun {
+                    cpuid,
+                    cpusetsize: CPUSET_SIZE as u64,
+                    ..Default::default()
+                }
+                .as_bytes(),
+            );
+            run_started(true);
+            let r = run_one(core, call, &mut arg, &windows, Some(slot));
+            run_started(false);
+            if r.is_ok() {
+                // SAFETY: the exit's place lies inside the lane's pages, where the
+                // core's copyout just wrote it.
+                let bytes = unsafe {
+                    core::slice::from_raw_parts(exit_at as *const u8, size_of::<VmExit>())
+                };
+                if let Some(exit) = VmExit::from_bytes(bytes) {
+                    give_register_hint(core, (vm, cpuid), va, seq, &exit);
+                }
+            }
+            errno_of(core, call, r)
+        }
+        None => Errno::EINVAL.0,
+    };
+    word(va, lane::RUN_ERRNO).store(errno as u32, Ordering::Release);
+}
+
+/// A [`lane::KIND_MESSAGE`] request of lane slot `slot` (at `va`, sequence number
+/// `seq`) on its VM `vm`: the message copied out of the lane, parsed, executed, and
+/// its answer written in the response area. Returns its command (if it was one of the
+/// lane's) and the answer's length.
+fn message_in_lane(
+    core: &Core,
+    (slot, va, seq): (usize, u64, u32),
+    vm: Option<&[u8]>,
+) -> (Option<u64>, usize) {
     let len = (word(va, lane::REQ_LEN).load(Ordering::Acquire) as usize).min(lane::REQ_MAX);
     let resp = va + lane::RESP as u64;
     let mut copy = REQUEST_COPY[cpu::id() % MAX_CPUS].lock();
@@ -347,33 +476,16 @@ fn execute_lane(core: &'static Core, slot: usize, va: u64, before_answer: impl F
     unsafe {
         core::ptr::copy_nonoverlapping((va + lane::REQ as u64) as *const u8, msg.as_mut_ptr(), len)
     };
-    let mut answered = None;
     // The name is compared with the lane's own (validated when the lane was opened).
-    let answer_len = match wire::parse_request_for_known_vm(msg) {
-        Ok(req) if lane_request_ok(slot, &req) => {
-            let first_run = req.cmd == ioctl::VM_RUN
-                && RAN.fetch_or(1 << slot, Ordering::Relaxed) & (1 << slot) == 0;
-            if !first_run {
-                answered = lane::CMDS.iter().position(|&c| c == req.cmd);
-            }
+    match wire::parse_request_for_known_vm(msg) {
+        Ok(req) if lane::CMDS.contains(&req.cmd) && req.vm.is_some() && req.vm == vm => {
             run_started(true);
             let n = answer_in_lane(core, &req, (slot, va, seq));
             run_started(false);
-            n
+            (Some(req.cmd), n)
         }
-        Ok(req) => error_in_lane(req.cmd, resp),
-        Err(_) => error_in_lane(0, resp),
-    };
-    drop(copy);
-    before_answer();
-    word(va, lane::RESP_LEN).store(answer_len as u32, Ordering::Release);
-    word(va, lane::RESP_SEQ).store(seq, Ordering::SeqCst);
-    if let Some(i) = answered {
-        ANSWERED[i].fetch_add(1, Ordering::Relaxed);
-        ANSWER_TICKS[i].fetch_add(timer::now().saturating_sub(start), Ordering::Relaxed);
-    }
-    if word(va, lane::CLIENT_WAITING).load(Ordering::SeqCst) != 0 {
-        gic::send_sgi(0, gic::SGI_WAKE);
+        Ok(req) => (None, error_in_lane(req.cmd, resp)),
+        Err(_) => (None, error_in_lane(0, resp)),
     }
 }
 
@@ -433,7 +545,7 @@ fn answer_in_lane(core: &Core, req: &WireRequest<'_>, (slot, va, seq): (usize, u
         };
         nbuf += 1;
     }
-    let r = run_one(core, req, arg, &windows[..nbuf], Some(slot));
+    let r = run_one(core, req.into(), arg, &windows[..nbuf], Some(slot));
     if r.is_ok() && req.cmd == ioctl::VM_RUN {
         let exit_window = windows[..nbuf]
             .iter()
@@ -442,12 +554,14 @@ fn answer_in_lane(core: &Core, req: &WireRequest<'_>, (slot, va, seq): (usize, u
             // SAFETY: the window is inside the response area (checked above), where the
             // core's copyout just wrote the exit.
             let bytes = unsafe { core::slice::from_raw_parts(w.addr as *const u8, w.len as usize) };
-            if let Some(exit) = VmExit::from_bytes(bytes) {
-                give_register_hint(core, req, va, seq, &exit);
+            if let (Some(exit), Some(vm), Some(&[a, b, c, d])) =
+                (VmExit::from_bytes(bytes), req.vm, req.arg.get(..4))
+            {
+                give_register_hint(core, (vm, i32::from_le_bytes([a, b, c, d])), va, seq, &exit);
             }
         }
     }
-    let errno = errno_of(core, req, r);
+    let errno = errno_of(core, req.into(), r);
     wire::write_response_around_data(req.cmd, errno, arg, lens, &mut |o, b| put(resp, o, b))
 }
 
@@ -480,20 +594,19 @@ pub fn registers_may_change(cmd: u64, arg: &[u8], carrier: Option<usize>) {
     }
 }
 
-/// After lane `va`'s VM_RUN `req` (sequence number `seq`) answered `exit` in the lane: if
+/// After lane `va`'s VM_RUN of vCPU `cpuid` of VM `name` (sequence number `seq`)
+/// answered `exit` in the lane: if
 /// the exit is a store for userspace to emulate, the stored register's value as the
 /// hint userspace may read it from ([`lane::HINT_SEQ`]), so that its VM_GET_REGISTER
 /// needs no request of its own.
-fn give_register_hint(core: &Core, req: &WireRequest<'_>, va: u64, seq: u32, exit: &VmExit) {
+fn give_register_hint(core: &Core, (name, cpuid): (&[u8], i32), va: u64, seq: u32, exit: &VmExit) {
     if exit.exitcode != ExitCode::InstEmul as i32 {
         return;
     }
     // SAFETY: `inst_emul` is the member an INST_EMUL exit carries; every bit pattern
     // of it is valid.
     let vie = unsafe { exit.u.inst_emul.vie };
-    let (Some(name), Ok(reg), Some(&[a, b, c, d])) =
-        (req.vm, u32::try_from(vie.reg), req.arg.get(..4))
-    else {
+    let Ok(reg) = u32::try_from(vie.reg) else {
         return;
     };
     if !vie.is_write() || reg >= VM_REG_LAST {
@@ -504,7 +617,7 @@ fn give_register_hint(core: &Core, req: &WireRequest<'_>, va: u64, seq: u32, exi
     let mut bytes = [0u8; core::mem::size_of::<VmRegister>()];
     bytes.copy_from_slice(
         VmRegister {
-            cpuid: i32::from_le_bytes([a, b, c, d]),
+            cpuid,
             regnum: vie.reg,
             regval: 0,
         }
@@ -524,16 +637,6 @@ fn give_register_hint(core: &Core, req: &WireRequest<'_>, va: u64, seq: u32, exi
     word(va, lane::HINT_VAL_LO).store(r.regval as u32, Ordering::Relaxed);
     word(va, lane::HINT_VAL_HI).store((r.regval >> 32) as u32, Ordering::Relaxed);
     word(va, lane::HINT_SEQ).store(seq, Ordering::Release);
-}
-
-/// Whether a lane's request is one of [`lane::CMDS`] on the VM of lane slot `slot`.
-fn lane_request_ok(slot: usize, req: &WireRequest<'_>) -> bool {
-    let l = LANES.lock();
-    let lane_vm = l
-        .get(slot)
-        .and_then(|x| x.owner.as_ref())
-        .map(|(v, _, _)| v.as_slice());
-    lane::CMDS.contains(&req.cmd) && req.vm.is_some() && req.vm == lane_vm
 }
 
 /// `TESTBED_LANE_WAIT` (CPU 0): whether the wait for `seq` on client `token`'s lane of

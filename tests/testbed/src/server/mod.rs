@@ -281,8 +281,8 @@ fn execute_parsed(core: &Core, req: &WireRequest<'_>) -> Vec<u8> {
         };
         bufs.push((b.dir, data));
     }
-    let r = run_one(core, req, &mut arg, &windows[..bufs.len()], None);
-    let errno = errno_of(core, req, r);
+    let r = run_one(core, req.into(), &mut arg, &windows[..bufs.len()], None);
+    let errno = errno_of(core, req.into(), r);
     let outs: Vec<&[u8]> = bufs
         .iter()
         .filter(|b| b.0.is_out())
@@ -294,7 +294,7 @@ fn execute_parsed(core: &Core, req: &WireRequest<'_>) -> Vec<u8> {
 /// The response's errno for `req`'s result `r`. The core answers ENOENT for an unknown
 /// name (among other things): the client is told "no such VM" only when the VM is
 /// really absent.
-fn errno_of(core: &Core, req: &WireRequest<'_>, r: KResult<()>) -> i32 {
+fn errno_of(core: &Core, req: Call<'_>, r: KResult<()>) -> i32 {
     match r {
         Ok(()) => 0,
         Err(Errno::ENOENT) if req.vm.is_some_and(|n| !vm_exists(core, n)) => wire::ERR_NO_SUCH_VM,
@@ -340,11 +340,27 @@ fn response(cmd: u64, errno: i32, arg: &[u8], outs: &[&[u8]]) -> Vec<u8> {
     v
 }
 
+/// A request to execute: its VM (`None`: /dev/vmmctl) and its command.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    vm: Option<&'a [u8]>,
+    cmd: u64,
+}
+
+impl<'a> From<&WireRequest<'a>> for Call<'a> {
+    fn from(r: &WireRequest<'a>) -> Self {
+        Call {
+            vm: r.vm,
+            cmd: r.cmd,
+        }
+    }
+}
+
 /// Executes `req` with its argument `arg` and its buffers at `bufs` (one window per
 /// buffer, in request order); `lane`: the lane slot that carried it.
 fn run_one(
     core: &Core,
-    req: &WireRequest<'_>,
+    req: Call<'_>,
     arg: &mut [u8],
     bufs: &[Window],
     lane: Option<usize>,
