@@ -101,19 +101,44 @@ fn set_slot_name(i: usize, name: &[u8]) {
     seq.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Slot `i`'s owner's VM name, read into `buf`; `None` if it was being written.
-fn slot_name(i: usize, buf: &mut [u8; NAME_WORDS * 8]) -> Option<&[u8]> {
-    let (words, len, seq) = (
-        SLOT_NAME.get(i)?,
-        SLOT_NAME_LEN.get(i)?,
-        SLOT_NAME_SEQ.get(i)?,
-    );
-    let before = seq.load(Ordering::SeqCst);
-    let n = len.load(Ordering::SeqCst).min(NAME_WORDS * 8);
-    for (w, chunk) in words.iter().zip(buf.chunks_mut(8)).take(n.div_ceil(8)) {
-        chunk.copy_from_slice(&w.load(Ordering::SeqCst).to_le_bytes());
+/// A lane's VM name as a job last read it: a job serving the same lane reads the slot's
+/// copy again only when the slot was opened anew (its sequence count moved).
+struct LaneName {
+    slot: usize,
+    seq: u64,
+    len: usize,
+    buf: [u8; NAME_WORDS * 8],
+}
+
+impl LaneName {
+    const NONE: LaneName = LaneName {
+        slot: usize::MAX,
+        seq: 0,
+        len: 0,
+        buf: [0; NAME_WORDS * 8],
+    };
+
+    /// Slot `i`'s owner's VM name; `None` if it was being written.
+    fn of(&mut self, i: usize) -> Option<&[u8]> {
+        let (words, len, seq) = (
+            SLOT_NAME.get(i)?,
+            SLOT_NAME_LEN.get(i)?,
+            SLOT_NAME_SEQ.get(i)?,
+        );
+        let before = seq.load(Ordering::SeqCst);
+        if self.slot != i || self.seq != before {
+            self.slot = usize::MAX;
+            let n = len.load(Ordering::SeqCst).min(NAME_WORDS * 8);
+            for (w, chunk) in words.iter().zip(self.buf.chunks_mut(8)).take(n.div_ceil(8)) {
+                chunk.copy_from_slice(&w.load(Ordering::SeqCst).to_le_bytes());
+            }
+            if before % 2 != 0 || seq.load(Ordering::SeqCst) != before {
+                return None;
+            }
+            (self.slot, self.seq, self.len) = (i, before, n);
+        }
+        self.buf.get(..self.len).filter(|n| !n.is_empty())
     }
-    (before % 2 == 0 && seq.load(Ordering::SeqCst) == before && n > 0).then(|| &buf[..n])
 }
 const _: () = assert!(MAX_LANES <= 64);
 
@@ -285,6 +310,7 @@ pub fn serve(core: &'static Core) {
     let spin = timer::freq() / 1_000_000 * SPIN_US;
     let mut last = timer::now();
     let mut next = 0usize;
+    let mut names = LaneName::NONE;
     loop {
         // Round-robin from the slot after the last one served; a request another job
         // took is skipped.
@@ -302,7 +328,7 @@ pub fn serve(core: &'static Core) {
             // next request and, finding SERVING still 0, would kick through the
             // broker. The claim lasts until the answer is written (until then the
             // request still looks pending).
-            execute_lane(core, i, va, || free_jobs_change(true));
+            execute_lane(core, (i, va), &mut names, || free_jobs_change(true));
             CLAIMED.fetch_and(!(1 << i), Ordering::SeqCst);
             next = (i + 1) % MAX_LANES;
             last = timer::now();
@@ -376,11 +402,15 @@ static REQUEST_COPY: [SpinLock<[u8; lane::REQ_MAX]>; MAX_CPUS] =
 /// Executes the request in lane slot `slot` (at `va`), calls `before_answer`, and
 /// publishes the answer, which is built in the lane's response area: the core's
 /// copyout writes the out buffers straight to where the answer carries them.
-fn execute_lane(core: &'static Core, slot: usize, va: u64, before_answer: impl FnOnce()) {
+fn execute_lane(
+    core: &'static Core,
+    (slot, va): (usize, u64),
+    names: &mut LaneName,
+    before_answer: impl FnOnce(),
+) {
     let start = timer::now();
     let seq = word(va, lane::REQ_SEQ).load(Ordering::Acquire);
-    let mut name_buf = [0u8; NAME_WORDS * 8];
-    let lane_vm = slot_name(slot, &mut name_buf);
+    let lane_vm = names.of(slot);
     let (cmd, answer_len) = if word(va, lane::REQ_KIND).load(Ordering::Acquire) == lane::KIND_RUN {
         run_in_lane(core, (slot, va, seq), lane_vm);
         (Some(ioctl::VM_RUN), 0)

@@ -252,6 +252,9 @@ type Core = Vmm<ServerHost>;
 /// before the next VM_RUN (a loader wrote the new image through the RAM file, where
 /// QEMU's TCG may still hold translations of the old code).
 static REINIT: SpinLock<Vec<Vec<u8>>> = SpinLock::new_spin(Vec::new());
+/// Whether [`REINIT`] holds any VM (changed under its lock), so that a VM_RUN looks at
+/// the list only then.
+static REINIT_ANY: AtomicBool = AtomicBool::new(false);
 
 /// Executes one request message and returns the response message.
 fn execute(core: &Core, msg: &[u8]) -> Vec<u8> {
@@ -419,11 +422,12 @@ fn run_one(
             }
             return Ok(());
         }
-        (ioctl::VM_RUN, Some(name)) => {
+        (ioctl::VM_RUN, Some(name)) if REINIT_ANY.load(Ordering::SeqCst) => {
             let pending = {
                 let mut r = REINIT.lock();
                 let before = r.len();
                 r.retain(|n| n.as_slice() != name);
+                REINIT_ANY.store(!r.is_empty(), Ordering::SeqCst);
                 r.len() != before
             };
             if pending {
@@ -458,7 +462,9 @@ fn run_one(
     }
     if r.is_ok() && req.cmd == ioctl::VM_REINIT {
         if let Some(n) = req.vm {
-            REINIT.lock().push(n.to_vec());
+            let mut r = REINIT.lock();
+            r.push(n.to_vec());
+            REINIT_ANY.store(true, Ordering::SeqCst);
         }
     }
     if r.is_ok() && req.cmd == ioctl::VMMCTL_VM_DESTROY {
