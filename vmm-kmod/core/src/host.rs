@@ -19,6 +19,7 @@
 use crate::errno::KResult;
 use core::fmt;
 use core::ptr::NonNull;
+use vmm_sys::abi::VmExit;
 
 /// A run of physically contiguous memory the host allocated for the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +191,12 @@ pub trait Host: Send + Sync + Sized {
     fn copyin(&self, uaddr: u64, dst: &mut [u8]) -> KResult<()>;
     /// Copies `src` to user address `uaddr`; `EFAULT` if any byte is unmapped.
     fn copyout(&self, src: &[u8], uaddr: u64) -> KResult<()>;
+
+    /// The vCPU leaves for userspace with `exit`; `x` are its X0-X30 as userspace will
+    /// read them. A host may note what userspace asks next; FreeBSD's does nothing, the
+    /// testbed hands a store exit's register to its client with the exit
+    /// (docs/testbed.md, "Lanes").
+    fn exit_to_user(&self, _exit: &VmExit, _x: &[u64; 31]) {}
 
     // --- Diagnostics -----------------------------------------------------------------
 

@@ -161,6 +161,7 @@ impl<H: Host> Vmm<H> {
         let stats = &slot.shared.stats;
         stats.inc(Stat::VmRun);
         let exit = self.run_loop(vm, slot, vcpu, idu)?;
+        self.host.exit_to_user(&exit, &vcpu.ctx_ref().x);
         stats.inc(Stat::ExitsToUser);
         Ok(exit)
     }

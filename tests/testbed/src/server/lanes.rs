@@ -26,12 +26,10 @@ use alloc::vec::Vec;
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use vmm_core::sync::SpinLock;
-use vmm_core::DeviceRef;
 use vmm_core::{Errno, Host, KResult};
-use vmm_sys::abi::{Pod, VmExit, VmRegister, VmRun, CPUSET_SIZE};
+use vmm_sys::abi::{Pod, VmExit, VmRun, CPUSET_SIZE};
 use vmm_sys::exit::ExitCode;
 use vmm_sys::ioctl;
-use vmm_sys::reg::VM_REG_LAST;
 use vmm_sys::wire::{self, lane, WireRequest, MAX_BUFFERS};
 
 /// How long the serving job waits for a next request before it ends.
@@ -469,18 +467,10 @@ fn run_in_lane(core: &Core, (slot, va, seq): (usize, u64, u32), vm: Option<&[u8]
                 .as_bytes(),
             );
             run_started(true);
-            let r = run_one(core, call, &mut arg, &windows, Some(slot));
+            let r = with_hint_target(va, seq, || {
+                run_one(core, call, &mut arg, &windows, Some(slot))
+            });
             run_started(false);
-            if r.is_ok() {
-                // SAFETY: the exit's place lies inside the lane's pages, where the
-                // core's copyout just wrote it.
-                let bytes = unsafe {
-                    core::slice::from_raw_parts(exit_at as *const u8, size_of::<VmExit>())
-                };
-                if let Some(exit) = VmExit::from_bytes(bytes) {
-                    give_register_hint(core, (vm, cpuid), va, seq, &exit);
-                }
-            }
             errno_of(core, call, r)
         }
         None => Errno::EINVAL.0,
@@ -575,22 +565,9 @@ fn answer_in_lane(core: &Core, req: &WireRequest<'_>, (slot, va, seq): (usize, u
         };
         nbuf += 1;
     }
-    let r = run_one(core, req.into(), arg, &windows[..nbuf], Some(slot));
-    if r.is_ok() && req.cmd == ioctl::VM_RUN {
-        let exit_window = windows[..nbuf]
-            .iter()
-            .find(|w| w.ptr_offset == offset_of!(VmRun, vm_exit));
-        if let Some(w) = exit_window.filter(|w| w.len as usize == size_of::<VmExit>()) {
-            // SAFETY: the window is inside the response area (checked above), where the
-            // core's copyout just wrote the exit.
-            let bytes = unsafe { core::slice::from_raw_parts(w.addr as *const u8, w.len as usize) };
-            if let (Some(exit), Some(vm), Some(&[a, b, c, d])) =
-                (VmExit::from_bytes(bytes), req.vm, req.arg.get(..4))
-            {
-                give_register_hint(core, (vm, i32::from_le_bytes([a, b, c, d])), va, seq, &exit);
-            }
-        }
-    }
+    let r = with_hint_target(va, seq, || {
+        run_one(core, req.into(), arg, &windows[..nbuf], Some(slot))
+    });
     let errno = errno_of(core, req.into(), r);
     wire::write_response_around_data(req.cmd, errno, arg, lens, &mut |o, b| put(resp, o, b))
 }
@@ -624,49 +601,56 @@ pub fn registers_may_change(cmd: u64, arg: &[u8], carrier: Option<usize>) {
     }
 }
 
-/// After lane `va`'s VM_RUN of vCPU `cpuid` of VM `name` (sequence number `seq`)
-/// answered `exit` in the lane: if
-/// the exit is a store for userspace to emulate, the stored register's value as the
-/// hint userspace may read it from ([`lane::HINT_SEQ`]), so that its VM_GET_REGISTER
-/// needs no request of its own.
-fn give_register_hint(core: &Core, (name, cpuid): (&[u8], i32), va: u64, seq: u32, exit: &VmExit) {
-    if exit.exitcode != ExitCode::InstEmul as i32 {
+/// The lane (its address) and sequence number of the VM_RUN each CPU executes, for the
+/// register hint ([`exit_to_user`]); 0: none.
+static HINT_TARGET: [(AtomicU64, AtomicU32); MAX_CPUS] =
+    [const { (AtomicU64::new(0), AtomicU32::new(0)) }; MAX_CPUS];
+
+/// Runs `run` (a VM_RUN of lane `va`, sequence number `seq`) with this CPU's hint target
+/// set to that lane.
+fn with_hint_target<T>(va: u64, seq: u32, run: impl FnOnce() -> T) -> T {
+    let Some(t) = HINT_TARGET.get(cpu::id()) else {
+        return run();
+    };
+    t.1.store(seq, Ordering::Relaxed);
+    t.0.store(va, Ordering::Relaxed);
+    let r = run();
+    t.0.store(0, Ordering::Relaxed);
+    r
+}
+
+/// `Host::exit_to_user` on this CPU: if it executes a lane's VM_RUN whose exit is a
+/// store for userspace to emulate, the stored register's value (from `x`, the vCPU's
+/// registers as userspace will read them) as the hint userspace may read it from
+/// ([`lane::HINT_SEQ`]), so that its VM_GET_REGISTER needs no request of its own. The
+/// core holds the vCPU meanwhile: no write to its registers can land in between, and
+/// one that landed before bumped the generation read here.
+pub fn exit_to_user(exit: &VmExit, x: &[u64; 31]) {
+    let Some(t) = HINT_TARGET.get(cpu::id()) else {
+        return;
+    };
+    let va = t.0.load(Ordering::Relaxed);
+    if va == 0 || exit.exitcode != ExitCode::InstEmul as i32 {
         return;
     }
     // SAFETY: `inst_emul` is the member an INST_EMUL exit carries; every bit pattern
     // of it is valid.
     let vie = unsafe { exit.u.inst_emul.vie };
-    let Ok(reg) = u32::try_from(vie.reg) else {
+    let Some((reg, &value)) = usize::try_from(vie.reg)
+        .ok()
+        .and_then(|r| Some((r, x.get(r)?)))
+    else {
         return;
     };
-    if !vie.is_write() || reg >= VM_REG_LAST {
+    if !vie.is_write() {
         return;
     }
-    // The generation first: a change after it voids the hint, however it lands.
+    word(va, lane::HINT_REG).store(reg as u32, Ordering::Relaxed);
     let gen = word(va, lane::REG_GEN).load(Ordering::SeqCst);
-    let mut bytes = [0u8; core::mem::size_of::<VmRegister>()];
-    bytes.copy_from_slice(
-        VmRegister {
-            cpuid,
-            regnum: vie.reg,
-            regval: 0,
-        }
-        .as_bytes(),
-    );
-    if core
-        .dispatch(DeviceRef::Vm(name), ioctl::VM_GET_REGISTER, &mut bytes)
-        .is_err()
-    {
-        return;
-    }
-    let Some(r) = VmRegister::from_bytes(&bytes) else {
-        return;
-    };
-    word(va, lane::HINT_REG).store(reg, Ordering::Relaxed);
     word(va, lane::HINT_GEN).store(gen, Ordering::Relaxed);
-    word(va, lane::HINT_VAL_LO).store(r.regval as u32, Ordering::Relaxed);
-    word(va, lane::HINT_VAL_HI).store((r.regval >> 32) as u32, Ordering::Relaxed);
-    word(va, lane::HINT_SEQ).store(seq, Ordering::Release);
+    word(va, lane::HINT_VAL_LO).store(value as u32, Ordering::Relaxed);
+    word(va, lane::HINT_VAL_HI).store((value >> 32) as u32, Ordering::Relaxed);
+    word(va, lane::HINT_SEQ).store(t.1.load(Ordering::Relaxed), Ordering::Release);
 }
 
 /// `TESTBED_LANE_WAIT` (CPU 0): whether the wait for `seq` on client `token`'s lane of

@@ -52,9 +52,23 @@ fn is_run_cpu(c: usize) -> bool {
     c != CHANNEL_CPU && c < MAX_CPUS
 }
 
-/// Buffers the request executing on each CPU may have copied in or out: (addr, len).
-static WINDOWS: [SpinLock<[(u64, u64); MAX_BUFFERS]>; MAX_CPUS] =
-    [const { SpinLock::new_spin([(0, 0); MAX_BUFFERS]) }; MAX_CPUS];
+/// Buffers the request executing on each CPU may have copied in or out: [addr, len].
+/// Only that CPU writes and reads its row (a request runs on one CPU from its start to
+/// its answer, copyin and copyout included), so plain atomics do, no lock.
+static WINDOWS: [[[AtomicU64; 2]; MAX_BUFFERS]; MAX_CPUS] =
+    [const { [const { [const { AtomicU64::new(0) }; 2] }; MAX_BUFFERS] }; MAX_CPUS];
+
+/// Opens exactly the windows `bufs` (at most [`MAX_BUFFERS`]) for this CPU's request.
+fn open_windows(bufs: &[Window]) {
+    let Some(row) = WINDOWS.get(cpu::id()) else {
+        return;
+    };
+    for (i, w) in row.iter().enumerate() {
+        let (addr, len) = bufs.get(i).map_or((0, 0), |b| (b.addr, b.len));
+        w[0].store(addr, Ordering::Relaxed);
+        w[1].store(len, Ordering::Relaxed);
+    }
+}
 /// VM_RUN requests (and lane jobs) waiting for a run CPU.
 static RUNS_WAITING: AtomicUsize = AtomicUsize::new(0);
 /// Whether another run waits for a run CPU: a queued job, or a client waiting on a
@@ -89,15 +103,19 @@ fn in_window(uaddr: u64, len: usize) -> bool {
     let Some(end) = uaddr.checked_add(len as u64) else {
         return false;
     };
-    let Some(w) = WINDOWS.get(cpu::id()) else {
+    let Some(row) = WINDOWS.get(cpu::id()) else {
         return false;
     };
-    w.lock()
-        .iter()
-        .any(|&(a, l)| l != 0 && uaddr >= a && end <= a + l)
+    row.iter().any(|w| {
+        let (a, l) = (w[0].load(Ordering::Relaxed), w[1].load(Ordering::Relaxed));
+        l != 0 && uaddr >= a && end <= a + l
+    })
 }
 
 impl Host for ServerHost {
+    fn exit_to_user(&self, exit: &vmm_sys::abi::VmExit, x: &[u64; 31]) {
+        lanes::exit_to_user(exit, x);
+    }
     type Mutex = SpinMutex;
     type Timer = Timer;
     fn alloc_contig(&self, len: usize, align: usize) -> KResult<PhysMem> {
@@ -437,14 +455,10 @@ fn run_one(
         _ => {}
     }
     // Point each pointer field at its window and open exactly those windows.
-    {
-        let mut w = WINDOWS[cpu::id()].lock();
-        *w = [(0, 0); MAX_BUFFERS];
-        for (slot, b) in w.iter_mut().zip(bufs) {
-            arg[b.ptr_offset..b.ptr_offset + 8].copy_from_slice(&b.addr.to_le_bytes());
-            *slot = (b.addr, b.len);
-        }
+    for b in bufs {
+        arg[b.ptr_offset..b.ptr_offset + 8].copy_from_slice(&b.addr.to_le_bytes());
     }
+    open_windows(bufs);
     // Register hints the request may void: before a run (its vCPU's registers change
     // while it lasts), after anything else (a hint read before the change landed
     // would otherwise carry the new generation).
@@ -456,7 +470,7 @@ fn run_one(
     if req.vm.is_some() && !vm_run {
         lanes::registers_may_change(req.cmd, arg, lane);
     }
-    *WINDOWS[cpu::id()].lock() = [(0, 0); MAX_BUFFERS];
+    open_windows(&[]);
     for b in bufs {
         arg[b.ptr_offset..b.ptr_offset + 8].fill(0);
     }
