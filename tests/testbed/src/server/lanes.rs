@@ -654,8 +654,8 @@ pub fn exit_to_user(exit: &VmExit, x: &[u64; 31]) {
 }
 
 /// `TESTBED_LANE_WAIT` (CPU 0): whether the wait for `seq` on client `token`'s lane of
-/// vCPU `vcpu` of VM `name` can be answered now (`Ok(errno)`); `Err`: not yet (the
-/// lane's PA, for the waiting list).
+/// vCPU `vcpu` of VM `name` can be answered now (`Ok(errno)`; ENOENT: no such lane);
+/// `Err`: not yet (the lane's PA, for the waiting list).
 pub fn wait_done(name: &[u8], vcpu: u64, token: u64, seq: u32) -> Result<i32, u64> {
     let l = LANES.lock();
     let owner = (name.to_vec(), vcpu, token);
@@ -669,16 +669,17 @@ pub fn wait_done(name: &[u8], vcpu: u64, token: u64, seq: u32) -> Result<i32, u6
 }
 
 /// For CPU 0's list of waits: whether the wait for `seq` on the lane at `pa` is over
-/// (`Some(errno)`: answered, or the lane is gone without the answer).
-/// The answer counts even when the VM has gone since (a destroy ends the run with
-/// SUSPENDED, written there before the lane went back to the pool).
+/// (`Some(errno)`: answered, or the lane is gone without the answer: it goes back to
+/// the pool only with its VM, so the client hears that the VM does not exist, as on
+/// the broker's path). The answer counts even when the VM has gone since (a destroy
+/// ends the run with SUSPENDED, written there before the lane went back to the pool).
 pub fn wait_over(pa: u64, seq: u32) -> Option<i32> {
     let l = LANES.lock();
     let x = l.iter().find(|x| x.pa == pa)?;
     if word(x.va, lane::RESP_SEQ).load(Ordering::SeqCst) == seq {
         Some(0)
     } else if !x.live() {
-        Some(Errno::ENOENT.0)
+        Some(wire::ERR_NO_SUCH_VM)
     } else {
         None
     }

@@ -733,7 +733,15 @@ fn lane_control(
             let (vcpu, token) = (u64_at(req.arg, 0), u64_at(req.arg, 8));
             let lane_seq = u64_at(req.arg, 16) as u32;
             match lanes::wait_done(name, vcpu, token, lane_seq) {
-                Ok(errno) => send(f.client, f.seq, &response(req.cmd, errno, req.arg, &[])),
+                Ok(errno) => {
+                    // No such lane: its VM's destroy gave it back, or the VM never was.
+                    let errno = if errno == Errno::ENOENT.0 && !vm_exists(core, name) {
+                        wire::ERR_NO_SUCH_VM
+                    } else {
+                        errno
+                    };
+                    send(f.client, f.seq, &response(req.cmd, errno, req.arg, &[]))
+                }
                 Err(lane_pa) => {
                     waits.push(LaneWait {
                         client: f.client,
