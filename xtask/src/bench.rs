@@ -205,6 +205,27 @@ pub(crate) fn serve(
     Ok((bed, socket))
 }
 
+/// The tools and the testbed built, and a served testbed of our own for benchmark
+/// `bench` (in `$CARGO_TARGET_DIR/<bench>`, under `-icount shift=0` if `icount`) on host
+/// CPU `cpu`: the testbed (stopped when dropped), its socket, and the flat binary of
+/// tests/guests/`guest`.S.
+pub(crate) fn serve_for_guest(
+    bench: &str,
+    guest: &str,
+    icount: bool,
+    cpu: HostCpu,
+) -> Result<(Served, PathBuf, PathBuf), String> {
+    proc::build_tools().map_err(|e| e.to_string())?;
+    let testbed = build::build_testbed()?;
+    let bin = build::guest_dir().join(format!("{guest}.bin"));
+    let dir = proc::bin_dir()
+        .parent()
+        .map(|p| p.join(bench))
+        .ok_or("no target directory")?;
+    let (bed, socket) = serve(&testbed, dir, icount, cpu)?;
+    Ok((bed, socket, bin))
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;

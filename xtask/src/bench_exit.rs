@@ -18,9 +18,8 @@ use vmm_e2e::stats::Stats;
 use vmm_sys::ioctl::{VM_GET_REGISTER, VM_RUN, VM_SET_REGISTER};
 use vmm_sys::wire::lane;
 use vmm_testbed_broker::launch::HostCpu;
-use vmm_testbed_harness::build;
 
-use crate::bench::{median, parse_runs, serve, stats_and_destroy};
+use crate::bench::{median, parse_runs, serve_for_guest, stats_and_destroy};
 
 const VM: &str = "benchexit";
 
@@ -101,14 +100,7 @@ fn one_run(socket: &Path, bin: &Path) -> Result<ExitCost, String> {
 
 /// `runs` runs on a served testbed on host CPU `cpu`; the median of each figure.
 pub(crate) fn run_bench_exit(runs: usize, cpu: HostCpu) -> Result<ExitCost, String> {
-    proc::build_tools().map_err(|e| e.to_string())?;
-    let testbed = build::build_testbed()?;
-    let bin = build::guest_dir().join("console_exits.bin");
-    let dir = proc::bin_dir()
-        .parent()
-        .map(|p| p.join("bench-exit"))
-        .ok_or("no target directory")?;
-    let (bed, socket) = serve(&testbed, dir, true, cpu)?;
+    let (bed, socket, bin) = serve_for_guest("bench-exit", "console_exits", true, cpu)?;
     let mut all = Vec::new();
     for run in 0..runs {
         let c = one_run(&socket, &bin)?;

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use vmm_e2e::proc::{self, tool_on as tool};
 use vmm_e2e::stats::Stats;
-use vmm_testbed_harness::build;
 
-use crate::bench::{median, parse_runs, serve, stats_and_destroy};
+use crate::bench::{median, parse_runs, serve_for_guest, stats_and_destroy};
 
 const VM: &str = "benchsmp";
 
@@ -56,14 +55,7 @@ fn exits_per_second(socket: &Path, bin: &Path, vcpus: u32, lanes: bool) -> Resul
 pub fn bench_smp(args: &[String]) -> Result<(), String> {
     let (cpu, rest) = crate::kernel::cpu_option(args)?;
     let runs = parse_runs("bench-smp", &rest, 3)?;
-    proc::build_tools().map_err(|e| e.to_string())?;
-    let testbed = build::build_testbed()?;
-    let bin = build::guest_dir().join("smp_wfe.bin");
-    let dir = proc::bin_dir()
-        .parent()
-        .map(|p| p.join("bench-smp"))
-        .ok_or("no target directory")?;
-    let (bed, socket) = serve(&testbed, dir, false, cpu)?;
+    let (bed, socket, bin) = serve_for_guest("bench-smp", "smp_wfe", false, cpu)?;
     let configs = [(1, true), (2, true), (1, false), (2, false)];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     // Alternating, so a change in the machine's load falls on every configuration.
