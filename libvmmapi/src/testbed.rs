@@ -77,6 +77,15 @@ fn lane_nap() {
     std::thread::sleep(Duration::from_micros(10));
 }
 
+/// An answer's errno as the request's result (0: done).
+fn answer_errno(errno: i32) -> Result<(), BackendError> {
+    match errno {
+        0 => Ok(()),
+        wire::ERR_NO_SUCH_VM => Err(BackendError::NoSuchVm),
+        e => Err(BackendError::Errno(e)),
+    }
+}
+
 type Lanes = HashMap<(String, i32), Option<Arc<Mutex<Lane>>>>;
 
 /// One vCPU's lane, mapped from the RAM file.
@@ -342,21 +351,15 @@ impl Testbed {
             return None;
         }
         let r = self.lane_exchange(l, vm, vcpu, |l| {
-            l.word(lane::RUN_CPUID)
-                .store(vcpu as u32, Ordering::Release);
+            l.word(lane::CPUID).store(vcpu as u32, Ordering::Release);
             l.word(lane::REQ_KIND)
                 .store(lane::KIND_RUN, Ordering::Release);
         });
         if let Err(e) = r {
             return Some(Err(e));
         }
-        let errno = l.word(lane::RUN_ERRNO).load(Ordering::Acquire) as i32;
-        if errno != 0 {
-            return Some(Err(if errno == wire::ERR_NO_SUCH_VM {
-                BackendError::NoSuchVm
-            } else {
-                BackendError::Errno(errno)
-            }));
+        if let Err(e) = answer_errno(l.word(lane::ERRNO).load(Ordering::Acquire) as i32) {
+            return Some(Err(e));
         }
         let copy_out = |req: &mut Request, at: usize, from: usize| {
             if let Some(b) = req.buffer_mut(at) {
@@ -375,6 +378,51 @@ impl Testbed {
         if exitcode == Some(ExitCode::Suspended as i32) || exitcode == Some(ExitCode::Debug as i32)
         {
             copy_out(req, ptr::RUN_CPUSET, lane::RUN_CPUSET);
+        }
+        Some(Ok(()))
+    }
+
+    /// A VM_GET_REGISTER or VM_SET_REGISTER of vCPU `vcpu`'s own through its lane `l` in
+    /// fixed places ([`lane::KIND_GET_REGISTER`], [`lane::KIND_SET_REGISTER`]): no
+    /// message either way. `None`: `req` has another shape (the message path takes it).
+    fn lane_register(
+        &self,
+        l: &mut Lane,
+        vm: &str,
+        vcpu: i32,
+        req: &mut Request,
+    ) -> Option<Result<(), BackendError>> {
+        let r = req.arg_as::<abi::VmRegister>()?;
+        if r.cpuid != vcpu || !req.buffers.is_empty() {
+            return None;
+        }
+        let set = req.cmd == vmm_sys::ioctl::VM_SET_REGISTER;
+        let posted = self.lane_exchange(l, vm, vcpu, |l| {
+            l.word(lane::CPUID).store(vcpu as u32, Ordering::Release);
+            l.word(lane::REG_NUM)
+                .store(r.regnum as u32, Ordering::Release);
+            if set {
+                l.word(lane::REG_VALUE)
+                    .store(r.regval as u32, Ordering::Release);
+                l.word(lane::REG_VALUE + 4)
+                    .store((r.regval >> 32) as u32, Ordering::Release);
+            }
+            let kind = if set {
+                lane::KIND_SET_REGISTER
+            } else {
+                lane::KIND_GET_REGISTER
+            };
+            l.word(lane::REQ_KIND).store(kind, Ordering::Release);
+        });
+        if let Err(e) =
+            posted.and_then(|()| answer_errno(l.word(lane::ERRNO).load(Ordering::Acquire) as i32))
+        {
+            return Some(Err(e));
+        }
+        if !set {
+            let value = u64::from(l.word(lane::REG_RESULT).load(Ordering::Acquire))
+                | u64::from(l.word(lane::REG_RESULT + 4).load(Ordering::Acquire)) << 32;
+            req.arg[8..16].copy_from_slice(&value.to_le_bytes());
         }
         Some(Ok(()))
     }
@@ -448,9 +496,7 @@ impl Testbed {
 
     fn finish(&self, req: &mut Request, answer: &[u8]) -> Result<(), BackendError> {
         match req.apply_response(answer) {
-            Ok(0) => Ok(()),
-            Ok(wire::ERR_NO_SUCH_VM) => Err(BackendError::NoSuchVm),
-            Ok(e) => Err(BackendError::Errno(e)),
+            Ok(errno) => answer_errno(errno),
             Err(e) => Err(unavailable(&self.socket, format!("bad answer: {e}"))),
         }
     }
@@ -561,6 +607,14 @@ impl Backend for Testbed {
                             if r.is_ok() {
                                 g.hint = g.hint_for(g.seq);
                             }
+                            return r;
+                        }
+                    }
+                    if matches!(
+                        req.cmd,
+                        vmm_sys::ioctl::VM_GET_REGISTER | vmm_sys::ioctl::VM_SET_REGISTER
+                    ) {
+                        if let Some(r) = self.lane_register(&mut g, &vm, vcpu, req) {
                             return r;
                         }
                     }

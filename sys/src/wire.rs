@@ -108,19 +108,29 @@ pub mod lane {
     pub const HINT_VAL_LO: usize = 40;
     pub const HINT_VAL_HI: usize = 44;
     /// What the request area holds (client): [`KIND_MESSAGE`], a request message of
-    /// [`REQ_LEN`] bytes at [`REQ`] answered by a response message at [`RESP`]; or
-    /// [`KIND_RUN`], a VM_RUN of vCPU [`RUN_CPUID`] of the lane's VM in fixed places,
-    /// no message either way: the testbed writes the errno at [`RUN_ERRNO`] (0, an
-    /// errno, or [`super::ERR_NO_SUCH_VM`]), and on success the `struct vm_exit` at
-    /// [`RUN_EXIT`] and, for a SUSPENDED or DEBUG exit, the vCPU set (`cpuset_t`,
-    /// [`crate::abi::CPUSET_SIZE`] bytes) at [`RUN_CPUSET`] (otherwise left as it was).
+    /// [`REQ_LEN`] bytes at [`REQ`] answered by a response message at [`RESP`]; or a
+    /// vCPU's own request on the lane's VM in fixed places, no message either way, the
+    /// vCPU at [`CPUID`] and the answer's errno at [`ERRNO`] (0, an errno, or
+    /// [`super::ERR_NO_SUCH_VM`]): [`KIND_RUN`], a VM_RUN whose `struct vm_exit` goes to
+    /// [`RUN_EXIT`] on success and, for a SUSPENDED or DEBUG exit, its vCPU set
+    /// (`cpuset_t`, [`crate::abi::CPUSET_SIZE`] bytes) to [`RUN_CPUSET`] (otherwise left
+    /// as it was); [`KIND_GET_REGISTER`], register [`REG_NUM`] read into
+    /// [`REG_RESULT`]; [`KIND_SET_REGISTER`], register [`REG_NUM`] set to [`REG_VALUE`].
     pub const REQ_KIND: usize = 48;
     pub const KIND_MESSAGE: u32 = 0;
     pub const KIND_RUN: u32 = 1;
-    /// The vCPU of a [`KIND_RUN`] request (client; an `int`).
-    pub const RUN_CPUID: usize = 52;
-    /// The errno of a [`KIND_RUN`] request's answer (testbed; an `int`).
-    pub const RUN_ERRNO: usize = 56;
+    pub const KIND_GET_REGISTER: u32 = 2;
+    pub const KIND_SET_REGISTER: u32 = 3;
+    /// The vCPU of a request in fixed places (client; an `int`).
+    pub const CPUID: usize = 52;
+    /// The errno of the answer to a request in fixed places (testbed; an `int`).
+    pub const ERRNO: usize = 56;
+    /// The register number of a register request (client; `enum vm_reg_name`).
+    pub const REG_NUM: usize = 60;
+    /// The value a register set writes (client) and the one a get answers (testbed):
+    /// u64s, little-endian, each in two words.
+    pub const REG_VALUE: usize = REQ;
+    pub const REG_RESULT: usize = RESP;
     /// Where a [`KIND_RUN`] answer's exit and vCPU set go (8-byte aligned, in the
     /// response area).
     pub const RUN_EXIT: usize = RESP;

@@ -272,8 +272,15 @@ fn a_store_exits_register_comes_with_the_exit_until_anything_changes_it() {
         assert_eq!(gets(), n + 1);
         cpu.set_reg(Reg::X(3), 0x3333).unwrap();
         assert_eq!(cpu.get_reg(Reg::X(3)).unwrap(), 0x3333);
-        // Another register is never taken from the hint.
+        // Another register is never taken from the hint; one that does not exist is
+        // refused as on the broker's path.
         assert_eq!(cpu.get_reg(Reg::X(1)).unwrap(), 0x1_0000);
+        let mut bad = libvmmapi::request::get_register("hints", 0, 9999);
+        let e = a.execute(&mut bad).unwrap_err();
+        assert!(
+            matches!(e, libvmmapi::BackendError::Errno(libc::EINVAL)),
+            "{e}"
+        );
         // A destroy by another client voids it too: the next read fails.
         store(&cpu);
         Vm::destroy_by_name_with(b.clone(), "hints").unwrap();

@@ -27,7 +27,7 @@ use core::mem::{offset_of, size_of};
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use vmm_core::sync::SpinLock;
 use vmm_core::{Errno, Host, KResult};
-use vmm_sys::abi::{Pod, VmExit, VmRun, CPUSET_SIZE};
+use vmm_sys::abi::{Pod, VmExit, VmRegister, VmRun, CPUSET_SIZE};
 use vmm_sys::exit::ExitCode;
 use vmm_sys::ioctl;
 use vmm_sys::wire::{self, lane, WireRequest, MAX_BUFFERS};
@@ -409,11 +409,16 @@ fn execute_lane(
     let start = timer::now();
     let seq = word(va, lane::REQ_SEQ).load(Ordering::Acquire);
     let lane_vm = names.of(slot);
-    let (cmd, answer_len) = if word(va, lane::REQ_KIND).load(Ordering::Acquire) == lane::KIND_RUN {
-        run_in_lane(core, (slot, va, seq), lane_vm);
-        (Some(ioctl::VM_RUN), 0)
-    } else {
-        message_in_lane(core, (slot, va, seq), lane_vm)
+    let (cmd, answer_len) = match word(va, lane::REQ_KIND).load(Ordering::Acquire) {
+        lane::KIND_RUN => {
+            run_in_lane(core, (slot, va, seq), lane_vm);
+            (Some(ioctl::VM_RUN), 0)
+        }
+        kind @ (lane::KIND_GET_REGISTER | lane::KIND_SET_REGISTER) => {
+            let set = kind == lane::KIND_SET_REGISTER;
+            (Some(register_in_lane(core, (slot, va), lane_vm, set)), 0)
+        }
+        _ => message_in_lane(core, (slot, va, seq), lane_vm),
     };
     before_answer();
     word(va, lane::RESP_LEN).store(answer_len as u32, Ordering::Release);
@@ -435,9 +440,9 @@ fn execute_lane(
 
 /// A [`lane::KIND_RUN`] request of lane slot `slot` (at `va`, sequence number `seq`) on
 /// its VM `vm`: the core's copyout writes the exit and the vCPU set straight to their
-/// places in the lane; the errno goes to [`lane::RUN_ERRNO`].
+/// places in the lane; the errno goes to [`lane::ERRNO`].
 fn run_in_lane(core: &Core, (slot, va, seq): (usize, u64, u32), vm: Option<&[u8]>) {
-    let cpuid = word(va, lane::RUN_CPUID).load(Ordering::Acquire) as i32;
+    let cpuid = word(va, lane::CPUID).load(Ordering::Acquire) as i32;
     let errno = match vm {
         Some(vm) => {
             let call = super::Call {
@@ -475,7 +480,44 @@ fn run_in_lane(core: &Core, (slot, va, seq): (usize, u64, u32), vm: Option<&[u8]
         }
         None => Errno::EINVAL.0,
     };
-    word(va, lane::RUN_ERRNO).store(errno as u32, Ordering::Release);
+    word(va, lane::ERRNO).store(errno as u32, Ordering::Release);
+}
+
+/// A [`lane::KIND_GET_REGISTER`] (or, `set`, [`lane::KIND_SET_REGISTER`]) request of
+/// lane slot `slot` (at `va`) on its VM `vm`: the register's value read from or written
+/// to its fixed place, the errno to [`lane::ERRNO`]. Returns the command it was.
+fn register_in_lane(core: &Core, (slot, va): (usize, u64), vm: Option<&[u8]>, set: bool) -> u64 {
+    let cmd = if set {
+        ioctl::VM_SET_REGISTER
+    } else {
+        ioctl::VM_GET_REGISTER
+    };
+    let value = |at: usize| {
+        u64::from(word(va, at).load(Ordering::Acquire))
+            | u64::from(word(va, at + 4).load(Ordering::Acquire)) << 32
+    };
+    let r = VmRegister {
+        cpuid: word(va, lane::CPUID).load(Ordering::Acquire) as i32,
+        regnum: word(va, lane::REG_NUM).load(Ordering::Acquire) as i32,
+        regval: if set { value(lane::REG_VALUE) } else { 0 },
+    };
+    let errno = match vm {
+        Some(vm) => {
+            let call = super::Call { vm: Some(vm), cmd };
+            let mut arg = [0u8; size_of::<VmRegister>()];
+            arg.copy_from_slice(r.as_bytes());
+            let result = run_one(core, call, &mut arg, &[], Some(slot));
+            if result.is_ok() && !set {
+                let v = VmRegister::from_bytes(&arg).map_or(0, |r| r.regval);
+                word(va, lane::REG_RESULT).store(v as u32, Ordering::Relaxed);
+                word(va, lane::REG_RESULT + 4).store((v >> 32) as u32, Ordering::Relaxed);
+            }
+            errno_of(core, call, result)
+        }
+        None => Errno::EINVAL.0,
+    };
+    word(va, lane::ERRNO).store(errno as u32, Ordering::Release);
+    cmd
 }
 
 /// A [`lane::KIND_MESSAGE`] request of lane slot `slot` (at `va`, sequence number
