@@ -16,8 +16,10 @@
 //! A client whose answer is slow to come stops spinning and sends `TESTBED_LANE_WAIT`,
 //! which CPU 0 answers when the response is in the lane (the run CPU sends it an SGI).
 //!
-//! Only a vCPU's own requests travel in its lane ([`lane::CMDS`], on the lane's VM); the
-//! message is copied out of shared memory before it is parsed, every length bounded.
+//! Only a vCPU's own requests travel in its lane ([`lane::CMDS`], on the lane's VM): a
+//! VM_RUN and a register get or set in fixed places (each word read once; the exit
+//! written where the client reads it), anything else as a message, copied out of shared
+//! memory before it is parsed, every length bounded.
 
 use super::{errno_of, other_runs, run_one, run_started, Core, Window, RUNS_WAITING};
 use crate::kernel::mm::{self, MAX_CPUS, PAGE};
