@@ -112,16 +112,33 @@ impl Lane {
     fn hint_for(&self, seq: u32) -> Option<RegisterHint> {
         (self.word(lane::HINT_SEQ).load(Ordering::Acquire) == seq).then(|| RegisterHint {
             reg: self.word(lane::HINT_REG).load(Ordering::Relaxed) as i32,
-            value: u64::from(self.word(lane::HINT_VAL_LO).load(Ordering::Relaxed))
-                | u64::from(self.word(lane::HINT_VAL_HI).load(Ordering::Relaxed)) << 32,
+            value: self.u64_at(lane::HINT_VALUE),
             gen: self.word(lane::HINT_GEN).load(Ordering::Relaxed),
         })
+    }
+
+    /// The answer to a request in fixed places, from its errno word.
+    fn errno(&self) -> Result<(), BackendError> {
+        answer_errno(self.word(lane::ERRNO).load(Ordering::Acquire) as i32)
     }
 
     /// Register `reg`'s value from the hint, while nothing may have changed it since.
     fn hinted(&self, reg: i32) -> Option<u64> {
         let h = self.hint.filter(|h| h.reg == reg)?;
         (self.word(lane::REG_GEN).load(Ordering::SeqCst) == h.gen).then_some(h.value)
+    }
+
+    /// The u64 the lane keeps in the two words at `off` (low word first).
+    fn u64_at(&self, off: usize) -> u64 {
+        u64::from(self.word(off).load(Ordering::Acquire))
+            | u64::from(self.word(off + 4).load(Ordering::Acquire)) << 32
+    }
+
+    /// Writes `v` into the two words at `off` (low word first).
+    fn set_u64(&self, off: usize, v: u64) {
+        self.word(off).store(v as u32, Ordering::Release);
+        self.word(off + 4)
+            .store((v >> 32) as u32, Ordering::Release);
     }
 
     fn word(&self, off: usize) -> &AtomicU32 {
@@ -350,15 +367,12 @@ impl Testbed {
         {
             return None;
         }
-        let r = self.lane_exchange(l, vm, vcpu, |l| {
+        let posted = self.lane_exchange(l, vm, vcpu, |l| {
             l.word(lane::CPUID).store(vcpu as u32, Ordering::Release);
             l.word(lane::REQ_KIND)
                 .store(lane::KIND_RUN, Ordering::Release);
         });
-        if let Err(e) = r {
-            return Some(Err(e));
-        }
-        if let Err(e) = answer_errno(l.word(lane::ERRNO).load(Ordering::Acquire) as i32) {
+        if let Err(e) = posted.and_then(|()| l.errno()) {
             return Some(Err(e));
         }
         let copy_out = |req: &mut Request, at: usize, from: usize| {
@@ -402,10 +416,7 @@ impl Testbed {
             l.word(lane::REG_NUM)
                 .store(r.regnum as u32, Ordering::Release);
             if set {
-                l.word(lane::REG_VALUE)
-                    .store(r.regval as u32, Ordering::Release);
-                l.word(lane::REG_VALUE + 4)
-                    .store((r.regval >> 32) as u32, Ordering::Release);
+                l.set_u64(lane::REG_VALUE, r.regval);
             }
             let kind = if set {
                 lane::KIND_SET_REGISTER
@@ -414,14 +425,11 @@ impl Testbed {
             };
             l.word(lane::REQ_KIND).store(kind, Ordering::Release);
         });
-        if let Err(e) =
-            posted.and_then(|()| answer_errno(l.word(lane::ERRNO).load(Ordering::Acquire) as i32))
-        {
+        if let Err(e) = posted.and_then(|()| l.errno()) {
             return Some(Err(e));
         }
         if !set {
-            let value = u64::from(l.word(lane::REG_RESULT).load(Ordering::Acquire))
-                | u64::from(l.word(lane::REG_RESULT + 4).load(Ordering::Acquire)) << 32;
+            let value = l.u64_at(lane::REG_RESULT);
             req.arg[8..16].copy_from_slice(&value.to_le_bytes());
         }
         Some(Ok(()))
@@ -591,10 +599,11 @@ impl Backend for Testbed {
                 if let Ok(mut g) = l.try_lock() {
                     // A read of the register a store exit named: the testbed's hint
                     // holds it, unless something may have changed it since.
-                    if req.cmd == vmm_sys::ioctl::VM_GET_REGISTER && req.arg.len() == 16 {
-                        let reg =
-                            i32::from_le_bytes([req.arg[4], req.arg[5], req.arg[6], req.arg[7]]);
-                        if let Some(v) = g.hinted(reg) {
+                    if req.cmd == vmm_sys::ioctl::VM_GET_REGISTER {
+                        let hinted = req
+                            .arg_as::<abi::VmRegister>()
+                            .and_then(|r| g.hinted(r.regnum));
+                        if let Some(v) = hinted {
                             req.arg[8..16].copy_from_slice(&v.to_le_bytes());
                             return Ok(());
                         }

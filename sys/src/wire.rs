@@ -98,15 +98,15 @@ pub mod lane {
     /// The register hint (testbed): after a VM_RUN whose exit is a store to emulate
     /// (INST_EMUL, a write), the testbed writes the stored register's number at
     /// [`HINT_REG`], [`REG_GEN`] as it was before the register was read at
-    /// [`HINT_GEN`], its value at [`HINT_VAL_LO`]/[`HINT_VAL_HI`], then that VM_RUN's
+    /// [`HINT_GEN`], its value at [`HINT_VALUE`], then that VM_RUN's
     /// sequence number at [`HINT_SEQ`], all before [`RESP_SEQ`]. While [`REG_GEN`]
     /// still equals [`HINT_GEN`], the client may answer a VM_GET_REGISTER of that
     /// register of the lane's vCPU from the hint: the value userspace reads next.
     pub const HINT_SEQ: usize = 28;
     pub const HINT_REG: usize = 32;
     pub const HINT_GEN: usize = 36;
-    pub const HINT_VAL_LO: usize = 40;
-    pub const HINT_VAL_HI: usize = 44;
+    /// A u64, little-endian, in two words (as [`REG_VALUE`] and [`REG_RESULT`]).
+    pub const HINT_VALUE: usize = 40;
     /// What the request area holds (client): [`KIND_MESSAGE`], a request message of
     /// [`REQ_LEN`] bytes at [`REQ`] answered by a response message at [`RESP`]; or a
     /// vCPU's own request on the lane's VM in fixed places, no message either way, the

@@ -178,6 +178,18 @@ fn word(va: u64, off: usize) -> &'static AtomicU32 {
     unsafe { &*((va + off as u64) as *const AtomicU32) }
 }
 
+/// The u64 lane `va` keeps in the two words at `off` (low word first).
+fn load_u64(va: u64, off: usize) -> u64 {
+    u64::from(word(va, off).load(Ordering::Acquire))
+        | u64::from(word(va, off + 4).load(Ordering::Acquire)) << 32
+}
+
+/// Writes `v` into the two words at `off` of lane `va` (low word first).
+fn store_u64(va: u64, off: usize, v: u64) {
+    word(va, off).store(v as u32, Ordering::Relaxed);
+    word(va, off + 4).store((v >> 32) as u32, Ordering::Relaxed);
+}
+
 /// `TESTBED_LANE_OPEN`: client `token`'s lane of vCPU `vcpu` of VM `name`, taken from
 /// the pool on first use, its words reset.
 pub fn open(name: &[u8], vcpu: u64, token: u64) -> KResult<u64> {
@@ -494,14 +506,14 @@ fn register_in_lane(core: &Core, (slot, va): (usize, u64), vm: Option<&[u8]>, se
     } else {
         ioctl::VM_GET_REGISTER
     };
-    let value = |at: usize| {
-        u64::from(word(va, at).load(Ordering::Acquire))
-            | u64::from(word(va, at + 4).load(Ordering::Acquire)) << 32
-    };
     let r = VmRegister {
         cpuid: word(va, lane::CPUID).load(Ordering::Acquire) as i32,
         regnum: word(va, lane::REG_NUM).load(Ordering::Acquire) as i32,
-        regval: if set { value(lane::REG_VALUE) } else { 0 },
+        regval: if set {
+            load_u64(va, lane::REG_VALUE)
+        } else {
+            0
+        },
     };
     let errno = match vm {
         Some(vm) => {
@@ -511,8 +523,7 @@ fn register_in_lane(core: &Core, (slot, va): (usize, u64), vm: Option<&[u8]>, se
             let result = run_one(core, call, &mut arg, &[], Some(slot));
             if result.is_ok() && !set {
                 let v = VmRegister::from_bytes(&arg).map_or(0, |r| r.regval);
-                word(va, lane::REG_RESULT).store(v as u32, Ordering::Relaxed);
-                word(va, lane::REG_RESULT + 4).store((v >> 32) as u32, Ordering::Relaxed);
+                store_u64(va, lane::REG_RESULT, v);
             }
             errno_of(core, call, result)
         }
@@ -692,8 +703,7 @@ pub fn exit_to_user(exit: &VmExit, x: &[u64; 31]) {
     word(va, lane::HINT_REG).store(reg as u32, Ordering::Relaxed);
     let gen = word(va, lane::REG_GEN).load(Ordering::SeqCst);
     word(va, lane::HINT_GEN).store(gen, Ordering::Relaxed);
-    word(va, lane::HINT_VAL_LO).store(value as u32, Ordering::Relaxed);
-    word(va, lane::HINT_VAL_HI).store((value >> 32) as u32, Ordering::Relaxed);
+    store_u64(va, lane::HINT_VALUE, value);
     word(va, lane::HINT_SEQ).store(t.1.load(Ordering::Relaxed), Ordering::Release);
 }
 

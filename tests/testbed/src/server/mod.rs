@@ -113,11 +113,11 @@ fn in_window(uaddr: u64, len: usize) -> bool {
 }
 
 impl Host for ServerHost {
+    type Mutex = SpinMutex;
+    type Timer = Timer;
     fn exit_to_user(&self, exit: &vmm_sys::abi::VmExit, x: &[u64; 31]) {
         lanes::exit_to_user(exit, x);
     }
-    type Mutex = SpinMutex;
-    type Timer = Timer;
     fn alloc_contig(&self, len: usize, align: usize) -> KResult<PhysMem> {
         self.0.alloc_contig(len, align)
     }
