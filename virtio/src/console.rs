@@ -15,7 +15,9 @@
 //! console) and tells it whether a client is connected (PORT_OPEN).
 //!
 //! A guest printing through hvc0 hands over a whole buffer per queue notification,
-//! where a UART costs an exit per byte or two.
+//! where a UART costs an exit per byte or two. Port 0's output is written by the vCPU
+//! thread that notified it ([`InlineQueue`]), so the buffer is back in the used ring
+//! before the guest, which waits for it in a busy loop, runs again.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -30,7 +32,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use crate::doorbell::RESET_BIT;
 use crate::options::OptionError;
 use crate::queue::{pieces, DeviceShared, Popped};
-use crate::transport::{Device, DeviceInfo, HostFd};
+use crate::transport::{Device, DeviceInfo, HostFd, InlineQueue};
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 128;
@@ -271,9 +273,50 @@ struct Port {
     pending: VecDeque<u8>,
 }
 
+/// Port 0's output: the vCPU thread that notifies its transmit queue writes it.
+struct Transmit {
+    out: Box<dyn Write + Send>,
+    buf: Vec<u8>,
+}
+
+impl Transmit {
+    /// Port 0's available output to bhyve's console.
+    fn serve(&mut self, dev: &DeviceShared) {
+        while let Some(p) = dev.pop(1) {
+            if gather(dev, &p, &mut self.buf) {
+                // Output that cannot be written (a closed terminal) is dropped.
+                let _ = self.out.write_all(&self.buf);
+            }
+            dev.complete(1, &p, 0);
+        }
+        let _ = self.out.flush();
+    }
+}
+
+/// The bytes of a transmit chain (readable descriptors only) into `buf`; false for a
+/// chain with a device-writable part or outside guest memory.
+fn gather(dev: &DeviceShared, p: &Popped, buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    if p.chain.descs.iter().any(|d| d.writable) {
+        return false;
+    }
+    let Some(parts) = pieces(&p.chain.descs, 0, 0) else {
+        return false;
+    };
+    for (gpa, len) in parts {
+        let start = buf.len();
+        buf.resize(start + len as usize, 0);
+        if !dev.read(gpa, &mut buf[start..]) {
+            return false;
+        }
+    }
+    true
+}
+
 /// The console device.
 pub struct Console {
-    out: Box<dyn Write + Send>,
+    /// Port 0's output, until the transport takes it as its inline queue.
+    transmit: Option<Transmit>,
     input: ConsoleInput,
     ports: Vec<Port>,
     /// Control messages for the driver, waiting for control receive buffers.
@@ -296,7 +339,10 @@ impl Console {
             .collect();
         (
             Console {
-                out,
+                transmit: Some(Transmit {
+                    out,
+                    buf: Vec::new(),
+                }),
                 input: input.clone(),
                 ports,
                 control: VecDeque::new(),
@@ -310,42 +356,11 @@ impl Console {
         !self.ports.is_empty()
     }
 
-    /// The bytes of a transmit chain (readable descriptors only), or None.
-    fn gather(&mut self, dev: &DeviceShared, p: &Popped) -> bool {
-        self.buf.clear();
-        if p.chain.descs.iter().any(|d| d.writable) {
-            return false;
-        }
-        let Some(parts) = pieces(&p.chain.descs, 0, 0) else {
-            return false;
-        };
-        for (gpa, len) in parts {
-            let start = self.buf.len();
-            self.buf.resize(start + len as usize, 0);
-            if !dev.read(gpa, &mut self.buf[start..]) {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Port 0's output to bhyve's console.
-    fn transmit_console(&mut self, dev: &DeviceShared) {
-        while let Some(p) = dev.pop(1) {
-            if self.gather(dev, &p) {
-                // Output that cannot be written (a closed terminal) is dropped.
-                let _ = self.out.write_all(&self.buf);
-            }
-            dev.complete(1, &p, 0);
-        }
-        let _ = self.out.flush();
-    }
-
     /// A named port's output to its client (dropped without one).
     fn transmit_port(&mut self, dev: &DeviceShared, i: usize) {
         let q = rx_queue(i as u32 + 1) + 1;
         while let Some(p) = dev.pop(q) {
-            if self.gather(dev, &p) {
+            if gather(dev, &p, &mut self.buf) {
                 if let Some(c) = &mut self.ports[i].sock.client {
                     if c.write_all(&self.buf).is_err() {
                         self.disconnect(i);
@@ -414,7 +429,7 @@ impl Console {
     /// Control messages from the driver.
     fn control_from_driver(&mut self, dev: &DeviceShared) {
         while let Some(p) = dev.pop(CONTROL_TX) {
-            let ok = self.gather(dev, &p) && self.buf.len() >= 8;
+            let ok = gather(dev, &p, &mut self.buf) && self.buf.len() >= 8;
             dev.complete(CONTROL_TX, &p, 0);
             if !ok {
                 continue;
@@ -523,6 +538,19 @@ impl Device for Console {
         }
     }
 
+    fn inline_queue(&mut self) -> Option<InlineQueue> {
+        let transmit = Mutex::new(self.transmit.take()?);
+        Some(InlineQueue {
+            queue: 1,
+            serve: Box::new(move |dev| {
+                transmit
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .serve(dev)
+            }),
+        })
+    }
+
     fn host_fds(&self) -> Vec<HostFd> {
         self.ports
             .iter()
@@ -568,7 +596,6 @@ impl Device for Console {
             if !dev.driver_ok() {
                 continue;
             }
-            self.transmit_console(&dev);
             self.receive_console(&dev);
             if self.multiport() {
                 self.control_from_driver(&dev);

@@ -13,7 +13,7 @@
 //! * [`rng`]: virtio-rng (`virtio-rnd`).
 //!
 //! Each device does its I/O on a worker thread of its own; a vCPU only handles the
-//! register access. Every address, length and index the guest puts in a queue is checked
+//! register access, and serves a console's output itself ([`transport::InlineQueue`]). Every address, length and index the guest puts in a queue is checked
 //! before use: a hostile queue fails its request or puts its device in
 //! DEVICE_NEEDS_RESET, never bhyve.
 

@@ -3,7 +3,8 @@
 //! queue setup, InterruptStatus/InterruptACK, device reset and the configuration space.
 //!
 //! Everything here runs on the vCPU thread that made the access and never blocks on
-//! device I/O: QueueNotify only rings the worker's doorbell.
+//! device I/O: QueueNotify only rings the worker's doorbell, except for a device's
+//! inline queue ([`InlineQueue`]: a console's output, written as the UART's is).
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -61,10 +62,27 @@ pub enum HostFd {
     Socket(RawFd),
 }
 
+/// A queue the vCPU thread that notifies it serves itself, before the guest runs again,
+/// rather than ringing the worker. For a console's output: Linux's virtio_console waits
+/// for each buffer back in a busy loop (it holds a spin lock), so a worker's wakeup
+/// would be time the guest spins away; FreeBSD's bhyve and QEMU also serve it on the
+/// notifying vCPU's thread, as a UART's data register is.
+pub struct InlineQueue {
+    pub queue: u32,
+    /// Serves the queue's available buffers (`DeviceShared::pop` says when it is empty
+    /// or the driver is not ready).
+    pub serve: Box<dyn Fn(&DeviceShared) + Send + Sync>,
+}
+
 /// A device model: describes itself, then serves its queues on a worker thread of its
 /// own until the doorbell says stop.
 pub trait Device: Send + 'static {
     fn info(&self) -> DeviceInfo;
+    /// The queue this device's notifications are served inline on the vCPU thread
+    /// (none by default); asked once, before the worker starts.
+    fn inline_queue(&mut self) -> Option<InlineQueue> {
+        None
+    }
     /// The worker: waits on `dev.bell`, serves the queues, returns on stop.
     fn run(self: Box<Self>, dev: Arc<DeviceShared>);
     /// The host descriptors the device keeps (none by default).
@@ -77,6 +95,7 @@ pub trait Device: Send + 'static {
 pub struct VirtioMmio {
     info: DeviceInfo,
     dev: Arc<DeviceShared>,
+    inline: Option<InlineQueue>,
     worker: Option<JoinHandle<()>>,
     status: u32,
     device_features_sel: u32,
@@ -90,12 +109,13 @@ pub struct VirtioMmio {
 impl VirtioMmio {
     /// Puts `device` on a transport and starts its worker. `line` is the slot's SPI.
     pub fn new(
-        device: Box<dyn Device>,
+        mut device: Box<dyn Device>,
         mem: VmMemory,
         line: Arc<dyn IrqLine>,
         dma: Option<Arc<dyn DmaObserver>>,
     ) -> std::io::Result<VirtioMmio> {
         let info = device.info();
+        let inline = device.inline_queue();
         let dev = Arc::new(DeviceShared::new(
             mem,
             Interrupt::new(line),
@@ -111,6 +131,7 @@ impl VirtioMmio {
         Ok(VirtioMmio {
             info,
             dev,
+            inline,
             worker: Some(worker),
             status: 0,
             device_features_sel: 0,
@@ -333,7 +354,16 @@ impl VirtioMmio {
         // With VIRTIO_F_NOTIFICATION_DATA (not offered) the high half would carry more.
         let queue = v & 0xffff;
         if (queue as usize) < self.dev.num_queues() {
-            self.dev.bell.ring(queue);
+            self.serve_or_ring(queue);
+        }
+    }
+
+    /// Serves queue `queue` here if it is the device's inline queue, else wakes the
+    /// worker for it.
+    fn serve_or_ring(&self, queue: u32) {
+        match &self.inline {
+            Some(inline) if inline.queue == queue => (inline.serve)(&self.dev),
+            _ => self.dev.bell.ring(queue),
         }
     }
 
@@ -364,7 +394,7 @@ impl VirtioMmio {
                 self.dev.start(self.driver_features);
                 // Buffers made available before DRIVER_OK are served now.
                 for n in 0..self.dev.num_queues() {
-                    self.dev.bell.ring(n as u32);
+                    self.serve_or_ring(n as u32);
                 }
             }
         }

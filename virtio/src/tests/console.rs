@@ -46,6 +46,19 @@ fn output_a_buffer_per_chain() {
     assert_eq!(out.0.lock().unwrap().len(), 16);
 }
 
+/// Linux's driver spins until its buffer is back: the notifying thread writes it and
+/// returns it before the notify returns, with no worker to wait for.
+#[test]
+fn output_is_back_before_the_notify_returns() {
+    let (mut d, out, _) = console();
+    for (i, line) in [&b"one\r\n"[..], b"two\r\n"].iter().enumerate() {
+        d.write_mem(DATA, line);
+        d.submit(TX, i as u16, &[(DATA, 5, false)]);
+        assert_eq!(d.used_idx(TX), i as u16 + 1, "buffer {i} not used yet");
+    }
+    assert_eq!(*out.0.lock().unwrap(), b"one\r\ntwo\r\n");
+}
+
 #[test]
 fn input_waits_for_buffers_and_arrives_whole() {
     let (mut d, _, input) = console();
