@@ -8,7 +8,8 @@
 //! range, which the testbed tells through its `TESTBED_GPA_TO_PA` extension.
 //!
 //! A vCPU's own requests (VM_RUN, its registers) take its lane (docs/testbed.md,
-//! "Lanes"; [`LANES_ENV`]`=0` turns lanes off): shared memory in the RAM file the
+//! "Lanes"; [`LANES_ENV`]`=0` turns lanes off), and so do the interrupt lines the
+//! thread that runs it drives between runs: shared memory in the RAM file the
 //! testbed's run CPUs serve. The request is written there and the answer looked for,
 //! spinning for [`LANE_SPIN`], then in short sleeps: a guest exit that userspace
 //! answers at once then costs no trip through the broker. After [`LANE_POLL`] the
@@ -51,6 +52,13 @@ pub struct Testbed {
     token: u64,
     /// Lanes are off: [`LANES_ENV`] is `0`, or the testbed has none.
     no_lanes: AtomicBool,
+}
+
+thread_local! {
+    /// The (VM, vCPU) this thread made its last VM_RUN for: the interrupt lines it
+    /// drives between runs take that vCPU's lane.
+    static THREAD_RUNS: std::cell::RefCell<Option<(String, i32)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Set to 0, a vCPU's requests take the broker like every other request instead of its
@@ -483,17 +491,26 @@ impl Testbed {
         Ok(())
     }
 
-    /// The (VM, vCPU) whose lane `req` may take: a vCPU's own request on a VM.
+    /// The (VM, vCPU) whose lane `req` may take: a vCPU's own request on a VM, or a
+    /// VM-wide lane request (an interrupt line) from the thread that last ran a vCPU of
+    /// that VM, which is between two runs of it now.
     fn lane_target(req: &Request) -> Option<(&str, i32)> {
         let Target::Vm(vm) = &req.target else {
             return None;
         };
+        if lane::names_vcpu(req.cmd) {
+            // Every such request's argument starts with `int cpuid`.
+            let b: [u8; 4] = req.arg.get(..4)?.try_into().ok()?;
+            return Some((vm.as_str(), i32::from_le_bytes(b)));
+        }
         if !lane::CMDS.contains(&req.cmd) {
             return None;
         }
-        // Every lane request's argument starts with `int cpuid`.
-        let b: [u8; 4] = req.arg.get(..4)?.try_into().ok()?;
-        Some((vm.as_str(), i32::from_le_bytes(b)))
+        let vcpu = THREAD_RUNS.with(|r| match &*r.borrow() {
+            Some((v, n)) if v == vm => Some(*n),
+            _ => None,
+        })?;
+        Some((vm.as_str(), vcpu))
     }
 
     /// A request through the broker.
@@ -594,6 +611,14 @@ impl Backend for Testbed {
         req.check().map_err(|_| BackendError::Errno(libc::EINVAL))?;
         if let Some((vm, vcpu)) = Self::lane_target(req) {
             let open = req.cmd == vmm_sys::ioctl::VM_RUN;
+            if open {
+                THREAD_RUNS.with(|r| {
+                    let mut r = r.borrow_mut();
+                    if !matches!(&*r, Some((v, n)) if v == vm && *n == vcpu) {
+                        *r = Some((vm.to_string(), vcpu));
+                    }
+                });
+            }
             if let Some(l) = self.lane(vm, vcpu, open) {
                 // Busy (another thread's request on this vCPU): the broker's way.
                 if let Ok(mut g) = l.try_lock() {

@@ -141,16 +141,28 @@ pub mod lane {
     /// The response message.
     pub const RESP: usize = SIZE / 2;
     pub const RESP_MAX: usize = SIZE / 2;
-    /// The requests a lane carries: a vCPU's own (on the lane's VM; the testbed answers
-    /// anything else EINVAL).
-    pub const CMDS: [u64; 6] = [
+    /// The requests a lane carries, all on the lane's VM (the testbed answers anything
+    /// else EINVAL): first a vCPU's own ([`VCPU_CMDS`] of them; each argument starts
+    /// with the `int cpuid`), then the VM-wide ones that the thread running the lane's
+    /// vCPU makes between two runs: a device model's interrupt line, which bhyve's vCPU
+    /// thread drives from its MMIO handlers (a virtio console's output, an ACK).
+    pub const CMDS: [u64; 8] = [
         crate::ioctl::VM_RUN,
         crate::ioctl::VM_GET_REGISTER,
         crate::ioctl::VM_SET_REGISTER,
         crate::ioctl::VM_GET_REGISTER_SET,
         crate::ioctl::VM_SET_REGISTER_SET,
         crate::ioctl::VM_INJECT_EXCEPTION,
+        crate::ioctl::VM_ASSERT_IRQ,
+        crate::ioctl::VM_DEASSERT_IRQ,
     ];
+    /// How many of [`CMDS`], from the first, are a vCPU's own.
+    pub const VCPU_CMDS: usize = 6;
+
+    /// Whether `cmd` is a vCPU's own lane request (its argument names the vCPU).
+    pub fn names_vcpu(cmd: u64) -> bool {
+        CMDS[..VCPU_CMDS].contains(&cmd)
+    }
 }
 
 /// The response errno for a per-VM request naming a VM that does not exist (on

@@ -306,6 +306,59 @@ fn a_store_exits_register_comes_with_the_exit_until_anything_changes_it() {
     });
 }
 
+/// The thread that runs a vCPU drives interrupt lines through that vCPU's lane (as
+/// bhyve's vCPU thread does from its MMIO handlers); another thread of the same client,
+/// which runs no vCPU, through the broker. Both ways answer alike.
+#[test]
+fn the_vcpu_threads_interrupt_lines_take_its_lane() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(bed) = Bed::start("irqlane") else {
+        return;
+    };
+    bed.check(|| {
+        let a = bed.client();
+        let tb = Testbed::connect(&bed.socket).unwrap();
+        let at = |cmd| {
+            vmm_sys::wire::lane::CMDS
+                .iter()
+                .position(|&c| c == cmd)
+                .unwrap()
+        };
+        let (assert_at, deassert_at) = (
+            at(vmm_sys::ioctl::VM_ASSERT_IRQ),
+            at(vmm_sys::ioctl::VM_DEASSERT_IRQ),
+        );
+        let lines = || {
+            let s = tb.lane_stats().unwrap();
+            (s[assert_at].0, s[deassert_at].0)
+        };
+        let vm = guest(a.clone(), "irqlane", &[HVC0, B_SELF]);
+        vm.attach_vgic(vmm_platform::GICD, vmm_platform::gicr(1))
+            .unwrap();
+        let spi = vmm_platform::virtio_mmio_intid(0);
+        // Before this thread ran the vCPU: the broker's way.
+        let n = lines();
+        vm.assert_irq(spi).unwrap();
+        vm.deassert_irq(spi).unwrap();
+        assert_eq!(lines(), n, "lines driven through a lane before any run");
+        let exit = vm.vcpu(0).unwrap().run().unwrap();
+        assert!(matches!(exit.reason, ExitReason::Smccc { .. }), "{exit:?}");
+        vm.assert_irq(spi).unwrap();
+        vm.deassert_irq(spi).unwrap();
+        assert_eq!(lines(), (n.0 + 1, n.1 + 1), "not through the lane");
+        // What the core refuses is refused through the lane too.
+        let e = vm.assert_irq(5000).unwrap_err();
+        assert!(e.to_string().contains("Invalid argument"), "{e}");
+        assert_eq!(lines(), (n.0 + 2, n.1 + 1));
+        // Another thread of the same client runs no vCPU: the broker again.
+        std::thread::scope(|s| {
+            s.spawn(|| vm.assert_irq(spi).unwrap());
+        });
+        assert_eq!(lines(), (n.0 + 2, n.1 + 1));
+        vm.destroy().unwrap();
+    });
+}
+
 /// A client that sends VM_RUN for a guest spinning forever and disconnects: the
 /// testbed keeps answering, a destroy stops the run, and the run CPU serves the next
 /// VM's runs.

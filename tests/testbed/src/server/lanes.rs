@@ -16,10 +16,11 @@
 //! A client whose answer is slow to come stops spinning and sends `TESTBED_LANE_WAIT`,
 //! which CPU 0 answers when the response is in the lane (the run CPU sends it an SGI).
 //!
-//! Only a vCPU's own requests travel in its lane ([`lane::CMDS`], on the lane's VM): a
-//! VM_RUN and a register get or set in fixed places (each word read once; the exit
-//! written where the client reads it), anything else as a message, copied out of shared
-//! memory before it is parsed, every length bounded.
+//! Only a vCPU's own requests, and the interrupt lines its thread drives between runs,
+//! travel in its lane ([`lane::CMDS`], on the lane's VM): a VM_RUN and a register get
+//! or set in fixed places (each word read once; the exit written where the client
+//! reads it), anything else as a message, copied out of shared memory before it is
+//! parsed, every length bounded.
 
 use super::{errno_of, other_runs, run_one, run_started, Core, Window, RUNS_WAITING};
 use crate::kernel::mm::{self, MAX_CPUS, PAGE};
@@ -629,19 +630,24 @@ fn answer_in_lane(core: &Core, req: &WireRequest<'_>, (slot, va, seq): (usize, u
 
 /// A request `cmd` (argument `arg`) on a VM, before it is answered: bumps the register
 /// generation ([`lane::REG_GEN`]) of the lanes whose vCPU's registers it may change: a
-/// vCPU's own request (its number starts the argument of every one of [`lane::CMDS`])
-/// that vCPU's, except in the lane that carried its VM_RUN (`carrier`), whose hint is
-/// taken after the run; anything else but the testbed's own requests any of them.
-/// Register reads change nothing. Lanes of other VMs with the same vCPU number are
+/// vCPU's own request (its number starts the argument: [`lane::names_vcpu`]) that
+/// vCPU's, except in the lane that carried its VM_RUN (`carrier`), whose hint is taken
+/// after the run; anything else but the testbed's own requests any of them. Register
+/// reads and interrupt lines change nothing. Lanes of other VMs with the same vCPU number are
 /// bumped too: a hint lost, never a stale one kept, and no lock or name compared.
 pub fn registers_may_change(cmd: u64, arg: &[u8], carrier: Option<usize>) {
-    if matches!(cmd, ioctl::VM_GET_REGISTER | ioctl::VM_GET_REGISTER_SET)
-        || ioctl::ioc_group(cmd) == b't'
+    if matches!(
+        cmd,
+        ioctl::VM_GET_REGISTER
+            | ioctl::VM_GET_REGISTER_SET
+            | ioctl::VM_ASSERT_IRQ
+            | ioctl::VM_DEASSERT_IRQ
+    ) || ioctl::ioc_group(cmd) == b't'
     {
         return;
     }
     let (vcpu, except) = match arg.get(..4) {
-        Some(&[a, b, c, d]) if lane::CMDS.contains(&cmd) => (
+        Some(&[a, b, c, d]) if lane::names_vcpu(cmd) => (
             Some(i32::from_le_bytes([a, b, c, d])),
             carrier.filter(|_| cmd == ioctl::VM_RUN),
         ),
