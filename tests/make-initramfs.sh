@@ -8,6 +8,8 @@
 #   tests/make-initramfs.sh broken    # /init is not executable: the kernel panics
 #   tests/make-initramfs.sh root      # .cache/guest/initramfs-root-<kernel version>.cpio.gz:
 #                                     # loads the virtio modules, boots root= from a disk
+#   tests/make-initramfs.sh hvc       # .cache/guest/initramfs-hvc-<kernel version>.cpio.gz:
+#                                     # like ok, on a virtio console (console=hvc0)
 #   GUEST_CACHE=/tmp/g tests/make-initramfs.sh
 #
 # Variants:
@@ -34,6 +36,14 @@
 #           and /sys there (or unmounts them when the root has no such directory); and
 #           runs `exec switch_root /newroot $init`. Any failure before that prints one
 #           line "VMM-E2E: initramfs: <reason>" and powers off (`poweroff -f`).
+#   hvc     the ok guest on a virtio console, for the same kernel as root: /init loads
+#           virtio_mmio and virtio_console as root's does (and waits for hvc0 when the
+#           command line says console=hvc0), prints the kernel's log (`dmesg`: on hvc0
+#           the kernel printed nothing of it itself; its console had no device until
+#           the module loaded), prints the ok marker, writes
+#           "VMM-E2E: powering off" to /dev/kmsg (the kernel prints it on its console
+#           with its timestamp: on hvc0, Linux's own "reboot: Power down" comes too late
+#           to be seen) and powers off.
 #
 # Cache: $GUEST_CACHE, default <repo>/.cache/guest (as tests/fetch-guest.sh). The
 # busybox .deb is downloaded once (tests/lib/busybox.sh); an initramfs is rebuilt only
@@ -53,21 +63,24 @@ die() {
 	exit 1
 }
 
-# The modules the root variant loads, in this order (after what each needs).
-root_modules="virtio_mmio virtio_blk virtio_net virtio_rng virtio_console ext4"
+# The modules the root and hvc variants load, in this order (after what each needs).
+case "$variant" in
+root) modules="virtio_mmio virtio_blk virtio_net virtio_rng virtio_console ext4" ;;
+hvc) modules="virtio_mmio virtio_console" ;;
+esac
 
 case "$variant" in
 ok | idle | broken)
 	out="$cache/initramfs-$variant.cpio.gz"
 	;;
-root)
+root | hvc)
 	# fetch-guest.sh prints its own reason when it fails.
 	mods=$("$here/fetch-guest.sh" --modules) || exit 1
 	[ -s "$mods/modules.dep" ] || die "$mods has no modules.dep"
 	version=${mods##*/modules-}
-	out="$cache/initramfs-root-$version.cpio.gz"
+	out="$cache/initramfs-$variant-$version.cpio.gz"
 	;;
-*) die "unknown variant '$variant' (ok, idle, broken or root)" ;;
+*) die "unknown variant '$variant' (ok, idle, broken, root or hvc)" ;;
 esac
 
 if [ -s "$out" ] && [ "$out" -nt "$self" ]; then
@@ -153,13 +166,13 @@ broken)
 	# fallback init and no /bin/sh, the kernel panics.
 	printf '#!/bin/missing-shell\n' >"$root/init"
 	;;
-root)
-	for a in sh mount umount insmod switch_root poweroff usleep cat ls echo; do
+root | hvc)
+	for a in sh mount umount insmod switch_root poweroff usleep cat ls echo uname dmesg; do
 		ln -s busybox "$root/bin/$a"
 	done
 	mkdir -p "$root/newroot" "$root/lib/modules"
 	# shellcheck disable=SC2086 # a list of names
-	resolve_modules "$mods" $root_modules >"$root/resolved" || die "resolving modules under $mods failed"
+	resolve_modules "$mods" $modules >"$root/resolved" || die "resolving modules under $mods failed"
 	: >"$root/lib/modules/load-order"
 	while read -r kind what; do
 		case "$kind" in
@@ -182,9 +195,9 @@ root)
 	rm -f "$root/resolved"
 	cat >"$root/init" <<'INIT'
 #!/bin/sh
-# The root initramfs's /init (tests/make-initramfs.sh root): load the virtio modules,
-# mount root= and switch_root to init=. Failures: one "VMM-E2E: initramfs:" line and
-# a power-off.
+# The /init of tests/make-initramfs.sh root or hvc: load the virtio modules, then (root)
+# mount root= and switch_root to init=, or (hvc) print the marker and power off.
+# Failures: one "VMM-E2E: initramfs:" line and a power-off.
 fail() {
 	echo "VMM-E2E: initramfs: $*"
 	poweroff -f
@@ -199,14 +212,16 @@ done </lib/modules/load-order
 # With console=hvc0 the kernel had no console when it started this script (hvc0 comes
 # with virtio_console, just loaded): open /dev/console again so that this script and
 # the init it starts write to the console. A multiport console adds its ports after
-# insmod returns (the control queue's handshake): wait for hvc0, up to 5 s. A failed
-# redirection would end this shell (and so the kernel), so try it in a subshell first.
+# insmod returns (the control queue's handshake), and hvc0's tty can exist a moment
+# before the kernel takes it as its console: wait until /dev/console opens, up to 5 s.
+# A failed redirection would end this shell (and so the kernel), so try it in a
+# subshell first.
 if [ ! -t 1 ]; then
 	case " $(cat /proc/cmdline) " in
 	*" console=hvc0 "*)
 		n=0
-		while [ ! -e /sys/class/tty/hvc0 ] && [ "$n" -lt 50 ]; do
-			usleep 100000
+		until (exec 0<>/dev/console) 2>/dev/null || [ "$n" -ge 500 ]; do
+			usleep 10000
 			n=$((n + 1))
 		done
 		;;
@@ -215,7 +230,16 @@ if [ ! -t 1 ]; then
 		exec 0<>/dev/console 1>&0 2>&0
 	fi
 fi
-
+INIT
+	if [ "$variant" = hvc ]; then
+		cat >>"$root/init" <<'INIT'
+dmesg
+echo "VMM-E2E: init reached userspace on $(uname -m)"
+echo "VMM-E2E: powering off" >/dev/kmsg
+poweroff -f
+INIT
+	else
+		cat >>"$root/init" <<'INIT'
 root= fstype=ext4 flags= mode=ro init=/sbin/init
 set -f
 for arg in $(cat /proc/cmdline); do
@@ -251,6 +275,7 @@ for d in dev proc sys; do
 done
 exec switch_root /newroot "$init"
 INIT
+	fi
 	;;
 esac
 chmod 755 "$root/init"

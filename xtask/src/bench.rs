@@ -1,13 +1,15 @@
 //! `cargo xtask bench-boot`: the wall time of a Linux boot under our stack against the
 //! same kernel and initramfs booted directly by QEMU, in the same run
-//! (docs/PERFORMANCE.md). Each configuration (full console or `quiet`; plain or under
-//! `-icount shift=0`) boots a few times both ways, alternating. Direct: `qemu-system-aarch64
-//! -M virt -cpu cortex-a57 -m 256M` to the init marker and PSCI poweroff. Our stack: a
-//! served testbed (its QEMU under `-icount shift=0` for the icount rows), then bhyveload,
-//! `bhyve -b` and, after the poweroff, `bhyvectl --get-stats` and `--destroy`, as the
-//! e2e test does. The guest's own time is the printk timestamp of "reboot: Power down"
-//! (under icount, emulated instructions plus the time the vCPU waited for userspace).
-//! Prints numbers; asserts nothing about time.
+//! (docs/PERFORMANCE.md). Each configuration (the full PL011 console, `quiet`, or the
+//! full console on a virtio console; plain or under `-icount shift=0`) boots a few times
+//! both ways, alternating. Direct: `qemu-system-aarch64 -M virt -cpu cortex-a57 -m 256M`
+//! (with a `virtconsole` for the virtio console) to the init marker and PSCI poweroff.
+//! Our stack: a served testbed (its QEMU under `-icount shift=0` for the icount rows),
+//! then bhyveload, `bhyve -b` (with `-s 3,virtio-console`) and, after the poweroff,
+//! `bhyvectl --get-stats` and `--destroy`, as the e2e test does. The guest's own time is
+//! the printk timestamp of the last line before the poweroff (under icount, emulated
+//! instructions plus the time the vCPU waited for userspace). Prints numbers; asserts
+//! nothing about time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +22,62 @@ use vmm_testbed_harness::build;
 
 const VM: &str = "benchvm";
 const POWER_DOWN: &str = "reboot: Power down";
+/// The hvc initramfs's last kernel line (tests/make-initramfs.sh): on hvc0 Linux's own
+/// "reboot: Power down" comes after the console's device is gone.
+const POWERING_OFF: &str = "VMM-E2E: powering off";
+
+/// The guest's console in a boot configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Console {
+    /// The PL011 (ttyAMA0 and its early console), every kernel message on it.
+    Full,
+    /// The PL011 with `quiet`.
+    Quiet,
+    /// A virtio console (hvc0): the kernel's log printed there by init (`dmesg`), since
+    /// hvc0 has no device before the initramfs loads virtio_console.
+    Virtio,
+}
+
+impl Console {
+    const ALL: [Console; 3] = [Console::Full, Console::Quiet, Console::Virtio];
+
+    fn name(self) -> &'static str {
+        match self {
+            Console::Full => "full",
+            Console::Quiet => "quiet",
+            Console::Virtio => "hvc0",
+        }
+    }
+
+    /// The kernel line whose timestamp ends the guest's time.
+    fn last_line(self) -> &'static str {
+        match self {
+            Console::Full | Console::Quiet => POWER_DOWN,
+            Console::Virtio => POWERING_OFF,
+        }
+    }
+
+    /// The kernel command line, with the PL011 early console at `earlycon`.
+    fn append(self, earlycon: &str) -> Vec<String> {
+        if self == Console::Virtio {
+            return ["console=hvc0", "panic=-1"].map(String::from).to_vec();
+        }
+        let mut a: Vec<String> = BOOTARGS
+            .iter()
+            .map(|s| {
+                if s.starts_with("earlycon=") {
+                    earlycon.to_string()
+                } else {
+                    s.to_string()
+                }
+            })
+            .collect();
+        if self == Console::Quiet {
+            a.push("quiet".into());
+        }
+        a
+    }
+}
 
 /// One boot's measurements.
 #[derive(Debug, Clone)]
@@ -43,25 +101,8 @@ fn printk_time(console: &str, what: &str) -> Option<f64> {
     line[open + 1..close].trim().parse().ok()
 }
 
-fn append(quiet: bool, earlycon: &str) -> Vec<String> {
-    let mut a: Vec<String> = BOOTARGS
-        .iter()
-        .map(|s| {
-            if s.starts_with("earlycon=") {
-                earlycon.to_string()
-            } else {
-                s.to_string()
-            }
-        })
-        .collect();
-    if quiet {
-        a.push("quiet".into());
-    }
-    a
-}
-
-fn check_console(what: &str, out: &proc::Output) -> Result<(), String> {
-    if !out.stdout.contains(MARKER) || !out.stdout.contains(POWER_DOWN) {
+fn check_console(what: &str, out: &proc::Output, console: Console) -> Result<(), String> {
+    if !out.stdout.contains(MARKER) || !out.stdout.contains(console.last_line()) {
         return Err(format!(
             "{what}: no init marker and poweroff on the console; {out}"
         ));
@@ -69,35 +110,56 @@ fn check_console(what: &str, out: &proc::Output) -> Result<(), String> {
     Ok(())
 }
 
-/// The kernel and initramfs booted by QEMU itself (its PL011 is at 0x9000000), on the
-/// CPU model the testbed host of the comparison has.
+/// The kernel and initramfs booted by QEMU itself (its PL011 is at 0x9000000; the
+/// virtio console on its first virtio-mmio slot), on the CPU model the testbed host of
+/// the comparison has.
 fn direct(
     kernel: &Path,
     initrd: &Path,
-    quiet: bool,
+    console: Console,
     icount: bool,
     cpu: HostCpu,
 ) -> Result<Boot, String> {
     let mut cmd = Command::new("qemu-system-aarch64");
-    cmd.args(["-M", "virt", "-cpu", cpu.qemu_cpu(), "-m", "256M"])
-        .args(["-nographic", "-no-reboot", "-kernel"])
+    cmd.args([
+        "-M",
+        "virt",
+        "-cpu",
+        cpu.qemu_cpu(),
+        "-m",
+        "256M",
+        "-no-reboot",
+    ]);
+    if console == Console::Virtio {
+        cmd.args(["-display", "none", "-serial", "none", "-monitor", "none"])
+            .args([
+                "-chardev",
+                "stdio,id=con",
+                "-device",
+                "virtio-serial-device",
+            ])
+            .args(["-device", "virtconsole,chardev=con"]);
+    } else {
+        cmd.arg("-nographic");
+    }
+    cmd.arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(append(quiet, "earlycon=pl011,0x9000000").join(" "));
+        .arg(console.append("earlycon=pl011,0x9000000").join(" "));
     if icount {
         cmd.args(["-icount", "shift=0"]);
     }
     let out = proc::run(&mut cmd, Duration::from_secs(300)).map_err(|e| e.to_string())?;
-    check_console("direct QEMU", &out)?;
+    check_console("direct QEMU", &out, console)?;
     if out.code != Some(0) {
         return Err(format!("direct QEMU: {out}"));
     }
     Ok(Boot {
         wall: out.elapsed,
         load: None,
-        guest: printk_time(&out.stdout, POWER_DOWN),
+        guest: printk_time(&out.stdout, console.last_line()),
         console_bytes: out.stdout.len(),
         stats: None,
     })
@@ -150,20 +212,25 @@ pub(crate) fn stats_and_destroy(
 }
 
 /// bhyveload, `bhyve -b` to the poweroff (bhyve exits 1), the vCPU's stats, destroy.
-fn stack(socket: &Path, kernel: &Path, initrd: &Path, quiet: bool) -> Result<Boot, String> {
+fn stack(socket: &Path, kernel: &Path, initrd: &Path, console: Console) -> Result<Boot, String> {
     let t = Instant::now();
     load(
         socket,
         VM,
         kernel,
         initrd,
-        &append(quiet, "earlycon=pl011,0x10000"),
+        &console.append("earlycon=pl011,0x10000"),
     )?;
     let loaded = t.elapsed();
-    let boot = run_tool("bhyve", tool("bhyve", socket).args(["-b", VM]), 300)?;
+    let mut bhyve = tool("bhyve", socket);
+    bhyve.arg("-b");
+    if console == Console::Virtio {
+        bhyve.args(["-s", "3,virtio-console"]);
+    }
+    let boot = run_tool("bhyve", bhyve.arg(VM), 300)?;
     let wall = t.elapsed();
     let (stats, destroy) = stats_and_destroy(socket, VM)?;
-    check_console("bhyve", &boot)?;
+    check_console("bhyve", &boot, console)?;
     if boot.code != Some(1) {
         return Err(format!("bhyve (want exit 1, the poweroff): {boot}"));
     }
@@ -173,7 +240,7 @@ fn stack(socket: &Path, kernel: &Path, initrd: &Path, quiet: bool) -> Result<Boo
     Ok(Boot {
         wall,
         load: Some(loaded),
-        guest: printk_time(&boot.stdout, POWER_DOWN),
+        guest: printk_time(&boot.stdout, console.last_line()),
         console_bytes: boot.stdout.len(),
         stats: (stats.code == Some(0)).then(|| Stats::parse(&stats.stdout)),
     })
@@ -237,7 +304,7 @@ pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
 /// Medians of one configuration, both ways.
 pub(crate) struct Row {
     pub(crate) icount: bool,
-    pub(crate) quiet: bool,
+    pub(crate) console: Console,
     direct: Vec<Boot>,
     stack: Vec<Boot>,
 }
@@ -303,13 +370,14 @@ pub fn bench_boot(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Boots `runs` times per configuration (full console or `quiet`, plain or under
+/// Boots `runs` times per configuration (each [`Console`], plain or under
 /// `-icount shift=0`) both ways, alternating, with the testbed on host CPU `cpu`.
 pub(crate) fn run_bench_boot(runs: usize, cpu: HostCpu) -> Result<Vec<Row>, String> {
     proc::build_tools().map_err(|e| e.to_string())?;
     let testbed = build::build_testbed()?;
     let kernel = guest::kernel().map_err(|e| e.to_string())?;
     let initrd = guest::initramfs(Init::PowerOff).map_err(|e| e.to_string())?;
+    let hvc_initrd = guest::hvc_initramfs().map_err(|e| e.to_string())?;
     let dir = proc::bin_dir()
         .parent()
         .map(|p| p.join("bench-boot"))
@@ -324,20 +392,26 @@ pub(crate) fn run_bench_boot(runs: usize, cpu: HostCpu) -> Result<Vec<Row>, Stri
             dir.display()
         );
         let (bed, socket) = serve(&testbed, dir.clone(), icount, cpu)?;
-        for quiet in [false, true] {
+        for console in Console::ALL {
+            let initrd = if console == Console::Virtio {
+                &hvc_initrd
+            } else {
+                &initrd
+            };
             let mut row = Row {
                 icount,
-                quiet,
+                console,
                 direct: Vec::new(),
                 stack: Vec::new(),
             };
             for i in 0..runs {
-                let d = direct(&kernel, &initrd, quiet, icount, cpu)?;
-                let s = stack(&socket, &kernel, &initrd, quiet).map_err(|e| {
+                let d = direct(&kernel, initrd, console, icount, cpu)?;
+                let s = stack(&socket, &kernel, initrd, console).map_err(|e| {
                     format!("{e}\n[broker log]\n{}", read(&bed.layout.broker_log()))
                 })?;
                 eprintln!(
-                    "xtask: icount={icount} quiet={quiet} run {}: direct {:.2?} (guest {:?} s), stack {:.2?} (bhyveload {:.2?}, guest {:?} s, {} exits)",
+                    "xtask: icount={icount} console={} run {}: direct {:.2?} (guest {:?} s), stack {:.2?} (bhyveload {:.2?}, guest {:?} s, {} exits)",
+                    console.name(),
                     i + 1,
                     d.wall,
                     d.guest,
@@ -361,7 +435,7 @@ fn read(p: &Path) -> String {
 }
 
 fn print_report(rows: &[Row], runs: usize) {
-    println!("\nboot to poweroff, median of {runs} (wall: process start to exit; guest: printk time at \"{POWER_DOWN}\")");
+    println!("\nboot to poweroff, median of {runs} (wall: process start to exit; guest: printk time at \"{POWER_DOWN}\", on hvc0 at \"{POWERING_OFF}\")");
     println!(
         "{:<8} {:<8} {:>12} {:>12} {:>12} {:>7} {:>12} {:>12} {:>7} {:>8} {:>8}",
         "icount",
@@ -382,7 +456,7 @@ fn print_report(rows: &[Row], runs: usize) {
         println!(
             "{:<8} {:<8} {:>12} {:>12} {:>12} {:>7} {:>12} {:>12} {:>7} {:>8} {:>8}",
             if r.icount { "shift=0" } else { "no" },
-            if r.quiet { "quiet" } else { "full" },
+            r.console.name(),
             fmt_s(dw),
             fmt_s(sw),
             fmt_s(Row::load(&r.stack)),
@@ -403,7 +477,7 @@ fn print_report(rows: &[Row], runs: usize) {
         println!(
             "\nexits by kind, last boot under our stack (icount {}, console {}, {} console bytes):",
             if r.icount { "shift=0" } else { "no" },
-            if r.quiet { "quiet" } else { "full" },
+            r.console.name(),
             r.stack.last().map_or(0, |b| b.console_bytes)
         );
         for (name, v) in st.0.iter().filter(|(_, v)| *v > 0) {
@@ -413,8 +487,8 @@ fn print_report(rows: &[Row], runs: usize) {
     // What one console byte costs: the full-console boot minus the quiet one, over the
     // extra exits to userspace (nearly all PL011 data-register writes).
     for icount in [false, true] {
-        let full = rows.iter().find(|r| r.icount == icount && !r.quiet);
-        let quiet = rows.iter().find(|r| r.icount == icount && r.quiet);
+        let row = |c: Console| rows.iter().find(|r| r.icount == icount && r.console == c);
+        let (full, quiet) = (row(Console::Full), row(Console::Quiet));
         let (Some(f), Some(q)) = (full, quiet) else {
             continue;
         };

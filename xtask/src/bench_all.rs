@@ -5,7 +5,7 @@
 //! table with the KVM/arm64 reference figures and the goals of docs/PERFORMANCE.md, so
 //! any commit can be compared. Prints numbers; asserts nothing. CI does not run it.
 
-use crate::bench::{parse_runs, run_bench_boot, Row};
+use crate::bench::{parse_runs, run_bench_boot, Console, Row};
 use crate::bench_exit::{run_bench_exit, ExitCost};
 use crate::kernel::{run_bench_el2, El2Costs};
 use vmm_testbed_broker::launch::HostCpu;
@@ -22,10 +22,10 @@ struct Metric {
 enum Figure {
     /// Instructions per exit of (path, exit) in bench-el2.
     Exit(&'static str, &'static str),
-    /// A boot configuration (icount, quiet) of bench-boot: wall ratio.
-    Wall(bool, bool),
+    /// A boot configuration (icount, console) of bench-boot: wall ratio.
+    Wall(bool, Console),
     /// ... guest-time ratio.
-    Guest(bool, bool),
+    Guest(bool, Console),
     /// bhyveload's time in the plain full-console boot.
     Bhyveload,
     /// bench-exit: instructions of one of its figures.
@@ -89,27 +89,39 @@ const METRICS: &[Metric] = &[
     },
     Metric {
         name: "boot, full console: wall / plain QEMU",
-        figure: Figure::Wall(false, false),
+        figure: Figure::Wall(false, Console::Full),
         kvm: "5.5x",
         goal: "<= 2x",
     },
     Metric {
         name: "boot, full console: icount / plain QEMU",
-        figure: Figure::Guest(true, false),
+        figure: Figure::Guest(true, Console::Full),
         kvm: "1.22x",
         goal: "<= 1.10x",
     },
     Metric {
         name: "boot, quiet: wall / plain QEMU",
-        figure: Figure::Wall(false, true),
+        figure: Figure::Wall(false, Console::Quiet),
         kvm: "-",
         goal: "-",
     },
     Metric {
         name: "boot, quiet: icount / plain QEMU",
-        figure: Figure::Guest(true, true),
+        figure: Figure::Guest(true, Console::Quiet),
         kvm: "-",
         goal: "-",
+    },
+    Metric {
+        name: "boot, virtio console: wall / plain QEMU",
+        figure: Figure::Wall(false, Console::Virtio),
+        kvm: "-",
+        goal: "~1x",
+    },
+    Metric {
+        name: "boot, virtio console: icount / plain QEMU",
+        figure: Figure::Guest(true, Console::Virtio),
+        kvm: "-",
+        goal: "~1x",
     },
     Metric {
         name: "bhyveload (256 MiB VM, 27 MiB kernel)",
@@ -128,22 +140,24 @@ struct Mode {
 }
 
 impl Mode {
-    fn row(&self, icount: bool, quiet: bool) -> Option<&Row> {
+    fn row(&self, icount: bool, console: Console) -> Option<&Row> {
         self.boot
             .iter()
-            .find(|r| r.icount == icount && r.quiet == quiet)
+            .find(|r| r.icount == icount && r.console == console)
     }
 
     fn figure(&self, f: &Figure) -> String {
         let ratio = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}x"));
         match *f {
             Figure::Exit(path, what) => self.el2.get(path, what).map_or("-".into(), thousands),
-            Figure::Wall(icount, quiet) => ratio(self.row(icount, quiet).and_then(Row::wall_ratio)),
-            Figure::Guest(icount, quiet) => {
-                ratio(self.row(icount, quiet).and_then(Row::guest_ratio))
+            Figure::Wall(icount, console) => {
+                ratio(self.row(icount, console).and_then(Row::wall_ratio))
+            }
+            Figure::Guest(icount, console) => {
+                ratio(self.row(icount, console).and_then(Row::guest_ratio))
             }
             Figure::Bhyveload => self
-                .row(false, false)
+                .row(false, Console::Full)
                 .and_then(Row::bhyveload)
                 .map_or("-".into(), |s| format!("{s:.2} s")),
             Figure::UserExit(f) => thousands(f(&self.exit).round() as u64),

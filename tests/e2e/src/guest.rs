@@ -68,6 +68,12 @@ pub fn root_initramfs() -> Result<PathBuf, Error> {
     script("make-initramfs.sh", &["root"])
 }
 
+/// The initramfs whose /init loads virtio_console, prints the kernel's log and the
+/// [`MARKER`] on hvc0 and powers off (tests/make-initramfs.sh hvc).
+pub fn hvc_initramfs() -> Result<PathBuf, Error> {
+    script("make-initramfs.sh", &["hvc"])
+}
+
 /// The pristine ext4 root disk template (tests/make-rootdisk.sh write): copy it before
 /// booting it.
 pub fn rootdisk_template() -> Result<PathBuf, Error> {
