@@ -161,7 +161,14 @@ pub mod lane {
 
     /// Whether `cmd` is a vCPU's own lane request (its argument names the vCPU).
     pub fn names_vcpu(cmd: u64) -> bool {
-        CMDS[..VCPU_CMDS].contains(&cmd)
+        let mut i = 0;
+        while i < VCPU_CMDS {
+            if CMDS[i] == cmd {
+                return true;
+            }
+            i += 1;
+        }
+        false
     }
 }
 
