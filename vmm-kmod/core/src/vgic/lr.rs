@@ -27,14 +27,21 @@ pub const HCR_EN: u64 = 1 << 0;
 pub const HCR_UIE: u64 = 1 << 1;
 pub const HCR_NPIE: u64 = 1 << 3;
 
-/// A candidate for a list register, ordered by what the guest must see first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Candidate {
-    /// Active interrupts first: the guest is handling them and will EOI them; an EOI
-    /// for an interrupt in no list register would be lost.
-    not_active: bool,
-    priority: u8,
-    intid: u32,
+/// A candidate for a list register as one key, ordered by what the guest must see
+/// first: active interrupts (the guest is handling them and will EOI them; an EOI for
+/// an interrupt in no list register would be lost), then by priority, then by INTID.
+/// One integer, so that `flush`'s ranking compares and moves words and its array of
+/// the best is filled a word pair at a time rather than field by field.
+fn candidate(active: bool, priority: u8, intid: u32) -> u64 {
+    (u64::from(!active) << 40) | (u64::from(priority) << 32) | u64::from(intid)
+}
+
+/// Above every [`candidate`] key.
+const NO_CANDIDATE: u64 = 1 << 41;
+
+/// The INTID of a [`candidate`] key.
+fn candidate_intid(key: u64) -> u32 {
+    key as u32
 }
 
 /// The list register for `i` (INTID `intid`), showing it pending if `pending`.
@@ -81,7 +88,7 @@ impl Vgic {
         if self
             .cpus
             .get(vcpu)
-            .is_some_and(|c| c.idle_epoch == Some(epoch))
+            .is_some_and(|c| c.idle_epoch == Some(epoch) && !c.private_changed)
         {
             // Nothing changed since a flush that found nothing: same answer. Only the
             // list registers a previous flush used can hold anything.
@@ -96,21 +103,17 @@ impl Vgic {
         let grp0_on = self.ctlr & 1 != 0;
         let grp1_on = self.ctlr & 2 != 0;
         let wanted = |intid: u32, i: &Irq| {
-            (i.active || i.deliverable(grp0_on, grp1_on)).then_some(Candidate {
-                not_active: !i.active,
-                priority: i.priority,
-                intid,
-            })
+            (i.active || i.deliverable(grp0_on, grp1_on))
+                .then(|| candidate(i.active, i.priority, intid))
         };
-        // The best `nr` candidates, kept sorted; `total` counts all.
-        let mut best = [Candidate {
-            not_active: true,
-            priority: u8::MAX,
-            intid: u32::MAX,
-        }; ICH_LR_MAX];
+        // The best `nr` candidates (the first `len` of them valid), kept sorted; `total`
+        // counts all.
+        // Only the first `len` are read; the filler's bytes differ so that filling the
+        // array is stores, not a memset call.
+        let mut best = [NO_CANDIDATE; ICH_LR_MAX];
         let mut len = 0usize;
         let mut total = 0usize;
-        let mut offer = |c: Candidate| {
+        let mut offer = |c: u64| {
             total = total.saturating_add(1);
             let Some(slots) = best.get_mut(..nr) else {
                 return;
@@ -119,12 +122,19 @@ impl Vgic {
             if pos >= nr {
                 return;
             }
-            // Shift the tail down one (dropping the last if full) and insert.
-            if let Some(tail) = slots.get_mut(pos..) {
-                tail.rotate_right(1);
-                if let Some(first) = tail.first_mut() {
-                    *first = c;
+            // Move the kept ones after `pos` down one (the last drops out when all
+            // `nr` are taken), one at a time: a slice rotation of the whole tail cost
+            // a memmove and a memcpy call for what is mostly nothing to move.
+            let mut at = len.min(nr.saturating_sub(1));
+            while at > pos {
+                let prev = slots.get(at.wrapping_sub(1)).copied();
+                if let (Some(prev), Some(slot)) = (prev, slots.get_mut(at)) {
+                    *slot = prev;
                 }
+                at = at.wrapping_sub(1);
+            }
+            if let Some(slot) = slots.get_mut(pos) {
+                *slot = c;
             }
             len = len.saturating_add(1).min(nr);
         };
@@ -164,32 +174,32 @@ impl Vgic {
         self.spi_maybe_live &= !idle;
         let overflow = total > len;
         let mut any_pending = false;
-        let mut lr_intid = [0u32; ICH_LR_MAX];
         // The slots past `len` need emptying only where the last flush put something.
         let stale = usize::try_from(regs.lr_used).unwrap_or(ICH_LR_MAX);
         for (slot, lr) in regs.ich_lr_el2.iter_mut().enumerate().take(len.max(stale)) {
-            let Some(c) = best.get(slot).filter(|_| slot < len) else {
+            let Some(intid) = best
+                .get(slot)
+                .filter(|_| slot < len)
+                .map(|&c| candidate_intid(c))
+            else {
                 *lr = 0;
                 continue;
             };
             // An active one may be pending again too; a pending-only one is by choice.
             let pending = self
-                .irq(vcpu, c.intid)
+                .irq(vcpu, intid)
                 .is_some_and(|i| i.deliverable(grp0_on, grp1_on));
-            let Some(i) = self.irq_mut(vcpu, c.intid) else {
+            let Some(i) = self.irq_mut(vcpu, intid) else {
                 *lr = 0;
                 continue;
             };
-            *lr = lr_value(c.intid, i, pending, overflow);
+            *lr = lr_value(intid, i, pending, overflow);
             any_pending |= pending;
             if pending && i.edge {
                 i.latch = false;
             }
-            if c.intid >= SPI_BASE {
+            if intid >= SPI_BASE {
                 i.owner = v;
-            }
-            if let Some(x) = lr_intid.get_mut(slot) {
-                *x = c.intid;
             }
         }
         let mut hcr = HCR_EN;
@@ -204,9 +214,13 @@ impl Vgic {
         regs.ich_hcr_el2 = hcr;
         regs.lr_used = len as u64;
         if let Some(c) = self.cpus.get_mut(vcpu) {
-            c.lr_intid = lr_intid;
+            // Element by element: the whole array's copy was a memcpy call.
+            for (x, &b) in c.lr_intid.iter_mut().zip(&best).take(len) {
+                *x = candidate_intid(b);
+            }
             c.lr_used = len;
             c.idle_epoch = (total == 0).then_some(epoch);
+            c.private_changed = false;
         }
     }
 
@@ -228,9 +242,17 @@ impl Vgic {
         if used == 0 {
             return k;
         }
-        let intids = c.lr_intid;
-        self.touch();
-        for (&intid, &lr) in intids.iter().zip(regs.ich_lr_el2.iter()).take(used) {
+        // Private interrupts mark this vCPU (`irq_mut`); an SPI's state is everyone's.
+        let mut spi_changed = false;
+        for (slot, &lr) in regs.ich_lr_el2.iter().enumerate().take(used) {
+            // Read one at a time: a copy of the whole array was a memcpy call.
+            let Some(intid) = self
+                .cpus
+                .get(vcpu)
+                .and_then(|c| c.lr_intid.get(slot).copied())
+            else {
+                continue;
+            };
             let Some(i) = self.irq_mut(vcpu, intid) else {
                 continue;
             };
@@ -243,10 +265,16 @@ impl Vgic {
             } else if !pending {
                 i.latch = false;
             }
-            if intid >= SPI_BASE && !i.active {
-                i.owner = NO_OWNER;
-                self.note(&mut k, vcpu, intid);
+            if intid >= SPI_BASE {
+                spi_changed = true;
+                if !i.active {
+                    i.owner = NO_OWNER;
+                    self.note(&mut k, vcpu, intid);
+                }
             }
+        }
+        if spi_changed {
+            self.touch();
         }
         k
     }

@@ -118,6 +118,11 @@ pub(crate) struct Cpu {
     /// The `Vgic::epoch` at which `flush` last found nothing to put in a list register:
     /// until the state changes, the next flush can skip the scan.
     pub(crate) idle_epoch: Option<u64>,
+    /// A private interrupt of this vCPU may have changed since `flush` last looked
+    /// (set with every mutable access to one, which changes no epoch: an SGI another
+    /// vCPU sends, its timers' PPIs, its folded list registers). So the sender of an
+    /// IPI, idle, keeps its quick flush.
+    pub(crate) private_changed: bool,
 }
 
 impl Cpu {
@@ -136,12 +141,15 @@ impl Cpu {
             lr_used: 0,
             vmcr: 0,
             idle_epoch: None,
+            private_changed: false,
         }
     }
 
-    /// Private interrupt `n` to change: marked as possibly live for `flush`.
+    /// Private interrupt `n` to change: marked as possibly live, and this vCPU as
+    /// changed, for `flush`.
     fn private_mut(&mut self, n: usize) -> Option<&mut Irq> {
         self.private_maybe_live |= 1u32.checked_shl(u32::try_from(n).ok()?).unwrap_or(0);
+        self.private_changed = true;
         self.private.get_mut(n)
     }
 
@@ -182,9 +190,11 @@ pub struct Vgic {
     pub(crate) spi_maybe_live: u128,
     pub(crate) cpus: Vec<Cpu>,
     /// Bumped by every change that could give some vCPU something to see (register
-    /// writes, injections, folded list registers): `flush` skips its scan for a vCPU
-    /// that was idle at the current epoch. Every exit pays a flush, so the common
-    /// case (nothing pending anywhere) must cost next to nothing.
+    /// writes, injections, folded list registers) but those to one vCPU's private
+    /// interrupts alone, which mark that vCPU instead (`Cpu::private_changed`): `flush`
+    /// skips its scan for a vCPU that was idle at the current epoch and is not marked.
+    /// Every exit pays a flush, so the common case (nothing pending anywhere) must cost
+    /// next to nothing.
     pub(crate) epoch: u64,
 }
 
@@ -436,15 +446,16 @@ impl Vgic {
         if !(PPI_BASE..SPI_BASE).contains(&intid) {
             return Err(Errno::EINVAL);
         }
-        let irq = self.irq_mut(vcpu, intid).ok_or(Errno::EINVAL)?;
-        let before = *irq;
-        irq.set_level(level);
         // The timers drive their PPIs after every exit: only a change costs a scan,
-        // and only a change can give anyone new work.
-        if *irq == before {
+        // and only a change can give anyone new work. An unchanged line changes
+        // nothing (`Irq::set_level`); looked at before the interrupt is taken for a
+        // change, which marks the vCPU.
+        if self.irq(vcpu, intid).ok_or(Errno::EINVAL)?.level == level {
             return Ok(Kicks::default());
         }
-        self.touch();
+        self.irq_mut(vcpu, intid)
+            .ok_or(Errno::EINVAL)?
+            .set_level(level);
         let mut k = Kicks::default();
         self.note(&mut k, vcpu, intid);
         Ok(k)
@@ -503,7 +514,7 @@ impl Vgic {
         if vcpu >= self.cpus.len() {
             return kicks;
         }
-        self.touch();
+        // Only the targets' SGIs change, each marked by `private_mut`: no epoch.
         let intid = ((value >> 24) & 0xf) as u32;
         let irm = value & (1 << 40) != 0;
         let target_list = value & 0xffff;
