@@ -598,6 +598,16 @@ impl<H: Host> Vmm<H> {
                     let pc = vcpu.ctx_ref().pc;
                     return Ok(Next::User(exit_base(ExitCode::Bogus, pc, 0)));
                 }
+                // Woken by an injection for this vCPU (a notifier sets `irq_pending`
+                // only for an interrupt the distributor would deliver to it): enter at
+                // once, the flush delivers it, rather than look at the whole vGIC again
+                // first. Should the guest's own priority mask hide it, its WFI exits
+                // again and sleeps, as a spurious wakeup the architecture allows.
+                crate::host::SleepResult::Woken
+                    if slot.shared.irq_pending.load(Ordering::SeqCst) =>
+                {
+                    return Ok(Next::Reenter);
+                }
                 crate::host::SleepResult::Woken | crate::host::SleepResult::TimedOut => {}
             }
         }

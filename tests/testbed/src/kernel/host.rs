@@ -293,16 +293,17 @@ fn next_timer_deadline() -> Option<u64> {
 /// Polls the core's timers (the run loop and sleep call it; no callout thread here).
 pub fn timer_tick() {
     let now = timer::now();
-    let due: alloc::vec::Vec<Arc<TimerSlot>> = TIMERS
-        .lock()
-        .iter()
-        .filter(|t| {
-            let d = t.deadline.load(Ordering::SeqCst);
-            d != 0 && d <= now
-        })
-        .cloned()
-        .collect();
-    for t in due {
+    let due = |t: &&Arc<TimerSlot>| {
+        let d = t.deadline.load(Ordering::SeqCst);
+        d != 0 && d <= now
+    };
+    // One due timer at a time, taken under the lock and run outside it: nothing is
+    // allocated when none is due (a sleeping vCPU ticks at every wakeup). Each run
+    // clears its deadline; the bound stops a callback that re-arms in the past.
+    for _ in 0..MAX_TICK_CALLS {
+        let Some(t) = TIMERS.lock().iter().find(due).cloned() else {
+            return;
+        };
         t.running.fetch_add(1, Ordering::SeqCst);
         if t.deadline.swap(0, Ordering::SeqCst) != 0 {
             (t.func)(t.arg);
@@ -310,6 +311,9 @@ pub fn timer_tick() {
         t.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// Timer callbacks one `timer_tick` runs at most.
+const MAX_TICK_CALLS: usize = 64;
 
 /// The `Host` the testbed gives the core.
 #[derive(Debug)]
