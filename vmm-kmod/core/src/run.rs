@@ -779,20 +779,8 @@ impl<H: Host> Vmm<H> {
         }
         self.skip_insn(vcpu);
         stats.inc(Stat::TimerKernel);
-        // The write may have raised or lowered PPI 30.
-        let eval = vtimer::evaluate(
-            &vcpu.ctx_ref().timer,
-            &vcpu.ctx_ref().el2_answers.ptimer,
-            now,
-        );
-        let kicks = {
-            let mut g = vm.vgic.lock();
-            match g.as_mut() {
-                Some(v) => vtimer::update_vgic(v, id, &eval)?,
-                None => Kicks::default(),
-            }
-        };
-        vm.kick_irq(&self.host, kicks, Some(id));
+        // A write may have raised or lowered PPI 30: the flush before the reentry
+        // drives it, as after every exit (the PPI is this vCPU's alone).
         Ok(Some(Next::Reenter))
     }
 }
