@@ -245,8 +245,9 @@ static SVE_SAVE: [SpinLock<SveState>; MAX_CPUS] =
 /// True when SVE is enabled at EL2 on this VHE host (CPTR_EL2.ZEN, E2H layout, 0b11):
 /// then the host may hold SVE state the world switch does not keep.
 fn host_sve_live() -> bool {
-    (vmm_arm64::mrs!("id_aa64pfr0_el1") >> 32) & 0xf != 0
-        && (vmm_arm64::mrs!("cpacr_el1") >> 16) & 3 == 3
+    // The enable first: clear on every entry here, it spares the ID register read.
+    (vmm_arm64::mrs!("cpacr_el1") >> 16) & 3 == 3
+        && (vmm_arm64::mrs!("id_aa64pfr0_el1") >> 32) & 0xf != 0
 }
 
 /// A one-shot timer: a slot the timer interrupt scans (see `timer_tick`).
@@ -585,7 +586,12 @@ impl Host for TestbedHost {
             // The switch keeps V0-V31 only; a live SVE state (Z beyond 128 bits, P, FFR)
             // is the host's to keep, as FreeBSD's vfp_save_state does for its threads.
             let sve = host_sve_live();
-            let mut save = SVE_SAVE.get(cpu::id()).map(|s| s.lock());
+            // Locked only when there is state to keep: every entry pays for it otherwise.
+            let mut save = if sve {
+                SVE_SAVE.get(cpu::id()).map(|s| s.lock())
+            } else {
+                None
+            };
             if sve {
                 if let Some(buf) = save.as_mut() {
                     // SAFETY: SVE is enabled at EL2; the buffer holds the largest state.
