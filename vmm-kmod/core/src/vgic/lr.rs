@@ -106,10 +106,9 @@ impl Vgic {
             (i.active || i.deliverable(grp0_on, grp1_on))
                 .then(|| candidate(i.active, i.priority, intid))
         };
-        // The best `nr` candidates (the first `len` of them valid), kept sorted; `total`
-        // counts all.
-        // Only the first `len` are read; the filler's bytes differ so that filling the
-        // array is stores, not a memset call.
+        // The best `nr` candidates, kept sorted; `total` counts all. Only the first `len`
+        // are ever read: the filler is any value whose bytes differ, so that filling the
+        // array is a few stores rather than a memset call.
         let mut best = [NO_CANDIDATE; ICH_LR_MAX];
         let mut len = 0usize;
         let mut total = 0usize;
