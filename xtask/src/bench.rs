@@ -57,18 +57,19 @@ impl Console {
         }
     }
 
-    /// The kernel command line, with the PL011 early console at `earlycon`.
+    /// The kernel command line, with the PL011 early console at `earlycon` (none on
+    /// hvc0, whose console is the virtio one).
     fn append(self, earlycon: &str) -> Vec<String> {
-        if self == Console::Virtio {
-            return ["console=hvc0", "panic=-1"].map(String::from).to_vec();
-        }
+        let virtio = self == Console::Virtio;
         let mut a: Vec<String> = BOOTARGS
             .iter()
-            .map(|s| {
+            .filter_map(|s| {
                 if s.starts_with("earlycon=") {
-                    earlycon.to_string()
+                    (!virtio).then(|| earlycon.to_string())
+                } else if s.starts_with("console=") && virtio {
+                    Some("console=hvc0".to_string())
                 } else {
-                    s.to_string()
+                    Some(s.to_string())
                 }
             })
             .collect();

@@ -585,27 +585,23 @@ impl Host for TestbedHost {
         if cpu::vhe_host() {
             // The switch keeps V0-V31 only; a live SVE state (Z beyond 128 bits, P, FFR)
             // is the host's to keep, as FreeBSD's vfp_save_state does for its threads.
-            let sve = host_sve_live();
-            // Locked only when there is state to keep: every entry pays for it otherwise.
-            let mut save = if sve {
+            // The save area is locked only when there is state to keep: every entry
+            // would pay for the lock otherwise.
+            let mut save = if host_sve_live() {
                 SVE_SAVE.get(cpu::id()).map(|s| s.lock())
             } else {
                 None
             };
-            if sve {
-                if let Some(buf) = save.as_mut() {
-                    // SAFETY: SVE is enabled at EL2; the buffer holds the largest state.
-                    unsafe { testbed_sve_save(buf.0.as_mut_ptr()) };
-                }
+            if let Some(buf) = save.as_mut() {
+                // SAFETY: SVE is enabled at EL2; the buffer holds the largest state.
+                unsafe { testbed_sve_save(buf.0.as_mut_ptr()) };
             }
             // SAFETY: at EL2 on a VHE host with interrupts masked (the core's contract),
             // the context through its kernel address.
             let kind = unsafe { vmm_el2_switch::vhe::enter_guest(ctx.va.as_ptr().cast()) };
-            if sve {
-                if let Some(buf) = save.as_ref() {
-                    // SAFETY: as above; the buffer holds what was saved with this VL.
-                    unsafe { testbed_sve_load(buf.0.as_ptr()) };
-                }
+            if let Some(buf) = save.as_ref() {
+                // SAFETY: as above; the buffer holds what was saved with this VL.
+                unsafe { testbed_sve_load(buf.0.as_ptr()) };
             }
             kind
         } else {

@@ -633,8 +633,9 @@ fn answer_in_lane(core: &Core, req: &WireRequest<'_>, (slot, va, seq): (usize, u
 /// vCPU's own request (its number starts the argument: [`lane::names_vcpu`]) that
 /// vCPU's, except in the lane that carried its VM_RUN (`carrier`), whose hint is taken
 /// after the run; anything else but the testbed's own requests any of them. Register
-/// reads and interrupt lines change nothing. Lanes of other VMs with the same vCPU number are
-/// bumped too: a hint lost, never a stale one kept, and no lock or name compared.
+/// reads and interrupt lines change nothing. Lanes of other VMs with the same vCPU
+/// number are bumped too: a hint lost, never a stale one kept, and no lock or name
+/// compared.
 pub fn registers_may_change(cmd: u64, arg: &[u8], carrier: Option<usize>) {
     if matches!(
         cmd,
