@@ -67,7 +67,7 @@ impl Prepared {
     /// Builds the devices (the console UART selected by `args` writes to `out` and,
     /// with `input`, reads from it on a thread of its own) and runs the VM to its end.
     pub fn run(self, args: &Args, out: Output, input: Option<Box<dyn Read + Send>>) -> Stop {
-        let sink = Arc::new(machine::VmIrq(self.vm.clone()));
+        let sink = Arc::new(machine::VmLink(self.vm.clone()));
         let host_fds: Vec<_> = self.slots.iter().flat_map(|s| s.host_fds()).collect();
         let mut virtio = Vec::new();
         let mut virtio_console = None;

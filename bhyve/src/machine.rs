@@ -11,7 +11,7 @@ use vmm_virtio::VirtioMmio;
 use crate::args::{Args, ConsoleDevice};
 use crate::console::Output;
 use crate::devices::{ns16550::Ns16550, pl011::Pl011, pl031::Pl031, virtio_empty::EmptySlot};
-use crate::mmio::{Bus, DeviceRef, IrqError, IrqSink};
+use crate::mmio::{AnswerError, Bus, DeviceRef, IrqError, VmSink};
 
 /// Why a VM cannot be run. One line each.
 #[derive(Debug, Error)]
@@ -108,10 +108,11 @@ pub fn shape(vm: &Vm, args: &Args) -> Result<Shape, SetupError> {
     Ok(Shape { ncpus, memsize })
 }
 
-/// Interrupt levels go to the VM's VM_ASSERT_IRQ / VM_DEASSERT_IRQ.
-pub struct VmIrq(pub Vm);
+/// The bus's effects on the VM: interrupt levels go to VM_ASSERT_IRQ /
+/// VM_DEASSERT_IRQ, answered registers to VM_SET_MMIO_ANSWER.
+pub struct VmLink(pub Vm);
 
-impl IrqSink for VmIrq {
+impl VmSink for VmLink {
     fn set_irq(&self, intid: u32, high: bool) -> Result<(), IrqError> {
         let r = if high {
             self.0.assert_irq(intid)
@@ -124,6 +125,15 @@ impl IrqSink for VmIrq {
             cause: e.cause(),
         })
     }
+
+    fn answer_loads(&self, gpa: u64, value: u32) -> Result<bool, AnswerError> {
+        self.0
+            .set_mmio_answer(gpa, Some(value))
+            .map_err(|e| AnswerError {
+                gpa,
+                cause: e.cause(),
+            })
+    }
 }
 
 /// The platform devices: both UARTs (the console one writes to `out`, the other's
@@ -131,7 +141,7 @@ impl IrqSink for VmIrq {
 /// `virtio` by slot number, the rest empty (device ID 0, which guests skip). Returns the
 /// bus and the console UART, which the input thread feeds.
 pub fn build_bus(
-    sink: Arc<dyn IrqSink>,
+    sink: Arc<dyn VmSink>,
     console: ConsoleDevice,
     out: Output,
     mut virtio: Vec<(u32, VirtioMmio)>,

@@ -1,9 +1,13 @@
-//! The MMIO bus: guest physical address -> device model, and each device's interrupt line.
+//! The MMIO bus: guest physical address -> device model, each device's interrupt line
+//! and the register the kernel may answer for it.
 //!
 //! The kernel hands userspace every MMIO access outside the vGIC (INST_EMUL exits). vCPU
 //! threads and the console input thread reach the devices through this bus; each device
 //! sits behind its own lock, and its interrupt level is recomputed under that lock after
 //! every access so that the VM sees exactly one assert or deassert per level change.
+//! Before that, a device's answered register (a UART's flag register) is published to
+//! the kernel when its value changed, so that the guest reads it without an exit and
+//! never reads a value older than the interrupt that follows.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -28,11 +32,24 @@ pub trait MmioDevice: Send {
     fn push_input(&mut self, _bytes: &[u8]) -> usize {
         0
     }
+    /// A register the kernel may answer the guest's loads of, and its value now:
+    /// `(offset, value)`, the offset always the same. Only for a register whose reads
+    /// change nothing and whose value changes only in this model's own calls (accesses,
+    /// input), after each of which the bus publishes it again.
+    fn answered_register(&self) -> Option<(u64, u32)> {
+        None
+    }
 }
 
-/// Where interrupt levels go: the VM's assert/deassert calls.
-pub trait IrqSink: Send + Sync {
+/// Where the bus's effects on the VM go: interrupt levels (assert/deassert) and the
+/// loads the kernel answers.
+pub trait VmSink: Send + Sync {
     fn set_irq(&self, intid: u32, high: bool) -> Result<(), IrqError>;
+    /// Has the kernel answer loads at `gpa` with `value`. `Ok(false)`: it cannot (the
+    /// kernel lacks the extension), and the loads keep coming as exits.
+    fn answer_loads(&self, _gpa: u64, _value: u32) -> Result<bool, AnswerError> {
+        Ok(false)
+    }
 }
 
 /// The VM refused an interrupt change.
@@ -44,10 +61,29 @@ pub struct IrqError {
     pub cause: String,
 }
 
+/// The VM refused to answer a register's loads.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("cannot have the kernel answer loads at 0x{gpa:x}: {cause}")]
+pub struct AnswerError {
+    pub gpa: u64,
+    pub cause: String,
+}
+
+/// What the bus could not tell the VM after an access.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum BusError {
+    #[error(transparent)]
+    Irq(#[from] IrqError),
+    #[error(transparent)]
+    Answer(#[from] AnswerError),
+}
+
 struct Attached {
     dev: Box<dyn MmioDevice>,
     /// The level last sent to the sink.
     level: bool,
+    /// The answered register's value last published to the kernel.
+    answered: Option<u32>,
 }
 
 struct Entry {
@@ -60,7 +96,9 @@ struct Entry {
 /// The devices of one VM, by address.
 pub struct Bus {
     entries: Vec<Entry>,
-    sink: Arc<dyn IrqSink>,
+    sink: Arc<dyn VmSink>,
+    /// The kernel answers loads (cleared for good when it says it cannot).
+    kernel_answers: AtomicBool,
     unhandled: AtomicU64,
     warned: AtomicBool,
 }
@@ -90,10 +128,11 @@ pub enum Access {
 }
 
 impl Bus {
-    pub fn new(sink: Arc<dyn IrqSink>) -> Bus {
+    pub fn new(sink: Arc<dyn VmSink>) -> Bus {
         Bus {
             entries: Vec::new(),
             sink,
+            kernel_answers: AtomicBool::new(true),
             unhandled: AtomicU64::new(0),
             warned: AtomicBool::new(false),
         }
@@ -122,7 +161,11 @@ impl Bus {
             name,
             window,
             intid,
-            dev: Mutex::new(Attached { dev, level: false }),
+            dev: Mutex::new(Attached {
+                dev,
+                level: false,
+                answered: None,
+            }),
         });
         self.entries.len() - 1
     }
@@ -149,12 +192,12 @@ impl Bus {
     }
 
     /// A guest read of `size` bytes at `gpa`.
-    pub fn read(&self, gpa: u64, size: u8) -> Result<Access, IrqError> {
+    pub fn read(&self, gpa: u64, size: u8) -> Result<Access, BusError> {
         self.access(gpa, size, |d, off| d.read(off, size))
     }
 
     /// A guest write of `size` bytes at `gpa`.
-    pub fn write(&self, gpa: u64, size: u8, value: u64) -> Result<Access, IrqError> {
+    pub fn write(&self, gpa: u64, size: u8, value: u64) -> Result<Access, BusError> {
         self.access(gpa, size, |d, off| {
             d.write(off, size, value);
             0
@@ -166,7 +209,7 @@ impl Bus {
         gpa: u64,
         size: u8,
         f: impl FnOnce(&mut dyn MmioDevice, u64) -> u64,
-    ) -> Result<Access, IrqError> {
+    ) -> Result<Access, BusError> {
         let found = self.entries.iter().enumerate().find(|(_, e)| {
             matches!(size, 1 | 2 | 4 | 8) && e.window.contains_range(gpa, u64::from(size))
         });
@@ -176,8 +219,32 @@ impl Bus {
         };
         let mut att = lock(&entry.dev);
         let v = f(att.dev.as_mut(), gpa - entry.window.base);
-        self.update_irq(index, &mut att)?;
+        self.settle(index, &mut att)?;
         Ok(Access::Device(v))
+    }
+
+    /// After anything that may have changed a device: its answered register, then its
+    /// interrupt line (a guest taking the interrupt reads the new value).
+    fn settle(&self, index: usize, att: &mut Attached) -> Result<(), BusError> {
+        self.publish_answer(index, att)?;
+        self.update_irq(index, att)?;
+        Ok(())
+    }
+
+    fn publish_answer(&self, index: usize, att: &mut Attached) -> Result<(), AnswerError> {
+        let Some((offset, value)) = att.dev.answered_register() else {
+            return Ok(());
+        };
+        if att.answered == Some(value) || !self.kernel_answers.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let gpa = self.entries[index].window.base + offset;
+        if self.sink.answer_loads(gpa, value)? {
+            att.answered = Some(value);
+        } else {
+            self.kernel_answers.store(false, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn update_irq(&self, index: usize, att: &mut Attached) -> Result<(), IrqError> {
@@ -209,11 +276,11 @@ impl DeviceRef {
         lock(&self.bus.entries[self.index].dev).dev.rx_space()
     }
 
-    /// Queues console input and updates the interrupt line.
-    pub fn push_input(&self, bytes: &[u8]) -> Result<usize, IrqError> {
+    /// Queues console input and updates the answered register and interrupt line.
+    pub fn push_input(&self, bytes: &[u8]) -> Result<usize, BusError> {
         let mut att = lock(&self.bus.entries[self.index].dev);
         let n = att.dev.push_input(bytes);
-        self.bus.update_irq(self.index, &mut att)?;
+        self.bus.settle(self.index, &mut att)?;
         Ok(n)
     }
 
@@ -259,7 +326,7 @@ pub(crate) mod tests {
     /// Records every level change, as the VM would see it.
     #[derive(Default)]
     pub struct RecordingSink(pub Mutex<Vec<(u32, bool)>>);
-    impl IrqSink for RecordingSink {
+    impl VmSink for RecordingSink {
         fn set_irq(&self, intid: u32, high: bool) -> Result<(), IrqError> {
             self.0.lock().unwrap().push((intid, high));
             Ok(())
@@ -343,6 +410,92 @@ pub(crate) mod tests {
             weak.upgrade().is_none(),
             "a weak handle does not keep the bus"
         );
+    }
+
+    /// Records interrupt levels and answered registers in one order; answers loads
+    /// only if `kernel_answers`.
+    struct AnsweringSink {
+        kernel_answers: bool,
+        log: Mutex<Vec<String>>,
+    }
+    impl VmSink for AnsweringSink {
+        fn set_irq(&self, intid: u32, high: bool) -> Result<(), IrqError> {
+            self.log.lock().unwrap().push(format!("irq {intid} {high}"));
+            Ok(())
+        }
+        fn answer_loads(&self, gpa: u64, value: u32) -> Result<bool, AnswerError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("answer {gpa:#x} {value:#x}"));
+            Ok(self.kernel_answers)
+        }
+    }
+
+    #[test]
+    fn a_changed_answered_register_is_published_before_the_interrupt() {
+        use crate::devices::pl011::{self, Pl011};
+        let sink = Arc::new(AnsweringSink {
+            kernel_answers: true,
+            log: Mutex::default(),
+        });
+        let mut bus = Bus::new(sink.clone());
+        let i = bus.attach(
+            "pl011",
+            Window::new(0x9000, 0x1000),
+            Some(33),
+            Box::new(Pl011::new(std::io::sink())),
+        );
+        let bus = Arc::new(bus);
+        let fr = 0x9000 + pl011::FR;
+        let empty = pl011::fr::TXFE | pl011::fr::RXFE;
+        bus.write(0x9000 + pl011::IMSC, 4, pl011::int::RX.into())
+            .unwrap();
+        // Output does not change FR: published once, at the first access.
+        for b in b"hi" {
+            bus.write(0x9000 + pl011::DR, 4, u64::from(*b)).unwrap();
+        }
+        assert_eq!(
+            *sink.log.lock().unwrap(),
+            [format!("answer {fr:#x} {empty:#x}")]
+        );
+        sink.log.lock().unwrap().clear();
+        // Input: the new FR reaches the kernel before the interrupt is raised.
+        bus.device(i).unwrap().push_input(b"x").unwrap();
+        bus.read(0x9000 + pl011::DR, 4).unwrap();
+        assert_eq!(
+            *sink.log.lock().unwrap(),
+            [
+                format!("answer {fr:#x} {:#x}", pl011::fr::TXFE | pl011::fr::RXFF),
+                "irq 33 true".to_string(),
+                format!("answer {fr:#x} {empty:#x}"),
+                "irq 33 false".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_kernel_without_answers_is_asked_once() {
+        use crate::devices::pl011::{self, Pl011};
+        let sink = Arc::new(AnsweringSink {
+            kernel_answers: false,
+            log: Mutex::default(),
+        });
+        let mut bus = Bus::new(sink.clone());
+        let i = bus.attach(
+            "pl011",
+            Window::new(0x9000, 0x1000),
+            None,
+            Box::new(Pl011::new(std::io::sink())),
+        );
+        let bus = Arc::new(bus);
+        assert_eq!(
+            bus.read(0x9000 + pl011::FR, 2).unwrap(),
+            Access::Device((pl011::fr::TXFE | pl011::fr::RXFE).into())
+        );
+        bus.device(i).unwrap().push_input(b"x").unwrap();
+        bus.read(0x9000 + pl011::FR, 2).unwrap();
+        assert_eq!(sink.log.lock().unwrap().len(), 1, "{:?}", sink.log);
     }
 
     #[test]

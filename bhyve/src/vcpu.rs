@@ -25,7 +25,7 @@ use vmm_sys::exit::SuspendHow;
 use vmm_sys::reg::Reg;
 
 use crate::console::{warn, GuestNoise};
-use crate::mmio::{Access, Bus, IrqError};
+use crate::mmio::{Access, Bus, BusError};
 use crate::psci::{self, Action};
 
 /// Why the VM stopped, and so bhyve's exit status (bhyve(8)).
@@ -75,7 +75,7 @@ pub enum VcpuError {
     #[error("already active: the VM has run since bhyveload loaded it; run bhyveload again")]
     AlreadyActive,
     #[error(transparent)]
-    Irq(#[from] IrqError),
+    Bus(#[from] BusError),
     #[error("{what} exit at pc 0x{pc:x}: bhyve has no debugger (gdb stub) to take it")]
     NoDebugger { what: &'static str, pc: u64 },
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bhyve::args::{self, Command, ConsoleDevice};
 use bhyve::console::Output;
 use bhyve::devices::pl011;
-use bhyve::machine::{self, SetupError, VmIrq};
+use bhyve::machine::{self, SetupError, VmLink};
 use bhyve::mmio::{Bus, DeviceRef};
 use bhyve::vcpu::{self, Stop};
 use libvmmapi::exit::raw;
@@ -96,7 +96,7 @@ fn rig(name: &str, ncpus: u16, console: ConsoleDevice) -> Rig {
         .unwrap();
     let out = Arc::new(Mutex::new(Vec::new()));
     let (bus, uart) = machine::build_bus(
-        Arc::new(VmIrq(vm.clone())),
+        Arc::new(VmLink(vm.clone())),
         console,
         Output::Buffer(out.clone()),
         Vec::new(),

@@ -586,6 +586,32 @@ impl Vm {
             .map(drop)
     }
 
+    /// Has the kernel answer the guest's 1-, 2- and 4-byte loads at `gpa` with the low
+    /// bytes of `value` (`Some`) or stop (`None`), instead of INST_EMUL exits
+    /// (VM_SET_MMIO_ANSWER, our extension; for a register without read side effects
+    /// that only the device model changes). `Ok(false)`: this kernel does not have the
+    /// extension (FreeBSD's own vmm answers ENOTTY), and the loads keep coming to
+    /// userspace.
+    pub fn set_mmio_answer(&self, gpa: u64, value: Option<u32>) -> Result<bool> {
+        let arg = abi::VmMmioAnswer {
+            gpa,
+            value: value.unwrap_or(0),
+            flags: if value.is_some() {
+                abi::MMIO_ANSWER_ON
+            } else {
+                0
+            },
+        };
+        match self.simple("VM_SET_MMIO_ANSWER", ioctl::VM_SET_MMIO_ANSWER, &arg) {
+            Ok(_) => Ok(true),
+            Err(Error::Request {
+                source: BackendError::Errno(libc::ENOTTY),
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Attaches a GICv3 with distributor `dist` and redistributors `redist`
     /// (VM_ATTACH_VGIC).
     pub fn attach_vgic(&self, dist: Window, redist: Window) -> Result<()> {

@@ -61,6 +61,12 @@ fn every_ioctl_has_its_shape() {
     vm.deassert_irq(40).unwrap();
     // The distributor's GICD_SETSPI_NSR with an SPI: the one doorbell the vGIC has.
     vm.raise_msi(vmm_platform::GICD.base + 0x40, 41).unwrap();
+    let fr = vmm_platform::PL011.base + 0x18;
+    assert!(
+        vm.set_mmio_answer(fr, Some(0x90)).unwrap(),
+        "the core has it"
+    );
+    assert!(vm.set_mmio_answer(fr, None).unwrap());
     let c = vm.vcpu(1).unwrap();
     c.set_reg(Reg::Pc, 1).unwrap();
     c.get_reg(Reg::Pc).unwrap();
@@ -94,6 +100,7 @@ fn every_ioctl_has_its_shape() {
         (VM_MMAP_GETNEXT, (true, true, vec![])),
         (VM_MUNMAP_MEMSEG, (true, false, vec![])),
         (VM_ATTACH_VGIC, (true, false, vec![])),
+        (VM_SET_MMIO_ANSWER, (true, false, vec![])),
         (VM_GET_VGIC_VERSION, (false, true, vec![])),
         (VM_ASSERT_IRQ, (true, false, vec![])),
         (VM_DEASSERT_IRQ, (true, false, vec![])),

@@ -328,6 +328,23 @@ pub struct VmmctlVmList {
     pub reserved: u32,
 }
 
+/// Our extension, `VM_SET_MMIO_ANSWER` on /dev/vmm/NAME: while `flags` has
+/// [`MMIO_ANSWER_ON`], the kernel answers a guest load of 1, 2 or 4 bytes at exactly
+/// `gpa` with `value` (its low bytes, as the load's width and sign extension take them)
+/// instead of returning an INST_EMUL exit; without it, it stops. For a device register
+/// whose reads have no side effect and whose value only the device model changes (a
+/// UART's flag register, polled before every byte): the model sets the value again
+/// whenever it changes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmMmioAnswer {
+    pub gpa: u64,
+    pub value: u32,
+    pub flags: u32,
+}
+/// [`VmMmioAnswer::flags`]: answer loads at `gpa` (clear: stop answering them).
+pub const MMIO_ANSWER_ON: u32 = 1;
+
 /// `struct vie`: the decoded data-abort syndrome of an INST_EMUL exit. In C the first
 /// byte is the bit-field `access_size:4, sign_extend:1, dir:1, unused:2` (low bits first,
 /// as clang allocates bit-fields on little-endian arm64 and amd64).
@@ -559,6 +576,7 @@ pod!(
     VmCpuTopology,
     VmmctlVmCreate,
     VmmctlVmList,
+    VmMmioAnswer,
     Vie,
     Vre,
     ExitHyp,
@@ -650,6 +668,8 @@ mod tests {
         assert_eq!(size_of::<VmmctlVmCreate>(), 296);
         assert_eq!(offset_of!(VmmctlVmCreate, reserved), 232);
         assert_eq!(size_of::<VmmctlVmList>(), 32);
+        assert_eq!(size_of::<VmMmioAnswer>(), 16);
+        assert_eq!(offset_of!(VmMmioAnswer, flags), 12);
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //!   once) and cleared by ICR, as QEMU's PL011 does and as Linux's amba-pl011 driver
 //!   and FreeBSD's uart_dev_pl011 expect.
 //!
+//! FR is the answered register (`MmioDevice::answered_register`): reading it changes
+//! nothing, and Linux reads it before every byte it prints, so the kernel answers those
+//! reads and only DR's writes exit.
+//!
 //! The output line is RIS & IMSC != 0. Linux's driver uses 16-bit accesses for
 //! "arm,pl011" (32-bit with reg-io-width = 4): every register answers 1-, 2- and 4-byte
 //! accesses at its offset. The enable bits in CR are stored but not enforced: early
@@ -236,6 +240,10 @@ impl<W: Write + Send> MmioDevice for Pl011<W> {
         self.rx.extend(&bytes[..n]);
         n
     }
+
+    fn answered_register(&self) -> Option<(u64, u32)> {
+        Some((FR, self.flags()))
+    }
 }
 
 #[cfg(test)]
@@ -330,6 +338,33 @@ mod tests {
         assert_eq!(rd(&mut u, RIS), int::RT);
         u.push_input(b"d");
         assert_eq!(rd(&mut u, RIS), int::RX | int::RT);
+    }
+
+    /// The kernel answers FR from `answered_register`: it must be what a read gives,
+    /// and a read must change nothing, whatever happened before.
+    #[test]
+    fn the_answered_register_is_fr_and_reading_it_changes_nothing() {
+        let mut u = uart();
+        let check = |u: &mut Pl011<Vec<u8>>, when: &str| {
+            let (offset, value) = u.answered_register().unwrap();
+            assert_eq!(offset, FR, "{when}");
+            assert_eq!(value, rd(u, FR), "{when}");
+            assert_eq!(
+                (rd(u, FR), rd(u, RIS)),
+                (value, u.ris()),
+                "{when}: read twice"
+            );
+        };
+        check(&mut u, "reset");
+        u.push_input(b"a");
+        check(&mut u, "holding register full");
+        u.write(LCR_H, 4, LCR_H_FEN.into());
+        u.push_input(&[b'.'; 40]);
+        check(&mut u, "FIFO full");
+        rd(&mut u, DR);
+        check(&mut u, "one byte read");
+        u.write(DR, 4, b'z'.into());
+        check(&mut u, "after output");
     }
 
     #[test]

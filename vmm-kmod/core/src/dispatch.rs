@@ -412,6 +412,24 @@ impl<H: Host> Vmm<H> {
                 let req: VmMsi = get(arg)?;
                 self.with_vgic(vm, |g| g.raise_msi(req.addr, req.msg))
             }
+            ioctl::VM_SET_MMIO_ANSWER => {
+                let req: VmMmioAnswer = get(arg)?;
+                // Loads there would never reach the answers: the vGIC's windows are
+                // the kernel's own, and past the IPA limit the guest gets an abort.
+                if req.flags & !MMIO_ANSWER_ON != 0
+                    || req.gpa >= self.cfg.s2.ipa_limit()
+                    || vm.vgic_windows.contains(req.gpa)
+                {
+                    return Err(Errno::EINVAL);
+                }
+                let mut answers = vm.mmio_answers.lock();
+                if req.flags & MMIO_ANSWER_ON != 0 {
+                    answers.set(req.gpa, req.value)
+                } else {
+                    answers.clear(req.gpa);
+                    Ok(())
+                }
+            }
             _ => Err(Errno::ENOTTY),
         }
     }
@@ -554,6 +572,8 @@ impl<H: Host> Vmm<H> {
             slot.shared.stats.clear();
         }
         vm.mem.lock().unmap_devmem(&self.host);
+        // The device models that published them are gone with the old machine.
+        vm.mmio_answers.lock().clear_all();
         if let Some(g) = vm.vgic.lock().as_mut() {
             // Stays attached at the same windows, back to its reset state.
             g.reset();

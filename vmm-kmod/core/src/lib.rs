@@ -27,6 +27,7 @@ pub mod errno;
 pub mod exit;
 pub mod host;
 pub mod mem;
+pub mod mmio_answer;
 pub mod req;
 mod run;
 pub mod stage2;

@@ -525,6 +525,15 @@ impl<H: Host> Vmm<H> {
             stats.inc(Stat::VgicMmio);
             return Ok(Next::Reenter);
         }
+        if !da.write {
+            let answer = vm.mmio_answers.lock().load(a.ipa, da.size);
+            if let Some(value) = answer {
+                vcpu.set_x(da.srt, esr::load_result(value, &da));
+                self.skip_insn(vcpu);
+                stats.inc(Stat::MmioAnswered);
+                return Ok(Next::Reenter);
+            }
+        }
         Ok(Next::User(self.inst_emul_exit(vcpu, stats, a.ipa, da)))
     }
 

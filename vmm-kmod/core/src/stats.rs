@@ -28,9 +28,11 @@ pub enum Stat {
     Wfe,
     /// A trapped WFE returned to userspace so other runs got the CPU.
     WfeYield,
+    /// A device register's load answered from VM_SET_MMIO_ANSWER's value.
+    MmioAnswered,
 }
 
-pub const NSTATS: usize = 20;
+pub const NSTATS: usize = 21;
 
 /// Descriptions, as `bhyvectl --get-stats` prints them.
 pub const DESC: [&str; NSTATS] = [
@@ -54,6 +56,7 @@ pub const DESC: [&str; NSTATS] = [
     "system register accesses answered at EL2 without a world switch (in the total)",
     "wfe instructions trapped",
     "trapped wfe that gave the cpu to others",
+    "mmio loads answered in kernel (VM_SET_MMIO_ANSWER)",
 ];
 
 /// The counters of one vCPU. Atomic so VM_STATS reads them while the vCPU runs (as

@@ -11,6 +11,7 @@ use crate::el2::S2Geometry;
 use crate::errno::{Errno, KResult};
 use crate::host::Host;
 use crate::mem::VmMem;
+use crate::mmio_answer::MmioAnswers;
 use crate::stage2::Stage2;
 use crate::stats::Stats;
 use crate::sync::Mutex;
@@ -83,6 +84,8 @@ pub struct Vm<H: Host> {
     /// stage-2 fault in them skip the guest RAM lookup, which can never match there
     /// (RAM and the windows never overlap).
     pub vgic_windows: VgicWindows,
+    /// Device registers whose loads the kernel answers (VM_SET_MMIO_ANSWER).
+    pub mmio_answers: Mutex<H::Mutex, MmioAnswers>,
     pub vcpus: Vec<VcpuSlot<H>>,
     /// `enum vm_suspend_how`, 0 when running.
     pub suspend: AtomicI32,
@@ -215,6 +218,7 @@ impl<H: Host> Vm<H> {
             needs_cache_sync: AtomicBool::new(true),
             noise: NoiseLimit::default(),
             vgic_windows: VgicWindows::default(),
+            mmio_answers: Mutex::new(MmioAnswers::default()),
         })
     }
 

@@ -199,6 +199,122 @@ fn mmio_loads_every_size_sign_and_register() {
     assert_eq!(stat(&v, "g", Stat::InstEmul), cases.len() as u64);
 }
 
+fn set_answer(v: &Vmm<crate::fake::FakeHost>, gpa: u64, value: u32, flags: u32) -> KResult<()> {
+    let mut a = VmMmioAnswer { gpa, value, flags };
+    vmio(v, "g", ioctl::VM_SET_MMIO_ANSWER, &mut a)
+}
+
+/// Runs one load (`sas`, `sse`, `sf`, `rt`) from `gpa`, then an HVC: the exit the load
+/// made and, if the kernel answered it, what the register holds.
+fn load_once(v: &Vmm<crate::fake::FakeHost>, gpa: u64, iss: u32, rt: usize) -> (ExitCode, u64) {
+    v.host()
+        .push(Scripted::abort(mk(ec::DABT_LOW, true, iss), gpa).with(|c| {
+            c.pc = RAM + 0x40;
+            c.x.iter_mut().for_each(|x| *x = 0x1111);
+        }));
+    v.host().push(hvc());
+    let (e, _) = run(v, "g", 0).unwrap();
+    let code = exitcode(&e);
+    if code == ExitCode::InstEmul {
+        // Userspace answers and the guest goes on to the HVC.
+        let (e, _) = run(v, "g", 0).unwrap();
+        assert_eq!(exitcode(&e), ExitCode::Smccc);
+        return (code, 0);
+    }
+    let en = entries(v);
+    let c = en.last().unwrap();
+    assert_eq!(c.pc, RAM + 0x44, "PC past the load at the next entry");
+    (code, c.x[rt])
+}
+
+#[test]
+fn mmio_answers_serve_loads_of_their_register_only() {
+    let v = guest();
+    set_answer(&v, MMIO, 0x8190, MMIO_ANSWER_ON).unwrap();
+    let cases: &[(u32, bool, bool, u32, u64)] = &[
+        // sas, sse, sf, rt, what the guest register holds
+        (0, false, false, 1, 0x90),                // ldrb w1
+        (1, true, true, 5, 0xffff_ffff_ffff_8190), // ldrsh x5
+        (1, true, false, 6, 0xffff_8190),          // ldrsh w6
+        (2, false, false, 7, 0x8190),              // ldr w7
+        (2, false, false, 31, 0),                  // ldr wzr
+    ];
+    for (i, &(sas, sse, sf, rt, want)) in cases.iter().enumerate() {
+        let (code, got) = load_once(&v, MMIO, load_iss(sas, sse, sf, rt), rt as usize % 31);
+        assert_eq!(
+            code,
+            ExitCode::Smccc,
+            "case {i}: answered, the HVC is the exit"
+        );
+        if rt < 31 {
+            assert_eq!(got, want, "case {i}");
+        } else {
+            assert_eq!(got, 0x1111, "xzr load touched no register");
+        }
+    }
+    assert_eq!(stat(&v, "g", Stat::MmioAnswered), cases.len() as u64);
+    assert_eq!(stat(&v, "g", Stat::InstEmul), 0);
+    // An 8-byte load, a load beside the register and a store go to userspace.
+    let (code, _) = load_once(&v, MMIO, load_iss(3, false, true, 2), 2);
+    assert_eq!(code, ExitCode::InstEmul, "8-byte load");
+    let (code, _) = load_once(&v, MMIO + 1, load_iss(0, false, false, 2), 2);
+    assert_eq!(code, ExitCode::InstEmul, "load one byte further");
+    let store = dabt::ISV | dabt::WNR | (2 << dabt::SAS_SHIFT) | (2 << dabt::SRT_SHIFT) | 0x06;
+    let (code, _) = load_once(&v, MMIO, store, 2);
+    assert_eq!(code, ExitCode::InstEmul, "store");
+    // A new value replaces the old; cleared, loads go to userspace again.
+    set_answer(&v, MMIO, 0x42, MMIO_ANSWER_ON).unwrap();
+    let (_, got) = load_once(&v, MMIO, load_iss(2, false, false, 3), 3);
+    assert_eq!(got, 0x42);
+    set_answer(&v, MMIO, 0, 0).unwrap();
+    let (code, _) = load_once(&v, MMIO, load_iss(2, false, false, 3), 3);
+    assert_eq!(code, ExitCode::InstEmul, "cleared");
+    assert_eq!(stat(&v, "g", Stat::MmioAnswered), cases.len() as u64 + 1);
+}
+
+#[test]
+fn mmio_answers_are_checked_bounded_and_reset_with_the_vm() {
+    let v = guest();
+    assert_eq!(
+        set_answer(&v, MMIO, 1, 2),
+        Err(Errno::EINVAL),
+        "unknown flag"
+    );
+    assert_eq!(
+        set_answer(&v, 1 << 52, 1, MMIO_ANSWER_ON),
+        Err(Errno::EINVAL),
+        "past the IPA limit"
+    );
+    let max = crate::mmio_answer::MAX_ANSWERS as u64;
+    for i in 0..max {
+        set_answer(&v, MMIO + 4 * i, 1, MMIO_ANSWER_ON).unwrap();
+    }
+    assert_eq!(
+        set_answer(&v, MMIO + 4 * max, 1, MMIO_ANSWER_ON),
+        Err(Errno::ENOSPC),
+        "one register more than the table holds"
+    );
+    // Replacing a value and clearing one make no new entry; clearing makes room.
+    set_answer(&v, MMIO, 7, MMIO_ANSWER_ON).unwrap();
+    set_answer(&v, MMIO + 4, 0, 0).unwrap();
+    set_answer(&v, MMIO + 4 * max, 1, MMIO_ANSWER_ON).unwrap();
+    let (code, got) = load_once(&v, MMIO, load_iss(2, false, false, 3), 3);
+    assert_eq!((code, got), (ExitCode::Smccc, 7));
+    let (code, _) = load_once(&v, MMIO + 4, load_iss(2, false, false, 3), 3);
+    assert_eq!(code, ExitCode::InstEmul, "cleared one");
+    // VM_REINIT forgets them all: the device models that set them are gone.
+    let mut s = VmSuspend { how: 1 };
+    vmio(&v, "g", ioctl::VM_SUSPEND, &mut s).unwrap();
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Suspended);
+    v.dispatch(DeviceRef::Vm(b"g"), ioctl::VM_REINIT, &mut [])
+        .unwrap();
+    activate(&v, "g", 0).unwrap();
+    set_reg(&v, "g", 0, reg::VM_REG_GUEST_PC, RAM).unwrap();
+    let (code, _) = load_once(&v, MMIO, load_iss(2, false, false, 3), 3);
+    assert_eq!(code, ExitCode::InstEmul, "after VM_REINIT");
+}
+
 #[test]
 fn mmio_stores_including_wzr() {
     let v = guest();
