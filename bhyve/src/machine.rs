@@ -11,7 +11,8 @@ use vmm_virtio::VirtioMmio;
 use crate::args::{Args, ConsoleDevice};
 use crate::console::Output;
 use crate::devices::{ns16550::Ns16550, pl011::Pl011, pl031::Pl031, virtio_empty::EmptySlot};
-use crate::mmio::{AnswerError, Bus, DeviceRef, IrqError, VmSink};
+use crate::mmio::{Bus, BusError, DeviceRef, IrqError, VmSink};
+use libvmmapi::{MmioShortcut, MmioStore};
 
 /// Why a VM cannot be run. One line each.
 #[derive(Debug, Error)]
@@ -109,7 +110,8 @@ pub fn shape(vm: &Vm, args: &Args) -> Result<Shape, SetupError> {
 }
 
 /// The bus's effects on the VM: interrupt levels go to VM_ASSERT_IRQ /
-/// VM_DEASSERT_IRQ, answered registers to VM_SET_MMIO_ANSWER.
+/// VM_DEASSERT_IRQ, the registers the kernel handles to VM_SET_MMIO_SHORTCUT and
+/// VM_GET_MMIO_STORES.
 pub struct VmLink(pub Vm);
 
 impl VmSink for VmLink {
@@ -126,13 +128,19 @@ impl VmSink for VmLink {
         })
     }
 
-    fn answer_loads(&self, gpa: u64, value: u32) -> Result<bool, AnswerError> {
+    fn set_shortcut(&self, gpa: u64, what: MmioShortcut) -> Result<bool, BusError> {
         self.0
-            .set_mmio_answer(gpa, Some(value))
-            .map_err(|e| AnswerError {
+            .set_mmio_shortcut(gpa, what)
+            .map_err(|e| BusError::Shortcut {
                 gpa,
                 cause: e.cause(),
             })
+    }
+
+    fn take_stores(&self) -> Result<Vec<MmioStore>, BusError> {
+        self.0
+            .take_mmio_stores()
+            .map_err(|e| BusError::Stores(e.cause()))
     }
 }
 

@@ -7,10 +7,16 @@
 //! every access so that the VM sees exactly one assert or deassert per level change.
 //! Before that, a device's answered register (a UART's flag register) is published to
 //! the kernel when its value changed, so that the guest reads it without an exit and
-//! never reads a value older than the interrupt that follows.
+//! never reads a value older than the interrupt that follows. A device's buffered
+//! register (the UART's data register) has its stores queued by the kernel; the vCPU
+//! thread that gets the BOGUS exit the kernel puts before any later exit takes them
+//! ([`Bus::drain_stores`]) and emulates them in order, with every other access waiting
+//! until it is done, so no access overtakes a store the guest made before it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+
+use libvmmapi::{MmioShortcut, MmioStore};
 
 use thiserror::Error;
 use vmm_platform::Window;
@@ -20,6 +26,14 @@ use vmm_platform::Window;
 pub trait MmioDevice: Send {
     fn read(&mut self, offset: u64, size: u8) -> u64;
     fn write(&mut self, offset: u64, size: u8, value: u64);
+    /// Several writes of `size` bytes at `offset`, in order: the stores the kernel
+    /// queued for a buffered register. A model may take them at once (a UART writes
+    /// its output in one go).
+    fn write_many(&mut self, offset: u64, size: u8, values: &[u64]) {
+        for &v in values {
+            self.write(offset, size, v);
+        }
+    }
     /// The level of the device's interrupt output now.
     fn irq_level(&self) -> bool {
         false
@@ -39,16 +53,26 @@ pub trait MmioDevice: Send {
     fn answered_register(&self) -> Option<(u64, u32)> {
         None
     }
+    /// A register whose stores the kernel may queue, to reach the model later (in
+    /// order, before any later access): its offset. Only for a register whose stores
+    /// the guest sees only through other registers and the interrupt line.
+    fn buffered_register(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Where the bus's effects on the VM go: interrupt levels (assert/deassert) and the
-/// loads the kernel answers.
+/// registers the kernel handles.
 pub trait VmSink: Send + Sync {
     fn set_irq(&self, intid: u32, high: bool) -> Result<(), IrqError>;
-    /// Has the kernel answer loads at `gpa` with `value`. `Ok(false)`: it cannot (the
-    /// kernel lacks the extension), and the loads keep coming as exits.
-    fn answer_loads(&self, _gpa: u64, _value: u32) -> Result<bool, AnswerError> {
+    /// Has the kernel handle the register at `gpa` as `what`. `Ok(false)`: it cannot
+    /// (the kernel lacks the extension), and the accesses keep coming as exits.
+    fn set_shortcut(&self, _gpa: u64, _what: MmioShortcut) -> Result<bool, BusError> {
         Ok(false)
+    }
+    /// The stores the kernel queued, oldest first.
+    fn take_stores(&self) -> Result<Vec<MmioStore>, BusError> {
+        Ok(Vec::new())
     }
 }
 
@@ -61,21 +85,15 @@ pub struct IrqError {
     pub cause: String,
 }
 
-/// The VM refused to answer a register's loads.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[error("cannot have the kernel answer loads at 0x{gpa:x}: {cause}")]
-pub struct AnswerError {
-    pub gpa: u64,
-    pub cause: String,
-}
-
-/// What the bus could not tell the VM after an access.
+/// What the bus could not tell the VM, or get from it.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum BusError {
     #[error(transparent)]
     Irq(#[from] IrqError),
-    #[error(transparent)]
-    Answer(#[from] AnswerError),
+    #[error("cannot have the kernel handle the register at 0x{gpa:x}: {cause}")]
+    Shortcut { gpa: u64, cause: String },
+    #[error("cannot take the device stores the kernel queued: {0}")]
+    Stores(String),
 }
 
 struct Attached {
@@ -84,6 +102,8 @@ struct Attached {
     level: bool,
     /// The answered register's value last published to the kernel.
     answered: Option<u32>,
+    /// The kernel queues the buffered register's stores.
+    buffered: bool,
 }
 
 struct Entry {
@@ -97,8 +117,13 @@ struct Entry {
 pub struct Bus {
     entries: Vec<Entry>,
     sink: Arc<dyn VmSink>,
-    /// The kernel answers loads (cleared for good when it says it cannot).
-    kernel_answers: AtomicBool,
+    /// The kernel handles registers (cleared for good when it says it cannot).
+    kernel_shortcuts: AtomicBool,
+    /// Some device's stores are queued by the kernel: accesses take `order`.
+    buffering: AtomicBool,
+    /// Held for reading by every access while stores may be queued, for writing while
+    /// they are taken and emulated.
+    order: RwLock<()>,
     unhandled: AtomicU64,
     warned: AtomicBool,
 }
@@ -132,7 +157,9 @@ impl Bus {
         Bus {
             entries: Vec::new(),
             sink,
-            kernel_answers: AtomicBool::new(true),
+            kernel_shortcuts: AtomicBool::new(true),
+            buffering: AtomicBool::new(false),
+            order: RwLock::new(()),
             unhandled: AtomicU64::new(0),
             warned: AtomicBool::new(false),
         }
@@ -165,6 +192,7 @@ impl Bus {
                 dev,
                 level: false,
                 answered: None,
+                buffered: false,
             }),
         });
         self.entries.len() - 1
@@ -204,7 +232,42 @@ impl Bus {
         })
     }
 
+    /// Takes the stores the kernel queued and emulates them, oldest first; every other
+    /// access waits meanwhile. At a BOGUS exit, and once the vCPUs have stopped.
+    pub fn drain_stores(&self) -> Result<(), BusError> {
+        if !self.buffering.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _order = self.order.write().unwrap_or_else(|p| p.into_inner());
+        let stores = self.sink.take_stores()?;
+        // Each run of stores to one register goes to its model in one call.
+        let mut values = Vec::with_capacity(stores.len());
+        for run in stores.chunk_by(|a, b| (a.gpa, a.size) == (b.gpa, b.size)) {
+            values.clear();
+            values.extend(run.iter().map(|s| u64::from(s.value)));
+            let (gpa, size) = (run[0].gpa, run[0].size);
+            self.access_in_order(gpa, size, |d, off| {
+                d.write_many(off, size, &values);
+                0
+            })?;
+        }
+        Ok(())
+    }
+
     fn access(
+        &self,
+        gpa: u64,
+        size: u8,
+        f: impl FnOnce(&mut dyn MmioDevice, u64) -> u64,
+    ) -> Result<Access, BusError> {
+        let _order = self
+            .buffering
+            .load(Ordering::Acquire)
+            .then(|| self.order.read().unwrap_or_else(|p| p.into_inner()));
+        self.access_in_order(gpa, size, f)
+    }
+
+    fn access_in_order(
         &self,
         gpa: u64,
         size: u8,
@@ -223,26 +286,37 @@ impl Bus {
         Ok(Access::Device(v))
     }
 
-    /// After anything that may have changed a device: its answered register, then its
-    /// interrupt line (a guest taking the interrupt reads the new value).
+    /// After anything that may have changed a device: the registers the kernel
+    /// handles for it, then its interrupt line (a guest taking the interrupt reads the
+    /// new value).
     fn settle(&self, index: usize, att: &mut Attached) -> Result<(), BusError> {
-        self.publish_answer(index, att)?;
+        self.publish_shortcuts(index, att)?;
         self.update_irq(index, att)?;
         Ok(())
     }
 
-    fn publish_answer(&self, index: usize, att: &mut Attached) -> Result<(), AnswerError> {
-        let Some((offset, value)) = att.dev.answered_register() else {
-            return Ok(());
+    /// Tells the kernel about the device's buffered register (once) and its answered
+    /// register's value (when it changed).
+    fn publish_shortcuts(&self, index: usize, att: &mut Attached) -> Result<(), BusError> {
+        let base = self.entries[index].window.base;
+        let tell = |offset: u64, what: MmioShortcut| {
+            let ok = self.kernel_shortcuts.load(Ordering::Relaxed)
+                && self.sink.set_shortcut(base + offset, what)?;
+            if !ok {
+                self.kernel_shortcuts.store(false, Ordering::Relaxed);
+            }
+            Ok::<bool, BusError>(ok)
         };
-        if att.answered == Some(value) || !self.kernel_answers.load(Ordering::Relaxed) {
-            return Ok(());
+        if let Some(offset) = att.dev.buffered_register().filter(|_| !att.buffered) {
+            if tell(offset, MmioShortcut::BufferStores)? {
+                att.buffered = true;
+                self.buffering.store(true, Ordering::Release);
+            }
         }
-        let gpa = self.entries[index].window.base + offset;
-        if self.sink.answer_loads(gpa, value)? {
-            att.answered = Some(value);
-        } else {
-            self.kernel_answers.store(false, Ordering::Relaxed);
+        if let Some((offset, value)) = att.dev.answered_register() {
+            if att.answered != Some(value) && tell(offset, MmioShortcut::AnswerLoads(value))? {
+                att.answered = Some(value);
+            }
         }
         Ok(())
     }
@@ -412,52 +486,79 @@ pub(crate) mod tests {
         );
     }
 
-    /// Records interrupt levels and answered registers in one order; answers loads
-    /// only if `kernel_answers`.
-    struct AnsweringSink {
-        kernel_answers: bool,
+    /// Records interrupt levels and the registers the kernel handles in one order;
+    /// handles them only if `kernel_shortcuts`, and hands out `queued` as the kernel's
+    /// queued stores.
+    #[derive(Default)]
+    struct ShortcutSink {
+        kernel_shortcuts: bool,
         log: Mutex<Vec<String>>,
+        queued: Mutex<Vec<MmioStore>>,
     }
-    impl VmSink for AnsweringSink {
+    impl VmSink for ShortcutSink {
         fn set_irq(&self, intid: u32, high: bool) -> Result<(), IrqError> {
             self.log.lock().unwrap().push(format!("irq {intid} {high}"));
             Ok(())
         }
-        fn answer_loads(&self, gpa: u64, value: u32) -> Result<bool, AnswerError> {
-            self.log
-                .lock()
-                .unwrap()
-                .push(format!("answer {gpa:#x} {value:#x}"));
-            Ok(self.kernel_answers)
+        fn set_shortcut(&self, gpa: u64, what: MmioShortcut) -> Result<bool, BusError> {
+            let line = match what {
+                MmioShortcut::AnswerLoads(v) => format!("answer {gpa:#x} {v:#x}"),
+                w => format!("{w:?} {gpa:#x}"),
+            };
+            self.log.lock().unwrap().push(line);
+            Ok(self.kernel_shortcuts)
+        }
+        fn take_stores(&self) -> Result<Vec<MmioStore>, BusError> {
+            Ok(std::mem::take(&mut *self.queued.lock().unwrap()))
         }
     }
 
-    #[test]
-    fn a_changed_answered_register_is_published_before_the_interrupt() {
-        use crate::devices::pl011::{self, Pl011};
-        let sink = Arc::new(AnsweringSink {
-            kernel_answers: true,
-            log: Mutex::default(),
-        });
+    /// A console output the test reads while the UART owns it: each write call.
+    #[derive(Clone, Default)]
+    struct SharedOut(Arc<Mutex<Vec<Vec<u8>>>>);
+    impl std::io::Write for SharedOut {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pl011_bus(sink: &Arc<ShortcutSink>, out: SharedOut) -> (Arc<Bus>, usize) {
         let mut bus = Bus::new(sink.clone());
         let i = bus.attach(
             "pl011",
             Window::new(0x9000, 0x1000),
             Some(33),
-            Box::new(Pl011::new(std::io::sink())),
+            Box::new(crate::devices::pl011::Pl011::new(out)),
         );
-        let bus = Arc::new(bus);
+        (Arc::new(bus), i)
+    }
+
+    #[test]
+    fn a_changed_answered_register_is_published_before_the_interrupt() {
+        use crate::devices::pl011;
+        let sink = Arc::new(ShortcutSink {
+            kernel_shortcuts: true,
+            ..Default::default()
+        });
+        let (bus, i) = pl011_bus(&sink, SharedOut::default());
         let fr = 0x9000 + pl011::FR;
         let empty = pl011::fr::TXFE | pl011::fr::RXFE;
         bus.write(0x9000 + pl011::IMSC, 4, pl011::int::RX.into())
             .unwrap();
-        // Output does not change FR: published once, at the first access.
+        // Output does not change FR: DR and FR published once, at the first access.
         for b in b"hi" {
             bus.write(0x9000 + pl011::DR, 4, u64::from(*b)).unwrap();
         }
         assert_eq!(
             *sink.log.lock().unwrap(),
-            [format!("answer {fr:#x} {empty:#x}")]
+            [
+                format!("BufferStores {:#x}", 0x9000 + pl011::DR),
+                format!("answer {fr:#x} {empty:#x}")
+            ]
         );
         sink.log.lock().unwrap().clear();
         // Input: the new FR reaches the kernel before the interrupt is raised.
@@ -475,26 +576,50 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_kernel_without_answers_is_asked_once() {
-        use crate::devices::pl011::{self, Pl011};
-        let sink = Arc::new(AnsweringSink {
-            kernel_answers: false,
-            log: Mutex::default(),
+    fn queued_stores_are_emulated_in_order_before_a_later_access() {
+        use crate::devices::pl011;
+        let sink = Arc::new(ShortcutSink {
+            kernel_shortcuts: true,
+            ..Default::default()
         });
-        let mut bus = Bus::new(sink.clone());
-        let i = bus.attach(
-            "pl011",
-            Window::new(0x9000, 0x1000),
-            None,
-            Box::new(Pl011::new(std::io::sink())),
-        );
-        let bus = Arc::new(bus);
+        let out = SharedOut::default();
+        let (bus, _) = pl011_bus(&sink, out.clone());
+        let dr = 0x9000 + pl011::DR;
+        bus.drain_stores().unwrap();
+        bus.write(dr, 1, b'a'.into()).unwrap();
+        bus.write(0x9000 + pl011::IMSC, 4, pl011::int::TX.into())
+            .unwrap();
+        bus.write(0x9000 + pl011::ICR, 4, pl011::int::TX.into())
+            .unwrap();
+        // The kernel queued "bc": nothing happens until they are taken, then they are
+        // written in order, in one write, and raise TXIS as the writes themselves
+        // would have.
+        *sink.queued.lock().unwrap() = [b'b', b'c']
+            .map(|c| MmioStore {
+                gpa: dr,
+                size: 1,
+                value: c.into(),
+            })
+            .to_vec();
+        sink.log.lock().unwrap().clear();
+        bus.drain_stores().unwrap();
+        assert_eq!(*out.0.lock().unwrap(), [b"a".to_vec(), b"bc".to_vec()]);
+        assert_eq!(*sink.log.lock().unwrap(), ["irq 33 true"]);
+        assert!(sink.queued.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_kernel_without_shortcuts_is_asked_once() {
+        use crate::devices::pl011;
+        let sink = Arc::new(ShortcutSink::default());
+        let (bus, i) = pl011_bus(&sink, SharedOut::default());
         assert_eq!(
             bus.read(0x9000 + pl011::FR, 2).unwrap(),
             Access::Device((pl011::fr::TXFE | pl011::fr::RXFE).into())
         );
         bus.device(i).unwrap().push_input(b"x").unwrap();
         bus.read(0x9000 + pl011::FR, 2).unwrap();
+        bus.drain_stores().unwrap();
         assert_eq!(sink.log.lock().unwrap().len(), 1, "{:?}", sink.log);
     }
 

@@ -268,6 +268,12 @@ pub fn run(vm: Vm, ncpus: u32, bus: Arc<Bus>) -> Stop {
             .map(|(g, _)| g)
             .unwrap_or_else(|p| p.into_inner().0);
     }
+    drop(st);
+    // What the guest stored last (its final words before SYSTEM_OFF on another vCPU)
+    // may still wait in the kernel.
+    if let Err(e) = shared.bus.drain_stores() {
+        warn(&format!("{e}"));
+    }
     why
 }
 
@@ -438,7 +444,12 @@ fn set_entry(vcpu: &Vcpu, entry: u64, context: u64, restart: bool) -> Result<(),
 
 fn handle_exit(s: &Arc<Shared>, vcpu: &Vcpu, exit: &Exit) -> Result<Next, VcpuError> {
     match exit.reason {
-        ExitReason::Bogus | ExitReason::Wfi | ExitReason::Paging { .. } => Ok(Next::Run),
+        // The kernel returns BOGUS before any exit while device stores wait for us.
+        ExitReason::Bogus => {
+            s.bus.drain_stores()?;
+            Ok(Next::Run)
+        }
+        ExitReason::Wfi | ExitReason::Paging { .. } => Ok(Next::Run),
         ExitReason::InstEmul {
             gpa,
             size,

@@ -78,8 +78,8 @@ pub use exit::{Exit, ExitReason};
 pub use memory::{Mapping, VmMemory, VmRegion};
 pub use request::{Buffer, Dir, Request, Target};
 pub use vm::{
-    Capability, MemMap, MemSeg, Topology, Vcpu, Vm, PAGE_SIZE, VM_MAX_MEMMAPS, VM_MAX_MEMSEGS,
-    VM_SYSMEM,
+    Capability, MemMap, MemSeg, MmioShortcut, MmioStore, Topology, Vcpu, Vm, PAGE_SIZE,
+    VM_MAX_MEMMAPS, VM_MAX_MEMSEGS, VM_SYSMEM,
 };
 pub use vmm_platform::Window;
 pub use vmm_sys::exit::SuspendHow;

@@ -43,6 +43,29 @@ pub struct MemMap {
     pub flags: i32,
 }
 
+/// What the kernel does with one device register (VM_SET_MMIO_SHORTCUT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmioShortcut {
+    /// Nothing: accesses are INST_EMUL exits.
+    None,
+    /// The guest's 1-, 2- and 4-byte loads read this value's low bytes. For a register
+    /// whose reads have no side effect and whose value only the device model changes.
+    AnswerLoads(u32),
+    /// The guest's 1-, 2- and 4-byte stores are queued for [`Vm::take_mmio_stores`];
+    /// while any is queued, every exit comes after a BOGUS one. For a register whose
+    /// stores the guest sees only through other registers and the interrupt line.
+    BufferStores,
+}
+
+/// A store the kernel queued (VM_GET_MMIO_STORES).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioStore {
+    pub gpa: u64,
+    /// 1, 2 or 4.
+    pub size: u8,
+    pub value: u32,
+}
+
 /// The vCPU topology (VM_SET/GET_TOPOLOGY).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Topology {
@@ -586,23 +609,18 @@ impl Vm {
             .map(drop)
     }
 
-    /// Has the kernel answer the guest's 1-, 2- and 4-byte loads at `gpa` with the low
-    /// bytes of `value` (`Some`) or stop (`None`), instead of INST_EMUL exits
-    /// (VM_SET_MMIO_ANSWER, our extension; for a register without read side effects
-    /// that only the device model changes). `Ok(false)`: this kernel does not have the
-    /// extension (FreeBSD's own vmm answers ENOTTY), and the loads keep coming to
-    /// userspace.
-    pub fn set_mmio_answer(&self, gpa: u64, value: Option<u32>) -> Result<bool> {
-        let arg = abi::VmMmioAnswer {
-            gpa,
-            value: value.unwrap_or(0),
-            flags: if value.is_some() {
-                abi::MMIO_ANSWER_ON
-            } else {
-                0
-            },
+    /// Has the kernel handle the device register at `gpa` as `what` instead of with
+    /// INST_EMUL exits (VM_SET_MMIO_SHORTCUT, our extension). `Ok(false)`: this kernel
+    /// does not have the extension (FreeBSD's own vmm answers ENOTTY), and the accesses
+    /// keep coming to userspace.
+    pub fn set_mmio_shortcut(&self, gpa: u64, what: MmioShortcut) -> Result<bool> {
+        let (value, flags) = match what {
+            MmioShortcut::None => (0, 0),
+            MmioShortcut::AnswerLoads(v) => (v, abi::MMIO_ANSWER_LOADS),
+            MmioShortcut::BufferStores => (0, abi::MMIO_BUFFER_STORES),
         };
-        match self.simple("VM_SET_MMIO_ANSWER", ioctl::VM_SET_MMIO_ANSWER, &arg) {
+        let arg = abi::VmMmioShortcut { gpa, value, flags };
+        match self.simple("VM_SET_MMIO_SHORTCUT", ioctl::VM_SET_MMIO_SHORTCUT, &arg) {
             Ok(_) => Ok(true),
             Err(Error::Request {
                 source: BackendError::Errno(libc::ENOTTY),
@@ -610,6 +628,25 @@ impl Vm {
             }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Takes the stores the kernel queued for registers it buffers, oldest first
+    /// (VM_GET_MMIO_STORES); empty when there are none.
+    pub fn take_mmio_stores(&self) -> Result<Vec<MmioStore>> {
+        let st = self.simple(
+            "VM_GET_MMIO_STORES",
+            ioctl::VM_GET_MMIO_STORES,
+            &abi::VmMmioStores::default(),
+        )?;
+        let n = (st.count as usize).min(st.stores.len());
+        Ok(st.stores[..n]
+            .iter()
+            .map(|s| MmioStore {
+                gpa: s.gpa,
+                size: s.size,
+                value: s.value,
+            })
+            .collect())
     }
 
     /// Attaches a GICv3 with distributor `dist` and redistributors `redist`

@@ -3,7 +3,8 @@
 
 use libvmmapi::fake::FakeVmm;
 use libvmmapi::{
-    Backend, BackendError, Capability, Dir, Mapping, Reg, Request, SuspendHow, Target, Topology, Vm,
+    Backend, BackendError, Capability, Dir, Mapping, MmioShortcut, Reg, Request, SuspendHow,
+    Target, Topology, Vm,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -63,10 +64,12 @@ fn every_ioctl_has_its_shape() {
     vm.raise_msi(vmm_platform::GICD.base + 0x40, 41).unwrap();
     let fr = vmm_platform::PL011.base + 0x18;
     assert!(
-        vm.set_mmio_answer(fr, Some(0x90)).unwrap(),
+        vm.set_mmio_shortcut(fr, MmioShortcut::AnswerLoads(0x90))
+            .unwrap(),
         "the core has it"
     );
-    assert!(vm.set_mmio_answer(fr, None).unwrap());
+    assert!(vm.set_mmio_shortcut(fr, MmioShortcut::None).unwrap());
+    assert!(vm.take_mmio_stores().unwrap().is_empty());
     let c = vm.vcpu(1).unwrap();
     c.set_reg(Reg::Pc, 1).unwrap();
     c.get_reg(Reg::Pc).unwrap();
@@ -100,7 +103,8 @@ fn every_ioctl_has_its_shape() {
         (VM_MMAP_GETNEXT, (true, true, vec![])),
         (VM_MUNMAP_MEMSEG, (true, false, vec![])),
         (VM_ATTACH_VGIC, (true, false, vec![])),
-        (VM_SET_MMIO_ANSWER, (true, false, vec![])),
+        (VM_SET_MMIO_SHORTCUT, (true, false, vec![])),
+        (VM_GET_MMIO_STORES, (false, true, vec![])),
         (VM_GET_VGIC_VERSION, (false, true, vec![])),
         (VM_ASSERT_IRQ, (true, false, vec![])),
         (VM_DEASSERT_IRQ, (true, false, vec![])),

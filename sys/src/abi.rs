@@ -328,22 +328,62 @@ pub struct VmmctlVmList {
     pub reserved: u32,
 }
 
-/// Our extension, `VM_SET_MMIO_ANSWER` on /dev/vmm/NAME: while `flags` has
-/// [`MMIO_ANSWER_ON`], the kernel answers a guest load of 1, 2 or 4 bytes at exactly
-/// `gpa` with `value` (its low bytes, as the load's width and sign extension take them)
-/// instead of returning an INST_EMUL exit; without it, it stops. For a device register
-/// whose reads have no side effect and whose value only the device model changes (a
-/// UART's flag register, polled before every byte): the model sets the value again
-/// whenever it changes.
+/// Our extension, `VM_SET_MMIO_SHORTCUT` on /dev/vmm/NAME: a device register the
+/// kernel handles without an INST_EMUL exit. With [`MMIO_ANSWER_LOADS`] it answers a
+/// guest load of 1, 2 or 4 bytes at exactly `gpa` with `value` (its low bytes, as the
+/// load's width and sign extension take them): for a register whose reads have no side
+/// effect and whose value only the device model changes (a UART's flag register, polled
+/// before every byte), which the model sets again whenever it changes. With
+/// [`MMIO_BUFFER_STORES`] it queues the guest's 1-, 2- and 4-byte stores at exactly
+/// `gpa` for userspace to take with `VM_GET_MMIO_STORES`: for a register whose stores
+/// the guest sees only through other registers and the interrupt line (a UART's data
+/// register). With neither flag, the kernel stops handling `gpa`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VmMmioAnswer {
+pub struct VmMmioShortcut {
     pub gpa: u64,
     pub value: u32,
     pub flags: u32,
 }
-/// [`VmMmioAnswer::flags`]: answer loads at `gpa` (clear: stop answering them).
-pub const MMIO_ANSWER_ON: u32 = 1;
+/// [`VmMmioShortcut::flags`]: answer loads at `gpa` with `value`.
+pub const MMIO_ANSWER_LOADS: u32 = 1;
+/// [`VmMmioShortcut::flags`]: queue stores at `gpa` (not with [`MMIO_ANSWER_LOADS`]).
+pub const MMIO_BUFFER_STORES: u32 = 2;
+
+/// One store the kernel queued (see [`VmMmioShortcut`]), in the order the guest made
+/// them, whichever vCPU made each.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmMmioStore {
+    pub gpa: u64,
+    pub value: u32,
+    /// Bytes stored: 1, 2 or 4.
+    pub size: u8,
+    pub _pad: [u8; 3],
+}
+/// Stores the kernel queues for a VM before a store waits for userspace to take them.
+pub const MMIO_STORES_MAX: usize = 128;
+
+/// Our extension, `VM_GET_MMIO_STORES`: the kernel moves the VM's queued stores, oldest
+/// first, into `stores` and says how many there are. While any is queued, every exit
+/// to userspace is preceded by a BOGUS one (the exit itself comes with the next
+/// VM_RUN), so a VMM that takes them at BOGUS emulates them before anything after them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmMmioStores {
+    pub count: u32,
+    pub _pad: u32,
+    pub stores: [VmMmioStore; MMIO_STORES_MAX],
+}
+impl Default for VmMmioStores {
+    fn default() -> Self {
+        VmMmioStores {
+            count: 0,
+            _pad: 0,
+            stores: [VmMmioStore::default(); MMIO_STORES_MAX],
+        }
+    }
+}
 
 /// `struct vie`: the decoded data-abort syndrome of an INST_EMUL exit. In C the first
 /// byte is the bit-field `access_size:4, sign_extend:1, dir:1, unused:2` (low bits first,
@@ -576,7 +616,9 @@ pod!(
     VmCpuTopology,
     VmmctlVmCreate,
     VmmctlVmList,
-    VmMmioAnswer,
+    VmMmioShortcut,
+    VmMmioStore,
+    VmMmioStores,
     Vie,
     Vre,
     ExitHyp,
@@ -668,8 +710,11 @@ mod tests {
         assert_eq!(size_of::<VmmctlVmCreate>(), 296);
         assert_eq!(offset_of!(VmmctlVmCreate, reserved), 232);
         assert_eq!(size_of::<VmmctlVmList>(), 32);
-        assert_eq!(size_of::<VmMmioAnswer>(), 16);
-        assert_eq!(offset_of!(VmMmioAnswer, flags), 12);
+        assert_eq!(size_of::<VmMmioShortcut>(), 16);
+        assert_eq!(offset_of!(VmMmioShortcut, flags), 12);
+        assert_eq!(size_of::<VmMmioStore>(), 16);
+        assert_eq!(offset_of!(VmMmioStore, size), 12);
+        assert_eq!(size_of::<VmMmioStores>(), 8 + 16 * MMIO_STORES_MAX);
     }
 
     #[test]

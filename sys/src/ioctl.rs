@@ -89,9 +89,10 @@ pub mod nr {
     pub const ATTACH_VGIC: u8 = 111;
     /// Our extension (not in FreeBSD): list the VMs the kernel holds, on /dev/vmmctl.
     pub const VMMCTL_VM_LIST: u8 = 64;
-    /// Our extension (not in FreeBSD): loads the kernel answers, on /dev/vmm/NAME. Far
-    /// above FreeBSD's numbers, so a future one does not collide.
-    pub const SET_MMIO_ANSWER: u8 = 200;
+    /// Our extensions (not in FreeBSD), on /dev/vmm/NAME: device registers the kernel
+    /// handles. Far above FreeBSD's numbers, so a future one does not collide.
+    pub const SET_MMIO_SHORTCUT: u8 = 200;
+    pub const GET_MMIO_STORES: u8 = 201;
 }
 
 use VMM_GROUP as G;
@@ -125,8 +126,10 @@ pub const VM_SUSPEND_CPU: u64 = iow::<VmActivateCpu>(G, nr::SUSPEND_CPU);
 pub const VM_RESUME_CPU: u64 = iow::<VmActivateCpu>(G, nr::RESUME_CPU);
 pub const VM_GET_VGIC_VERSION: u64 = ior::<VmVgicVersion>(G, nr::GET_VGIC_VERSION);
 pub const VM_ATTACH_VGIC: u64 = iow::<VmVgicDescr>(G, nr::ATTACH_VGIC);
-/// Our extension: `_IOW('v', 200, struct vm_mmio_answer)`.
-pub const VM_SET_MMIO_ANSWER: u64 = iow::<VmMmioAnswer>(G, nr::SET_MMIO_ANSWER);
+/// Our extension: `_IOW('v', 200, struct vm_mmio_shortcut)`.
+pub const VM_SET_MMIO_SHORTCUT: u64 = iow::<VmMmioShortcut>(G, nr::SET_MMIO_SHORTCUT);
+/// Our extension: `_IOR('v', 201, struct vm_mmio_stores)`.
+pub const VM_GET_MMIO_STORES: u64 = ior::<VmMmioStores>(G, nr::GET_MMIO_STORES);
 
 pub const VMMCTL_VM_CREATE: u64 = iowr::<VmmctlVmCreate>(VMMCTL_GROUP, 0);
 pub const VMMCTL_VM_DESTROY: u64 = iowr::<VmmctlVmDestroy>(VMMCTL_GROUP, 1);
@@ -134,7 +137,7 @@ pub const VMMCTL_VM_DESTROY: u64 = iowr::<VmmctlVmDestroy>(VMMCTL_GROUP, 1);
 pub const VMMCTL_VM_LIST: u64 = iowr::<VmmctlVmList>(VMMCTL_GROUP, nr::VMMCTL_VM_LIST);
 
 /// Every request /dev/vmm/NAME answers.
-pub const VM_REQUESTS: [u64; 30] = [
+pub const VM_REQUESTS: [u64; 31] = [
     VM_RUN,
     VM_SET_CAPABILITY,
     VM_GET_CAPABILITY,
@@ -164,7 +167,8 @@ pub const VM_REQUESTS: [u64; 30] = [
     VM_RESUME_CPU,
     VM_GET_VGIC_VERSION,
     VM_ATTACH_VGIC,
-    VM_SET_MMIO_ANSWER,
+    VM_SET_MMIO_SHORTCUT,
+    VM_GET_MMIO_STORES,
 ];
 
 /// Every request /dev/vmmctl answers.
@@ -201,8 +205,9 @@ mod tests {
         assert_eq!(VM_ATTACH_VGIC, 0x8028_766F);
         assert_eq!(VMMCTL_VM_CREATE, 0xC128_5600);
         assert_eq!(VMMCTL_VM_DESTROY, 0xC128_5601);
-        // Ours: _IOW('v', 200, 16 bytes).
-        assert_eq!(VM_SET_MMIO_ANSWER, 0x8010_76C8);
+        // Ours: _IOW('v', 200, 16 bytes), _IOR('v', 201, 2056 bytes).
+        assert_eq!(VM_SET_MMIO_SHORTCUT, 0x8010_76C8);
+        assert_eq!(VM_GET_MMIO_STORES, 0x4808_76C9);
     }
 
     #[test]

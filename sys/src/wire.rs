@@ -145,8 +145,9 @@ pub mod lane {
     /// else EINVAL): first a vCPU's own ([`VCPU_CMDS`] of them; each argument starts
     /// with the `int cpuid`), then the VM-wide ones that the thread running the lane's
     /// vCPU makes between two runs: a device model's interrupt line, which bhyve's vCPU
-    /// thread drives from its MMIO handlers (a virtio console's output, an ACK).
-    pub const CMDS: [u64; 8] = [
+    /// thread drives from its MMIO handlers (a virtio console's output, an ACK), and
+    /// the device stores the kernel queued, which it takes at a BOGUS exit.
+    pub const CMDS: [u64; 9] = [
         crate::ioctl::VM_RUN,
         crate::ioctl::VM_GET_REGISTER,
         crate::ioctl::VM_SET_REGISTER,
@@ -155,6 +156,7 @@ pub mod lane {
         crate::ioctl::VM_INJECT_EXCEPTION,
         crate::ioctl::VM_ASSERT_IRQ,
         crate::ioctl::VM_DEASSERT_IRQ,
+        crate::ioctl::VM_GET_MMIO_STORES,
     ];
     /// How many of [`CMDS`], from the first, are a vCPU's own.
     pub const VCPU_CMDS: usize = 6;

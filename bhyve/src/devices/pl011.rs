@@ -13,9 +13,10 @@
 //!   once) and cleared by ICR, as QEMU's PL011 does and as Linux's amba-pl011 driver
 //!   and FreeBSD's uart_dev_pl011 expect.
 //!
-//! FR is the answered register (`MmioDevice::answered_register`): reading it changes
-//! nothing, and Linux reads it before every byte it prints, so the kernel answers those
-//! reads and only DR's writes exit.
+//! Linux reads FR before every byte it prints and writes the byte to DR, so both are
+//! registers the kernel handles (`MmioDevice`): FR's reads change nothing and it
+//! answers them; a write to DR shows only in the output, RIS/MIS and the interrupt
+//! line, so it queues them and the bus emulates them before any later access.
 //!
 //! The output line is RIS & IMSC != 0. Linux's driver uses 16-bit accesses for
 //! "arm,pl011" (32-bit with reg-io-width = 4): every register answers 1-, 2- and 4-byte
@@ -183,14 +184,21 @@ impl<W: Write + Send> Pl011<W> {
         }
     }
 
+    /// Transmits `bytes` (one console write: a byte at a time costs a system call
+    /// each).
+    fn transmit(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.out.write_all(bytes).is_err() || self.out.flush().is_err() {
+            self.tx_lost += bytes.len() as u64;
+        }
+        self.tx_pending = true;
+    }
+
     fn write_reg(&mut self, reg: u64, v: u32) {
         match reg {
-            DR => {
-                if self.out.write_all(&[v as u8]).is_err() || self.out.flush().is_err() {
-                    self.tx_lost += 1;
-                }
-                self.tx_pending = true;
-            }
+            DR => self.transmit(&[v as u8]),
             RSR_ECR => {} // clears error bits, of which there are none
             ILPR => self.ilpr = v & 0xff,
             IBRD => self.ibrd = v & 0xffff,
@@ -227,6 +235,17 @@ impl<W: Write + Send> MmioDevice for Pl011<W> {
         }
     }
 
+    fn write_many(&mut self, offset: u64, size: u8, values: &[u64]) {
+        if offset != DR {
+            for &v in values {
+                self.write(offset, size, v);
+            }
+            return;
+        }
+        let bytes: Vec<u8> = values.iter().map(|&v| v as u8).collect();
+        self.transmit(&bytes);
+    }
+
     fn irq_level(&self) -> bool {
         self.ris() & self.imsc != 0
     }
@@ -243,6 +262,10 @@ impl<W: Write + Send> MmioDevice for Pl011<W> {
 
     fn answered_register(&self) -> Option<(u64, u32)> {
         Some((FR, self.flags()))
+    }
+
+    fn buffered_register(&self) -> Option<u64> {
+        Some(DR)
     }
 }
 

@@ -6,6 +6,7 @@
 
 use crate::errno::{Errno, KResult};
 use crate::host::Host;
+use crate::mmio_shortcut::Shortcut;
 use crate::stats::DESC;
 use crate::vgic;
 use crate::vm::{bit, Vm};
@@ -412,23 +413,33 @@ impl<H: Host> Vmm<H> {
                 let req: VmMsi = get(arg)?;
                 self.with_vgic(vm, |g| g.raise_msi(req.addr, req.msg))
             }
-            ioctl::VM_SET_MMIO_ANSWER => {
-                let req: VmMmioAnswer = get(arg)?;
-                // Loads there would never reach the answers: the vGIC's windows are
-                // the kernel's own, and past the IPA limit the guest gets an abort.
-                if req.flags & !MMIO_ANSWER_ON != 0
-                    || req.gpa >= self.cfg.s2.ipa_limit()
-                    || vm.vgic_windows.contains(req.gpa)
-                {
+            ioctl::VM_SET_MMIO_SHORTCUT => {
+                let req: VmMmioShortcut = get(arg)?;
+                // Accesses there would never reach the shortcuts: the vGIC's windows
+                // are the kernel's own, and past the IPA limit the guest gets an abort.
+                if req.gpa >= self.cfg.s2.ipa_limit() || vm.vgic_windows.contains(req.gpa) {
                     return Err(Errno::EINVAL);
                 }
-                let mut answers = vm.mmio_answers.lock();
-                if req.flags & MMIO_ANSWER_ON != 0 {
-                    answers.set(req.gpa, req.value)
-                } else {
-                    answers.clear(req.gpa);
-                    Ok(())
+                let what = match req.flags {
+                    0 => None,
+                    MMIO_ANSWER_LOADS => Some(Shortcut::AnswerLoads(req.value)),
+                    MMIO_BUFFER_STORES => Some(Shortcut::BufferStores),
+                    _ => return Err(Errno::EINVAL),
+                };
+                let mut mmio = vm.mmio.lock();
+                match what {
+                    Some(w) => mmio.set(req.gpa, w),
+                    None => {
+                        mmio.clear(req.gpa);
+                        Ok(())
+                    }
                 }
+            }
+            ioctl::VM_GET_MMIO_STORES => {
+                let mut mmio = vm.mmio.lock();
+                mmio.take_into(arg)?;
+                vm.mmio_stores_queued.store(false, Ordering::SeqCst);
+                Ok(())
             }
             _ => Err(Errno::ENOTTY),
         }
@@ -573,7 +584,11 @@ impl<H: Host> Vmm<H> {
         }
         vm.mem.lock().unmap_devmem(&self.host);
         // The device models that published them are gone with the old machine.
-        vm.mmio_answers.lock().clear_all();
+        {
+            let mut mmio = vm.mmio.lock();
+            mmio.clear_all();
+            vm.mmio_stores_queued.store(false, Ordering::SeqCst);
+        }
         if let Some(g) = vm.vgic.lock().as_mut() {
             // Stays attached at the same windows, back to its reset state.
             g.reset();

@@ -27,7 +27,7 @@ pub mod errno;
 pub mod exit;
 pub mod host;
 pub mod mem;
-pub mod mmio_answer;
+pub mod mmio_shortcut;
 pub mod req;
 mod run;
 pub mod stage2;

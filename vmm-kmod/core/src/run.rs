@@ -11,6 +11,7 @@
 use crate::errno::{Errno, KResult};
 use crate::exit::{self, Abort, Decoded, FaultKind};
 use crate::host::Host;
+use crate::mmio_shortcut::Store;
 use crate::stats::{Stat, Stats};
 use crate::sysemul::{self, SysRegAnswer};
 use crate::vcpu::{from_el0, Vcpu};
@@ -160,10 +161,32 @@ impl<H: Host> Vmm<H> {
         let vcpu = vm.materialise(&self.host, id, &mut g)?;
         let stats = &slot.shared.stats;
         stats.inc(Stat::VmRun);
-        let exit = self.run_loop(vm, slot, vcpu, idu)?;
+        let exit = match vcpu.held_exit.take() {
+            Some(e) => e,
+            None => {
+                let e = self.run_loop(vm, slot, vcpu, idu)?;
+                self.hold_behind_stores(vm, vcpu, e)
+            }
+        };
         self.host.exit_to_user(&exit, &vcpu.ctx_ref().x);
         stats.inc(Stat::ExitsToUser);
         Ok(exit)
+    }
+
+    /// The exit VM_RUN returns: `e` itself, or BOGUS while MMIO stores the guest made
+    /// before `e` wait for userspace, with `e` held for the next VM_RUN. Never
+    /// SUSPENDED: a vCPU that has seen it does not run again (the VMM takes the stores
+    /// left once its vCPUs have stopped).
+    fn hold_behind_stores(&self, vm: &Vm<H>, vcpu: &mut Vcpu, e: VmExit) -> VmExit {
+        if e.exitcode == ExitCode::Bogus as i32
+            || e.exitcode == ExitCode::Suspended as i32
+            || !vm.mmio_stores_queued.load(Ordering::SeqCst)
+        {
+            return e;
+        }
+        let pc = vcpu.ctx_ref().pc;
+        vcpu.held_exit = Some(e);
+        exit_base(ExitCode::Bogus, pc, 0)
     }
 
     fn run_loop(
@@ -318,6 +341,11 @@ impl<H: Host> Vmm<H> {
         match d {
             Decoded::Interrupt => {
                 stats.inc(Stat::HostIrq);
+                // Queued MMIO stores reach userspace within a host tick even if the
+                // guest makes no other exit.
+                if vm.mmio_stores_queued.load(Ordering::Relaxed) {
+                    return Ok(Next::User(exit_base(ExitCode::Bogus, pc, 0)));
+                }
                 Ok(Next::Reenter)
             }
             Decoded::Hvc { imm: 0 } => Ok(Next::User(self.smccc_exit(vcpu, stats, 0))),
@@ -373,6 +401,11 @@ impl<H: Host> Vmm<H> {
             }
             Decoded::Wfi => {
                 stats.inc(Stat::Wfi);
+                if vm.mmio_stores_queued.load(Ordering::Relaxed) {
+                    // Not asleep with output queued: userspace takes it, then the
+                    // guest runs its WFI again.
+                    return Ok(Next::User(exit_base(ExitCode::Bogus, pc, 0)));
+                }
                 if vcpu.halt_exit {
                     vcpu.pending_advance = INSN_SIZE;
                     return Ok(Next::User(exit_base(ExitCode::Wfi, pc, INSN_SIZE as i32)));
@@ -525,16 +558,52 @@ impl<H: Host> Vmm<H> {
             stats.inc(Stat::VgicMmio);
             return Ok(Next::Reenter);
         }
-        if !da.write {
-            let answer = vm.mmio_answers.lock().load(a.ipa, da.size);
-            if let Some(value) = answer {
-                vcpu.set_x(da.srt, esr::load_result(value, &da));
-                self.skip_insn(vcpu);
-                stats.inc(Stat::MmioAnswered);
-                return Ok(Next::Reenter);
-            }
+        if let Some(next) = self.mmio_shortcut(vm, vcpu, stats, a.ipa, &da) {
+            return Ok(next);
         }
         Ok(Next::User(self.inst_emul_exit(vcpu, stats, a.ipa, da)))
+    }
+
+    /// An access to a register userspace asked the kernel to handle: a load answered
+    /// with the published value, a store queued (or, with the queue full, a BOGUS exit
+    /// so userspace takes the queue; the guest then runs the store again). `None`: not
+    /// such a register.
+    fn mmio_shortcut(
+        &self,
+        vm: &Vm<H>,
+        vcpu: &mut Vcpu,
+        stats: &Stats,
+        ipa: u64,
+        da: &DataAbort,
+    ) -> Option<Next> {
+        if da.size > 4 {
+            // Never handled: no lock to take.
+            return None;
+        }
+        if da.write {
+            let value = vcpu.get_x(da.srt);
+            let mut mmio = vm.mmio.lock();
+            match mmio.store(ipa, da.size, value) {
+                Store::Queued => {
+                    vm.mmio_stores_queued.store(true, Ordering::SeqCst);
+                    drop(mmio);
+                    self.skip_insn(vcpu);
+                    stats.inc(Stat::MmioQueued);
+                    Some(Next::Reenter)
+                }
+                Store::QueueFull => {
+                    let pc = vcpu.ctx_ref().pc;
+                    Some(Next::User(exit_base(ExitCode::Bogus, pc, 0)))
+                }
+                Store::NotHandled => None,
+            }
+        } else {
+            let value = vm.mmio.lock().load(ipa, da.size)?;
+            vcpu.set_x(da.srt, esr::load_result(value, da));
+            self.skip_insn(vcpu);
+            stats.inc(Stat::MmioAnswered);
+            Some(Next::Reenter)
+        }
     }
 
     fn inst_emul_exit(&self, vcpu: &mut Vcpu, stats: &Stats, gpa: u64, da: DataAbort) -> VmExit {

@@ -28,11 +28,13 @@ pub enum Stat {
     Wfe,
     /// A trapped WFE returned to userspace so other runs got the CPU.
     WfeYield,
-    /// A device register's load answered from VM_SET_MMIO_ANSWER's value.
+    /// A device register's load answered from VM_SET_MMIO_SHORTCUT's value.
     MmioAnswered,
+    /// A device register's store queued for userspace (VM_GET_MMIO_STORES).
+    MmioQueued,
 }
 
-pub const NSTATS: usize = 21;
+pub const NSTATS: usize = 22;
 
 /// Descriptions, as `bhyvectl --get-stats` prints them.
 pub const DESC: [&str; NSTATS] = [
@@ -56,7 +58,8 @@ pub const DESC: [&str; NSTATS] = [
     "system register accesses answered at EL2 without a world switch (in the total)",
     "wfe instructions trapped",
     "trapped wfe that gave the cpu to others",
-    "mmio loads answered in kernel (VM_SET_MMIO_ANSWER)",
+    "mmio loads answered in kernel (VM_SET_MMIO_SHORTCUT)",
+    "mmio stores queued in kernel for userspace (VM_GET_MMIO_STORES)",
 ];
 
 /// The counters of one vCPU. Atomic so VM_STATS reads them while the vCPU runs (as

@@ -187,6 +187,10 @@ pub struct Vcpu {
     pub pending_load: Option<vmm_sys::arm64::esr::DataAbort>,
     /// An exception to deliver at the next entry (ESR, FAR).
     pub pending_exception: Option<(u64, u64)>,
+    /// An exit that waits behind the BOGUS one that made userspace take the queued
+    /// MMIO stores first (`mmio_shortcut`): the next VM_RUN returns it without entering
+    /// the guest.
+    pub held_exit: Option<vmm_sys::abi::VmExit>,
     pub halt_exit: bool,
     pub brk_exit: bool,
 }
@@ -205,6 +209,7 @@ impl Vcpu {
             pending_advance: 0,
             pending_load: None,
             pending_exception: None,
+            held_exit: None,
             halt_exit: false,
             brk_exit: false,
         };

@@ -11,7 +11,7 @@ use crate::el2::S2Geometry;
 use crate::errno::{Errno, KResult};
 use crate::host::Host;
 use crate::mem::VmMem;
-use crate::mmio_answer::MmioAnswers;
+use crate::mmio_shortcut::MmioShortcuts;
 use crate::stage2::Stage2;
 use crate::stats::Stats;
 use crate::sync::Mutex;
@@ -84,8 +84,12 @@ pub struct Vm<H: Host> {
     /// stage-2 fault in them skip the guest RAM lookup, which can never match there
     /// (RAM and the windows never overlap).
     pub vgic_windows: VgicWindows,
-    /// Device registers whose loads the kernel answers (VM_SET_MMIO_ANSWER).
-    pub mmio_answers: Mutex<H::Mutex, MmioAnswers>,
+    /// Device registers the kernel handles and the stores it queued
+    /// (VM_SET_MMIO_SHORTCUT, VM_GET_MMIO_STORES).
+    pub mmio: Mutex<H::Mutex, MmioShortcuts>,
+    /// Stores wait in `mmio` for userspace: what the run loop looks at on its hot
+    /// paths without the lock. Set and cleared under it.
+    pub mmio_stores_queued: AtomicBool,
     pub vcpus: Vec<VcpuSlot<H>>,
     /// `enum vm_suspend_how`, 0 when running.
     pub suspend: AtomicI32,
@@ -218,7 +222,8 @@ impl<H: Host> Vm<H> {
             needs_cache_sync: AtomicBool::new(true),
             noise: NoiseLimit::default(),
             vgic_windows: VgicWindows::default(),
-            mmio_answers: Mutex::new(MmioAnswers::default()),
+            mmio: Mutex::new(MmioShortcuts::default()),
+            mmio_stores_queued: AtomicBool::new(false),
         })
     }
 

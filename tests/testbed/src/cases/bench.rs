@@ -8,7 +8,9 @@
 //! run loop, after the full world switch). Then the vGIC's in-kernel exits
 //! through VM_RUN (`bench_vgic` guest, vGIC attached): a distributor register read
 //! (GICD_TYPER) and a self-IPI (ICC_SGI1R_EL1 trapped, SGI 1 injected through a list
-//! register, acknowledged and EOIed by the guest). Prints `BENCH <path> <what>
+//! register, acknowledged and EOIed by the guest). Then the device registers the
+//! kernel handles (`bench_mmio` guest): a load it answers and a store it queues (the
+//! host taking the queue whenever it is full, as bhyve does). Prints `BENCH <path> <what>
 //! <instructions per exit>`; under icount shift=0 a nanosecond of virtual time is one
 //! emulated instruction.
 
@@ -30,6 +32,7 @@ use vmm_sys::reg::{VM_REG_GUEST_PC, VM_REG_GUEST_X0};
 static BENCH: &[u8] = include_bytes!(concat!(env!("VMM_GUEST_DIR"), "/bench.bin"));
 static BENCH_VGIC: &[u8] = include_bytes!(concat!(env!("VMM_GUEST_DIR"), "/bench_vgic.bin"));
 static BENCH_IPI: &[u8] = include_bytes!(concat!(env!("VMM_GUEST_DIR"), "/bench_ipi.bin"));
+static BENCH_MMIO: &[u8] = include_bytes!(concat!(env!("VMM_GUEST_DIR"), "/bench_mmio.bin"));
 const N: u64 = 20_000;
 /// Round trips of the cross-vCPU IPI benchmark (each wakes the other CPU).
 const IPI_N: u64 = 5_000;
@@ -170,6 +173,58 @@ fn vgic_through_core(vmm: &Core) -> Result<([u64; 3], u64, u64), String> {
     })();
     vmm::destroy(vmm, name)?;
     res
+}
+
+/// The `bench_mmio` guest through VM_RUN with the kernel answering 0x10018 and queueing
+/// stores to 0x10000: ticks of N loads, N stores and the empty loop, and the stores the
+/// host took.
+fn mmio_through_core(vmm: &Core) -> Result<([u64; 3], u64), String> {
+    let name = b"bench-mmio";
+    vmm::start(vmm, name, BENCH_MMIO, N)?;
+    let res = (|| {
+        for (gpa, value, flags) in [
+            (0x10018, 0x90, MMIO_ANSWER_LOADS),
+            (0x10000, 0, MMIO_BUFFER_STORES),
+        ] {
+            let mut s = VmMmioShortcut { gpa, value, flags };
+            ioctl_vm(vmm, name, VM_SET_MMIO_SHORTCUT, &mut s)?;
+        }
+        let mut taken = 0u64;
+        let mut stores = alloc::boxed::Box::new(VmMmioStores::default());
+        loop {
+            let e = vmm::run(vmm, name)?;
+            if e.exitcode == ExitCode::Bogus as i32 {
+                ioctl_vm(vmm, name, VM_GET_MMIO_STORES, &mut *stores)?;
+                taken += u64::from(stores.count);
+                continue;
+            }
+            if e.exitcode != ExitCode::Hyp as i32 {
+                return Err(format!("exit code {} at pc {:#x}", e.exitcode, e.pc));
+            }
+            let reg = |r: u32| vmm::get_reg(vmm, name, VM_REG_GUEST_X0 + r);
+            if reg(4)? != 0x90 {
+                return Err(format!("the answered load read {:#x}", reg(4)?));
+            }
+            ioctl_vm(vmm, name, VM_GET_MMIO_STORES, &mut *stores)?;
+            taken += u64::from(stores.count);
+            return Ok(([reg(1)?, reg(2)?, reg(3)?], taken));
+        }
+    })();
+    vmm::destroy(vmm, name)?;
+    res
+}
+
+fn report_mmio(n: u64, ticks: [u64; 3], taken: u64) {
+    let f = timer::freq();
+    let ns = |t: u64| t * 1_000_000_000 / f;
+    let loop_ns = ns(ticks[2]);
+    let per = |t: u64| ns(t).saturating_sub(loop_ns) / n;
+    kprintln!("BENCH vmm_core_mmio answered_load {}", per(ticks[0]));
+    kprintln!("BENCH vmm_core_mmio queued_store {}", per(ticks[1]));
+    kprintln!(
+        "BENCH info queued stores: {taken} of {n} taken, {} per BOGUS exit",
+        MMIO_STORES_MAX
+    );
 }
 
 fn ioctl_vm<T: Pod>(vmm: &Core, name: &[u8], cmd: u64, v: &mut T) -> Result<(), String> {
@@ -340,6 +395,11 @@ pub fn run() {
             }
             match vgic_through_core(&vmm) {
                 Ok((t, sgis, exits)) => report_vgic(N, t, sgis, exits),
+                Err(e) => kprintln!("BENCH error {e}"),
+            }
+            match mmio_through_core(&vmm) {
+                Ok((t, taken)) if taken == N => report_mmio(N, t, taken),
+                Ok((_, taken)) => kprintln!("BENCH error {taken} of {N} queued stores taken"),
                 Err(e) => kprintln!("BENCH error {e}"),
             }
             match second_cpu.map_err(|e| format!("cpu 1 did not start: PSCI {e}")) {

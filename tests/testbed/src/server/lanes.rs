@@ -374,8 +374,9 @@ pub fn serve(core: &'static Core) {
     }
 }
 
-/// Room for the argument of a lane request (the largest of [`lane::CMDS`]'s).
-const LANE_ARG_MAX: usize = 64;
+/// Room for the argument of a lane request (the largest of [`lane::CMDS`]'s: the
+/// stores VM_GET_MMIO_STORES answers, 2 KiB).
+const LANE_ARG_MAX: usize = 2056;
 const _: () = {
     let mut i = 0;
     while i < lane::CMDS.len() {
@@ -633,9 +634,9 @@ fn answer_in_lane(core: &Core, req: &WireRequest<'_>, (slot, va, seq): (usize, u
 /// vCPU's own request (its number starts the argument: [`lane::names_vcpu`]) that
 /// vCPU's, except in the lane that carried its VM_RUN (`carrier`), whose hint is taken
 /// after the run; anything else but the testbed's own requests any of them. Register
-/// reads and interrupt lines change nothing. Lanes of other VMs with the same vCPU
-/// number are bumped too: a hint lost, never a stale one kept, and no lock or name
-/// compared.
+/// reads, interrupt lines and taking queued device stores change nothing. Lanes of
+/// other VMs with the same vCPU number are bumped too: a hint lost, never a stale one
+/// kept, and no lock or name compared.
 pub fn registers_may_change(cmd: u64, arg: &[u8], carrier: Option<usize>) {
     if matches!(
         cmd,
@@ -643,6 +644,7 @@ pub fn registers_may_change(cmd: u64, arg: &[u8], carrier: Option<usize>) {
             | ioctl::VM_GET_REGISTER_SET
             | ioctl::VM_ASSERT_IRQ
             | ioctl::VM_DEASSERT_IRQ
+            | ioctl::VM_GET_MMIO_STORES
     ) || ioctl::ioc_group(cmd) == b't'
     {
         return;

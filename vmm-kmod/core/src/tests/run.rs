@@ -200,8 +200,21 @@ fn mmio_loads_every_size_sign_and_register() {
 }
 
 fn set_answer(v: &Vmm<crate::fake::FakeHost>, gpa: u64, value: u32, flags: u32) -> KResult<()> {
-    let mut a = VmMmioAnswer { gpa, value, flags };
-    vmio(v, "g", ioctl::VM_SET_MMIO_ANSWER, &mut a)
+    let mut a = VmMmioShortcut { gpa, value, flags };
+    vmio(v, "g", ioctl::VM_SET_MMIO_SHORTCUT, &mut a)
+}
+
+fn take_stores(v: &Vmm<crate::fake::FakeHost>) -> Vec<(u64, u8, u32)> {
+    let mut st = VmMmioStores::default();
+    vmio(v, "g", ioctl::VM_GET_MMIO_STORES, &mut st).unwrap();
+    st.stores[..st.count as usize]
+        .iter()
+        .map(|s| (s.gpa, s.size, s.value))
+        .collect()
+}
+
+fn store_iss(sas: u32, rt: u32) -> u32 {
+    dabt::ISV | dabt::WNR | (sas << dabt::SAS_SHIFT) | (rt << dabt::SRT_SHIFT) | 0x06
 }
 
 /// Runs one load (`sas`, `sse`, `sf`, `rt`) from `gpa`, then an HVC: the exit the load
@@ -230,7 +243,7 @@ fn load_once(v: &Vmm<crate::fake::FakeHost>, gpa: u64, iss: u32, rt: usize) -> (
 #[test]
 fn mmio_answers_serve_loads_of_their_register_only() {
     let v = guest();
-    set_answer(&v, MMIO, 0x8190, MMIO_ANSWER_ON).unwrap();
+    set_answer(&v, MMIO, 0x8190, MMIO_ANSWER_LOADS).unwrap();
     let cases: &[(u32, bool, bool, u32, u64)] = &[
         // sas, sse, sf, rt, what the guest register holds
         (0, false, false, 1, 0x90),                // ldrb w1
@@ -259,11 +272,10 @@ fn mmio_answers_serve_loads_of_their_register_only() {
     assert_eq!(code, ExitCode::InstEmul, "8-byte load");
     let (code, _) = load_once(&v, MMIO + 1, load_iss(0, false, false, 2), 2);
     assert_eq!(code, ExitCode::InstEmul, "load one byte further");
-    let store = dabt::ISV | dabt::WNR | (2 << dabt::SAS_SHIFT) | (2 << dabt::SRT_SHIFT) | 0x06;
-    let (code, _) = load_once(&v, MMIO, store, 2);
+    let (code, _) = load_once(&v, MMIO, store_iss(2, 2), 2);
     assert_eq!(code, ExitCode::InstEmul, "store");
     // A new value replaces the old; cleared, loads go to userspace again.
-    set_answer(&v, MMIO, 0x42, MMIO_ANSWER_ON).unwrap();
+    set_answer(&v, MMIO, 0x42, MMIO_ANSWER_LOADS).unwrap();
     let (_, got) = load_once(&v, MMIO, load_iss(2, false, false, 3), 3);
     assert_eq!(got, 0x42);
     set_answer(&v, MMIO, 0, 0).unwrap();
@@ -276,35 +288,57 @@ fn mmio_answers_serve_loads_of_their_register_only() {
 fn mmio_answers_are_checked_bounded_and_reset_with_the_vm() {
     let v = guest();
     assert_eq!(
-        set_answer(&v, MMIO, 1, 2),
+        set_answer(&v, MMIO, 1, 4),
         Err(Errno::EINVAL),
         "unknown flag"
     );
     assert_eq!(
-        set_answer(&v, 1 << 52, 1, MMIO_ANSWER_ON),
+        set_answer(&v, MMIO, 1, MMIO_ANSWER_LOADS | MMIO_BUFFER_STORES),
+        Err(Errno::EINVAL),
+        "answered loads of a register whose stores wait make no sense"
+    );
+    assert_eq!(
+        set_answer(&v, 1 << 52, 1, MMIO_ANSWER_LOADS),
         Err(Errno::EINVAL),
         "past the IPA limit"
     );
-    let max = crate::mmio_answer::MAX_ANSWERS as u64;
+    let max = crate::mmio_shortcut::MAX_SHORTCUTS as u64;
     for i in 0..max {
-        set_answer(&v, MMIO + 4 * i, 1, MMIO_ANSWER_ON).unwrap();
+        set_answer(&v, MMIO + 4 * i, 1, MMIO_ANSWER_LOADS).unwrap();
     }
     assert_eq!(
-        set_answer(&v, MMIO + 4 * max, 1, MMIO_ANSWER_ON),
+        set_answer(&v, MMIO + 4 * max, 1, MMIO_ANSWER_LOADS),
         Err(Errno::ENOSPC),
         "one register more than the table holds"
     );
     // Replacing a value and clearing one make no new entry; clearing makes room.
-    set_answer(&v, MMIO, 7, MMIO_ANSWER_ON).unwrap();
+    set_answer(&v, MMIO, 7, MMIO_ANSWER_LOADS).unwrap();
     set_answer(&v, MMIO + 4, 0, 0).unwrap();
-    set_answer(&v, MMIO + 4 * max, 1, MMIO_ANSWER_ON).unwrap();
+    set_answer(&v, MMIO + 4 * max, 1, MMIO_ANSWER_LOADS).unwrap();
     let (code, got) = load_once(&v, MMIO, load_iss(2, false, false, 3), 3);
     assert_eq!((code, got), (ExitCode::Smccc, 7));
     let (code, _) = load_once(&v, MMIO + 4, load_iss(2, false, false, 3), 3);
     assert_eq!(code, ExitCode::InstEmul, "cleared one");
-    // VM_REINIT forgets them all: the device models that set them are gone.
+    // VM_REINIT forgets them all, and the stores queued: the device models that set
+    // them are gone.
+    set_answer(&v, MMIO + 8, 0, 0).unwrap();
+    set_answer(&v, MMIO + 0x100, 0, MMIO_BUFFER_STORES).unwrap();
+    v.host().push(
+        Scripted::abort(mk(ec::DABT_LOW, true, store_iss(2, 1)), MMIO + 0x100).with(|c| c.pc = RAM),
+    );
+    v.host().push(hvc());
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Bogus, "the store first");
     let mut s = VmSuspend { how: 1 };
     vmio(&v, "g", ioctl::VM_SUSPEND, &mut s).unwrap();
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(
+        exitcode(&e),
+        ExitCode::Smccc,
+        "the exit held behind the store"
+    );
+    // SUSPENDED is never held: a vCPU that has seen it may not run again. The VMM
+    // takes what is left after its vCPUs have stopped.
     let (e, _) = run(&v, "g", 0).unwrap();
     assert_eq!(exitcode(&e), ExitCode::Suspended);
     v.dispatch(DeviceRef::Vm(b"g"), ioctl::VM_REINIT, &mut [])
@@ -313,6 +347,111 @@ fn mmio_answers_are_checked_bounded_and_reset_with_the_vm() {
     set_reg(&v, "g", 0, reg::VM_REG_GUEST_PC, RAM).unwrap();
     let (code, _) = load_once(&v, MMIO, load_iss(2, false, false, 3), 3);
     assert_eq!(code, ExitCode::InstEmul, "after VM_REINIT");
+    assert!(take_stores(&v).is_empty(), "queued store dropped");
+}
+
+#[test]
+fn queued_mmio_stores_reach_userspace_before_any_later_exit() {
+    let v = guest();
+    set_answer(&v, MMIO, 0, MMIO_BUFFER_STORES).unwrap();
+    // Three stores queued (byte, halfword, word; the register's value masked to the
+    // width, xzr as zero), then an 8-byte store, which the kernel does not queue.
+    let values = [
+        (0u32, 0x1_2345u64),
+        (1, 0x1_2345),
+        (2, 0xdead_beef_0000_0001),
+        (0, 0),
+    ];
+    for (i, &(sas, x)) in values.iter().enumerate() {
+        let rt = if x == 0 { 31 } else { 3 };
+        v.host().push(
+            Scripted::abort(mk(ec::DABT_LOW, true, store_iss(sas, rt)), MMIO).with(move |c| {
+                c.pc = RAM + 0x100 + 4 * i as u64;
+                c.x[3] = x;
+            }),
+        );
+    }
+    v.host().push(
+        Scripted::abort(mk(ec::DABT_LOW, true, store_iss(3, 3)), MMIO).with(|c| c.pc = RAM + 0x200),
+    );
+    let before = entries(&v).len();
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Bogus, "stores wait: BOGUS first");
+    assert_eq!(
+        entries(&v).len(),
+        before + 5,
+        "each queued store re-entered the guest"
+    );
+    assert_eq!(stat(&v, "g", Stat::MmioQueued), 4);
+    assert_eq!(
+        take_stores(&v),
+        [
+            (MMIO, 1, 0x45),
+            (MMIO, 2, 0x2345),
+            (MMIO, 4, 1),
+            (MMIO, 1, 0)
+        ]
+    );
+    // The held exit comes next, without entering the guest.
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(entries(&v).len(), before + 5, "not entered");
+    assert_eq!(exitcode(&e), ExitCode::InstEmul);
+    // SAFETY: test: the INST_EMUL member.
+    let gpa = unsafe { e.u.inst_emul.gpa };
+    assert_eq!((e.pc, gpa), (RAM + 0x200, MMIO));
+    assert!(take_stores(&v).is_empty());
+    // Nothing queued: an exit is returned as it is.
+    v.host().push(hvc());
+    assert_eq!(exitcode(&run(&v, "g", 0).unwrap().0), ExitCode::Smccc);
+}
+
+#[test]
+fn a_full_store_queue_a_wfi_and_a_host_interrupt_hand_the_queue_over() {
+    let v = guest();
+    set_answer(&v, MMIO, 0, MMIO_BUFFER_STORES).unwrap();
+    let store = |pc: u64| {
+        Scripted::abort(mk(ec::DABT_LOW, true, store_iss(0, 1)), MMIO).with(move |c| {
+            c.pc = pc;
+            c.x[1] = 0x61;
+        })
+    };
+    let max = vmm_sys::abi::MMIO_STORES_MAX;
+    for i in 0..=max {
+        v.host().push(store(RAM + 4 * i as u64));
+    }
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Bogus, "queue full");
+    assert_eq!(take_stores(&v).len(), max);
+    // The store that did not fit was not done: the guest runs it again.
+    let last = RAM + 4 * max as u64;
+    v.host().push(store(last));
+    v.host().push(hvc());
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(
+        entries(&v).iter().rev().nth(1).unwrap().pc,
+        last,
+        "re-entered at the store"
+    );
+    assert_eq!(exitcode(&e), ExitCode::Bogus);
+    assert_eq!(take_stores(&v), [(MMIO, 1, 0x61)]);
+    assert_eq!(exitcode(&run(&v, "g", 0).unwrap().0), ExitCode::Smccc);
+    // A WFI with stores queued does not sleep: BOGUS at the WFI, which runs again.
+    v.host().push(store(RAM + 0x40));
+    v.host()
+        .push(Scripted::sync(mk(ec::WFX, true, 0)).with(|c| c.pc = RAM + 0x44));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!((exitcode(&e), e.pc), (ExitCode::Bogus, RAM + 0x44));
+    assert_eq!(v.host().sleeps.load(std::sync::atomic::Ordering::SeqCst), 0);
+    take_stores(&v);
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(entries(&v).last().unwrap().pc, RAM + 0x44, "the WFI again");
+    // A host interrupt with stores queued returns to userspace too.
+    v.host().push(store(RAM + 0x80));
+    v.host().push(Scripted::irq());
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Bogus);
+    assert_eq!(take_stores(&v).len(), 1);
 }
 
 #[test]

@@ -1,0 +1,171 @@
+//! Device registers the kernel handles for userspace (VM_SET_MMIO_SHORTCUT and
+//! VM_GET_MMIO_STORES, our extension), so that a console's bytes do not each cost
+//! exits: a register whose loads the kernel answers from a value the device model
+//! publishes (a UART's flag register, read before every byte), and one whose stores it
+//! queues for userspace to take in order (the UART's data register). While stores are
+//! queued, every exit to userspace goes after a BOGUS one, at which the VMM takes them
+//! (`run.rs`), so it never sees an exit before a store the guest made earlier.
+
+use crate::errno::{Errno, KResult};
+use core::mem::{offset_of, size_of};
+use vmm_sys::abi::{Pod, VmMmioStore, VmMmioStores, MMIO_STORES_MAX};
+
+/// Registers one VM may have handled at once.
+pub const MAX_SHORTCUTS: usize = 16;
+
+/// What the kernel does with a register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortcut {
+    /// Loads read this value.
+    AnswerLoads(u32),
+    /// Stores are queued.
+    BufferStores,
+}
+
+/// What became of a guest store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Queued,
+    /// The register's stores are queued, but the queue is full: userspace must take
+    /// them before this one.
+    QueueFull,
+    /// Not a queued register (or a width it does not queue): an INST_EMUL exit.
+    NotHandled,
+}
+
+/// One VM's handled registers and its queued stores.
+#[derive(Debug)]
+pub struct MmioShortcuts {
+    /// `(gpa, what)`; the used entries first, `len` of them.
+    regs: [(u64, Shortcut); MAX_SHORTCUTS],
+    len: usize,
+    /// Queued stores, oldest first, `queued` of them.
+    stores: [VmMmioStore; MMIO_STORES_MAX],
+    queued: usize,
+}
+
+impl Default for MmioShortcuts {
+    fn default() -> Self {
+        MmioShortcuts {
+            regs: [(0, Shortcut::BufferStores); MAX_SHORTCUTS],
+            len: 0,
+            stores: [VmMmioStore::default(); MMIO_STORES_MAX],
+            queued: 0,
+        }
+    }
+}
+
+impl MmioShortcuts {
+    /// Handles `gpa` as `what` from now on, replacing what it was. `ENOSPC` when
+    /// [`MAX_SHORTCUTS`] other registers are handled already.
+    pub fn set(&mut self, gpa: u64, what: Shortcut) -> KResult<()> {
+        let used = self.regs.get_mut(..self.len).ok_or(Errno::EINVAL)?;
+        if let Some(e) = used.iter_mut().find(|e| e.0 == gpa) {
+            e.1 = what;
+            return Ok(());
+        }
+        let free = self.regs.get_mut(self.len).ok_or(Errno::ENOSPC)?;
+        *free = (gpa, what);
+        self.len = self.len.saturating_add(1);
+        Ok(())
+    }
+
+    /// Stops handling `gpa` (nothing to do if it was not). Stores already queued stay
+    /// for userspace to take.
+    pub fn clear(&mut self, gpa: u64) {
+        let Some(used) = self.regs.get_mut(..self.len) else {
+            return;
+        };
+        if let Some(i) = used.iter().position(|e| e.0 == gpa) {
+            // Keeps the used entries first: the last one takes the freed place.
+            let last = used.len().saturating_sub(1);
+            used.swap(i, last);
+            self.len = last;
+        }
+    }
+
+    /// Forgets every register and queued store (the VM is reset).
+    pub fn clear_all(&mut self) {
+        self.len = 0;
+        self.queued = 0;
+    }
+
+    fn find(&self, gpa: u64) -> Option<Shortcut> {
+        let used = self.regs.get(..self.len)?;
+        used.iter().find(|e| e.0 == gpa).map(|e| e.1)
+    }
+
+    /// The value a load of `size` bytes at `gpa` reads, if the kernel answers it: only
+    /// a 1-, 2- or 4-byte load at exactly an answered address, which reads the low
+    /// `size` bytes (zero-extended; the caller sign-extends as the instruction says).
+    pub fn load(&self, gpa: u64, size: u8) -> Option<u64> {
+        let mask = width_mask(size)?;
+        match self.find(gpa)? {
+            Shortcut::AnswerLoads(v) => Some(u64::from(v) & mask),
+            Shortcut::BufferStores => None,
+        }
+    }
+
+    /// Queues a guest store of `size` bytes of `value` at `gpa` if the kernel queues
+    /// that register's stores.
+    pub fn store(&mut self, gpa: u64, size: u8, value: u64) -> Store {
+        let Some(mask) = width_mask(size) else {
+            return Store::NotHandled;
+        };
+        if self.find(gpa) != Some(Shortcut::BufferStores) {
+            return Store::NotHandled;
+        }
+        let Some(slot) = self.stores.get_mut(self.queued) else {
+            return Store::QueueFull;
+        };
+        *slot = VmMmioStore {
+            gpa,
+            // The mask keeps the low 32 bits at most.
+            value: (value & mask) as u32,
+            size,
+            _pad: [0; 3],
+        };
+        self.queued = self.queued.saturating_add(1);
+        Store::Queued
+    }
+
+    /// Whether stores wait for userspace.
+    pub fn has_stores(&self) -> bool {
+        self.queued != 0
+    }
+
+    /// Moves every queued store, oldest first, into `out`, the bytes of a
+    /// `VmMmioStores`, written in place (2 KiB is much for a kernel stack).
+    pub fn take_into(&mut self, out: &mut [u8]) -> KResult<()> {
+        if out.len() != size_of::<VmMmioStores>() {
+            return Err(Errno::EINVAL);
+        }
+        out.fill(0);
+        let n = self.queued.min(MMIO_STORES_MAX);
+        let (head, entries) = out.split_at_mut(offset_of!(VmMmioStores, stores));
+        // n <= MMIO_STORES_MAX, far below u32::MAX.
+        let count = u32::try_from(n).unwrap_or(0).to_ne_bytes();
+        head.get_mut(..count.len())
+            .ok_or(Errno::EINVAL)?
+            .copy_from_slice(&count);
+        let queued = self.stores.get(..n).ok_or(Errno::EINVAL)?;
+        for (dst, s) in entries
+            .chunks_exact_mut(size_of::<VmMmioStore>())
+            .zip(queued)
+        {
+            dst.copy_from_slice(s.as_bytes());
+        }
+        self.queued = 0;
+        Ok(())
+    }
+}
+
+/// The bits a 1-, 2- or 4-byte access carries; `None` for other widths.
+fn width_mask(size: u8) -> Option<u64> {
+    match size {
+        1 => Some(0xff),
+        2 => Some(0xffff),
+        4 => Some(0xffff_ffff),
+        _ => None,
+    }
+}
