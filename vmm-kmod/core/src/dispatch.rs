@@ -438,7 +438,7 @@ impl<H: Host> Vmm<H> {
             ioctl::VM_GET_MMIO_STORES => {
                 let mut mmio = vm.mmio.lock();
                 mmio.take_into(arg)?;
-                vm.mmio_stores_queued.store(false, Ordering::SeqCst);
+                vm.mmio_flush_at.store(0, Ordering::SeqCst);
                 Ok(())
             }
             _ => Err(Errno::ENOTTY),
@@ -587,7 +587,7 @@ impl<H: Host> Vmm<H> {
         {
             let mut mmio = vm.mmio.lock();
             mmio.clear_all();
-            vm.mmio_stores_queued.store(false, Ordering::SeqCst);
+            vm.mmio_flush_at.store(0, Ordering::SeqCst);
         }
         if let Some(g) = vm.vgic.lock().as_mut() {
             // Stays attached at the same windows, back to its reset state.

@@ -10,6 +10,10 @@ use crate::errno::{Errno, KResult};
 use core::mem::{offset_of, size_of};
 use vmm_sys::abi::{Pod, VmMmioStore, VmMmioStores, MMIO_STORES_MAX};
 
+/// How long a queued store may wait for userspace: a vCPU still running then is kicked
+/// out (a BOGUS exit), so a guest that prints and then spins without exits is seen.
+pub const QUEUE_LATENCY_MS: u64 = 1;
+
 /// Registers one VM may have handled at once.
 pub const MAX_SHORTCUTS: usize = 16;
 

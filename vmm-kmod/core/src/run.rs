@@ -11,7 +11,7 @@
 use crate::errno::{Errno, KResult};
 use crate::exit::{self, Abort, Decoded, FaultKind};
 use crate::host::Host;
-use crate::mmio_shortcut::Store;
+use crate::mmio_shortcut::{Store, QUEUE_LATENCY_MS};
 use crate::stats::{Stat, Stats};
 use crate::sysemul::{self, SysRegAnswer};
 use crate::vcpu::{from_el0, Vcpu};
@@ -180,7 +180,7 @@ impl<H: Host> Vmm<H> {
     fn hold_behind_stores(&self, vm: &Vm<H>, vcpu: &mut Vcpu, e: VmExit) -> VmExit {
         if e.exitcode == ExitCode::Bogus as i32
             || e.exitcode == ExitCode::Suspended as i32
-            || !vm.mmio_stores_queued.load(Ordering::SeqCst)
+            || vm.mmio_flush_at.load(Ordering::SeqCst) == 0
         {
             return e;
         }
@@ -227,9 +227,7 @@ impl<H: Host> Vmm<H> {
             // With a vGIC: the virtual timer's output as driven into the flushed state.
             let flushed_vtimer = self.vgic_flush(vm, slot, vcpu, id)?;
             let has_vgic = flushed_vtimer.is_some();
-            if has_vgic {
-                self.arm_ptimer(&pkick, &mut ptimer, vcpu);
-            }
+            self.arm_kick_timer(vm, &pkick, &mut ptimer, vcpu, has_vgic);
             let tok = self.host.intr_disable();
             let cpu = self.host.current_cpu();
             slot.shared.running_on.store(cpu, Ordering::SeqCst);
@@ -343,7 +341,7 @@ impl<H: Host> Vmm<H> {
                 stats.inc(Stat::HostIrq);
                 // Queued MMIO stores reach userspace within a host tick even if the
                 // guest makes no other exit.
-                if vm.mmio_stores_queued.load(Ordering::Relaxed) {
+                if vm.mmio_flush_at.load(Ordering::Relaxed) != 0 {
                     return Ok(Next::User(exit_base(ExitCode::Bogus, pc, 0)));
                 }
                 Ok(Next::Reenter)
@@ -401,7 +399,7 @@ impl<H: Host> Vmm<H> {
             }
             Decoded::Wfi => {
                 stats.inc(Stat::Wfi);
-                if vm.mmio_stores_queued.load(Ordering::Relaxed) {
+                if vm.mmio_flush_at.load(Ordering::Relaxed) != 0 {
                     // Not asleep with output queued: userspace takes it, then the
                     // guest runs its WFI again.
                     return Ok(Next::User(exit_base(ExitCode::Bogus, pc, 0)));
@@ -585,7 +583,16 @@ impl<H: Host> Vmm<H> {
             let mut mmio = vm.mmio.lock();
             match mmio.store(ipa, da.size, value) {
                 Store::Queued => {
-                    vm.mmio_stores_queued.store(true, Ordering::SeqCst);
+                    if vm.mmio_flush_at.load(Ordering::Relaxed) == 0 {
+                        let delay = self
+                            .host
+                            .counter_freq()
+                            .saturating_mul(QUEUE_LATENCY_MS)
+                            .checked_div(1000)
+                            .unwrap_or(0);
+                        let by = self.host.counter().saturating_add(delay);
+                        vm.mmio_flush_at.store(by.max(1), Ordering::SeqCst);
+                    }
                     drop(mmio);
                     self.skip_insn(vcpu);
                     stats.inc(Stat::MmioQueued);
@@ -739,12 +746,30 @@ impl<H: Host> Vmm<H> {
     /// timer needs none: its own PPI exits the guest), or disarms it when the timer is
     /// off or already due (then the flush has delivered it). Without a host timer (the
     /// host could not make one) the timer is seen at the guest's next exit.
-    fn arm_ptimer(&self, pkick: &PtimerKick<'_, H>, p: &mut Ptimer<H>, vcpu: &Vcpu) {
-        let want = vcpu
-            .ctx_ref()
-            .el2_answers
-            .ptimer
-            .deadline(self.host.counter());
+    /// Arms the run's host timer at the first of the emulated physical timer's deadline
+    /// (with a vGIC, which takes its PPI) and the time queued MMIO stores must reach
+    /// userspace by (the exit it makes then returns BOGUS).
+    fn arm_kick_timer(
+        &self,
+        vm: &Vm<H>,
+        pkick: &PtimerKick<'_, H>,
+        p: &mut Ptimer<H>,
+        vcpu: &Vcpu,
+        has_vgic: bool,
+    ) {
+        let ptimer = if has_vgic {
+            vcpu.ctx_ref()
+                .el2_answers
+                .ptimer
+                .deadline(self.host.counter())
+        } else {
+            None
+        };
+        let flush = Some(vm.mmio_flush_at.load(Ordering::Relaxed)).filter(|&t| t != 0);
+        let want = match (ptimer, flush) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if want == p.armed_at {
             return;
         }

@@ -87,9 +87,10 @@ pub struct Vm<H: Host> {
     /// Device registers the kernel handles and the stores it queued
     /// (VM_SET_MMIO_SHORTCUT, VM_GET_MMIO_STORES).
     pub mmio: Mutex<H::Mutex, MmioShortcuts>,
-    /// Stores wait in `mmio` for userspace: what the run loop looks at on its hot
-    /// paths without the lock. Set and cleared under it.
-    pub mmio_stores_queued: AtomicBool,
+    /// 0 while no store waits in `mmio` for userspace; else the host counter value by
+    /// which the queue must reach it (a running vCPU is kicked out then). What the run
+    /// loop looks at on its hot paths without the lock; set and cleared under it.
+    pub mmio_flush_at: AtomicU64,
     pub vcpus: Vec<VcpuSlot<H>>,
     /// `enum vm_suspend_how`, 0 when running.
     pub suspend: AtomicI32,
@@ -223,7 +224,7 @@ impl<H: Host> Vm<H> {
             noise: NoiseLimit::default(),
             vgic_windows: VgicWindows::default(),
             mmio: Mutex::new(MmioShortcuts::default()),
-            mmio_stores_queued: AtomicBool::new(false),
+            mmio_flush_at: AtomicU64::new(0),
         })
     }
 

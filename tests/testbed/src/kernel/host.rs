@@ -282,7 +282,7 @@ impl Drop for Timer {
 const SLEEP_CAP_MS: u64 = 100;
 
 /// The nearest armed core timer's deadline, if any.
-fn next_timer_deadline() -> Option<u64> {
+pub fn next_timer_deadline() -> Option<u64> {
     TIMERS
         .lock()
         .iter()
@@ -291,7 +291,8 @@ fn next_timer_deadline() -> Option<u64> {
         .min()
 }
 
-/// Polls the core's timers (the run loop and sleep call it; no callout thread here).
+/// Polls the core's timers (`Host::sleep` and the serving CPU's idle loop call it; no
+/// callout thread here).
 pub fn timer_tick() {
     let now = timer::now();
     let due = |t: &&Arc<TimerSlot>| {

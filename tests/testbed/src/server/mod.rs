@@ -910,6 +910,15 @@ fn serve(core: &'static Core, ncpu: usize) -> ! {
             continue;
         }
         if !progress {
+            // The core's timers are due while every other CPU may be in a guest that
+            // never exits (a spinning vCPU's kick for its queued MMIO stores): polled
+            // here, the WFI ending by the nearest.
+            crate::kernel::host::timer_tick();
+            let timer_due = crate::kernel::host::next_timer_deadline();
+            if let Some(d) = timer_due {
+                let wake = slice_end.map_or(d, |e| e.min(d));
+                timer::arm(wake.saturating_sub(timer::now()).max(1));
+            }
             let jobs = running;
             cpu::wait_for_interrupt(|| {
                 // SAFETY: as above; a job is alive while `running` holds it.
@@ -918,11 +927,12 @@ fn serve(core: &'static Core, ncpu: usize) -> ! {
                     .flatten()
                     .any(|p| unsafe { &**p }.done.load(Ordering::Acquire));
                 let slice_over = slice_end.is_some_and(|e| timer::now() >= e);
+                let timer_over = timer_due.is_some_and(|d| timer::now() >= d);
                 let pending = CHANNEL.lock().as_ref().is_some_and(|(c, _)| c.pending());
                 let answerable = waits
                     .iter()
                     .any(|w| lanes::wait_over(w.lane_pa, w.lane_seq).is_some());
-                !run_done && !pending && !slice_over && !answerable
+                !run_done && !pending && !slice_over && !timer_over && !answerable
             });
         }
     }

@@ -454,6 +454,46 @@ fn a_full_store_queue_a_wfi_and_a_host_interrupt_hand_the_queue_over() {
     assert_eq!(take_stores(&v).len(), 1);
 }
 
+/// A guest that queues a store and then runs on without exits (prints, then spins) is
+/// kicked out within `QUEUE_LATENCY_MS`: the entry after the store arms the run's host
+/// timer, whose callback IPIs the vCPU; the exit that makes returns BOGUS.
+#[test]
+fn queued_stores_reach_userspace_even_if_the_guest_never_exits() {
+    let v = guest();
+    set_answer(&v, MMIO, 0, MMIO_BUFFER_STORES).unwrap();
+    v.host().push(
+        Scripted::abort(mk(ec::DABT_LOW, true, store_iss(0, 1)), MMIO).with(|c| c.x[1] = 0x61),
+    );
+    let hp = v.host() as *const crate::fake::FakeHost as usize;
+    v.host().push(Scripted::irq().with(move |_| {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        // SAFETY: the host outlives the run this scripted exit is part of.
+        let h = unsafe { &*(hp as *const crate::fake::FakeHost) };
+        assert_eq!(h.fire_due_timers(), 1, "the queue's deadline passed");
+    }));
+    let kicks = v.host().kicks.load(std::sync::atomic::Ordering::SeqCst);
+    let before = v.host().counter();
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Bogus);
+    let armed = v.host().timer_arms.lock().unwrap()[0].expect("a host timer armed");
+    let latency = crate::mmio_shortcut::QUEUE_LATENCY_MS * 1_000_000;
+    assert!(
+        (before + latency..before + latency + 1_000_000).contains(&armed),
+        "armed at {armed}, queued after {before}"
+    );
+    assert_eq!(
+        v.host().kicks.load(std::sync::atomic::Ordering::SeqCst),
+        kicks + 1,
+        "the running vCPU was IPIed"
+    );
+    assert_eq!(take_stores(&v), [(MMIO, 1, 0x61)]);
+    // Nothing queued: the next run arms no timer (the last one went with its run).
+    let arms = v.host().timer_arms.lock().unwrap().len();
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    assert_eq!(v.host().timer_arms.lock().unwrap().len(), arms);
+}
+
 #[test]
 fn mmio_stores_including_wzr() {
     let v = guest();
