@@ -161,32 +161,32 @@ impl<H: Host> Vmm<H> {
         let vcpu = vm.materialise(&self.host, id, &mut g)?;
         let stats = &slot.shared.stats;
         stats.inc(Stat::VmRun);
-        let exit = match vcpu.held_exit.take() {
-            Some(e) => e,
-            None => {
-                let e = self.run_loop(vm, slot, vcpu, idu)?;
-                self.hold_behind_stores(vm, vcpu, e)
+        // Tested before taken, and the exit changed in place: each copy of a VmExit
+        // is a memcpy call on the hot path.
+        let exit = if vcpu.held_exit.is_some() {
+            vcpu.held_exit.take().unwrap_or_default()
+        } else {
+            let mut e = self.run_loop(vm, slot, vcpu, idu)?;
+            if vm.mmio_flush_at.load(Ordering::SeqCst) != 0 {
+                self.hold_behind_stores(vcpu, &mut e);
             }
+            e
         };
         self.host.exit_to_user(&exit, &vcpu.ctx_ref().x);
         stats.inc(Stat::ExitsToUser);
         Ok(exit)
     }
 
-    /// The exit VM_RUN returns: `e` itself, or BOGUS while MMIO stores the guest made
-    /// before `e` wait for userspace, with `e` held for the next VM_RUN. Never
-    /// SUSPENDED: a vCPU that has seen it does not run again (the VMM takes the stores
-    /// left once its vCPUs have stopped).
-    fn hold_behind_stores(&self, vm: &Vm<H>, vcpu: &mut Vcpu, e: VmExit) -> VmExit {
-        if e.exitcode == ExitCode::Bogus as i32
-            || e.exitcode == ExitCode::Suspended as i32
-            || vm.mmio_flush_at.load(Ordering::SeqCst) == 0
-        {
-            return e;
+    /// With MMIO stores queued: holds `e` for the next VM_RUN and makes it BOGUS, so
+    /// userspace takes the stores the guest made before `e` first. Never SUSPENDED (a
+    /// vCPU that has seen it does not run again; the VMM takes the stores left once its
+    /// vCPUs have stopped) or BOGUS itself.
+    fn hold_behind_stores(&self, vcpu: &mut Vcpu, e: &mut VmExit) {
+        if e.exitcode == ExitCode::Bogus as i32 || e.exitcode == ExitCode::Suspended as i32 {
+            return;
         }
         let pc = vcpu.ctx_ref().pc;
-        vcpu.held_exit = Some(e);
-        exit_base(ExitCode::Bogus, pc, 0)
+        vcpu.held_exit = Some(core::mem::replace(e, exit_base(ExitCode::Bogus, pc, 0)));
     }
 
     fn run_loop(
