@@ -46,19 +46,17 @@ pub trait MmioDevice: Send {
     fn push_input(&mut self, _bytes: &[u8]) -> usize {
         0
     }
-    /// A register the kernel may answer the guest's loads of, and its value now:
-    /// `(offset, value)`, the offset always the same. Only for a register whose reads
-    /// change nothing and whose value changes only in this model's own calls (accesses,
-    /// input), after each of which the bus publishes it again.
-    fn answered_register(&self) -> Option<(u64, u32)> {
-        None
-    }
-    /// A register whose stores the kernel may queue, to reach the model later (in
-    /// order, before any later access): its offset. Only for a register whose stores
-    /// the guest sees only through other registers and the interrupt line.
-    fn buffered_register(&self) -> Option<u64> {
-        None
-    }
+    /// The registers the kernel may handle for this model: `each(offset, what)` for
+    /// each, the offsets always the same. `AnswerLoads` with the value now, for a
+    /// register whose reads change nothing and whose value changes only in this
+    /// model's own calls (accesses, input), after each of which the bus publishes it
+    /// again if it changed; `BufferStores` for a register whose stores the guest sees
+    /// only through other registers and the interrupt line (they reach the model later,
+    /// in order, before any later access); `Mirror` with the value now and the mask of
+    /// its bits, for a register that holds what the guest stores in it and does
+    /// nothing else (these two published once: from then on the kernel is ahead of the
+    /// model).
+    fn shortcuts(&self, _each: &mut dyn FnMut(u64, MmioShortcut)) {}
 }
 
 /// Where the bus's effects on the VM go: interrupt levels (assert/deassert) and the
@@ -100,10 +98,8 @@ struct Attached {
     dev: Box<dyn MmioDevice>,
     /// The level last sent to the sink.
     level: bool,
-    /// The answered register's value last published to the kernel.
-    answered: Option<u32>,
-    /// The kernel queues the buffered register's stores.
-    buffered: bool,
+    /// The shortcuts published to the kernel, by offset.
+    published: Vec<(u64, MmioShortcut)>,
 }
 
 struct Entry {
@@ -191,8 +187,7 @@ impl Bus {
             dev: Mutex::new(Attached {
                 dev,
                 level: false,
-                answered: None,
-                buffered: false,
+                published: Vec::new(),
             }),
         });
         self.entries.len() - 1
@@ -295,30 +290,41 @@ impl Bus {
         Ok(())
     }
 
-    /// Tells the kernel about the device's buffered register (once) and its answered
-    /// register's value (when it changed).
+    /// Tells the kernel about the device's registers it may handle: each once, and an
+    /// answered register again whenever its value changed.
     fn publish_shortcuts(&self, index: usize, att: &mut Attached) -> Result<(), BusError> {
+        if !self.kernel_shortcuts.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let base = self.entries[index].window.base;
-        let tell = |offset: u64, what: MmioShortcut| {
-            let ok = self.kernel_shortcuts.load(Ordering::Relaxed)
-                && self.sink.set_shortcut(base + offset, what)?;
-            if !ok {
-                self.kernel_shortcuts.store(false, Ordering::Relaxed);
+        let Attached { dev, published, .. } = att;
+        let mut result = Ok(());
+        dev.shortcuts(&mut |offset, what| {
+            let known = published.iter_mut().find(|p| p.0 == offset);
+            let due = match (&known, what) {
+                (None, _) => true,
+                (Some(p), MmioShortcut::AnswerLoads(_)) => p.1 != what,
+                (Some(_), _) => false,
+            };
+            if !due || result.is_err() || !self.kernel_shortcuts.load(Ordering::Relaxed) {
+                return;
             }
-            Ok::<bool, BusError>(ok)
-        };
-        if let Some(offset) = att.dev.buffered_register().filter(|_| !att.buffered) {
-            if tell(offset, MmioShortcut::BufferStores)? {
-                att.buffered = true;
-                self.buffering.store(true, Ordering::Release);
+            match self.sink.set_shortcut(base + offset, what) {
+                Ok(true) => {
+                    // Stores may be queued from now on.
+                    if !matches!(what, MmioShortcut::AnswerLoads(_)) {
+                        self.buffering.store(true, Ordering::Release);
+                    }
+                    match known {
+                        Some(p) => p.1 = what,
+                        None => published.push((offset, what)),
+                    }
+                }
+                Ok(false) => self.kernel_shortcuts.store(false, Ordering::Relaxed),
+                Err(e) => result = Err(e),
             }
-        }
-        if let Some((offset, value)) = att.dev.answered_register() {
-            if att.answered != Some(value) && tell(offset, MmioShortcut::AnswerLoads(value))? {
-                att.answered = Some(value);
-            }
-        }
-        Ok(())
+        });
+        result
     }
 
     fn update_irq(&self, index: usize, att: &mut Attached) -> Result<(), IrqError> {
@@ -549,15 +555,21 @@ pub(crate) mod tests {
         let empty = pl011::fr::TXFE | pl011::fr::RXFE;
         bus.write(0x9000 + pl011::IMSC, 4, pl011::int::RX.into())
             .unwrap();
-        // Output does not change FR: DR and FR published once, at the first access.
+        // Output does not change FR: FR, DR and CR published once, at the first access.
         for b in b"hi" {
             bus.write(0x9000 + pl011::DR, 4, u64::from(*b)).unwrap();
         }
         assert_eq!(
             *sink.log.lock().unwrap(),
             [
+                format!("answer {fr:#x} {empty:#x}"),
                 format!("BufferStores {:#x}", 0x9000 + pl011::DR),
-                format!("answer {fr:#x} {empty:#x}")
+                format!(
+                    "Mirror {{ value: {}, mask: {} }} {:#x}",
+                    pl011::CR_RESET,
+                    pl011::CR_MASK,
+                    0x9000 + pl011::CR
+                ),
             ]
         );
         sink.log.lock().unwrap().clear();

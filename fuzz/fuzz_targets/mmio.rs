@@ -3,28 +3,45 @@
 //! value, and console input, interleaved. Invariants: nothing panics; a read returns no
 //! more bits than its size; only addresses inside a device window reach a device, and
 //! every other access is counted as unhandled; each interrupt line sees strictly
-//! alternating assert and deassert calls.
+//! alternating assert and deassert calls. The sink plays a kernel with MMIO shortcuts:
+//! it takes every register the bus offers, and stores the fuzzer queues to the buffered
+//! ones reach the devices when the bus drains them, all of them.
 #![no_main]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bhyve::devices::{ns16550::Ns16550, pl011::Pl011, pl031::Pl031, virtio_empty::EmptySlot};
-use bhyve::mmio::{Access, Bus, IrqError, IrqSink};
+use bhyve::mmio::{Access, Bus, BusError, IrqError, VmSink};
+use libvmmapi::{MmioShortcut, MmioStore};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use vmm_platform as plat;
 
-/// Checks that every line alternates.
+/// Checks that every line alternates; keeps the registers the bus handed over and the
+/// stores queued for them.
 #[derive(Default)]
-struct Lines(Mutex<HashMap<u32, bool>>);
+struct Lines {
+    levels: Mutex<HashMap<u32, bool>>,
+    shortcuts: Mutex<Vec<(u64, MmioShortcut)>>,
+    queued: Mutex<Vec<MmioStore>>,
+}
 
-impl IrqSink for Lines {
+impl VmSink for Lines {
     fn set_irq(&self, intid: u32, high: bool) -> std::result::Result<(), IrqError> {
-        let mut m = self.0.lock().unwrap();
+        let mut m = self.levels.lock().unwrap();
         let was = m.insert(intid, high).unwrap_or(false);
         assert_ne!(was, high, "interrupt {intid} set to {high} twice in a row");
         Ok(())
+    }
+    fn set_shortcut(&self, gpa: u64, what: MmioShortcut) -> std::result::Result<bool, BusError> {
+        let mut s = self.shortcuts.lock().unwrap();
+        s.retain(|e| e.0 != gpa);
+        s.push((gpa, what));
+        Ok(true)
+    }
+    fn take_stores(&self) -> std::result::Result<Vec<MmioStore>, BusError> {
+        Ok(std::mem::take(&mut *self.queued.lock().unwrap()))
     }
 }
 
@@ -34,8 +51,8 @@ fn windows() -> Vec<plat::Window> {
     w
 }
 
-fn bus() -> Arc<Bus> {
-    let mut b = Bus::new(Arc::new(Lines::default()));
+fn bus(sink: &Arc<Lines>) -> Arc<Bus> {
+    let mut b = Bus::new(sink.clone());
     b.attach(
         "pl011",
         plat::PL011,
@@ -70,6 +87,7 @@ fn bus() -> Arc<Bus> {
 fn one(
     u: &mut Unstructured<'_>,
     b: &Arc<Bus>,
+    sink: &Lines,
     ws: &[plat::Window],
     unhandled: &mut u64,
 ) -> Result<()> {
@@ -82,9 +100,34 @@ fn one(
     };
     let inside =
         matches!(size, 1 | 2 | 4 | 8) && ws.iter().any(|w| w.contains_range(gpa, u64::from(size)));
-    let r = match u.int_in_range(0u8..=4)? {
+    let r = match u.int_in_range(0u8..=6)? {
         0 | 1 => b.read(gpa, size),
         2 | 3 => b.write(gpa, size, u.arbitrary()?),
+        5 => {
+            // A store the kernel queued for a buffered register.
+            let buffered: Vec<u64> = sink
+                .shortcuts
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| !matches!(e.1, MmioShortcut::AnswerLoads(_)))
+                .map(|e| e.0)
+                .collect();
+            if !buffered.is_empty() {
+                let store = MmioStore {
+                    gpa: *u.choose(&buffered)?,
+                    size: *u.choose(&[1u8, 2, 4])?,
+                    value: u.arbitrary()?,
+                };
+                sink.queued.lock().unwrap().push(store);
+            }
+            return Ok(());
+        }
+        6 => {
+            b.drain_stores().expect("the sink refuses nothing");
+            assert!(sink.queued.lock().unwrap().is_empty(), "a store left");
+            return Ok(());
+        }
         _ => {
             if let Some(d) = b.device(0) {
                 let n = u.int_in_range(0usize..=40)?;
@@ -119,11 +162,12 @@ fn one(
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let b = bus();
+    let sink = Arc::new(Lines::default());
+    let b = bus(&sink);
     let ws = windows();
     let mut unhandled = 0u64;
     while !u.is_empty() {
-        if one(&mut u, &b, &ws, &mut unhandled).is_err() {
+        if one(&mut u, &b, &sink, &ws, &mut unhandled).is_err() {
             break;
         }
     }

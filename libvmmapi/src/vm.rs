@@ -55,6 +55,10 @@ pub enum MmioShortcut {
     /// while any is queued, every exit comes after a BOGUS one. For a register whose
     /// stores the guest sees only through other registers and the interrupt line.
     BufferStores,
+    /// Stores queued as with `BufferStores`, each making `value` the stored bits
+    /// `& mask`; loads read `value`. For a register that holds what the guest stores in
+    /// it and does nothing else.
+    Mirror { value: u32, mask: u32 },
 }
 
 /// A store the kernel queued (VM_GET_MMIO_STORES).
@@ -614,12 +618,23 @@ impl Vm {
     /// does not have the extension (FreeBSD's own vmm answers ENOTTY), and the accesses
     /// keep coming to userspace.
     pub fn set_mmio_shortcut(&self, gpa: u64, what: MmioShortcut) -> Result<bool> {
-        let (value, flags) = match what {
-            MmioShortcut::None => (0, 0),
-            MmioShortcut::AnswerLoads(v) => (v, abi::MMIO_ANSWER_LOADS),
-            MmioShortcut::BufferStores => (0, abi::MMIO_BUFFER_STORES),
+        let (value, flags, mask) = match what {
+            MmioShortcut::None => (0, 0, 0),
+            MmioShortcut::AnswerLoads(v) => (v, abi::MMIO_ANSWER_LOADS, 0),
+            MmioShortcut::BufferStores => (0, abi::MMIO_BUFFER_STORES, 0),
+            MmioShortcut::Mirror { value, mask } => (
+                value,
+                abi::MMIO_ANSWER_LOADS | abi::MMIO_BUFFER_STORES,
+                mask,
+            ),
         };
-        let arg = abi::VmMmioShortcut { gpa, value, flags };
+        let arg = abi::VmMmioShortcut {
+            gpa,
+            value,
+            flags,
+            mask,
+            _pad: 0,
+        };
         match self.simple("VM_SET_MMIO_SHORTCUT", ioctl::VM_SET_MMIO_SHORTCUT, &arg) {
             Ok(_) => Ok(true),
             Err(Error::Request {

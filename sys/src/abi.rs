@@ -329,25 +329,33 @@ pub struct VmmctlVmList {
 }
 
 /// Our extension, `VM_SET_MMIO_SHORTCUT` on /dev/vmm/NAME: a device register the
-/// kernel handles without an INST_EMUL exit. With [`MMIO_ANSWER_LOADS`] it answers a
-/// guest load of 1, 2 or 4 bytes at exactly `gpa` with `value` (its low bytes, as the
-/// load's width and sign extension take them): for a register whose reads have no side
-/// effect and whose value only the device model changes (a UART's flag register, polled
-/// before every byte), which the model sets again whenever it changes. With
-/// [`MMIO_BUFFER_STORES`] it queues the guest's 1-, 2- and 4-byte stores at exactly
-/// `gpa` for userspace to take with `VM_GET_MMIO_STORES`: for a register whose stores
-/// the guest sees only through other registers and the interrupt line (a UART's data
-/// register). With neither flag, the kernel stops handling `gpa`.
+/// kernel handles without an INST_EMUL exit, by `flags`:
+/// * [`MMIO_ANSWER_LOADS`]: a guest load of 1, 2 or 4 bytes at exactly `gpa` reads
+///   `value` (its low bytes, as the load's width and sign extension take them); for a
+///   register whose reads have no side effect and whose value only the device model
+///   changes (a UART's flag register, polled before every byte), which the model sets
+///   again whenever it changes;
+/// * [`MMIO_BUFFER_STORES`]: the guest's 1-, 2- and 4-byte stores at exactly `gpa` are
+///   queued for userspace to take with `VM_GET_MMIO_STORES`; for a register whose
+///   stores the guest sees only through other registers and the interrupt line (a
+///   UART's data register);
+/// * both: a register that holds what the guest stored in it and does nothing else (a
+///   UART's control register, saved and restored around every line): loads read
+///   `value`, and each store, queued as above, makes it the stored bits `& mask`.
+///
+/// With neither flag, the kernel stops handling `gpa`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VmMmioShortcut {
     pub gpa: u64,
     pub value: u32,
     pub flags: u32,
+    pub mask: u32,
+    pub _pad: u32,
 }
 /// [`VmMmioShortcut::flags`]: answer loads at `gpa` with `value`.
 pub const MMIO_ANSWER_LOADS: u32 = 1;
-/// [`VmMmioShortcut::flags`]: queue stores at `gpa` (not with [`MMIO_ANSWER_LOADS`]).
+/// [`VmMmioShortcut::flags`]: queue stores at `gpa`.
 pub const MMIO_BUFFER_STORES: u32 = 2;
 
 /// One store the kernel queued (see [`VmMmioShortcut`]), in the order the guest made
@@ -710,8 +718,9 @@ mod tests {
         assert_eq!(size_of::<VmmctlVmCreate>(), 296);
         assert_eq!(offset_of!(VmmctlVmCreate, reserved), 232);
         assert_eq!(size_of::<VmmctlVmList>(), 32);
-        assert_eq!(size_of::<VmMmioShortcut>(), 16);
+        assert_eq!(size_of::<VmMmioShortcut>(), 24);
         assert_eq!(offset_of!(VmMmioShortcut, flags), 12);
+        assert_eq!(offset_of!(VmMmioShortcut, mask), 16);
         assert_eq!(size_of::<VmMmioStore>(), 16);
         assert_eq!(offset_of!(VmMmioStore, size), 12);
         assert_eq!(size_of::<VmMmioStores>(), 8 + 16 * MMIO_STORES_MAX);

@@ -79,6 +79,18 @@ pub struct VcpuContext {
     pub el2_answers: El2Answers,
 }
 
+/// Rows of [`El2Answers::mmio`]: device registers whose loads the EL2 code answers.
+pub const EL2_MMIO_ROWS: usize = 4;
+
+/// A device register the EL2 code answers loads of: 1-, 2- and 4-byte loads at exactly
+/// `ipa` read `value`'s low bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct El2MmioAnswer {
+    pub ipa: u64,
+    pub value: u64,
+}
+
 /// Rows of [`El2Answers::id`]: the ID registers HCR_EL2.TID3 traps, op0 3, op1 0, CRn 0,
 /// CRm 1..=7, op2 0..=7, at `(CRm - 1) * 8 + op2`.
 pub const EL2_ID_ROWS: usize = 56;
@@ -87,10 +99,12 @@ pub const EL2_ID_ROWS: usize = 56;
 /// guest without the world switch: reads of the TID3 ID registers (values the core
 /// computed), every debug/OS-lock/trace access (op0 2: reads give zero, or `oslsr` for
 /// OSLSR_EL1; writes are ignored) and reads of the emulated EL1 physical timer
-/// (CNTP_CTL/CVAL/TVAL_EL0, from `ptimer` and the physical count). The core fills the
-/// table with exactly what its own run loop would answer; `enabled` 0 sends every
-/// access to the core. The EL2 code counts what it answered in `answered`, which the
-/// core takes after each entry.
+/// (CNTP_CTL/CVAL/TVAL_EL0, from `ptimer` and the physical count); and loads of the
+/// device registers in `mmio` (the first `mmio_rows`: registers userspace had the core
+/// answer, VM_SET_MMIO_SHORTCUT), on a stage-2 translation fault with a valid
+/// syndrome. The core fills the table with exactly what its own run loop would
+/// answer; `enabled` 0 sends every access to the core. The EL2 code counts what it
+/// answered in `answered` and `answered_mmio`, which the core takes after each entry.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct El2Answers {
@@ -101,6 +115,9 @@ pub struct El2Answers {
     /// The vCPU's emulated physical timer itself (the core's only copy: it handles the
     /// writes, which arm its host timer and drive PPI 30).
     pub ptimer: PhysTimer,
+    pub answered_mmio: u64,
+    pub mmio_rows: u64,
+    pub mmio: [El2MmioAnswer; EL2_MMIO_ROWS],
 }
 
 impl Default for El2Answers {
@@ -111,6 +128,9 @@ impl Default for El2Answers {
             oslsr: 0,
             id: [0; EL2_ID_ROWS],
             ptimer: PhysTimer::new(),
+            answered_mmio: 0,
+            mmio_rows: 0,
+            mmio: [El2MmioAnswer::default(); EL2_MMIO_ROWS],
         }
     }
 }
@@ -154,6 +174,35 @@ impl El2Answers {
             return None;
         };
         Some(El2Answer::Read { rt: a.rt, value })
+    }
+
+    /// The answer to the data abort with syndrome `esr` (EC 0x24) at the IPA
+    /// `fault_ipa` computes, or `None` when the core must see it: only a load with a
+    /// valid syndrome of 1, 2 or 4 bytes, on a stage-2 translation fault outside a
+    /// stage-1 walk, at exactly one of the first `mmio_rows` rows' IPA. The value is
+    /// what the load leaves in Xt (`esr::load_result`).
+    #[inline]
+    pub fn answer_load(&self, esr: u64, fault_ipa: impl FnOnce() -> u64) -> Option<El2Answer> {
+        use crate::arm64::esr::{self as e, dabt};
+        if self.enabled == 0 || self.mmio_rows == 0 || e::esr_ec(esr) != e::ec::DABT_LOW {
+            return None;
+        }
+        let iss = e::esr_iss(esr);
+        let unanswerable = dabt::WNR | dabt::S1PTW | dabt::CM | dabt::FNV | dabt::EA;
+        if iss & unanswerable != 0 || !(0x04..=0x07).contains(&(iss & dabt::DFSC_MASK)) {
+            return None;
+        }
+        let da = e::decode_data_abort(iss)?;
+        if da.size > 4 {
+            return None;
+        }
+        let ipa = fault_ipa();
+        let n = usize::try_from(self.mmio_rows).unwrap_or(0);
+        let row = self.mmio.get(..n)?.iter().find(|r| r.ipa == ipa)?;
+        Some(El2Answer::Read {
+            rt: da.srt,
+            value: e::load_result(row.value, &da),
+        })
     }
 }
 

@@ -205,8 +205,8 @@ mod tests {
         assert_eq!(VM_ATTACH_VGIC, 0x8028_766F);
         assert_eq!(VMMCTL_VM_CREATE, 0xC128_5600);
         assert_eq!(VMMCTL_VM_DESTROY, 0xC128_5601);
-        // Ours: _IOW('v', 200, 16 bytes), _IOR('v', 201, 2056 bytes).
-        assert_eq!(VM_SET_MMIO_SHORTCUT, 0x8010_76C8);
+        // Ours: _IOW('v', 200, 24 bytes), _IOR('v', 201, 2056 bytes).
+        assert_eq!(VM_SET_MMIO_SHORTCUT, 0x8018_76C8);
         assert_eq!(VM_GET_MMIO_STORES, 0x4808_76C9);
     }
 

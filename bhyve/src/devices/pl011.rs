@@ -13,10 +13,12 @@
 //!   once) and cleared by ICR, as QEMU's PL011 does and as Linux's amba-pl011 driver
 //!   and FreeBSD's uart_dev_pl011 expect.
 //!
-//! Linux reads FR before every byte it prints and writes the byte to DR, so both are
-//! registers the kernel handles (`MmioDevice`): FR's reads change nothing and it
-//! answers them; a write to DR shows only in the output, RIS/MIS and the interrupt
-//! line, so it queues them and the bus emulates them before any later access.
+//! Linux reads FR before every byte it prints and writes the byte to DR, and saves, sets
+//! and restores CR around every line, so all three are registers the kernel handles
+//! (`MmioDevice::shortcuts`): FR's reads change nothing and it answers them; a write to
+//! DR shows only in the output, RIS/MIS and the interrupt line, so it queues them and
+//! the bus emulates them before any later access; CR only holds what was written (its
+//! enable bits are not enforced), so the kernel keeps it and queues its writes too.
 //!
 //! The output line is RIS & IMSC != 0. Linux's driver uses 16-bit accesses for
 //! "arm,pl011" (32-bit with reg-io-width = 4): every register answers 1-, 2- and 4-byte
@@ -27,6 +29,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 
 use crate::mmio::MmioDevice;
+use libvmmapi::MmioShortcut;
 
 pub const DR: u64 = 0x000;
 pub const RSR_ECR: u64 = 0x004;
@@ -64,6 +67,8 @@ pub mod int {
 }
 /// LCR_H.FEN: FIFOs enabled.
 pub const LCR_H_FEN: u32 = 1 << 4;
+/// CR's bits: what a write keeps (the kernel's copy keeps the same).
+pub const CR_MASK: u32 = 0xffff;
 /// CR after reset: TXE | RXE.
 pub const CR_RESET: u32 = 0x300;
 /// IFLS after reset: both trigger levels at half full.
@@ -204,7 +209,7 @@ impl<W: Write + Send> Pl011<W> {
             IBRD => self.ibrd = v & 0xffff,
             FBRD => self.fbrd = v & 0x3f,
             LCR_H => self.lcr_h = v & 0xff,
-            CR => self.cr = v & 0xffff,
+            CR => self.cr = v & CR_MASK,
             IFLS => self.ifls = v & 0x3f,
             IMSC => self.imsc = v & int::ALL,
             // The RX bits follow the FIFO; only TXIS is latched.
@@ -260,12 +265,16 @@ impl<W: Write + Send> MmioDevice for Pl011<W> {
         n
     }
 
-    fn answered_register(&self) -> Option<(u64, u32)> {
-        Some((FR, self.flags()))
-    }
-
-    fn buffered_register(&self) -> Option<u64> {
-        Some(DR)
+    fn shortcuts(&self, each: &mut dyn FnMut(u64, MmioShortcut)) {
+        each(FR, MmioShortcut::AnswerLoads(self.flags()));
+        each(DR, MmioShortcut::BufferStores);
+        each(
+            CR,
+            MmioShortcut::Mirror {
+                value: self.cr,
+                mask: CR_MASK,
+            },
+        );
     }
 }
 
@@ -363,13 +372,23 @@ mod tests {
         assert_eq!(rd(&mut u, RIS), int::RX | int::RT);
     }
 
-    /// The kernel answers FR from `answered_register`: it must be what a read gives,
-    /// and a read must change nothing, whatever happened before.
+    /// The kernel answers FR from `shortcuts`: it must be what a read gives, and a read
+    /// must change nothing, whatever happened before; CR is what was last written
+    /// under the mask the kernel applies.
     #[test]
     fn the_answered_register_is_fr_and_reading_it_changes_nothing() {
         let mut u = uart();
+        let answered = |u: &Pl011<Vec<u8>>| {
+            let mut fr = None;
+            u.shortcuts(&mut |off, what| {
+                if let MmioShortcut::AnswerLoads(v) = what {
+                    fr = Some((off, v));
+                }
+            });
+            fr
+        };
         let check = |u: &mut Pl011<Vec<u8>>, when: &str| {
-            let (offset, value) = u.answered_register().unwrap();
+            let (offset, value) = answered(u).unwrap();
             assert_eq!(offset, FR, "{when}");
             assert_eq!(value, rd(u, FR), "{when}");
             assert_eq!(
@@ -388,6 +407,15 @@ mod tests {
         check(&mut u, "one byte read");
         u.write(DR, 4, b'z'.into());
         check(&mut u, "after output");
+        u.write(CR, 2, 0x1_0b01);
+        let mut cr = None;
+        u.shortcuts(&mut |off, what| {
+            if let MmioShortcut::Mirror { value, mask } = what {
+                cr = Some((off, value, mask));
+            }
+        });
+        assert_eq!(cr, Some((CR, rd(&mut u, CR), CR_MASK)));
+        assert_eq!(rd(&mut u, CR), 0x1_0b01 & CR_MASK);
     }
 
     #[test]

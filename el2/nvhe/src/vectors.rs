@@ -92,7 +92,9 @@ el2_runtime_vectors:
     cmp x0, #{EC_FP}
     b.eq el2_fp_trap
     cmp x0, #{EC_SYS64}
-    b.eq el2_sysreg_trap
+    b.eq el2_answer_trap
+    cmp x0, #{EC_DABT_LOW}
+    b.eq el2_answer_trap
     mov x1, #{EL1_SYNC}
     b el2_guest_exit
     .balign 0x80
@@ -189,4 +191,5 @@ el2_cleanup:
     SCTLR_STUB = const crate::STUB_SCTLR_EL2,
     EC_FP = const EC_FP,
     EC_SYS64 = const vmm_sys::arm64::esr::ec::SYS64,
+    EC_DABT_LOW = const vmm_sys::arm64::esr::ec::DABT_LOW,
 );

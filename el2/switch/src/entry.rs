@@ -5,7 +5,7 @@
 //! * `el2_guest_exit`: any exit. On entry guest x0/x1 are pushed at `[sp]` (16 bytes),
 //!   the host frame of `el2_guest_enter` lies above them, and x1 = the exception kind
 //!   (`hyp::excp`).
-//! * `el2_sysreg_trap`: a guest MSR/MRS trap (ESR_EL2.EC 0x18), same stack and
+//! * `el2_answer_trap`: a guest MSR/MRS trap (ESR_EL2.EC 0x18) or data abort (0x24), same stack and
 //!   registers (x1 not yet set): answers it in place from the context's `El2Answers`
 //!   and returns to the guest, or exits.
 //! * `el2_fp_trap`: a guest FP/SIMD access trapped by CPTR_EL2 (TFP, or FPEN in the E2H
@@ -143,16 +143,16 @@ el2_guest_enter:
     eret
 
 
-/* A guest MSR/MRS trap (ESR_EL2.EC 0x18), guest x0/x1 at [sp]: answered here, back to
- * the guest without the world switch, when the context's El2Answers covers it
- * (el2_answer_sysreg decides and writes the result into the saved registers);
- * otherwise an exit like any other. */
-    .global el2_sysreg_trap
-el2_sysreg_trap:
+/* A guest MSR/MRS trap (ESR_EL2.EC 0x18) or data abort (0x24), guest x0/x1 at [sp]:
+ * answered here, back to the guest without the world switch, when the context's
+ * El2Answers covers it (el2_answer decides and writes the result into the saved
+ * registers); otherwise an exit like any other. */
+    .global el2_answer_trap
+el2_answer_trap:
     ldr x0, [sp, #(16 + {FRAME_CTX})]
     save_guest_gprs
     mov x19, x0
-    bl el2_answer_sysreg
+    bl el2_answer
     mov x1, x0
     mov x0, x19
     cbz x1, 1f

@@ -526,20 +526,37 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
     r.kind
 }
 
-/// Called by `el2_sysreg_trap` (entry.rs) with the guest's x0..x30 saved in `ctx`:
-/// answers the trapped access from `ctx.el2_answers` (the core's own answers, computed
-/// ahead), stepping the guest past the instruction, and returns 1; or returns 0 for a
-/// full exit. Runs in the guest's world (its EL1 state, PAC keys and EL2 controls
-/// loaded): it touches only the context, ESR_EL2 and ELR_EL2.
+/// Called by `el2_answer_trap` (entry.rs) with the guest's x0..x30 saved in `ctx`:
+/// answers the trapped system-register access or device-register load from
+/// `ctx.el2_answers` (the core's own answers, computed ahead), stepping the guest past
+/// the instruction, and returns 1; or returns 0 for a full exit. Runs in the guest's
+/// world (its EL1 state, PAC keys and EL2 controls loaded): it touches only the
+/// context, ESR_EL2, FAR_EL2, HPFAR_EL2 and ELR_EL2.
 ///
 /// # Safety
 /// `ctx` is the context of the guest that trapped, which `el2_guest_enter`'s caller
 /// owns for the whole run.
 #[no_mangle]
-pub unsafe extern "C" fn el2_answer_sysreg(ctx: *mut VcpuContext) -> u64 {
+pub unsafe extern "C" fn el2_answer(ctx: *mut VcpuContext) -> u64 {
     // SAFETY: guaranteed by the caller (the trampoline passes its frame's context).
     let c = unsafe { &mut *ctx };
-    let Some(answer) = c.el2_answers.answer(mrs!("esr_el2"), || mrs!("cntpct_el0")) else {
+    let esr = mrs!("esr_el2");
+    let a = &mut c.el2_answers;
+    let answer = if vmm_sys::arm64::esr::esr_ec(esr) == vmm_sys::arm64::esr::ec::DABT_LOW {
+        let ipa = || vmm_sys::arm64::esr::fault_ipa(mrs!("hpfar_el2"), mrs!("far_el2"));
+        let r = a.answer_load(esr, ipa);
+        if r.is_some() {
+            a.answered_mmio = a.answered_mmio.wrapping_add(1);
+        }
+        r
+    } else {
+        let r = a.answer(esr, || mrs!("cntpct_el0"));
+        if r.is_some() {
+            a.answered = a.answered.wrapping_add(1);
+        }
+        r
+    };
+    let Some(answer) = answer else {
         return 0;
     };
     if let El2Answer::Read { rt, value } = answer {
@@ -549,6 +566,5 @@ pub unsafe extern "C" fn el2_answer_sysreg(ctx: *mut VcpuContext) -> u64 {
         }
     }
     msr!("elr_el2", mrs!("elr_el2").wrapping_add(4));
-    c.el2_answers.answered = c.el2_answers.answered.wrapping_add(1);
     1
 }

@@ -61,7 +61,9 @@ el2_vhe_vectors:
     cmp x0, #{EC_FP}
     b.eq el2_fp_trap
     cmp x0, #{EC_SYS64}
-    b.eq el2_sysreg_trap
+    b.eq el2_answer_trap
+    cmp x0, #{EC_DABT_LOW}
+    b.eq el2_answer_trap
     mov x1, #{EL1_SYNC}
     b el2_guest_exit
     .balign 0x80
@@ -87,6 +89,7 @@ el2_vhe_hang:
 "#,
     EC_FP = const EC_FP,
     EC_SYS64 = const vmm_sys::arm64::esr::ec::SYS64,
+    EC_DABT_LOW = const vmm_sys::arm64::esr::ec::DABT_LOW,
     EL1_SYNC = const excp::EL1_SYNC,
     EL1_IRQ = const excp::EL1_IRQ,
     EL1_FIQ = const excp::EL1_FIQ,

@@ -120,6 +120,13 @@ pub struct DataAbort {
     pub acquire_release: bool,
 }
 
+/// IPA of a stage-2 fault: HPFAR_EL2.FIPA (bits [43:4], IPA[51:12]) with the page offset
+/// from FAR_EL2.
+pub const fn fault_ipa(hpfar_el2: u64, far_el2: u64) -> u64 {
+    let page = (hpfar_el2 >> 4) & ((1u64 << 40) - 1);
+    (page << 12) | (far_el2 & 0xfff)
+}
+
 /// Decodes a data-abort ISS; `None` when ISV is clear (no syndrome: the kernel must
 /// decode the instruction or inject an abort).
 pub const fn decode_data_abort(iss: u32) -> Option<DataAbort> {

@@ -129,3 +129,87 @@ fn el2_answers_timer_reads_from_the_state_the_core_keeps() {
     t.enabled = 0;
     assert_eq!(t.answer(sys64(sysreg::CNTP_CTL_EL0, true, 3), at(0)), None);
 }
+
+/// The syndrome of a data abort from a lower EL: ISV, `sas` (log2 bytes), SSE, SF,
+/// Rt, and `extra` ISS bits (WnR, S1PTW...), with DFSC `dfsc`.
+fn dabt_esr(sas: u32, sse: bool, sf: bool, rt: u32, extra: u32, dfsc: u32) -> u64 {
+    use crate::arm64::esr::dabt;
+    let iss = dabt::ISV
+        | (sas << dabt::SAS_SHIFT)
+        | if sse { dabt::SSE } else { 0 }
+        | if sf { dabt::SF } else { 0 }
+        | (rt << dabt::SRT_SHIFT)
+        | extra
+        | dfsc;
+    (u64::from(ec::DABT_LOW) << 26) | (1 << 25) | u64::from(iss)
+}
+
+/// The device-register loads the EL2 code answers: only a load of 1, 2 or 4 bytes with
+/// a syndrome, on a stage-2 translation fault outside a stage-1 walk, at exactly one of
+/// the rows in use; the value as the load leaves it in Xt.
+#[test]
+fn el2_answers_device_loads_only_at_its_rows() {
+    use crate::arm64::esr::dabt;
+    use crate::hyp::El2MmioAnswer;
+    let mut t = El2Answers {
+        enabled: 1,
+        ..El2Answers::default()
+    };
+    t.mmio[0] = El2MmioAnswer {
+        ipa: 0x1_0018,
+        value: 0x8190,
+    };
+    t.mmio[1] = El2MmioAnswer {
+        ipa: 0x2_0000,
+        value: 7,
+    };
+    let fr = || 0x1_0018;
+    let ldr_w = dabt_esr(2, false, false, 5, 0, 0x07);
+    assert_eq!(t.answer_load(ldr_w, fr), None, "no row in use");
+    t.mmio_rows = 1;
+    assert_eq!(
+        t.answer_load(ldr_w, fr),
+        Some(El2Answer::Read {
+            rt: 5,
+            value: 0x8190
+        })
+    );
+    let read = |esr: u64, ipa: u64| t.answer_load(esr, || ipa);
+    // Widths and sign extension: ldrb, ldrsh x, ldrsh w.
+    let value = |a: Option<El2Answer>| match a {
+        Some(El2Answer::Read { value, .. }) => Some(value),
+        _ => None,
+    };
+    assert_eq!(
+        value(read(dabt_esr(0, false, false, 1, 0, 0x06), 0x1_0018)),
+        Some(0x90)
+    );
+    assert_eq!(
+        value(read(dabt_esr(1, true, true, 1, 0, 0x05), 0x1_0018)),
+        Some(0xffff_ffff_ffff_8190)
+    );
+    assert_eq!(
+        value(read(dabt_esr(1, true, false, 1, 0, 0x04), 0x1_0018)),
+        Some(0xffff_8190)
+    );
+    // Not answered: another address, a row not in use, 8 bytes, a store, a stage-1
+    // walk, cache maintenance, no valid FAR, an external abort, a permission or
+    // access-flag fault, no syndrome, a sysreg trap.
+    assert_eq!(read(ldr_w, 0x1_0019), None);
+    assert_eq!(read(ldr_w, 0x2_0000), None, "row 1 not in use");
+    assert_eq!(read(dabt_esr(3, false, true, 1, 0, 0x07), 0x1_0018), None);
+    for extra in [dabt::WNR, dabt::S1PTW, dabt::CM, dabt::FNV, dabt::EA] {
+        assert_eq!(
+            read(dabt_esr(2, false, false, 1, extra, 0x07), 0x1_0018),
+            None
+        );
+    }
+    for dfsc in [0x0f, 0x0b, 0x00, 0x10] {
+        assert_eq!(read(dabt_esr(2, false, false, 1, 0, dfsc), 0x1_0018), None);
+    }
+    let no_isv = dabt_esr(2, false, false, 1, 0, 0x07) & !u64::from(dabt::ISV);
+    assert_eq!(read(no_isv, 0x1_0018), None);
+    assert_eq!(read(sys64(sysreg::MIDR_EL1, true, 1), 0x1_0018), None);
+    t.enabled = 0;
+    assert_eq!(t.answer_load(ldr_w, fr), None, "disabled");
+}

@@ -10,7 +10,7 @@ pub const KERNEL_TARGET: &str = "aarch64-unknown-none-softfloat";
 /// host's x18 and loads/saves the guest's, and its in-place answer to a guest's register
 /// trap saves and reloads the guest's around its call (in the EL2 blob, in the testbed
 /// kernel and in vmm.ko, which link the switch for their VHE host mode).
-pub const X18_ALLOWED: &[&str] = &["el2_guest_enter", "el2_guest_exit", "el2_sysreg_trap"];
+pub const X18_ALLOWED: &[&str] = &["el2_guest_enter", "el2_guest_exit", "el2_answer_trap"];
 
 /// `cargo build --release` of a kernel-side crate: build-std with the per-target
 /// rustflags of .cargo/config.toml (-Zfixed-x18), never a global RUSTFLAGS.

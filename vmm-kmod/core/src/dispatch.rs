@@ -416,24 +416,45 @@ impl<H: Host> Vmm<H> {
             ioctl::VM_SET_MMIO_SHORTCUT => {
                 let req: VmMmioShortcut = get(arg)?;
                 // Accesses there would never reach the shortcuts: the vGIC's windows
-                // are the kernel's own, and past the IPA limit the guest gets an abort.
-                if req.gpa >= self.cfg.s2.ipa_limit() || vm.vgic_windows.contains(req.gpa) {
+                // are the kernel's own, past the IPA limit the guest gets an abort,
+                // and guest RAM is memory (the EL2 code answers before any lookup).
+                if req.gpa >= self.cfg.s2.ipa_limit()
+                    || vm.vgic_windows.contains(req.gpa)
+                    || vm.mem.lock().map_at(req.gpa).is_some()
+                {
                     return Err(Errno::EINVAL);
                 }
+                const MIRROR: u32 = MMIO_ANSWER_LOADS | MMIO_BUFFER_STORES;
                 let what = match req.flags {
                     0 => None,
                     MMIO_ANSWER_LOADS => Some(Shortcut::AnswerLoads(req.value)),
                     MMIO_BUFFER_STORES => Some(Shortcut::BufferStores),
+                    MIRROR => Some(Shortcut::Mirror {
+                        value: req.value & req.mask,
+                        mask: req.mask,
+                    }),
                     _ => return Err(Errno::EINVAL),
                 };
                 let mut mmio = vm.mmio.lock();
-                match what {
+                let r = match what {
                     Some(w) => mmio.set(req.gpa, w),
                     None => {
                         mmio.clear(req.gpa);
                         Ok(())
                     }
+                };
+                vm.mmio_gen.fetch_add(1, Ordering::SeqCst);
+                drop(mmio);
+                // A vCPU in the guest answers from the rows its entry copied: IPIed, it
+                // takes the new ones (one entering now sees the new generation in its
+                // re-check with `running_on` published).
+                for slot in vm.vcpus.iter() {
+                    let cpu = slot.shared.running_on.load(Ordering::SeqCst);
+                    if cpu != crate::vm::NOT_RUNNING {
+                        host.kick_cpu(cpu);
+                    }
                 }
+                r
             }
             ioctl::VM_GET_MMIO_STORES => {
                 let mut mmio = vm.mmio.lock();
@@ -588,6 +609,7 @@ impl<H: Host> Vmm<H> {
             let mut mmio = vm.mmio.lock();
             mmio.clear_all();
             vm.mmio_flush_at.store(0, Ordering::SeqCst);
+            vm.mmio_gen.fetch_add(1, Ordering::SeqCst);
         }
         if let Some(g) = vm.vgic.lock().as_mut() {
             // Stays attached at the same windows, back to its reset state.

@@ -80,11 +80,9 @@ pub enum Decoded {
     Other,
 }
 
-/// IPA of a stage-2 fault: HPFAR_EL2.FIPA (bits [43:4], IPA[51:12]) with the page offset
-/// from FAR_EL2.
+/// IPA of a stage-2 fault (`esr::fault_ipa`).
 pub fn fault_ipa(info: &ExitInfo) -> u64 {
-    let page = (info.hpfar_el2 >> 4) & ((1u64 << 40) - 1);
-    (page << 12) | (info.far_el2 & 0xfff)
+    esr::fault_ipa(info.hpfar_el2, info.far_el2)
 }
 
 fn abort(info: &ExitInfo, iss: u32, data: bool) -> Abort {

@@ -2,13 +2,15 @@
 //! VM_GET_MMIO_STORES, our extension), so that a console's bytes do not each cost
 //! exits: a register whose loads the kernel answers from a value the device model
 //! publishes (a UART's flag register, read before every byte), and one whose stores it
-//! queues for userspace to take in order (the UART's data register). While stores are
+//! queues for userspace to take in order (the UART's data register), and one that does
+//! both, holding what the guest last stored (the UART's control register). While stores are
 //! queued, every exit to userspace goes after a BOGUS one, at which the VMM takes them
 //! (`run.rs`), so it never sees an exit before a store the guest made earlier.
 
 use crate::errno::{Errno, KResult};
 use core::mem::{offset_of, size_of};
 use vmm_sys::abi::{Pod, VmMmioStore, VmMmioStores, MMIO_STORES_MAX};
+use vmm_sys::hyp::El2MmioAnswer;
 
 /// How long a queued store may wait for userspace: a vCPU still running then is kicked
 /// out (a BOGUS exit), so a guest that prints and then spins without exits is seen.
@@ -24,6 +26,8 @@ pub enum Shortcut {
     AnswerLoads(u32),
     /// Stores are queued.
     BufferStores,
+    /// Stores are queued and make `value` the stored bits `& mask`; loads read `value`.
+    Mirror { value: u32, mask: u32 },
 }
 
 /// What became of a guest store.
@@ -105,7 +109,9 @@ impl MmioShortcuts {
     pub fn load(&self, gpa: u64, size: u8) -> Option<u64> {
         let mask = width_mask(size)?;
         match self.find(gpa)? {
-            Shortcut::AnswerLoads(v) => Some(u64::from(v) & mask),
+            Shortcut::AnswerLoads(v) | Shortcut::Mirror { value: v, .. } => {
+                Some(u64::from(v) & mask)
+            }
             Shortcut::BufferStores => None,
         }
     }
@@ -116,12 +122,20 @@ impl MmioShortcuts {
         let Some(mask) = width_mask(size) else {
             return Store::NotHandled;
         };
-        if self.find(gpa) != Some(Shortcut::BufferStores) {
+        let used = self.regs.get_mut(..self.len).unwrap_or(&mut []);
+        let Some(reg) = used.iter_mut().find(|e| e.0 == gpa) else {
+            return Store::NotHandled;
+        };
+        if matches!(reg.1, Shortcut::AnswerLoads(_)) {
             return Store::NotHandled;
         }
         let Some(slot) = self.stores.get_mut(self.queued) else {
             return Store::QueueFull;
         };
+        if let Shortcut::Mirror { value: v, mask: m } = &mut reg.1 {
+            // The mask keeps the low 32 bits at most.
+            *v = (value & mask) as u32 & *m;
+        }
         *slot = VmMmioStore {
             gpa,
             // The mask keeps the low 32 bits at most.
@@ -131,6 +145,31 @@ impl MmioShortcuts {
         };
         self.queued = self.queued.saturating_add(1);
         Store::Queued
+    }
+
+    /// Copies the first answered registers into the EL2 code's rows; returns how many.
+    /// Loads of the others still come to the run loop.
+    pub fn el2_rows(&self, rows: &mut [El2MmioAnswer]) -> u64 {
+        let answered = self
+            .regs
+            .get(..self.len)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|e| match e.1 {
+                Shortcut::AnswerLoads(v) => Some(El2MmioAnswer {
+                    ipa: e.0,
+                    value: u64::from(v),
+                }),
+                // A mirrored register changes with every vCPU's stores: a row another
+                // vCPU copied could lag behind one. Its loads stay the run loop's.
+                Shortcut::BufferStores | Shortcut::Mirror { .. } => None,
+            });
+        let mut n = 0u64;
+        for (row, a) in rows.iter_mut().zip(answered) {
+            *row = a;
+            n = n.saturating_add(1);
+        }
+        n
     }
 
     /// Whether stores wait for userspace.

@@ -228,6 +228,15 @@ impl<H: Host> Vmm<H> {
             let flushed_vtimer = self.vgic_flush(vm, slot, vcpu, id)?;
             let has_vgic = flushed_vtimer.is_some();
             self.arm_kick_timer(vm, &pkick, &mut ptimer, vcpu, has_vgic);
+            // After the flush: an interrupt a device model raised after publishing a
+            // register's new value is entered with that value.
+            let gen = vm.mmio_gen.load(Ordering::SeqCst);
+            if gen != vcpu.mmio_gen {
+                vcpu.mmio_gen = gen;
+                let mmio = vm.mmio.lock();
+                let a = &mut vcpu.ctx().el2_answers;
+                a.mmio_rows = mmio.el2_rows(&mut a.mmio);
+            }
             let tok = self.host.intr_disable();
             let cpu = self.host.current_cpu();
             slot.shared.running_on.store(cpu, Ordering::SeqCst);
@@ -235,11 +244,13 @@ impl<H: Host> Vmm<H> {
             // set its flag before seeing `running_on` is caught here; one that sets it
             // later sends an IPI that stays pending and exits the guest at once. An
             // interrupt raised after the flush whose notifier saw the vCPU not running
-            // (so sent no IPI) shows as `irq_pending`: flush again.
+            // (so sent no IPI) shows as `irq_pending`: flush again; the same for device
+            // registers whose answers changed (`mmio_gen`).
             if slot.shared.kick.load(Ordering::SeqCst)
                 || vm.suspend.load(Ordering::SeqCst) != 0
                 || vm.debug.load(Ordering::SeqCst) & bit(id) != 0
                 || (has_vgic && slot.shared.irq_pending.load(Ordering::SeqCst))
+                || vm.mmio_gen.load(Ordering::SeqCst) != vcpu.mmio_gen
             {
                 slot.shared.running_on.store(NOT_RUNNING, Ordering::SeqCst);
                 self.host.intr_restore(tok);
@@ -268,6 +279,12 @@ impl<H: Host> Vmm<H> {
             if answered != 0 {
                 stats.add(Stat::Exits, answered);
                 stats.add(Stat::SysRegEl2, answered);
+            }
+            let answered = core::mem::take(&mut vcpu.ctx().el2_answers.answered_mmio);
+            if answered != 0 {
+                stats.add(Stat::Exits, answered);
+                stats.add(Stat::MmioAnswered, answered);
+                stats.add(Stat::MmioEl2, answered);
             }
             let Ok(kind) = u32::try_from(kind) else {
                 self.host

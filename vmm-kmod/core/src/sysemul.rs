@@ -104,8 +104,9 @@ pub const OSLSR_VALUE: u64 = 0x8;
 
 /// The table the EL2 code answers the commonest traps from without the world switch
 /// (`El2Answers`): the same values [`answer`] gives for the TID3 ID registers and
-/// OSLSR_EL1 (unit tests check the two agree on every encoding), and a physical timer
-/// at reset.
+/// OSLSR_EL1 (unit tests check the two agree on every encoding), a physical timer at
+/// reset, and no device registers yet (the run loop fills them from the VM's
+/// shortcuts).
 pub fn el2_answers(ids: &GuestIdRegs) -> El2Answers {
     let id: [u64; EL2_ID_ROWS] = core::array::from_fn(|row| {
         // row < 56: CRm 1..=7, op2 0..=7.
@@ -118,7 +119,7 @@ pub fn el2_answers(ids: &GuestIdRegs) -> El2Answers {
         answered: 0,
         oslsr: OSLSR_VALUE,
         id,
-        ptimer: vmm_sys::arm64::timer::PhysTimer::new(),
+        ..El2Answers::default()
     }
 }
 

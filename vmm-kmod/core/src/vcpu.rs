@@ -191,6 +191,8 @@ pub struct Vcpu {
     /// MMIO stores first (`mmio_shortcut`): the next VM_RUN returns it without entering
     /// the guest.
     pub held_exit: Option<vmm_sys::abi::VmExit>,
+    /// The VM's `mmio_gen` the context's EL2 MMIO rows were filled at.
+    pub mmio_gen: u64,
     pub halt_exit: bool,
     pub brk_exit: bool,
 }
@@ -210,6 +212,7 @@ impl Vcpu {
             pending_load: None,
             pending_exception: None,
             held_exit: None,
+            mmio_gen: u64::MAX,
             halt_exit: false,
             brk_exit: false,
         };
@@ -267,6 +270,8 @@ impl Vcpu {
         c.optional = init.host.traps.optional;
         c.el2_answers = crate::sysemul::el2_answers(&init.host.ids);
         c.timer.cntvoff_el2 = init.cntvoff;
+        // The EL2 MMIO rows were emptied: filled again before the next entry.
+        self.mmio_gen = u64::MAX;
         self.pending_advance = 0;
         self.pending_load = None;
         self.pending_exception = None;

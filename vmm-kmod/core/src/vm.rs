@@ -91,6 +91,9 @@ pub struct Vm<H: Host> {
     /// which the queue must reach it (a running vCPU is kicked out then). What the run
     /// loop looks at on its hot paths without the lock; set and cleared under it.
     pub mmio_flush_at: AtomicU64,
+    /// Bumped under `mmio`'s lock whenever its registers change: a vCPU whose
+    /// context holds older EL2 MMIO rows fills them again before its next entry.
+    pub mmio_gen: AtomicU64,
     pub vcpus: Vec<VcpuSlot<H>>,
     /// `enum vm_suspend_how`, 0 when running.
     pub suspend: AtomicI32,
@@ -225,6 +228,7 @@ impl<H: Host> Vm<H> {
             vgic_windows: VgicWindows::default(),
             mmio: Mutex::new(MmioShortcuts::default()),
             mmio_flush_at: AtomicU64::new(0),
+            mmio_gen: AtomicU64::new(0),
         })
     }
 

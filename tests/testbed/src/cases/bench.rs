@@ -186,7 +186,12 @@ fn mmio_through_core(vmm: &Core) -> Result<([u64; 3], u64), String> {
             (0x10018, 0x90, MMIO_ANSWER_LOADS),
             (0x10000, 0, MMIO_BUFFER_STORES),
         ] {
-            let mut s = VmMmioShortcut { gpa, value, flags };
+            let mut s = VmMmioShortcut {
+                gpa,
+                value,
+                flags,
+                ..Default::default()
+            };
             ioctl_vm(vmm, name, VM_SET_MMIO_SHORTCUT, &mut s)?;
         }
         let mut taken = 0u64;

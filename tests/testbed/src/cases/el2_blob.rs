@@ -28,6 +28,7 @@ static MMIO: &[u8] = guest!("mmio");
 static SYSREG: &[u8] = guest!("sysreg");
 static EL2_ANSWERS: &[u8] = guest!("el2_answers");
 static PTIMER: &[u8] = guest!("ptimer");
+static MMIO_ANSWERS: &[u8] = guest!("mmio_answers");
 static HIDDEN: &[u8] = guest!("hidden");
 static MTE_TAGS: &[u8] = guest!("mte_tags");
 static PAC_KEYS: &[u8] = guest!("pac_keys");
@@ -895,6 +896,10 @@ fn run_core(n: usize) {
     report(
         "core_sysreg_at_el2",
         crate::cases::vmm::sysreg_at_el2(&vmm, EL2_ANSWERS),
+    );
+    report(
+        "core_mmio_answers_at_el2",
+        crate::cases::vmm::mmio_answers_at_el2(&vmm, MMIO_ANSWERS),
     );
     report(
         "core_ptimer_reads_at_el2",

@@ -200,7 +200,13 @@ fn mmio_loads_every_size_sign_and_register() {
 }
 
 fn set_answer(v: &Vmm<crate::fake::FakeHost>, gpa: u64, value: u32, flags: u32) -> KResult<()> {
-    let mut a = VmMmioShortcut { gpa, value, flags };
+    let mut a = VmMmioShortcut {
+        gpa,
+        value,
+        flags,
+        mask: u32::MAX,
+        ..Default::default()
+    };
     vmio(v, "g", ioctl::VM_SET_MMIO_SHORTCUT, &mut a)
 }
 
@@ -292,11 +298,7 @@ fn mmio_answers_are_checked_bounded_and_reset_with_the_vm() {
         Err(Errno::EINVAL),
         "unknown flag"
     );
-    assert_eq!(
-        set_answer(&v, MMIO, 1, MMIO_ANSWER_LOADS | MMIO_BUFFER_STORES),
-        Err(Errno::EINVAL),
-        "answered loads of a register whose stores wait make no sense"
-    );
+
     assert_eq!(
         set_answer(&v, 1 << 52, 1, MMIO_ANSWER_LOADS),
         Err(Errno::EINVAL),
@@ -492,6 +494,44 @@ fn queued_stores_reach_userspace_even_if_the_guest_never_exits() {
     v.host().push(hvc());
     run(&v, "g", 0).unwrap();
     assert_eq!(v.host().timer_arms.lock().unwrap().len(), arms);
+}
+
+/// A register that holds what the guest stored (both flags): loads read the value,
+/// each store is queued as any and makes the value the stored bits under the mask; its
+/// loads are never the EL2 code's (another vCPU's store could have changed it since
+/// the rows were copied).
+#[test]
+fn a_mirrored_register_reads_back_what_was_stored() {
+    let v = guest();
+    let mut m = VmMmioShortcut {
+        gpa: MMIO,
+        value: 0x1_0301,
+        flags: MMIO_ANSWER_LOADS | MMIO_BUFFER_STORES,
+        mask: 0xffff,
+        _pad: 0,
+    };
+    vmio(&v, "g", ioctl::VM_SET_MMIO_SHORTCUT, &mut m).unwrap();
+    let (code, got) = load_once(&v, MMIO, load_iss(2, false, false, 3), 3);
+    assert_eq!(
+        (code, got),
+        (ExitCode::Smccc, 0x301),
+        "the value under the mask"
+    );
+    v.host().push(
+        Scripted::abort(mk(ec::DABT_LOW, true, store_iss(2, 1)), MMIO).with(|c| c.x[1] = 0x1_2345),
+    );
+    v.host().push(hvc());
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Bogus, "the store is queued");
+    assert_eq!(take_stores(&v), [(MMIO, 4, 0x1_2345)], "queued as stored");
+    run(&v, "g", 0).unwrap();
+    let (code, got) = load_once(&v, MMIO, load_iss(1, false, false, 3), 3);
+    assert_eq!(
+        (code, got),
+        (ExitCode::Smccc, 0x2345),
+        "the store, under the mask"
+    );
+    assert_eq!(entries(&v).last().unwrap().el2_answers.mmio_rows, 0);
 }
 
 #[test]
@@ -1188,6 +1228,45 @@ fn accesses_answered_at_el2_are_counted() {
     assert_eq!(en[1].el2_answers.answered, 0, "taken after the exit");
     assert_eq!(en[1].el2_answers.enabled, 1, "the core fills the table");
     assert_eq!(en[1].el2_answers.oslsr, crate::sysemul::OSLSR_VALUE);
+}
+
+/// The EL2 code answers the first answered device registers itself: the entry after a
+/// change carries them in the context's rows (never a queued register), and what it
+/// answered (`answered_mmio`) counts as exits and as answered MMIO loads.
+#[test]
+fn answered_device_registers_reach_the_el2_rows() {
+    let v = guest();
+    set_answer(&v, MMIO, 0x90, MMIO_ANSWER_LOADS).unwrap();
+    set_answer(&v, MMIO + 8, 0, MMIO_BUFFER_STORES).unwrap();
+    let en0 = stat(&v, "g", Stat::Exits);
+    v.host().push(hvc().with(|c| {
+        c.el2_answers.answered_mmio = 3;
+        c.pc += 4
+    }));
+    run(&v, "g", 0).unwrap();
+    let a = entries(&v).last().unwrap().el2_answers;
+    assert_eq!(a.mmio_rows, 1);
+    assert_eq!((a.mmio[0].ipa, a.mmio[0].value), (MMIO, 0x90));
+    assert_eq!(stat(&v, "g", Stat::MmioAnswered), 3);
+    assert_eq!(stat(&v, "g", Stat::MmioEl2), 3);
+    assert_eq!(stat(&v, "g", Stat::Exits) - en0, 1 + 3);
+    // A new value, then the next entry; a full table leaves the rest to the run loop.
+    set_answer(&v, MMIO, 0x80, MMIO_ANSWER_LOADS).unwrap();
+    for i in 1..8u64 {
+        set_answer(&v, MMIO + 0x100 * i, i as u32, MMIO_ANSWER_LOADS).unwrap();
+    }
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    let a = entries(&v).last().unwrap().el2_answers;
+    assert_eq!(a.mmio_rows, vmm_sys::hyp::EL2_MMIO_ROWS as u64);
+    assert_eq!((a.mmio[0].ipa, a.mmio[0].value), (MMIO, 0x80));
+    assert_eq!(a.answered_mmio, 0, "taken after the exit");
+    let (code, got) = load_once(&v, MMIO + 0x700, load_iss(2, false, false, 3), 3);
+    assert_eq!(
+        (code, got),
+        (ExitCode::Smccc, 7),
+        "past the rows: the run loop answers"
+    );
 }
 
 #[test]

@@ -676,6 +676,91 @@ pub fn sysreg_at_el2(vmm: &Core, image: &[u8]) -> Result<String, String> {
     })
 }
 
+/// The mmio_answers guest through VM_RUN with two registers answered and one queued:
+/// its five loads of answered registers are answered by the EL2 code in the guest's
+/// world (counted as such), into the right registers with the load's width and sign
+/// extension (x30, x18 and XZR included); the load of another register is an INST_EMUL
+/// exit as before; its store is queued and handed over at a BOGUS exit before the
+/// final hvc; every other register comes back as the guest left it.
+pub fn mmio_answers_at_el2(vmm: &Core, image: &[u8]) -> Result<String, String> {
+    use vmm_core::stats::Stat;
+    let name = b"tb-mmio-answers";
+    start(vmm, name, image, 0)?;
+    with_vm(vmm, name, || {
+        for (gpa, value, flags) in [
+            (0x10018, 0x8190, MMIO_ANSWER_LOADS),
+            (0x10028, 0x7f, MMIO_ANSWER_LOADS),
+            (0x10000, 0, MMIO_BUFFER_STORES),
+        ] {
+            let mut s = VmMmioShortcut {
+                gpa,
+                value,
+                flags,
+                ..Default::default()
+            };
+            vm_ioctl(vmm, name, VM_SET_MMIO_SHORTCUT, &mut s)?;
+        }
+        let e = run(vmm, name)?;
+        // SAFETY: checked to be an INST_EMUL exit first.
+        if e.exitcode != ExitCode::InstEmul as i32 || unsafe { e.u.inst_emul.gpa } != 0x10020 {
+            return Err(format!(
+                "exit code {} at pc {:#x}, want the load of 0x10020",
+                e.exitcode, e.pc
+            ));
+        }
+        set_reg(vmm, name, VM_REG_GUEST_X0 + 16, 0x55)?;
+        let e = run(vmm, name)?;
+        if e.exitcode != ExitCode::Bogus as i32 {
+            return Err(format!(
+                "exit code {} with a store queued, want BOGUS",
+                e.exitcode
+            ));
+        }
+        let mut st = alloc::boxed::Box::new(VmMmioStores::default());
+        vm_ioctl(vmm, name, VM_GET_MMIO_STORES, &mut *st)?;
+        let got = st.stores.first().map(|s| (s.gpa, s.size, s.value));
+        if st.count != 1 || got != Some((0x10000, 4, 0x703)) {
+            return Err(format!("{} stores taken, first {got:x?}", st.count));
+        }
+        run_to_done(vmm, name, "the held hvc #2 after the BOGUS")?;
+        let x: alloc::vec::Vec<u64> = (0..31)
+            .map(|n| get_reg(vmm, name, VM_REG_GUEST_X0 + n))
+            .collect::<Result<_, _>>()?;
+        let want = [
+            (9, 0x90),
+            (30, 0xffff_ffff_ffff_8190),
+            (18, 0xffff_8190),
+            (17, 0x7f),
+            (16, 0x55),
+        ];
+        for (n, v) in x.iter().enumerate() {
+            let w = want
+                .iter()
+                .find(|w| w.0 == n)
+                .map_or(0x700 + n as u64, |w| w.1);
+            if *v != w {
+                return Err(format!("x{n} = {v:#x}, want {w:#x}"));
+            }
+        }
+        let counts = [
+            Stat::MmioEl2,
+            Stat::MmioAnswered,
+            Stat::MmioQueued,
+            Stat::InstEmul,
+        ]
+        .map(|s| stat(vmm, name, 0, s));
+        let counts = counts
+            .into_iter()
+            .collect::<Result<alloc::vec::Vec<_>, _>>()?;
+        if counts != [5, 5, 1, 1] {
+            return Err(format!(
+                "loads answered at EL2, answered in all, stores queued, INST_EMUL: {counts:?}, want [5, 5, 1, 1]"
+            ));
+        }
+        Ok("5 loads answered at EL2 (ldrb, ldrsh into x30 and w18, into wzr, a second register), one INST_EMUL, one store queued and taken at BOGUS, the other registers intact".into())
+    })
+}
+
 /// The ptimer guest through VM_RUN: its physical-timer writes are the core's, its reads
 /// the EL2 code's, which give what the core's emulation holds: ENABLE and IMASK as
 /// written, ISTATUS only once the count passed CVAL, the CVAL written, TVAL = CVAL -
