@@ -61,6 +61,9 @@
 #           /dev/vdb and, with eth0, sends 64 MiB to 10.0.2.1:5003 and takes 64 MiB
 #           from 10.0.2.1:5004 (cargo xtask bench-devices times them).
 #           With vmm_e2e=dmesg it prints the kernel's log (dmesg) to the console.
+#           With vmm_e2e=console it prints "VMM-E2E: console ready", reads a line from
+#           the console (what is typed into bhyve's) and prints
+#             VMM-E2E: console got: <the line>
 #           With vmm_e2e=hang on the kernel command line (a word of its own; it may
 #           come with vmm_e2e=stale) it prints
 #             VMM-E2E: flushed, hanging
@@ -223,7 +226,13 @@ bench() {
 		echo "VMM-BENCH: net done"
 	fi
 }
-# vmm_e2e=hang, stale, net, port, bench, dmesg: separate words, any of them.
+# vmm_e2e=console: a line typed into the console, read back.
+console_test() {
+	echo "VMM-E2E: console ready"
+	read -r line
+	echo "VMM-E2E: console got: $line"
+}
+# vmm_e2e=hang, stale, net, port, bench, dmesg, console: separate words, any of them.
 cmdline=" $(cat /proc/cmdline) "
 asked() {
 	case "$cmdline" in
@@ -239,6 +248,7 @@ asked port && port_test
 asked bench && bench
 # dmesg: the kernel's log to the console (what a console costs per byte).
 asked dmesg && dmesg
+asked console && console_test
 
 # / as mounted: the options of its last line in /proc/mounts.
 opts=

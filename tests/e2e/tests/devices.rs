@@ -140,6 +140,75 @@ fn copy_rootdisk(to: &Path) {
     assert!(cp.success(), "cp {template:?} {to:?}");
 }
 
+/// bhyve with its stdin a pipe the test types into and its console in a file, killed
+/// with its process group when dropped (whatever happens in the test).
+struct Typed {
+    child: std::process::Child,
+    console: PathBuf,
+    start: Instant,
+}
+
+impl Typed {
+    fn spawn(t: &T, args: &[&str], console: PathBuf) -> Typed {
+        use std::os::unix::process::CommandExt;
+        let child = t
+            .cmd("bhyve", args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(&console).unwrap())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Typed {
+            child,
+            console,
+            start: Instant::now(),
+        }
+    }
+
+    /// Waits until `what` is on the console (kept in `t.console`), at most BOOT_LIMIT.
+    fn wait_for(&self, t: &mut T, what: &str) {
+        loop {
+            t.console = std::fs::read_to_string(&self.console).unwrap_or_default();
+            if t.console.contains(what) {
+                eprintln!("'{what}' after {:.1?}", self.start.elapsed());
+                return;
+            }
+            assert!(
+                self.start.elapsed() < BOOT_LIMIT,
+                "no '{what}' on the console"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn type_in(&mut self, keys: &[u8]) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin is a pipe");
+        stdin.write_all(keys).unwrap();
+    }
+
+    /// Waits for bhyve to end (at most BOOT_LIMIT) and reads the whole console.
+    fn wait_end(&mut self, t: &mut T) -> std::process::ExitStatus {
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(self.start.elapsed() < BOOT_LIMIT, "bhyve did not end");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        t.console = std::fs::read_to_string(&self.console).unwrap_or_default();
+        status
+    }
+}
+
+impl Drop for Typed {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the process group made for this bhyve.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+    }
+}
+
 fn has(out: &Output, line: &str) {
     assert!(
         out.stdout.contains(line),
@@ -507,6 +576,39 @@ fn console_port_on_a_unix_socket() {
     });
 }
 
+/// What is typed into bhyve's console reaches the guest through the PL011 (its receive
+/// FIFO, interrupt and flag register, which the kernel answers from the value bhyve
+/// publishes when input arrives): the root disk's init reads a line from the console
+/// and prints it back, Linux's output meanwhile queued by the kernel (the UART's data
+/// and control registers).
+#[test]
+fn console_input_reaches_the_guest_through_the_pl011() {
+    if skip() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut t = T::start("pl011-input");
+    t.check(|t| {
+        let root = t.dir.join("input-root.img");
+        copy_rootdisk(&root);
+        t.load_with("input", &["console=ttyAMA0"], &["rw", "vmm_e2e=console"]);
+        let disk = format!("0,virtio-blk,{}", s(&root));
+        let console = t.dir.join("input-console.log");
+        let mut bhyve = Typed::spawn(t, &["-b", "-s", &disk, "input"], console);
+        bhyve.wait_for(t, "VMM-E2E: console ready");
+        bhyve.type_in(b"typed into the PL011\n");
+        let status = bhyve.wait_end(t);
+        assert_eq!(status.code(), Some(1), "poweroff is status 1");
+        assert!(
+            t.console
+                .contains("VMM-E2E: console got: typed into the PL011"),
+            "the line did not come back"
+        );
+        let out = t.tool("bhyvectl", &["--vm=input", "--destroy"]);
+        assert_eq!(out.code, Some(0), "{out}");
+    });
+}
+
 /// Debian's own userland (tests/make-debian-disk.sh) boots with systemd on 2 vCPUs and
 /// 512 MiB to `multi-user.target` and a login prompt on hvc0; root logs in with its
 /// empty password, the system says `running` and powers off (bhyve exits 1). Opt-in with
@@ -527,8 +629,6 @@ fn debian_with_systemd_boots_to_a_login() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut t = T::start("debian");
     t.check(|t| {
-        use std::io::Write;
-        use std::os::unix::process::CommandExt;
         let template = guest::debian_disk().unwrap_or_else(|e| panic!("{e}"));
         let disk = t.dir.join("debian.img");
         let cp = Command::new("cp")
@@ -562,65 +662,24 @@ fn debian_with_systemd_boots_to_a_login() {
         );
         assert_eq!(out.code, Some(0), "{out}");
         let console = t.dir.join("debian-console.log");
-        let mut child = t
-            .cmd(
-                "bhyve",
-                &[
-                    "-b",
-                    "-s",
-                    &format!("0,virtio-blk,{}", s(&disk)),
-                    "-s",
-                    "1,virtio-rnd",
-                    "-s",
-                    "2,virtio-console",
-                    "debian",
-                ],
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::fs::File::create(&console).unwrap())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let pgid = child.id() as i32;
-        // Whatever happens below, bhyve does not outlive the test.
-        struct Kill(i32);
-        impl Drop for Kill {
-            fn drop(&mut self) {
-                // SAFETY: kill(2) of the process group made for this bhyve.
-                unsafe { libc::kill(-self.0, libc::SIGKILL) };
-            }
-        }
-        let _kill = Kill(pgid);
-        let start = Instant::now();
-        let wait_for = |t: &mut T, what: &str| loop {
-            t.console = std::fs::read_to_string(&console).unwrap_or_default();
-            if t.console.contains(what) {
-                eprintln!("'{what}' after {:.1?}", start.elapsed());
-                return;
-            }
-            assert!(start.elapsed() < BOOT_LIMIT, "no '{what}' on the console");
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        wait_for(t, "VMM-E2E: multi-user.target reached");
-        wait_for(t, "debian login: ");
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"root\r").unwrap();
-        wait_for(t, "root@debian:~# ");
-        stdin
-            .write_all(b"systemctl is-system-running; poweroff\r")
-            .unwrap();
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                start.elapsed() < BOOT_LIMIT,
-                "bhyve did not end after poweroff"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        t.console = std::fs::read_to_string(&console).unwrap_or_default();
+        let disk = format!("0,virtio-blk,{}", s(&disk));
+        let args = [
+            "-b",
+            "-s",
+            &disk,
+            "-s",
+            "1,virtio-rnd",
+            "-s",
+            "2,virtio-console",
+            "debian",
+        ];
+        let mut bhyve = Typed::spawn(t, &args, console);
+        bhyve.wait_for(t, "VMM-E2E: multi-user.target reached");
+        bhyve.wait_for(t, "debian login: ");
+        bhyve.type_in(b"root\r");
+        bhyve.wait_for(t, "root@debian:~# ");
+        bhyve.type_in(b"systemctl is-system-running; poweroff\r");
+        let status = bhyve.wait_end(t);
         assert_eq!(status.code(), Some(1), "poweroff is status 1");
         let after = t
             .console
