@@ -182,18 +182,14 @@ fn mmio_through_core(vmm: &Core) -> Result<([u64; 3], u64), String> {
     let name = b"bench-mmio";
     vmm::start(vmm, name, BENCH_MMIO, N)?;
     let res = (|| {
-        for (gpa, value, flags) in [
-            (0x10018, 0x90, MMIO_ANSWER_LOADS),
-            (0x10000, 0, MMIO_BUFFER_STORES),
-        ] {
-            let mut s = VmMmioShortcut {
-                gpa,
-                value,
-                flags,
-                ..Default::default()
-            };
-            ioctl_vm(vmm, name, VM_SET_MMIO_SHORTCUT, &mut s)?;
-        }
+        vmm::set_shortcuts(
+            vmm,
+            name,
+            &[
+                (0x10018, 0x90, MMIO_ANSWER_LOADS),
+                (0x10000, 0, MMIO_BUFFER_STORES),
+            ],
+        )?;
         let mut taken = 0u64;
         let mut stores = alloc::boxed::Box::new(VmMmioStores::default());
         loop {

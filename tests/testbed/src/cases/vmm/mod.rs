@@ -676,6 +676,20 @@ pub fn sysreg_at_el2(vmm: &Core, image: &[u8]) -> Result<String, String> {
     })
 }
 
+/// VM_SET_MMIO_SHORTCUT for each `(gpa, value, flags)` of VM `name`.
+pub fn set_shortcuts(vmm: &Core, name: &[u8], regs: &[(u64, u32, u32)]) -> Result<(), String> {
+    for &(gpa, value, flags) in regs {
+        let mut s = VmMmioShortcut {
+            gpa,
+            value,
+            flags,
+            ..Default::default()
+        };
+        vm_ioctl(vmm, name, VM_SET_MMIO_SHORTCUT, &mut s)?;
+    }
+    Ok(())
+}
+
 /// The mmio_answers guest through VM_RUN with two registers answered and one queued:
 /// its five loads of answered registers are answered by the EL2 code in the guest's
 /// world (counted as such), into the right registers with the load's width and sign
@@ -687,19 +701,15 @@ pub fn mmio_answers_at_el2(vmm: &Core, image: &[u8]) -> Result<String, String> {
     let name = b"tb-mmio-answers";
     start(vmm, name, image, 0)?;
     with_vm(vmm, name, || {
-        for (gpa, value, flags) in [
-            (0x10018, 0x8190, MMIO_ANSWER_LOADS),
-            (0x10028, 0x7f, MMIO_ANSWER_LOADS),
-            (0x10000, 0, MMIO_BUFFER_STORES),
-        ] {
-            let mut s = VmMmioShortcut {
-                gpa,
-                value,
-                flags,
-                ..Default::default()
-            };
-            vm_ioctl(vmm, name, VM_SET_MMIO_SHORTCUT, &mut s)?;
-        }
+        set_shortcuts(
+            vmm,
+            name,
+            &[
+                (0x10018, 0x8190, MMIO_ANSWER_LOADS),
+                (0x10028, 0x7f, MMIO_ANSWER_LOADS),
+                (0x10000, 0, MMIO_BUFFER_STORES),
+            ],
+        )?;
         let e = run(vmm, name)?;
         // SAFETY: checked to be an INST_EMUL exit first.
         if e.exitcode != ExitCode::InstEmul as i32 || unsafe { e.u.inst_emul.gpa } != 0x10020 {
