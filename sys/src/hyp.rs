@@ -104,7 +104,8 @@ pub const EL2_ID_ROWS: usize = 56;
 /// answer, VM_SET_MMIO_SHORTCUT), on a stage-2 translation fault with a valid
 /// syndrome. The core fills the table with exactly what its own run loop would
 /// answer; `enabled` 0 sends every access to the core. The EL2 code counts what it
-/// answered in `answered` and `answered_mmio`, which the core takes after each entry.
+/// answered in `answered` and, of those, the device-register loads in `answered_mmio`;
+/// the core takes both after each entry.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct El2Answers {

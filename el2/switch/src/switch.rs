@@ -550,15 +550,13 @@ pub unsafe extern "C" fn el2_answer(ctx: *mut VcpuContext) -> u64 {
         }
         r
     } else {
-        let r = a.answer(esr, || mrs!("cntpct_el0"));
-        if r.is_some() {
-            a.answered = a.answered.wrapping_add(1);
-        }
-        r
+        a.answer(esr, || mrs!("cntpct_el0"))
     };
     let Some(answer) = answer else {
         return 0;
     };
+    // Every answer, the device-register loads among them (`answered_mmio`).
+    a.answered = a.answered.wrapping_add(1);
     if let El2Answer::Read { rt, value } = answer {
         // Rt 31 is XZR: the read is discarded (x has 31 entries).
         if let Some(x) = c.x.get_mut(usize::from(rt)) {

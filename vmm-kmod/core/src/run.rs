@@ -227,15 +227,11 @@ impl<H: Host> Vmm<H> {
             // With a vGIC: the virtual timer's output as driven into the flushed state.
             let flushed_vtimer = self.vgic_flush(vm, slot, vcpu, id)?;
             let has_vgic = flushed_vtimer.is_some();
-            self.arm_kick_timer(vm, &pkick, &mut ptimer, vcpu, has_vgic);
-            // After the flush: an interrupt a device model raised after publishing a
-            // register's new value is entered with that value.
-            let gen = vm.mmio_gen.load(Ordering::SeqCst);
-            if gen != vcpu.mmio_gen {
-                vcpu.mmio_gen = gen;
-                let mmio = vm.mmio.lock();
-                let a = &mut vcpu.ctx().el2_answers;
-                a.mmio_rows = mmio.el2_rows(&mut a.mmio);
+            if has_vgic
+                || ptimer.armed_at.is_some()
+                || vm.mmio_flush_at.load(Ordering::Relaxed) != 0
+            {
+                self.arm_kick_timer(vm, &pkick, &mut ptimer, vcpu, has_vgic);
             }
             let tok = self.host.intr_disable();
             let cpu = self.host.current_cpu();
@@ -254,6 +250,20 @@ impl<H: Host> Vmm<H> {
             {
                 slot.shared.running_on.store(NOT_RUNNING, Ordering::SeqCst);
                 self.host.intr_restore(tok);
+                if has_vgic {
+                    // Fold back what the flush put in the list registers: it took edge
+                    // interrupts' latches, and the next flush would not see them.
+                    self.vgic_after_exit(vm, vcpu, id);
+                }
+                // After the flush: an interrupt a device model raised after publishing
+                // a register's new value is entered with that value.
+                let gen = vm.mmio_gen.load(Ordering::SeqCst);
+                if gen != vcpu.mmio_gen {
+                    vcpu.mmio_gen = gen;
+                    let mmio = vm.mmio.lock();
+                    let a = &mut vcpu.ctx().el2_answers;
+                    a.mmio_rows = mmio.el2_rows(&mut a.mmio);
+                }
                 continue;
             }
             // While the guest's virtual timer output is high, the host's PPI 27 is held
@@ -275,16 +285,16 @@ impl<H: Host> Vmm<H> {
             slot.shared.running_on.store(NOT_RUNNING, Ordering::SeqCst);
             self.host.intr_restore(tok);
             stats.inc(Stat::Exits);
+            // Every access the EL2 code answered; of them, the device-register loads.
             let answered = core::mem::take(&mut vcpu.ctx().el2_answers.answered);
             if answered != 0 {
+                let mmio = core::mem::take(&mut vcpu.ctx().el2_answers.answered_mmio);
                 stats.add(Stat::Exits, answered);
-                stats.add(Stat::SysRegEl2, answered);
-            }
-            let answered = core::mem::take(&mut vcpu.ctx().el2_answers.answered_mmio);
-            if answered != 0 {
-                stats.add(Stat::Exits, answered);
-                stats.add(Stat::MmioAnswered, answered);
-                stats.add(Stat::MmioEl2, answered);
+                stats.add(Stat::SysRegEl2, answered.saturating_sub(mmio));
+                if mmio != 0 {
+                    stats.add(Stat::MmioAnswered, mmio);
+                    stats.add(Stat::MmioEl2, mmio);
+                }
             }
             let Ok(kind) = u32::try_from(kind) else {
                 self.host
@@ -774,6 +784,7 @@ impl<H: Host> Vmm<H> {
         vcpu: &Vcpu,
         has_vgic: bool,
     ) {
+        let flush_at = vm.mmio_flush_at.load(Ordering::Relaxed);
         let ptimer = if has_vgic {
             vcpu.ctx_ref()
                 .el2_answers
@@ -782,7 +793,7 @@ impl<H: Host> Vmm<H> {
         } else {
             None
         };
-        let flush = Some(vm.mmio_flush_at.load(Ordering::Relaxed)).filter(|&t| t != 0);
+        let flush = Some(flush_at).filter(|&t| t != 0);
         let want = match (ptimer, flush) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -649,6 +649,45 @@ fn an_interrupt_raised_between_flush_and_entry_is_not_lost() {
     );
 }
 
+/// An entry the re-check abandons (here: an SPI asserted between the flush and the
+/// entry) must not lose what the flush moved into the list registers: an SGI, edge,
+/// leaves its latch there. Both are in the list registers of the entry that happens.
+#[test]
+fn an_abandoned_entry_keeps_the_edge_interrupts_its_flush_took() {
+    let v = guest();
+    attach(&v, 1).unwrap();
+    enable_spis(&v, &[33]);
+    enable_private(&v, 0, 5);
+    v.host().push(hvc());
+    run(&v, "g", 0).unwrap();
+    // The guest sends SGI 5 to itself (TargetList bit 0); at that exit the hook is set
+    // for the next entry, whose flush takes the SGI; then the guest makes a call.
+    let vp = &v as *const Vmm<FakeHost> as usize;
+    v.host()
+        .push(msr(sysreg::ICC_SGI1R_EL1, 7, (5 << 24) | 1).then(move |_| {
+            // SAFETY: `v` outlives the run below, during which this runs.
+            let v = unsafe { &*(vp as *const Vmm<FakeHost>) };
+            *v.host().on_intr_disable.lock().unwrap() = Some(Box::new(move || {
+                // SAFETY: as above.
+                let v = unsafe { &*(vp as *const Vmm<FakeHost>) };
+                irq(v, ioctl::VM_ASSERT_IRQ, 33).unwrap();
+            }));
+        }));
+    v.host().push(hvc());
+    let before = entries(&v).len();
+    run(&v, "g", 0).unwrap();
+    let ent = entries(&v);
+    let lrs = &ent[before + 1].vgic.ich_lr_el2;
+    assert!(
+        lrs.contains(&lr_pending_g1(5)),
+        "the SGI the abandoned entry's flush took: {lrs:x?}"
+    );
+    assert!(
+        lrs.contains(&(lr_pending_g1(33) | LR_EOI)),
+        "the SPI that made it abandon: {lrs:x?}"
+    );
+}
+
 #[test]
 fn virtual_timer_due_while_in_userspace_is_delivered_at_the_next_entry() {
     let v = guest();
