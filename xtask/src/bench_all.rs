@@ -70,6 +70,18 @@ const METRICS: &[Metric] = &[
         goal: "< 2,800",
     },
     Metric {
+        name: "device register load (answered at EL2)",
+        figure: Figure::Exit("vmm_core_mmio", "answered_load"),
+        kvm: "-",
+        goal: "-",
+    },
+    Metric {
+        name: "device register store (queued)",
+        figure: Figure::Exit("vmm_core_mmio", "queued_store"),
+        kvm: "-",
+        goal: "-",
+    },
+    Metric {
         name: "hvc to userspace and back (kernel side)",
         figure: Figure::Exit("vmm_core_vm_run", "hvc_round_trip"),
         kvm: "-",
