@@ -542,15 +542,15 @@ pub unsafe extern "C" fn el2_answer(ctx: *mut VcpuContext) -> u64 {
     let c = unsafe { &mut *ctx };
     let esr = mrs!("esr_el2");
     let a = &mut c.el2_answers;
-    let answer = if vmm_sys::arm64::esr::esr_ec(esr) == vmm_sys::arm64::esr::ec::DABT_LOW {
+    let answer = if vmm_sys::arm64::esr::esr_ec(esr) == vmm_sys::arm64::esr::ec::SYS64 {
+        a.answer(esr, || mrs!("cntpct_el0"))
+    } else {
         let ipa = || vmm_sys::arm64::esr::fault_ipa(mrs!("hpfar_el2"), mrs!("far_el2"));
         let r = a.answer_load(esr, ipa);
         if r.is_some() {
             a.answered_mmio = a.answered_mmio.wrapping_add(1);
         }
         r
-    } else {
-        a.answer(esr, || mrs!("cntpct_el0"))
     };
     let Some(answer) = answer else {
         return 0;
