@@ -1,5 +1,5 @@
 //! The MMIO bus: guest physical address -> device model, each device's interrupt line
-//! and the register the kernel may answer for it.
+//! and the registers the kernel may handle for it.
 //!
 //! The kernel hands userspace every MMIO access outside the vGIC (INST_EMUL exits). vCPU
 //! threads and the console input thread reach the devices through this bus; each device
@@ -8,10 +8,11 @@
 //! Before that, a device's answered register (a UART's flag register) is published to
 //! the kernel when its value changed, so that the guest reads it without an exit and
 //! never reads a value older than the interrupt that follows. A device's buffered
-//! register (the UART's data register) has its stores queued by the kernel; the vCPU
-//! thread that gets the BOGUS exit the kernel puts before any later exit takes them
-//! ([`Bus::drain_stores`]) and emulates them in order, with every other access waiting
-//! until it is done, so no access overtakes a store the guest made before it.
+//! register (the UART's data register; a mirrored one, its control register, too) has
+//! its stores queued by the kernel; the vCPU thread that gets the BOGUS exit the kernel
+//! puts before any later exit takes them ([`Bus::drain_stores`]) and emulates them in
+//! order, with every other access waiting until it is done, so no access overtakes a
+//! store the guest made before it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};

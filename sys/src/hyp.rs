@@ -190,7 +190,8 @@ impl El2Answers {
         }
         let iss = e::esr_iss(esr);
         let unanswerable = dabt::WNR | dabt::S1PTW | dabt::CM | dabt::FNV | dabt::EA;
-        if iss & unanswerable != 0 || !(0x04..=0x07).contains(&(iss & dabt::DFSC_MASK)) {
+        let translation = dabt::fsc::TRANS_L0..=dabt::fsc::TRANS_L3;
+        if iss & unanswerable != 0 || !translation.contains(&(iss & dabt::DFSC_MASK)) {
             return None;
         }
         let da = e::decode_data_abort(iss)?;

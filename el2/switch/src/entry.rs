@@ -5,9 +5,9 @@
 //! * `el2_guest_exit`: any exit. On entry guest x0/x1 are pushed at `[sp]` (16 bytes),
 //!   the host frame of `el2_guest_enter` lies above them, and x1 = the exception kind
 //!   (`hyp::excp`).
-//! * `el2_answer_trap`: a guest MSR/MRS trap (ESR_EL2.EC 0x18) or data abort (0x24), same stack and
-//!   registers (x1 not yet set): answers it in place from the context's `El2Answers`
-//!   and returns to the guest, or exits.
+//! * `el2_answer_trap`: a guest MSR/MRS trap (ESR_EL2.EC 0x18) or data abort (0x24),
+//!   same stack and registers (x1 not yet set): answers it in place from the context's
+//!   `El2Answers` and returns to the guest, or exits.
 //! * `el2_fp_trap`: a guest FP/SIMD access trapped by CPTR_EL2 (TFP, or FPEN in the E2H
 //!   layout; ESR_EL2.EC 0x07), same stack and registers (x1 not yet set): switches FP
 //!   lazily and returns to the guest, or exits.

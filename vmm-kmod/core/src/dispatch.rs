@@ -436,13 +436,10 @@ impl<H: Host> Vmm<H> {
                     _ => return Err(Errno::EINVAL),
                 };
                 let mut mmio = vm.mmio.lock();
-                let r = match what {
-                    Some(w) => mmio.set(req.gpa, w),
-                    None => {
-                        mmio.clear(req.gpa);
-                        Ok(())
-                    }
-                };
+                match what {
+                    Some(w) => mmio.set(req.gpa, w)?,
+                    None => mmio.clear(req.gpa),
+                }
                 vm.mmio_gen.fetch_add(1, Ordering::SeqCst);
                 drop(mmio);
                 // A vCPU in the guest answers from the rows its entry copied: IPIed, it
@@ -454,7 +451,7 @@ impl<H: Host> Vmm<H> {
                         host.kick_cpu(cpu);
                     }
                 }
-                r
+                Ok(())
             }
             ioctl::VM_GET_MMIO_STORES => {
                 let mut mmio = vm.mmio.lock();

@@ -172,11 +172,6 @@ impl MmioShortcuts {
         n
     }
 
-    /// Whether stores wait for userspace.
-    pub fn has_stores(&self) -> bool {
-        self.queued != 0
-    }
-
     /// Moves every queued store, oldest first, into `out`, the bytes of a
     /// `VmMmioStores`, written in place (2 KiB is much for a kernel stack).
     pub fn take_into(&mut self, out: &mut [u8]) -> KResult<()> {

@@ -43,21 +43,22 @@ enum Next {
     User(VmExit),
 }
 
-/// What the emulated physical timer's host timer needs to make a running vCPU exit.
-/// Lives on `run_loop`'s stack; the timer, declared after it, is dropped first, and
-/// dropping a host timer waits for a running callback (the `Host::Timer` contract).
-struct PtimerKick<'a, H: Host> {
+/// What the run's host timer needs to make a running vCPU exit. Lives on `run_loop`'s
+/// stack; the timer, declared after it, is dropped first, and dropping a host timer
+/// waits for a running callback (the `Host::Timer` contract).
+struct KickTarget<'a, H: Host> {
     host: &'a H,
     shared: &'a VcpuShared,
 }
 
-/// The host timer armed at the emulated physical timer's deadline while the guest
-/// runs: like a notifier, marks the vCPU (the entry re-check then flushes again) and
-/// IPIs it if it is in the guest; the exit evaluates the timer and pends PPI 30.
-fn ptimer_fired<H: Host>(arg: usize) {
-    // SAFETY: `arg` is the address of the `PtimerKick<H>` the timer was created with,
-    // which outlives the timer (see `PtimerKick`); only its shared references are used.
-    let k: &PtimerKick<'_, H> = unsafe { &*(arg as *const PtimerKick<'_, H>) };
+/// The run's host timer fired (the emulated physical timer's deadline, or queued MMIO
+/// stores due to userspace) while the guest runs: like a notifier, marks the vCPU (the
+/// entry re-check then flushes again) and IPIs it if it is in the guest; the exit
+/// evaluates the timer and pends PPI 30, or returns BOGUS for the stores.
+fn kick_timer_fired<H: Host>(arg: usize) {
+    // SAFETY: `arg` is the address of the `KickTarget<H>` the timer was created with,
+    // which outlives the timer (see `KickTarget`); only its shared references are used.
+    let k: &KickTarget<'_, H> = unsafe { &*(arg as *const KickTarget<'_, H>) };
     k.shared.irq_pending.store(true, Ordering::SeqCst);
     let cpu = k.shared.running_on.load(Ordering::SeqCst);
     if cpu != NOT_RUNNING {
@@ -65,9 +66,9 @@ fn ptimer_fired<H: Host>(arg: usize) {
     }
 }
 
-/// The host timer of one VM_RUN for the emulated physical timer, created on first
-/// need and armed only when the deadline changes.
-struct Ptimer<H: Host> {
+/// The host timer of one VM_RUN (`arm_kick_timer`), created on first need and armed
+/// only when the deadline changes.
+struct KickTimer<H: Host> {
     timer: Option<H::Timer>,
     armed_at: Option<u64>,
 }
@@ -201,11 +202,11 @@ impl<H: Host> Vmm<H> {
         let mut last_ram_fault: (u64, u32) = (u64::MAX, 0);
         // Declared in this order so the timer is dropped (and its callback drained)
         // before what the callback reads.
-        let pkick = PtimerKick {
+        let kick = KickTarget {
             host: &self.host,
             shared: &slot.shared,
         };
-        let mut ptimer: Ptimer<H> = Ptimer {
+        let mut kick_timer: KickTimer<H> = KickTimer {
             timer: None,
             armed_at: None,
         };
@@ -228,10 +229,10 @@ impl<H: Host> Vmm<H> {
             let flushed_vtimer = self.vgic_flush(vm, slot, vcpu, id)?;
             let has_vgic = flushed_vtimer.is_some();
             if has_vgic
-                || ptimer.armed_at.is_some()
+                || kick_timer.armed_at.is_some()
                 || vm.mmio_flush_at.load(Ordering::Relaxed) != 0
             {
-                self.arm_kick_timer(vm, &pkick, &mut ptimer, vcpu, has_vgic);
+                self.arm_kick_timer(vm, &kick, &mut kick_timer, vcpu, has_vgic);
             }
             let tok = self.host.intr_disable();
             let cpu = self.host.current_cpu();
@@ -769,18 +770,17 @@ impl<H: Host> Vmm<H> {
         vm.kick_irq(&self.host, kicks, Some(id as usize));
     }
 
-    /// Arms the host timer at the emulated physical timer's deadline (the virtual
-    /// timer needs none: its own PPI exits the guest), or disarms it when the timer is
-    /// off or already due (then the flush has delivered it). Without a host timer (the
-    /// host could not make one) the timer is seen at the guest's next exit.
     /// Arms the run's host timer at the first of the emulated physical timer's deadline
-    /// (with a vGIC, which takes its PPI) and the time queued MMIO stores must reach
-    /// userspace by (the exit it makes then returns BOGUS).
+    /// (with a vGIC, which takes its PPI; the virtual timer needs none: its own PPI
+    /// exits the guest) and the time queued MMIO stores must reach userspace by (the
+    /// exit it makes then returns BOGUS), or disarms it when neither is due (a timer off
+    /// or already due: the flush has delivered it). Without a host timer (the host could
+    /// not make one) both are seen at the guest's next exit.
     fn arm_kick_timer(
         &self,
         vm: &Vm<H>,
-        pkick: &PtimerKick<'_, H>,
-        p: &mut Ptimer<H>,
+        kick: &KickTarget<'_, H>,
+        p: &mut KickTimer<H>,
         vcpu: &Vcpu,
         has_vgic: bool,
     ) {
@@ -802,8 +802,8 @@ impl<H: Host> Vmm<H> {
             return;
         }
         if p.timer.is_none() && want.is_some() {
-            let arg = pkick as *const PtimerKick<'_, H> as usize;
-            match self.host.timer_create(ptimer_fired::<H>, arg) {
+            let arg = kick as *const KickTarget<'_, H> as usize;
+            match self.host.timer_create(kick_timer_fired::<H>, arg) {
                 Ok(t) => p.timer = Some(t),
                 Err(_) => return,
             }
