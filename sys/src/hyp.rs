@@ -7,6 +7,7 @@
 //! service is `hvc #0` with x0 = the physical address of new EL2 vectors.
 
 use crate::arm64::timer::PhysTimer;
+use crate::mmio_queue::{MmioStoreQueue, Push};
 
 pub const HYP_CLEANUP: u64 = 0x1;
 pub const HYP_ENTER_GUEST: u64 = 0x2;
@@ -81,6 +82,8 @@ pub struct VcpuContext {
 
 /// Rows of [`El2Answers::mmio`]: device registers whose loads the EL2 code answers.
 pub const EL2_MMIO_ROWS: usize = 4;
+/// Rows of [`El2Answers::store_ipa`]: device registers whose stores the EL2 code queues.
+pub const EL2_STORE_ROWS: usize = 4;
 
 /// A device register the EL2 code answers loads of: 1-, 2- and 4-byte loads at exactly
 /// `ipa` read `value`'s low bytes.
@@ -102,10 +105,12 @@ pub const EL2_ID_ROWS: usize = 56;
 /// (CNTP_CTL/CVAL/TVAL_EL0, from `ptimer` and the physical count); and loads of the
 /// device registers in `mmio` (the first `mmio_rows`: registers userspace had the core
 /// answer, VM_SET_MMIO_SHORTCUT), on a stage-2 translation fault with a valid
-/// syndrome. The core fills the table with exactly what its own run loop would
-/// answer; `enabled` 0 sends every access to the core. The EL2 code counts what it
-/// answered in `answered` and, of those, the device-register loads in `answered_mmio`;
-/// the core takes both after each entry.
+/// syndrome; and it queues stores to the device registers in `store_ipa` in the VM's
+/// queue ([`MmioStoreQueue`]) while that is open. The core fills the table with exactly
+/// what its own run loop would answer; `enabled` 0 sends every access to the core. The
+/// EL2 code counts what it answered in `answered` and, of those, the device-register
+/// loads in `answered_mmio` and stores in `queued_mmio`; the core takes them after each
+/// entry.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct El2Answers {
@@ -119,6 +124,13 @@ pub struct El2Answers {
     pub answered_mmio: u64,
     pub mmio_rows: u64,
     pub mmio: [El2MmioAnswer; EL2_MMIO_ROWS],
+    /// Of `answered`, the device-register stores queued.
+    pub queued_mmio: u64,
+    /// Addresses of device registers whose stores the EL2 code queues, the first
+    /// `store_rows` of them, in the VM's queue at EL2 address `store_queue` (0: none).
+    pub store_rows: u64,
+    pub store_ipa: [u64; EL2_STORE_ROWS],
+    pub store_queue: u64,
 }
 
 impl Default for El2Answers {
@@ -132,6 +144,10 @@ impl Default for El2Answers {
             answered_mmio: 0,
             mmio_rows: 0,
             mmio: [El2MmioAnswer::default(); EL2_MMIO_ROWS],
+            queued_mmio: 0,
+            store_rows: 0,
+            store_ipa: [0; EL2_STORE_ROWS],
+            store_queue: 0,
         }
     }
 }
@@ -177,34 +193,73 @@ impl El2Answers {
         Some(El2Answer::Read { rt: a.rt, value })
     }
 
-    /// The answer to the data abort with syndrome `esr` (EC 0x24) at the IPA
-    /// `fault_ipa` computes, or `None` when the core must see it: only a load with a
-    /// valid syndrome of 1, 2 or 4 bytes, on a stage-2 translation fault outside a
-    /// stage-1 walk, at exactly one of the first `mmio_rows` rows' IPA. The value is
-    /// what the load leaves in Xt (`esr::load_result`).
+    /// The device-register access a data abort with syndrome `esr` (EC 0x24) is, if
+    /// the EL2 code may handle it: a load (`write` false) or store with a valid
+    /// syndrome of 1, 2 or 4 bytes, on a stage-2 translation fault outside a stage-1
+    /// walk and not cache maintenance.
     #[inline]
-    pub fn answer_load(&self, esr: u64, fault_ipa: impl FnOnce() -> u64) -> Option<El2Answer> {
+    fn device_access(&self, esr: u64, write: bool) -> Option<crate::arm64::esr::DataAbort> {
         use crate::arm64::esr::{self as e, dabt};
-        if self.enabled == 0 || self.mmio_rows == 0 || e::esr_ec(esr) != e::ec::DABT_LOW {
+        if self.enabled == 0 || e::esr_ec(esr) != e::ec::DABT_LOW {
             return None;
         }
         let iss = e::esr_iss(esr);
-        let unanswerable = dabt::WNR | dabt::S1PTW | dabt::CM | dabt::FNV | dabt::EA;
+        let unanswerable = dabt::S1PTW | dabt::CM | dabt::FNV | dabt::EA;
         let translation = dabt::fsc::TRANS_L0..=dabt::fsc::TRANS_L3;
         if iss & unanswerable != 0 || !translation.contains(&(iss & dabt::DFSC_MASK)) {
             return None;
         }
         let da = e::decode_data_abort(iss)?;
-        if da.size > 4 {
+        (da.write == write && da.size <= 4).then_some(da)
+    }
+
+    /// The answer to the data abort with syndrome `esr` at the IPA `fault_ipa`
+    /// computes, or `None` when the core must see it: only a device load
+    /// ([`device_access`](Self::device_access)) at exactly one of the first `mmio_rows`
+    /// rows' IPA. The value is what the load leaves in Xt (`esr::load_result`).
+    #[inline]
+    pub fn answer_load(&self, esr: u64, fault_ipa: impl FnOnce() -> u64) -> Option<El2Answer> {
+        if self.mmio_rows == 0 {
             return None;
         }
+        let da = self.device_access(esr, false)?;
         let ipa = fault_ipa();
         let n = usize::try_from(self.mmio_rows).unwrap_or(0);
         let row = self.mmio.get(..n)?.iter().find(|r| r.ipa == ipa)?;
         Some(El2Answer::Read {
             rt: da.srt,
-            value: e::load_result(row.value, &da),
+            value: crate::arm64::esr::load_result(row.value, &da),
         })
+    }
+
+    /// Queues the store the data abort with syndrome `esr` is, when it is a device
+    /// store ([`device_access`](Self::device_access)) at exactly one of the first
+    /// `store_rows` addresses and `queue` (the VM's, asked only then) takes it:
+    /// `Ignored` (the guest steps past it). `None` sends it to the core: not such a
+    /// store, no queue, or the queue closed or full. `x` is the guest's x0..x30.
+    #[inline]
+    pub fn answer_store<'q>(
+        &self,
+        esr: u64,
+        fault_ipa: impl FnOnce() -> u64,
+        x: &[u64; 31],
+        queue: impl FnOnce() -> Option<&'q MmioStoreQueue>,
+    ) -> Option<El2Answer> {
+        if self.store_rows == 0 {
+            return None;
+        }
+        let da = self.device_access(esr, true)?;
+        let ipa = fault_ipa();
+        let n = usize::try_from(self.store_rows).unwrap_or(0);
+        if !self.store_ipa.get(..n)?.contains(&ipa) {
+            return None;
+        }
+        // Rt 31 is XZR: x has 31 entries.
+        let value = x.get(usize::from(da.srt)).copied().unwrap_or(0);
+        match queue()?.push(ipa, da.size, value, false) {
+            Push::Queued => Some(El2Answer::Ignored),
+            Push::Full | Push::Closed => None,
+        }
     }
 }
 

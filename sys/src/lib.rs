@@ -15,6 +15,7 @@ pub mod arm64;
 pub mod exit;
 pub mod hyp;
 pub mod ioctl;
+pub mod mmio_queue;
 pub mod reg;
 pub mod wire;
 

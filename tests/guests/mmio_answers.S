@@ -3,8 +3,10 @@
 // 0x10018 with 0x8190 and 0x10028 with 0x7f, and queue stores to 0x10000. The guest
 // loads 0x10018 as ldrb into x9, ldrsh into x30 (64-bit) and x18 (32-bit), ldr into
 // xzr, 0x10028 as ldr into x17, and 0x10020 (not answered: an INST_EMUL exit the host
-// answers with 0x55) into x16; stores x3 to 0x10000. Every other register holds
-// 0x700 + its number, which the host checks after the final hvc #2.
+// answers with 0x55) into x16; stores w3 to 0x10000 (the core queues it and opens the
+// queue), then w2 as a byte, w30 as a halfword, w18 and wzr as words (the EL2 code
+// queues them behind it). Every other register holds 0x700 + its number, which the
+// host checks after the final hvc #2.
     .text
     .global _start
 _start:
@@ -47,6 +49,10 @@ _start:
     ldr w17, [x1, #0x28]
     ldr w16, [x1, #0x20]
     str w3, [x1]
+    strb w2, [x1]
+    strh w30, [x1]
+    str w18, [x1]
+    str wzr, [x1]
     mov x1, #0x701
     hvc #2
     b .

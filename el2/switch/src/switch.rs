@@ -528,34 +528,50 @@ pub unsafe fn enter_guest(ctx: *mut VcpuContext) -> u64 {
 
 /// Called by `el2_answer_trap` (entry.rs) with the guest's x0..x30 saved in `ctx`:
 /// answers the trapped system-register access or device-register load from
-/// `ctx.el2_answers` (the core's own answers, computed ahead), stepping the guest past
-/// the instruction, and returns 1; or returns 0 for a full exit. Runs in the guest's
-/// world (its EL1 state, PAC keys and EL2 controls loaded): it touches only the
-/// context, ESR_EL2, FAR_EL2, HPFAR_EL2 and ELR_EL2.
+/// `ctx.el2_answers` (the core's own answers, computed ahead), or queues the
+/// device-register store in the VM's queue, stepping the guest past the instruction,
+/// and returns 1; or returns 0 for a full exit. Runs in the guest's world (its EL1
+/// state, PAC keys and EL2 controls loaded): it touches only the context, the VM's
+/// store queue, ESR_EL2, FAR_EL2, HPFAR_EL2 and ELR_EL2.
 ///
 /// # Safety
 /// `ctx` is the context of the guest that trapped, which `el2_guest_enter`'s caller
-/// owns for the whole run.
+/// owns for the whole run; its `el2_answers.store_queue` is 0 or the EL2 address of
+/// its VM's queue, which outlives every run of the VM's vCPUs.
 #[no_mangle]
 pub unsafe extern "C" fn el2_answer(ctx: *mut VcpuContext) -> u64 {
+    use vmm_sys::arm64::esr::{self, dabt};
     // SAFETY: guaranteed by the caller (the trampoline passes its frame's context).
     let c = unsafe { &mut *ctx };
     let esr = mrs!("esr_el2");
     let a = &mut c.el2_answers;
-    let answer = if vmm_sys::arm64::esr::esr_ec(esr) == vmm_sys::arm64::esr::ec::SYS64 {
+    let ipa = || esr::fault_ipa(mrs!("hpfar_el2"), mrs!("far_el2"));
+    let answer = if esr::esr_ec(esr) == esr::ec::SYS64 {
         a.answer(esr, || mrs!("cntpct_el0"))
-    } else {
-        let ipa = || vmm_sys::arm64::esr::fault_ipa(mrs!("hpfar_el2"), mrs!("far_el2"));
+    } else if esr::esr_iss(esr) & dabt::WNR == 0 {
         let r = a.answer_load(esr, ipa);
         if r.is_some() {
             a.answered_mmio = a.answered_mmio.wrapping_add(1);
+        }
+        r
+    } else {
+        let queue = || {
+            // SAFETY: the core's address of the VM's queue, mapped for EL2 and alive
+            // for the run (this function's contract); only its atomics are used.
+            (a.store_queue != 0)
+                .then(|| unsafe { &*(a.store_queue as *const vmm_sys::mmio_queue::MmioStoreQueue) })
+        };
+        let r = a.answer_store(esr, ipa, &c.x, queue);
+        if r.is_some() {
+            a.queued_mmio = a.queued_mmio.wrapping_add(1);
         }
         r
     };
     let Some(answer) = answer else {
         return 0;
     };
-    // Every answer, the device-register loads among them (`answered_mmio`).
+    // Every answer, the device-register accesses among them (`answered_mmio`,
+    // `queued_mmio`).
     a.answered = a.answered.wrapping_add(1);
     if let El2Answer::Read { rt, value } = answer {
         // Rt 31 is XZR: the read is discarded (x has 31 entries).

@@ -1,5 +1,6 @@
 //! Host unit tests of the contract crate that need more than one file.
 
+mod mmio_queue;
 mod regs;
 mod timer;
 

@@ -132,7 +132,7 @@ fn el2_answers_timer_reads_from_the_state_the_core_keeps() {
 
 /// The syndrome of a data abort from a lower EL: ISV, `sas` (log2 bytes), SSE, SF,
 /// Rt, and `extra` ISS bits (WnR, S1PTW...), with DFSC `dfsc`.
-fn dabt_esr(sas: u32, sse: bool, sf: bool, rt: u32, extra: u32, dfsc: u32) -> u64 {
+pub(super) fn dabt_esr(sas: u32, sse: bool, sf: bool, rt: u32, extra: u32, dfsc: u32) -> u64 {
     use crate::arm64::esr::dabt;
     let iss = dabt::ISV
         | (sas << dabt::SAS_SHIFT)

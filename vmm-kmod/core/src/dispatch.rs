@@ -455,8 +455,14 @@ impl<H: Host> Vmm<H> {
             }
             ioctl::VM_GET_MMIO_STORES => {
                 let mut mmio = vm.mmio.lock();
-                mmio.take_into(arg)?;
+                let lost = mmio.take_into(vm.store_queue(), arg)?;
                 vm.mmio_flush_at.store(0, Ordering::SeqCst);
+                drop(mmio);
+                if lost != 0 {
+                    host.log(format_args!(
+                        "vmm: {lost} queued MMIO stores lost: a CPU never finished writing them"
+                    ));
+                }
                 Ok(())
             }
             _ => Err(Errno::ENOTTY),
@@ -604,7 +610,7 @@ impl<H: Host> Vmm<H> {
         // The device models that published them are gone with the old machine.
         {
             let mut mmio = vm.mmio.lock();
-            mmio.clear_all();
+            mmio.clear_all(vm.store_queue());
             vm.mmio_flush_at.store(0, Ordering::SeqCst);
             vm.mmio_gen.fetch_add(1, Ordering::SeqCst);
         }

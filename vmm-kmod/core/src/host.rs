@@ -205,6 +205,13 @@ pub trait Host: Send + Sync + Sized {
 
     // --- EL2 -----------------------------------------------------------------------------
 
+    /// The address the EL2 code reaches `mem` at, memory mapped with
+    /// [`Host::map_el2`]: its physical address on an nVHE host (EL2's identity map), as
+    /// the default says; a host whose kernel runs at EL2 (VHE) gives the kernel address.
+    fn el2_addr(&self, mem: &PhysMem) -> u64 {
+        mem.pa
+    }
+
     /// Runs the guest whose `VcpuContext` fills the page `ctx` until it exits, and
     /// returns the exit kind the world switch wrote (`vmm_sys::hyp::excp`), or a value
     /// above `u32::MAX` when the EL2 code refused the entry. This is the seam between

@@ -6,11 +6,17 @@
 //! both, holding what the guest last stored (the UART's control register). While stores are
 //! queued, every exit to userspace goes after a BOGUS one, at which the VMM takes them
 //! (`run.rs`), so it never sees an exit before a store the guest made earlier.
+//!
+//! The stores wait in the VM's [`MmioStoreQueue`], which the EL2 code adds a queued
+//! register's stores to while it is open (the core opens it with the first store, after
+//! setting the deadline by which userspace must take it). Openers and takers hold the
+//! VM's `mmio` lock, which `&mut MmioShortcuts` stands for here.
 
 use crate::errno::{Errno, KResult};
 use core::mem::{offset_of, size_of};
-use vmm_sys::abi::{Pod, VmMmioStore, VmMmioStores, MMIO_STORES_MAX};
-use vmm_sys::hyp::El2MmioAnswer;
+use vmm_sys::abi::{Pod, VmMmioStore, VmMmioStores};
+use vmm_sys::hyp::{El2Answers, El2MmioAnswer};
+use vmm_sys::mmio_queue::{MmioStoreQueue, Push};
 
 /// How long a queued store may wait for userspace: a vCPU still running then is kicked
 /// out (a BOGUS exit), so a guest that prints and then spins without exits is seen.
@@ -41,15 +47,12 @@ pub enum Store {
     NotHandled,
 }
 
-/// One VM's handled registers and its queued stores.
+/// One VM's handled registers.
 #[derive(Debug)]
 pub struct MmioShortcuts {
     /// `(gpa, what)`; the used entries first, `len` of them.
     regs: [(u64, Shortcut); MAX_SHORTCUTS],
     len: usize,
-    /// Queued stores, oldest first, `queued` of them.
-    stores: [VmMmioStore; MMIO_STORES_MAX],
-    queued: usize,
 }
 
 impl Default for MmioShortcuts {
@@ -57,8 +60,6 @@ impl Default for MmioShortcuts {
         MmioShortcuts {
             regs: [(0, Shortcut::BufferStores); MAX_SHORTCUTS],
             len: 0,
-            stores: [VmMmioStore::default(); MMIO_STORES_MAX],
-            queued: 0,
         }
     }
 }
@@ -93,9 +94,9 @@ impl MmioShortcuts {
     }
 
     /// Forgets every register and queued store (the VM is reset).
-    pub fn clear_all(&mut self) {
+    pub fn clear_all(&mut self, queue: &MmioStoreQueue) {
         self.len = 0;
-        self.queued = 0;
+        queue.take(|_| {});
     }
 
     fn find(&self, gpa: u64) -> Option<Shortcut> {
@@ -116,9 +117,17 @@ impl MmioShortcuts {
         }
     }
 
-    /// Queues a guest store of `size` bytes of `value` at `gpa` if the kernel queues
-    /// that register's stores.
-    pub fn store(&mut self, gpa: u64, size: u8, value: u64) -> Store {
+    /// Queues a guest store of `size` bytes of `value` at `gpa` in `queue` if the
+    /// kernel queues that register's stores; `opening` is called first when the store
+    /// opens the queue (to set its deadline).
+    pub fn store(
+        &mut self,
+        queue: &MmioStoreQueue,
+        gpa: u64,
+        size: u8,
+        value: u64,
+        opening: impl FnOnce(),
+    ) -> Store {
         let Some(mask) = width_mask(size) else {
             return Store::NotHandled;
         };
@@ -129,72 +138,73 @@ impl MmioShortcuts {
         if matches!(reg.1, Shortcut::AnswerLoads(_)) {
             return Store::NotHandled;
         }
-        let Some(slot) = self.stores.get_mut(self.queued) else {
-            return Store::QueueFull;
-        };
+        if !queue.is_open() {
+            opening();
+        }
+        match queue.push(gpa, size, value, true) {
+            Push::Queued => {}
+            Push::Full | Push::Closed => return Store::QueueFull,
+        }
         if let Shortcut::Mirror { value: v, mask: m } = &mut reg.1 {
             // The mask keeps the low 32 bits at most.
             *v = (value & mask) as u32 & *m;
         }
-        *slot = VmMmioStore {
-            gpa,
-            // The mask keeps the low 32 bits at most.
-            value: (value & mask) as u32,
-            size,
-            _pad: [0; 3],
-        };
-        self.queued = self.queued.saturating_add(1);
         Store::Queued
     }
 
-    /// Copies the first answered registers into the EL2 code's rows; returns how many.
-    /// Loads of the others still come to the run loop.
-    pub fn el2_rows(&self, rows: &mut [El2MmioAnswer]) -> u64 {
-        let answered = self
-            .regs
-            .get(..self.len)
-            .unwrap_or(&[])
-            .iter()
-            .filter_map(|e| match e.1 {
-                Shortcut::AnswerLoads(v) => Some(El2MmioAnswer {
-                    ipa: e.0,
-                    value: u64::from(v),
-                }),
-                // A mirrored register changes with every vCPU's stores: a row another
-                // vCPU copied could lag behind one. Its loads stay the run loop's.
-                Shortcut::BufferStores | Shortcut::Mirror { .. } => None,
-            });
-        let mut n = 0u64;
-        for (row, a) in rows.iter_mut().zip(answered) {
-            *row = a;
-            n = n.saturating_add(1);
+    /// Fills the EL2 code's rows of `a`: the first answered registers (loads of the
+    /// others still come to the run loop) and the first registers whose stores are
+    /// queued (a mirrored register's stay the run loop's: it changes the value too).
+    pub fn el2_rows(&self, a: &mut El2Answers) {
+        let used = self.regs.get(..self.len).unwrap_or(&[]);
+        let answered = used.iter().filter_map(|e| match e.1 {
+            Shortcut::AnswerLoads(v) => Some(El2MmioAnswer {
+                ipa: e.0,
+                value: u64::from(v),
+            }),
+            // A mirrored register changes with every vCPU's stores: a row another
+            // vCPU copied could lag behind one. Its loads stay the run loop's.
+            Shortcut::BufferStores | Shortcut::Mirror { .. } => None,
+        });
+        a.mmio_rows = 0;
+        for (row, r) in a.mmio.iter_mut().zip(answered) {
+            *row = r;
+            a.mmio_rows = a.mmio_rows.saturating_add(1);
         }
-        n
+        let queued = used
+            .iter()
+            .filter(|e| e.1 == Shortcut::BufferStores)
+            .map(|e| e.0);
+        a.store_rows = 0;
+        for (row, gpa) in a.store_ipa.iter_mut().zip(queued) {
+            *row = gpa;
+            a.store_rows = a.store_rows.saturating_add(1);
+        }
     }
 
-    /// Moves every queued store, oldest first, into `out`, the bytes of a
-    /// `VmMmioStores`, written in place (2 KiB is much for a kernel stack).
-    pub fn take_into(&mut self, out: &mut [u8]) -> KResult<()> {
+    /// Moves every store in `queue`, oldest first, into `out`, the bytes of a
+    /// `VmMmioStores`, written in place (2 KiB is much for a kernel stack). Returns how
+    /// many stores were lost ([`MmioStoreQueue::take`]).
+    pub fn take_into(&mut self, queue: &MmioStoreQueue, out: &mut [u8]) -> KResult<u32> {
         if out.len() != size_of::<VmMmioStores>() {
             return Err(Errno::EINVAL);
         }
         out.fill(0);
-        let n = self.queued.min(MMIO_STORES_MAX);
         let (head, entries) = out.split_at_mut(offset_of!(VmMmioStores, stores));
-        // n <= MMIO_STORES_MAX, far below u32::MAX.
-        let count = u32::try_from(n).unwrap_or(0).to_ne_bytes();
+        let mut slots = entries.chunks_exact_mut(size_of::<VmMmioStore>());
+        let mut n = 0u32;
+        let lost = queue.take(|s| {
+            // The queue holds MMIO_STORES_MAX at most, as many as `out` has room for.
+            if let Some(dst) = slots.next() {
+                dst.copy_from_slice(s.as_bytes());
+                n = n.saturating_add(1);
+            }
+        });
+        let count = n.to_ne_bytes();
         head.get_mut(..count.len())
             .ok_or(Errno::EINVAL)?
             .copy_from_slice(&count);
-        let queued = self.stores.get(..n).ok_or(Errno::EINVAL)?;
-        for (dst, s) in entries
-            .chunks_exact_mut(size_of::<VmMmioStore>())
-            .zip(queued)
-        {
-            dst.copy_from_slice(s.as_bytes());
-        }
-        self.queued = 0;
-        Ok(())
+        Ok(lost)
     }
 }
 

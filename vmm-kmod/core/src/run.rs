@@ -263,7 +263,8 @@ impl<H: Host> Vmm<H> {
                     vcpu.mmio_gen = gen;
                     let mmio = vm.mmio.lock();
                     let a = &mut vcpu.ctx().el2_answers;
-                    a.mmio_rows = mmio.el2_rows(&mut a.mmio);
+                    mmio.el2_rows(a);
+                    a.store_queue = vm.store_queue_el2(&self.host);
                 }
                 continue;
             }
@@ -286,14 +287,19 @@ impl<H: Host> Vmm<H> {
             slot.shared.running_on.store(NOT_RUNNING, Ordering::SeqCst);
             self.host.intr_restore(tok);
             stats.inc(Stat::Exits);
-            // Every access the EL2 code answered; of them, the device-register loads.
+            // Every access the EL2 code answered; of them, the device-register loads
+            // and stores.
             let answered = core::mem::take(&mut vcpu.ctx().el2_answers.answered);
             if answered != 0 {
-                let mmio = core::mem::take(&mut vcpu.ctx().el2_answers.answered_mmio);
+                let a = &mut vcpu.ctx().el2_answers;
+                let loads = core::mem::take(&mut a.answered_mmio);
+                let stores = core::mem::take(&mut a.queued_mmio);
+                let mmio = loads.saturating_add(stores);
                 stats.add(Stat::Exits, answered);
                 stats.add(Stat::SysRegEl2, answered.saturating_sub(mmio));
                 if mmio != 0 {
-                    stats.add(Stat::MmioAnswered, mmio);
+                    stats.add(Stat::MmioAnswered, loads);
+                    stats.add(Stat::MmioQueued, stores);
                     stats.add(Stat::MmioEl2, mmio);
                 }
             }
@@ -609,18 +615,20 @@ impl<H: Host> Vmm<H> {
         if da.write {
             let value = vcpu.get_x(da.srt);
             let mut mmio = vm.mmio.lock();
-            match mmio.store(ipa, da.size, value) {
+            // The deadline is set before the queue opens: the EL2 code adds to an open
+            // queue only, and whatever it adds is then taken in time.
+            let opening = || {
+                let delay = self
+                    .host
+                    .counter_freq()
+                    .saturating_mul(QUEUE_LATENCY_MS)
+                    .checked_div(1000)
+                    .unwrap_or(0);
+                let by = self.host.counter().saturating_add(delay);
+                vm.mmio_flush_at.store(by.max(1), Ordering::SeqCst);
+            };
+            match mmio.store(vm.store_queue(), ipa, da.size, value, opening) {
                 Store::Queued => {
-                    if vm.mmio_flush_at.load(Ordering::Relaxed) == 0 {
-                        let delay = self
-                            .host
-                            .counter_freq()
-                            .saturating_mul(QUEUE_LATENCY_MS)
-                            .checked_div(1000)
-                            .unwrap_or(0);
-                        let by = self.host.counter().saturating_add(delay);
-                        vm.mmio_flush_at.store(by.max(1), Ordering::SeqCst);
-                    }
                     drop(mmio);
                     self.skip_insn(vcpu);
                     stats.inc(Stat::MmioQueued);

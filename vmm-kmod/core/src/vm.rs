@@ -9,7 +9,7 @@
 
 use crate::el2::S2Geometry;
 use crate::errno::{Errno, KResult};
-use crate::host::Host;
+use crate::host::{Host, PhysMem, PAGE_SIZE};
 use crate::mem::VmMem;
 use crate::mmio_shortcut::MmioShortcuts;
 use crate::stage2::Stage2;
@@ -20,7 +20,10 @@ use crate::vgic::{Kicks, Vgic};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use vmm_sys::abi::VmCpuTopology;
+use vmm_sys::mmio_queue::MmioStoreQueue;
 use vmm_sys::VM_MAXCPU;
+
+const _: () = assert!(core::mem::size_of::<MmioStoreQueue>() <= PAGE_SIZE);
 
 /// `running_on` when the vCPU is not in the guest.
 pub const NOT_RUNNING: usize = usize::MAX;
@@ -84,10 +87,12 @@ pub struct Vm<H: Host> {
     /// stage-2 fault in them skip the guest RAM lookup, which can never match there
     /// (RAM and the windows never overlap).
     pub vgic_windows: VgicWindows,
-    /// Device registers the kernel handles and the stores it queued
-    /// (VM_SET_MMIO_SHORTCUT, VM_GET_MMIO_STORES).
+    /// Device registers the kernel handles (VM_SET_MMIO_SHORTCUT). Held to open and to
+    /// take the store queue (VM_GET_MMIO_STORES).
     pub mmio: Mutex<H::Mutex, MmioShortcuts>,
-    /// 0 while no store waits in `mmio` for userspace; else the host counter value by
+    /// The page of the VM's [`MmioStoreQueue`], mapped for EL2 ([`Vm::store_queue`]).
+    store_queue: PhysMem,
+    /// 0 while no store waits in the queue for userspace; else the host counter value by
     /// which the queue must reach it (a running vCPU is kicked out then). What the run
     /// loop looks at on its hot paths without the lock; set and cleared under it.
     pub mmio_flush_at: AtomicU64,
@@ -200,7 +205,19 @@ impl<H: Host> Vm<H> {
                 vcpu: Mutex::new(None),
             });
         }
-        let s2 = Stage2::new(host, geom, vmid)?;
+        let store_queue = host.alloc_contig(PAGE_SIZE, PAGE_SIZE)?;
+        if let Err(e) = host.map_el2(store_queue.pa, store_queue.len) {
+            host.free_contig(store_queue);
+            return Err(e);
+        }
+        let s2 = match Stage2::new(host, geom, vmid) {
+            Ok(s2) => s2,
+            Err(e) => {
+                host.unmap_el2(store_queue.pa, store_queue.len);
+                host.free_contig(store_queue);
+                return Err(e);
+            }
+        };
         let vttbr = s2.vttbr();
         Ok(Vm {
             name: n,
@@ -227,6 +244,7 @@ impl<H: Host> Vm<H> {
             noise: NoiseLimit::default(),
             vgic_windows: VgicWindows::default(),
             mmio: Mutex::new(MmioShortcuts::default()),
+            store_queue,
             mmio_flush_at: AtomicU64::new(0),
             mmio_gen: AtomicU64::new(0),
         })
@@ -322,6 +340,20 @@ impl<H: Host> Vm<H> {
             .any(|s| s.shared.in_run.load(Ordering::SeqCst))
     }
 
+    /// The VM's queue of device-register stores, which the EL2 code reaches at
+    /// [`Vm::store_queue_el2`].
+    pub fn store_queue(&self) -> &MmioStoreQueue {
+        // SAFETY: the page is the VM's for its whole life, page-aligned (MmioStoreQueue
+        // has align 8), large enough (checked at compile time) and zeroed by the host:
+        // an empty, closed queue. It is only ever reached through atomics.
+        unsafe { &*self.store_queue.va.as_ptr().cast::<MmioStoreQueue>() }
+    }
+
+    /// The EL2 address of [`Vm::store_queue`].
+    pub fn store_queue_el2(&self, host: &H) -> u64 {
+        host.el2_addr(&self.store_queue)
+    }
+
     /// Frees everything. The caller guarantees no other reference is in use.
     pub fn destroy(self, host: &H) {
         for slot in self.vcpus {
@@ -331,6 +363,8 @@ impl<H: Host> Vm<H> {
             }
         }
         self.mem.into_inner().destroy(host);
+        host.unmap_el2(self.store_queue.pa, self.store_queue.len);
+        host.free_contig(self.store_queue);
     }
 }
 

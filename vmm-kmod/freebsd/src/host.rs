@@ -778,6 +778,14 @@ impl Host for FreeBsdHost {
         log(args);
     }
 
+    fn el2_addr(&self, mem: &PhysMem) -> u64 {
+        if self.vhe {
+            mem.va.as_ptr() as u64
+        } else {
+            mem.pa
+        }
+    }
+
     unsafe fn enter_guest(&self, ctx: &PhysMem) -> u64 {
         // The switch keeps V0-V31 only: the thread's SVE state goes to its PCB first.
         crate::vfp::flush_thread_fp();

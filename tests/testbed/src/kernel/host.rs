@@ -582,6 +582,14 @@ impl Host for TestbedHost {
         kprintln!("{}", args);
     }
 
+    fn el2_addr(&self, mem: &PhysMem) -> u64 {
+        if cpu::vhe_host() {
+            mem.va.as_ptr() as u64
+        } else {
+            mem.pa
+        }
+    }
+
     unsafe fn enter_guest(&self, ctx: &PhysMem) -> u64 {
         if cpu::vhe_host() {
             // The switch keeps V0-V31 only; a live SVE state (Z beyond 128 bits, P, FFR)

@@ -250,6 +250,9 @@ impl Host for ServerHost {
     fn log(&self, args: fmt::Arguments<'_>) {
         self.0.log(args)
     }
+    fn el2_addr(&self, mem: &PhysMem) -> u64 {
+        self.0.el2_addr(mem)
+    }
     unsafe fn enter_guest(&self, ctx: &PhysMem) -> u64 {
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { self.0.enter_guest(ctx) }

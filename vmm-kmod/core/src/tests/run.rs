@@ -1230,6 +1230,71 @@ fn accesses_answered_at_el2_are_counted() {
     assert_eq!(en[1].el2_answers.oslsr, crate::sysemul::OSLSR_VALUE);
 }
 
+/// The EL2 code queues stores to the first queued registers itself (never a mirrored
+/// one, whose value the run loop keeps): the entry carries them in the context's rows
+/// with the EL2 address of the VM's queue, mapped for EL2. It adds only to a queue the
+/// core opened (with the deadline set), behind the core's stores; userspace takes them
+/// all in order at the BOGUS exit before the next one, and they count as queued and as
+/// handled at EL2.
+#[test]
+fn queued_device_registers_reach_the_el2_rows_and_share_the_queue() {
+    use vmm_sys::hyp::El2Answer;
+    use vmm_sys::mmio_queue::MmioStoreQueue;
+    let v = guest();
+    set_answer(&v, MMIO, 0, MMIO_BUFFER_STORES).unwrap();
+    set_answer(&v, MMIO + 8, 0, MMIO_ANSWER_LOADS | MMIO_BUFFER_STORES).unwrap();
+    set_answer(&v, MMIO + 0x10, 0, MMIO_BUFFER_STORES).unwrap();
+    let host = v.host() as *const crate::fake::FakeHost as usize;
+    // What the EL2 code does with a `strb w3` to MMIO, x3 = `value`.
+    let el2_store = move |c: &mut VcpuContext, value: u64| {
+        // SAFETY: test: `v` (and its host) outlives every run below.
+        let h = unsafe { &*(host as *const crate::fake::FakeHost) };
+        let q = h.pa_to_va(c.el2_answers.store_queue).unwrap();
+        // SAFETY: test: the VM's queue page, which the core reaches the same way.
+        let q = unsafe { q.cast::<MmioStoreQueue>().as_ref() };
+        c.x[3] = value;
+        let esr = mk(ec::DABT_LOW, true, store_iss(0, 3));
+        let a = c.el2_answers.answer_store(esr, || MMIO, &c.x, || Some(q));
+        if a.is_some() {
+            c.el2_answers.answered += 1;
+            c.el2_answers.queued_mmio += 1;
+            c.pc += 4;
+        }
+        a
+    };
+    // Closed before the first store: the EL2 code leaves it to the core.
+    v.host().push(
+        Scripted::abort(mk(ec::DABT_LOW, true, store_iss(0, 3)), MMIO).with(move |c| {
+            assert_eq!(el2_store(c, 0x41), None, "closed: the core's");
+            c.pc = RAM + 0x100;
+            c.x[3] = 0x41;
+        }),
+    );
+    v.host().push(hvc().with(move |c| {
+        assert_eq!(el2_store(c, 0x42), Some(El2Answer::Ignored));
+        assert_eq!(el2_store(c, 0x43), Some(El2Answer::Ignored));
+    }));
+    let (e, _) = run(&v, "g", 0).unwrap();
+    assert_eq!(exitcode(&e), ExitCode::Bogus, "stores wait: BOGUS first");
+    let a = entries(&v).last().unwrap().el2_answers;
+    assert_eq!(a.store_rows, 2, "the mirrored register is not a row");
+    assert_eq!(a.store_ipa[..2], [MMIO, MMIO + 0x10]);
+    assert_ne!(a.store_queue, 0);
+    assert!(v.host().el2_mapped.lock().unwrap().contains(&a.store_queue));
+    assert_eq!(
+        take_stores(&v),
+        [(MMIO, 1, 0x41), (MMIO, 1, 0x42), (MMIO, 1, 0x43)]
+    );
+    assert_eq!(exitcode(&run(&v, "g", 0).unwrap().0), ExitCode::Smccc);
+    assert_eq!(stat(&v, "g", Stat::MmioQueued), 3);
+    assert_eq!(stat(&v, "g", Stat::MmioEl2), 2);
+    // Taken: closed again, the next store is the core's.
+    v.host().push(hvc().with(move |c| {
+        assert_eq!(el2_store(c, 0x44), None, "closed after the take");
+    }));
+    assert_eq!(exitcode(&run(&v, "g", 0).unwrap().0), ExitCode::Smccc);
+}
+
 /// The EL2 code answers the first answered device registers itself: the entry after a
 /// change carries them in the context's rows (never a queued register), and what it
 /// answered (`answered_mmio`) counts as exits and as answered MMIO loads.
