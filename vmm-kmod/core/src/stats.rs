@@ -32,7 +32,8 @@ pub enum Stat {
     MmioAnswered,
     /// A device register's store queued for userspace (VM_GET_MMIO_STORES).
     MmioQueued,
-    /// Of `MmioAnswered`, those the EL2 code answered without the world switch.
+    /// Of `MmioAnswered` and `MmioQueued`, those the EL2 code handled without the world
+    /// switch.
     MmioEl2,
 }
 
@@ -62,7 +63,7 @@ pub const DESC: [&str; NSTATS] = [
     "trapped wfe that gave the cpu to others",
     "mmio loads answered in kernel (VM_SET_MMIO_SHORTCUT)",
     "mmio stores queued in kernel for userspace (VM_GET_MMIO_STORES)",
-    "mmio loads answered at EL2 without a world switch (in the loads answered)",
+    "mmio accesses handled at EL2 without a world switch (in the loads answered and stores queued)",
 ];
 
 /// The counters of one vCPU. Atomic so VM_STATS reads them while the vCPU runs (as
