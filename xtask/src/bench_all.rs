@@ -76,7 +76,7 @@ const METRICS: &[Metric] = &[
         goal: "-",
     },
     Metric {
-        name: "device register store (queued)",
+        name: "device register store (queued at EL2; a take per 128)",
         figure: Figure::Exit("vmm_core_mmio", "queued_store"),
         kvm: "-",
         goal: "-",
