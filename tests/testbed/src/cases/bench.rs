@@ -16,7 +16,7 @@
 
 extern crate alloc;
 use crate::cases::test_vm::TestVm;
-use crate::cases::vmm::{self, Core};
+use crate::cases::vmm::{self, run_vcpu, set_vcpu_reg, Core};
 use crate::{kernel::hyp, kernel::timer, kprintln};
 use alloc::format;
 use alloc::string::String;
@@ -235,26 +235,6 @@ fn ioctl_vm<T: Pod>(vmm: &Core, name: &[u8], cmd: u64, v: &mut T) -> Result<(), 
     };
     vmm.dispatch(DeviceRef::Vm(name), cmd, b)
         .map_err(|e| format!("ioctl {cmd:#x}: {e:?}"))
-}
-
-fn set_vcpu_reg(vmm: &Core, name: &[u8], cpu: i32, reg: u32, val: u64) -> Result<(), String> {
-    let mut r = VmRegister {
-        cpuid: cpu,
-        regnum: reg as i32,
-        regval: val,
-    };
-    ioctl_vm(vmm, name, VM_SET_REGISTER, &mut r)
-}
-
-fn run_vcpu(vmm: &Core, name: &[u8], cpu: i32) -> Result<VmExit, String> {
-    let mut exit = VmExit::default();
-    let mut r = VmRun {
-        cpuid: cpu,
-        vm_exit: &mut exit as *mut VmExit as u64,
-        ..Default::default()
-    };
-    ioctl_vm(vmm, name, VM_RUN, &mut r)?;
-    Ok(exit)
 }
 
 const IPI_VM: &[u8] = b"bench-ipi";

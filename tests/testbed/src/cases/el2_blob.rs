@@ -29,6 +29,7 @@ static SYSREG: &[u8] = guest!("sysreg");
 static EL2_ANSWERS: &[u8] = guest!("el2_answers");
 static PTIMER: &[u8] = guest!("ptimer");
 static MMIO_ANSWERS: &[u8] = guest!("mmio_answers");
+static MMIO_QUEUE_SMP: &[u8] = guest!("mmio_queue_smp");
 static HIDDEN: &[u8] = guest!("hidden");
 static MTE_TAGS: &[u8] = guest!("mte_tags");
 static PAC_KEYS: &[u8] = guest!("pac_keys");
@@ -900,6 +901,10 @@ fn run_core(n: usize) {
     report(
         "core_mmio_answers_at_el2",
         crate::cases::vmm::mmio_answers_at_el2(&vmm, MMIO_ANSWERS),
+    );
+    report(
+        "core_mmio_queue_two_vcpus",
+        crate::cases::vmm::store_queue::two_vcpus(&vmm, MMIO_QUEUE_SMP, n),
     );
     report(
         "core_ptimer_reads_at_el2",

@@ -16,6 +16,7 @@ use vmm_sys::reg::{VM_REG_GUEST_PC, VM_REG_GUEST_X0};
 
 pub type Core = Vmm<TestbedHost>;
 
+pub mod store_queue;
 pub mod vgic;
 
 pub fn load() -> Result<Core, String> {
@@ -196,14 +197,29 @@ pub fn start(vmm: &Core, name: &[u8], image: &[u8], x0: u64) -> Result<(), Strin
 
 /// One VM_RUN of vCPU 0.
 pub fn run(vmm: &Core, name: &[u8]) -> Result<VmExit, String> {
+    run_vcpu(vmm, name, 0)
+}
+
+/// One VM_RUN of vCPU `cpu`.
+pub fn run_vcpu(vmm: &Core, name: &[u8], cpu: i32) -> Result<VmExit, String> {
     let mut exit = VmExit::default();
     let mut r = VmRun {
-        cpuid: 0,
+        cpuid: cpu,
         vm_exit: &mut exit as *mut VmExit as u64,
         ..Default::default()
     };
     vm_ioctl(vmm, name, VM_RUN, &mut r)?;
     Ok(exit)
+}
+
+/// VM_SET_REGISTER of vCPU `cpu`.
+pub fn set_vcpu_reg(vmm: &Core, name: &[u8], cpu: i32, reg: u32, val: u64) -> Result<(), String> {
+    let mut r = VmRegister {
+        cpuid: cpu,
+        regnum: reg as i32,
+        regval: val,
+    };
+    vm_ioctl(vmm, name, VM_SET_REGISTER, &mut r)
 }
 
 /// The `hvc #imm` of a HYP exit, if it is one.
