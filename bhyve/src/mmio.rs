@@ -56,7 +56,8 @@ pub trait MmioDevice: Send {
     /// in order, before any later access); `Mirror` with the value now and the mask of
     /// its bits, for a register that holds what the guest stores in it and does
     /// nothing else (these two published once: from then on the kernel is ahead of the
-    /// model).
+    /// model). `None` for an answered register whose loads must come to the model for
+    /// now (published when it changes, as a value is).
     fn shortcuts(&self, _each: &mut dyn FnMut(u64, MmioShortcut)) {}
 }
 
@@ -292,7 +293,8 @@ impl Bus {
     }
 
     /// Tells the kernel about the device's registers it may handle: each once, and an
-    /// answered register again whenever its value changed.
+    /// answered register again whenever its value changed or it stopped or started
+    /// being answered.
     fn publish_shortcuts(&self, index: usize, att: &mut Attached) -> Result<(), BusError> {
         if !self.kernel_shortcuts.load(Ordering::Relaxed) {
             return Ok(());
@@ -302,10 +304,11 @@ impl Bus {
         let mut result = Ok(());
         dev.shortcuts(&mut |offset, what| {
             let known = published.iter_mut().find(|p| p.0 == offset);
-            let due = match (&known, what) {
-                (None, _) => true,
-                (Some(p), MmioShortcut::AnswerLoads(_)) => p.1 != what,
-                (Some(_), _) => false,
+            let follows =
+                |w: &MmioShortcut| matches!(w, MmioShortcut::AnswerLoads(_) | MmioShortcut::None);
+            let due = match &known {
+                None => true,
+                Some(p) => p.1 != what && follows(&p.1) && follows(&what),
             };
             if !due || result.is_err() || !self.kernel_shortcuts.load(Ordering::Relaxed) {
                 return;
@@ -313,7 +316,7 @@ impl Bus {
             match self.sink.set_shortcut(base + offset, what) {
                 Ok(true) => {
                     // Stores may be queued from now on.
-                    if !matches!(what, MmioShortcut::AnswerLoads(_)) {
+                    if !follows(&what) {
                         self.buffering.store(true, Ordering::Release);
                     }
                     match known {
@@ -619,6 +622,35 @@ pub(crate) mod tests {
         assert_eq!(*out.0.lock().unwrap(), [b"a".to_vec(), b"bc".to_vec()]);
         assert_eq!(*sink.log.lock().unwrap(), ["irq 33 true"]);
         assert!(sink.queued.lock().unwrap().is_empty());
+    }
+
+    /// The NS16550's line status register stops being answered in loopback mode (a
+    /// transmitted byte then shows in it at once) and is answered again after; its
+    /// transmit register is queued, published once.
+    #[test]
+    fn an_answered_register_can_stop_and_start_being_answered() {
+        let sink = Arc::new(ShortcutSink {
+            kernel_shortcuts: true,
+            ..Default::default()
+        });
+        let mut bus = Bus::new(sink.clone());
+        bus.attach(
+            "ns16550",
+            Window::new(0x9000, 0x1000),
+            Some(34),
+            Box::new(crate::devices::ns16550::Ns16550::new(SharedOut::default())),
+        );
+        let (thr, mcr, lsr) = (0x9000, 0x9004, 0x9005);
+        bus.write(mcr, 1, 0x10).unwrap();
+        bus.write(mcr, 1, 0).unwrap();
+        assert_eq!(
+            *sink.log.lock().unwrap(),
+            [
+                format!("None {lsr:#x}"),
+                format!("BufferStores {thr:#x}"),
+                format!("answer {lsr:#x} 0x60"),
+            ]
+        );
     }
 
     #[test]

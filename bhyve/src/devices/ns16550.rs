@@ -9,19 +9,32 @@
 //! pending"), while our line is a level. The trigger latches the line high; after every
 //! access the line drops again once the UART shows no pending interrupt in IIR, which is
 //! how a 16550's INTR output behaves.
+//!
+//! The kernel may answer the line status register's loads (LSR: reading it changes
+//! nothing, and only this model changes it) and queue the transmit register's stores
+//! (THR, or the divisor latch's low byte under DLAB: the guest sees them only through
+//! other registers and the line), as for the PL011: Linux's 8250 console polls LSR and
+//! writes THR for every byte. In loopback mode a THR store shows in LSR at once (the
+//! byte comes back as received), so LSR is not answered then.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use vm_superio::{Serial, Trigger};
 
 use crate::mmio::MmioDevice;
+use libvmmapi::MmioShortcut;
 
 /// IIR bit 0: no interrupt pending.
 const IIR_NONE: u8 = 1;
 /// The UART's registers span 8 bytes.
 const REGS: u64 = 8;
+/// Offsets of the transmit holding register and the line status register.
+const THR: u64 = 0;
+const LSR: u64 = 5;
+/// MCR bit 4: loopback.
+const MCR_LOOP: u8 = 0x10;
 
 /// vm-superio's interrupt trigger: latches the line.
 #[derive(Clone, Default)]
@@ -35,14 +48,37 @@ impl Trigger for LineLatch {
     }
 }
 
+/// The UART's output, whose flushes are held while a batch of queued stores is
+/// written (vm-superio flushes after every byte).
+pub struct Batched<W> {
+    out: W,
+    holding: bool,
+}
+
+impl<W: Write> Write for Batched<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        if self.holding {
+            return Ok(());
+        }
+        self.out.flush()
+    }
+}
+
 pub struct Ns16550<W: Write + Send> {
-    serial: Serial<LineLatch, vm_superio::serial::NoEvents, W>,
+    serial: Serial<LineLatch, vm_superio::serial::NoEvents, Batched<W>>,
     line: LineLatch,
 }
 
 impl<W: Write + Send> Ns16550<W> {
     pub fn new(out: W) -> Self {
         let line = LineLatch::default();
+        let out = Batched {
+            out,
+            holding: false,
+        };
         Ns16550 {
             serial: Serial::new(line.clone(), out),
             line,
@@ -50,7 +86,7 @@ impl<W: Write + Send> Ns16550<W> {
     }
 
     pub fn output(&self) -> &W {
-        self.serial.writer()
+        &self.serial.writer().out
     }
 
     /// Drops the latched line when the UART has nothing pending.
@@ -94,17 +130,38 @@ impl<W: Write + Send> MmioDevice for Ns16550<W> {
         self.settle();
         n
     }
+
+    fn write_many(&mut self, offset: u64, size: u8, values: &[u64]) {
+        self.serial.writer_mut().holding = true;
+        for &v in values {
+            self.write(offset, size, v);
+        }
+        let out = self.serial.writer_mut();
+        out.holding = false;
+        // A failing output loses the bytes, as in `write`.
+        let _ = out.flush();
+    }
+
+    fn shortcuts(&self, each: &mut dyn FnMut(u64, MmioShortcut)) {
+        let s = self.serial.state();
+        let lsr = if s.modem_control & MCR_LOOP != 0 {
+            MmioShortcut::None
+        } else {
+            MmioShortcut::AnswerLoads(s.line_status.into())
+        };
+        each(LSR, lsr);
+        each(THR, MmioShortcut::BufferStores);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const THR: u64 = 0;
     const IER: u64 = 1;
     const IIR: u64 = 2;
     const LCR: u64 = 3;
-    const LSR: u64 = 5;
+    const MCR: u64 = 4;
     const SCR: u64 = 7;
 
     #[test]
@@ -149,5 +206,43 @@ mod tests {
         assert_eq!(u.read(LCR, 4), 0x03);
         u.write(0x100, 1, 1);
         assert_eq!(u.read(0x100, 1), 0);
+    }
+
+    fn shortcuts_of(u: &Ns16550<Vec<u8>>) -> Vec<(u64, MmioShortcut)> {
+        let mut v = Vec::new();
+        u.shortcuts(&mut |off, what| v.push((off, what)));
+        v
+    }
+
+    /// LSR answered with its value (THR empty, data ready once input came), except in
+    /// loopback mode; THR queued; a batch of queued stores written in order, in one
+    /// flush, each with its THRE interrupt as a single store's.
+    #[test]
+    fn lsr_answered_thr_queued_and_a_batch_written_at_once() {
+        let mut u = Ns16550::new(Vec::new());
+        assert_eq!(
+            shortcuts_of(&u),
+            [
+                (LSR, MmioShortcut::AnswerLoads(0x60)),
+                (THR, MmioShortcut::BufferStores)
+            ]
+        );
+        u.push_input(b"x");
+        assert_eq!(shortcuts_of(&u)[0], (LSR, MmioShortcut::AnswerLoads(0x61)));
+        assert_eq!(u.read(THR, 1), u64::from(b'x'));
+        u.write(IER, 1, 0x2);
+        assert_eq!(u.read(IIR, 1) & 0xf, 0x2);
+        assert!(!u.irq_level());
+        u.write_many(THR, 1, &[u64::from(b'o'), u64::from(b'k'), 0x10a]);
+        assert_eq!(u.output(), b"ok\n");
+        assert!(u.irq_level(), "THR empty again after the batch");
+        u.write(MCR, 1, u64::from(MCR_LOOP));
+        assert_eq!(shortcuts_of(&u)[0], (LSR, MmioShortcut::None));
+        u.write(THR, 1, u64::from(b'z'));
+        assert_eq!(u.read(LSR, 1) & 1, 1, "looped back: data ready");
+        assert_eq!(u.read(THR, 1), u64::from(b'z'));
+        assert_eq!(u.output(), b"ok\n", "nothing sent in loopback");
+        u.write(MCR, 1, 0);
+        assert_eq!(shortcuts_of(&u)[0], (LSR, MmioShortcut::AnswerLoads(0x60)));
     }
 }
