@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use bhyve::devices::{ns16550::Ns16550, pl011::Pl011, pl031::Pl031, virtio_empty::EmptySlot};
 use bhyve::mmio::{Access, Bus, BusError, IrqError, VmSink};
-use libvmmapi::{MmioShortcut, MmioStore};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
+use libvmmapi::{MmioShortcut, MmioStore};
 use vmm_platform as plat;
 
 /// Checks that every line alternates; keeps the registers the bus handed over and the
@@ -100,8 +100,31 @@ fn one(
     };
     let inside =
         matches!(size, 1 | 2 | 4 | 8) && ws.iter().any(|w| w.contains_range(gpa, u64::from(size)));
+    // What the kernel would answer a load at `gpa` with, from what the bus published.
+    let published = sink
+        .shortcuts
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|e| match e.1 {
+            MmioShortcut::AnswerLoads(v) if e.0 == gpa => Some(v),
+            _ => None,
+        });
     let r = match u.int_in_range(0u8..=6)? {
-        0 | 1 => b.read(gpa, size),
+        0 | 1 => {
+            let r = b.read(gpa, size);
+            // The kernel answers the model's value: a load of a published register
+            // reads the same from the model.
+            if let (Some(v), Ok(Access::Device(got)), 1 | 2 | 4) = (published, &r, size) {
+                let mask = u64::MAX >> (64 - u32::from(size) * 8);
+                assert_eq!(
+                    *got,
+                    u64::from(v) & mask,
+                    "{size}-byte load at {gpa:#x}: published {v:#x}"
+                );
+            }
+            r
+        }
         2 | 3 => b.write(gpa, size, u.arbitrary()?),
         5 => {
             // A store the kernel queued for a buffered register.
@@ -110,7 +133,12 @@ fn one(
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|e| !matches!(e.1, MmioShortcut::AnswerLoads(_)))
+                .filter(|e| {
+                    matches!(
+                        e.1,
+                        MmioShortcut::BufferStores | MmioShortcut::Mirror { .. }
+                    )
+                })
                 .map(|e| e.0)
                 .collect();
             if !buffered.is_empty() {
