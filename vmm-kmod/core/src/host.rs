@@ -246,3 +246,21 @@ pub trait Host: Send + Sync + Sized {
     /// caller and documents each call's arguments (docs/vmm-core.md, "Hypercalls").
     unsafe fn hyp_call(&self, func: u64, args: &[u64; 7]) -> u64;
 }
+
+/// `len` bytes of page-aligned contiguous memory mapped for EL2 (a vCPU context, a
+/// VM's store queue, an EL2 stack), nothing left allocated on failure. Freed with
+/// [`free_for_el2`].
+pub fn alloc_for_el2<H: Host>(host: &H, len: usize) -> KResult<PhysMem> {
+    let mem = host.alloc_contig(len, PAGE_SIZE)?;
+    if let Err(e) = host.map_el2(mem.pa, mem.len) {
+        host.free_contig(mem);
+        return Err(e);
+    }
+    Ok(mem)
+}
+
+/// Unmaps from EL2 and frees memory from [`alloc_for_el2`].
+pub fn free_for_el2<H: Host>(host: &H, mem: PhysMem) {
+    host.unmap_el2(mem.pa, mem.len);
+    host.free_contig(mem);
+}

@@ -3,7 +3,7 @@
 
 use crate::el2::IdRegs;
 use crate::errno::{Errno, KResult};
-use crate::host::{Host, PhysMem, PAGE_SIZE};
+use crate::host::{alloc_for_el2, free_for_el2, Host, PhysMem, PAGE_SIZE};
 use vmm_sys::arm64::regs::{
     cnthctl, cptr, el2_optional, hcr, mdcr, mpam2, mpamhcr, mpamidr, pstate,
 };
@@ -199,11 +199,7 @@ pub struct Vcpu {
 
 impl Vcpu {
     pub fn new<H: Host>(host: &H, init: VcpuInit) -> KResult<Vcpu> {
-        let page = host.alloc_contig(PAGE_SIZE, PAGE_SIZE)?;
-        if let Err(e) = host.map_el2(page.pa, page.len) {
-            host.free_contig(page);
-            return Err(e);
-        }
+        let page = alloc_for_el2(host, PAGE_SIZE)?;
         let mut v = Vcpu {
             id: init.id,
             page,
@@ -221,8 +217,7 @@ impl Vcpu {
     }
 
     pub fn free<H: Host>(self, host: &H) {
-        host.unmap_el2(self.page.pa, self.page.len);
-        host.free_contig(self.page);
+        free_for_el2(host, self.page);
     }
 
     pub fn id(&self) -> u32 {

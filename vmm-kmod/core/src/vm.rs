@@ -9,7 +9,7 @@
 
 use crate::el2::S2Geometry;
 use crate::errno::{Errno, KResult};
-use crate::host::{Host, PhysMem, PAGE_SIZE};
+use crate::host::{alloc_for_el2, free_for_el2, Host, PhysMem, PAGE_SIZE};
 use crate::mem::VmMem;
 use crate::mmio_shortcut::MmioShortcuts;
 use crate::stage2::Stage2;
@@ -205,16 +205,11 @@ impl<H: Host> Vm<H> {
                 vcpu: Mutex::new(None),
             });
         }
-        let store_queue = host.alloc_contig(PAGE_SIZE, PAGE_SIZE)?;
-        if let Err(e) = host.map_el2(store_queue.pa, store_queue.len) {
-            host.free_contig(store_queue);
-            return Err(e);
-        }
+        let store_queue = alloc_for_el2(host, PAGE_SIZE)?;
         let s2 = match Stage2::new(host, geom, vmid) {
             Ok(s2) => s2,
             Err(e) => {
-                host.unmap_el2(store_queue.pa, store_queue.len);
-                host.free_contig(store_queue);
+                free_for_el2(host, store_queue);
                 return Err(e);
             }
         };
@@ -363,8 +358,7 @@ impl<H: Host> Vm<H> {
             }
         }
         self.mem.into_inner().destroy(host);
-        host.unmap_el2(self.store_queue.pa, self.store_queue.len);
-        host.free_contig(self.store_queue);
+        free_for_el2(host, self.store_queue);
     }
 }
 

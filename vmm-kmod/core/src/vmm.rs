@@ -3,7 +3,7 @@
 
 use crate::el2::{El2Config, El2Regime, InitParams, EL2_STACK_SIZE};
 use crate::errno::{Errno, KResult};
-use crate::host::{Host, PhysMem, PAGE_SIZE};
+use crate::host::{alloc_for_el2, free_for_el2, Host, PhysMem};
 use crate::sync::Mutex;
 use crate::sysemul::GuestIdRegs;
 use crate::vcpu::{HostTraps, HostVcpu};
@@ -119,8 +119,7 @@ impl<H: Host> Vmm<H> {
         });
         let mut st = self.stacks.lock();
         for s in st.drain(..) {
-            self.host.unmap_el2(s.pa, s.len);
-            self.host.free_contig(s);
+            free_for_el2(&self.host, s);
         }
     }
 
@@ -356,8 +355,7 @@ fn bring_up_el2<H: Host>(
     let mut stacks: Vec<PhysMem> = Vec::new();
     let free_stacks = |stacks: &mut Vec<PhysMem>| {
         for s in stacks.drain(..) {
-            host.unmap_el2(s.pa, s.len);
-            host.free_contig(s);
+            free_for_el2(host, s);
         }
     };
     let nvhe = match params.regime {
@@ -371,18 +369,13 @@ fn bring_up_el2<H: Host>(
     if nvhe.is_some() {
         stacks.try_reserve_exact(ncpu).map_err(|_| Errno::ENOMEM)?;
         for _ in 0..ncpu {
-            let s = match host.alloc_contig(EL2_STACK_SIZE, PAGE_SIZE) {
+            let s = match alloc_for_el2(host, EL2_STACK_SIZE) {
                 Ok(s) => s,
                 Err(e) => {
                     free_stacks(&mut stacks);
                     return Err(e);
                 }
             };
-            if let Err(e) = host.map_el2(s.pa, s.len) {
-                host.free_contig(s);
-                free_stacks(&mut stacks);
-                return Err(e);
-            }
             stacks.push(s);
         }
     }
