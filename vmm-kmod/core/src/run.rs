@@ -590,35 +590,22 @@ impl<H: Host> Vmm<H> {
             stats.inc(Stat::VgicMmio);
             return Ok(Next::Reenter);
         }
-        if let Some(next) = self.mmio_shortcut(vm, vcpu, stats, a.ipa, &da) {
-            return Ok(next);
+        // 8-byte accesses are never handled: no call, no lock.
+        if da.size <= 4 {
+            if let Some(next) = self.mmio_shortcut(vm, vcpu, stats, a.ipa, &da) {
+                return Ok(next);
+            }
         }
         Ok(Next::User(self.inst_emul_exit(vcpu, stats, a.ipa, da)))
     }
 
-    /// An access to a register userspace asked the kernel to handle: a load answered
-    /// with the published value, a store queued (or, with the queue full, a BOGUS exit
-    /// so userspace takes the queue; the guest then runs the store again). `None`: not
-    /// such a register.
-    fn mmio_shortcut(
-        &self,
-        vm: &Vm<H>,
-        vcpu: &mut Vcpu,
-        stats: &Stats,
-        ipa: u64,
-        da: &DataAbort,
-    ) -> Option<Next> {
-        if da.size > 4 {
-            // Never handled: no lock to take.
-            return None;
-        }
-        self.mmio_shortcut_access(vm, vcpu, stats, ipa, da)
-    }
-
-    /// [`Self::mmio_shortcut`] for an access of 1, 2 or 4 bytes. Not inlined: the run
-    /// loop's other exits do not pay for its code.
+    /// A 1-, 2- or 4-byte access to a register userspace asked the kernel to handle: a
+    /// load answered with the published value, a store queued (or, with the queue
+    /// full, a BOGUS exit so userspace takes the queue; the guest then runs the store
+    /// again). `None`: not such a register. Not inlined: the run loop's other exits do
+    /// not pay for its code.
     #[inline(never)]
-    fn mmio_shortcut_access(
+    fn mmio_shortcut(
         &self,
         vm: &Vm<H>,
         vcpu: &mut Vcpu,
